@@ -1,0 +1,31 @@
+package memstore_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/leakybucket/leakybucket/backend/memstore"
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestConformance(t *testing.T) {
+	backendtest.Run(t, backendtest.Config{
+		New: func(t *testing.T) bucket.Backend {
+			s, err := memstore.New(memstore.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+		Forgotten: func(t *testing.T, b bucket.Backend, key string) bool {
+			s := b.(*memstore.Store)
+			s.Sweep()
+			return !s.Has(key)
+		},
+	})
+}

@@ -1,0 +1,107 @@
+package bucket
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// A Backend stores bucket state and decides admissions against it. Each
+// call is atomic: a request's rate and quotas are checked and charged
+// together, or not at all. Implementations are safe for concurrent use,
+// and implementations sharing storage (processes on one SQLite file, hosts
+// on one Redis) behave as one backend.
+//
+// Backends decide with the mathematics of this package (Decide, Refund,
+// Pause); backend/backendtest checks an implementation against it.
+type Backend interface {
+	// Admit decides req at the backend's current time. A refused request
+	// charges nothing. Invalid requests return the errors of
+	// Request.Validate.
+	Admit(ctx context.Context, req Request) (Decision, error)
+	// Refund gives back the admission d of req that will not be used. The
+	// rate part is returned only if no later admission was booked after it;
+	// quota units are always returned. Refunding twice, or an admission the
+	// backend has forgotten, is harmless.
+	Refund(ctx context.Context, req Request, d Decision) error
+	// Pause admits nothing for key until d from the backend's current time.
+	// A shorter pause never shortens a longer one already in force.
+	Pause(ctx context.Context, key string, d time.Duration) error
+}
+
+// A BatchBackend decides many requests in one round trip. The dispatcher
+// uses it when the backend offers it; the outcome is the same as calling
+// Admit for each admission in order.
+type BatchBackend interface {
+	Backend
+	// AdmitBatch fills in each admission's Decision or Err.
+	AdmitBatch(ctx context.Context, batch []Admission)
+}
+
+// An Admission is one element of a batch: a request and its outcome.
+type Admission struct {
+	Request
+	Decision Decision
+	Err      error
+}
+
+// A Request asks for Cost units of Key's bucket under Limit, starting no
+// later than MaxWait from the backend's current time.
+type Request struct {
+	Key     string
+	Limit   Limit
+	Cost    int64
+	MaxWait time.Duration // 0: now or never
+}
+
+// Validate reports why no backend could decide r: ErrEmptyKey,
+// ErrInvalidCost, a *LimitError or a *CostError.
+func (r *Request) Validate() error {
+	if r.Key == "" {
+		return ErrEmptyKey
+	}
+	if r.Cost < 1 {
+		return fmt.Errorf("%w, got %d", ErrInvalidCost, r.Cost)
+	}
+	if err := r.Limit.validate(); err != nil {
+		return err
+	}
+	if r.Limit.unlimited {
+		return nil
+	}
+	if r.Cost > r.Limit.Burst {
+		return &CostError{Cost: r.Cost, Max: r.Limit.Burst, Bound: "burst"}
+	}
+	for _, q := range r.Limit.Quotas {
+		if r.Cost > q.Max {
+			return &CostError{Cost: r.Cost, Max: q.Max, Bound: "quota " + rateString(q.Max, q.Window)}
+		}
+	}
+	return nil
+}
+
+// A Decision is a backend's answer to a Request.
+type Decision struct {
+	// Allowed reports whether the request was admitted.
+	Allowed bool
+	// Wait is, if Allowed, how long after the decision the caller may
+	// start (0 ≤ Wait ≤ MaxWait); otherwise how long until the request
+	// would be admissible if nothing else were admitted first.
+	Wait time.Duration
+	// Now is the backend's clock at the decision, in nanoseconds of the
+	// backend's own time base (monotonic since start for memory, Unix time
+	// for SQLite and Redis). Now+Wait is the admitted start.
+	Now int64
+	// Booking identifies the admission for Refund; zero when refused.
+	Booking Booking
+}
+
+// Start returns the admitted start time in the backend's time base.
+func (d Decision) Start() int64 { return d.Now + int64(d.Wait) }
+
+// A Booking records the change an admission made to its bucket, in the
+// backend's clock ticks, so that Refund can undo it.
+type Booking struct {
+	TAT  int64 // theoretical arrival time after the admission
+	Prev int64 // theoretical arrival time before it
+}

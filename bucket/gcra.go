@@ -1,0 +1,242 @@
+package bucket
+
+import (
+	"math/bits"
+	"slices"
+	"time"
+)
+
+// QuotaSlots is how many slots a quota window is divided into. Each slot
+// counts the units whose admitted start falls in it, and a slot is counted
+// against the quota until it lies wholly outside the window, so a unit is
+// released at most Window/QuotaSlots after it leaves the exact rolling
+// window: quotas never over-admit and under-admit by at most 1% of the
+// window's time. A quota's state is at most QuotaSlots+1 slots.
+const QuotaSlots = 100
+
+// State is one key's bucket state, in a backend's clock ticks (nanoseconds
+// for memory, microseconds for SQLite and Redis). The zero State is a fresh
+// bucket. Backends store it; Decide, Refund and Pause change it.
+type State struct {
+	TAT    int64 // theoretical arrival time: the bucket's level is max(0, TAT-now)/T
+	Paused int64 // nothing starts before this time
+	Quotas []QuotaState
+}
+
+// QuotaState is the per-slot usage of one quota, identified by its window.
+type QuotaState struct {
+	Window int64  // the window in ticks
+	Slots  []Slot // ascending by Index, non-zero counts
+}
+
+// Slot counts the units admitted in [Index×w, (Index+1)×w), where w is the
+// slot width ceil(Window/QuotaSlots).
+type Slot struct {
+	Index int64
+	Count int64
+}
+
+// SlotWidth returns the width in ticks of the slots of a window of
+// windowTicks ticks.
+func SlotWidth(windowTicks int64) int64 { return ceilDiv(windowTicks, QuotaSlots) }
+
+// Decide decides req against st at time now, both in ticks of unit, and
+// charges st if the request is admitted. It is the mathematics every
+// backend implements: a leaky bucket as a meter (GCRA) with rolling quotas
+// and a pause. It allocates only when a key's quotas change shape.
+//
+// The request is admissible at the earliest t ≥ now such that the level
+// plus the cost fits the burst, t is past the pause, and every quota has
+// room; it is admitted if that t is no later than now+MaxWait. Intervals
+// are rounded up to whole ticks, so rounding never over-admits.
+func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, error) {
+	if err := req.Validate(); err != nil {
+		return Decision{}, err
+	}
+	u := int64(unit)
+	d := Decision{Now: now * u}
+	if req.Limit.unlimited {
+		d.Allowed = true
+		return d, nil
+	}
+	span := int64(MaxDuration) / u
+	lim := &req.Limit
+	c := req.Cost
+	t := ceilDiv(ceilDiv(int64(lim.Period), u), lim.Rate)
+
+	start := max(now, st.TAT-mulClamp(lim.Burst-c, t, span), st.Paused)
+	syncQuotas(st, lim, u)
+	for i := range st.Quotas {
+		q := &st.Quotas[i]
+		w := SlotWidth(q.Window)
+		q.prune(floorDiv(now-q.Window, w))
+		start = max(start, q.earliest(lim.Quotas[i].Max, c, start, w))
+	}
+
+	d.Wait = time.Duration((start - now) * u)
+	if start-now > min(max(int64(req.MaxWait)/u, 0), span) {
+		return d, nil
+	}
+	b := Booking{Prev: st.TAT}
+	st.TAT = max(st.TAT, start) + mulClamp(c, t, span)
+	b.TAT = st.TAT
+	for i := range st.Quotas {
+		q := &st.Quotas[i]
+		q.add(floorDiv(start, SlotWidth(q.Window)), c)
+	}
+	d.Allowed = true
+	d.Booking = b
+	return d, nil
+}
+
+// Refund gives back the admission d of req, with the semantics of
+// Backend.Refund. A refused decision refunds nothing.
+func Refund(st *State, req *Request, d Decision, unit time.Duration) {
+	if !d.Allowed || req.Limit.unlimited {
+		return
+	}
+	if st.TAT == d.Booking.TAT {
+		st.TAT = d.Booking.Prev
+	}
+	u := int64(unit)
+	start := d.Start() / u
+	for _, quota := range req.Limit.Quotas {
+		wt := ceilDiv(int64(quota.Window), u)
+		for i := range st.Quotas {
+			if q := &st.Quotas[i]; q.Window == wt {
+				q.remove(floorDiv(start, SlotWidth(wt)), req.Cost)
+			}
+		}
+	}
+}
+
+// Pause makes st admit nothing before until (in ticks).
+func Pause(st *State, until int64) {
+	st.Paused = max(st.Paused, until)
+}
+
+// FreshAt returns the tick from which st behaves as a fresh bucket: the
+// backend may forget the key then.
+func FreshAt(st *State) int64 {
+	fresh := max(st.TAT, st.Paused)
+	for _, q := range st.Quotas {
+		if n := len(q.Slots); n > 0 {
+			w := SlotWidth(q.Window)
+			fresh = max(fresh, (q.Slots[n-1].Index+1)*w+q.Window)
+		}
+	}
+	return fresh
+}
+
+// syncQuotas lines st.Quotas up with lim.Quotas, matching states to quotas
+// by window: a quota whose window is new starts empty, and states of
+// windows no longer in lim are dropped.
+func syncQuotas(st *State, lim *Limit, u int64) {
+	if len(st.Quotas) == len(lim.Quotas) {
+		same := true
+		for i, q := range lim.Quotas {
+			if st.Quotas[i].Window != ceilDiv(int64(q.Window), u) {
+				same = false
+				break
+			}
+		}
+		if same {
+			return
+		}
+	}
+	qs := make([]QuotaState, len(lim.Quotas))
+	for i, q := range lim.Quotas {
+		qs[i].Window = ceilDiv(int64(q.Window), u)
+		for _, old := range st.Quotas {
+			if old.Window == qs[i].Window {
+				qs[i].Slots = old.Slots
+			}
+		}
+	}
+	st.Quotas = qs
+}
+
+// prune drops slots below lo: they lie wholly outside every window that
+// can still be asked about.
+func (q *QuotaState) prune(lo int64) {
+	n := 0
+	for n < len(q.Slots) && q.Slots[n].Index < lo {
+		n++
+	}
+	if n > 0 {
+		q.Slots = q.Slots[:copy(q.Slots, q.Slots[n:])]
+	}
+}
+
+// earliest returns the first time ≥ t at which cost more units fit within
+// max, given slots of width w.
+func (q *QuotaState) earliest(max, cost, t, w int64) int64 {
+	lo := floorDiv(t-q.Window, w)
+	var used int64
+	for _, s := range q.Slots {
+		if s.Index >= lo {
+			used += s.Count
+		}
+	}
+	for _, s := range q.Slots {
+		if used+cost <= max {
+			break
+		}
+		if s.Index < lo {
+			continue
+		}
+		used -= s.Count
+		t = (s.Index+1)*w + q.Window
+	}
+	return t
+}
+
+func (q *QuotaState) add(index, cost int64) {
+	i := len(q.Slots)
+	for i > 0 && q.Slots[i-1].Index > index {
+		i--
+	}
+	if i > 0 && q.Slots[i-1].Index == index {
+		q.Slots[i-1].Count += cost
+		return
+	}
+	q.Slots = slices.Insert(q.Slots, i, Slot{Index: index, Count: cost})
+}
+
+func (q *QuotaState) remove(index, cost int64) {
+	for i := range q.Slots {
+		if q.Slots[i].Index == index {
+			q.Slots[i].Count -= min(cost, q.Slots[i].Count)
+			if q.Slots[i].Count == 0 {
+				q.Slots = slices.Delete(q.Slots, i, i+1)
+			}
+			return
+		}
+	}
+}
+
+// ceilDiv returns ⌈a/b⌉ for a ≥ 0, b > 0.
+func ceilDiv(a, b int64) int64 {
+	if a == 0 {
+		return 0
+	}
+	return (a-1)/b + 1
+}
+
+// floorDiv returns ⌊a/b⌋ for b > 0 and any a.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+// mulClamp returns min(a×b, limit) for a, b ≥ 0, without overflow.
+func mulClamp(a, b, limit int64) int64 {
+	hi, lo := bits.Mul64(uint64(a), uint64(b))
+	if hi != 0 || lo > uint64(limit) {
+		return limit
+	}
+	return int64(lo)
+}

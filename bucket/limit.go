@@ -1,0 +1,273 @@
+package bucket
+
+import (
+	"fmt"
+	"math/bits"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxDuration bounds every time span a Limit implies: its period, each quota
+// window, and burst × emission interval. It keeps all arithmetic exact in
+// int64 nanoseconds and in the double-precision microseconds of Redis Lua.
+const MaxDuration = 10 * 365 * 24 * time.Hour
+
+// MaxQuotas is the most quotas one Limit may carry.
+const MaxQuotas = 8
+
+// A Limit is what one key may consume: a rate of Rate units per Period with
+// Burst units allowed back-to-back after idle, and zero or more rolling
+// quotas. The emission interval is T = Period/Rate.
+//
+// A Limit is a plain value; build one with PerSecond, PerMinute, PerHour or
+// Every and refine it with WithBurst and WithQuota, or read one with Parse.
+// Every field must be set: Burst 0 is invalid, not "default" (the
+// constructors set it to 1). Validate reports the first invalid field.
+type Limit struct {
+	Rate   int64         // units per Period, ≥ 1
+	Period time.Duration // > 0
+	Burst  int64         // units that may pass back-to-back, ≥ 1
+	Quotas []Quota       // rolling quotas, at most MaxQuotas, distinct windows
+
+	unlimited bool
+}
+
+// A Quota admits at most Max units in any rolling Window.
+type Quota struct {
+	Max    int64
+	Window time.Duration
+}
+
+// Unlimited is a Limit that admits everything at once. Limiters answer it
+// without asking their backend.
+var Unlimited = Limit{unlimited: true}
+
+// Every returns a Limit of n units per period with burst 1.
+func Every(period time.Duration, n int64) Limit {
+	return Limit{Rate: n, Period: period, Burst: 1}
+}
+
+// PerSecond returns a Limit of n units per second with burst 1.
+func PerSecond(n int64) Limit { return Every(time.Second, n) }
+
+// PerMinute returns a Limit of n units per minute with burst 1.
+func PerMinute(n int64) Limit { return Every(time.Minute, n) }
+
+// PerHour returns a Limit of n units per hour with burst 1.
+func PerHour(n int64) Limit { return Every(time.Hour, n) }
+
+// WithBurst returns a copy of l with the given burst.
+func (l Limit) WithBurst(b int64) Limit {
+	l.Burst = b
+	return l
+}
+
+// WithQuota returns a copy of l with a rolling quota of max units per window
+// added. The copy does not share l's quota slice.
+func (l Limit) WithQuota(max int64, window time.Duration) Limit {
+	q := make([]Quota, len(l.Quotas), len(l.Quotas)+1)
+	copy(q, l.Quotas)
+	l.Quotas = append(q, Quota{Max: max, Window: window})
+	return l
+}
+
+// IsUnlimited reports whether l is Unlimited.
+func (l Limit) IsUnlimited() bool { return l.unlimited }
+
+// Interval returns the emission interval Period/Rate, rounded up to a
+// nanosecond.
+func (l Limit) Interval() time.Duration {
+	if l.unlimited || l.Rate <= 0 || l.Period <= 0 {
+		return 0
+	}
+	return time.Duration(ceilDiv(int64(l.Period), l.Rate))
+}
+
+// Validate returns nil if l is usable, or a *LimitError naming the first
+// invalid field. The error matches ErrInvalidLimit.
+func (l Limit) Validate() error { return l.validate() }
+
+func (l *Limit) validate() error {
+	if l.unlimited {
+		return nil
+	}
+	switch {
+	case l.Rate < 1:
+		return &LimitError{Field: "Rate", Reason: fmt.Sprintf("must be at least 1, got %d", l.Rate)}
+	case l.Period <= 0:
+		return &LimitError{Field: "Period", Reason: fmt.Sprintf("must be positive, got %v", l.Period)}
+	case l.Period > MaxDuration:
+		return &LimitError{Field: "Period", Reason: fmt.Sprintf("%v exceeds MaxDuration", l.Period)}
+	case l.Burst < 1:
+		return &LimitError{Field: "Burst", Reason: fmt.Sprintf("must be at least 1, got %d", l.Burst)}
+	case !burstFits(l.Burst, l.Period, l.Rate):
+		return &LimitError{Field: "Burst", Reason: fmt.Sprintf("%d × interval %v exceeds MaxDuration", l.Burst, l.Interval())}
+	case len(l.Quotas) > MaxQuotas:
+		return &LimitError{Field: "Quotas", Reason: fmt.Sprintf("at most %d, got %d", MaxQuotas, len(l.Quotas))}
+	}
+	for i, q := range l.Quotas {
+		field := "Quotas[" + strconv.Itoa(i) + "]"
+		switch {
+		case q.Max < 1:
+			return &LimitError{Field: field + ".Max", Reason: fmt.Sprintf("must be at least 1, got %d", q.Max)}
+		case q.Window <= 0:
+			return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("must be positive, got %v", q.Window)}
+		case q.Window > MaxDuration:
+			return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("%v exceeds MaxDuration", q.Window)}
+		}
+		for j := range i {
+			if l.Quotas[j].Window == q.Window {
+				return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("%v repeats Quotas[%d]", q.Window, j)}
+			}
+		}
+	}
+	return nil
+}
+
+// burstFits reports whether burst × period/rate ≤ MaxDuration, exactly.
+func burstFits(burst int64, period time.Duration, rate int64) bool {
+	hi, lo := bits.Mul64(uint64(burst), uint64(period))
+	mhi, mlo := bits.Mul64(uint64(MaxDuration), uint64(rate))
+	return hi < mhi || hi == mhi && lo <= mlo
+}
+
+// String returns l in the textual form Parse reads, for example
+// "5/s burst=10 quota=1000/1h".
+func (l Limit) String() string {
+	if l.unlimited {
+		return "unlimited"
+	}
+	var b strings.Builder
+	b.WriteString(rateString(l.Rate, l.Period))
+	if l.Burst != 1 {
+		b.WriteString(" burst=")
+		b.WriteString(strconv.FormatInt(l.Burst, 10))
+	}
+	for _, q := range l.Quotas {
+		b.WriteString(" quota=")
+		b.WriteString(rateString(q.Max, q.Window))
+	}
+	return b.String()
+}
+
+func rateString(n int64, d time.Duration) string {
+	return strconv.FormatInt(n, 10) + "/" + periodString(d)
+}
+
+func periodString(d time.Duration) string {
+	switch d {
+	case time.Second:
+		return "s"
+	case time.Minute:
+		return "m"
+	case time.Hour:
+		return "h"
+	case 24 * time.Hour:
+		return "d"
+	}
+	if d%(24*time.Hour) == 0 {
+		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
+	}
+	s := d.String()
+	// time.Duration.String writes 1h0m0s; trim the zero tail for readability.
+	for _, z := range []string{"m0s", "h0m"} {
+		if strings.HasSuffix(s, z) {
+			s = strings.TrimSuffix(s, z[1:])
+		}
+	}
+	return s
+}
+
+// Parse reads a Limit from its textual form: a rate "N/P" followed by
+// optional fields separated by spaces or commas:
+//
+//	5/s
+//	100/1m burst=20
+//	5/s burst=10 quota=1000/1h quota=50000/1d
+//	unlimited
+//
+// P is a unit (s, m, h, d) or a Go duration with an optional day suffix
+// (100ms, 1h30m, 7d). The burst defaults to 1. Errors match
+// ErrInvalidLimit and name the offending part.
+func Parse(s string) (Limit, error) {
+	fields := strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' })
+	if len(fields) == 0 {
+		return Limit{}, &LimitError{Field: "Rate", Reason: "empty limit"}
+	}
+	if len(fields) == 1 && fields[0] == "unlimited" {
+		return Unlimited, nil
+	}
+	n, p, err := parseRate(fields[0])
+	if err != nil {
+		return Limit{}, &LimitError{Field: "Rate", Reason: err.Error()}
+	}
+	l := Limit{Rate: n, Period: p, Burst: 1}
+	for _, f := range fields[1:] {
+		name, val, ok := strings.Cut(f, "=")
+		switch {
+		case ok && name == "burst":
+			b, err := strconv.ParseInt(val, 10, 64)
+			if err != nil {
+				return Limit{}, &LimitError{Field: "Burst", Reason: fmt.Sprintf("%q is not an integer", val)}
+			}
+			l.Burst = b
+		case ok && name == "quota":
+			if len(l.Quotas) == MaxQuotas {
+				return Limit{}, &LimitError{Field: "Quotas", Reason: fmt.Sprintf("at most %d", MaxQuotas)}
+			}
+			m, w, err := parseRate(val)
+			if err != nil {
+				return Limit{}, &LimitError{Field: "Quotas[" + strconv.Itoa(len(l.Quotas)) + "]", Reason: err.Error()}
+			}
+			l.Quotas = append(l.Quotas, Quota{Max: m, Window: w})
+		default:
+			return Limit{}, &LimitError{Field: "Rate", Reason: fmt.Sprintf("unknown field %q (want burst=B or quota=N/P)", f)}
+		}
+	}
+	if err := l.Validate(); err != nil {
+		return Limit{}, err
+	}
+	return l, nil
+}
+
+func parseRate(s string) (int64, time.Duration, error) {
+	num, per, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, 0, fmt.Errorf("%q is not of the form N/P (for example 5/s)", s)
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%q: count %q is not an integer", s, num)
+	}
+	p, err := parsePeriod(per)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%q: %v", s, err)
+	}
+	return n, p, nil
+}
+
+func parsePeriod(s string) (time.Duration, error) {
+	switch s {
+	case "s":
+		return time.Second, nil
+	case "m":
+		return time.Minute, nil
+	case "h":
+		return time.Hour, nil
+	case "d":
+		return 24 * time.Hour, nil
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseInt(days, 10, 64)
+		if err != nil || n < 1 || n > int64(MaxDuration/(24*time.Hour)) {
+			return 0, fmt.Errorf("period %q is not a number of days up to %d", s, MaxDuration/(24*time.Hour))
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("period %q is not a unit (s, m, h, d) or a duration", s)
+	}
+	return d, nil
+}
