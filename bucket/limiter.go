@@ -74,13 +74,14 @@ func (l *Limiter) Allow(ctx context.Context, key string) (bool, error) {
 
 // AllowN reports whether n units for key may pass now, charging them if so.
 func (l *Limiter) AllowN(ctx context.Context, key string, n int) (bool, error) {
-	req := Request{Key: key, Cost: int64(n)}
+	lim := l.limit
 	if l.limitFor != nil {
-		req.Limit = l.limitFor(key)
-	} else {
-		req.Limit = l.limit
+		lim = l.limitFor(key)
 	}
-	d, err := l.decide(ctx, req)
+	if lim.unlimited {
+		return true, (&Request{Key: key, Limit: lim, Cost: int64(n)}).Validate()
+	}
+	d, err := l.backend.Admit(ctx, Request{Key: key, Limit: lim, Cost: int64(n)})
 	return d.Allowed, err
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/leakybucket/leakybucket/bucket"
 )
@@ -45,8 +46,15 @@ type Store struct {
 
 type shard struct {
 	mu sync.Mutex
-	m  map[string]*bucket.State
+	m  map[string]*entry
 	_  [48]byte // keep shards on separate cache lines
+}
+
+// An entry is one key's state, padded to a cache line of its own so that
+// cores updating neighbouring keys do not contend.
+type entry struct {
+	bucket.State
+	_ [64 - unsafe.Sizeof(bucket.State{})]byte
 }
 
 // New returns a Store.
@@ -71,7 +79,7 @@ func New(opts Options) (*Store, error) {
 		done:   make(chan struct{}),
 	}
 	for i := range s.shards {
-		s.shards[i].m = make(map[string]*bucket.State)
+		s.shards[i].m = make(map[string]*entry)
 	}
 	if s.now != nil {
 		s.start = s.now()
@@ -105,13 +113,13 @@ func (s *Store) Admit(_ context.Context, req bucket.Request) (bucket.Decision, e
 	}
 	sh := s.shard(req.Key)
 	sh.mu.Lock()
-	st, ok := sh.m[req.Key]
+	e, ok := sh.m[req.Key]
 	if !ok {
-		st = new(bucket.State)
+		e = new(entry)
 	}
-	d, err := bucket.Decide(st, &req, time.Nanosecond, s.ticks())
+	d, err := bucket.Decide(&e.State, &req, time.Nanosecond, s.ticks())
 	if d.Allowed && !ok {
-		sh.m[req.Key] = st
+		sh.m[req.Key] = e
 	}
 	sh.mu.Unlock()
 	return d, err
@@ -131,8 +139,8 @@ func (s *Store) Refund(_ context.Context, req bucket.Request, d bucket.Decision)
 	}
 	sh := s.shard(req.Key)
 	sh.mu.Lock()
-	if st := sh.m[req.Key]; st != nil {
-		bucket.Refund(st, &req, d, time.Nanosecond)
+	if e := sh.m[req.Key]; e != nil {
+		bucket.Refund(&e.State, &req, d, time.Nanosecond)
 	}
 	sh.mu.Unlock()
 	return nil
@@ -148,12 +156,12 @@ func (s *Store) Pause(_ context.Context, key string, d time.Duration) error {
 	}
 	sh := s.shard(key)
 	sh.mu.Lock()
-	st := sh.m[key]
-	if st == nil {
-		st = new(bucket.State)
-		sh.m[key] = st
+	e := sh.m[key]
+	if e == nil {
+		e = new(entry)
+		sh.m[key] = e
 	}
-	bucket.Pause(st, s.ticks()+int64(min(max(d, 0), bucket.MaxDuration)))
+	bucket.Pause(&e.State, s.ticks()+int64(min(max(d, 0), bucket.MaxDuration)))
 	sh.mu.Unlock()
 	return nil
 }
@@ -186,8 +194,8 @@ func (s *Store) Sweep() {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		now := s.ticks()
-		for k, st := range sh.m {
-			if bucket.FreshAt(st) <= now {
+		for k, e := range sh.m {
+			if bucket.FreshAt(&e.State) <= now {
 				delete(sh.m, k)
 			}
 		}

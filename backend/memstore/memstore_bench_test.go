@@ -3,6 +3,7 @@ package memstore_test
 import (
 	"context"
 	"strconv"
+	"sync/atomic"
 	"testing"
 
 	"github.com/leakybucket/leakybucket/backend/memstore"
@@ -47,8 +48,11 @@ func BenchmarkAllow(b *testing.B) {
 		}
 		b.ReportAllocs()
 		b.ResetTimer()
+		var seq atomic.Int64
 		b.RunParallel(func(pb *testing.PB) {
-			i := 0
+			// Goroutines walk the keys from different places, as
+			// independent callers would, rather than in lockstep.
+			i := int(seq.Add(1)) * 397
 			for pb.Next() {
 				if ok, err := l.Allow(ctx, keys[i%len(keys)]); !ok || err != nil {
 					b.Errorf("Allow = %v, %v", ok, err)
@@ -58,4 +62,29 @@ func BenchmarkAllow(b *testing.B) {
 			}
 		})
 	})
+}
+
+func BenchmarkAdmit(b *testing.B) {
+	ctx := context.Background()
+	s := newStore(b)
+	req := bucket.Request{Key: "tenant-1", Limit: open, Cost: 1}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d, err := s.Admit(ctx, req); !d.Allowed || err != nil {
+			b.Fatalf("Admit = %v, %v", d.Allowed, err)
+		}
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	var st bucket.State
+	req := bucket.Request{Key: "tenant-1", Limit: open, Cost: 1}
+	b.ReportAllocs()
+	now := int64(0)
+	for b.Loop() {
+		now += 10
+		if d, err := bucket.Decide(&st, &req, 1, now); !d.Allowed || err != nil {
+			b.Fatalf("Decide = %v, %v", d.Allowed, err)
+		}
+	}
 }
