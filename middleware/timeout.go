@@ -1,0 +1,62 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrTimeout matches the errors of a handler stopped by Timeout. They also
+// match context.DeadlineExceeded.
+var ErrTimeout = errors.New("middleware: handler timed out")
+
+// Timeout returns a Middleware that ends the handler's context d after the
+// handler starts; d > 0. The context's cause (context.Cause) then says that
+// the handler timed out. If the handler fails after its time ran out, its
+// error is wrapped in one that says so and matches ErrTimeout and
+// context.DeadlineExceeded. An earlier deadline or cancellation of the
+// caller's context is passed through unchanged.
+//
+// Timeout does not abandon a handler that ignores its context: it returns
+// when the handler does, with the handler's result and error if it
+// succeeded late. It starts no goroutine. Each call costs a context and a
+// timer.
+func Timeout[T, R any](d time.Duration) (Middleware[T, R], error) {
+	if d <= 0 {
+		return nil, fmt.Errorf("middleware: Timeout: duration must be positive, got %v", d)
+	}
+	return func(next Handler[T, R]) Handler[T, R] {
+		return func(ctx context.Context, job T) (R, error) {
+			cause := &timeoutError{d: d}
+			tctx, cancel := context.WithTimeoutCause(ctx, d, cause)
+			defer cancel()
+			r, err := next(tctx, job)
+			if err != nil && context.Cause(tctx) == cause {
+				err = &timeoutError{d: d, err: err}
+			}
+			return r, err
+		}
+	}, nil
+}
+
+// timeoutError is both the cause of a timed-out context and, with err set,
+// the error of the handler it stopped.
+type timeoutError struct {
+	d   time.Duration
+	err error
+}
+
+func (e *timeoutError) Error() string {
+	msg := "middleware: handler timed out after " + e.d.String()
+	if _, cause := e.err.(*timeoutError); e.err != nil && e.err != context.DeadlineExceeded && !cause {
+		msg += ": " + e.err.Error()
+	}
+	return msg
+}
+
+func (e *timeoutError) Unwrap() error { return e.err }
+
+func (e *timeoutError) Is(target error) bool {
+	return target == ErrTimeout || target == context.DeadlineExceeded
+}
