@@ -82,8 +82,9 @@ func FromResponse(resp *http.Response) error {
 //   - RateLimit (IETF draft-ietf-httpapi-ratelimit-headers), a structured
 //     list of policies such as `"default";r=0;t=30`: the largest t of the
 //     policies with no remaining quota (r=0), or, when none is exhausted,
-//     the smallest t; the earlier dictionary form "limit=100, remaining=0,
-//     reset=30" is read too;
+//     the smallest t; the lines of a field split over several are joined,
+//     and the earlier dictionary form "limit=100, remaining=0, reset=30" is
+//     read too;
 //   - RateLimit-Reset (earlier drafts) and X-RateLimit-Reset-After: delay
 //     seconds;
 //   - X-RateLimit-Reset and X-Rate-Limit-Reset: a delta or a Unix time,
@@ -103,8 +104,9 @@ func ParseRetryAfter(h http.Header, now time.Time) (d time.Duration, ok bool) {
 			return d, true
 		}
 	}
-	if v := h.Get("RateLimit"); v != "" {
-		if d, ok := parseRateLimitField(v); ok {
+	// A structured field may be split over several lines.
+	if vs := h.Values("RateLimit"); len(vs) > 0 {
+		if d, ok := parseRateLimitField(strings.Join(vs, ",")); ok {
 			return d, true
 		}
 	}

@@ -1,0 +1,170 @@
+package middleware_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leakybucket/leakybucket/middleware"
+)
+
+// capture is a slog.Handler that keeps the records it is given.
+type capture struct {
+	mu      sync.Mutex
+	level   slog.Level
+	records []slog.Record
+}
+
+func (c *capture) Enabled(_ context.Context, l slog.Level) bool { return l >= c.level }
+func (c *capture) WithAttrs([]slog.Attr) slog.Handler           { return c }
+func (c *capture) WithGroup(string) slog.Handler                { return c }
+func (c *capture) Handle(_ context.Context, r slog.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.records = append(c.records, r)
+	return nil
+}
+
+// attrs returns the attributes of a record by key.
+func attrs(r slog.Record) map[string]slog.Value {
+	m := make(map[string]slog.Value)
+	r.Attrs(func(a slog.Attr) bool {
+		m[a.Key] = a.Value
+		return true
+	})
+	return m
+}
+
+func TestLoggingRecords(t *testing.T) {
+	errUpstream := errors.New("upstream 500")
+	tests := []struct {
+		name      string
+		ctx       context.Context
+		err       error
+		wantLevel slog.Level
+		want      map[string]any // attribute values by key; nil: absent
+	}{
+		{
+			name:      "ok under a dispatcher",
+			ctx:       middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "tenant-1", Attempt: 2}),
+			wantLevel: slog.LevelInfo,
+			want:      map[string]any{"key": "tenant-1", "attempt": int64(2), "duration": 3 * time.Second, "outcome": "ok", "error": nil},
+		},
+		{
+			name:      "error under a dispatcher",
+			ctx:       middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "tenant-2", Attempt: 1}),
+			err:       errUpstream,
+			wantLevel: slog.LevelError,
+			want:      map[string]any{"key": "tenant-2", "attempt": int64(1), "duration": 3 * time.Second, "outcome": "error", "error": errUpstream},
+		},
+		{
+			name:      "no JobInfo",
+			ctx:       context.Background(),
+			wantLevel: slog.LevelInfo,
+			want:      map[string]any{"key": nil, "attempt": nil, "duration": 3 * time.Second, "outcome": "ok"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := new(capture)
+				logging, err := middleware.Logging[int, int](slog.New(c))
+				if err != nil {
+					t.Fatal(err)
+				}
+				logging(func(ctx context.Context, job int) (int, error) {
+					time.Sleep(3 * time.Second)
+					return job, tt.err
+				})(tt.ctx, 1)
+				if len(c.records) != 1 {
+					t.Fatalf("%d records, want 1", len(c.records))
+				}
+				r := c.records[0]
+				if r.Message != "job" || r.Level != tt.wantLevel {
+					t.Errorf("record %q at %v, want \"job\" at %v", r.Message, r.Level, tt.wantLevel)
+				}
+				got := attrs(r)
+				for k, want := range tt.want {
+					v, ok := got[k]
+					switch {
+					case want == nil && ok:
+						t.Errorf("attribute %s = %v, want none", k, v)
+					case want != nil && !ok:
+						t.Errorf("attribute %s missing, want %v", k, want)
+					case want != nil && v.Any() != want:
+						t.Errorf("attribute %s = %v (%T), want %v", k, v.Any(), v.Any(), want)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestLoggingInsideRetry logs each attempt with its number; outside Retry
+// it logs the job once.
+func TestLoggingAroundAndInsideRetry(t *testing.T) {
+	c := new(capture)
+	logging, err := middleware.Logging[int, int](slog.New(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := new(sleeps)
+	retry, err := middleware.Retry[int, int](middleware.WithSleep(s.sleep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "k", Attempt: 1})
+
+	middleware.Chain(retry, logging)((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, 0)
+	var got []string
+	for _, r := range c.records {
+		a := attrs(r)
+		got = append(got, a["attempt"].String()+":"+a["outcome"].String())
+	}
+	if want := "[1:error 2:error 3:ok]"; sliceString(got) != want {
+		t.Errorf("Chain(Retry, Logging) records %v, want %v", got, want)
+	}
+
+	c.records = nil
+	middleware.Chain(logging, retry)((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, 0)
+	if len(c.records) != 1 || attrs(c.records[0])["outcome"].String() != "ok" {
+		t.Errorf("Chain(Logging, Retry) wrote %d records, want 1 with outcome ok", len(c.records))
+	}
+}
+
+func sliceString(s []string) string {
+	out := "["
+	for i, v := range s {
+		if i > 0 {
+			out += " "
+		}
+		out += v
+	}
+	return out + "]"
+}
+
+func TestLoggingDisabledLevel(t *testing.T) {
+	c := &capture{level: slog.LevelWarn}
+	logging, _ := middleware.Logging[int, int](slog.New(c))
+	h := logging(func(ctx context.Context, job int) (int, error) {
+		if job == 0 {
+			return 0, errBoom
+		}
+		return job, nil
+	})
+	h(context.Background(), 1)
+	h(context.Background(), 0)
+	if len(c.records) != 1 || c.records[0].Level != slog.LevelError {
+		t.Errorf("with the logger at Warn: %d records, want only the error", len(c.records))
+	}
+}
+
+func TestLoggingNil(t *testing.T) {
+	if m, err := middleware.Logging[int, int](nil); err == nil || m != nil {
+		t.Errorf("Logging(nil) error = %v, want an error", err)
+	}
+}
