@@ -41,7 +41,8 @@ func (e *StatusError) Error() string {
 //   - 503 Service Unavailable: when ParseRetryAfter reads a delay (a 503
 //     without one is an ordinary failure, left to the caller);
 //   - 403 Forbidden with X-RateLimit-Remaining: 0, as GitHub and others
-//     answer an exhausted rate limit: like 429.
+//     answer an exhausted rate limit: like 429; and a 403 with a valid
+//     Retry-After (GitHub's secondary rate limits), with that delay.
 //
 // Dates and Unix times in the headers are measured against the response's
 // Date header when it has a valid one, so the server's clock is compared
@@ -52,23 +53,30 @@ func FromResponse(resp *http.Response) error {
 	if resp == nil {
 		return nil
 	}
-	code := resp.StatusCode
-	switch {
-	case code == http.StatusTooManyRequests, code == http.StatusServiceUnavailable:
-	case code == http.StatusForbidden && strings.TrimSpace(resp.Header.Get("X-RateLimit-Remaining")) == "0":
-	default:
+	code, h := resp.StatusCode, resp.Header
+	if code != http.StatusTooManyRequests && code != http.StatusServiceUnavailable && code != http.StatusForbidden {
 		return nil
 	}
 	now := time.Now()
-	if date, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+	if date, err := http.ParseTime(h.Get("Date")); err == nil {
 		now = date
 	}
-	d, ok := ParseRetryAfter(resp.Header, now)
-	if !ok {
-		if code == http.StatusServiceUnavailable {
+	d, ok := ParseRetryAfter(h, now)
+	switch {
+	case code == http.StatusTooManyRequests,
+		code == http.StatusForbidden && strings.TrimSpace(h.Get("X-RateLimit-Remaining")) == "0":
+		if !ok {
+			d = DefaultRetryAfter
+		}
+	case code == http.StatusServiceUnavailable && ok:
+	case code == http.StatusForbidden:
+		// Only Retry-After makes a 403 a rate limit: the other headers
+		// come with every answer, whatever its reason.
+		if d, ok = parseRetryAfterValue(h.Get("Retry-After"), now); !ok {
 			return nil
 		}
-		d = DefaultRetryAfter
+	default:
+		return nil
 	}
 	return &RetryAfterError{Delay: d, Err: &StatusError{StatusCode: code, Status: resp.Status}}
 }

@@ -126,6 +126,8 @@ func TestFromResponse(t *testing.T) {
 		{"403 GitHub rate limit without reset", resp(403, "X-RateLimit-Remaining", "0"), middleware.DefaultRetryAfter, true},
 		{"403 with quota left", resp(403, "X-RateLimit-Remaining", "12", "X-RateLimit-Reset", "60"), 0, false},
 		{"403 plain", resp(403), 0, false},
+		{"403 GitHub secondary rate limit", resp(403, "Retry-After", "60", "X-RateLimit-Remaining", "4000", "X-RateLimit-Reset", "1445412480"), time.Minute, true},
+		{"403 with garbage Retry-After", resp(403, "Retry-After", "x", "X-RateLimit-Remaining", "4000", "X-RateLimit-Reset", "60"), 0, false},
 	}
 	for _, tt := range tests {
 		err := middleware.FromResponse(tt.resp)

@@ -9,7 +9,8 @@ import (
 
 // Logging returns a Middleware that writes one record to logger per call
 // of the handler it wraps: message "job", then the attributes key and
-// attempt from the context's JobInfo (left out when there is none),
+// attempt from the context's JobInfo (left out when there is none, and the
+// key when it is empty),
 // duration, outcome ("ok" or "error") and, on failure, error. Records of
 // successes are at slog.LevelInfo, of failures at slog.LevelError; the
 // handler's context is passed to logger, so slog handlers can add values
@@ -42,7 +43,10 @@ func logJob(ctx context.Context, logger *slog.Logger, d time.Duration, err error
 	}
 	attrs := make([]slog.Attr, 0, 5)
 	if info, ok := JobInfoFrom(ctx); ok {
-		attrs = append(attrs, slog.String("key", info.Key), slog.Int("attempt", info.Attempt))
+		if info.Key != "" {
+			attrs = append(attrs, slog.String("key", info.Key))
+		}
+		attrs = append(attrs, slog.Int("attempt", info.Attempt))
 	}
 	attrs = append(attrs, slog.Duration("duration", d))
 	if err != nil {

@@ -3,6 +3,7 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -62,6 +63,12 @@ func TestLoggingRecords(t *testing.T) {
 			want:      map[string]any{"key": "tenant-2", "attempt": int64(1), "duration": 3 * time.Second, "outcome": "error", "error": errUpstream},
 		},
 		{
+			name:      "attempt without a key",
+			ctx:       middleware.WithJobInfo(context.Background(), middleware.JobInfo{Attempt: 3}),
+			wantLevel: slog.LevelInfo,
+			want:      map[string]any{"key": nil, "attempt": int64(3), "outcome": "ok"},
+		},
+		{
 			name:      "no JobInfo",
 			ctx:       context.Background(),
 			wantLevel: slog.LevelInfo,
@@ -104,8 +111,8 @@ func TestLoggingRecords(t *testing.T) {
 	}
 }
 
-// TestLoggingInsideRetry logs each attempt with its number; outside Retry
-// it logs the job once.
+// TestLoggingAroundAndInsideRetry: inside Retry, Logging logs each
+// attempt with its number; outside, the job once.
 func TestLoggingAroundAndInsideRetry(t *testing.T) {
 	c := new(capture)
 	logging, err := middleware.Logging[int, int](slog.New(c))
@@ -125,7 +132,7 @@ func TestLoggingAroundAndInsideRetry(t *testing.T) {
 		a := attrs(r)
 		got = append(got, a["attempt"].String()+":"+a["outcome"].String())
 	}
-	if want := "[1:error 2:error 3:ok]"; sliceString(got) != want {
+	if want := "[1:error 2:error 3:ok]"; fmt.Sprint(got) != want {
 		t.Errorf("Chain(Retry, Logging) records %v, want %v", got, want)
 	}
 
@@ -134,17 +141,6 @@ func TestLoggingAroundAndInsideRetry(t *testing.T) {
 	if len(c.records) != 1 || attrs(c.records[0])["outcome"].String() != "ok" {
 		t.Errorf("Chain(Logging, Retry) wrote %d records, want 1 with outcome ok", len(c.records))
 	}
-}
-
-func sliceString(s []string) string {
-	out := "["
-	for i, v := range s {
-		if i > 0 {
-			out += " "
-		}
-		out += v
-	}
-	return out + "]"
 }
 
 func TestLoggingDisabledLevel(t *testing.T) {

@@ -13,7 +13,11 @@
 // logs one record per job (not per attempt), retries the whole of an
 // attempt, waits for the key's bucket before every attempt, and gives the
 // call, not the bucket wait, its deadline. Put logging inside retry to log
-// every attempt instead.
+// every attempt instead. Under a dispatcher, leave rateLimit out (the
+// dispatcher admits jobs itself) and consider Retry with
+// WithMaxRetryAfter(0), so that a server's retry-after pauses the key for
+// every process instead of holding one worker; outside one, put Keyed
+// first so that logs name the key.
 //
 // Costs, per job: Chain adds one function call per middleware and nothing
 // when the handler runs. Timeout allocates a context and a timer (about a

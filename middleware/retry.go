@@ -192,13 +192,17 @@ func DefaultRetryable(err error) bool {
 // An error that carries a retry-after (RetryAfter) is retried no sooner
 // than it asks: the wait is the larger of the backoff and the retry-after,
 // never less than the server asked. A retry-after longer than
-// WithMaxRetryAfter allows is returned at once, unchanged.
+// WithMaxRetryAfter allows is returned at once, unchanged, and so is one
+// that would end after the context's deadline: a dispatcher can still
+// pause the key with it.
 //
 // Each attempt's context carries the job's JobInfo with Attempt increased
 // by one per retry (starting from the JobInfo Retry receives, or Attempt 1
 // if there is none). When the context ends, Retry stops waiting at once and
 // returns an error that matches the context's error and names the last
-// handler error. When the attempts run out it returns the last error
+// handler error; it does not start a wait that would end after the
+// context's deadline, but gives up at once. When the attempts run out, or
+// the deadline is too near, it returns the last error
 // wrapped with the number of attempts (so errors.Is and errors.As still see
 // it); a non-retryable error is returned unchanged. The result is always
 // the last attempt's.
@@ -262,11 +266,18 @@ func retry[T, R any](ctx context.Context, c *retryConfig, next Handler[T, R], jo
 			b.Reset()
 		}
 		wait := c.jittered(b.NextBackOff())
-		if ra, ok := RetryAfter(err); ok {
-			if ra > c.maxRetryAfter {
+		ra, hasRA := RetryAfter(err)
+		if hasRA {
+			wait = max(wait, ra)
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			if hasRA {
 				return r, err
 			}
-			wait = max(wait, ra)
+			return r, fmt.Errorf("middleware: gave up after %d attempts, the next would start after the context's deadline: %w", n, err)
+		}
+		if hasRA && ra > c.maxRetryAfter {
+			return r, err
 		}
 		if c.onRetry != nil {
 			c.onRetry(actx, err, wait)

@@ -458,3 +458,48 @@ func TestRetryAroundTimeout(t *testing.T) {
 		}
 	})
 }
+
+// TestRetryNearTheDeadline: Retry does not start a wait that would end
+// after the context's deadline.
+func TestRetryNearTheDeadline(t *testing.T) {
+	ra := &middleware.RetryAfterError{Delay: 10 * time.Second, Err: errBoom}
+	tests := []struct {
+		name      string
+		err       error
+		deadline  time.Duration
+		wantCalls int
+		wantSame  bool // the handler's error comes back unchanged
+		wantAt    time.Duration
+	}{
+		{"backoff fits", errBoom, 5 * time.Second, 2, false, 100 * time.Millisecond},
+		{"backoff does not fit", errBoom, 50 * time.Millisecond, 1, false, 0},
+		{"retry-after fits", ra, 11 * time.Second, 2, false, 10 * time.Second},
+		{"retry-after does not fit", ra, 5 * time.Second, 1, true, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				m, err := middleware.Retry[int, int](middleware.WithJitter(0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), tt.deadline)
+				defer cancel()
+				start := time.Now()
+				sc := &script{errs: []error{tt.err}}
+				_, err = m(sc.handle)(ctx, 0)
+				if sc.calls() != tt.wantCalls || time.Since(start) != tt.wantAt {
+					t.Errorf("handler called %d times, Retry returned after %v; want %d, %v", sc.calls(), time.Since(start), tt.wantCalls, tt.wantAt)
+				}
+				switch {
+				case tt.wantCalls == 2 && err != nil:
+					t.Errorf("error = %v, want nil", err)
+				case tt.wantSame && err != tt.err:
+					t.Errorf("error = %v, want the handler's error unchanged", err)
+				case tt.wantCalls == 1 && !tt.wantSame && (!errors.Is(err, errBoom) || errors.Is(err, context.DeadlineExceeded)):
+					t.Errorf("error = %v, want the handler's error wrapped, not a deadline", err)
+				}
+			})
+		})
+	}
+}
