@@ -200,12 +200,12 @@ func DefaultRetryable(err error) bool {
 // by one per retry (starting from the JobInfo Retry receives, or Attempt 1
 // if there is none). When the context ends, Retry stops waiting at once and
 // returns an error that matches the context's error and names the last
-// handler error; it does not start a wait that would end after the
-// context's deadline, but gives up at once. When the attempts run out, or
-// the deadline is too near, it returns the last error
-// wrapped with the number of attempts (so errors.Is and errors.As still see
-// it); a non-retryable error is returned unchanged. The result is always
-// the last attempt's.
+// handler error (without wrapping it, so a cancelled job never looks
+// retryable). It does not start a wait that would end after the context's
+// deadline. When the attempts run out, or the deadline is too near, it
+// returns the last error wrapped with the number of attempts (errors.Is and
+// errors.As still see it); a non-retryable error is returned unchanged.
+// The result is always the last attempt's.
 //
 // Retry waits in the caller's goroutine: inside a dispatcher, the job holds
 // its worker while it waits.
