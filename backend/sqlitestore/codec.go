@@ -1,0 +1,109 @@
+package sqlitestore
+
+import (
+	"encoding/binary"
+	"errors"
+
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+// quotasFormat is the first byte of an encoded quota state. A new layout
+// takes a new value and a schema migration.
+const quotasFormat = 1
+
+// quotasUsed reports whether any quota of qs has a slot in use. A state
+// without one is equivalent to no quota state, and is stored as NULL.
+func quotasUsed(qs []bucket.QuotaState) bool {
+	for _, q := range qs {
+		if len(q.Slots) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// appendQuotas appends the compact form of qs to b and returns it. The form is the format byte, then for each quota its window in ticks
+// (uvarint) and its slot count (uvarint), then for each slot its index as
+// the difference from the previous slot's (varint, the first from 0) and
+// its count (uvarint). A quota of 1,000/hour with all 101 slots in use
+// takes about 400 bytes; a typical one a few dozen.
+func appendQuotas(b []byte, qs []bucket.QuotaState) []byte {
+	b = append(b, quotasFormat)
+	for _, q := range qs {
+		b = binary.AppendUvarint(b, uint64(q.Window))
+		b = binary.AppendUvarint(b, uint64(len(q.Slots)))
+		prev := int64(0)
+		for _, s := range q.Slots {
+			b = binary.AppendVarint(b, s.Index-prev)
+			b = binary.AppendUvarint(b, uint64(s.Count))
+			prev = s.Index
+		}
+	}
+	return b
+}
+
+var errBadQuotas = errors.New("malformed quota state")
+
+// decodeQuotas decodes b, as written by appendQuotas, into qs, reusing its
+// memory. A nil or empty b decodes to no quota state. It never panics: a
+// malformed b returns errBadQuotas.
+func decodeQuotas(b []byte, qs []bucket.QuotaState) ([]bucket.QuotaState, error) {
+	qs = qs[:0]
+	if len(b) == 0 {
+		return qs, nil
+	}
+	if b[0] != quotasFormat {
+		return qs, errBadQuotas
+	}
+	b = b[1:]
+	for len(b) > 0 {
+		if len(qs) == bucket.MaxQuotas {
+			return qs, errBadQuotas
+		}
+		window, ok := uvarint(&b)
+		if !ok || window < 1 || window > uint64(bucket.MaxDuration) {
+			return qs, errBadQuotas
+		}
+		n, ok := uvarint(&b)
+		if !ok || n > uint64(len(b))/2 { // each slot takes at least 2 bytes
+			return qs, errBadQuotas
+		}
+		var slots []bucket.Slot
+		if len(qs) < cap(qs) {
+			slots = qs[:len(qs)+1][len(qs)].Slots[:0]
+		}
+		index := int64(0)
+		for i := range n {
+			delta, ok := varint(&b)
+			if !ok || i > 0 && delta <= 0 {
+				return qs, errBadQuotas
+			}
+			count, ok := uvarint(&b)
+			if !ok || count < 1 || count > 1<<62 {
+				return qs, errBadQuotas
+			}
+			index += delta
+			slots = append(slots, bucket.Slot{Index: index, Count: int64(count)})
+		}
+		qs = append(qs, bucket.QuotaState{Window: int64(window), Slots: slots})
+	}
+	return qs, nil
+}
+
+func uvarint(b *[]byte) (uint64, bool) {
+	v, n := binary.Uvarint(*b)
+	if n <= 0 {
+		return 0, false
+	}
+	*b = (*b)[n:]
+	return v, true
+}
+
+func varint(b *[]byte) (int64, bool) {
+	v, n := binary.Varint(*b)
+	if n <= 0 {
+		return 0, false
+	}
+	*b = (*b)[n:]
+	return v, true
+}

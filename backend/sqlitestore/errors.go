@@ -1,0 +1,129 @@
+package sqlitestore
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Errors callers branch on. Every failure of the database is an *Error
+// that matches one of these with errors.Is when its cause is known.
+var (
+	// ErrLocked matches an operation that waited longer than
+	// Options.BusyTimeout for another connection's write lock.
+	ErrLocked = errors.New("sqlitestore: database locked for longer than the busy timeout")
+	// ErrReadOnly matches a database that cannot be written: a read-only
+	// file, a directory where the file or its -wal and -shm companions
+	// cannot be created, a read-only file system.
+	ErrReadOnly = errors.New("sqlitestore: database is read-only")
+	// ErrNotDatabase matches a file that is not an SQLite database, or an
+	// SQLite database that belongs to another program.
+	ErrNotDatabase = errors.New("sqlitestore: not a sqlitestore database")
+	// ErrNewerSchema matches a database whose schema was written by a newer
+	// version of this package. The file is left untouched.
+	ErrNewerSchema = errors.New("sqlitestore: database schema is newer than this program supports")
+	// ErrCorrupt matches a database SQLite reports as malformed, or a row
+	// whose state cannot be decoded.
+	ErrCorrupt = errors.New("sqlitestore: database is corrupt")
+)
+
+// An Error is a failed database operation: what the Store was doing, on
+// which file, and why. It matches the sentinel naming its cause (ErrLocked,
+// ErrReadOnly, ErrNotDatabase, ErrNewerSchema, ErrCorrupt) with errors.Is,
+// and unwraps to the underlying error (often a *sqlite.Error).
+type Error struct {
+	Op   string // "open", "admit", "refund", "pause", "sweep", ...
+	Path string // the database file
+	Err  error  // the underlying error
+
+	kind error // one of the sentinels above, or nil
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("sqlitestore: ")
+	b.WriteString(e.Op)
+	b.WriteString(" ")
+	b.WriteString(e.Path)
+	if e.kind != nil {
+		b.WriteString(": ")
+		b.WriteString(strings.TrimPrefix(e.kind.Error(), "sqlitestore: "))
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+// Unwrap returns the sentinel naming the cause, if known, and the
+// underlying error.
+func (e *Error) Unwrap() []error {
+	if e.kind == nil {
+		return []error{e.Err}
+	}
+	return []error{e.kind, e.Err}
+}
+
+// wrapErr returns err as an *Error of op on path, classified by its SQLite
+// result code or its system error.
+func wrapErr(op, path string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		if e.Op == "" {
+			e.Op = op
+		}
+		if e.Path == "" {
+			e.Path = path
+		}
+		return err
+	}
+	return &Error{Op: op, Path: path, Err: err, kind: classify(path, err)}
+}
+
+func classify(path string, err error) error {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return ErrLocked
+		case sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM:
+			return ErrReadOnly
+		case sqlite3.SQLITE_NOTADB:
+			return ErrNotDatabase
+		case sqlite3.SQLITE_CORRUPT:
+			return ErrCorrupt
+		case sqlite3.SQLITE_CANTOPEN:
+			// SQLite says only that it could not open a file: the
+			// database, its -wal or its -shm. If the directory refuses
+			// new files, that is why.
+			if !dirWritable(path) {
+				return ErrReadOnly
+			}
+		}
+		return nil
+	}
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		return ErrReadOnly
+	}
+	return nil
+}
+
+// dirWritable reports whether a file can be created in path's directory.
+// It is asked only after a failure, so it may cost a file creation.
+func dirWritable(path string) bool {
+	f, err := os.CreateTemp(filepath.Dir(path), ".sqlitestore-probe-*")
+	if err != nil {
+		return false
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return true
+}

@@ -1,0 +1,114 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strconv"
+)
+
+// applicationID marks a database file as this package's ("LkBt"), so that
+// a Store never adopts, or migrates, another program's database.
+const applicationID = 0x4c6b4274
+
+// migrations[v] takes the schema from version v-1 to version v; the file's
+// PRAGMA user_version is the last one applied. Entries are only ever
+// appended: a change of schema is a new version with the statements that
+// convert the previous one, so that a file written by any earlier version
+// opens.
+//
+// buckets holds one row per key whose state is not that of a fresh bucket,
+// in clock ticks (Unix microseconds): tat and paused as in bucket.State;
+// seen, the latest time the row was decided at; fresh_at, bucket.FreshAt
+// of the state (indexed, so that idle rows are found without a scan); and
+// quotas, the quota state in the form of appendQuotas, NULL when empty.
+// clock holds swept, the latest time at which rows were deleted as fresh.
+// Together seen and swept keep the store's clock from running backwards
+// (see Store).
+var migrations = [][]string{
+	1: {
+		`CREATE TABLE buckets (
+			key      BLOB    NOT NULL PRIMARY KEY,
+			tat      INTEGER NOT NULL,
+			paused   INTEGER NOT NULL,
+			seen     INTEGER NOT NULL,
+			fresh_at INTEGER NOT NULL,
+			quotas   BLOB
+		) WITHOUT ROWID`,
+		`CREATE INDEX buckets_fresh_at ON buckets (fresh_at)`,
+		`CREATE TABLE clock (
+			id    INTEGER PRIMARY KEY CHECK (id = 0),
+			swept INTEGER NOT NULL
+		)`,
+		`INSERT INTO clock (id, swept) VALUES (0, 0)`,
+	},
+}
+
+// SchemaVersion is the version of the schema this package writes, kept in
+// the file's PRAGMA user_version.
+const SchemaVersion = 1
+
+// migrate brings the schema of the database on c to SchemaVersion, creating
+// it in an empty file. It always takes the write lock, so that a database
+// this process cannot write fails here rather than at the first admission.
+// Processes opening one file at once serialize on BEGIN IMMEDIATE; the
+// later ones find the work done.
+func migrate(ctx context.Context, c *sql.Conn) error {
+	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	if err := migrateLocked(ctx, c); err != nil {
+		c.ExecContext(context.Background(), "ROLLBACK")
+		return err
+	}
+	_, err := c.ExecContext(ctx, "COMMIT")
+	return err
+}
+
+func migrateLocked(ctx context.Context, c *sql.Conn) error {
+	version, app, err := schemaVersion(ctx, c)
+	if err != nil {
+		return err
+	}
+	if app == applicationID && version == SchemaVersion {
+		return nil
+	}
+	if app != applicationID {
+		if app != 0 {
+			return &Error{Op: "open", kind: ErrNotDatabase, Err: fmt.Errorf("application_id is %#x, not %#x", app, applicationID)}
+		}
+		var tables int
+		if err := c.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&tables); err != nil {
+			return err
+		}
+		if tables > 0 || version != 0 {
+			return &Error{Op: "open", kind: ErrNotDatabase, Err: fmt.Errorf("it holds another program's schema (%d objects, user_version %d)", tables, version)}
+		}
+	}
+	if version > SchemaVersion {
+		return &Error{Op: "open", kind: ErrNewerSchema, Err: fmt.Errorf("the file has schema version %d, this program knows up to %d", version, SchemaVersion)}
+	}
+	for v := version + 1; v <= SchemaVersion; v++ {
+		for _, stmt := range migrations[v] {
+			if _, err := c.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("migrating to schema version %d: %w", v, err)
+			}
+		}
+	}
+	// PRAGMA takes no parameters; both values are integers of ours.
+	if _, err := c.ExecContext(ctx, "PRAGMA application_id = "+strconv.Itoa(applicationID)); err != nil {
+		return err
+	}
+	_, err = c.ExecContext(ctx, "PRAGMA user_version = "+strconv.Itoa(SchemaVersion))
+	return err
+}
+
+func schemaVersion(ctx context.Context, c *sql.Conn) (version, app int, err error) {
+	if err := c.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return 0, 0, err
+	}
+	if err := c.QueryRowContext(ctx, "PRAGMA application_id").Scan(&app); err != nil {
+		return 0, 0, err
+	}
+	return version, app, nil
+}
