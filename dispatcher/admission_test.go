@@ -1,0 +1,321 @@
+package dispatcher_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/dispatcher"
+	"github.com/leakybucket/leakybucket/middleware"
+)
+
+type task struct {
+	key string
+	n   int
+}
+
+func taskKey(t task) string { return t.key }
+
+// TestNoHeadOfLineBlocking: key A at 1/s with 100 queued jobs does not hold
+// up key B (unlimited) and its 10,000 jobs on 4 workers.
+func TestNoHeadOfLineBlocking(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		limA := bucket.PerSecond(1)
+		lim := newLimiter(t, limA, bucket.WithKeyLimit(func(key string) bucket.Limit {
+			if key == "A" {
+				return limA
+			}
+			return bucket.Unlimited
+		}))
+		rec := newStarts()
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			rec.record(j.key)
+			return j.n, nil
+		}, dispatcher.WithWorkers(4), dispatcher.WithQueue(20_000), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+
+		begin := time.Now()
+		var fa, fb []*dispatcher.Future[int]
+		for i := range 100 {
+			f, err := d.Submit(context.Background(), task{"A", i})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fa = append(fa, f)
+		}
+		for i := range 10_000 {
+			f, err := d.Submit(context.Background(), task{"B", i})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fb = append(fb, f)
+		}
+		for _, f := range fb {
+			if _, err := f.Wait(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if took := time.Since(begin); took >= 100*time.Millisecond {
+			t.Errorf("key B's 10,000 jobs took %v behind key A, want well under a second", took)
+		}
+		for _, f := range fa {
+			if _, err := f.Wait(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if took := time.Since(begin); took < 99*time.Second || took > 100*time.Second {
+			t.Errorf("key A's 100 jobs at 1/s took %v, want 99s", took)
+		}
+		rec.check(t, "A", limA, 100)
+	})
+}
+
+// TestStartsConform records handler start times per key and checks them
+// with the reference checker: with free workers, saturated workers, and a
+// scheduler that stalls between admitting jobs and handing them over.
+func TestStartsConform(t *testing.T) {
+	lim := bucket.PerSecond(50).WithBurst(3).WithQuota(40, time.Second)
+	tests := []struct {
+		name    string
+		workers int
+		work    time.Duration
+		stall   bool
+	}{
+		{"free workers", 16, time.Millisecond, false},
+		{"saturated workers", 2, 70 * time.Millisecond, false},
+		{"scheduler stalls", 16, time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rec := newStarts()
+				l := newLimiter(t, lim)
+				d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+					rec.record(j.key)
+					time.Sleep(tt.work)
+					return j.n, nil
+				}, dispatcher.WithWorkers(tt.workers), dispatcher.WithQueue(1000), dispatcher.WithLimiter(l), dispatcher.WithKey(taskKey))
+				if tt.stall {
+					var n atomic.Int64
+					dispatcher.SetAfterAdmit(d, func() {
+						if n.Add(1)%5 == 0 {
+							time.Sleep(20 * time.Millisecond)
+						}
+					})
+				}
+				keys := []string{"a", "b", "c"}
+				var fs []*dispatcher.Future[int]
+				for i := range 120 {
+					for _, k := range keys {
+						f, err := d.Submit(context.Background(), task{k, i})
+						if err != nil {
+							t.Fatal(err)
+						}
+						fs = append(fs, f)
+					}
+				}
+				for _, f := range fs {
+					if _, err := f.Wait(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for _, k := range keys {
+					rec.check(t, k, lim, 120)
+				}
+			})
+		})
+	}
+}
+
+// TestOneKeyStartsInOrder: jobs of one key start in submission order.
+func TestOneKeyStartsInOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var order []int
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			order = append(order, j.n) // one worker: no race
+			return 0, nil
+		}, dispatcher.WithWorkers(1), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100).WithBurst(5))), dispatcher.WithKey(taskKey))
+		var fs []*dispatcher.Future[int]
+		for i := range 50 {
+			f, _ := d.Submit(context.Background(), task{"k", i})
+			fs = append(fs, f)
+		}
+		for _, f := range fs {
+			f.Wait(context.Background())
+		}
+		for i, n := range order {
+			if n != i {
+				t.Fatalf("start %d ran job %d, want submission order", i, n)
+			}
+		}
+	})
+}
+
+// TestRetryAfterPausesKey: a handler that answers "retry after 200ms" once
+// for key A: no A job starts during the pause, B is unaffected, the job
+// then succeeds and no failure is counted.
+func TestRetryAfterPausesKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := newStarts()
+		var refusedAt atomic.Int64
+		var once atomic.Bool
+		begin := time.Now()
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			rec.record(j.key)
+			if j.key == "A" && j.n == 3 && once.CompareAndSwap(false, true) {
+				refusedAt.Store(int64(time.Since(begin)))
+				return 0, &middleware.RetryAfterError{Delay: 200 * time.Millisecond, Err: errors.New("429")}
+			}
+			return j.n, nil
+		}, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey))
+		var fs []*dispatcher.Future[int]
+		for i := range 20 {
+			for _, k := range []string{"A", "B"} {
+				f, err := d.Submit(context.Background(), task{k, i})
+				if err != nil {
+					t.Fatal(err)
+				}
+				fs = append(fs, f)
+			}
+		}
+		for _, f := range fs {
+			if _, err := f.Wait(context.Background()); err != nil {
+				t.Fatalf("job failed: %v", err)
+			}
+		}
+		st := d.Stats()
+		if st.Failed != 0 || st.Retried != 1 || st.Succeeded != 40 {
+			t.Errorf("Stats = %+v, want 40 succeeded, 1 retried, 0 failed", st)
+		}
+		refused := refusedAt.Load()
+		var bDuringPause int
+		for _, s := range rec.at["A"] {
+			if s.At > refused && s.At < refused+int64(200*time.Millisecond) {
+				t.Errorf("an A job started %v into the 200ms pause", time.Duration(s.At-refused))
+			}
+		}
+		for _, s := range rec.at["B"] {
+			if s.At > refused && s.At < refused+int64(200*time.Millisecond) {
+				bDuringPause++
+			}
+		}
+		if bDuringPause == 0 {
+			t.Error("no B job started during A's pause: B was held up")
+		}
+		if ks := st.Keys["A"]; ks.Retried != 1 || ks.Failed != 0 {
+			t.Errorf("Stats.Keys[A] = %+v, want 1 retried, 0 failed", ks)
+		}
+	})
+}
+
+// TestRequeueBound: a handler that always asks for a retry fails after
+// WithMaxRequeues requeues, with an error matching ErrTooManyRequeues.
+func TestRequeueBound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var runs atomic.Int64
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			runs.Add(1)
+			return 0, &middleware.RetryAfterError{Delay: time.Second}
+		}, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey), dispatcher.WithMaxRequeues(3))
+		_, err := d.Do(context.Background(), task{"A", 1})
+		if !errors.Is(err, dispatcher.ErrTooManyRequeues) {
+			t.Errorf("Do = %v, want ErrTooManyRequeues", err)
+		}
+		if _, ok := middleware.RetryAfter(err); !ok {
+			t.Errorf("Do = %v, want it to wrap the handler's retry-after error", err)
+		}
+		if n := runs.Load(); n != 4 {
+			t.Errorf("handler ran %d times, want 4 (1 + 3 requeues)", n)
+		}
+	})
+}
+
+// TestCancelBeforeStart: a queued job whose context ends is resolved with
+// the context's error, frees its place, and gives back its booking.
+func TestCancelBeforeStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := newLimiter(t, bucket.PerSecond(1))
+		d := newDispatcher(t, double, dispatcher.WithLimiter(lim), dispatcher.WithQueue(2),
+			dispatcher.WithBookAhead(2*time.Second))
+		if _, err := d.Do(context.Background(), 1); err != nil { // uses the burst
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		f1, _ := d.Submit(ctx, 2) // booked for t0+1s
+		f2, _ := d.Submit(ctx, 3)
+		if _, err := d.TrySubmit(context.Background(), 4); !errors.Is(err, dispatcher.ErrQueueFull) {
+			t.Fatalf("TrySubmit on a full queue: %v, want ErrQueueFull", err)
+		}
+		synctest.Wait()
+		cancel()
+		for _, f := range []*dispatcher.Future[int]{f1, f2} {
+			if _, err := f.Wait(context.Background()); !errors.Is(err, context.Canceled) {
+				t.Errorf("cancelled job: %v, want context.Canceled", err)
+			}
+		}
+		// The booking at t0+1s was refunded: the next job takes that slot.
+		begin := time.Now()
+		if _, err := d.Do(context.Background(), 5); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(begin); took > time.Second {
+			t.Errorf("job after a refunded booking waited %v, want at most 1s", took)
+		}
+		if st := d.Stats(); st.Cancelled != 2 || st.Queued != 0 {
+			t.Errorf("Stats = %+v, want 2 cancelled, none queued", st)
+		}
+	})
+}
+
+// TestBackpressure: Submit blocks while the queue is full and honours its
+// context; TrySubmit fails at once.
+func TestBackpressure(t *testing.T) {
+	for _, withLimiter := range []bool{false, true} {
+		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				release := make(chan struct{})
+				opts := []dispatcher.Option{dispatcher.WithWorkers(1), dispatcher.WithQueue(10)}
+				if withLimiter {
+					opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1_000_000).WithBurst(1000))))
+				}
+				d := newDispatcher(t, func(_ context.Context, n int) (int, error) {
+					<-release
+					return n, nil
+				}, opts...)
+				for i := range 11 { // one running, ten queued
+					if _, err := d.Submit(context.Background(), i); err != nil {
+						t.Fatal(err)
+					}
+					synctest.Wait()
+				}
+				if _, err := d.TrySubmit(context.Background(), 11); !errors.Is(err, dispatcher.ErrQueueFull) {
+					t.Fatalf("TrySubmit on a full queue: %v, want ErrQueueFull", err)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				if _, err := d.Submit(ctx, 12); !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("Submit on a full queue with a 1s deadline: %v, want DeadlineExceeded", err)
+				}
+				var submitted atomic.Bool
+				go func() {
+					d.Submit(context.Background(), 13)
+					submitted.Store(true)
+				}()
+				synctest.Wait()
+				if submitted.Load() {
+					t.Fatal("Submit on a full queue returned")
+				}
+				release <- struct{}{} // one job finishes: room for one
+				synctest.Wait()
+				if !submitted.Load() {
+					t.Fatal("Submit still blocked after room was made")
+				}
+				close(release)
+			})
+		})
+	}
+}

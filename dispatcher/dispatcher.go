@@ -1,0 +1,428 @@
+// Package dispatcher runs typed jobs on a bounded worker pool. With a
+// limiter, every job is first admitted by its key's leaky bucket, in a
+// scheduler, before it takes a worker: a throttled key waits in a timer
+// heap and never holds up the others, and what the rate-limited service
+// sees — the start times of handler calls — conforms to each key's limit.
+//
+//	d, err := dispatcher.New(fetch,
+//		dispatcher.WithWorkers(16),
+//		dispatcher.WithKey(func(r Request) string { return r.Tenant }),
+//		dispatcher.WithLimiter(limiter))
+//	...
+//	res, err := d.Do(ctx, req)
+//	...
+//	err = d.Shutdown(ctx)
+//
+// Every accepted job is resolved exactly once. Submit blocks while the
+// queue is full; Shutdown drains what is queued as the limits admit it.
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/middleware"
+)
+
+// A Dispatcher runs jobs of type T through a handler that returns R. It
+// is safe for concurrent use. A queued job holds no goroutine and costs
+// about 300 bytes; with a limiter, each key being used costs a few hundred
+// bytes more, forgotten a minute after its last job.
+type Dispatcher[T, R any] struct {
+	handler  middleware.Handler[T, R]
+	keyOf    func(T) string
+	costOf   func(T) int
+	lim      *bucket.Limiter
+	withInfo bool
+	cfg      config
+	epoch    time.Time
+
+	// run carries jobs to workers. Without a limiter it is the queue
+	// itself (capacity cfg.queue); with one it holds only admitted jobs,
+	// each with a worker reserved for it (capacity cfg.workers).
+	run chan *job[T, R]
+
+	intake  sync.RWMutex  // read-held while submitting; write-held to close intake
+	closed  bool          // guarded by intake
+	closing chan struct{} // closed when intake closes
+
+	sched *scheduler[T, R] // nil without a limiter
+
+	pending   atomic.Int64 // accepted, unresolved
+	drained   chan struct{}
+	drainOnce sync.Once
+	stopped   atomic.Bool // a hard stop began
+	current   []atomic.Pointer[job[T, R]]
+
+	base     context.Context // for backend calls; cancelled on hard stop
+	stopBase context.CancelFunc
+	quit     chan struct{}
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+	hardOnce sync.Once
+
+	stats counters
+}
+
+// New returns a Dispatcher that runs h. Its workers start at once; stop
+// them with Shutdown or Close.
+func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R], error) {
+	if h == nil {
+		return nil, errors.New("dispatcher: New: nil handler")
+	}
+	cfg := defaults()
+	for _, opt := range opts {
+		if err := opt(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	d := &Dispatcher[T, R]{
+		handler: h,
+		keyOf:   func(T) string { return "default" },
+		lim:     cfg.limiter,
+		cfg:     cfg,
+		epoch:   time.Now(),
+		closing: make(chan struct{}),
+		drained: make(chan struct{}),
+		current: make([]atomic.Pointer[job[T, R]], cfg.workers),
+		quit:    make(chan struct{}),
+	}
+	if cfg.key != nil {
+		f, ok := cfg.key.(func(T) string)
+		if !ok {
+			return nil, fmt.Errorf("dispatcher: WithKey takes %T, want func(%T) string", cfg.key, *new(T))
+		}
+		d.keyOf = f
+	}
+	if cfg.cost != nil {
+		f, ok := cfg.cost.(func(T) int)
+		if !ok {
+			return nil, fmt.Errorf("dispatcher: WithCost takes %T, want func(%T) int", cfg.cost, *new(T))
+		}
+		d.costOf = f
+	}
+	if len(cfg.middleware) > 0 {
+		mws := make([]middleware.Middleware[T, R], len(cfg.middleware))
+		for i, m := range cfg.middleware {
+			mw, ok := m.(middleware.Middleware[T, R])
+			if !ok {
+				return nil, fmt.Errorf("dispatcher: WithMiddleware: middleware %d is %T, want middleware.Middleware[%T, %T]", i, m, *new(T), *new(R))
+			}
+			mws[i] = mw
+		}
+		d.handler = middleware.Chain(mws...)(h)
+		d.withInfo = true
+	}
+	d.base, d.stopBase = context.WithCancel(context.Background())
+	if d.lim != nil {
+		d.run = make(chan *job[T, R], cfg.workers)
+		d.sched = newScheduler(d)
+		d.wg.Add(1)
+		go d.sched.loop()
+	} else {
+		d.run = make(chan *job[T, R], cfg.queue)
+	}
+	d.wg.Add(cfg.workers)
+	for w := range cfg.workers {
+		go d.work(w)
+	}
+	return d, nil
+}
+
+// now is the dispatcher's clock: monotonic nanoseconds since New.
+func (d *Dispatcher[T, R]) now() int64 { return int64(time.Since(d.epoch)) }
+
+// Submit queues job and returns its future. It blocks while the queue is
+// full, until there is room, ctx ends (ctx's error) or the dispatcher
+// closes (ErrClosed). ctx belongs to the job: its values reach the
+// handler, and if it ends before the job starts the job is resolved with
+// its error, its place freed and any booked admission refunded.
+func (d *Dispatcher[T, R]) Submit(ctx context.Context, job T) (*Future[R], error) {
+	return d.submit(ctx, job, true, nil)
+}
+
+// TrySubmit is Submit without blocking: it returns ErrQueueFull at once
+// when the queue has no room.
+func (d *Dispatcher[T, R]) TrySubmit(ctx context.Context, job T) (*Future[R], error) {
+	return d.submit(ctx, job, false, nil)
+}
+
+// Do submits job and waits for its result. If ctx ends first, the job is
+// cancelled (if it has not started) and ctx's error returned.
+func (d *Dispatcher[T, R]) Do(ctx context.Context, job T) (R, error) {
+	f, err := d.Submit(ctx, job)
+	if err != nil {
+		var zero R
+		return zero, err
+	}
+	return f.Wait(ctx)
+}
+
+// submit queues a job; then, if not nil, is called once the job is
+// resolved, from the goroutine that resolved it.
+func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then func(*Future[R])) (*Future[R], error) {
+	if ctx == nil {
+		return nil, errors.New("dispatcher: nil context")
+	}
+	j := &job[T, R]{parent: ctx, in: in, cost: 1, attempt: 1, then: then}
+	if d.sched != nil {
+		if j.key = d.keyOf(in); j.key == "" {
+			return nil, fmt.Errorf("dispatcher: job key: %w", bucket.ErrEmptyKey)
+		}
+	}
+	if d.costOf != nil {
+		if j.cost = int64(d.costOf(in)); j.cost < 1 {
+			return nil, fmt.Errorf("dispatcher: job cost %d: %w", j.cost, bucket.ErrInvalidCost)
+		}
+	}
+	d.intake.RLock()
+	defer d.intake.RUnlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	j.submitted = d.now()
+	if d.sched != nil {
+		if err := d.sched.enqueue(ctx, j, block); err != nil {
+			return nil, err
+		}
+		return &j.Future, nil
+	}
+	d.accept(j)
+	if block {
+		select {
+		case d.run <- j:
+		case <-ctx.Done():
+			d.unaccept()
+			return nil, ctx.Err()
+		case <-d.closing:
+			d.unaccept()
+			return nil, ErrClosed
+		}
+	} else {
+		select {
+		case d.run <- j:
+		default:
+			d.unaccept()
+			return nil, ErrQueueFull
+		}
+	}
+	if ctx.Done() != nil {
+		// Without a limiter the job waits in the run channel; if its
+		// context ends there, it is resolved at once and skipped by the
+		// worker that meets it.
+		j.watch(context.AfterFunc(ctx, func() {
+			if j.stateCAS(queued, done) {
+				d.finish(j, *new(R), j.parent.Err(), outcomeCancelled)
+			}
+		}))
+	}
+	return &j.Future, nil
+}
+
+func (d *Dispatcher[T, R]) accept(*job[T, R]) {
+	d.pending.Add(1)
+	d.stats.submitted.Add(1)
+}
+
+// unaccept takes back a job that never entered the queue.
+func (d *Dispatcher[T, R]) unaccept() {
+	d.stats.submitted.Add(-1)
+	d.pending.Add(-1)
+}
+
+type outcome uint8
+
+const (
+	outcomeSucceeded outcome = iota
+	outcomeFailed
+	outcomeCancelled
+)
+
+// finish resolves j; every resolution goes through here.
+func (d *Dispatcher[T, R]) finish(j *job[T, R], val R, err error, o outcome) {
+	j.unwatchCtx()
+	if !j.resolve(val, err) {
+		panic("dispatcher: job resolved twice") // a bug in this package
+	}
+	if j.then != nil {
+		j.then(&j.Future)
+	}
+	d.stats.outcome(o).Add(1)
+	if j.kc != nil {
+		j.kc.outcome(o).Add(1)
+	}
+	if d.pending.Add(-1) == 0 {
+		d.checkDrained()
+	}
+}
+
+func (d *Dispatcher[T, R]) checkDrained() {
+	select {
+	case <-d.closing:
+		if d.pending.Load() == 0 {
+			d.drainOnce.Do(func() { close(d.drained) })
+		}
+	default:
+	}
+}
+
+func (d *Dispatcher[T, R]) work(w int) {
+	defer d.wg.Done()
+	for {
+		select {
+		case j := <-d.run:
+			d.runJob(w, j)
+		case <-d.quit:
+			return
+		}
+	}
+}
+
+func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
+	if d.sched == nil {
+		if !j.stateCAS(queued, running) {
+			return // resolved while queued
+		}
+	} else if d.sched.late(j) {
+		return
+	}
+	j.unwatchCtx()
+	if d.stopped.Load() {
+		d.finish(j, *new(R), ErrClosed, outcomeCancelled)
+		d.sched.release(j)
+		return
+	}
+	d.stats.running.Add(1)
+	wait := d.now() - j.submitted
+	d.stats.wait.record(wait)
+	if j.kc != nil {
+		j.kc.wait.record(wait)
+	}
+	d.current[w].Store(j)
+	if d.stopped.Load() { // a hard stop that missed d.current
+		j.cancel(context.Canceled)
+	}
+	var ctx context.Context = j
+	if d.withInfo {
+		ctx = middleware.WithJobInfo(j, middleware.JobInfo{Key: j.key, Attempt: j.attempt})
+	}
+	val, err := d.call(ctx, j.in)
+	d.current[w].Store(nil)
+	j.cancel(context.Canceled) // the run is over: so is its context
+	d.stats.running.Add(-1)
+
+	if d.sched != nil {
+		var requeued bool
+		if requeued, err = d.sched.requeue(j, err); requeued {
+			return
+		}
+	}
+	o := outcomeSucceeded
+	if err != nil {
+		o = outcomeFailed
+	}
+	d.finish(j, val, err, o)
+	d.sched.release(j)
+}
+
+// call runs the handler, turning a panic into a *PanicError.
+func (d *Dispatcher[T, R]) call(ctx context.Context, in T) (val R, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			var zero R
+			val, err = zero, &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return d.handler(ctx, in)
+}
+
+// Shutdown stops intake (Submit returns ErrClosed), lets queued jobs run
+// as their limits admit them, and waits for running jobs. If ctx ends
+// first it cancels running jobs' contexts, resolves the jobs that have not
+// started with ErrClosed, waits for the running ones to return, and
+// returns ctx's error. It is idempotent, and when it returns no goroutine
+// of the dispatcher is left. Handlers that ignore their context delay it.
+func (d *Dispatcher[T, R]) Shutdown(ctx context.Context) error {
+	d.closeIntake()
+	var err error
+	select {
+	case <-d.drained:
+	case <-ctx.Done():
+		err = ctx.Err()
+		d.hardStop()
+		<-d.drained
+	}
+	d.stopOnce.Do(func() {
+		close(d.quit)
+		d.wg.Wait()
+		d.stopBase()
+	})
+	return err
+}
+
+// Close stops the dispatcher at once: as Shutdown with a context that has
+// already ended, except that it returns nil.
+func (d *Dispatcher[T, R]) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	d.Shutdown(ctx)
+	return nil
+}
+
+func (d *Dispatcher[T, R]) closeIntake() {
+	d.intake.Lock()
+	if !d.closed {
+		d.closed = true
+		close(d.closing)
+	}
+	d.intake.Unlock()
+	d.checkDrained()
+}
+
+// hardStop resolves every job that has not started with ErrClosed and
+// cancels the contexts of running ones.
+func (d *Dispatcher[T, R]) hardStop() {
+	d.hardOnce.Do(func() {
+		d.stopped.Store(true)
+		d.stopBase()
+		if d.sched != nil {
+			d.sched.stop()
+		} else {
+			for {
+				select {
+				case j := <-d.run:
+					if j.stateCAS(queued, done) {
+						d.finish(j, *new(R), ErrClosed, outcomeCancelled)
+					}
+					continue
+				default:
+				}
+				break
+			}
+		}
+		for w := range d.current {
+			if j := d.current[w].Load(); j != nil {
+				j.cancel(context.Canceled)
+			}
+		}
+	})
+}
+
+// jobState is read and written atomically: without a limiter a worker and
+// a context watch race for a queued job.
+func (j *job[T, R]) stateCAS(from, to jobState) bool {
+	return atomic.CompareAndSwapUint32((*uint32)(&j.state), uint32(from), uint32(to))
+}
+
+func (j *job[T, R]) setState(s jobState) { atomic.StoreUint32((*uint32)(&j.state), uint32(s)) }
+
+func (j *job[T, R]) getState() jobState { return jobState(atomic.LoadUint32((*uint32)(&j.state))) }

@@ -1,0 +1,252 @@
+package dispatcher_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/leakybucket/leakybucket/backend/memstore"
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/dispatcher"
+	"github.com/leakybucket/leakybucket/middleware"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func double(_ context.Context, n int) (int, error) { return 2 * n, nil }
+
+func newDispatcher[T, R any](t *testing.T, h middleware.Handler[T, R], opts ...dispatcher.Option) *dispatcher.Dispatcher[T, R] {
+	t.Helper()
+	d, err := dispatcher.New(h, opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// newLimiter returns a limiter over a fresh memstore, closed at cleanup.
+func newLimiter(t *testing.T, lim bucket.Limit, opts ...bucket.Option) *bucket.Limiter {
+	t.Helper()
+	s, err := memstore.New(memstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	l, err := bucket.NewLimiter(s, lim, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestDo(t *testing.T) {
+	for _, withLimiter := range []bool{false, true} {
+		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
+			opts := []dispatcher.Option{dispatcher.WithWorkers(4)}
+			if withLimiter {
+				opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1_000_000).WithBurst(1000))),
+					dispatcher.WithKey(func(n int) string { return fmt.Sprint("k", n%7) }))
+			}
+			d := newDispatcher(t, double, opts...)
+			for i := range 1000 {
+				got, err := d.Do(context.Background(), i)
+				if err != nil || got != 2*i {
+					t.Fatalf("Do(%d) = %d, %v, want %d, nil", i, got, err, 2*i)
+				}
+			}
+			if err := d.Shutdown(context.Background()); err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			st := d.Stats()
+			if st.Submitted != 1000 || st.Succeeded != 1000 || st.Queued != 0 || st.Running != 0 {
+				t.Errorf("Stats = %+v, want 1000 submitted and succeeded", st)
+			}
+		})
+	}
+}
+
+func TestDoAllKeepsInputOrder(t *testing.T) {
+	d := newDispatcher(t, func(_ context.Context, n int) (int, error) {
+		if n%10 == 3 {
+			return 0, fmt.Errorf("job %d failed", n)
+		}
+		return n * n, nil
+	}, dispatcher.WithWorkers(8), dispatcher.WithQueue(16))
+	jobs := make([]int, 500)
+	for i := range jobs {
+		jobs[i] = i
+	}
+	for i, r := range d.DoAll(context.Background(), jobs) {
+		if i%10 == 3 {
+			if r.Err == nil {
+				t.Errorf("DoAll result %d: err nil, want an error", i)
+			}
+		} else if r.Err != nil || r.Value != i*i {
+			t.Errorf("DoAll result %d = %d, %v, want %d", i, r.Value, r.Err, i*i)
+		}
+	}
+}
+
+func TestStream(t *testing.T) {
+	d := newDispatcher(t, double, dispatcher.WithWorkers(3), dispatcher.WithQueue(4))
+	in := make(chan int)
+	go func() {
+		defer close(in)
+		for i := range 1000 {
+			in <- i
+		}
+	}()
+	seen := make(map[int]bool)
+	for o := range d.Stream(context.Background(), in) {
+		if o.Err != nil || o.Value != 2*o.Job {
+			t.Errorf("outcome for %d = %d, %v", o.Job, o.Value, o.Err)
+		}
+		if seen[o.Job] {
+			t.Errorf("job %d delivered twice", o.Job)
+		}
+		seen[o.Job] = true
+	}
+	if len(seen) != 1000 {
+		t.Errorf("Stream delivered %d outcomes, want 1000", len(seen))
+	}
+}
+
+func TestStreamBackpressure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDispatcher(t, double, dispatcher.WithWorkers(2), dispatcher.WithQueue(3))
+		in := make(chan int)
+		var pulled atomic.Int64
+		go func() {
+			defer close(in)
+			for i := range 100 {
+				in <- i
+				pulled.Add(1)
+			}
+		}()
+		out := d.Stream(context.Background(), in)
+		synctest.Wait() // nobody reads out: the pipeline fills and stops pulling
+		if n := pulled.Load(); n > 2+3+1 {
+			t.Errorf("with nobody reading, Stream pulled %d jobs, want at most queue+workers+1", n)
+		}
+		n := 0
+		for range out {
+			n++
+		}
+		if n != 100 {
+			t.Errorf("got %d outcomes, want 100", n)
+		}
+	})
+}
+
+func TestPanicBecomesError(t *testing.T) {
+	d := newDispatcher(t, func(_ context.Context, n int) (int, error) {
+		if n == 1 {
+			panic("boom")
+		}
+		return n, nil
+	}, dispatcher.WithWorkers(1))
+	_, err := d.Do(context.Background(), 1)
+	var pe *dispatcher.PanicError
+	if !errors.As(err, &pe) || pe.Value != "boom" || len(pe.Stack) == 0 {
+		t.Fatalf("Do(panicking job) error = %v, want a *PanicError with the value and a stack", err)
+	}
+	if got, err := d.Do(context.Background(), 2); got != 2 || err != nil {
+		t.Fatalf("after a panic, Do(2) = %d, %v: the worker died", got, err)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	if _, err := dispatcher.New[int, int](nil); err == nil {
+		t.Error("New(nil handler) succeeded")
+	}
+	for name, opt := range map[string]dispatcher.Option{
+		"workers 0":     dispatcher.WithWorkers(0),
+		"queue -1":      dispatcher.WithQueue(-1),
+		"nil key":       dispatcher.WithKey[int](nil),
+		"nil limiter":   dispatcher.WithLimiter(nil),
+		"key of string": dispatcher.WithKey(func(string) string { return "" }),
+		"requeues -1":   dispatcher.WithMaxRequeues(-1),
+		"book ahead -1": dispatcher.WithBookAhead(-time.Second),
+		"batch 0":       dispatcher.WithBatchSize(0),
+		"nil middleware": dispatcher.WithMiddleware[int, int](nil),
+		"middleware of other types": dispatcher.WithMiddleware(func(h middleware.Handler[string, int]) middleware.Handler[string, int] {
+			return h
+		}),
+	} {
+		if d, err := dispatcher.New(double, opt); err == nil {
+			d.Close()
+			t.Errorf("New with %s succeeded, want an error", name)
+		}
+	}
+
+	d := newDispatcher(t, double,
+		dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10).WithBurst(2))),
+		dispatcher.WithKey(func(n int) string {
+			if n == 0 {
+				return ""
+			}
+			return "k"
+		}),
+		dispatcher.WithCost(func(n int) int { return n }))
+	if _, err := d.Submit(context.Background(), 0); !errors.Is(err, bucket.ErrEmptyKey) {
+		t.Errorf("Submit with an empty key: %v, want bucket.ErrEmptyKey", err)
+	}
+	if _, err := d.Submit(context.Background(), -1); !errors.Is(err, bucket.ErrInvalidCost) {
+		t.Errorf("Submit with cost -1: %v, want bucket.ErrInvalidCost", err)
+	}
+	if _, err := d.Do(context.Background(), 3); !errors.Is(err, bucket.ErrImpossible) {
+		t.Errorf("Do with cost 3 above burst 2: %v, want bucket.ErrImpossible", err)
+	}
+	if got, err := d.Do(context.Background(), 2); err != nil || got != 4 {
+		t.Errorf("Do(2) = %d, %v after bad jobs, want 4", got, err)
+	}
+	if st := d.Stats(); st.Failed != 1 || st.Succeeded != 1 || st.Submitted != 2 {
+		t.Errorf("Stats = %+v, want 2 submitted, 1 failed, 1 succeeded", st)
+	}
+	d.Shutdown(context.Background())
+	if _, err := d.Submit(context.Background(), 1); !errors.Is(err, dispatcher.ErrClosed) {
+		t.Errorf("Submit after Shutdown: %v, want ErrClosed", err)
+	}
+	if _, err := d.TrySubmit(context.Background(), 1); !errors.Is(err, dispatcher.ErrClosed) {
+		t.Errorf("TrySubmit after Shutdown: %v, want ErrClosed", err)
+	}
+	if err := d.Shutdown(context.Background()); err != nil {
+		t.Errorf("second Shutdown: %v", err)
+	}
+}
+
+// starts records handler start times per key on the dispatcher's clock.
+type starts struct {
+	mu sync.Mutex
+	at map[string][]backendtest.Start
+	t0 time.Time
+}
+
+func newStarts() *starts { return &starts{at: make(map[string][]backendtest.Start), t0: time.Now()} }
+
+func (s *starts) record(key string) {
+	s.mu.Lock()
+	s.at[key] = append(s.at[key], backendtest.Start{At: int64(time.Since(s.t0)), Cost: 1})
+	s.mu.Unlock()
+}
+
+func (s *starts) check(t *testing.T, key string, lim bucket.Limit, want int) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if got := len(s.at[key]); got != want {
+		t.Errorf("key %s: %d starts, want %d", key, got, want)
+	}
+	if err := backendtest.Check(lim, s.at[key]); err != nil {
+		t.Errorf("key %s: %v", key, err)
+	}
+}

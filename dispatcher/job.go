@@ -1,0 +1,239 @@
+package dispatcher
+
+import (
+	"context"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+type jobState uint32
+
+const (
+	queued  jobState = iota // in its key's list (or the run channel without a limiter)
+	asking                  // its admission is being decided
+	booked                  // admitted, waiting for its slot
+	running                 // handed to a worker
+	done                    // resolved
+)
+
+// A job is one submitted job: its future, its place in its key's queue,
+// its admission, and the context its handler runs with. One allocation
+// holds all of it.
+//
+// The job is itself the handler's context: values and deadline come from
+// the context given to Submit, and it is done when that context is, when
+// the run ends, or on a hard stop. Its channel and the watch on the parent
+// are made only if the handler asks for Done, so a handler that never
+// selects on its context costs no allocation for it.
+type job[T, R any] struct {
+	Future[R]
+	parent    context.Context
+	in        T
+	key       string
+	cost      int64
+	submitted int64 // dispatcher clock
+	attempt   int
+	seq       uint64       // submission order, with a limiter
+	kc        *keyCounters // its key's figures, with a limiter
+	state     jobState
+	prev      *job[T, R]
+	next      *job[T, R]
+	unwatch   func() bool // stops the watch on parent while the job waits; guarded by Future.mu
+	then      func(*Future[R])
+
+	// The admission, from when it is decided until the job runs.
+	lim  bucket.Limit
+	dec  bucket.Decision
+	slot int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
+
+	// Handler context, guarded by Future.mu.
+	ctxDone    chan struct{}
+	ctxErr     error
+	stopParent func() bool
+	afterFuncs map[*afterFunc]struct{}
+}
+
+type afterFunc struct{ f func() }
+
+var _ context.Context = (*job[int, int])(nil)
+
+func (j *job[T, R]) Deadline() (time.Time, bool) { return j.parent.Deadline() }
+
+func (j *job[T, R]) Value(key any) any { return j.parent.Value(key) }
+
+func (j *job[T, R]) Done() <-chan struct{} {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.ctxDone != nil {
+		return j.ctxDone
+	}
+	if j.ctxErr != nil {
+		return closedChan
+	}
+	j.ctxDone = make(chan struct{})
+	if err := j.parent.Err(); err != nil {
+		j.ctxErr = err
+		close(j.ctxDone)
+	} else if j.parent.Done() != nil {
+		j.stopParent = context.AfterFunc(j.parent, func() { j.cancel(j.parent.Err()) })
+	}
+	return j.ctxDone
+}
+
+func (j *job[T, R]) Err() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.ctxErr != nil || j.ctxDone != nil {
+		return j.ctxErr
+	}
+	return j.parent.Err()
+}
+
+// AfterFunc lets context.WithCancel and friends derive from a job without
+// a goroutine each (the context package looks for this method).
+func (j *job[T, R]) AfterFunc(f func()) (stop func() bool) {
+	j.Done() // watch the parent
+	a := &afterFunc{f: f}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.ctxErr != nil {
+		go f()
+		return func() bool { return false }
+	}
+	if j.afterFuncs == nil {
+		j.afterFuncs = make(map[*afterFunc]struct{})
+	}
+	j.afterFuncs[a] = struct{}{}
+	return func() bool {
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		_, ok := j.afterFuncs[a]
+		delete(j.afterFuncs, a)
+		return ok
+	}
+}
+
+// cancel ends the handler context with err (the first error wins).
+func (j *job[T, R]) cancel(err error) {
+	j.mu.Lock()
+	if j.ctxErr != nil {
+		j.mu.Unlock()
+		return
+	}
+	j.ctxErr = err
+	if j.ctxDone != nil {
+		close(j.ctxDone)
+	}
+	stop, fns := j.stopParent, j.afterFuncs
+	j.stopParent, j.afterFuncs = nil, nil
+	j.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	for a := range fns {
+		go a.f()
+	}
+}
+
+// watch records stop, which ends the watch on the job's context while it
+// waits. If the job left the queue meanwhile, the watch ends at once.
+func (j *job[T, R]) watch(stop func() bool) {
+	j.mu.Lock()
+	j.unwatch = stop
+	j.mu.Unlock()
+	if j.getState() != queued {
+		j.unwatchCtx()
+	}
+}
+
+// unwatchCtx ends the watch on the job's context, if any. From within the
+// watch it does nothing.
+func (j *job[T, R]) unwatchCtx() {
+	j.mu.Lock()
+	stop := j.unwatch
+	j.unwatch = nil
+	j.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// resetContext readies the handler context for another run.
+func (j *job[T, R]) resetContext() {
+	j.mu.Lock()
+	j.ctxDone, j.ctxErr, j.stopParent, j.afterFuncs = nil, nil, nil, nil
+	j.mu.Unlock()
+}
+
+// A jobList is an intrusive FIFO of jobs; removal is O(1).
+type jobList[T, R any] struct {
+	head, tail *job[T, R]
+	n          int
+}
+
+func (l *jobList[T, R]) pushBack(j *job[T, R]) {
+	j.prev, j.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = j
+	} else {
+		l.head = j
+	}
+	l.tail = j
+	l.n++
+}
+
+func (l *jobList[T, R]) pushFront(j *job[T, R]) {
+	j.prev, j.next = nil, l.head
+	if l.head != nil {
+		l.head.prev = j
+	} else {
+		l.tail = j
+	}
+	l.head = j
+	l.n++
+}
+
+func (l *jobList[T, R]) remove(j *job[T, R]) {
+	if j.prev != nil {
+		j.prev.next = j.next
+	} else {
+		l.head = j.next
+	}
+	if j.next != nil {
+		j.next.prev = j.prev
+	} else {
+		l.tail = j.prev
+	}
+	j.prev, j.next = nil, nil
+	l.n--
+}
+
+// insert puts a job back in submission order; jobs come back near the
+// head, so the walk is short.
+func (l *jobList[T, R]) insert(j *job[T, R]) {
+	at := l.head
+	for at != nil && at.seq < j.seq {
+		at = at.next
+	}
+	if at == nil {
+		l.pushBack(j)
+		return
+	}
+	j.prev, j.next = at.prev, at
+	if at.prev != nil {
+		at.prev.next = j
+	} else {
+		l.head = j
+	}
+	at.prev = j
+	l.n++
+}
+
+func (l *jobList[T, R]) popFront() *job[T, R] {
+	j := l.head
+	if j != nil {
+		l.remove(j)
+	}
+	return j
+}

@@ -1,0 +1,159 @@
+package dispatcher
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/middleware"
+)
+
+// An Option configures a Dispatcher. Options that take the job type (WithKey,
+// WithCost) or the handler's types (WithMiddleware) must agree with the
+// handler given to New, or New returns an error.
+type Option func(*config) error
+
+type config struct {
+	workers     int
+	queue       int
+	key         any // func(T) string
+	cost        any // func(T) int
+	limiter     *bucket.Limiter
+	middleware  []any // middleware.Middleware[T, R]
+	maxRequeues int
+	bookAhead   time.Duration
+	lateness    time.Duration
+	batch       int
+}
+
+func defaults() config {
+	return config{
+		workers:     max(runtime.GOMAXPROCS(0), 4),
+		queue:       1024,
+		maxRequeues: 10,
+		bookAhead:   5 * time.Millisecond,
+		lateness:    time.Millisecond,
+		batch:       256,
+	}
+}
+
+// WithWorkers sets the number of worker goroutines, which bounds how many
+// handlers run at once. Default: GOMAXPROCS, at least 4.
+func WithWorkers(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("dispatcher: WithWorkers(%d): need at least 1", n)
+		}
+		c.workers = n
+		return nil
+	}
+}
+
+// WithQueue sets how many accepted jobs may wait to start; Submit blocks
+// and TrySubmit fails while that many wait. Default 1024.
+func WithQueue(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("dispatcher: WithQueue(%d): need at least 1", n)
+		}
+		c.queue = n
+		return nil
+	}
+}
+
+// WithKey sets the function that gives each job its key: the bucket it is
+// admitted by and the queue it waits in. Default: every job has the key
+// "default". An empty key fails the job with bucket.ErrEmptyKey.
+func WithKey[T any](key func(T) string) Option {
+	return func(c *config) error {
+		if key == nil {
+			return errors.New("dispatcher: WithKey: nil function")
+		}
+		c.key = key
+		return nil
+	}
+}
+
+// WithCost sets the function that gives each job its cost in bucket units.
+// Default 1. A cost the key's limit can never admit fails the job with a
+// *bucket.CostError.
+func WithCost[T any](cost func(T) int) Option {
+	return func(c *config) error {
+		if cost == nil {
+			return errors.New("dispatcher: WithCost: nil function")
+		}
+		c.cost = cost
+		return nil
+	}
+}
+
+// WithLimiter admits every job through lim before it takes a worker. The
+// limiter's limit for a key is read at each admission. Without a limiter
+// jobs start in submission order as workers free up.
+func WithLimiter(lim *bucket.Limiter) Option {
+	return func(c *config) error {
+		if lim == nil {
+			return errors.New("dispatcher: WithLimiter: nil limiter")
+		}
+		c.limiter = lim
+		return nil
+	}
+}
+
+// WithMiddleware wraps the handler in mws, the first outermost (see
+// middleware.Chain). Handlers under middleware find a middleware.JobInfo
+// in their context.
+func WithMiddleware[T, R any](mws ...middleware.Middleware[T, R]) Option {
+	return func(c *config) error {
+		for i, m := range mws {
+			if m == nil {
+				return fmt.Errorf("dispatcher: WithMiddleware: middleware %d is nil", i)
+			}
+			c.middleware = append(c.middleware, m)
+		}
+		return nil
+	}
+}
+
+// WithMaxRequeues bounds how many times one job may be put back because
+// its handler returned an error carrying a retry-after; past it the job
+// fails with an error matching ErrTooManyRequeues and the handler's error.
+// Default 10.
+func WithMaxRequeues(n int) Option {
+	return func(c *config) error {
+		if n < 0 {
+			return fmt.Errorf("dispatcher: WithMaxRequeues(%d): must not be negative", n)
+		}
+		c.maxRequeues = n
+		return nil
+	}
+}
+
+// WithBookAhead sets how far ahead of its start a job may be admitted.
+// Booking slightly ahead lets the dispatcher pace high rates exactly
+// (each job starts at its slot rather than when a poll notices the bucket
+// has room); nothing is booked further ahead. Default 5ms; 0 admits only
+// jobs that may start at once.
+func WithBookAhead(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 || d > time.Minute {
+			return fmt.Errorf("dispatcher: WithBookAhead(%v): must be within [0, 1m]", d)
+		}
+		c.bookAhead = d
+		return nil
+	}
+}
+
+// WithBatchSize bounds how many admissions go to the backend in one call
+// (one transaction for SQLite, one pipeline for Redis). Default 256.
+func WithBatchSize(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("dispatcher: WithBatchSize(%d): need at least 1", n)
+		}
+		c.batch = n
+		return nil
+	}
+}

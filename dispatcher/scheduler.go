@@ -1,0 +1,593 @@
+package dispatcher
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/middleware"
+)
+
+// The scheduler admits jobs through the limiter before they take a worker.
+//
+// Each key has a FIFO of jobs; only its head asks the bucket, and only
+// when a worker is free to start it, so an admitted job starts at its slot
+// rather than queueing behind busy workers (which would bunch starts up).
+// Ready keys are served round-robin and decided in batches (one backend
+// round trip for many keys). A key its bucket refuses, or whose head is
+// booked a little ahead, sits in a timer heap until its time; it holds up
+// no other key. A key asks again for its next job once its head has been
+// handed to a worker, so a key has at most one booking at a time.
+type scheduler[T, R any] struct {
+	d *Dispatcher[T, R]
+
+	mu      sync.Mutex // before any Future's mutex, never after
+	keys    map[string]*keyState[T, R]
+	ready   ring[*keyState[T, R]]
+	timers  keyHeap[T, R]
+	idle    int           // workers neither running a job nor reserved for one
+	waiting int           // accepted jobs that have not started: the queue's occupancy
+	space   chan struct{} // closed when the queue frees room; nil if nobody waits
+	wake    chan struct{}
+	stopped bool
+	swept   int64
+	seq     uint64
+
+	afterAdmit func() // a test hook: stalls the scheduler
+	rtt        atomic.Int64 // moving average of an admission batch's round trip
+}
+
+type phase uint8
+
+const (
+	keyIdle    phase = iota // no job waiting
+	keyReady                // in the ready ring
+	keyAsking               // its head's admission is being decided
+	keyHolding              // its head is booked, waiting for its slot
+	keyWaiting              // refused, paused or backing off: in the timer heap
+)
+
+type keyState[T, R any] struct {
+	name     string
+	jobs     jobList[T, R]
+	phase    phase
+	head     *job[T, R] // asking or booked
+	wakeAt   int64
+	heapIdx  int
+	paused   int64 // a retry-after seen by this process: admit nothing before
+	backoff  time.Duration
+	lastUsed int64
+	stats    *keyCounters
+}
+
+func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
+	return &scheduler[T, R]{
+		d:    d,
+		keys: make(map[string]*keyState[T, R]),
+		idle: d.cfg.workers,
+		wake: make(chan struct{}, 1),
+	}
+}
+
+func (s *scheduler[T, R]) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
+	k := s.keys[name]
+	if k == nil {
+		k = &keyState[T, R]{name: name, heapIdx: -1, stats: s.d.stats.key(name)}
+		s.keys[name] = k
+	}
+	return k
+}
+
+// enqueue adds j at the tail of its key's queue, waiting for room if block.
+func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool) error {
+	s.mu.Lock()
+	for s.waiting >= s.d.cfg.queue {
+		if !block {
+			s.mu.Unlock()
+			return ErrQueueFull
+		}
+		if s.space == nil {
+			s.space = make(chan struct{})
+		}
+		space := s.space
+		s.mu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.d.closing:
+			return ErrClosed
+		}
+		s.mu.Lock()
+	}
+	s.waiting++
+	s.d.pending.Add(1)
+	s.d.stats.submitted.Add(1)
+	k := s.key(j.key)
+	k.stats.submitted.Add(1)
+	j.kc = k.stats
+	s.seq++
+	j.seq = s.seq
+	j.setState(queued)
+	k.jobs.pushBack(j)
+	if k.phase == keyIdle {
+		s.makeReady(k)
+	}
+	if ctx.Done() != nil {
+		j.watch(context.AfterFunc(ctx, func() { s.cancelWaiting(j) }))
+	}
+	wake := s.idle > 0
+	s.mu.Unlock()
+	if wake {
+		s.signal()
+	}
+	return nil
+}
+
+func (s *scheduler[T, R]) makeReady(k *keyState[T, R]) {
+	k.phase = keyReady
+	s.ready.push(k)
+}
+
+// settle gives k its phase after its head left it.
+func (s *scheduler[T, R]) settle(k *keyState[T, R]) {
+	k.head = nil
+	k.lastUsed = s.d.now()
+	if k.jobs.n == 0 {
+		k.phase = keyIdle
+		return
+	}
+	if k.paused > k.lastUsed {
+		s.wait(k, k.paused)
+		return
+	}
+	s.makeReady(k)
+}
+
+func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
+	k.phase = keyWaiting
+	k.wakeAt = until
+	s.timers.set(k)
+}
+
+// hand gives j to a worker reserved for it.
+func (s *scheduler[T, R]) hand(j *job[T, R]) {
+	j.setState(running)
+	s.waiting--
+	if s.space != nil {
+		close(s.space)
+		s.space = nil
+	}
+	s.d.run <- j
+}
+
+func (s *scheduler[T, R]) loop() {
+	defer s.d.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var (
+		batch []bucket.Admission
+		asked []*keyState[T, R]
+	)
+	for {
+		s.mu.Lock()
+		now := s.d.now()
+		s.releaseDue(now)
+		stall := s.afterAdmit
+		batch, asked = s.collect(batch[:0], asked[:0])
+		if now-s.swept > int64(time.Minute) {
+			s.sweep(now)
+		}
+		next := int64(-1)
+		if len(s.timers) > 0 {
+			next = s.timers[0].wakeAt - now
+		}
+		s.mu.Unlock()
+
+		if len(batch) > 0 {
+			before := s.d.now()
+			s.d.lim.Admit(s.d.base, batch)
+			after := s.d.now()
+			// Track the round trip: a job may start that much after the
+			// backend decided without being late.
+			s.rtt.Store(s.rtt.Load() + (after-before-s.rtt.Load())/8)
+			if stall != nil {
+				stall()
+			}
+			s.apply(batch, asked, before, after)
+			clear(batch) // drop the limits' quota slices
+			continue
+		}
+		var tick <-chan time.Time
+		if next >= 0 {
+			timer.Reset(time.Duration(next))
+			tick = timer.C
+		}
+		select {
+		case <-s.wake:
+		case <-tick:
+		case <-s.d.quit:
+			return
+		}
+		timer.Stop()
+	}
+}
+
+// releaseDue hands booked heads whose slot has come to their workers and
+// makes waiting keys whose time has come ready.
+func (s *scheduler[T, R]) releaseDue(now int64) {
+	for len(s.timers) > 0 && s.timers[0].wakeAt <= now {
+		k := heap.Pop(&s.timers).(*keyState[T, R])
+		switch k.phase {
+		case keyHolding:
+			s.hand(k.head)
+			s.settle(k)
+		case keyWaiting:
+			k.phase = keyIdle
+			s.settle(k)
+		}
+	}
+}
+
+// collect takes the heads of ready keys, as many as there are free
+// workers, reserving a worker for each. Heads of unlimited keys go
+// straight to their worker.
+func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T, R]) ([]bucket.Admission, []*keyState[T, R]) {
+	for s.idle > 0 && len(batch) < s.d.cfg.batch {
+		k, ok := s.ready.pop()
+		if !ok {
+			break
+		}
+		if k.phase != keyReady {
+			continue // left the ring while queued in it
+		}
+		j := k.jobs.popFront()
+		if j == nil {
+			k.phase = keyIdle
+			continue
+		}
+		s.idle--
+		lim := s.d.lim.Limit(k.name)
+		if lim.IsUnlimited() {
+			j.slot = 0
+			s.hand(j)
+			s.settle(k)
+			continue
+		}
+		j.setState(asking)
+		k.phase, k.head = keyAsking, j
+		batch = append(batch, bucket.Admission{Request: bucket.Request{
+			Key: k.name, Limit: lim, Cost: j.cost, MaxWait: s.d.cfg.bookAhead,
+		}})
+		asked = append(asked, k)
+	}
+	return batch, asked
+}
+
+// apply acts on the decisions of a batch sent at before and answered at
+// after. The backend decided somewhere in between, so a slot is released
+// no sooner than after+Wait (never early) and judged late from
+// before+Wait (never lenient).
+func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R], before, after int64) {
+	var refunds []bucket.Admission
+	now := after
+	s.mu.Lock()
+	for i, k := range asked {
+		a := &batch[i]
+		j := k.head
+		k.head = nil
+		allowed := a.Err == nil && a.Decision.Allowed
+		switch {
+		case j.getState() != asking || s.stopped: // cancelled or stopped meanwhile
+			if allowed {
+				refunds = append(refunds, *a)
+			}
+			if j.getState() == asking {
+				j.setState(done)
+				s.waiting--
+				s.d.finish(j, *new(R), ErrClosed, outcomeCancelled)
+			}
+			s.idle++
+			s.settle(k)
+		case a.Err != nil && permanent(a.Err):
+			j.setState(done)
+			s.waiting--
+			s.idle++
+			s.d.finish(j, *new(R), a.Err, outcomeFailed)
+			s.settle(k)
+		case a.Err != nil: // the backend failed: keep the job, try again later
+			s.d.stats.backendErrors.Add(1)
+			s.d.stats.setBackendErr(a.Err)
+			k.backoff = min(max(2*k.backoff, 10*time.Millisecond), time.Second)
+			s.putBack(k, j, now+int64(k.backoff))
+		case allowed && k.paused > now: // a retry-after arrived meanwhile
+			refunds = append(refunds, *a)
+			s.putBack(k, j, k.paused)
+		case allowed:
+			k.backoff = 0
+			j.lim, j.dec = a.Limit, a.Decision
+			j.slot = before + int64(a.Decision.Wait)
+			if a.Decision.Wait <= 0 {
+				s.hand(j)
+				s.settle(k)
+				break
+			}
+			j.setState(booked)
+			k.phase, k.head = keyHolding, j
+			k.wakeAt = after + int64(a.Decision.Wait)
+			s.timers.set(k)
+		default:
+			k.stats.throttled.Add(1)
+			s.putBack(k, j, now+int64(a.Decision.Wait))
+		}
+	}
+	s.mu.Unlock()
+	s.refund(refunds)
+}
+
+// putBack returns j to the head of k's queue, frees its worker, and makes
+// k wait until the given time.
+func (s *scheduler[T, R]) putBack(k *keyState[T, R], j *job[T, R], until int64) {
+	j.setState(queued)
+	k.jobs.insert(j)
+	s.idle++
+	s.wait(k, until)
+}
+
+func (s *scheduler[T, R]) refund(as []bucket.Admission) {
+	for _, a := range as {
+		// A failed refund only under-admits: the booking stays charged.
+		_ = s.d.lim.Refund(s.d.base, a.Request, a.Decision)
+	}
+}
+
+func permanent(err error) bool {
+	return errors.Is(err, bucket.ErrInvalidLimit) || errors.Is(err, bucket.ErrImpossible) ||
+		errors.Is(err, bucket.ErrInvalidCost) || errors.Is(err, bucket.ErrEmptyKey)
+}
+
+// cancelWaiting resolves a job whose context ended before it started.
+func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
+	var refund *bucket.Admission
+	s.mu.Lock()
+	switch j.getState() {
+	case queued:
+		s.keys[j.key].jobs.remove(j)
+	case booked:
+		k := s.keys[j.key]
+		s.timers.remove(k)
+		refund = &bucket.Admission{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
+		s.idle++
+		s.settle(k)
+	case asking:
+		// apply sees the state and refunds the admission.
+	default:
+		s.mu.Unlock()
+		return
+	}
+	j.setState(done)
+	s.waiting--
+	if s.space != nil {
+		close(s.space)
+		s.space = nil
+	}
+	s.d.finish(j, *new(R), j.parent.Err(), outcomeCancelled)
+	s.mu.Unlock()
+	if refund != nil {
+		s.refund([]bucket.Admission{*refund})
+	}
+	s.signal()
+}
+
+// late reports whether j, handed to a worker, reached it too long after its
+// slot: more than the lateness tolerance plus twice the usual round trip (a
+// stalled process, scheduler or worker). Starting it now could bunch it up
+// with jobs admitted after it, so its admission is given back and it waits
+// at the head of its key for a new one.
+func (s *scheduler[T, R]) late(j *job[T, R]) bool {
+	if j.slot == 0 || s.d.stopped.Load() || s.d.now()-j.slot <= int64(s.d.cfg.lateness)+2*s.rtt.Load() {
+		return false
+	}
+	refund := bucket.Admission{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
+	j.slot = 0
+	s.refund([]bucket.Admission{refund}) // before it can be admitted again, so that the refund applies
+	s.mu.Lock()
+	k := s.key(j.key)
+	j.setState(queued)
+	k.jobs.insert(j)
+	s.waiting++
+	s.idle++
+	if k.phase == keyIdle {
+		s.makeReady(k)
+	}
+	k.stats.late.Add(1)
+	s.mu.Unlock()
+	s.signal()
+	return true
+}
+
+// requeue handles a handler error carrying a retry-after: the key is
+// paused in the backend (for every process) and here, and the job goes
+// back to the head of its key's queue. It reports whether it did, or the
+// error to resolve the job with.
+func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
+	delay, ok := middleware.RetryAfter(err)
+	if !ok || s.d.stopped.Load() || j.parent.Err() != nil {
+		return false, err
+	}
+	if j.attempt > s.d.cfg.maxRequeues {
+		return false, fmt.Errorf("%w (%d): %w", ErrTooManyRequeues, s.d.cfg.maxRequeues, err)
+	}
+	_ = s.d.lim.PauseFor(s.d.base, j.key, delay) // the local pause below holds this process even if this fails
+	until := s.d.now() + int64(delay)
+	j.attempt++
+	j.slot = 0
+	j.resetContext()
+
+	var refund *bucket.Admission
+	s.mu.Lock()
+	k := s.key(j.key)
+	k.paused = max(k.paused, until)
+	k.stats.retried.Add(1)
+	s.d.stats.retried.Add(1)
+	if k.phase == keyHolding { // its next job is booked: it must not start during the pause
+		b := k.head
+		s.timers.remove(k)
+		refund = &bucket.Admission{Request: bucket.Request{Key: b.key, Limit: b.lim, Cost: b.cost}, Decision: b.dec}
+		b.setState(queued)
+		k.jobs.insert(b)
+		s.idle++
+		k.phase, k.head = keyIdle, nil
+	}
+	j.setState(queued)
+	k.jobs.insert(j)
+	s.waiting++
+	s.idle++
+	switch k.phase {
+	case keyAsking: // apply checks k.paused for the admission in flight
+	case keyWaiting:
+		s.wait(k, max(k.wakeAt, k.paused))
+	default:
+		s.wait(k, k.paused)
+	}
+	s.mu.Unlock()
+	if refund != nil {
+		s.refund([]bucket.Admission{*refund})
+	}
+	s.signal()
+	return true, nil
+}
+
+// release frees the worker that ran or dropped j.
+func (s *scheduler[T, R]) release(*job[T, R]) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.idle++
+	wake := s.ready.n > 0
+	s.mu.Unlock()
+	if wake {
+		s.signal()
+	}
+}
+
+// stop resolves every job that has not started with ErrClosed (a hard stop).
+func (s *scheduler[T, R]) stop() {
+	var refunds []bucket.Admission
+	s.mu.Lock()
+	s.stopped = true
+	for _, k := range s.keys {
+		if k.phase == keyHolding {
+			b := k.head
+			refunds = append(refunds, bucket.Admission{Request: bucket.Request{Key: b.key, Limit: b.lim, Cost: b.cost}, Decision: b.dec})
+			s.timers.remove(k)
+			b.setState(done)
+			s.waiting--
+			s.d.finish(b, *new(R), ErrClosed, outcomeCancelled)
+			s.idle++
+			k.phase, k.head = keyIdle, nil
+		}
+		for j := k.jobs.popFront(); j != nil; j = k.jobs.popFront() {
+			j.setState(done)
+			s.waiting--
+			s.d.finish(j, *new(R), ErrClosed, outcomeCancelled)
+		}
+		if k.phase != keyAsking {
+			k.phase = keyIdle
+		}
+	}
+	s.mu.Unlock()
+	s.refund(refunds)
+}
+
+// sweep forgets keys idle for a minute.
+func (s *scheduler[T, R]) sweep(now int64) {
+	s.swept = now
+	for name, k := range s.keys {
+		if k.phase == keyIdle && now-k.lastUsed > int64(time.Minute) {
+			delete(s.keys, name)
+		}
+	}
+}
+
+// A ring is a FIFO of values backed by a slice that grows as needed.
+type ring[E any] struct {
+	buf  []E
+	head int
+	n    int
+}
+
+func (r *ring[E]) push(e E) {
+	if r.n == len(r.buf) {
+		buf := make([]E, max(16, 2*len(r.buf)))
+		for i := range r.n {
+			buf[i] = r.buf[(r.head+i)%len(r.buf)]
+		}
+		r.buf, r.head = buf, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = e
+	r.n++
+}
+
+func (r *ring[E]) pop() (E, bool) {
+	var zero E
+	if r.n == 0 {
+		return zero, false
+	}
+	e := r.buf[r.head]
+	r.buf[r.head] = zero
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	return e, true
+}
+
+// keyHeap orders waiting and holding keys by wakeAt.
+type keyHeap[T, R any] []*keyState[T, R]
+
+func (h keyHeap[T, R]) Len() int           { return len(h) }
+func (h keyHeap[T, R]) Less(i, j int) bool { return h[i].wakeAt < h[j].wakeAt }
+func (h keyHeap[T, R]) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *keyHeap[T, R]) Push(x any) {
+	k := x.(*keyState[T, R])
+	k.heapIdx = len(*h)
+	*h = append(*h, k)
+}
+func (h *keyHeap[T, R]) Pop() any {
+	old := *h
+	k := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	k.heapIdx = -1
+	return k
+}
+
+// set puts k in the heap at k.wakeAt, or moves it there.
+func (h *keyHeap[T, R]) set(k *keyState[T, R]) {
+	if k.heapIdx >= 0 {
+		heap.Fix(h, k.heapIdx)
+		return
+	}
+	heap.Push(h, k)
+}
+
+func (h *keyHeap[T, R]) remove(k *keyState[T, R]) {
+	if k.heapIdx >= 0 {
+		heap.Remove(h, k.heapIdx)
+	}
+}

@@ -1,0 +1,212 @@
+package dispatcher
+
+import (
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Stats is a snapshot of a Dispatcher's figures. Counters count jobs since
+// New; Submitted = Succeeded + Failed + Cancelled + Queued + Running.
+type Stats struct {
+	Submitted int64 // jobs accepted
+	Queued    int64 // accepted and not started, including Waiting
+	Waiting   int64 // of Queued, jobs of keys their bucket holds back right now (throttled, paused or booked ahead)
+	Running   int64 // handlers running
+	Succeeded int64 // handler returned a nil error
+	Failed    int64 // handler returned an error or panicked, or the job's limit can never admit it
+	Cancelled int64 // resolved before starting: the job's context ended, or ErrClosed
+	Retried   int64 // times a job was put back after a retry-after
+
+	BackendErrors    int64 // admissions the backend failed to decide (retried later)
+	LastBackendError error
+
+	// AdmissionWait is the time from Submit to the handler's start.
+	AdmissionWait Percentiles
+	// Keys has per-key figures; it is filled in with a limiter only.
+	Keys map[string]KeyStats
+}
+
+// KeyStats are one key's figures.
+type KeyStats struct {
+	Submitted, Succeeded, Failed, Cancelled, Retried int64
+	Throttled                                        int64 // admissions its bucket refused
+	Late                                             int64 // admissions given back because the job reached a worker late
+	AdmissionWait                                    Percentiles
+}
+
+// Percentiles summarise durations. They are read from a histogram with
+// eight buckets per power of two, so each is within 12.5% above the truth.
+type Percentiles struct {
+	Count         int64
+	P50, P90, P99 time.Duration
+	Max           time.Duration
+}
+
+// Stats returns a snapshot of the dispatcher's figures. It is safe to call
+// at any time; its cost grows with the number of keys.
+func (d *Dispatcher[T, R]) Stats() Stats {
+	c := &d.stats
+	st := Stats{
+		Submitted:     c.submitted.Load(),
+		Running:       c.running.Load(),
+		Succeeded:     c.succeeded.Load(),
+		Failed:        c.failed.Load(),
+		Cancelled:     c.cancelled.Load(),
+		Retried:       c.retried.Load(),
+		BackendErrors: c.backendErrors.Load(),
+		AdmissionWait: c.wait.percentiles(),
+	}
+	st.Queued = max(st.Submitted-st.Succeeded-st.Failed-st.Cancelled-st.Running, 0)
+	c.mu.Lock()
+	st.LastBackendError = c.lastBackendErr
+	if d.sched != nil {
+		st.Keys = make(map[string]KeyStats, len(c.keys))
+		for name, k := range c.keys {
+			st.Keys[name] = KeyStats{
+				Submitted:     k.submitted.Load(),
+				Succeeded:     k.succeeded.Load(),
+				Failed:        k.failed.Load(),
+				Cancelled:     k.cancelled.Load(),
+				Retried:       k.retried.Load(),
+				Throttled:     k.throttled.Load(),
+				Late:          k.late.Load(),
+				AdmissionWait: k.wait.percentiles(),
+			}
+		}
+	}
+	c.mu.Unlock()
+	if s := d.sched; s != nil {
+		s.mu.Lock()
+		for _, k := range s.keys {
+			switch k.phase {
+			case keyWaiting:
+				st.Waiting += int64(k.jobs.n)
+			case keyHolding:
+				st.Waiting += int64(k.jobs.n) + 1
+			}
+		}
+		s.mu.Unlock()
+	}
+	return st
+}
+
+type counters struct {
+	submitted, succeeded, failed, cancelled, retried, running, backendErrors atomic.Int64
+	wait                                                                     histogram
+
+	mu             sync.Mutex
+	keys           map[string]*keyCounters
+	lastBackendErr error
+}
+
+func (c *counters) outcome(o outcome) *atomic.Int64 {
+	switch o {
+	case outcomeSucceeded:
+		return &c.succeeded
+	case outcomeFailed:
+		return &c.failed
+	}
+	return &c.cancelled
+}
+
+func (c *counters) setBackendErr(err error) {
+	c.mu.Lock()
+	c.lastBackendErr = err
+	c.mu.Unlock()
+}
+
+// key returns name's counters, creating them on first use. They are kept
+// for the dispatcher's life: about 4 KiB a key.
+func (c *counters) key(name string) *keyCounters {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := c.keys[name]
+	if k == nil {
+		if c.keys == nil {
+			c.keys = make(map[string]*keyCounters)
+		}
+		k = new(keyCounters)
+		c.keys[name] = k
+	}
+	return k
+}
+
+type keyCounters struct {
+	submitted, succeeded, failed, cancelled, retried, throttled, late atomic.Int64
+	wait                                                              histogram
+}
+
+func (k *keyCounters) outcome(o outcome) *atomic.Int64 {
+	switch o {
+	case outcomeSucceeded:
+		return &k.succeeded
+	case outcomeFailed:
+		return &k.failed
+	}
+	return &k.cancelled
+}
+
+// histogram counts non-negative nanosecond durations in buckets of eight
+// per power of two. Recording is lock-free.
+type histogram struct {
+	counts [(64 - subBits) << subBits]atomic.Int64
+	max    atomic.Int64
+}
+
+const subBits = 3
+
+func bucketOf(v int64) int {
+	if v < 1<<subBits {
+		return int(max(v, 0))
+	}
+	e := bits.Len64(uint64(v)) - 1 - subBits // v >> e has subBits+1 bits
+	return (e+1)<<subBits | int(v>>e)&(1<<subBits-1)
+}
+
+// upper returns the largest value of bucket i.
+func upper(i int) int64 {
+	if i < 1<<subBits {
+		return int64(i)
+	}
+	e := i>>subBits - 1
+	m := int64(i&(1<<subBits-1)) | 1<<subBits
+	return (m+1)<<e - 1
+}
+
+func (h *histogram) record(v int64) {
+	h.counts[bucketOf(v)].Add(1)
+	for {
+		m := h.max.Load()
+		if v <= m || h.max.CompareAndSwap(m, v) {
+			return
+		}
+	}
+}
+
+func (h *histogram) percentiles() Percentiles {
+	var counts [len(h.counts)]int64
+	var n int64
+	for i := range h.counts {
+		counts[i] = h.counts[i].Load()
+		n += counts[i]
+	}
+	p := Percentiles{Count: n, Max: time.Duration(h.max.Load())}
+	if n == 0 {
+		return p
+	}
+	q := func(f float64) time.Duration {
+		rank := int64(f*float64(n) + 0.5)
+		rank = min(max(rank, 1), n)
+		var seen int64
+		for i, c := range counts {
+			if seen += c; seen >= rank {
+				return min(time.Duration(upper(i)), p.Max)
+			}
+		}
+		return p.Max
+	}
+	p.P50, p.P90, p.P99 = q(0.50), q(0.90), q(0.99)
+	return p
+}

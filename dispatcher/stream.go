@@ -1,0 +1,107 @@
+package dispatcher
+
+import (
+	"context"
+)
+
+// A Result is a job's outcome.
+type Result[R any] struct {
+	Value R
+	Err   error
+}
+
+// DoAll submits every job and returns their outcomes in input order. It
+// blocks while the queue is full and until every job is resolved; if ctx
+// ends, jobs not yet submitted get ctx's error and submitted ones are
+// cancelled through their context.
+func (d *Dispatcher[T, R]) DoAll(ctx context.Context, jobs []T) []Result[R] {
+	out := make([]Result[R], len(jobs))
+	futures := make([]*Future[R], len(jobs))
+	for i, job := range jobs {
+		f, err := d.submit(ctx, job, true, nil)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		futures[i] = f
+	}
+	for i, f := range futures {
+		if f != nil {
+			<-f.Done()
+			out[i].Value, out[i].Err = f.Result()
+		}
+	}
+	return out
+}
+
+// An Outcome is a streamed job with its result.
+type Outcome[T, R any] struct {
+	Job   T
+	Value R
+	Err   error
+}
+
+// Stream pulls jobs from in, which the caller owns and closes, and sends
+// each job's outcome on the returned channel in the order jobs finish.
+// Backpressure reaches the producer: Stream stops pulling while the queue
+// is full or while the consumer has not taken finished outcomes (at most
+// the queue's capacity plus the workers are in flight). When in is closed
+// and every outcome delivered, the channel is closed. If ctx ends, Stream
+// stops pulling, jobs in flight end with ctx's error (their context is
+// ctx), outcomes not yet taken may be dropped, and the channel is closed:
+// a consumer that stops reading must cancel ctx. Jobs pulled after the
+// dispatcher closed have outcomes with ErrClosed.
+func (d *Dispatcher[T, R]) Stream(ctx context.Context, in <-chan T) <-chan Outcome[T, R] {
+	window := d.cfg.queue + d.cfg.workers
+	out := make(chan Outcome[T, R])
+	finished := make(chan Outcome[T, R], window) // never blocks: at most window in flight
+	slots := make(chan struct{}, window)
+
+	go func() { // the puller: owns finished
+		defer func() {
+			for range cap(slots) { // wait for every job in flight
+				slots <- struct{}{}
+			}
+			close(finished)
+		}()
+		for {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			var (
+				job T
+				ok  bool
+			)
+			select {
+			case job, ok = <-in:
+			case <-ctx.Done():
+			}
+			if !ok {
+				<-slots
+				return
+			}
+			_, err := d.submit(ctx, job, true, func(f *Future[R]) {
+				o := Outcome[T, R]{Job: job}
+				o.Value, o.Err = f.Result()
+				finished <- o
+			})
+			if err != nil {
+				finished <- Outcome[T, R]{Job: job, Err: err}
+			}
+		}
+	}()
+
+	go func() { // the deliverer: owns out
+		defer close(out)
+		for o := range finished {
+			select {
+			case out <- o:
+			case <-ctx.Done():
+			}
+			<-slots
+		}
+	}()
+	return out
+}
