@@ -169,14 +169,14 @@ func TestBadInput(t *testing.T) {
 		t.Error("New(nil handler) succeeded")
 	}
 	for name, opt := range map[string]dispatcher.Option{
-		"workers 0":     dispatcher.WithWorkers(0),
-		"queue -1":      dispatcher.WithQueue(-1),
-		"nil key":       dispatcher.WithKey[int](nil),
-		"nil limiter":   dispatcher.WithLimiter(nil),
-		"key of string": dispatcher.WithKey(func(string) string { return "" }),
-		"requeues -1":   dispatcher.WithMaxRequeues(-1),
-		"book ahead -1": dispatcher.WithBookAhead(-time.Second),
-		"batch 0":       dispatcher.WithBatchSize(0),
+		"workers 0":      dispatcher.WithWorkers(0),
+		"queue -1":       dispatcher.WithQueue(-1),
+		"nil key":        dispatcher.WithKey[int](nil),
+		"nil limiter":    dispatcher.WithLimiter(nil),
+		"key of string":  dispatcher.WithKey(func(string) string { return "" }),
+		"requeues -1":    dispatcher.WithMaxRequeues(-1),
+		"book ahead -1":  dispatcher.WithBookAhead(-time.Second),
+		"batch 0":        dispatcher.WithBatchSize(0),
 		"nil middleware": dispatcher.WithMiddleware[int, int](nil),
 		"middleware of other types": dispatcher.WithMiddleware(func(h middleware.Handler[string, int]) middleware.Handler[string, int] {
 			return h

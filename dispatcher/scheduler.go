@@ -38,7 +38,7 @@ type scheduler[T, R any] struct {
 	swept   int64
 	seq     uint64
 
-	afterAdmit func() // a test hook: stalls the scheduler
+	afterAdmit func()       // a test hook: stalls the scheduler
 	rtt        atomic.Int64 // moving average of an admission batch's round trip
 }
 
