@@ -19,10 +19,10 @@ type Backend interface {
 	// charges nothing. Invalid requests return the errors of
 	// Request.Validate.
 	Admit(ctx context.Context, req Request) (Decision, error)
-	// Refund gives back the admission d of req that will not be used. The
-	// rate part is returned only if no later admission was booked after it;
-	// quota units are always returned. Refunding twice, or an admission the
-	// backend has forgotten, is harmless.
+	// Refund gives back the admission d of req that will not be used, if
+	// it is still the key's latest admission and nothing was refunded
+	// since (no later admission depends on it). Otherwise, and for an
+	// admission refunded already or forgotten, it does nothing.
 	Refund(ctx context.Context, req Request, d Decision) error
 	// Pause admits nothing for key until d from the backend's current time.
 	// A shorter pause never shortens a longer one already in force.
@@ -104,4 +104,5 @@ func (d Decision) Start() int64 { return d.Now + int64(d.Wait) }
 type Booking struct {
 	TAT  int64 // theoretical arrival time after the admission
 	Prev int64 // theoretical arrival time before it
+	Gen  int64 // the state's generation after it
 }

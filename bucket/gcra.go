@@ -20,6 +20,7 @@ const QuotaSlots = 100
 type State struct {
 	TAT    int64 // theoretical arrival time: the bucket's level is max(0, TAT-now)/T
 	Paused int64 // nothing starts before this time
+	Gen    int64 // counts admissions and refunds, so that a refund applies once, to the latest admission only
 	Quotas []QuotaState
 }
 
@@ -65,7 +66,12 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 	}
 	t := ceilDiv(period, lim.Rate)
 
-	start := max(now, st.TAT-mulClamp(lim.Burst-c, t, span), st.Paused)
+	// Rounding T up to a tick must round charge and capacity alike; where
+	// a product would pass the span, the charge is clamped (it still
+	// covers c×Period/Rate exactly) and the capacity shrinks with it.
+	charge := mulClamp(c, t, span)
+	capacity := min(mulClamp(lim.Burst-c, t, span), span-charge)
+	start := max(now, st.TAT-capacity, st.Paused)
 	syncQuotas(st, lim, u)
 	for i := range st.Quotas {
 		q := &st.Quotas[i]
@@ -80,7 +86,8 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 		return Decision{Wait: time.Duration((start - now) * u), Now: now * u}, nil
 	}
 	prev := st.TAT
-	st.TAT = max(st.TAT, start) + mulClamp(c, t, span)
+	st.TAT = max(st.TAT, start) + charge
+	st.Gen++
 	for i := range st.Quotas {
 		q := &st.Quotas[i]
 		q.add(floorDiv(start, SlotWidth(q.Window)), c)
@@ -89,19 +96,21 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 		Allowed: true,
 		Wait:    time.Duration((start - now) * u),
 		Now:     now * u,
-		Booking: Booking{TAT: st.TAT, Prev: prev},
+		Booking: Booking{TAT: st.TAT, Prev: prev, Gen: st.Gen},
 	}, nil
 }
 
 // Refund gives back the admission d of req, with the semantics of
-// Backend.Refund. A refused decision refunds nothing.
+// Backend.Refund: only if it is the key's latest admission and nothing has
+// been admitted or refunded since, which makes a second refund of the same
+// admission, or of one a later admission depends on, a no-op. Refunding
+// less than possible only ever under-admits.
 func Refund(st *State, req *Request, d Decision, unit time.Duration) {
-	if !d.Allowed || req.Limit.unlimited {
+	if !d.Allowed || req.Limit.unlimited || st.Gen != d.Booking.Gen || st.TAT != d.Booking.TAT {
 		return
 	}
-	if st.TAT == d.Booking.TAT {
-		st.TAT = d.Booking.Prev
-	}
+	st.TAT = d.Booking.Prev
+	st.Gen++
 	u := int64(unit)
 	start := d.Start() / u
 	for _, quota := range req.Limit.Quotas {

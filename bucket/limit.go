@@ -117,8 +117,9 @@ func (l *Limit) validate() error {
 			return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("%v exceeds MaxDuration", q.Window)}
 		}
 		for j := range i {
-			if l.Quotas[j].Window == q.Window {
-				return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("%v repeats Quotas[%d]", q.Window, j)}
+			// Backends keep quotas apart by window to the microsecond.
+			if ceilDiv(int64(l.Quotas[j].Window), int64(time.Microsecond)) == ceilDiv(int64(q.Window), int64(time.Microsecond)) {
+				return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("%v repeats Quotas[%d] (%v) to the microsecond", q.Window, j, l.Quotas[j].Window)}
 			}
 		}
 	}
