@@ -1,0 +1,49 @@
+package redisstore
+
+import (
+	"context"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/redis/go-redis/v9"
+)
+
+// SetClock makes s send now() as the script's time (ARGV[2]) instead of
+// letting it read TIME: the parity test drives Redis on a fake clock.
+func SetClock(s *Store, now func() int64) { s.clock = now }
+
+// IsLocal reports whether an admission was decided by the FailLocal
+// fallback.
+func IsLocal(d bucket.Decision) bool { return d.Allowed && d.Booking.TAT < 0 }
+
+// RawAdmit sends one admission straight to Redis and returns its
+// decision and the moment, in µs, its state becomes fresh (0 if it is).
+func RawAdmit(ctx context.Context, s *Store, req bucket.Request) (bucket.Decision, int64, error) {
+	args, err := appendAdmit(nil, &req)
+	if err != nil {
+		return bucket.Decision{}, 0, err
+	}
+	r, err := s.admitOne(ctx, s.RedisKey(req.Key), args)
+	return r.decision(), r.fresh, err
+}
+
+// RawRefund and RawPause send a refund or a pause straight to Redis and
+// return the moment, in µs, the state becomes fresh (0 if it is).
+func RawRefund(ctx context.Context, s *Store, req bucket.Request, d bucket.Decision) (int64, error) {
+	return s.runFresh(ctx, s.RedisKey(req.Key), appendRefund(nil, &req, d))
+}
+
+func RawPause(ctx context.Context, s *Store, key string, d time.Duration) (int64, error) {
+	return s.runFresh(ctx, s.RedisKey(key), appendPause(nil, d))
+}
+
+func (s *Store) runFresh(ctx context.Context, key string, args []byte) (int64, error) {
+	v, err := s.eval(ctx, key, args).Int64Slice()
+	if err != nil {
+		return 0, err
+	}
+	return v[1], nil
+}
+
+// Client returns the client s was made with.
+func (s *Store) Client() redis.UniversalClient { return s.client }

@@ -1,0 +1,176 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/redisstore"
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+// TestParity feeds the same random sequences of admissions, refunds,
+// pauses and clock steps to bucket.Decide, Refund and Pause in Go and to
+// the Lua script on a fake clock, and requires identical decisions,
+// bookings and expiry times: the script is the mathematics of package
+// bucket, in microseconds.
+func TestParity(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
+	var now int64 // µs, the fake clock both sides share
+	redisstore.SetClock(s, func() int64 { return now })
+	ctx := context.Background()
+
+	count := map[string]int{}
+	defer func() { t.Logf("script calls: %v", count) }()
+	sequences, steps := 200, 120
+	if testing.Short() {
+		sequences = 50
+	}
+	for seq := range sequences {
+		rng := rand.New(rand.NewPCG(uint64(seq), 7))
+		key := fmt.Sprint("parity-", seq)
+		limits := []bucket.Limit{randomLimit(rng), randomLimit(rng), randomLimit(rng)}
+		// Quotas sharing windows across limits exercise matching by window.
+		if len(limits[0].Quotas) > 0 && len(limits[1].Quotas) > 0 {
+			w := limits[0].Quotas[0].Window
+			if !slices.ContainsFunc(limits[1].Quotas, func(q bucket.Quota) bool { return q.Window == w }) {
+				limits[1].Quotas[len(limits[1].Quotas)-1].Window = w
+			}
+		}
+		now = 1_700_000_000_000_000 + rng.Int64N(1e12)
+		var (
+			st      bucket.State
+			booked  []booking
+			limitAt = 0
+		)
+		for step := range steps {
+			where := fmt.Sprintf("sequence %d step %d (now %d)", seq, step, now)
+			if rng.IntN(25) == 0 {
+				limitAt = rng.IntN(len(limits))
+			}
+			lim := limits[limitAt]
+			if bucket.FreshAt(&st) <= now {
+				st = bucket.State{} // forgotten, as Redis forgets it
+			}
+			var goFresh, luaFresh int64
+			switch p := rng.IntN(100); {
+			case p < 70:
+				req := bucket.Request{Key: key, Limit: lim, Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
+				want, err := bucket.Decide(&st, &req, time.Microsecond, now)
+				if err != nil {
+					t.Fatalf("%s: Decide: %v", where, err)
+				}
+				got, fresh, err := redisstore.RawAdmit(ctx, s, req)
+				if err != nil {
+					t.Fatalf("%s: script admit: %v", where, err)
+				}
+				if got != want {
+					t.Fatalf("%s: Admit(%v, cost %d, maxWait %v)\n script = %+v\n     Go = %+v", where, lim, req.Cost, req.MaxWait, got, want)
+				}
+				if want.Allowed {
+					booked = append(booked, booking{req, want})
+					count["allowed"]++
+					if want.Wait > 0 {
+						count["booked ahead"]++
+					}
+				} else {
+					count["refused"]++
+				}
+				for _, q := range st.Quotas {
+					if len(q.Slots) > 1 {
+						count["quota slots in use"]++
+						break
+					}
+				}
+				goFresh, luaFresh = bucket.FreshAt(&st), fresh
+			case p < 85 && len(booked) > 0:
+				b := booked[rng.IntN(len(booked))]
+				bucket.Refund(&st, &b.req, b.d, time.Microsecond)
+				count["refunds"]++
+				fresh, err := redisstore.RawRefund(ctx, s, b.req, b.d)
+				if err != nil {
+					t.Fatalf("%s: script refund: %v", where, err)
+				}
+				goFresh, luaFresh = bucket.FreshAt(&st), fresh
+			case p < 92:
+				d := time.Duration(rng.Int64N(int64(2 * time.Second)))
+				bucket.Pause(&st, now+(int64(d)+999)/1000)
+				fresh, err := redisstore.RawPause(ctx, s, key, d)
+				if err != nil {
+					t.Fatalf("%s: script pause: %v", where, err)
+				}
+				goFresh, luaFresh = bucket.FreshAt(&st), fresh
+			default:
+				goFresh, luaFresh = bucket.FreshAt(&st), bucket.FreshAt(&st)
+			}
+			// Redis forgets a bucket once it is fresh; so does the Go side.
+			if goFresh <= now {
+				goFresh, st = 0, bucket.State{}
+			}
+			if luaFresh <= now {
+				luaFresh = 0
+			}
+			if goFresh != luaFresh {
+				t.Fatalf("%s: state fresh at %d in the script, %d in Go", where, luaFresh, goFresh)
+			}
+			now += randomStep(rng, lim)
+		}
+		s.Client().Del(ctx, s.RedisKey(key))
+	}
+}
+
+type booking struct {
+	req bucket.Request
+	d   bucket.Decision
+}
+
+// randomLimit returns a limit with a rate from 1/10s to 1000/ms, periods
+// that are not whole microseconds, bursts up to 20 and up to 3 quotas.
+func randomLimit(rng *rand.Rand) bucket.Limit {
+	periods := []time.Duration{time.Millisecond, 10 * time.Millisecond, time.Second, 10 * time.Second, 1234567, 999}
+	lim := bucket.Every(periods[rng.IntN(len(periods))], 1+rng.Int64N(1000)).WithBurst(1 + rng.Int64N(20))
+	windows := []time.Duration{time.Millisecond, 50 * time.Millisecond, 250 * time.Millisecond, time.Second, 7 * time.Second, time.Hour, 100_001}
+	rng.Shuffle(len(windows), func(i, j int) { windows[i], windows[j] = windows[j], windows[i] })
+	for i := range rng.IntN(4) {
+		lim = lim.WithQuota(1+rng.Int64N(60), windows[i])
+	}
+	return lim
+}
+
+func maxCost(lim bucket.Limit) int64 {
+	c := lim.Burst
+	for _, q := range lim.Quotas {
+		c = min(c, q.Max)
+	}
+	return min(c, 3)
+}
+
+func randomWait(rng *rand.Rand, lim bucket.Limit) time.Duration {
+	switch rng.IntN(5) {
+	case 0:
+		return 0
+	case 1:
+		return -time.Second
+	case 2:
+		return time.Duration(rng.Int64N(int64(10 * lim.Interval())))
+	}
+	return time.Duration(rng.Int64N(int64(2 * time.Second)))
+}
+
+// randomStep advances the clock by nothing, a fraction of the emission
+// interval, a few intervals, or past the longest window.
+func randomStep(rng *rand.Rand, lim bucket.Limit) int64 {
+	t := max(int64(lim.Interval()/time.Microsecond), 1)
+	switch rng.IntN(10) {
+	case 0:
+		return 0
+	case 1:
+		return rng.Int64N(2 * int64(time.Hour/time.Microsecond))
+	case 2, 3:
+		return rng.Int64N(1000)
+	}
+	return rng.Int64N(3 * t)
+}

@@ -1,0 +1,516 @@
+// Package redisstore keeps bucket state in Redis, so that processes on many
+// hosts share their buckets: the backend for users who outgrow one host.
+// It works with a single Redis, Sentinel and Redis Cluster.
+//
+// Each admission is one EVALSHA of a Lua script that runs the mathematics
+// of package bucket atomically on the bucket's one key, on the Redis
+// server's clock in integer microseconds. Its cost is a round trip, shared:
+// concurrent Admit calls are coalesced into pipelines, and AdmitBatch
+// sends one pipeline. In Redis the script takes a few microseconds; the
+// state of a key is a few dozen bytes (plus about 4 per quota slot in use)
+// and expires when the bucket becomes fresh again. On a 2-core machine
+// with Redis on loopback, 16 concurrent callers get about 100,000
+// admissions per second with a p99 near a millisecond (see the
+// benchmarks).
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/memstore"
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrUnavailable matches every error that reports Redis as unreachable or
+// unable to serve (a network error, a timeout, LOADING, CLUSTERDOWN,
+// READONLY, OOM...). It wraps the cause. Errors Redis returns for one key
+// (a foreign value of another type under the prefix) do not match it.
+var ErrUnavailable = errors.New("redisstore: redis unavailable")
+
+// A FailurePolicy says what a Store answers while Redis is unavailable.
+type FailurePolicy int
+
+const (
+	// FailClosed returns an error matching ErrUnavailable and admits
+	// nothing. The caller (a dispatcher) retries later.
+	FailClosed FailurePolicy = iota
+	// FailOpen admits every request at once, without limit.
+	FailOpen
+	// FailLocal decides with an in-process bucket per key (memstore) with
+	// the same limit until Redis answers again. Each process then admits
+	// up to the limit on its own, and the local buckets know nothing of
+	// what Redis admitted before the failure.
+	FailLocal
+)
+
+func (p FailurePolicy) String() string {
+	switch p {
+	case FailClosed:
+		return "FailClosed"
+	case FailOpen:
+		return "FailOpen"
+	case FailLocal:
+		return "FailLocal"
+	}
+	return fmt.Sprintf("FailurePolicy(%d)", int(p))
+}
+
+// Options configures a Store. The zero Options is ready to use.
+type Options struct {
+	// Prefix starts the Redis key of every bucket; the bucket's key, any
+	// bytes, follows it unchanged. Default "leakybucket:". A prefix with a
+	// hash tag ("{lb}:") puts every bucket in one Cluster slot.
+	Prefix string
+	// FailurePolicy says what to answer while Redis is unavailable.
+	// Default FailClosed.
+	FailurePolicy FailurePolicy
+	// RetryInterval is how long after a failure the Store answers by its
+	// FailurePolicy without asking Redis; then one call at a time asks
+	// again until one succeeds. Default 500ms; a negative value asks Redis
+	// on every call.
+	RetryInterval time.Duration
+	// Pipelines is the number of goroutines that send concurrent Admit
+	// calls to Redis, coalesced: each sends what is waiting as one
+	// pipeline, so that callers share round trips. Default 4; -1 sends
+	// each Admit on the caller's goroutine, one round trip each.
+	Pipelines int
+	// MaxBatch is the most admissions one coalesced pipeline carries.
+	// Default 128.
+	MaxBatch int
+}
+
+// A Store is a bucket.Backend on Redis. It is safe for concurrent use and
+// owns goroutines (the pipelines, a local fallback's sweeper) until Close.
+// It does not own the client: close it after the Store.
+type Store struct {
+	client redis.UniversalClient
+	prefix string
+	policy FailurePolicy
+	retry  time.Duration
+
+	local     *memstore.Store // FailLocal only
+	localBase int64           // Unix ns of local's clock zero
+
+	downUntil atomic.Int64 // Unix ns; 0 while Redis answers
+	probing   atomic.Bool
+	lastErr   atomic.Pointer[error]
+
+	batch  *batcher // nil if Pipelines is -1
+	closed atomic.Bool
+
+	clock func() int64 // tests: the script's time in µs, instead of TIME
+}
+
+// New returns a Store keeping its buckets in client's Redis. It does not
+// contact Redis: the script is loaded by the first admission.
+func New(client redis.UniversalClient, opts Options) (*Store, error) {
+	if client == nil {
+		return nil, errors.New("redisstore: nil client")
+	}
+	switch {
+	case opts.FailurePolicy < FailClosed || opts.FailurePolicy > FailLocal:
+		return nil, fmt.Errorf("redisstore: unknown FailurePolicy %d", int(opts.FailurePolicy))
+	case opts.Pipelines < -1:
+		return nil, fmt.Errorf("redisstore: Pipelines must be -1 or more, got %d", opts.Pipelines)
+	case opts.MaxBatch < 0:
+		return nil, fmt.Errorf("redisstore: MaxBatch must not be negative, got %d", opts.MaxBatch)
+	}
+	s := &Store{
+		client: client,
+		prefix: opts.Prefix,
+		policy: opts.FailurePolicy,
+		retry:  opts.RetryInterval,
+	}
+	if s.prefix == "" {
+		s.prefix = "leakybucket:"
+	}
+	if s.retry == 0 {
+		s.retry = 500 * time.Millisecond
+	}
+	if s.policy == FailLocal {
+		base := time.Now()
+		local, err := memstore.New(memstore.Options{})
+		if err != nil {
+			return nil, err
+		}
+		s.local, s.localBase = local, base.UnixNano()
+	}
+	pipelines, maxBatch := opts.Pipelines, opts.MaxBatch
+	if pipelines == 0 {
+		pipelines = 4
+	}
+	if maxBatch == 0 {
+		maxBatch = 128
+	}
+	if pipelines > 0 {
+		s.batch = newBatcher(s, pipelines, maxBatch)
+	}
+	return s, nil
+}
+
+// RedisKey returns the Redis key that holds the state of key's bucket:
+// the prefix followed by key's bytes.
+func (s *Store) RedisKey(key string) string { return s.prefix + key }
+
+// Admit implements bucket.Backend. It blocks for a round trip to Redis,
+// shared with concurrent calls. If ctx ends before the answer, Admit
+// returns ctx's error and gives back what Redis may have admitted.
+func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
+	if err := req.Validate(); err != nil {
+		return bucket.Decision{}, err
+	}
+	if s.closed.Load() {
+		return bucket.Decision{}, bucket.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return bucket.Decision{}, err
+	}
+	if req.Limit.IsUnlimited() {
+		return bucket.Decision{Allowed: true}, nil
+	}
+	args, err := appendAdmit(make([]byte, 0, 48+16*len(req.Limit.Quotas)), &req)
+	if err != nil {
+		return bucket.Decision{}, err
+	}
+	ask, probe := s.ask()
+	if !ask {
+		return s.fallback(ctx, req, nil)
+	}
+	var r reply
+	if s.batch != nil {
+		r, err = s.batch.admit(ctx, &req, s.prefix+req.Key, args)
+	} else {
+		r, err = s.admitOne(ctx, s.prefix+req.Key, args)
+	}
+	s.settle(ctx, err, probe)
+	if err != nil {
+		return s.errAnswer(ctx, req, err)
+	}
+	return r.decision(), nil
+}
+
+// admitOne sends one admission on the caller's goroutine.
+func (s *Store) admitOne(ctx context.Context, key string, args []byte) (reply, error) {
+	return parseAdmit(s.eval(ctx, key, args))
+}
+
+// eval runs the script on key, again with EVAL if Redis has lost it
+// (after a restart or SCRIPT FLUSH).
+func (s *Store) eval(ctx context.Context, key string, args []byte) *redis.Cmd {
+	cmd := s.cmd(ctx, "evalsha", key, args)
+	s.client.Process(ctx, cmd)
+	if isNoScript(cmd.Err()) {
+		cmd = s.cmd(ctx, "eval", key, args)
+		s.client.Process(ctx, cmd)
+	}
+	return cmd
+}
+
+// cmd returns an EVALSHA (or EVAL) of the script on key.
+func (s *Store) cmd(ctx context.Context, name, key string, args []byte) *redis.Cmd {
+	script := gcra.Hash()
+	if name == "eval" {
+		script = gcraSource
+	}
+	var cmd *redis.Cmd
+	if s.clock != nil {
+		cmd = redis.NewCmd(ctx, name, script, 1, key, args, s.clock())
+	} else {
+		cmd = redis.NewCmd(ctx, name, script, 1, key, args)
+	}
+	cmd.SetFirstKeyPos(3)
+	return cmd
+}
+
+// AdmitBatch implements bucket.BatchBackend: it sends the batch as one
+// pipeline (one per Cluster node), a single round trip. Admissions of one
+// key are decided in batch order.
+func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
+	var (
+		idx  = make([]int, 0, len(batch))
+		cmds = make([]*redis.Cmd, 0, len(batch))
+		args []byte
+	)
+	for i := range batch {
+		a := &batch[i]
+		a.Decision, a.Err = bucket.Decision{}, a.Request.Validate()
+		switch {
+		case a.Err != nil:
+			continue
+		case s.closed.Load():
+			a.Err = bucket.ErrClosed
+			continue
+		case ctx.Err() != nil:
+			a.Err = ctx.Err()
+			continue
+		case a.Limit.IsUnlimited():
+			a.Decision.Allowed = true
+			continue
+		}
+		start := len(args)
+		if args, a.Err = appendAdmit(args, &a.Request); a.Err != nil {
+			continue
+		}
+		idx = append(idx, i)
+		cmds = append(cmds, s.cmd(ctx, "evalsha", s.prefix+a.Key, args[start:len(args):len(args)]))
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	ask, probe := s.ask()
+	if !ask {
+		for _, i := range idx {
+			batch[i].Decision, batch[i].Err = s.fallback(ctx, batch[i].Request, nil)
+		}
+		return
+	}
+	s.pipeline(ctx, cmds)
+	var failure error // nil if Redis answered any of them
+	for k, i := range idx {
+		a := &batch[i]
+		r, err := parseAdmit(cmds[k])
+		if err != nil {
+			if k == 0 || failure != nil {
+				failure = err
+			}
+			a.Decision, a.Err = s.errAnswer(ctx, a.Request, err)
+			continue
+		}
+		failure = nil
+		a.Decision = r.decision()
+	}
+	s.settle(ctx, failure, probe)
+}
+
+// pipeline sends cmds as one pipeline (or a lone command), and again with
+// EVAL those that found the script missing (after a restart or SCRIPT
+// FLUSH).
+func (s *Store) pipeline(ctx context.Context, cmds []*redis.Cmd) {
+	if len(cmds) == 1 {
+		s.client.Process(ctx, cmds[0])
+	} else {
+		pipe := s.client.Pipeline()
+		for _, c := range cmds {
+			pipe.Process(ctx, c)
+		}
+		pipe.Exec(ctx)
+	}
+	var again []int
+	for i, c := range cmds {
+		if isNoScript(c.Err()) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return
+	}
+	pipe := s.client.Pipeline()
+	for _, i := range again {
+		args := cmds[i].Args()
+		c := redis.NewCmd(ctx, append([]any{"eval", gcraSource}, args[2:]...)...)
+		c.SetFirstKeyPos(3)
+		cmds[i] = c
+		pipe.Process(ctx, c)
+	}
+	pipe.Exec(ctx)
+}
+
+// Refund implements bucket.Backend. Refunding an admission Redis has
+// forgotten (it expired, or Redis restarted) does nothing.
+func (s *Store) Refund(ctx context.Context, req bucket.Request, d bucket.Decision) error {
+	if !d.Allowed || req.Limit.IsUnlimited() || d.Booking.TAT == 0 {
+		return nil // refused, unlimited, or admitted by FailOpen: nothing was charged
+	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return bucket.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d.Booking.TAT < 0 { // decided by the local fallback
+		if s.local == nil {
+			return nil
+		}
+		return s.local.Refund(ctx, req, s.fromLocal(d))
+	}
+	return s.write(ctx, req.Key, appendRefund(nil, &req, d))
+}
+
+// Pause implements bucket.Backend. With FailLocal the pause also holds
+// the local bucket, so that it outlives a failure of Redis.
+func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
+	if key == "" {
+		return bucket.ErrEmptyKey
+	}
+	if s.closed.Load() {
+		return bucket.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.local != nil {
+		s.local.Pause(ctx, key, d)
+	}
+	return s.write(ctx, key, appendPause(nil, d))
+}
+
+// write runs a refund or pause. While Redis is unavailable it fails with
+// ErrUnavailable under FailClosed; under the other policies there is no
+// one to tell, and it returns nil.
+func (s *Store) write(ctx context.Context, key string, args []byte) error {
+	ask, probe := s.ask()
+	var err error
+	if ask {
+		err = s.eval(ctx, s.prefix+key, args).Err()
+		s.settle(ctx, err, probe)
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case !isUnavailable(err):
+			return fmt.Errorf("redisstore: key %q: %w", key, err)
+		}
+	}
+	if s.policy != FailClosed {
+		return nil
+	}
+	return s.unavailable(err)
+}
+
+// Close stops the Store's goroutines and makes later calls return
+// bucket.ErrClosed; calls waiting for Redis get their answers first. It
+// does not close the client. It is idempotent.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	if s.batch != nil {
+		s.batch.close()
+	}
+	if s.local != nil {
+		s.local.Close()
+	}
+	return nil
+}
+
+// ask reports whether to send a call to Redis: always while it answers;
+// after a failure, not until RetryInterval has passed, and then for one
+// probing call at a time.
+func (s *Store) ask() (ask, probe bool) {
+	until := s.downUntil.Load()
+	if until == 0 || s.retry < 0 {
+		return true, false
+	}
+	if time.Now().UnixNano() < until {
+		return false, false
+	}
+	if s.probing.CompareAndSwap(false, true) {
+		return true, true
+	}
+	return false, false
+}
+
+// settle updates what the Store knows of Redis after a call that ended
+// with err.
+func (s *Store) settle(ctx context.Context, err error, probe bool) {
+	switch {
+	case err == nil || !isUnavailable(err) && ctx.Err() == nil:
+		// Redis answered, perhaps with an error about this key.
+		if s.downUntil.Load() != 0 {
+			s.downUntil.Store(0)
+		}
+	case ctx.Err() == nil && !errors.Is(err, bucket.ErrClosed):
+		s.lastErr.Store(&err)
+		s.downUntil.Store(time.Now().Add(s.retry).UnixNano())
+	}
+	if probe {
+		s.probing.Store(false)
+	}
+}
+
+// errAnswer answers an admission that failed with err: ctx's error if ctx
+// ended, the failure policy's answer if Redis is unavailable, and the
+// error itself otherwise.
+func (s *Store) errAnswer(ctx context.Context, req bucket.Request, err error) (bucket.Decision, error) {
+	switch {
+	case ctx.Err() != nil:
+		return bucket.Decision{}, ctx.Err()
+	case errors.Is(err, bucket.ErrClosed):
+		return bucket.Decision{}, err
+	case !isUnavailable(err):
+		return bucket.Decision{}, fmt.Errorf("redisstore: key %q: %w", req.Key, err)
+	}
+	return s.fallback(ctx, req, err)
+}
+
+// fallback answers req by the failure policy; cause is the failure, or nil
+// if Redis was not asked.
+func (s *Store) fallback(ctx context.Context, req bucket.Request, cause error) (bucket.Decision, error) {
+	switch s.policy {
+	case FailOpen:
+		return bucket.Decision{Allowed: true, Now: time.Now().UnixNano()}, nil
+	case FailLocal:
+		d, err := s.local.Admit(ctx, req)
+		return s.toLocal(d), err
+	}
+	return bucket.Decision{}, s.unavailable(cause)
+}
+
+func (s *Store) unavailable(cause error) error {
+	if cause == nil {
+		if p := s.lastErr.Load(); p != nil {
+			cause = *p
+		} else {
+			return ErrUnavailable
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, cause)
+}
+
+// toLocal turns a decision of the local fallback into one of the Store:
+// its clock is moved to Unix time, like Redis's, and its booking negated
+// so that Refund knows where it belongs.
+func (s *Store) toLocal(d bucket.Decision) bucket.Decision {
+	d.Now += s.localBase
+	d.Booking = bucket.Booking{TAT: -d.Booking.TAT, Prev: -d.Booking.Prev}
+	return d
+}
+
+func (s *Store) fromLocal(d bucket.Decision) bucket.Decision {
+	d.Now -= s.localBase
+	d.Booking = bucket.Booking{TAT: -d.Booking.TAT, Prev: -d.Booking.Prev}
+	return d
+}
+
+func isNoScript(err error) bool {
+	return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// isUnavailable reports whether err says Redis cannot serve at all, as
+// opposed to an error about one key or script.
+func isUnavailable(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return true // network, timeout, pool, closed client
+	}
+	for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
+		"BUSY", "NOREPLICAS", "OOM", "MISCONF", "NOSCRIPT", "MOVED", "ASK", "ERR max number of clients"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	_ bucket.BatchBackend = (*Store)(nil)
+)

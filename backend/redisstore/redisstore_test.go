@@ -1,0 +1,220 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/leakybucket/leakybucket/backend/redisstore"
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/internal/redistest"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(redistest.Exit))
+}
+
+// newClient returns a client of the Redis shared by the tests, closed at
+// the end of t.
+func newClient(t testing.TB) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: redistest.Addr(t)})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// newStore returns a Store closed at the end of t. Unless opts names one,
+// its prefix is t's own, so that tests sharing a Redis never meet.
+func newStore(t testing.TB, c redis.UniversalClient, opts redisstore.Options) *redisstore.Store {
+	t.Helper()
+	if opts.Prefix == "" {
+		opts.Prefix = testPrefix(t)
+	}
+	s, err := redisstore.New(c, opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func testPrefix(t testing.TB) string {
+	return fmt.Sprintf("lbtest:%s:%08x:", t.Name(), rand.Uint32())
+}
+
+func conformance(t *testing.T, client func(t *testing.T) redis.UniversalClient) {
+	prefix := testPrefix(t)
+	backendtest.Run(t, backendtest.Config{
+		New: func(t *testing.T) bucket.Backend {
+			return newStore(t, client(t), redisstore.Options{Prefix: prefix})
+		},
+		Peer: func(t *testing.T, b bucket.Backend) bucket.Backend {
+			return newStore(t, client(t), redisstore.Options{Prefix: prefix})
+		},
+		Forgotten: func(t *testing.T, b bucket.Backend, key string) bool {
+			s := b.(*redisstore.Store)
+			n, err := s.Client().Exists(context.Background(), s.RedisKey(key)).Result()
+			if err != nil {
+				t.Fatalf("EXISTS: %v", err)
+			}
+			return n == 0
+		},
+	})
+}
+
+func TestConformance(t *testing.T) {
+	conformance(t, func(t *testing.T) redis.UniversalClient { return newClient(t) })
+}
+
+func TestConformanceUnbatched(t *testing.T) {
+	prefix := testPrefix(t)
+	backendtest.Run(t, backendtest.Config{
+		New: func(t *testing.T) bucket.Backend {
+			return newStore(t, newClient(t), redisstore.Options{Prefix: prefix, Pipelines: -1})
+		},
+	})
+}
+
+func TestConformanceCluster(t *testing.T) {
+	addrs := redistest.ClusterAddrs(t)
+	newCluster := func(t *testing.T) redis.UniversalClient {
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	conformance(t, newCluster)
+
+	// Buckets spread over every master.
+	c := newCluster(t).(*redis.ClusterClient)
+	s := newStore(t, c, redisstore.Options{})
+	ctx := context.Background()
+	batch := make([]bucket.Admission, 300)
+	for i := range batch {
+		batch[i].Request = bucket.Request{Key: fmt.Sprint("spread-", i), Limit: bucket.PerHour(1), Cost: 1}
+	}
+	s.AdmitBatch(ctx, batch)
+	for i, a := range batch {
+		if a.Err != nil || !a.Decision.Allowed {
+			t.Fatalf("batch[%d] = %+v, %v; want allowed", i, a.Decision, a.Err)
+		}
+	}
+	var masters atomic.Int32
+	err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		it := m.Scan(ctx, 0, s.RedisKey("spread-*"), 100).Iterator()
+		if it.Next(ctx) {
+			masters.Add(1)
+		}
+		return it.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if masters := int(masters.Load()); masters != len(addrs) {
+		t.Errorf("300 buckets landed on %d of %d masters", masters, len(addrs))
+	}
+}
+
+func TestOptions(t *testing.T) {
+	c := newClient(t)
+	for _, opts := range []redisstore.Options{
+		{FailurePolicy: -1},
+		{FailurePolicy: redisstore.FailLocal + 1},
+		{Pipelines: -2},
+		{MaxBatch: -1},
+	} {
+		if s, err := redisstore.New(c, opts); err == nil {
+			s.Close()
+			t.Errorf("New(%+v) = nil error, want one", opts)
+		}
+	}
+	if _, err := redisstore.New(nil, redisstore.Options{}); err == nil {
+		t.Error("New(nil client) = nil error, want one")
+	}
+	s, err := redisstore.New(c, redisstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := s.RedisKey("a{b}\x00"); got != "leakybucket:a{b}\x00" {
+		t.Errorf("RedisKey with the default prefix = %q", got)
+	}
+}
+
+// TestKeys checks that keys of any bytes map to distinct Redis keys,
+// byte for byte.
+func TestKeys(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{})
+	ctx := context.Background()
+	keys := []string{"{", "}", "{}", "}{", "{a}b", "a\x00", "\x00", "\n", "\xff", strings.Repeat("\xfe{", 512)}
+	for _, k := range keys {
+		if d, err := s.Admit(ctx, bucket.Request{Key: k, Limit: bucket.PerHour(1), Cost: 1}); err != nil || !d.Allowed {
+			t.Fatalf("Admit(%q) = %+v, %v; want allowed", k, d, err)
+		}
+		if n := s.Client().Exists(ctx, s.RedisKey(k)).Val(); n != 1 {
+			t.Errorf("after Admit(%q), EXISTS %q = %d, want 1", k, s.RedisKey(k), n)
+		}
+	}
+}
+
+func TestClosed(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{})
+	s.Close()
+	s.Close()
+	ctx := context.Background()
+	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1), Cost: 1}
+	if _, err := s.Admit(ctx, req); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Admit after Close: %v, want ErrClosed", err)
+	}
+	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Pause after Close: %v, want ErrClosed", err)
+	}
+	batch := []bucket.Admission{{Request: req}}
+	s.AdmitBatch(ctx, batch)
+	if !errors.Is(batch[0].Err, bucket.ErrClosed) {
+		t.Errorf("AdmitBatch after Close: %v, want ErrClosed", batch[0].Err)
+	}
+}
+
+func TestCancelledContext(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1), Cost: 1}
+	if _, err := s.Admit(ctx, req); !errors.Is(err, context.Canceled) {
+		t.Errorf("Admit with a cancelled ctx: %v, want context.Canceled", err)
+	}
+	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, context.Canceled) {
+		t.Errorf("Pause with a cancelled ctx: %v, want context.Canceled", err)
+	}
+	// Nothing was charged.
+	if d, err := s.Admit(context.Background(), req); err != nil || !d.Allowed {
+		t.Errorf("Admit after cancelled calls = %+v, %v; want allowed", d, err)
+	}
+}
+
+// TestForeignValue: a key under the prefix holding something else is an
+// error about that key, not an outage.
+func TestForeignValue(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{FailurePolicy: redisstore.FailOpen})
+	ctx := context.Background()
+	s.Client().HSet(ctx, s.RedisKey("hash"), "a", "b")
+	_, err := s.Admit(ctx, bucket.Request{Key: "hash", Limit: bucket.PerSecond(1), Cost: 1})
+	var rerr redis.Error
+	if err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
+		t.Errorf("Admit on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
+	}
+	if d, err := s.Admit(ctx, bucket.Request{Key: "other", Limit: bucket.PerHour(1), Cost: 1}); err != nil || !d.Allowed {
+		t.Errorf("Admit on another key after the error = %+v, %v; want allowed by Redis", d, err)
+	}
+	if d, _ := s.Admit(ctx, bucket.Request{Key: "other", Limit: bucket.PerHour(1), Cost: 1}); d.Allowed {
+		t.Error("second Admit of burst 1 allowed: the store failed open after an error about one key")
+	}
+}

@@ -1,0 +1,147 @@
+package redisstore
+
+import (
+	_ "embed"
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/redis/go-redis/v9"
+)
+
+// The script runs the mathematics of bucket.Decide, Refund and Pause in
+// Redis; see the comment at its top for its arguments and replies.
+//
+//go:embed gcra.lua
+var gcraSource string
+
+var gcra = redis.NewScript(gcraSource)
+
+// tick is the unit of the script's clock: Redis TIME in integer
+// microseconds, exact in a Lua double (nanoseconds since 1970 are not).
+const tick = time.Microsecond
+
+// span is bucket.MaxDuration in ticks: no interval the script handles is
+// longer, so every time it computes stays below 2^53.
+const span = int64(bucket.MaxDuration / tick)
+
+// MaxQuotaUnits is the largest quota the script counts exactly: slot
+// counts are Lua doubles, exact below 2^53. A quota's Max above it is
+// lowered to it, which can only under-admit, and only a quota of more
+// than 10^15 units per window notices; a limit with quotas and a Burst
+// above it is rejected, as its costs could not be counted exactly.
+const MaxQuotaUnits = 1 << 50
+
+const (
+	opAdmit  = 1
+	opRefund = 2
+	opPause  = 3
+)
+
+// appendAdmit appends the script's request for req, a valid request under
+// a limit that is not Unlimited: the integers of bucket.Decide in ticks,
+// computed here so that the script only adds and compares.
+func appendAdmit(b []byte, req *bucket.Request) ([]byte, error) {
+	lim := &req.Limit
+	if len(lim.Quotas) > 0 && lim.Burst > MaxQuotaUnits {
+		return nil, &bucket.LimitError{Field: "Burst", Reason: fmt.Sprintf("%d exceeds %d, the most redisstore counts exactly in a quota", lim.Burst, int64(MaxQuotaUnits))}
+	}
+	t := ceilDiv(ceilDiv(int64(lim.Period), int64(tick)), lim.Rate)
+	charge := mulClamp(req.Cost, t, span)
+	b = appendInt(b, opAdmit)
+	b = appendInt(b, min(mulClamp(lim.Burst-req.Cost, t, span), span-charge))
+	b = appendInt(b, charge)
+	b = appendInt(b, req.Cost)
+	b = appendInt(b, min(max(int64(req.MaxWait)/int64(tick), 0), span))
+	b = appendInt(b, int64(len(lim.Quotas)))
+	for _, q := range lim.Quotas {
+		b = appendInt(b, ceilDiv(int64(q.Window), int64(tick)))
+		b = appendInt(b, min(q.Max, MaxQuotaUnits))
+	}
+	return b, nil
+}
+
+// appendRefund appends the script's request to refund d, an admission of
+// req that Redis decided.
+func appendRefund(b []byte, req *bucket.Request, d bucket.Decision) []byte {
+	b = appendInt(b, opRefund)
+	b = appendInt(b, d.Booking.TAT)
+	b = appendInt(b, d.Booking.Prev)
+	b = appendInt(b, d.Booking.Gen)
+	b = appendInt(b, d.Start()/int64(tick))
+	b = appendInt(b, req.Cost)
+	b = appendInt(b, int64(len(req.Limit.Quotas)))
+	for _, q := range req.Limit.Quotas {
+		b = appendInt(b, ceilDiv(int64(q.Window), int64(tick)))
+	}
+	return b
+}
+
+// appendPause appends the script's request to pause a bucket for d,
+// rounded up to a tick so that the pause is never shorter than asked.
+func appendPause(b []byte, d time.Duration) []byte {
+	b = appendInt(b, opPause)
+	return appendInt(b, ceilDiv(int64(min(max(d, 0), bucket.MaxDuration)), int64(tick)))
+}
+
+func appendInt(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
+
+// reply is the script's answer to an admission.
+type reply struct {
+	allowed   bool
+	wait, now int64 // ticks
+	tat, prev int64 // ticks; the booking
+	gen       int64
+	fresh     int64 // ticks; when the state becomes fresh, 0 if it is
+}
+
+func (r reply) decision() bucket.Decision {
+	d := bucket.Decision{
+		Allowed: r.allowed,
+		Wait:    time.Duration(r.wait) * tick,
+		Now:     r.now * int64(tick),
+	}
+	if r.allowed {
+		d.Booking = bucket.Booking{TAT: r.tat, Prev: r.prev, Gen: r.gen}
+	}
+	return d
+}
+
+// parseAdmit reads the script's answer to an admission.
+func parseAdmit(cmd *redis.Cmd) (reply, error) {
+	v, err := cmd.Slice()
+	if err != nil {
+		return reply{}, err
+	}
+	var n [7]int64
+	if len(v) != len(n) {
+		return reply{}, fmt.Errorf("redisstore: script replied %v, want %d integers", v, len(n))
+	}
+	for i := range n {
+		x, ok := v[i].(int64)
+		if !ok {
+			return reply{}, fmt.Errorf("redisstore: script replied %v, want %d integers", v, len(n))
+		}
+		n[i] = x
+	}
+	return reply{allowed: n[0] == 1, wait: n[1], now: n[2], tat: n[3], prev: n[4], gen: n[5], fresh: n[6]}, nil
+}
+
+// ceilDiv returns ⌈a/b⌉ for a ≥ 0, b > 0.
+func ceilDiv(a, b int64) int64 {
+	if a == 0 {
+		return 0
+	}
+	return (a-1)/b + 1
+}
+
+// mulClamp returns min(a×b, limit) for a, b ≥ 0, without overflow.
+func mulClamp(a, b, limit int64) int64 {
+	hi, lo := bits.Mul64(uint64(a), uint64(b))
+	if hi != 0 || lo > uint64(limit) {
+		return limit
+	}
+	return int64(lo)
+}

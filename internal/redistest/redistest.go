@@ -1,0 +1,418 @@
+// Package redistest provides Redis servers to tests: the one named by
+// REDIS_ADDR, or redis-server processes it starts on free loopback ports,
+// single or as a Redis Cluster. Without either, tests skip with a message,
+// unless LEAKYBUCKET_REQUIRE_REDIS=1, where they fail.
+//
+// Servers shared by a test binary (Addr, ClusterAddrs) live until Exit,
+// which a TestMain calls, for example under goleak:
+//
+//	func TestMain(m *testing.M) {
+//		goleak.VerifyTestMain(m, goleak.Cleanup(redistest.Exit))
+//	}
+//
+// Servers a test starts for itself (Start, StartCluster) stop with the
+// test. Tests isolate themselves with key prefixes of their own, never
+// FLUSHDB, so that a shared REDIS_ADDR can serve many packages at once.
+package redistest
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Environment variables read by this package.
+const (
+	// EnvAddr names an existing Redis (host:port) for Addr.
+	EnvAddr = "REDIS_ADDR"
+	// EnvClusterAddrs names the masters of an existing Redis Cluster,
+	// comma-separated, for ClusterAddrs.
+	EnvClusterAddrs = "REDIS_CLUSTER_ADDRS"
+	// EnvRequire, set to 1, turns every skip for want of Redis into a
+	// failure (CI sets it).
+	EnvRequire = "LEAKYBUCKET_REQUIRE_REDIS"
+)
+
+var shared struct {
+	mu      sync.Mutex
+	single  *Server
+	cluster *Cluster
+	err     error // why the shared server could not start
+	cerr    error // why the shared cluster could not start
+	dir     string
+}
+
+// Addr returns the address of a Redis for t: REDIS_ADDR if set, else a
+// redis-server started on first use and shared by the whole test binary
+// until Exit. Without either it skips t (or fails it, see EnvRequire).
+func Addr(t testing.TB) string {
+	t.Helper()
+	if a := os.Getenv(EnvAddr); a != "" {
+		return a
+	}
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.single == nil && shared.err == nil {
+		shared.single, shared.err = startShared("single", false)
+	}
+	if shared.err != nil {
+		unavailable(t, shared.err)
+	}
+	return shared.single.Addr()
+}
+
+// ClusterAddrs returns the master addresses of a Redis Cluster for t:
+// REDIS_CLUSTER_ADDRS if set, else a 3-master cluster of redis-server
+// processes started on first use and shared by the test binary until
+// Exit. Without either it skips t (or fails it, see EnvRequire).
+func ClusterAddrs(t testing.TB) []string {
+	t.Helper()
+	if a := os.Getenv(EnvClusterAddrs); a != "" {
+		return strings.Split(a, ",")
+	}
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.cluster == nil && shared.cerr == nil {
+		var dir string
+		if dir, shared.cerr = sharedDir("cluster"); shared.cerr == nil {
+			shared.cluster, shared.cerr = startCluster(dir, 3)
+		}
+	}
+	if shared.cerr != nil {
+		unavailable(t, shared.cerr)
+	}
+	return shared.cluster.Addrs()
+}
+
+// Exit stops the servers shared by the test binary, removes their files
+// and exits with code. Pass it to goleak.Cleanup, or call it at the end of
+// TestMain.
+func Exit(code int) {
+	StopShared()
+	os.Exit(code)
+}
+
+// StopShared stops the servers shared by the test binary and removes
+// their files. Later calls of Addr and ClusterAddrs start new ones.
+func StopShared() {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.single != nil {
+		shared.single.stop()
+	}
+	if shared.cluster != nil {
+		shared.cluster.stop()
+	}
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+	shared.single, shared.cluster, shared.err, shared.cerr, shared.dir = nil, nil, nil, nil, ""
+}
+
+func sharedDir(name string) (string, error) {
+	if shared.dir == "" {
+		d, err := os.MkdirTemp("", "redistest-")
+		if err != nil {
+			return "", err
+		}
+		shared.dir = d
+	}
+	dir := filepath.Join(shared.dir, name)
+	return dir, os.MkdirAll(dir, 0o755)
+}
+
+func startShared(name string, cluster bool) (*Server, error) {
+	dir, err := sharedDir(name)
+	if err != nil {
+		return nil, err
+	}
+	return start(dir, cluster)
+}
+
+// unavailable skips t, or fails it when EnvRequire is set.
+func unavailable(t testing.TB, err error) {
+	t.Helper()
+	if os.Getenv(EnvRequire) == "1" {
+		t.Fatalf("redistest: no Redis and %s=1: %v", EnvRequire, err)
+	}
+	t.Skipf("redistest: skipping, no Redis (set %s, or put redis-server on PATH): %v", EnvAddr, err)
+}
+
+// A Server is a redis-server process started by this package, without
+// persistence (--save "" --appendonly no), so a restart forgets every key.
+type Server struct {
+	mu      sync.Mutex
+	port    int
+	dir     string
+	cluster bool
+	cmd     *exec.Cmd // nil while stopped
+}
+
+// Start starts a redis-server of t's own on a free loopback port, in
+// t.TempDir(), stopped when t ends. It skips t if redis-server is not on
+// PATH (or fails it, see EnvRequire). Use it for tests that stop and
+// restart Redis.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s, err := start(t.TempDir(), false)
+	if err != nil {
+		unavailable(t, err)
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+// Addr returns the server's address, 127.0.0.1:port. It stays the same
+// across Kill and Restart.
+func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
+
+// Kill stops the server at once with SIGKILL, as a crash would, and waits
+// for it to exit. Killing a stopped server does nothing.
+func (s *Server) Kill() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return nil
+	}
+	err := s.cmd.Process.Kill()
+	s.cmd.Wait()
+	s.cmd = nil
+	return err
+}
+
+// Restart starts a killed server again on the same port and waits until
+// it answers. Without persistence it comes back empty.
+func (s *Server) Restart() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return errors.New("redistest: Restart of a running server")
+	}
+	return s.run()
+}
+
+func (s *Server) stop() { s.Kill() }
+
+func start(dir string, cluster bool) (*Server, error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return nil, err
+	}
+	var err error
+	for range 5 { // another process may take the port between choice and bind
+		var port int
+		if port, err = freePort(cluster); err != nil {
+			return nil, err
+		}
+		s := &Server{port: port, dir: dir, cluster: cluster}
+		if err = s.run(); err == nil {
+			return s, nil
+		}
+	}
+	return nil, err
+}
+
+// run starts the process; s.mu is held or s is not yet shared.
+func (s *Server) run() error {
+	logPath := filepath.Join(s.dir, "redis-"+strconv.Itoa(s.port)+".log")
+	args := []string{
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "no",
+		"--dir", s.dir,
+		"--logfile", logPath,
+		"--daemonize", "no",
+	}
+	if s.cluster {
+		args = append(args,
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", "nodes-"+strconv.Itoa(s.port)+".conf",
+			"--cluster-node-timeout", "5000")
+	}
+	cmd := exec.Command("redis-server", args...)
+	cmd.Dir = s.dir
+	cmd.SysProcAttr = sysProcAttr() // dies with the test binary
+	// No Stdout/Stderr and no CommandContext: the process costs no
+	// goroutine, so goleak finds none between tests.
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("redistest: start redis-server: %w", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := Do(s.Addr(), "PING")
+		if err == nil && r == "PONG" {
+			s.cmd = cmd
+			return nil
+		}
+		log, _ := os.ReadFile(logPath)
+		if time.Now().After(deadline) || strings.Contains(string(log), "Address already in use") {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return fmt.Errorf("redistest: redis-server on port %d did not answer PING (%v); log:\n%s", s.port, err, lastLines(log, 10))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// freePort returns a loopback TCP port that is free now, and for a cluster
+// node also its bus port (port+10000).
+func freePort(cluster bool) (int, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !cluster {
+			return port, nil
+		}
+		if port+10000 > 65535 {
+			continue
+		}
+		bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+10000))
+		if err != nil {
+			continue
+		}
+		bus.Close()
+		return port, nil
+	}
+	return 0, errors.New("redistest: no free port pair for a cluster node")
+}
+
+// A Cluster is a Redis Cluster of redis-server processes started by this
+// package, one master per process and no replicas.
+type Cluster struct {
+	Servers []*Server
+}
+
+// StartCluster starts a Redis Cluster of t's own with the given number of
+// masters (at least 3) on free loopback ports, stopped when t ends. It
+// skips t if redis-server or redis-cli is not on PATH (or fails it, see
+// EnvRequire).
+func StartCluster(t testing.TB, masters int) *Cluster {
+	t.Helper()
+	c, err := startCluster(t.TempDir(), masters)
+	if err != nil {
+		unavailable(t, err)
+	}
+	t.Cleanup(c.stop)
+	return c
+}
+
+// Addrs returns the masters' addresses.
+func (c *Cluster) Addrs() []string {
+	addrs := make([]string, len(c.Servers))
+	for i, s := range c.Servers {
+		addrs[i] = s.Addr()
+	}
+	return addrs
+}
+
+func (c *Cluster) stop() {
+	for _, s := range c.Servers {
+		s.stop()
+	}
+}
+
+func startCluster(dir string, masters int) (*Cluster, error) {
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		return nil, err
+	}
+	c := &Cluster{}
+	for range masters {
+		s, err := start(dir, true)
+		if err != nil {
+			c.stop()
+			return nil, err
+		}
+		c.Servers = append(c.Servers, s)
+	}
+	args := append([]string{"--cluster", "create"}, c.Addrs()...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		c.stop()
+		return nil, fmt.Errorf("redistest: redis-cli --cluster create: %v\n%s", err, out)
+	}
+	// Every node must agree that the cluster is up and covers all slots
+	// before clients are pointed at it.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, addr := range c.Addrs() {
+		for {
+			info, err := Do(addr, "CLUSTER", "INFO")
+			if err == nil && strings.Contains(info, "cluster_state:ok") &&
+				strings.Contains(info, "cluster_slots_ok:16384") &&
+				strings.Contains(info, "cluster_known_nodes:"+strconv.Itoa(masters)+"\r") {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.stop()
+				return nil, fmt.Errorf("redistest: cluster not ok after 30s at %s: %v\n%s", addr, err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return c, nil
+}
+
+// Do sends one command to the Redis at addr on a new connection and
+// returns its reply: a simple or bulk string, or an integer in decimal.
+// An error reply is returned as an error. It needs no client library and
+// starts no goroutine.
+func Do(addr string, args ...string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := io.WriteString(conn, b.String()); err != nil {
+		return "", err
+	}
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return "", errors.New("redistest: empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return "", errors.New(line[1:])
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return "", err
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+	return "", fmt.Errorf("redistest: unsupported reply %q", line)
+}
