@@ -279,24 +279,30 @@ func TestRefund(t *testing.T) {
 		bucket.Refund(&st, &req, d5, time.Nanosecond)
 	}
 	bucket.Refund(&st, &req, bucket.Decision{}, time.Nanosecond) // a refusal refunds nothing
-	bucket.Refund(&st, &req, d4, time.Nanosecond)                // d4 is last again and is given back too
-	if d := decide(t, &st, lim, 0, 1, 10*time.Second); d.Wait != 2*time.Second {
-		t.Errorf("after refunding d5 twice and then d4, next booking at t0+%v, want t0+2s", d.Wait)
+	// d4 is the latest admission again, but a refund came since: only the
+	// latest admission with nothing refunded since can be given back.
+	bucket.Refund(&st, &req, d4, time.Nanosecond)
+	if d := decide(t, &st, lim, 0, 1, 10*time.Second); d.Wait != 3*time.Second {
+		t.Errorf("after refunding d5 twice and then d4, next booking at t0+%v, want t0+3s (d5's slot only)", d.Wait)
 	}
 
-	// Quota units are returned even when the rate part is not.
+	// A refund a later admission depends on returns no quota units either.
 	lim = bucket.PerSecond(1).WithQuota(2, time.Hour)
 	req = bucket.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 10 * time.Second}
 	st = bucket.State{}
 	b1 := decide(t, &st, lim, 0, 1, 10*time.Second)
-	decide(t, &st, lim, 0, 1, 10*time.Second)
+	b2 := decide(t, &st, lim, 0, 1, 10*time.Second)
 	if d := decide(t, &st, lim, 0, 1, 10*time.Second); d.Allowed {
 		t.Fatal("third unit of quota 2/h allowed")
 	}
 	bucket.Refund(&st, &req, b1, time.Nanosecond)
-	d := decide(t, &st, lim, 0, 1, 10*time.Second)
-	if !d.Allowed || d.Wait != 2*time.Second {
-		t.Errorf("after refunding the first of two, next = %s, want allowed after 2s (quota returned, rate slot kept)", outcome(d.Allowed, d.Wait))
+	if d := decide(t, &st, lim, 0, 1, 10*time.Second); d.Allowed {
+		t.Errorf("after refunding the first of two, next = %s, want refused (b2 depends on b1)", outcome(d.Allowed, d.Wait))
+	}
+	// The latest admission returns its rate slot and its quota unit.
+	bucket.Refund(&st, &req, b2, time.Nanosecond)
+	if d := decide(t, &st, lim, 0, 1, 10*time.Second); !d.Allowed || d.Wait != time.Second {
+		t.Errorf("after refunding the latest of two, next = %s, want allowed after 1s", outcome(d.Allowed, d.Wait))
 	}
 	if d := decide(t, &st, lim, 0, 1, 10*time.Second); d.Allowed {
 		t.Error("after a refund of one unit, two more allowed")
@@ -306,8 +312,8 @@ func TestRefund(t *testing.T) {
 	lim = bucket.PerSecond(1000).WithBurst(10).WithQuota(5, time.Hour)
 	req = bucket.Request{Key: "k", Limit: lim, Cost: 3}
 	st = bucket.State{}
-	c3 := decide(t, &st, lim, 0, 3, 0)
 	decide(t, &st, lim, 0, 2, 0)
+	c3 := decide(t, &st, lim, 0, 3, 0)
 	bucket.Refund(&st, &req, c3, time.Nanosecond)
 	w := bucket.SlotWidth(int64(time.Hour))
 	release := time.Duration((t0/w+1)*w - t0) // the end of t0's slot
@@ -367,43 +373,18 @@ func TestRefundQuotaTwice(t *testing.T) {
 	}
 }
 
-// TestRefundQuotasSharingATick: two quotas whose windows differ in
-// nanoseconds but round up to the same number of microseconds are still
-// two quotas; refunding must return each unit once to each.
-func TestRefundQuotasSharingATick(t *testing.T) {
+// TestQuotasSharingATick: two quotas whose windows differ in nanoseconds
+// but round up to the same number of microseconds cannot be kept apart by
+// a backend counting in microseconds, so the limit is invalid.
+func TestQuotasSharingATick(t *testing.T) {
 	lim := bucket.PerSecond(1_000_000).WithBurst(10).WithQuota(2, 1500*time.Nanosecond).WithQuota(2, 1001*time.Nanosecond)
+	wantLimitError(t, lim.String()+".Validate()", lim.Validate(), "Quotas[1].Window")
 	req := bucket.Request{Key: "k", Limit: lim, Cost: 1}
 	var st bucket.State
-	var starts []backendtest.Start
-	admit := func(now int64) bucket.Decision {
-		t.Helper()
-		d, err := bucket.Decide(&st, &req, time.Microsecond, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d.Allowed {
-			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
-		}
-		return d
-	}
-	admit(0)
-	d := admit(0)
-	if admit(0).Allowed {
-		t.Fatal("third unit of quota 2/1.5µs allowed")
-	}
-	bucket.Refund(&st, &req, d, time.Microsecond)
-	starts = starts[:1]
-	n := 0
-	for range 5 {
-		if admit(0).Allowed {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Errorf("quotas 2/1500ns and 2/1001ns at µs, one unit used and one refunded: %d more admitted, want 1", n)
-	}
-	if err := backendtest.Check(lim, starts); err != nil {
-		t.Error(err)
+	_, err := bucket.Decide(&st, &req, time.Microsecond, 0)
+	wantLimitError(t, "Decide("+lim.String()+")", err, "Quotas[1].Window")
+	if l := bucket.PerSecond(1).WithQuota(2, 1000).WithQuota(2, 1001); l.Validate() != nil {
+		t.Errorf("%v.Validate() = %v, want nil: 1µs and 2µs", l, l.Validate())
 	}
 }
 
@@ -470,7 +451,7 @@ func TestDecideQuotasNeverOverAdmit(t *testing.T) {
 		bucket.PerSecond(100).WithBurst(10).WithQuota(30, time.Second),
 		bucket.PerSecond(1000).WithBurst(50).WithQuota(40, 100*time.Millisecond).WithQuota(90, 300*time.Millisecond),
 		bucket.PerSecond(7).WithBurst(3).WithQuota(5, 1001*time.Millisecond).WithQuota(8, 3*time.Second).WithQuota(9, 4*time.Second),
-		bucket.Every(time.Nanosecond, 1).WithBurst(5).WithQuota(3, 150).WithQuota(7, 999),
+		bucket.Every(time.Nanosecond, 1).WithBurst(5).WithQuota(3, 150).WithQuota(30, 1999),
 	}
 	for _, unit := range []time.Duration{time.Nanosecond, time.Microsecond} {
 		for i, lim := range limits {

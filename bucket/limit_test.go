@@ -98,6 +98,7 @@ func TestValidate(t *testing.T) {
 		{"quota window MaxDuration+1", bucket.PerSecond(1).WithQuota(5, bucket.MaxDuration+1), "Quotas[0].Window"},
 		{"quota window MaxInt64", bucket.PerSecond(1).WithQuota(5, math.MaxInt64), "Quotas[0].Window"},
 		{"repeated window", bucket.PerSecond(1).WithQuota(5, time.Hour).WithQuota(50, time.Hour), "Quotas[1].Window"},
+		{"windows equal to the microsecond", bucket.PerSecond(1).WithQuota(5, 1500).WithQuota(50, 1001), "Quotas[1].Window"},
 		{"repeated window, not adjacent", bucket.PerSecond(1).WithQuota(5, time.Hour).WithQuota(50, 24*time.Hour).WithQuota(6, time.Hour), "Quotas[2].Window"},
 	}
 	for _, tt := range invalid {
