@@ -85,15 +85,19 @@ type Store struct {
 	index   map[string]int // key → position in entries
 	buf     []byte         // encoded quotas
 	written int            // rows written since the last incremental sweep
+	cursor  []byte         // the key the incremental sweep stopped at, nil at the start
+	doomed  [][]byte       // keys a sweep step found fresh
+	last    []byte         // the last key a sweep step examined
 
 	stopSweep context.CancelFunc
 	sweeper   sync.WaitGroup
 }
 
 type statements struct {
-	begin, commit, rollback *sql.Stmt
-	load, insert, update    *sql.Stmt
-	sweep, mark, has, count *sql.Stmt
+	begin, commit, rollback  *sql.Stmt
+	load, insert, update     *sql.Stmt
+	scanFirst, scanNext      *sql.Stmt
+	remove, mark, has, count *sql.Stmt
 }
 
 // An entry is one key's state during a transaction.
@@ -107,12 +111,14 @@ type entry struct {
 
 const (
 	unit = time.Microsecond
-	// sweepEvery rows written, a write transaction deletes up to twice as
-	// many fresh rows: idle rows go at least as fast as new ones come,
-	// and a transaction with nothing to delete pays for the look once in
+	// Every sweepEvery rows written, a write transaction examines twice as
+	// many rows, in key order from where the last one stopped, and deletes
+	// those that are fresh: a row is examined again after at most half as
+	// many rows written as there are rows, and the look costs a
+	// transaction that finds nothing a read of a page or two, once in
 	// sweepEvery.
 	sweepEvery = 16
-	// sweepChunk is how many rows one transaction of Sweep deletes, so
+	// sweepChunk is how many rows one transaction of Sweep examines, so
 	// that admissions interleave with a long sweep.
 	sweepChunk = 512
 )
@@ -225,8 +231,9 @@ func (s *Store) init(ctx context.Context) error {
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6)`},
 		{&s.stmt.update, `UPDATE buckets SET tat = ?2, paused = ?3, seen = ?4, fresh_at = ?5, quotas = ?6
 			WHERE key = ?1`},
-		{&s.stmt.sweep, `DELETE FROM buckets WHERE key IN
-			(SELECT key FROM buckets WHERE fresh_at <= ?1 ORDER BY fresh_at LIMIT ?2)`},
+		{&s.stmt.scanFirst, `SELECT key, fresh_at FROM buckets ORDER BY key LIMIT ?1`},
+		{&s.stmt.scanNext, `SELECT key, fresh_at FROM buckets WHERE key > ?1 ORDER BY key LIMIT ?2`},
+		{&s.stmt.remove, `DELETE FROM buckets WHERE key = ?1 AND fresh_at <= ?2`},
 		{&s.stmt.mark, `UPDATE clock SET swept = max(swept, ?1) WHERE id = 0`},
 		{&s.stmt.has, `SELECT count(*) FROM buckets WHERE key = ?1`},
 		{&s.stmt.count, `SELECT count(*) FROM buckets`},
@@ -351,32 +358,82 @@ func (s *Store) save(e *entry) error {
 	return nil
 }
 
-// sweepDue deletes some fresh rows if enough rows were written since it
-// last did.
+// sweepDue runs a step of the incremental sweep if enough rows were
+// written since the last.
 func (s *Store) sweepDue(host int64) error {
 	if s.written < sweepEvery {
 		return nil
 	}
-	n := min(2*s.written, sweepChunk)
+	n := 2 * s.written
 	s.written = 0
-	_, err := s.sweepLocked(host, n)
+	var err error
+	s.cursor, _, err = s.sweepStep(s.cursor, host, n)
 	return err
 }
 
-// sweepLocked deletes up to limit rows fresh at now and returns how many
-// it deleted.
-func (s *Store) sweepLocked(now int64, limit int) (int64, error) {
+// sweepStep examines up to n rows in key order after cursor (from the
+// first if cursor is nil), deletes those fresh at now, and returns the
+// cursor to continue from, nil once the last row was examined, and how
+// many rows it deleted. The cursor's memory is reused.
+func (s *Store) sweepStep(cursor []byte, now int64, n int) ([]byte, int, error) {
 	bg := context.Background()
-	res, err := s.stmt.sweep.ExecContext(bg, now, limit)
+	var rows *sql.Rows
+	var err error
+	if cursor == nil {
+		rows, err = s.stmt.scanFirst.QueryContext(bg, n)
+	} else {
+		rows, err = s.stmt.scanNext.QueryContext(bg, cursor, n)
+	}
 	if err != nil {
-		return 0, err
+		return cursor, 0, err
 	}
-	n, err := res.RowsAffected()
-	if err != nil || n == 0 {
-		return n, err
+	defer rows.Close()
+	examined := 0
+	s.doomed = s.doomed[:0]
+	for rows.Next() {
+		var (
+			key   sql.RawBytes
+			fresh int64
+		)
+		if err := rows.Scan(&key, &fresh); err != nil {
+			return cursor, 0, err
+		}
+		examined++
+		s.last = append(s.last[:0], key...)
+		if fresh <= now {
+			i := len(s.doomed)
+			if i < cap(s.doomed) {
+				s.doomed = s.doomed[:i+1]
+			} else {
+				s.doomed = append(s.doomed, nil)
+			}
+			s.doomed[i] = append(s.doomed[i][:0], key...)
+		}
 	}
-	_, err = s.stmt.mark.ExecContext(bg, now)
-	return n, err
+	if err := rows.Err(); err != nil {
+		return cursor, 0, err
+	}
+	if examined < n {
+		cursor = nil
+	} else {
+		cursor = append(cursor[:0], s.last...)
+	}
+	if err := rows.Close(); err != nil {
+		return cursor, 0, err
+	}
+	for _, key := range s.doomed {
+		if _, err := s.stmt.remove.ExecContext(bg, key, now); err != nil {
+			return cursor, 0, err
+		}
+	}
+	if len(s.doomed) > 0 {
+		// Later decisions must not run the clock back before the time by
+		// which these rows were judged fresh (see load).
+		if _, err := s.stmt.mark.ExecContext(bg, now); err != nil {
+			return cursor, 0, err
+		}
+	}
+	return cursor, len(s.doomed), nil
 }
 
 // Admit implements bucket.Backend. It blocks while other operations of the
@@ -541,18 +598,19 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	})
 }
 
-// Sweep deletes the rows of every key whose bucket is fresh (guarantee 8),
-// a chunk of rows per transaction so that admissions run in between. The
-// background sweep (Options.SweepInterval) calls it.
+// Sweep deletes the rows of every key whose bucket is fresh (guarantee 8).
+// It examines every row, a chunk of rows per transaction so that
+// admissions run in between; the background sweep (Options.SweepInterval)
+// calls it.
 func (s *Store) Sweep(ctx context.Context) error {
+	var cursor []byte
 	for {
-		var n int64
 		err := s.txn(ctx, "sweep", func(host int64) error {
 			var err error
-			n, err = s.sweepLocked(host, sweepChunk)
+			cursor, _, err = s.sweepStep(cursor, host, sweepChunk)
 			return err
 		})
-		if err != nil || n < sweepChunk {
+		if err != nil || cursor == nil {
 			return err
 		}
 	}
@@ -620,7 +678,8 @@ func (s *Store) closeDB() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.stmt.begin, s.stmt.commit, s.stmt.rollback, s.stmt.load, s.stmt.insert,
-		s.stmt.update, s.stmt.sweep, s.stmt.mark, s.stmt.has, s.stmt.count,
+		s.stmt.update, s.stmt.scanFirst, s.stmt.scanNext, s.stmt.remove, s.stmt.mark,
+		s.stmt.has, s.stmt.count,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())

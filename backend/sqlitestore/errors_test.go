@@ -1,0 +1,303 @@
+package sqlitestore_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/sqlitestore"
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+var lim = bucket.PerSecond(10).WithBurst(5).WithQuota(100, time.Hour)
+
+// rawDB opens path with the driver directly, as another program would.
+func rawDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// wantErr fails t unless err matches target and reads as this package's.
+func wantErr(t *testing.T, what string, err, target error) {
+	t.Helper()
+	if !errors.Is(err, target) {
+		t.Fatalf("%s: error = %v, want one matching %v", what, err, target)
+	}
+	if !strings.HasPrefix(err.Error(), "sqlitestore: ") {
+		t.Errorf("%s: error %q does not start with \"sqlitestore: \"", what, err)
+	}
+	var e *sqlitestore.Error
+	if !errors.As(err, &e) {
+		t.Errorf("%s: error %v is not a *sqlitestore.Error", what, err)
+	}
+}
+
+func TestOpenNotADatabase(t *testing.T) {
+	dir := t.TempDir()
+	text := []byte(strings.Repeat("this is a text file, not a database\n", 200))
+	path := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(path, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := sqlitestore.Open(path, sqlitestore.Options{})
+	if err == nil {
+		s.Close()
+		t.Fatal("Open of a text file succeeded")
+	}
+	wantErr(t, "Open(text file)", err, sqlitestore.ErrNotDatabase)
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, text) {
+		t.Error("Open of a text file changed it")
+	}
+
+	// An SQLite database of another program is not adopted either.
+	other := filepath.Join(dir, "other.db")
+	db := rawDB(t, other)
+	if _, err := db.Exec("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	_, err = sqlitestore.Open(other, sqlitestore.Options{})
+	wantErr(t, "Open(another program's database)", err, sqlitestore.ErrNotDatabase)
+	db = rawDB(t, other)
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM sqlite_schema").Scan(&n); err != nil || n != 1 {
+		t.Errorf("another program's database holds %d objects (%v), want its 1 table untouched", n, err)
+	}
+
+	// A directory is not a database file.
+	_, err = sqlitestore.Open(dir, sqlitestore.Options{})
+	if err == nil || !strings.HasPrefix(err.Error(), "sqlitestore: ") {
+		t.Errorf("Open(directory) = %v, want a sqlitestore error", err)
+	}
+}
+
+func TestOpenNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	open(t, path, sqlitestore.Options{}).Close()
+	db := rawDB(t, path)
+	if _, err := db.Exec("PRAGMA user_version = 99"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := sqlitestore.Open(path, sqlitestore.Options{})
+	wantErr(t, "Open(schema version 99)", err, sqlitestore.ErrNewerSchema)
+}
+
+func TestOpenIsIdempotentAndConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	var wg sync.WaitGroup
+	stores := make([]*sqlitestore.Store, 8)
+	errs := make([]error, len(stores))
+	for i := range stores {
+		wg.Go(func() { stores[i], errs[i] = sqlitestore.Open(path, sqlitestore.Options{}) })
+	}
+	wg.Wait()
+	for i, s := range stores {
+		if errs[i] != nil {
+			t.Fatalf("concurrent Open %d: %v", i, errs[i])
+		}
+		t.Cleanup(func() { s.Close() })
+	}
+	ctx := context.Background()
+	r := bucket.Request{Key: "k", Limit: bucket.PerHour(1).WithBurst(8), Cost: 1}
+	for i, s := range stores {
+		if d, err := s.Admit(ctx, r); err != nil || !d.Allowed {
+			t.Fatalf("store %d: Admit = %v, %v", i, d.Allowed, err)
+		}
+	}
+	if d, _ := stores[0].Admit(ctx, r); d.Allowed {
+		t.Error("9th admission of burst 8 across 8 stores allowed: they do not share the file")
+	}
+	db := rawDB(t, path)
+	var version int
+	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != sqlitestore.SchemaVersion {
+		t.Errorf("user_version = %d (%v), want %d", version, err, sqlitestore.SchemaVersion)
+	}
+	var mode string
+	if err := db.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+		t.Errorf("journal_mode = %q (%v), want wal", mode, err)
+	}
+}
+
+func TestLocked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	const busy = 50 * time.Millisecond
+	s := open(t, path, sqlitestore.Options{BusyTimeout: busy})
+	patient := open(t, path, sqlitestore.Options{BusyTimeout: time.Minute})
+	ctx := context.Background()
+	r := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	if _, err := s.Admit(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+
+	// Another connection holds the write lock.
+	db := rawDB(t, path)
+	holder, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if _, err := holder.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	_, err = s.Admit(ctx, r)
+	wantErr(t, "Admit while locked", err, sqlitestore.ErrLocked)
+	if waited := time.Since(start); waited < busy {
+		t.Errorf("Admit while locked failed after %v, want after the busy timeout %v", waited, busy)
+	}
+	wantErr(t, "Refund while locked", s.Refund(ctx, r, bucket.Decision{Allowed: true}), sqlitestore.ErrLocked)
+	wantErr(t, "Pause while locked", s.Pause(ctx, "k", time.Second), sqlitestore.ErrLocked)
+	batch := []bucket.Admission{{Request: r}, {Request: bucket.Request{Key: "", Limit: lim, Cost: 1}}}
+	s.AdmitBatch(ctx, batch)
+	wantErr(t, "AdmitBatch while locked", batch[0].Err, sqlitestore.ErrLocked)
+	if !errors.Is(batch[1].Err, bucket.ErrEmptyKey) {
+		t.Errorf("AdmitBatch while locked: invalid element's error = %v, want ErrEmptyKey", batch[1].Err)
+	}
+
+	// A context ends the wait before the busy timeout does.
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	start = time.Now()
+	if _, err := patient.Admit(cctx, r); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Admit with a 30ms context while locked = %v, want context.DeadlineExceeded", err)
+	}
+	if waited := time.Since(start); waited > 10*time.Second {
+		t.Errorf("Admit with a 30ms context returned after %v", waited)
+	}
+
+	_, err = sqlitestore.Open(path, sqlitestore.Options{BusyTimeout: busy})
+	wantErr(t, "Open while locked", err, sqlitestore.ErrLocked)
+
+	if _, err := holder.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.Admit(ctx, r); err != nil || !d.Allowed {
+		t.Errorf("Admit after the lock was released = %v, %v, want allowed", d.Allowed, err)
+	}
+}
+
+func TestCorruptRow(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	s := open(t, path, sqlitestore.Options{})
+	ctx := context.Background()
+	r := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	if _, err := s.Admit(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	db := rawDB(t, path)
+	for _, blob := range [][]byte{{9}, {1, 0x80}, {1, 5, 1, 0}, []byte("garbage")} {
+		if _, err := db.Exec("UPDATE buckets SET quotas = ? WHERE key = ?", blob, []byte("k")); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.Admit(ctx, r)
+		wantErr(t, "Admit of a corrupt row", err, sqlitestore.ErrCorrupt)
+	}
+	if _, err := db.Exec("DELETE FROM clock"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Admit(ctx, bucket.Request{Key: "other", Limit: lim, Cost: 1})
+	wantErr(t, "Admit without a clock row", err, sqlitestore.ErrCorrupt)
+}
+
+func TestOptions(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name string
+		path string
+		opts sqlitestore.Options
+	}{
+		{"empty path", "", sqlitestore.Options{}},
+		{"negative busy timeout", filepath.Join(dir, "a.db"), sqlitestore.Options{BusyTimeout: -time.Second}},
+		{"huge busy timeout", filepath.Join(dir, "a.db"), sqlitestore.Options{BusyTimeout: 1000 * time.Hour}},
+	} {
+		s, err := sqlitestore.Open(tt.path, tt.opts)
+		if err == nil {
+			s.Close()
+			t.Errorf("Open with %s succeeded, want an error", tt.name)
+			continue
+		}
+		if !strings.HasPrefix(err.Error(), "sqlitestore: ") {
+			t.Errorf("Open with %s: error %q does not start with \"sqlitestore: \"", tt.name, err)
+		}
+	}
+	// Any byte of a path reaches the file system intact.
+	odd := filepath.Join(dir, "a?b#c%20d é.db")
+	open(t, odd, sqlitestore.Options{FullSync: true, SweepInterval: -1})
+	if _, err := os.Stat(odd); err != nil {
+		t.Errorf("Open(%q) did not create that file: %v", odd, err)
+	}
+}
+
+func TestClosed(t *testing.T) {
+	s, err := sqlitestore.Open(filepath.Join(t.TempDir(), "b.db"), sqlitestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	// Close waits for operations in flight and fails those that wait.
+	var (
+		wg      sync.WaitGroup
+		once    sync.Once
+		running = make(chan struct{})
+	)
+	for range 8 {
+		wg.Go(func() {
+			for {
+				_, err := s.Admit(ctx, r)
+				if errors.Is(err, bucket.ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("Admit during Close: %v", err)
+					return
+				}
+				once.Do(func() { close(running) })
+			}
+		})
+	}
+	<-running
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	wg.Wait()
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := s.Admit(ctx, r); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Admit after Close = %v, want ErrClosed", err)
+	}
+	if _, err := s.Admit(ctx, bucket.Request{}); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("invalid Admit after Close = %v, want ErrClosed", err)
+	}
+	batch := []bucket.Admission{{Request: r}}
+	s.AdmitBatch(ctx, batch)
+	if !errors.Is(batch[0].Err, bucket.ErrClosed) {
+		t.Errorf("AdmitBatch after Close: %v, want ErrClosed", batch[0].Err)
+	}
+	if err := s.Refund(ctx, r, bucket.Decision{Allowed: true}); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Refund after Close = %v, want ErrClosed", err)
+	}
+	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Pause after Close = %v, want ErrClosed", err)
+	}
+	if _, err := s.Has(ctx, "k"); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Has after Close = %v, want ErrClosed", err)
+	}
+	if err := s.Sweep(ctx); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Sweep after Close = %v, want ErrClosed", err)
+	}
+}
