@@ -62,8 +62,9 @@ type Dispatcher[T, R any] struct {
 
 	base     context.Context // for backend calls; cancelled on hard stop
 	stopBase context.CancelFunc
-	quit     chan struct{}
-	wg       sync.WaitGroup
+	quit     chan struct{}  // stops the scheduler
+	wg       sync.WaitGroup // the scheduler
+	workers  sync.WaitGroup
 	stopOnce sync.Once
 	hardOnce sync.Once
 
@@ -128,7 +129,7 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 	} else {
 		d.run = make(chan *job[T, R], cfg.queue)
 	}
-	d.wg.Add(cfg.workers)
+	d.workers.Add(cfg.workers)
 	for w := range cfg.workers {
 		go d.work(w)
 	}
@@ -197,7 +198,13 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 		return &j.Future, nil
 	}
 	d.accept(j)
-	if block {
+	select {
+	case d.run <- j: // the common case, without a select's full cost
+	default:
+		if !block {
+			d.unaccept()
+			return nil, ErrQueueFull
+		}
 		select {
 		case d.run <- j:
 		case <-ctx.Done():
@@ -206,13 +213,6 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 		case <-d.closing:
 			d.unaccept()
 			return nil, ErrClosed
-		}
-	} else {
-		select {
-		case d.run <- j:
-		default:
-			d.unaccept()
-			return nil, ErrQueueFull
 		}
 	}
 	if ctx.Done() != nil {
@@ -276,14 +276,9 @@ func (d *Dispatcher[T, R]) checkDrained() {
 }
 
 func (d *Dispatcher[T, R]) work(w int) {
-	defer d.wg.Done()
-	for {
-		select {
-		case j := <-d.run:
-			d.runJob(w, j)
-		case <-d.quit:
-			return
-		}
+	defer d.workers.Done()
+	for j := range d.run { // closed once drained, after the scheduler stopped
+		d.runJob(w, j)
 	}
 }
 
@@ -356,14 +351,20 @@ func (d *Dispatcher[T, R]) Shutdown(ctx context.Context) error {
 	var err error
 	select {
 	case <-d.drained:
-	case <-ctx.Done():
-		err = ctx.Err()
-		d.hardStop()
-		<-d.drained
+	default:
+		select {
+		case <-d.drained:
+		case <-ctx.Done():
+			err = ctx.Err()
+			d.hardStop()
+			<-d.drained
+		}
 	}
 	d.stopOnce.Do(func() {
 		close(d.quit)
-		d.wg.Wait()
+		d.wg.Wait() // the scheduler: nothing sends on run now
+		close(d.run)
+		d.workers.Wait()
 		d.stopBase()
 	})
 	return err
@@ -399,7 +400,10 @@ func (d *Dispatcher[T, R]) hardStop() {
 		} else {
 			for {
 				select {
-				case j := <-d.run:
+				case j, ok := <-d.run:
+					if !ok {
+						break
+					}
 					if j.stateCAS(queued, done) {
 						d.finish(j, *new(R), ErrClosed, outcomeCancelled)
 					}

@@ -1,0 +1,259 @@
+package dispatcher_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/dispatcher"
+	"github.com/leakybucket/leakybucket/middleware"
+)
+
+// TestExactlyOnce: 100,000 jobs with random outcomes (value, error, panic,
+// cancelled context, retry-after) from several producers, and Shutdown at
+// a random moment with a short deadline: every accepted job is resolved
+// exactly once and the counters add up.
+func TestExactlyOnce(t *testing.T) {
+	for seed := range uint64(2) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			testExactlyOnce(t, seed)
+		})
+	}
+}
+
+func testExactlyOnce(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	keyLimit := func(key string) bucket.Limit {
+		switch key {
+		case "k0":
+			return bucket.PerSecond(20_000).WithBurst(20).WithQuota(1000, 100*time.Millisecond)
+		case "k1":
+			return bucket.PerSecond(5000).WithBurst(5)
+		}
+		return bucket.Unlimited
+	}
+	lim := newLimiter(t, bucket.PerSecond(1), bucket.WithKeyLimit(keyLimit))
+	var retries sync.Map
+	d, err := dispatcher.New(func(ctx context.Context, j task) (int, error) {
+		switch j.n % 7 {
+		case 0:
+			return 0, errors.New("failed")
+		case 1:
+			panic("boom")
+		case 2:
+			if _, loaded := retries.LoadOrStore(j.n, true); !loaded {
+				return 0, &middleware.RetryAfterError{Delay: time.Millisecond}
+			}
+		case 3:
+			select { // a slow job that honours its context
+			case <-time.After(time.Millisecond):
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
+		return j.n, nil
+	}, dispatcher.WithWorkers(8), dispatcher.WithQueue(2000), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const jobs, producers = 100_000, 4
+	var (
+		mu       sync.Mutex
+		futures  []*dispatcher.Future[int]
+		accepted atomic.Int64
+		wg       sync.WaitGroup
+	)
+	stopAt := rng.Int64N(jobs)
+	var produced atomic.Int64
+	shutdownDone := make(chan error, 1)
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prng := rand.New(rand.NewPCG(seed, uint64(p)))
+			for i := p; i < jobs; i += producers {
+				if produced.Add(1) == stopAt {
+					deadline := time.Duration(prng.IntN(20)) * time.Millisecond
+					go func() {
+						ctx, cancel := context.WithTimeout(context.Background(), deadline)
+						defer cancel()
+						shutdownDone <- d.Shutdown(ctx)
+					}()
+				}
+				ctx := context.Background()
+				var cancel context.CancelFunc
+				if prng.IntN(10) == 0 {
+					ctx, cancel = context.WithTimeout(ctx, time.Duration(prng.IntN(2000))*time.Microsecond)
+				}
+				f, err := d.Submit(ctx, task{key: fmt.Sprint("k", prng.IntN(5)), n: i})
+				switch {
+				case err == nil:
+					accepted.Add(1)
+					mu.Lock()
+					futures = append(futures, f)
+					mu.Unlock()
+				case errors.Is(err, dispatcher.ErrClosed), errors.Is(err, context.DeadlineExceeded):
+				default:
+					t.Errorf("Submit: %v", err)
+				}
+				if cancel != nil {
+					defer cancel()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := <-shutdownDone; err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	d.Shutdown(context.Background()) // idempotent; waits for the end
+	for i, f := range futures {
+		select {
+		case <-f.Done():
+		default:
+			t.Fatalf("future %d unresolved after Shutdown", i)
+		}
+		if _, err := f.Result(); errors.Is(err, dispatcher.ErrPending) {
+			t.Fatalf("future %d: %v", i, err)
+		}
+	}
+	st := d.Stats()
+	if st.Submitted != accepted.Load() {
+		t.Errorf("Stats.Submitted = %d, want %d accepted", st.Submitted, accepted.Load())
+	}
+	if sum := st.Succeeded + st.Failed + st.Cancelled; sum != st.Submitted || st.Queued != 0 || st.Running != 0 {
+		t.Errorf("after Shutdown: succeeded %d + failed %d + cancelled %d = %d, want %d submitted (queued %d, running %d)",
+			st.Succeeded, st.Failed, st.Cancelled, sum, st.Submitted, st.Queued, st.Running)
+	}
+	var keySum int64
+	for _, k := range st.Keys {
+		keySum += k.Succeeded + k.Failed + k.Cancelled
+		if k.Submitted != k.Succeeded+k.Failed+k.Cancelled {
+			t.Errorf("key stats %+v do not add up", k)
+		}
+	}
+	if keySum != st.Submitted {
+		t.Errorf("per-key outcomes sum to %d, want %d", keySum, st.Submitted)
+	}
+	t.Logf("accepted %d of %d; %d succeeded, %d failed, %d cancelled, %d retried", accepted.Load(), jobs, st.Succeeded, st.Failed, st.Cancelled, st.Retried)
+}
+
+// TestShutdownDrains: Shutdown with time to spare runs every queued job,
+// as the limits admit them.
+func TestShutdownDrains(t *testing.T) {
+	lim := newLimiter(t, bucket.PerSecond(10_000).WithBurst(10))
+	var ran atomic.Int64
+	d, err := dispatcher.New(func(_ context.Context, n int) (int, error) {
+		ran.Add(1)
+		return n, nil
+	}, dispatcher.WithLimiter(lim), dispatcher.WithQueue(500))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 {
+		if _, err := d.Submit(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if n := ran.Load(); n != 500 {
+		t.Errorf("Shutdown drained %d jobs, want 500", n)
+	}
+}
+
+// TestCloseCancelsRunning: Close cancels running handlers' contexts and
+// resolves queued jobs with ErrClosed.
+func TestCloseCancelsRunning(t *testing.T) {
+	for _, withLimiter := range []bool{false, true} {
+		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
+			opts := []dispatcher.Option{dispatcher.WithWorkers(2)}
+			if withLimiter {
+				opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(10))))
+			}
+			started := make(chan struct{}, 2)
+			d, err := dispatcher.New(func(ctx context.Context, n int) (int, error) {
+				started <- struct{}{}
+				<-ctx.Done()
+				return 0, context.Cause(ctx)
+			}, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fs []*dispatcher.Future[int]
+			for i := range 10 {
+				f, err := d.Submit(context.Background(), i)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fs = append(fs, f)
+			}
+			<-started
+			<-started
+			d.Close()
+			var cancelled, closed int
+			for _, f := range fs {
+				_, err := f.Wait(context.Background())
+				switch {
+				case errors.Is(err, dispatcher.ErrClosed):
+					closed++
+				case errors.Is(err, context.Canceled):
+					cancelled++
+				default:
+					t.Errorf("job resolved with %v, want ErrClosed or context.Canceled", err)
+				}
+			}
+			if cancelled != 2 || closed != 8 {
+				t.Errorf("Close: %d running jobs cancelled and %d queued closed, want 2 and 8", cancelled, closed)
+			}
+		})
+	}
+}
+
+// TestMemoryFlat: a million jobs through a small queue do not grow the heap.
+func TestMemoryFlat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("pushes a million jobs")
+	}
+	for _, withLimiter := range []bool{false, true} {
+		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
+			opts := []dispatcher.Option{dispatcher.WithWorkers(4), dispatcher.WithQueue(10)}
+			total := 1_000_000
+			if withLimiter {
+				total = 200_000
+				opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1_000_000_000).WithBurst(1_000_000_000))),
+					dispatcher.WithKey(func(n int) string { return fmt.Sprint("k", n%100) }))
+			}
+			d := newDispatcher(t, double, opts...)
+			heap := func() uint64 {
+				runtime.GC()
+				var m runtime.MemStats
+				runtime.ReadMemStats(&m)
+				return m.HeapAlloc
+			}
+			push := func(n int) {
+				for i := range n {
+					if _, err := d.Submit(context.Background(), i); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			push(total / 10)
+			before := heap()
+			push(total - total/10)
+			after := heap()
+			if after > before+1<<20 {
+				t.Errorf("heap grew from %d to %d bytes over %d more jobs, want flat", before, after, total-total/10)
+			}
+		})
+	}
+}
