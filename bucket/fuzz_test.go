@@ -315,6 +315,11 @@ func FuzzDecide(f *testing.F) {
 		2, 4, 0, 0, 5, 2, 4, 0, 0, 5, 2, 4, 0, 0, 5, 0, 0, 0, 0, 2, 4, 0, 0, 5, 1, 4, 1, 3, 2, 4, 1, 0, 6))
 	f.Add(fuzzSeed(3, 5, 2, [][2]byte{{3, 7}, {5, 9}}, 1,
 		2, 3, 1, 2, 6, 2, 3, 1, 2, 6, 0, 0, 0, 1, 2, 3, 1, 2, 6, 0, 1, 0, 1, 1, 2, 2, 6, 6, 2, 3, 1, 1, 6))
+	// Burst × interval near MaxDuration with an interval rounded up: the
+	// whole burst at once, then one more unit.
+	f.Add(fuzzSeed(5, 0, 6, nil, 0, 2, 0, 0, 4, 0, 2, 0, 0, 0, 0))
+	f.Add(fuzzSeed(0, 0, 6, nil, 1, 2, 0, 0, 4, 0, 2, 0, 0, 0, 0))
+	f.Add(fuzzSeed(3, 11, 6, nil, 0, 2, 0, 0, 4, 7, 2, 0, 0, 0, 7))
 	f.Add([]byte{})
 	f.Add([]byte("\x08\x0e\x0b\x02\x00\x00\x07\x0c\xff"))
 
