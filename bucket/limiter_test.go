@@ -197,6 +197,16 @@ func TestLimiterUnlimitedSkipsBackend(t *testing.T) {
 	if _, err := l.Reserve(ctx, "", 1, 0); !errors.Is(err, bucket.ErrEmptyKey) {
 		t.Errorf("Unlimited: Reserve with an empty key = %v, want ErrEmptyKey", err)
 	}
+	// An invalid request is refused under every limit, Unlimited too.
+	for _, tt := range []struct {
+		key  string
+		n    int
+		want error
+	}{{"", 1, bucket.ErrEmptyKey}, {"k", 0, bucket.ErrInvalidCost}} {
+		if ok, err := l.AllowN(ctx, tt.key, tt.n); ok || !errors.Is(err, tt.want) {
+			t.Errorf("Unlimited: AllowN(%q, %d) = %v, %v; want false, %v", tt.key, tt.n, ok, err, tt.want)
+		}
+	}
 }
 
 func TestLimiterWait(t *testing.T) {
