@@ -79,7 +79,10 @@ func (l *Limiter) AllowN(ctx context.Context, key string, n int) (bool, error) {
 		lim = l.limitFor(key)
 	}
 	if lim.unlimited {
-		return true, (&Request{Key: key, Limit: lim, Cost: int64(n)}).Validate()
+		if err := (&Request{Key: key, Limit: lim, Cost: int64(n)}).Validate(); err != nil {
+			return false, err
+		}
+		return true, nil
 	}
 	d, err := l.backend.Admit(ctx, Request{Key: key, Limit: lim, Cost: int64(n)})
 	return d.Allowed, err
@@ -140,7 +143,10 @@ func (l *Limiter) Reserve(ctx context.Context, key string, n int, maxWait time.D
 
 func (l *Limiter) decide(ctx context.Context, req Request) (Decision, error) {
 	if req.Limit.unlimited {
-		return Decision{Allowed: true}, req.Validate()
+		if err := req.Validate(); err != nil {
+			return Decision{}, err
+		}
+		return Decision{Allowed: true}, nil
 	}
 	return l.backend.Admit(ctx, req)
 }

@@ -50,6 +50,7 @@ const (
 	keyAsking               // its head's admission is being decided
 	keyHolding              // its head is booked, waiting for its slot
 	keyWaiting              // refused, paused or backing off: in the timer heap
+	keyRefunding            // giving back a booking: asks nothing until the refund is done
 )
 
 type keyState[T, R any] struct {
@@ -360,15 +361,19 @@ func permanent(err error) bool {
 
 // cancelWaiting resolves a job whose context ended before it started.
 func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
-	var refund *bucket.Admission
 	s.mu.Lock()
 	switch j.getState() {
 	case queued:
 		s.keys[j.key].jobs.remove(j)
 	case booked:
+		// Give the booking back before the key may book again, or the
+		// refund would find a later booking and do nothing.
 		k := s.keys[j.key]
 		s.timers.remove(k)
-		refund = &bucket.Admission{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
+		k.phase, k.head = keyRefunding, nil
+		s.mu.Unlock()
+		s.refund([]bucket.Admission{{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}})
+		s.mu.Lock()
 		s.idle++
 		s.settle(k)
 	case asking:
@@ -385,9 +390,6 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	}
 	s.d.finish(j, *new(R), j.parent.Err(), outcomeCancelled)
 	s.mu.Unlock()
-	if refund != nil {
-		s.refund([]bucket.Admission{*refund})
-	}
 	s.signal()
 }
 

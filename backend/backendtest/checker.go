@@ -2,6 +2,7 @@ package backendtest
 
 import (
 	"fmt"
+	"math/big"
 	"math/bits"
 	"slices"
 	"time"
@@ -45,29 +46,34 @@ func Check(lim bucket.Limit, starts []Start) error {
 // checkRate verifies Σ_{i..j} cost ≤ B + (a_j − a_i)·N/P for all i ≤ j. With
 // S_j the running sum of costs, that is X_j − Y_i ≤ B·P where
 // X_j = S_j·P − a_j·N and Y_i = S_{i−1}·P − a_i·N; scanning j while keeping
-// the least Y_i makes it linear.
+// the least Y_i makes it linear. Sums of huge costs times long periods
+// pass 128 bits, so the arithmetic is math/big's, on reused values.
 func checkRate(lim bucket.Limit, s []Start) error {
-	p, n := uint64(lim.Period), uint64(lim.Rate)
-	base := s[0].At // times relative to the first keep products non-negative
-	bp := mul(uint64(lim.Burst), p)
-	var sum uint64
-	var minY int128
-	minAt := 0
+	p, n := big.NewInt(int64(lim.Period)), big.NewInt(lim.Rate)
+	base := s[0].At // times relative to the first keep products small
+	bp := new(big.Int).Mul(big.NewInt(lim.Burst), p)
+	var (
+		sum, at, x, y, minY, tmp big.Int
+		minAt                    int
+	)
 	for j, e := range s {
-		at := uint64(e.At - base)
-		y := mul(sum, p).sub(mul(at, n))
-		if j == 0 || y.cmp(minY) < 0 {
-			minY, minAt = y, j
+		at.SetInt64(e.At - base)
+		y.Mul(&sum, p)
+		y.Sub(&y, tmp.Mul(&at, n))
+		if j == 0 || y.Cmp(&minY) < 0 {
+			minY.Set(&y)
+			minAt = j
 		}
-		sum += uint64(e.Cost)
-		x := mul(sum, p).sub(mul(at, n))
-		if x.sub(minY).cmp(bp) > 0 {
-			units := int64(0)
+		sum.Add(&sum, tmp.SetInt64(e.Cost))
+		x.Mul(&sum, p)
+		x.Sub(&x, tmp.Mul(&at, n))
+		if x.Sub(&x, &minY).Cmp(bp) > 0 {
+			units := new(big.Int)
 			for _, f := range s[minAt : j+1] {
-				units += f.Cost
+				units.Add(units, tmp.SetInt64(f.Cost))
 			}
 			d := time.Duration(e.At - s[minAt].At)
-			return fmt.Errorf("rate %v violated: %d units started in an interval of %v (starts %d..%d), at most %d + %v/%v allowed",
+			return fmt.Errorf("rate %v violated: %v units started in an interval of %v (starts %d..%d), at most %d + %v/%v allowed",
 				lim, units, d, minAt, j, lim.Burst, d, lim.Period/time.Duration(lim.Rate))
 		}
 	}
@@ -75,16 +81,16 @@ func checkRate(lim bucket.Limit, s []Start) error {
 }
 
 func checkQuota(q bucket.Quota, s []Start) error {
-	var used int64
+	var used int128 // a sum of int64 costs: 128 bits never overflow
 	i := 0
 	for j, e := range s {
-		used += e.Cost
+		used = used.add(e.Cost)
 		for s[i].At <= e.At-int64(q.Window) {
-			used -= s[i].Cost
+			used = used.add(-s[i].Cost)
 			i++
 		}
-		if used > q.Max {
-			return fmt.Errorf("quota %d/%v violated: %d units started in [%d, %d], a span of %v (starts %d..%d)",
+		if used.cmp(int128{lo: uint64(q.Max)}) > 0 {
+			return fmt.Errorf("quota %d/%v violated: %s units started in [%d, %d], a span of %v (starts %d..%d)",
 				q.Max, q.Window, used, s[i].At, e.At, time.Duration(e.At-s[i].At), i, j)
 		}
 	}
@@ -107,14 +113,13 @@ type int128 struct {
 	lo uint64
 }
 
-func mul(a, b uint64) int128 {
-	hi, lo := bits.Mul64(a, b)
-	return int128{hi: int64(hi), lo: lo}
-}
-
-func (x int128) sub(y int128) int128 {
-	lo, borrow := bits.Sub64(x.lo, y.lo, 0)
-	return int128{hi: x.hi - y.hi - int64(borrow), lo: lo}
+func (x int128) add(v int64) int128 {
+	hi := int64(0)
+	if v < 0 {
+		hi = -1
+	}
+	lo, carry := bits.Add64(x.lo, uint64(v), 0)
+	return int128{hi: x.hi + hi + int64(carry), lo: lo}
 }
 
 func (x int128) cmp(y int128) int {
@@ -128,4 +133,10 @@ func (x int128) cmp(y int128) int {
 		return 1
 	}
 	return 0
+}
+
+func (x int128) String() string {
+	v := new(big.Int).SetInt64(x.hi)
+	v.Lsh(v, 64)
+	return v.Add(v, new(big.Int).SetUint64(x.lo)).String()
 }
