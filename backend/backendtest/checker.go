@@ -50,14 +50,14 @@ func Check(lim bucket.Limit, starts []Start) error {
 // pass 128 bits, so the arithmetic is math/big's, on reused values.
 func checkRate(lim bucket.Limit, s []Start) error {
 	p, n := big.NewInt(int64(lim.Period)), big.NewInt(lim.Rate)
-	base := s[0].At // times relative to the first keep products small
+	base := big.NewInt(s[0].At) // times relative to the first keep products small
 	bp := new(big.Int).Mul(big.NewInt(lim.Burst), p)
 	var (
 		sum, at, x, y, minY, tmp big.Int
 		minAt                    int
 	)
 	for j, e := range s {
-		at.SetInt64(e.At - base)
+		at.Sub(at.SetInt64(e.At), base)
 		y.Mul(&sum, p)
 		y.Sub(&y, tmp.Mul(&at, n))
 		if j == 0 || y.Cmp(&minY) < 0 {
@@ -72,9 +72,9 @@ func checkRate(lim bucket.Limit, s []Start) error {
 			for _, f := range s[minAt : j+1] {
 				units.Add(units, tmp.SetInt64(f.Cost))
 			}
-			d := time.Duration(e.At - s[minAt].At)
-			return fmt.Errorf("rate %v violated: %v units started in an interval of %v (starts %d..%d), at most %d + %v/%v allowed",
-				lim, units, d, minAt, j, lim.Burst, d, lim.Period/time.Duration(lim.Rate))
+			span := new(big.Int).Sub(big.NewInt(e.At), big.NewInt(s[minAt].At))
+			return fmt.Errorf("rate %v violated: %v units started in an interval of %vns (starts %d..%d), at most %d + %vns×%d/%v allowed",
+				lim, units, span, minAt, j, lim.Burst, span, lim.Rate, lim.Period)
 		}
 	}
 	return nil
