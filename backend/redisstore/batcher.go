@@ -9,22 +9,27 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// A batcher coalesces concurrent Admit calls: callers queue their
-// admissions, and each of a few sender goroutines takes whatever is queued
-// (up to maxBatch) and sends it as one pipeline. While a pipeline is in
-// flight the next one fills, so the batch size follows the load: one
-// admission per round trip for a lone caller, many under contention.
+// A batcher coalesces concurrent Admit calls so that they share round
+// trips. At most `pipelines` round trips are in flight at once. A caller
+// that finds one free and nobody waiting sends its admission itself, on
+// its own goroutine: a lone caller pays one round trip and no hand-off.
+// Otherwise it queues its admission, and the sender goroutine sends
+// whatever is queued (up to maxBatch) as one pipeline whenever a round
+// trip is free. So batches grow with the load: the more callers, the more
+// admissions each round trip carries.
 type batcher struct {
-	s        *Store
-	maxBatch int
+	s         *Store
+	pipelines int
+	maxBatch  int
 
-	mu     sync.Mutex
-	queue  []*call
-	closed bool
+	mu       sync.Mutex
+	queue    []*call
+	inflight int // round trips in flight
+	closed   bool
 
-	wake chan struct{} // a sender should look at the queue
+	wake chan struct{} // the sender should look at the queue
 	stop chan struct{}
-	wg   sync.WaitGroup
+	done chan struct{}
 }
 
 // A call is one queued admission. Its state moves from queued to sent to
@@ -49,38 +54,41 @@ const (
 
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
-func newBatcher(s *Store, senders, maxBatch int) *batcher {
+func newBatcher(s *Store, pipelines, maxBatch int) *batcher {
 	b := &batcher{
-		s:        s,
-		maxBatch: maxBatch,
-		wake:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
+		s:         s,
+		pipelines: pipelines,
+		maxBatch:  maxBatch,
+		wake:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
-	b.wg.Add(senders)
-	for range senders {
-		go b.send()
-	}
+	go b.send()
 	return b
 }
 
-// admit queues an admission and waits for its answer or for ctx to end.
-func (b *batcher) admit(ctx context.Context, req *bucket.Request, key string, args []byte) (reply, error) {
-	c := callPool.Get().(*call)
-	c.state.Store(queued)
-	c.req, c.key, c.args = *req, key, args
+// admit decides one admission and waits for its answer or for ctx to end.
+func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, args []byte) (reply, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		c.req, c.args = bucket.Request{}, nil
-		callPool.Put(c)
 		return reply{}, bucket.ErrClosed
 	}
+	if len(b.queue) == 0 && b.inflight < b.pipelines {
+		b.inflight++
+		b.mu.Unlock()
+		// Once sent, the answer is awaited even if ctx ends: the caller
+		// gets the admission and refunds it if it must.
+		r, err := parseReply(b.s.eval(context.WithoutCancel(ctx), key, args))
+		b.finished()
+		return r, err
+	}
+	c := callPool.Get().(*call)
+	c.state.Store(queued)
+	c.req, c.key, c.args = req, key, args
 	b.queue = append(b.queue, c)
 	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default: // a wake-up is pending already
-	}
+	b.poke()
 
 	select {
 	case <-c.done:
@@ -91,80 +99,109 @@ func (b *batcher) admit(ctx context.Context, req *bucket.Request, key string, ar
 		<-c.done // answered meanwhile
 	}
 	r, err := c.r, c.err
-	c.req, c.args, c.err = bucket.Request{}, nil, nil
-	callPool.Put(c)
+	c.release()
 	return r, err
 }
 
-// send is a sender goroutine: it sends what is queued until stopped.
+// finished ends a round trip and, if admissions are queued, pokes the
+// sender to send them.
+func (b *batcher) finished() {
+	b.mu.Lock()
+	b.inflight--
+	waiting := len(b.queue) > 0
+	b.mu.Unlock()
+	if waiting {
+		b.poke()
+	}
+}
+
+func (b *batcher) poke() {
+	select {
+	case b.wake <- struct{}{}:
+	default: // a poke is pending already
+	}
+}
+
+func (c *call) release() {
+	c.req, c.key, c.args, c.err = bucket.Request{}, "", nil, nil
+	callPool.Put(c)
+}
+
+// send is the sender goroutine. Each round trip it starts runs on a
+// goroutine of its own, so that up to `pipelines` are in flight.
 func (b *batcher) send() {
-	defer b.wg.Done()
-	var (
-		batch []*call
-		cmds  []*redis.Cmd
-	)
+	defer close(b.done)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		select {
 		case <-b.wake:
 		case <-b.stop:
 			return
 		}
-		b.mu.Lock()
-		n := min(len(b.queue), b.maxBatch)
-		batch = append(batch[:0], b.queue[:n]...)
-		rest := copy(b.queue, b.queue[n:])
-		clear(b.queue[rest:])
-		b.queue = b.queue[:rest]
-		b.mu.Unlock()
-		if rest > 0 {
-			select {
-			case b.wake <- struct{}{}:
-			default:
+		for {
+			b.mu.Lock()
+			if len(b.queue) == 0 || b.inflight >= b.pipelines {
+				b.mu.Unlock()
+				break // finished() pokes when a round trip frees up
 			}
+			n := min(len(b.queue), b.maxBatch)
+			batch := make([]*call, n)
+			copy(batch, b.queue)
+			rest := copy(b.queue, b.queue[n:])
+			clear(b.queue[rest:])
+			b.queue = b.queue[:rest]
+			b.inflight++
+			b.mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b.sendBatch(batch)
+				b.finished()
+			}()
 		}
-
-		ctx := context.Background() // the client's timeouts bound the round trip
-		cmds = cmds[:0]
-		live := batch[:0]
-		for _, c := range batch {
-			if !c.state.CompareAndSwap(queued, sent) {
-				c.req, c.args = bucket.Request{}, nil
-				callPool.Put(c) // abandoned before it was sent
-				continue
-			}
-			live = append(live, c)
-			cmds = append(cmds, b.s.cmd(ctx, "evalsha", c.key, c.args))
-		}
-		if len(live) == 0 {
-			continue
-		}
-		b.s.pipeline(ctx, cmds)
-		for i, c := range live {
-			c.r, c.err = parseAdmit(cmds[i])
-			if c.state.CompareAndSwap(sent, done) {
-				c.done <- struct{}{}
-				continue
-			}
-			// Abandoned in flight: give back what Redis admitted.
-			if c.err == nil && c.r.allowed {
-				b.s.Refund(ctx, c.req, c.r.decision())
-			}
-			c.req, c.args = bucket.Request{}, nil
-			callPool.Put(c)
-		}
-		clear(live)
-		clear(cmds)
 	}
 }
 
-// close stops the senders after their pipelines in flight, and answers
-// the calls still queued with bucket.ErrClosed.
+// sendBatch sends batch as one pipeline and hands out the answers.
+func (b *batcher) sendBatch(batch []*call) {
+	ctx := context.Background() // the client's timeouts bound the round trip
+	cmds := make([]*redis.Cmd, 0, len(batch))
+	live := batch[:0]
+	for _, c := range batch {
+		if !c.state.CompareAndSwap(queued, sent) {
+			c.release() // abandoned before it was sent
+			continue
+		}
+		live = append(live, c)
+		cmds = append(cmds, b.s.cmd(ctx, "evalsha", c.key, c.args))
+	}
+	if len(live) == 0 {
+		return
+	}
+	b.s.pipeline(ctx, cmds)
+	for i, c := range live {
+		c.r, c.err = parseReply(cmds[i])
+		if c.state.CompareAndSwap(sent, done) {
+			c.done <- struct{}{}
+			continue
+		}
+		// Abandoned in flight: give back what Redis admitted.
+		if c.err == nil && c.r.allowed {
+			b.s.refund(ctx, c.req, c.r.decision())
+		}
+		c.release()
+	}
+}
+
+// close stops the sender after the round trips in flight, and answers the
+// calls still queued with bucket.ErrClosed.
 func (b *batcher) close() {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
 	close(b.stop)
-	b.wg.Wait()
+	<-b.done
 	b.mu.Lock()
 	queue := b.queue
 	b.queue = nil

@@ -38,11 +38,8 @@ func RawPause(ctx context.Context, s *Store, key string, d time.Duration) (int64
 }
 
 func (s *Store) runFresh(ctx context.Context, key string, args []byte) (int64, error) {
-	v, err := s.eval(ctx, key, args).Int64Slice()
-	if err != nil {
-		return 0, err
-	}
-	return v[1], nil
+	r, err := parseReply(s.eval(ctx, key, args))
+	return r.fresh, err
 }
 
 // Client returns the client s was made with.

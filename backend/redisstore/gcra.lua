@@ -5,44 +5,28 @@
 -- comparisons are exact, and floordiv below makes division exact.
 --
 -- KEYS[1]  the bucket's state (absent: a fresh bucket)
--- ARGV[1]  the request: little-endian int64s, first the operation
---            1 admit:  capacity, charge, cost, maxWait, n, then n × (window, max)
---                      capacity and charge as in bucket.Decide
---            2 refund: bookingTAT, bookingPrev, bookingGen, start, cost, n,
---                      then n × window
---            3 pause:  duration
+-- ARGV[1]  the request: little-endian int64s, op, a, b, c, d, e, n, then n
+--          pairs (x, y):
+--            op 1 admit:  a capacity, b charge (as in bucket.Decide), c cost,
+--                         d maxWait; pairs (window, max) of the quotas
+--            op 2 refund: the booking's a TAT, b previous TAT, c Gen, then
+--                         d its start, e its cost; pairs (window, 0)
+--            op 3 pause:  a the duration
 -- ARGV[2]  optional: the time in µs to use instead of TIME. Only tests send
 --          it; with it a key expires no sooner than 10 minutes from now in
 --          real time, so a fake clock cannot lose state to real expiry.
 --
--- State: cmsgpack array {1, TAT, Paused, Gen, nq, then per quota: window, ns,
--- then ns × (slot index delta, count)}; slots ascend, the first delta is
--- from 0. The key expires (PX) when the state becomes fresh.
+-- State: struct '<i8i8i8' TAT, Paused, Gen; then, if there are quotas, a
+-- cmsgpack array: per quota window, ns, then ns × (slot index delta,
+-- count); slots ascend and the first delta is from 0. The key expires
+-- (PX) when the state becomes fresh, and a state found fresh is ignored.
 --
--- Replies: admit {allowed, wait, now, TAT, prevTAT, Gen, freshAt};
--- refund and pause {now, freshAt}. freshAt is 0 for a fresh bucket.
+-- Reply: struct '<i8i8i8i8i8i8i8' allowed, wait, now, TAT, prevTAT, Gen,
+-- freshAt; refunds and pauses fill in only now and freshAt. freshAt is 0
+-- for a fresh bucket. A string costs the client less than an array.
 
-local SLOTS = 100
-
-local function floordiv(a, b)
-  local q = math.floor(a / b)
-  local r = a - q * b
-  if r < 0 then
-    q = q - 1
-  elseif r >= b then
-    q = q + 1
-  end
-  return q
-end
-
-local function slotwidth(window)
-  return floordiv(window - 1, SLOTS) + 1
-end
-
-local key = KEYS[1]
-local req = ARGV[1]
-local r = { struct.unpack('<' .. string.rep('i8', #req / 8), req) }
-local op = r[1]
+local key, req = KEYS[1], ARGV[1]
+local op, a, b, c, d, e, nq, pos = struct.unpack('<i8i8i8i8i8i8i8', req)
 
 local now
 if ARGV[2] then
@@ -52,31 +36,53 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
+local function floordiv(x, y)
+  local q = math.floor(x / y)
+  local r = x - q * y
+  if r < 0 then
+    q = q - 1
+  elseif r >= y then
+    q = q + 1
+  end
+  return q
+end
+
+local function reply(...)
+  return struct.pack('<i8i8i8i8i8i8i8', ...)
+end
+
+-- slotwidth is bucket.SlotWidth: a window is divided into 100 slots.
+local function slotwidth(window)
+  return floordiv(window - 1, 100) + 1
+end
+
 -- Load. quotas[i] = {window, idx = {...}, cnt = {...}}
 local tat, paused, gen, quotas = 0, 0, 0, {}
 local raw = redis.call('GET', key)
 if raw then
-  local s = cmsgpack.unpack(raw)
-  tat, paused, gen = s[2], s[3], s[4]
-  local p = 6
-  for i = 1, s[5] do
-    local q = { window = s[p], idx = {}, cnt = {} }
-    local ns = s[p + 1]
-    p = p + 2
-    local index = 0
-    for j = 1, ns do
-      index = index + s[p]
-      q.idx[j] = index
-      q.cnt[j] = s[p + 1]
-      p = p + 2
+  local p
+  tat, paused, gen, p = struct.unpack('<i8i8i8', raw)
+  if p <= #raw then
+    local s = cmsgpack.unpack(string.sub(raw, p))
+    local k = 1
+    while k <= #s do
+      local q = { window = s[k], idx = {}, cnt = {} }
+      local index = 0
+      for j = 1, s[k + 1] do
+        index = index + s[k + 2 * j]
+        q.idx[j] = index
+        q.cnt[j] = s[k + 2 * j + 1]
+      end
+      k = k + 2 + 2 * s[k + 1]
+      quotas[#quotas + 1] = q
     end
-    quotas[i] = q
   end
 end
 
 local function freshat()
   local fresh = math.max(tat, paused)
-  for _, q in ipairs(quotas) do
+  for i = 1, #quotas do
+    local q = quotas[i]
     local n = #q.idx
     if n > 0 then
       fresh = math.max(fresh, (q.idx[n] + 1) * slotwidth(q.window) + q.window)
@@ -90,9 +96,6 @@ end
 if raw and freshat() <= now then
   tat, paused, gen, quotas, raw = 0, 0, 0, {}, false
 end
-if op == 2 and not raw then
-  return { now, 0 } -- a forgotten bucket has nothing to refund
-end
 
 -- save writes the state with an expiry at the moment it becomes fresh, or
 -- deletes it if it is fresh already, and returns that moment.
@@ -102,46 +105,51 @@ local function save()
     redis.call('DEL', key)
     return 0
   end
-  local out = { 1, tat, paused, gen, #quotas }
-  for _, q in ipairs(quotas) do
-    out[#out + 1] = q.window
-    out[#out + 1] = #q.idx
-    local prev = 0
-    for j = 1, #q.idx do
-      out[#out + 1] = q.idx[j] - prev
-      out[#out + 1] = q.cnt[j]
-      prev = q.idx[j]
+  local val = struct.pack('<i8i8i8', tat, paused, gen)
+  if #quotas > 0 then
+    local out = {}
+    for i = 1, #quotas do
+      local q = quotas[i]
+      out[#out + 1] = q.window
+      out[#out + 1] = #q.idx
+      local prev = 0
+      for j = 1, #q.idx do
+        out[#out + 1] = q.idx[j] - prev
+        out[#out + 1] = q.cnt[j]
+        prev = q.idx[j]
+      end
     end
+    val = val .. cmsgpack.pack(out)
   end
   local ms = floordiv(fresh - now + 999, 1000)
   if ARGV[2] then
     ms = math.max(ms, 600000)
   end
-  redis.call('SET', key, cmsgpack.pack(out), 'PX', ms)
+  redis.call('SET', key, val, 'PX', ms)
   return fresh
 end
 
 if op == 3 then
-  paused = math.max(paused, now + r[2])
-  return { now, save() }
+  paused = math.max(paused, now + a)
+  return reply(0, 0, now, 0, 0, 0, save())
 end
 
 if op == 2 then
   -- Only the latest admission, with nothing refunded since, is refunded.
-  if tat ~= r[2] or gen ~= r[4] then
-    return { now, freshat() }
+  if not raw or tat ~= a or gen ~= c then
+    return reply(0, 0, now, 0, 0, 0, raw and freshat() or 0)
   end
-  tat = r[3]
+  tat = b
   gen = gen + 1
-  local start, cost = r[5], r[6]
-  for k = 1, r[7] do
-    local window = r[7 + k]
-    for _, q in ipairs(quotas) do
+  for k = 1, nq do
+    local window = struct.unpack('<i8', req, pos + 16 * (k - 1))
+    for i = 1, #quotas do
+      local q = quotas[i]
       if q.window == window then
-        local index = floordiv(start, slotwidth(window))
+        local index = floordiv(d, slotwidth(window))
         for j = 1, #q.idx do
           if q.idx[j] == index then
-            q.cnt[j] = q.cnt[j] - math.min(cost, q.cnt[j])
+            q.cnt[j] = q.cnt[j] - math.min(e, q.cnt[j])
             if q.cnt[j] == 0 then
               table.remove(q.idx, j)
               table.remove(q.cnt, j)
@@ -152,18 +160,22 @@ if op == 2 then
       end
     end
   end
-  return { now, save() }
+  return reply(0, 0, now, 0, 0, 0, save())
 end
 
 -- op == 1: admit.
-local capacity, charge, cost, maxwait, nq = r[2], r[3], r[4], r[5], r[6]
+local capacity, charge, cost, maxwait = a, b, c, d
 local start = math.max(now, tat - capacity, paused)
 
 -- Line the stored quotas up with the limit's, by window.
+local windows, maxes = {}, {}
+for i = 1, nq do
+  windows[i], maxes[i] = struct.unpack('<i8i8', req, pos + 16 * (i - 1))
+end
 local reshaped = #quotas ~= nq
 if not reshaped then
   for i = 1, nq do
-    if quotas[i].window ~= r[5 + 2 * i] then
+    if quotas[i].window ~= windows[i] then
       reshaped = true
       break
     end
@@ -172,10 +184,9 @@ end
 if reshaped then
   local qs = {}
   for i = 1, nq do
-    local window = r[5 + 2 * i]
-    qs[i] = { window = window, idx = {}, cnt = {} }
+    qs[i] = { window = windows[i], idx = {}, cnt = {} }
     for _, old in ipairs(quotas) do
-      if old.window == window then
+      if old.window == windows[i] then
         qs[i].idx, qs[i].cnt = old.idx, old.cnt
       end
     end
@@ -184,7 +195,7 @@ if reshaped then
 end
 
 for i = 1, nq do
-  local q, max = quotas[i], r[6 + 2 * i]
+  local q, max = quotas[i], maxes[i]
   local w = slotwidth(q.window)
   -- Prune slots wholly outside every window still to be asked about.
   local lo = floordiv(now - q.window, w)
@@ -229,7 +240,7 @@ if wait > maxwait then
   elseif raw then
     fresh = freshat()
   end
-  return { 0, wait, now, 0, 0, 0, fresh }
+  return reply(0, wait, now, 0, 0, 0, fresh)
 end
 
 local prev = tat
@@ -249,4 +260,4 @@ for i = 1, nq do
     table.insert(q.cnt, j + 1, cost)
   end
 end
-return { 1, wait, now, tat, prev, gen, save() }
+return reply(1, wait, now, tat, prev, gen, save())

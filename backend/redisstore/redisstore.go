@@ -74,10 +74,12 @@ type Options struct {
 	// again until one succeeds. Default 500ms; a negative value asks Redis
 	// on every call.
 	RetryInterval time.Duration
-	// Pipelines is the number of goroutines that send concurrent Admit
-	// calls to Redis, coalesced: each sends what is waiting as one
-	// pipeline, so that callers share round trips. Default 4; -1 sends
-	// each Admit on the caller's goroutine, one round trip each.
+	// Pipelines is how many round trips concurrent Admit calls may have
+	// in flight at once. A caller that finds one free and nobody waiting
+	// sends its own admission; otherwise it waits, and the admissions
+	// waiting are sent together as one pipeline when a round trip frees
+	// up, so that callers share round trips. Default 2; -1 sends each
+	// Admit on the caller's goroutine, one round trip each, unbounded.
 	Pipelines int
 	// MaxBatch is the most admissions one coalesced pipeline carries.
 	// Default 128.
@@ -142,7 +144,7 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	}
 	pipelines, maxBatch := opts.Pipelines, opts.MaxBatch
 	if pipelines == 0 {
-		pipelines = 4
+		pipelines = 2
 	}
 	if maxBatch == 0 {
 		maxBatch = 128
@@ -173,7 +175,7 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 	if req.Limit.IsUnlimited() {
 		return bucket.Decision{Allowed: true}, nil
 	}
-	args, err := appendAdmit(make([]byte, 0, 48+16*len(req.Limit.Quotas)), &req)
+	args, err := appendAdmit(make([]byte, 0, 7*8+16*len(req.Limit.Quotas)), &req)
 	if err != nil {
 		return bucket.Decision{}, err
 	}
@@ -183,7 +185,7 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 	}
 	var r reply
 	if s.batch != nil {
-		r, err = s.batch.admit(ctx, &req, s.prefix+req.Key, args)
+		r, err = s.batch.admit(ctx, req, s.prefix+req.Key, args)
 	} else {
 		r, err = s.admitOne(ctx, s.prefix+req.Key, args)
 	}
@@ -196,7 +198,7 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 
 // admitOne sends one admission on the caller's goroutine.
 func (s *Store) admitOne(ctx context.Context, key string, args []byte) (reply, error) {
-	return parseAdmit(s.eval(ctx, key, args))
+	return parseReply(s.eval(ctx, key, args))
 }
 
 // eval runs the script on key, again with EVAL if Redis has lost it
@@ -213,9 +215,9 @@ func (s *Store) eval(ctx context.Context, key string, args []byte) *redis.Cmd {
 
 // cmd returns an EVALSHA (or EVAL) of the script on key.
 func (s *Store) cmd(ctx context.Context, name, key string, args []byte) *redis.Cmd {
-	script := gcra.Hash()
+	script := scriptSHA
 	if name == "eval" {
-		script = gcraSource
+		script = scriptSource
 	}
 	var cmd *redis.Cmd
 	if s.clock != nil {
@@ -226,6 +228,9 @@ func (s *Store) cmd(ctx context.Context, name, key string, args []byte) *redis.C
 	cmd.SetFirstKeyPos(3)
 	return cmd
 }
+
+// The script's digest and source, boxed once rather than per command.
+var scriptSHA, scriptSource any = gcra.Hash(), gcraSource
 
 // AdmitBatch implements bucket.BatchBackend: it sends the batch as one
 // pipeline (one per Cluster node), a single round trip. Admissions of one
@@ -273,7 +278,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	var failure error // nil if Redis answered any of them
 	for k, i := range idx {
 		a := &batch[i]
-		r, err := parseAdmit(cmds[k])
+		r, err := parseReply(cmds[k])
 		if err != nil {
 			if k == 0 || failure != nil {
 				failure = err
@@ -335,6 +340,10 @@ func (s *Store) Refund(ctx context.Context, req bucket.Request, d bucket.Decisio
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	return s.refund(ctx, req, d)
+}
+
+func (s *Store) refund(ctx context.Context, req bucket.Request, d bucket.Decision) error {
 	if d.Booking.TAT < 0 { // decided by the local fallback
 		if s.local == nil {
 			return nil
@@ -429,7 +438,8 @@ func (s *Store) settle(ctx context.Context, err error, probe bool) {
 			s.downUntil.Store(0)
 		}
 	case ctx.Err() == nil && !errors.Is(err, bucket.ErrClosed):
-		s.lastErr.Store(&err)
+		e := err
+		s.lastErr.Store(&e)
 		s.downUntil.Store(time.Now().Add(s.retry).UnixNano())
 	}
 	if probe {

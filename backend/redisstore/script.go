@@ -40,6 +40,9 @@ const (
 	opPause  = 3
 )
 
+// The script's request is seven int64s, op and its fields, then n pairs;
+// see the comment at the top of gcra.lua.
+
 // appendAdmit appends the script's request for req, a valid request under
 // a limit that is not Unlimited: the integers of bucket.Decide in ticks,
 // computed here so that the script only adds and compares.
@@ -51,10 +54,11 @@ func appendAdmit(b []byte, req *bucket.Request) ([]byte, error) {
 	t := ceilDiv(ceilDiv(int64(lim.Period), int64(tick)), lim.Rate)
 	charge := mulClamp(req.Cost, t, span)
 	b = appendInt(b, opAdmit)
-	b = appendInt(b, min(mulClamp(lim.Burst-req.Cost, t, span), span-charge))
+	b = appendInt(b, min(mulClamp(lim.Burst-req.Cost, t, span), span-charge)) // capacity
 	b = appendInt(b, charge)
 	b = appendInt(b, req.Cost)
 	b = appendInt(b, min(max(int64(req.MaxWait)/int64(tick), 0), span))
+	b = appendInt(b, 0)
 	b = appendInt(b, int64(len(lim.Quotas)))
 	for _, q := range lim.Quotas {
 		b = appendInt(b, ceilDiv(int64(q.Window), int64(tick)))
@@ -75,6 +79,7 @@ func appendRefund(b []byte, req *bucket.Request, d bucket.Decision) []byte {
 	b = appendInt(b, int64(len(req.Limit.Quotas)))
 	for _, q := range req.Limit.Quotas {
 		b = appendInt(b, ceilDiv(int64(q.Window), int64(tick)))
+		b = appendInt(b, 0)
 	}
 	return b
 }
@@ -83,7 +88,11 @@ func appendRefund(b []byte, req *bucket.Request, d bucket.Decision) []byte {
 // rounded up to a tick so that the pause is never shorter than asked.
 func appendPause(b []byte, d time.Duration) []byte {
 	b = appendInt(b, opPause)
-	return appendInt(b, ceilDiv(int64(min(max(d, 0), bucket.MaxDuration)), int64(tick)))
+	b = appendInt(b, ceilDiv(int64(min(max(d, 0), bucket.MaxDuration)), int64(tick)))
+	for range 5 {
+		b = appendInt(b, 0)
+	}
+	return b
 }
 
 func appendInt(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
@@ -109,24 +118,17 @@ func (r reply) decision() bucket.Decision {
 	return d
 }
 
-// parseAdmit reads the script's answer to an admission.
-func parseAdmit(cmd *redis.Cmd) (reply, error) {
-	v, err := cmd.Slice()
-	if err != nil {
+// parseReply reads the script's answer.
+func parseReply(cmd *redis.Cmd) (reply, error) {
+	if err := cmd.Err(); err != nil {
 		return reply{}, err
 	}
-	var n [7]int64
-	if len(v) != len(n) {
-		return reply{}, fmt.Errorf("redisstore: script replied %v, want %d integers", v, len(n))
+	v, ok := cmd.Val().(string)
+	if !ok || len(v) != 7*8 {
+		return reply{}, fmt.Errorf("redisstore: script replied %q, want 7 int64s", cmd.Val())
 	}
-	for i := range n {
-		x, ok := v[i].(int64)
-		if !ok {
-			return reply{}, fmt.Errorf("redisstore: script replied %v, want %d integers", v, len(n))
-		}
-		n[i] = x
-	}
-	return reply{allowed: n[0] == 1, wait: n[1], now: n[2], tat: n[3], prev: n[4], gen: n[5], fresh: n[6]}, nil
+	n := func(i int) int64 { return int64(binary.LittleEndian.Uint64([]byte(v[8*i : 8*i+8]))) }
+	return reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6)}, nil
 }
 
 // ceilDiv returns ⌈a/b⌉ for a ≥ 0, b > 0.

@@ -1,0 +1,202 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"math/bits"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/redisstore"
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+// benchLimit admits everything and writes state at every admission, as a
+// limit that does not bind does: 10^9 per second, a burst of 10^9.
+var benchLimit = bucket.PerSecond(1_000_000_000).WithBurst(1_000_000_000)
+
+func benchKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprint("tenant-", i)
+	}
+	return keys
+}
+
+// BenchmarkAdmit measures Store.Admit with 1 and 16 concurrent callers on
+// 1 and 1,000 keys, coalesced into pipelines (the default) or one round
+// trip per call (Pipelines: -1). It reports admissions/s and the p50 and
+// p99 latency of one call.
+func BenchmarkAdmit(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		opts redisstore.Options
+	}{
+		{"coalesced", redisstore.Options{}},
+		{"direct", redisstore.Options{Pipelines: -1}},
+	} {
+		for _, callers := range []int{1, 16} {
+			for _, nkeys := range []int{1, 1000} {
+				b.Run(fmt.Sprintf("%s/callers=%d/keys=%d", mode.name, callers, nkeys), func(b *testing.B) {
+					s := newStore(b, newClient(b), mode.opts)
+					benchAdmit(b, s, callers, benchKeys(nkeys))
+				})
+			}
+		}
+	}
+}
+
+func benchAdmit(b *testing.B, s *redisstore.Store, callers int, keys []string) {
+	ctx := context.Background()
+	var (
+		mu  sync.Mutex
+		all histogram
+	)
+	work := func(next func() bool, i int) {
+		var h histogram
+		req := bucket.Request{Limit: benchLimit, Cost: 1}
+		for next() {
+			req.Key = keys[i%len(keys)]
+			i++
+			t0 := time.Now()
+			d, err := s.Admit(ctx, req)
+			h.add(time.Since(t0))
+			if err != nil || !d.Allowed {
+				b.Fatalf("Admit = %+v, %v", d, err)
+			}
+		}
+		mu.Lock()
+		all.merge(&h)
+		mu.Unlock()
+	}
+	b.ReportAllocs()
+	start := time.Now()
+	if callers == 1 {
+		work(b.Loop, 0)
+	} else {
+		b.SetParallelism((callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+		var seed sync.Mutex
+		n := 0
+		b.RunParallel(func(pb *testing.PB) {
+			seed.Lock()
+			i := n * 7919
+			n++
+			seed.Unlock()
+			work(pb.Next, i)
+		})
+	}
+	report(b, b.N, time.Since(start), &all)
+}
+
+// BenchmarkAdmitBatch measures AdmitBatch of 64 admissions over 1,000
+// keys, from 1 and 4 concurrent callers: the dispatcher's way of sending
+// many pending admissions at once.
+func BenchmarkAdmitBatch(b *testing.B) {
+	for _, callers := range []int{1, 4} {
+		b.Run(fmt.Sprintf("batch=64/callers=%d/keys=1000", callers), func(b *testing.B) {
+			s := newStore(b, newClient(b), redisstore.Options{})
+			keys := benchKeys(1000)
+			ctx := context.Background()
+			var (
+				mu  sync.Mutex
+				all histogram
+			)
+			work := func(next func() bool, i int) {
+				var h histogram
+				batch := make([]bucket.Admission, 64)
+				for next() {
+					for j := range batch {
+						batch[j] = bucket.Admission{Request: bucket.Request{Key: keys[i%len(keys)], Limit: benchLimit, Cost: 1}}
+						i++
+					}
+					t0 := time.Now()
+					s.AdmitBatch(ctx, batch)
+					h.add(time.Since(t0))
+					for _, a := range batch {
+						if a.Err != nil || !a.Decision.Allowed {
+							b.Fatalf("AdmitBatch: %+v, %v", a.Decision, a.Err)
+						}
+					}
+				}
+				mu.Lock()
+				all.merge(&h)
+				mu.Unlock()
+			}
+			b.ReportAllocs()
+			start := time.Now()
+			if callers == 1 {
+				work(b.Loop, 0)
+			} else {
+				b.SetParallelism((callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+				var seed sync.Mutex
+				n := 0
+				b.RunParallel(func(pb *testing.PB) {
+					seed.Lock()
+					i := n * 7919
+					n++
+					seed.Unlock()
+					work(pb.Next, i)
+				})
+			}
+			elapsed := time.Since(start)
+			report(b, b.N*64, elapsed, &all)
+			b.ReportMetric(float64(all.quantile(0.5).Microseconds()), "batch-p50-µs")
+		})
+	}
+}
+
+func report(b *testing.B, admissions int, elapsed time.Duration, h *histogram) {
+	b.ReportMetric(float64(admissions)/elapsed.Seconds(), "admissions/s")
+	b.ReportMetric(float64(h.quantile(0.5))/1e3, "p50-µs")
+	b.ReportMetric(float64(h.quantile(0.99))/1e3, "p99-µs")
+}
+
+// histogram counts durations in buckets 1/16 of a power of two wide: a
+// quantile is within 6.25% of the true one. Adding allocates nothing.
+type histogram struct {
+	n      int
+	counts [64 * 16]int
+}
+
+func (h *histogram) add(d time.Duration) {
+	h.n++
+	h.counts[bucketOf(uint64(max(d, 1)))]++
+}
+
+func bucketOf(v uint64) int {
+	e := bits.Len64(v) - 1 // v in [2^e, 2^(e+1))
+	if e < 4 {
+		return int(v)
+	}
+	return e*16 + int(v>>(e-4))&15
+}
+
+// lowerBound is the least duration in bucket i.
+func lowerBound(i int) time.Duration {
+	if i < 64 {
+		return time.Duration(i)
+	}
+	e := i / 16
+	return time.Duration(uint64(16+i%16) << (e - 4))
+}
+
+func (h *histogram) merge(o *histogram) {
+	h.n += o.n
+	for i, c := range o.counts {
+		h.counts[i] += c
+	}
+}
+
+func (h *histogram) quantile(q float64) time.Duration {
+	want := int(q*float64(h.n)) + 1
+	seen := 0
+	for i, c := range h.counts {
+		seen += c
+		if seen >= want {
+			return lowerBound(i)
+		}
+	}
+	return 0
+}
