@@ -1,0 +1,85 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+)
+
+// anchors are the modules compared with, whose versions the run reports.
+var anchors = []string{
+	"golang.org/x/time",
+	"go.uber.org/ratelimit",
+	"github.com/alitto/pond/v2",
+	"github.com/panjf2000/ants/v2",
+	"golang.org/x/sync",
+	"github.com/go-redis/redis_rate/v10",
+	"github.com/redis/go-redis/v9",
+	"modernc.org/sqlite",
+	"gonum.org/v1/plot",
+}
+
+// printMachine writes what the figures depend on: the machine, its load,
+// Go and the versions of the libraries compared.
+func printMachine(w io.Writer) {
+	fmt.Fprintf(w, "machine: %d CPUs (GOMAXPROCS %d), %s, %s memory\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), cpuModel(), memTotal())
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Fprintf(w, "load average at start: %s\n", strings.Join(strings.Fields(string(load))[:3], " "))
+	}
+	fmt.Fprintf(w, "go: %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		vs := map[string]string{}
+		for _, d := range bi.Deps {
+			v := d.Version
+			if d.Replace != nil {
+				v = d.Replace.Version
+			}
+			vs[d.Path] = v
+		}
+		var parts []string
+		for _, a := range anchors {
+			if v, ok := vs[a]; ok {
+				parts = append(parts, a+" "+v)
+			}
+		}
+		fmt.Fprintf(w, "libraries: %s\n", strings.Join(parts, ", "))
+	}
+	if addr, note := redisAddr(); addr != "" {
+		fmt.Fprintf(w, "redis: %s (%s)\n", addr, note)
+	}
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+func memTotal() string {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var kb int64
+		if _, err := fmt.Sscanf(sc.Text(), "MemTotal: %d kB", &kb); err == nil {
+			return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+		}
+	}
+	return "unknown"
+}

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/alitto/pond/v2"
+	"github.com/panjf2000/ants/v2"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/dispatcher"
+)
+
+const (
+	poolWorkers = 8
+	poolTime    = 300 * time.Millisecond
+)
+
+// results is where every pool's trivial handler writes, so that no pool
+// needs its futures kept to deliver results and each is measured on its
+// own machinery. It is grown to the largest run.
+var results []int
+
+func resultsFor(n int) []int {
+	if len(results) < n {
+		results = make([]int, n)
+	}
+	return results[:n]
+}
+
+// poolRun measures one pass of n trivial jobs submitted from one goroutine
+// and drained: jobs/s, heap allocations per job and the peak heap above
+// the start, in bytes.
+func poolRun(n int, run func(n int)) sample {
+	resultsFor(n)
+	peak := startPeak()
+	m0 := mallocs()
+	t0 := time.Now()
+	run(n)
+	el := time.Since(t0)
+	m1 := mallocs()
+	p := peak.Stop()
+	return sample{
+		"jobs/s":     float64(n) / el.Seconds(),
+		"allocs/job": float64(m1-m0) / float64(n),
+		"peak-MB":    p / (1 << 20),
+	}
+}
+
+// The four pools, each running n jobs whose handler writes results[i],
+// with limit (if not nil) called in the handler for the job's key.
+func runOurs(n int, lim *bucket.Limiter, ks []string) {
+	res := results
+	h := func(_ context.Context, i int) (int, error) { res[i] = i; return i, nil }
+	opts := []dispatcher.Option{dispatcher.WithWorkers(poolWorkers)}
+	if lim != nil {
+		opts = append(opts, dispatcher.WithLimiter(lim), dispatcher.WithKey(func(i int) string { return ks[i%len(ks)] }))
+	}
+	d, err := dispatcher.New(h, opts...)
+	if err != nil {
+		panic(err)
+	}
+	ctx := context.Background()
+	for i := range n {
+		if _, err := d.Submit(ctx, i); err != nil {
+			panic(err)
+		}
+	}
+	if err := d.Shutdown(ctx); err != nil {
+		panic(err)
+	}
+}
+
+// glue is what a user writes to limit per key inside a pool's task: wait
+// for the key's limiter from a map of rate.Limiter.
+type glue func(key string)
+
+func mapGlue(ml *mapLimiter) glue {
+	ctx := context.Background()
+	return func(k string) {
+		if err := ml.get(k).Wait(ctx); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func runPond(n int, g glue, ks []string) {
+	res := results
+	p := pond.NewResultPool[int](poolWorkers)
+	for i := range n {
+		p.SubmitErr(func() (int, error) {
+			if g != nil {
+				g(ks[i%len(ks)])
+			}
+			res[i] = i
+			return i, nil
+		})
+	}
+	p.StopAndWait()
+}
+
+func runAnts(n int, g glue, ks []string) {
+	res := results
+	p, err := ants.NewPool(poolWorkers)
+	if err != nil {
+		panic(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(n)
+	for i := range n {
+		if err := p.Submit(func() {
+			if g != nil {
+				g(ks[i%len(ks)])
+			}
+			res[i] = i
+			wg.Done()
+		}); err != nil {
+			panic(err)
+		}
+	}
+	wg.Wait()
+	p.Release()
+}
+
+func runErrgroup(n int, g glue, ks []string) {
+	res := results
+	var eg errgroup.Group
+	eg.SetLimit(poolWorkers)
+	for i := range n {
+		eg.Go(func() error {
+			if g != nil {
+				g(ks[i%len(ks)])
+			}
+			res[i] = i
+			return nil
+		})
+	}
+	eg.Wait()
+}
+
+// poolThroughput compares the Dispatcher with pond's ResultPool, ants and
+// errgroup.SetLimit: 8 workers, a trivial handler, jobs submitted from one
+// goroutine. With a limiter, ours admits each job through a memstore
+// bucket of its key (1,000 keys, limits that never bind) and the anchors
+// wait in their task on a map of rate.Limiter, the hand-made equivalent.
+func poolThroughput(limited bool) func(r *reporter) {
+	return func(r *reporter) {
+		ks := keys(1000)
+		var lim *bucket.Limiter
+		var g glue
+		if limited {
+			l, store := newMemLimiter(open)
+			defer store.Close()
+			lim = l
+			g = mapGlue(newMapLimiter(rate.Limit(1e9), 1e9))
+		}
+		res := repeat(r.reps,
+			calibrated("ours", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) { runOurs(n, lim, ks) }) }),
+			calibrated("pond", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) { runPond(n, g, ks) }) }),
+			calibrated("ants", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) { runAnts(n, g, ks) }) }),
+			calibrated("errgroup", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) { runErrgroup(n, g, ks) }) }),
+		)
+		suffix := ""
+		if limited {
+			suffix = " + map of rate.Limiter"
+		}
+		ours := "Dispatcher"
+		if limited {
+			ours = "Dispatcher + memstore"
+		}
+		tp := metricSpec{key: "jobs/s", label: "throughput", unit: "jobs/s", better: "higher"}
+		for _, a := range []struct{ key, name string }{{"pond", "pond/v2 ResultPool"}, {"ants", "ants/v2 Pool"}, {"errgroup", "errgroup SetLimit"}} {
+			m := tp
+			if a.key == "pond" {
+				m.target = &target{"≥ 2× pond", nil}
+			}
+			r.compareTarget(m, ours, res["ours"], a.name+suffix, res[a.key], a.key == "pond", 2)
+		}
+		al := metricSpec{key: "allocs/job", label: "allocations", unit: "allocs/job", better: "lower", target: atMost(2, "≤ 2")}
+		for _, a := range []struct{ key, name string }{{"pond", "pond/v2 ResultPool"}, {"ants", "ants/v2 Pool"}, {"errgroup", "errgroup SetLimit"}} {
+			r.compare(al, ours, res["ours"], a.name+suffix, res[a.key])
+			al.target = nil
+		}
+		pk := metricSpec{key: "peak-MB", label: "peak heap", unit: "MiB", better: "lower",
+			note: "heap objects and stacks above the start, sampled every 1ms"}
+		for _, a := range []struct{ key, name string }{{"pond", "pond/v2 ResultPool"}, {"ants", "ants/v2 Pool"}, {"errgroup", "errgroup SetLimit"}} {
+			r.compare(pk, ours, res["ours"], a.name+suffix, res[a.key])
+		}
+	}
+}
+
+// compareTarget is compare with a target relative to the anchor: ours
+// must be at least factor times the anchor's (when relative is true).
+func (r *reporter) compareTarget(ms metricSpec, oursName string, ours []sample, anchorName string, anchor []sample, relative bool, factor float64) {
+	if relative {
+		a := summarize(anchor, ms.key).Median
+		text := ms.target.text
+		ms.target = atLeast(factor*a, text)
+	} else {
+		ms.target = nil
+	}
+	r.compare(ms, oursName, ours, anchorName, anchor)
+}
+
+// queuedMemory measures the memory one queued job holds: n jobs queued
+// behind workers that are all blocked, after a collection. pond's queue
+// is unbounded by default; ants and errgroup have no queue (Submit and Go
+// block the caller), so they are not compared.
+func queuedMemory(r *reporter) {
+	const n = 100_000
+	ks := keys(1000)
+	lim, store := newMemLimiter(open)
+	defer store.Close()
+	ours := func(lim *bucket.Limiter) func(gate chan struct{}) func() {
+		return func(gate chan struct{}) func() {
+			h := func(_ context.Context, i int) (int, error) { <-gate; return i, nil }
+			opts := []dispatcher.Option{dispatcher.WithWorkers(poolWorkers), dispatcher.WithQueue(n)}
+			if lim != nil {
+				opts = append(opts, dispatcher.WithLimiter(lim), dispatcher.WithKey(func(i int) string { return ks[i%len(ks)] }))
+			}
+			d, err := dispatcher.New(h, opts...)
+			if err != nil {
+				panic(err)
+			}
+			ctx := context.Background()
+			for i := range n {
+				if _, err := d.Submit(ctx, i); err != nil {
+					panic(err)
+				}
+			}
+			return func() { d.Shutdown(ctx) }
+		}
+	}
+	pondFill := func(gate chan struct{}) func() {
+		p := pond.NewResultPool[int](poolWorkers)
+		for i := range n {
+			p.SubmitErr(func() (int, error) { <-gate; return i, nil })
+		}
+		return p.StopAndWait
+	}
+	res := repeat(r.reps,
+		contender{"ours", func() sample { return measureHold(n, ours(nil)) }},
+		contender{"ours-lim", func() sample { return measureHold(n, ours(lim)) }},
+		contender{"pond", func() sample { return measureHold(n, pondFill) }},
+	)
+	m := metricSpec{key: "B/job", label: "memory per queued job", unit: "bytes", better: "lower",
+		note: "100,000 jobs queued behind 8 blocked workers, heap after GC"}
+	r.compare(m, "Dispatcher", res["ours"], "pond/v2 ResultPool", res["pond"])
+	r.compare(m, "Dispatcher + memstore, 1,000 keys", res["ours-lim"], "pond/v2 ResultPool", res["pond"])
+}
+
+// measureHold queues n jobs with fill, whose handlers block until gate is
+// closed, and returns the heap they hold per job after a collection.
+func measureHold(n int, fill func(gate chan struct{}) func()) sample {
+	gate := make(chan struct{})
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	stop := fill(gate)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	close(gate)
+	stop()
+	return sample{"B/job": (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / float64(n)}
+}
