@@ -77,9 +77,7 @@ func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, arg
 	if len(b.queue) == 0 && b.inflight < b.pipelines {
 		b.inflight++
 		b.mu.Unlock()
-		// Once sent, the answer is awaited even if ctx ends: the caller
-		// gets the admission and refunds it if it must.
-		r, err := parseReply(b.s.eval(context.WithoutCancel(ctx), key, args))
+		r, err := parseReply(b.s.eval(ctx, key, args))
 		b.finished()
 		return r, err
 	}

@@ -1,0 +1,235 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/leakybucket/leakybucket/backend/redisstore"
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/internal/redistest"
+	"github.com/redis/go-redis/v9"
+)
+
+// TestFault kills the Redis a store uses while 48 goroutines admit through
+// Store.Admit and 8 wait through bucket.Limiter.Wait, and restarts it
+// empty. Every call must return, errors must match ErrUnavailable (or be
+// the caller's own deadline), admission must resume after the restart,
+// and the starts Redis admitted before the kill, those it admitted after
+// the restart, and those the local fallback admitted must each conform to
+// the limit: only what the restart forgot may be admitted twice.
+func TestFault(t *testing.T) {
+	for _, policy := range []redisstore.FailurePolicy{redisstore.FailClosed, redisstore.FailOpen, redisstore.FailLocal} {
+		t.Run(policy.String(), func(t *testing.T) { testFault(t, policy) })
+	}
+}
+
+// faultLimit is the limit of each of the fault test's keys.
+var faultLimit = bucket.PerSecond(200).WithBurst(4).WithQuota(60, 250*time.Millisecond)
+
+type faultStart struct {
+	key    int
+	d      bucket.Decision
+	origin string // "redis", "local" or "open"
+}
+
+func testFault(t *testing.T, policy redisstore.FailurePolicy) {
+	srv := redistest.Start(t)
+	// A client that fails fast, as docs/redis.md advises: by default
+	// go-redis retries dialing 5 times and commands 3 times, riding out a
+	// short outage with calls that block for seconds.
+	c := redis.NewClient(&redis.Options{
+		Addr:          srv.Addr(),
+		DialTimeout:   200 * time.Millisecond,
+		DialerRetries: 1,
+		MaxRetries:    -1,
+		ReadTimeout:   time.Second,
+	})
+	t.Cleanup(func() { c.Close() })
+	s := newStore(t, c, redisstore.Options{FailurePolicy: policy, RetryInterval: 20 * time.Millisecond})
+	lim, err := bucket.NewLimiter(s, faultLimit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"a", "b", "c{x}", "d\x00"}
+
+	var (
+		stop      atomic.Bool
+		mu        sync.Mutex
+		starts    []faultStart
+		badErrs   []error
+		calls     atomic.Int64
+		failures  atomic.Int64 // ErrUnavailable
+		slowest   atomic.Int64 // ns
+		wg        sync.WaitGroup
+		resumedAt atomic.Int64 // Redis-decided Now after the restart
+		restartAt atomic.Int64
+		seen      []string
+	)
+	defer func() { t.Log(seen) }()
+	record := func(took time.Duration, err error) {
+		calls.Add(1)
+		for {
+			old := slowest.Load()
+			if int64(took) <= old || slowest.CompareAndSwap(old, int64(took)) {
+				break
+			}
+		}
+		if err != nil && testing.Verbose() {
+			mu.Lock()
+			if len(seen) < 5 {
+				seen = append(seen, fmt.Sprintf("%T %v", err, err))
+			}
+			mu.Unlock()
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, redisstore.ErrUnavailable):
+			failures.Add(1)
+		case errors.Is(err, context.DeadlineExceeded):
+		default:
+			mu.Lock()
+			badErrs = append(badErrs, err)
+			mu.Unlock()
+		}
+	}
+	for w := range 48 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k := w % len(keys)
+			req := bucket.Request{Key: keys[k], Limit: faultLimit, Cost: 1, MaxWait: 30 * time.Millisecond}
+			for !stop.Load() {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				t0 := time.Now()
+				d, err := s.Admit(ctx, req)
+				cancel()
+				record(time.Since(t0), err)
+				switch {
+				case err != nil:
+					time.Sleep(2 * time.Millisecond)
+				case d.Allowed:
+					origin := "redis"
+					if redisstore.IsLocal(d) {
+						origin = "local"
+					} else if d.Booking.TAT == 0 {
+						origin = "open"
+					} else if r := restartAt.Load(); r != 0 && d.Now > r {
+						resumedAt.CompareAndSwap(0, d.Now)
+					}
+					mu.Lock()
+					starts = append(starts, faultStart{k, d, origin})
+					mu.Unlock()
+					time.Sleep(min(d.Wait, 30*time.Millisecond))
+				default:
+					time.Sleep(min(d.Wait-req.MaxWait, 10*time.Millisecond))
+				}
+			}
+		}()
+	}
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				t0 := time.Now()
+				err := lim.Wait(ctx, keys[w%len(keys)])
+				cancel()
+				record(time.Since(t0), err)
+				if err != nil {
+					time.Sleep(2 * time.Millisecond)
+				}
+			}
+		}()
+	}
+
+	time.Sleep(400 * time.Millisecond)
+	killAt := time.Now().UnixNano()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond)
+	restartAt.Store(time.Now().UnixNano())
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for resumedAt.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	stop.Store(true)
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(10 * time.Second):
+		t.Fatal("calls still running 10s after the end: a call hangs")
+	}
+
+	for _, err := range badErrs {
+		t.Errorf("error that matches neither ErrUnavailable nor the caller's deadline: %v", err)
+	}
+	if resumedAt.Load() == 0 {
+		t.Fatal("no admission by Redis within 5s of its restart")
+	}
+	t.Logf("%d calls, %d ErrUnavailable, slowest %v; Redis back in %v",
+		calls.Load(), failures.Load(), time.Duration(slowest.Load()), time.Duration(resumedAt.Load()-restartAt.Load()))
+	if d := time.Duration(slowest.Load()); d > 2500*time.Millisecond {
+		t.Errorf("slowest call took %v", d)
+	}
+
+	byOrigin := map[string]int{}
+	groups := map[string][]backendtest.Start{}
+	for _, st := range starts {
+		group := st.origin
+		if st.origin == "redis" {
+			switch {
+			case st.d.Now < killAt:
+				group = "redis before the kill"
+			case st.d.Now >= restartAt.Load():
+				group = "redis after the restart"
+			default:
+				t.Errorf("Redis decided at %v, while it was down", time.Unix(0, st.d.Now))
+			}
+		}
+		byOrigin[group]++
+		key := fmt.Sprintf("%s, key %q", group, keys[st.key])
+		groups[key] = append(groups[key], backendtest.Start{At: st.d.Start(), Cost: 1})
+	}
+	t.Logf("admissions: %v", byOrigin)
+	for group, ss := range groups {
+		if group[:4] == "open" {
+			continue // FailOpen admits without limit
+		}
+		if err := backendtest.Check(faultLimit, ss); err != nil {
+			t.Errorf("%s: %v", group, err)
+		}
+	}
+	if byOrigin["redis before the kill"] == 0 || byOrigin["redis after the restart"] == 0 {
+		t.Errorf("want admissions by Redis before the kill and after the restart, got %v", byOrigin)
+	}
+	switch policy {
+	case redisstore.FailClosed:
+		if failures.Load() == 0 {
+			t.Error("FailClosed: no call failed with ErrUnavailable while Redis was down")
+		}
+		if byOrigin["open"]+byOrigin["local"] > 0 {
+			t.Errorf("FailClosed admitted without Redis: %v", byOrigin)
+		}
+	case redisstore.FailOpen:
+		if byOrigin["open"] == 0 || failures.Load() > 0 {
+			t.Errorf("FailOpen: %d admitted open, %d ErrUnavailable; want some and none", byOrigin["open"], failures.Load())
+		}
+	case redisstore.FailLocal:
+		if byOrigin["local"] == 0 || failures.Load() > 0 {
+			t.Errorf("FailLocal: %d admitted locally, %d ErrUnavailable; want some and none", byOrigin["local"], failures.Load())
+		}
+	}
+}
