@@ -88,6 +88,13 @@ func wrapErr(op, path string, err error) error {
 	return &Error{Op: op, Path: path, Err: err, kind: classify(path, err)}
 }
 
+// isBusy reports whether err is SQLite's SQLITE_BUSY: another connection
+// holds the lock.
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
+}
+
 func classify(path string, err error) error {
 	var se *sqlite.Error
 	if errors.As(err, &se) {

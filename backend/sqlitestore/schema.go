@@ -18,7 +18,8 @@ const applicationID = 0x4c6b4274
 // opens.
 //
 // buckets holds one row per key whose state is not that of a fresh bucket,
-// in clock ticks (Unix microseconds): tat and paused as in bucket.State;
+// in clock ticks (Unix microseconds): tat, paused and gen as in
+// bucket.State;
 // seen, the latest time the row was decided at; fresh_at, bucket.FreshAt
 // of the state, so that a sweep judges a row without decoding it (not
 // indexed: an index would cost every admission a second page written,
@@ -32,6 +33,7 @@ var migrations = [][]string{
 			key      BLOB    NOT NULL PRIMARY KEY,
 			tat      INTEGER NOT NULL,
 			paused   INTEGER NOT NULL,
+			gen      INTEGER NOT NULL,
 			seen     INTEGER NOT NULL,
 			fresh_at INTEGER NOT NULL,
 			quotas   BLOB

@@ -70,6 +70,7 @@ const DefaultBusyTimeout = 5 * time.Second
 // Close it to release the file; calls after Close return bucket.ErrClosed.
 type Store struct {
 	path string
+	busy time.Duration
 	now  func() time.Time
 	db   *sql.DB
 	conn *sql.Conn
@@ -84,6 +85,7 @@ type Store struct {
 	entries []entry        // the keys of an AdmitBatch
 	index   map[string]int // key → position in entries
 	buf     []byte         // encoded quotas
+	timer   *time.Timer    // paces retries of BEGIN IMMEDIATE
 	written int            // rows written since the last incremental sweep
 	cursor  []byte         // the key the incremental sweep stopped at, nil at the start
 	doomed  [][]byte       // keys a sweep step found fresh
@@ -158,6 +160,7 @@ func Open(path string, opts Options) (*Store, error) {
 	db.SetMaxIdleConns(1)
 	s := &Store{
 		path:  abs,
+		busy:  busy,
 		now:   opts.Now,
 		db:    db,
 		sem:   make(chan struct{}, 1),
@@ -218,6 +221,11 @@ func (s *Store) init(ctx context.Context) error {
 	if err := migrate(ctx, c); err != nil {
 		return err
 	}
+	// From now on the store waits for the write lock itself (see begin);
+	// SQLite's own busy handler served the statements above.
+	if _, err := c.ExecContext(ctx, "PRAGMA busy_timeout = 0"); err != nil {
+		return err
+	}
 	for _, q := range []struct {
 		stmt **sql.Stmt
 		sql  string
@@ -225,11 +233,11 @@ func (s *Store) init(ctx context.Context) error {
 		{&s.stmt.begin, "BEGIN IMMEDIATE"},
 		{&s.stmt.commit, "COMMIT"},
 		{&s.stmt.rollback, "ROLLBACK"},
-		{&s.stmt.load, `SELECT c.swept, b.tat, b.paused, b.seen, b.quotas
+		{&s.stmt.load, `SELECT c.swept, b.tat, b.paused, b.gen, b.seen, b.quotas
 			FROM clock AS c LEFT JOIN buckets AS b ON b.key = ?1 WHERE c.id = 0`},
-		{&s.stmt.insert, `INSERT INTO buckets (key, tat, paused, seen, fresh_at, quotas)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6)`},
-		{&s.stmt.update, `UPDATE buckets SET tat = ?2, paused = ?3, seen = ?4, fresh_at = ?5, quotas = ?6
+		{&s.stmt.insert, `INSERT INTO buckets (key, tat, paused, gen, seen, fresh_at, quotas)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)`},
+		{&s.stmt.update, `UPDATE buckets SET tat = ?2, paused = ?3, gen = ?4, seen = ?5, fresh_at = ?6, quotas = ?7
 			WHERE key = ?1`},
 		{&s.stmt.scanFirst, `SELECT key, fresh_at FROM buckets ORDER BY key LIMIT ?1`},
 		{&s.stmt.scanNext, `SELECT key, fresh_at FROM buckets WHERE key > ?1 ORDER BY key LIMIT ?2`},
@@ -277,9 +285,7 @@ func (s *Store) txn(ctx context.Context, op string, fn func(host int64) error) e
 		return err
 	}
 	defer s.release()
-	// Only BEGIN can wait (for another process's write lock), so only it
-	// is given ctx; once the lock is held the transaction runs to its end.
-	if _, err := s.stmt.begin.ExecContext(ctx); err != nil {
+	if err := s.begin(ctx); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -294,6 +300,47 @@ func (s *Store) txn(ctx context.Context, op string, fn func(host int64) error) e
 	}
 	s.stmt.rollback.ExecContext(bg) // fails harmlessly if SQLite already rolled back
 	return wrapErr(op, s.path, err)
+}
+
+// retryEvery is how often begin tries again for a write lock held by
+// another connection. Go's timers on Linux sleep at least about a
+// millisecond anyway.
+const retryEvery = time.Millisecond
+
+// begin starts a BEGIN IMMEDIATE transaction, waiting up to the busy
+// timeout for another connection's write lock, or until ctx ends. Once
+// the lock is held the transaction runs to its end: only begin waits.
+//
+// SQLite's own busy handler would wait in sleeps growing to 100 ms, so
+// that processes which all found the lock taken could all be asleep while
+// it is free; trying again every millisecond keeps the file busy.
+func (s *Store) begin(ctx context.Context) error {
+	var deadline time.Time
+	for {
+		_, err := s.stmt.begin.ExecContext(context.Background())
+		if err == nil || !isBusy(err) {
+			return err
+		}
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(s.busy)
+		}
+		wait := deadline.Sub(now)
+		if wait <= 0 {
+			return err
+		}
+		if s.timer == nil {
+			s.timer = time.NewTimer(min(wait, retryEvery))
+		} else {
+			s.timer.Reset(min(wait, retryEvery))
+		}
+		select {
+		case <-s.timer.C:
+		case <-ctx.Done():
+			s.timer.Stop()
+			return ctx.Err()
+		}
+	}
 }
 
 // load reads key's row into e, at host time host.
@@ -311,15 +358,15 @@ func (s *Store) load(e *entry, key string, host int64) error {
 		return &Error{kind: ErrCorrupt, Err: errors.New("the clock row is missing")}
 	}
 	var (
-		swept             int64
-		tat, paused, seen sql.NullInt64
-		quotas            sql.RawBytes
+		swept                  int64
+		tat, paused, gen, seen sql.NullInt64
+		quotas                 sql.RawBytes
 	)
-	if err := rows.Scan(&swept, &tat, &paused, &seen, &quotas); err != nil {
+	if err := rows.Scan(&swept, &tat, &paused, &gen, &seen, &quotas); err != nil {
 		return err
 	}
 	e.exists = tat.Valid
-	e.st.TAT, e.st.Paused = tat.Int64, paused.Int64
+	e.st.TAT, e.st.Paused, e.st.Gen = tat.Int64, paused.Int64, gen.Int64
 	if e.st.Quotas, err = decodeQuotas(quotas, e.st.Quotas); err != nil {
 		return &Error{kind: ErrCorrupt, Err: fmt.Errorf("row of key %s: %w", quoteKey(key), err)}
 	}
@@ -350,7 +397,7 @@ func (s *Store) save(e *entry) error {
 	if !e.exists {
 		stmt = s.stmt.insert
 	}
-	if _, err := stmt.ExecContext(context.Background(), []byte(e.key), e.st.TAT, e.st.Paused, e.now, fresh, quotas); err != nil {
+	if _, err := stmt.ExecContext(context.Background(), []byte(e.key), e.st.TAT, e.st.Paused, e.st.Gen, e.now, fresh, quotas); err != nil {
 		return err
 	}
 	e.exists, e.dirty = true, false
@@ -568,8 +615,9 @@ func (s *Store) Refund(ctx context.Context, req bucket.Request, d bucket.Decisio
 		if err := s.load(e, req.Key, host); err != nil || !e.exists {
 			return err // a forgotten key has nothing to give back
 		}
+		gen := e.st.Gen
 		bucket.Refund(&e.st, &req, d, unit)
-		e.dirty = true
+		e.dirty = e.st.Gen != gen // a refund that does nothing writes nothing
 		return s.save(e)
 	})
 }
@@ -646,15 +694,11 @@ func (s *Store) query(ctx context.Context, op string, stmt *sql.Stmt, args ...an
 	if s.closed.Load() {
 		return 0, bucket.ErrClosed
 	}
-	if err := s.acquire(ctx); err != nil {
-		return 0, err
-	}
-	defer s.release()
 	var n int64
-	if err := stmt.QueryRowContext(ctx, args...).Scan(&n); err != nil {
-		return 0, wrapErr(op, s.path, err)
-	}
-	return n, nil
+	err := s.txn(ctx, op, func(int64) error {
+		return stmt.QueryRowContext(context.Background(), args...).Scan(&n)
+	})
+	return n, err
 }
 
 // Path returns the absolute path of the database file.
