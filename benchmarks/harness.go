@@ -100,24 +100,35 @@ func timeLoop(g, n int, f loop) (time.Duration, uint64) {
 	return elapsed, after.Mallocs - before.Mallocs
 }
 
-// micro measures an operation as testing.B would: it grows n until a run
-// lasts about d, and reports ns/op (wall time over all goroutines' ops, as
-// b.RunParallel does) and allocs/op.
-func micro(g int, d time.Duration, f loop) sample {
-	n := g
-	for {
+// micro returns a contender that measures an operation as testing.B
+// would: on its first run it grows n until a run lasts about d, then every
+// run does n iterations and reports ns/op (wall time over all goroutines'
+// operations, as b.RunParallel does), allocs/op and ops/s.
+func micro(name string, g int, d time.Duration, f loop) contender {
+	n := 0
+	measure := func() sample {
 		elapsed, mallocs := timeLoop(g, n, f)
-		if elapsed >= d || n >= 1<<31 {
-			return sample{
-				"ns/op":     float64(elapsed.Nanoseconds()) / float64(n),
-				"allocs/op": float64(mallocs) / float64(n),
-				"ops/s":     float64(n) / elapsed.Seconds(),
-			}
+		return sample{
+			"ns/op":     float64(elapsed.Nanoseconds()) / float64(n),
+			"allocs/op": float64(mallocs) / float64(n),
+			"ops/s":     float64(n) / elapsed.Seconds(),
 		}
-		// Aim 20% past d, growing at most 100× a step, as testing does.
-		next := int(float64(n) * 1.2 * float64(d) / float64(max(elapsed, time.Microsecond)))
-		n = min(max(next, n+1), 100*n)
 	}
+	return contender{name: name, run: func() sample {
+		if n > 0 {
+			return measure()
+		}
+		n = g
+		for {
+			elapsed, _ := timeLoop(g, n, f)
+			if elapsed >= d || n >= 1<<31 {
+				return measure()
+			}
+			// Aim 20% past d, growing at most 100× a step, as testing does.
+			next := int(float64(n) * 1.2 * float64(d) / float64(max(elapsed, time.Microsecond)))
+			n = min(max(next, n+1), 100*n)
+		}
+	}}
 }
 
 // calibrated returns a contender that runs f with a size chosen once, on

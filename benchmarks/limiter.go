@@ -47,31 +47,25 @@ func limiterAllow(g int) func(r *reporter) {
 		ub := ratelimit.New(1e9)
 
 		res := repeat(r.reps,
-			contender{"leakybucket", func() sample {
-				return micro(g, microTime, func(_, n int) {
-					for range n {
-						if ok, err := ours.Allow(ctx, "tenant-1"); !ok || err != nil {
-							panic("refused")
-						}
+			micro("leakybucket", g, microTime, func(_, n int) {
+				for range n {
+					if ok, err := ours.Allow(ctx, "tenant-1"); !ok || err != nil {
+						panic("refused")
 					}
-				})
-			}},
-			contender{"x/time/rate Allow", func() sample {
-				return micro(g, microTime, func(_, n int) {
-					for range n {
-						if !xr.Allow() {
-							panic("refused")
-						}
+				}
+			}),
+			micro("x/time/rate Allow", g, microTime, func(_, n int) {
+				for range n {
+					if !xr.Allow() {
+						panic("refused")
 					}
-				})
-			}},
-			contender{"uber ratelimit Take", func() sample {
-				return micro(g, microTime, func(_, n int) {
-					for range n {
-						ub.Take()
-					}
-				})
-			}},
+				}
+			}),
+			micro("uber ratelimit Take", g, microTime, func(_, n int) {
+				for range n {
+					ub.Take()
+				}
+			}),
 		)
 		tgt := nsPerOp
 		tgt.label = "Limiter.Allow, one key"
@@ -146,21 +140,15 @@ func limiterKeys(g int) func(r *reporter) {
 			}
 		}
 		res := repeat(r.reps,
-			contender{"ours", func() sample {
-				return micro(g, microTime, func(w, n int) {
-					walk(w, n, func(k string) bool { ok, _ := ours.Allow(ctx, k); return ok })
-				})
-			}},
-			contender{"mutex", func() sample {
-				return micro(g, microTime, func(w, n int) {
-					walk(w, n, func(k string) bool { return mm.get(k).Allow() })
-				})
-			}},
-			contender{"syncmap", func() sample {
-				return micro(g, microTime, func(w, n int) {
-					walk(w, n, func(k string) bool { return sm.get(k).Allow() })
-				})
-			}},
+			micro("ours", g, microTime, func(w, n int) {
+				walk(w, n, func(k string) bool { ok, _ := ours.Allow(ctx, k); return ok })
+			}),
+			micro("mutex", g, microTime, func(w, n int) {
+				walk(w, n, func(k string) bool { return mm.get(k).Allow() })
+			}),
+			micro("syncmap", g, microTime, func(w, n int) {
+				walk(w, n, func(k string) bool { return sm.get(k).Allow() })
+			}),
 		)
 		m := nsPerOp
 		m.label = "Limiter.Allow, 1,000 keys"

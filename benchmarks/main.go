@@ -27,6 +27,8 @@ import (
 	"math"
 	"os"
 	"regexp"
+	"runtime"
+	"runtime/pprof"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -48,6 +50,7 @@ var comparisons = []comparison{
 	{"dispatcher/limiter=none", poolThroughput(false)},
 	{"dispatcher/limiter=memstore/keys=1000", poolThroughput(true)},
 	{"dispatcher/queued-job-memory", queuedMemory},
+	{"dispatcher/key-memory", keyMemory},
 	{"redis/admit/callers=1/keys=1", redisAdmit(1, 1)},
 	{"redis/admit/callers=1/keys=1000", redisAdmit(1, 1000)},
 	{"redis/admit/callers=16/keys=1", redisAdmit(16, 1)},
@@ -189,6 +192,8 @@ func main() {
 		reps    = flag.Int("reps", 5, "repetitions behind each median")
 		list    = flag.Bool("list", false, "list the comparisons and exit")
 		md      = flag.Bool("markdown", false, "print the table as Markdown")
+		cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+		memProf = flag.String("memprofile", "", "write an allocation profile of the run to this file")
 	)
 	childFlags()
 	flag.Parse()
@@ -212,6 +217,18 @@ func main() {
 		os.Exit(2)
 	}
 	r := &reporter{reps: *reps, jsonOut: *jsonOut, out: os.Stdout}
+	if *memProf != "" {
+		runtime.MemProfileRate = 512
+	}
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "benchmarks: %v\n", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	start := time.Now()
 	if !*jsonOut {
 		printMachine(os.Stdout)
@@ -231,6 +248,12 @@ func main() {
 		}
 	}
 	cleanup()
+	if *memProf != "" {
+		if f, err := os.Create(*memProf); err == nil {
+			pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 	if ran == 0 {
 		fmt.Fprintf(os.Stderr, "benchmarks: no comparison matches %q (see -list)\n", *runRe)
 		os.Exit(2)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"sync"
 	"time"
@@ -266,4 +267,65 @@ func measureHold(n int, fill func(gate chan struct{}) func()) sample {
 	close(gate)
 	stop()
 	return sample{"B/job": (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / float64(n)}
+}
+
+// keyMemory measures what a dispatcher keeps per distinct key once the
+// key's jobs are done: n jobs with n distinct keys run to completion on a
+// live dispatcher, then the heap after a collection, per key. The anchor
+// is the hand-made equivalent, a pond pool waiting in its task on a map of
+// rate.Limiter (which never forgets a key either).
+func keyMemory(r *reporter) {
+	const n = 50_000
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = fmt.Sprintf("key-%08d", i)
+	}
+	measure := func(run func() func()) sample {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		keep := run()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		keep()
+		return sample{"B/key": (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n}
+	}
+	ours := func() func() {
+		lim, store := newMemLimiter(open)
+		d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { return i, nil },
+			dispatcher.WithWorkers(poolWorkers), dispatcher.WithLimiter(lim), dispatcher.WithQueue(n),
+			dispatcher.WithKey(func(i int) string { return ks[i] }))
+		if err != nil {
+			panic(err)
+		}
+		ctx := context.Background()
+		fs := make([]*dispatcher.Future[int], n)
+		for i := range n {
+			if fs[i], err = d.Submit(ctx, i); err != nil {
+				panic(err)
+			}
+		}
+		for _, f := range fs {
+			f.Wait(ctx)
+		}
+		clear(fs)
+		return func() { d.Shutdown(ctx); store.Close() }
+	}
+	anchor := func() func() {
+		ml := newMapLimiter(rate.Limit(1e9), 1e9)
+		g := mapGlue(ml)
+		p := pond.NewResultPool[int](poolWorkers)
+		for i := range n {
+			p.SubmitErr(func() (int, error) { g(ks[i]); return i, nil })
+		}
+		p.StopAndWait()
+		return func() { runtime.KeepAlive(ml) }
+	}
+	res := repeat(r.reps,
+		contender{"ours", func() sample { return measure(ours) }},
+		contender{"anchor", func() sample { return measure(anchor) }},
+	)
+	r.compare(metricSpec{key: "B/key", label: "memory kept per distinct key after its jobs", unit: "bytes", better: "lower",
+		note: "50,000 keys, one job each, dispatcher still running; includes the memstore bucket until its sweep"},
+		"Dispatcher + memstore", res["ours"], "pond/v2 + map of rate.Limiter", res["anchor"])
 }
