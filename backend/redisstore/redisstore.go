@@ -160,8 +160,9 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 func (s *Store) RedisKey(key string) string { return s.prefix + key }
 
 // Admit implements bucket.Backend. It blocks for a round trip to Redis,
-// shared with concurrent calls. If ctx ends before the answer, Admit
-// returns ctx's error and gives back what Redis may have admitted.
+// shared with concurrent calls. If ctx ends while the admission waits to
+// be sent or for a pipeline's answer, Admit returns ctx's error at once,
+// and what Redis admitted for it is refunded when the answer comes.
 func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
 	if err := req.Validate(); err != nil {
 		return bucket.Decision{}, err
@@ -275,12 +276,12 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 		return
 	}
 	s.pipeline(ctx, cmds)
-	var failure error // nil if Redis answered any of them
+	var failure error // the first error, if Redis answered none
 	for k, i := range idx {
 		a := &batch[i]
 		r, err := parseReply(cmds[k])
 		if err != nil {
-			if k == 0 || failure != nil {
+			if k == 0 {
 				failure = err
 			}
 			a.Decision, a.Err = s.errAnswer(ctx, a.Request, err)
@@ -491,13 +492,13 @@ func (s *Store) unavailable(cause error) error {
 // so that Refund knows where it belongs.
 func (s *Store) toLocal(d bucket.Decision) bucket.Decision {
 	d.Now += s.localBase
-	d.Booking = bucket.Booking{TAT: -d.Booking.TAT, Prev: -d.Booking.Prev}
+	d.Booking.TAT, d.Booking.Prev = -d.Booking.TAT, -d.Booking.Prev
 	return d
 }
 
 func (s *Store) fromLocal(d bucket.Decision) bucket.Decision {
 	d.Now -= s.localBase
-	d.Booking = bucket.Booking{TAT: -d.Booking.TAT, Prev: -d.Booking.Prev}
+	d.Booking.TAT, d.Booking.Prev = -d.Booking.TAT, -d.Booking.Prev
 	return d
 }
 

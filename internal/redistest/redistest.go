@@ -190,6 +190,25 @@ func (s *Server) Kill() error {
 	return err
 }
 
+// Freeze stops the server with SIGSTOP: it keeps its connections and its
+// data but answers nothing, as a hung host would, until Thaw.
+func (s *Server) Freeze() error { return s.signal(sigStop) }
+
+// Thaw resumes a frozen server with SIGCONT.
+func (s *Server) Thaw() error { return s.signal(sigCont) }
+
+func (s *Server) signal(sig os.Signal) error {
+	if sig == nil {
+		return errors.New("redistest: Freeze and Thaw need Unix signals")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return errors.New("redistest: server not running")
+	}
+	return s.cmd.Process.Signal(sig)
+}
+
 // Restart starts a killed server again on the same port and waits until
 // it answers. Without persistence it comes back empty.
 func (s *Server) Restart() error {

@@ -1,0 +1,100 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/redisstore"
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/internal/redistest"
+	"github.com/redis/go-redis/v9"
+)
+
+// TestAbandoned: a caller whose ctx ends while its admission is in a
+// pipeline in flight returns ctx's error at once, and what Redis admitted
+// for it is refunded when the answer comes; one whose ctx ends while it
+// waits to be sent is never sent.
+func TestAbandoned(t *testing.T) {
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), MinIdleConns: 4, ReadTimeout: 2 * time.Second, MaxRetries: -1})
+	t.Cleanup(func() { c.Close() })
+	s := newStore(t, c, redisstore.Options{Pipelines: 1, RetryInterval: -1})
+	ctx := context.Background()
+	lim := bucket.PerHour(1)
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for c.PoolStats().IdleConns < 4 {
+		time.Sleep(time.Millisecond) // the pool dials its idle connections in the background
+	}
+
+	if err := srv.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		d   bucket.Decision
+		err error
+	}
+	admit := func(key string, timeout time.Duration) chan result {
+		ch := make(chan result, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			d, err := s.Admit(ctx, bucket.Request{Key: key, Limit: lim, Cost: 1})
+			ch <- result{d, err}
+		}()
+		return ch
+	}
+	// "first" takes the one round trip and hangs with Redis until the read
+	// times out; "kept" and "abandoned" wait behind it, then go out
+	// together; "abandoned" gives up while its pipeline is in flight, and
+	// "early" while it still waits to be sent.
+	first := admit("first", 10*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	kept := admit("kept", 10*time.Second)
+	abandoned := admit("abandoned", 2500*time.Millisecond)
+	early := admit("early", 500*time.Millisecond)
+
+	if r := <-early; !errors.Is(r.err, context.DeadlineExceeded) {
+		t.Errorf("caller waiting to be sent, ctx ended: %+v, %v; want context.DeadlineExceeded", r.d, r.err)
+	}
+	if r := <-first; !errors.Is(r.err, redisstore.ErrUnavailable) {
+		t.Errorf("caller whose read timed out: %+v, %v; want ErrUnavailable", r.d, r.err)
+	}
+	t0 := time.Now()
+	if r := <-abandoned; !errors.Is(r.err, context.DeadlineExceeded) {
+		t.Errorf("caller in flight, ctx ended: %+v, %v; want context.DeadlineExceeded", r.d, r.err)
+	}
+	if waited := time.Since(t0); waited > 1500*time.Millisecond {
+		t.Errorf("caller in flight returned %v after its ctx ended, want at once", waited)
+	}
+	if err := srv.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-kept; r.err != nil || !r.d.Allowed {
+		t.Fatalf("caller in the same pipeline: %+v, %v; want allowed", r.d, r.err)
+	}
+	if d, err := s.Admit(ctx, bucket.Request{Key: "kept", Limit: lim, Cost: 1}); err != nil || d.Allowed {
+		t.Errorf("second admission of \"kept\" = %+v, %v; want refused", d, err)
+	}
+	// The refund follows the answer; give it a moment.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d, err := s.Admit(ctx, bucket.Request{Key: "abandoned", Limit: lim, Cost: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the abandoned admission was never refunded")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := c.Exists(ctx, s.RedisKey("early")).Val(); n != 0 {
+		t.Error("the admission abandoned before it was sent reached Redis")
+	}
+}
