@@ -2,6 +2,7 @@ package sqlitestore
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -85,7 +86,8 @@ func wrapErr(op, path string, err error) error {
 		}
 		return err
 	}
-	return &Error{Op: op, Path: path, Err: err, kind: classify(path, err)}
+	kind, err := classify(path, err)
+	return &Error{Op: op, Path: path, Err: err, kind: kind}
 }
 
 // isBusy reports whether err is SQLite's SQLITE_BUSY: another connection
@@ -95,38 +97,40 @@ func isBusy(err error) bool {
 	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
-func classify(path string, err error) error {
+// classify returns the sentinel naming err's cause, if known, and err,
+// explained where SQLite's message is not enough.
+func classify(path string, err error) (kind, explained error) {
 	var se *sqlite.Error
 	if errors.As(err, &se) {
 		switch se.Code() & 0xff {
 		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
-			return ErrLocked
+			return ErrLocked, err
 		case sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM:
-			return ErrReadOnly
+			return ErrReadOnly, err
 		case sqlite3.SQLITE_NOTADB:
-			return ErrNotDatabase
+			return ErrNotDatabase, err
 		case sqlite3.SQLITE_CORRUPT:
-			return ErrCorrupt
+			return ErrCorrupt, err
 		case sqlite3.SQLITE_CANTOPEN:
 			// SQLite says only that it could not open a file: the
 			// database, its -wal or its -shm. If the directory refuses
 			// new files, that is why.
-			if !dirWritable(path) {
-				return ErrReadOnly
+			if dir := filepath.Dir(path); !dirWritable(dir) {
+				return ErrReadOnly, fmt.Errorf("no file can be created in %s: %w", dir, err)
 			}
 		}
-		return nil
+		return nil, err
 	}
 	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
-		return ErrReadOnly
+		return ErrReadOnly, err
 	}
-	return nil
+	return nil, err
 }
 
-// dirWritable reports whether a file can be created in path's directory.
-// It is asked only after a failure, so it may cost a file creation.
-func dirWritable(path string) bool {
-	f, err := os.CreateTemp(filepath.Dir(path), ".sqlitestore-probe-*")
+// dirWritable reports whether a file can be created in dir. It is asked
+// only after a failure, so it may cost a file creation.
+func dirWritable(dir string) bool {
+	f, err := os.CreateTemp(dir, ".sqlitestore-probe-*")
 	if err != nil {
 		return false
 	}

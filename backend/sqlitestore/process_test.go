@@ -50,6 +50,9 @@ type helperSpec struct {
 	MaxWait  time.Duration
 	Hold     time.Duration
 
+	// readonly: open each of Paths and report the error.
+	Paths []string
+
 	// bench: print "ready", wait for a line on stdin, make N admissions
 	// (in batches of Batch if Batch > 0), print "done" with the allocations.
 	N     int

@@ -51,10 +51,11 @@ var migrations = [][]string{
 const SchemaVersion = 1
 
 // migrate brings the schema of the database on c to SchemaVersion, creating
-// it in an empty file. It always takes the write lock, so that a database
-// this process cannot write fails here rather than at the first admission.
-// Processes opening one file at once serialize on BEGIN IMMEDIATE; the
-// later ones find the work done.
+// it in an empty file. It always writes, so that a database this process
+// cannot write fails here rather than at the first admission: SQLite opens
+// a file it may only read without complaint, and even grants it BEGIN
+// IMMEDIATE. Processes opening one file at once serialize on BEGIN
+// IMMEDIATE; the later ones find the work done.
 func migrate(ctx context.Context, c *sql.Conn) error {
 	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return err
@@ -73,7 +74,8 @@ func migrateLocked(ctx context.Context, c *sql.Conn) error {
 		return err
 	}
 	if app == applicationID && version == SchemaVersion {
-		return nil
+		_, err := c.ExecContext(ctx, "UPDATE clock SET swept = swept WHERE id = 0")
+		return err
 	}
 	if app != applicationID {
 		if app != 0 {
