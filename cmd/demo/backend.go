@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/leakybucket/leakybucket/backend/memstore"
+	"github.com/leakybucket/leakybucket/backend/redisstore"
+	"github.com/leakybucket/leakybucket/backend/sqlitestore"
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+// A store is an open backend and how to release it.
+type store struct {
+	bucket.Backend
+	close func()
+}
+
+// openBackend opens the backend cfg names and checks that it answers, so
+// that an unreachable one is reported before anything runs.
+func openBackend(ctx context.Context, cfg *config) (*store, error) {
+	switch cfg.backend {
+	case "sqlite":
+		s, err := sqlitestore.Open(cfg.sqlitePath, sqlitestore.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("-backend sqlite: %v", err)
+		}
+		return &store{s, func() { s.Close() }}, nil
+	case "redis":
+		return openRedis(ctx, cfg)
+	}
+	s, err := memstore.New(memstore.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return &store{s, func() { s.Close() }}, nil
+}
+
+func openRedis(ctx context.Context, cfg *config) (*store, error) {
+	opts, err := redisOptions(cfg.redisAddr)
+	if err != nil {
+		return nil, fmt.Errorf("-redis %q: %v", cfg.redisAddr, err)
+	}
+	client := redis.NewClient(opts)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := client.Ping(ctx).Err(); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("-backend redis: no Redis answers at %s (%v); start redis-server or point -redis at one", opts.Addr, err)
+	}
+	s, err := redisstore.New(client, redisstore.Options{Prefix: cfg.prefix})
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	return &store{s, func() { s.Close(); client.Close() }}, nil
+}
+
+// redisOptions reads -redis: a redis:// or rediss:// URL, or host[:port].
+func redisOptions(addr string) (*redis.Options, error) {
+	if strings.Contains(addr, "://") {
+		return redis.ParseURL(addr)
+	}
+	hostport, err := withDefaultPort(addr, "6379")
+	if err != nil {
+		return nil, err
+	}
+	return &redis.Options{Addr: hostport, DialTimeout: 2 * time.Second}, nil
+}
+
+// newPrefix returns a Redis key prefix of its own for one run, so that
+// runs sharing a Redis (and tests running at once) keep their buckets
+// apart. Keys expire on their own once their buckets are idle.
+func newPrefix() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return "leakybucket-demo:" + hex.EncodeToString(b[:]) + ":"
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+// A mockAPI stands in for a third-party API with strict per-tenant limits.
+// It enforces them with a limiter of its own (x/time/rate and a sliding
+// log per quota), not this module's code, so it is an independent judge:
+// a tenant that goes over gets 429 with Retry-After.
+//
+// Its token bucket holds one request more than the limit's burst. Requests
+// started on schedule reach the server a little apart from it (network and
+// scheduling jitter of a millisecond or so); one spare token absorbs up to
+// a whole emission interval of such jitter (50ms at 20/s), while anything
+// that really exceeds the limit (a second process with a bucket of its
+// own, a burst after a stall) still runs the bucket dry within a few
+// requests. Quotas get no allowance: the dispatcher's rolling windows
+// under-admit, never over.
+type mockAPI struct {
+	limit bucket.Limit
+	start time.Time
+	srv   *http.Server
+	ln    net.Listener
+	done  chan struct{}
+
+	mu      sync.Mutex
+	tenants map[string]*mockTenant
+}
+
+type mockTenant struct {
+	mu       sync.Mutex
+	rate     *rate.Limiter
+	quotas   []slidingLog
+	arrivals []arrival
+}
+
+// An arrival is one request as the API saw it.
+type arrival struct {
+	At     time.Duration // since the API started, on the monotonic clock
+	Status int
+}
+
+// A slidingLog admits at most max requests in any window.
+type slidingLog struct {
+	max    int
+	window time.Duration
+	times  []time.Duration // admitted, oldest first
+}
+
+// startMockAPI serves the API on a free loopback port until Close.
+func startMockAPI(lim bucket.Limit) (*mockAPI, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	m := &mockAPI{limit: lim, start: time.Now(), ln: ln, done: make(chan struct{}), tenants: make(map[string]*mockTenant)}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /tenants/{tenant}/items/{n}", m.serveItem)
+	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		defer close(m.done)
+		m.srv.Serve(ln)
+	}()
+	return m, nil
+}
+
+// URL returns the API's base URL.
+func (m *mockAPI) URL() string { return "http://" + m.ln.Addr().String() }
+
+// Close stops the server and waits for it.
+func (m *mockAPI) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if m.srv.Shutdown(ctx) != nil {
+		m.srv.Close()
+	}
+	<-m.done
+}
+
+// Arrivals returns what each tenant sent, in arrival order.
+func (m *mockAPI) Arrivals() map[string][]arrival {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string][]arrival, len(m.tenants))
+	for name, t := range m.tenants {
+		t.mu.Lock()
+		out[name] = append([]arrival(nil), t.arrivals...)
+		t.mu.Unlock()
+	}
+	return out
+}
+
+func (m *mockAPI) tenant(name string) *mockTenant {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.tenants[name]
+	if t == nil {
+		perSecond := float64(m.limit.Rate) / m.limit.Period.Seconds()
+		t = &mockTenant{rate: rate.NewLimiter(rate.Limit(perSecond), int(m.limit.Burst)+1)}
+		for _, q := range m.limit.Quotas {
+			t.quotas = append(t.quotas, slidingLog{max: int(q.Max), window: q.Window})
+		}
+		m.tenants[name] = t
+	}
+	return t
+}
+
+func (m *mockAPI) serveItem(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("tenant")
+	n, err := strconv.Atoi(r.PathValue("n"))
+	switch {
+	case err != nil || n < 1:
+		http.Error(w, "no such item", http.StatusNotFound)
+		return
+	case r.Header.Get("X-Tenant") != name:
+		http.Error(w, "X-Tenant does not match the path", http.StatusBadRequest)
+		return
+	}
+	if wait, ok := m.tenant(name).admit(m.start); !ok {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(wait.Seconds())), 10))
+		http.Error(w, "rate limit exceeded", http.StatusTooManyRequests)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{"tenant": name, "item": n})
+}
+
+// admit decides one request arriving now: ok, or refused with how long
+// until it would be allowed. Refusals use up nothing.
+func (t *mockTenant) admit(start time.Time) (time.Duration, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	at := now.Sub(start)
+	wait := t.quotaWait(at)
+	if wait == 0 && !t.rate.AllowN(now, 1) {
+		wait = time.Duration((1 - t.rate.TokensAt(now)) / float64(t.rate.Limit()) * float64(time.Second))
+		wait = max(wait, time.Nanosecond)
+	}
+	if wait > 0 {
+		t.arrivals = append(t.arrivals, arrival{at, http.StatusTooManyRequests})
+		return wait, false
+	}
+	for i := range t.quotas {
+		t.quotas[i].times = append(t.quotas[i].times, at)
+	}
+	t.arrivals = append(t.arrivals, arrival{at, http.StatusOK})
+	return 0, true
+}
+
+// quotaWait returns how long until every quota has room at at, 0 if they
+// have now.
+func (t *mockTenant) quotaWait(at time.Duration) time.Duration {
+	var wait time.Duration
+	for i := range t.quotas {
+		q := &t.quotas[i]
+		for len(q.times) > 0 && q.times[0] <= at-q.window {
+			q.times = q.times[1:]
+		}
+		if len(q.times) >= q.max {
+			wait = max(wait, q.times[len(q.times)-q.max]+q.window-at)
+		}
+	}
+	return wait
+}

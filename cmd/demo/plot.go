@@ -1,0 +1,165 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"slices"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+)
+
+// A chartSeries is one tenant's requests over time.
+type chartSeries struct {
+	tenant   string
+	times    []time.Duration // every request: when the API received it (or, against -target, when it was sent)
+	rejected []time.Duration // of those, the ones answered 429
+}
+
+// chartData reads the series from the mock's arrivals, or from the tally
+// against a -target.
+func chartData(t *tally, arrivals map[string][]arrival) []chartSeries {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]chartSeries, 0, len(t.order))
+	for _, name := range t.order {
+		cs := chartSeries{tenant: name}
+		if arrivals == nil {
+			cs.times, cs.rejected = slices.Clone(t.tenants[name].sends), slices.Clone(t.tenants[name].rejects)
+		}
+		for _, a := range arrivals[name] {
+			cs.times = append(cs.times, a.At)
+			if a.Status == 429 {
+				cs.rejected = append(cs.rejected, a.At)
+			}
+		}
+		out = append(out, cs)
+	}
+	return out
+}
+
+// writePlot draws requests per second per tenant, the limit and any 429s,
+// as SVG or PNG by path's extension.
+func writePlot(path string, series []chartSeries, s summary) error {
+	t0, span := extent(series)
+	limit := 0.0
+	if len(s.Tenants) > 0 {
+		limit = s.Tenants[0].Limit
+	}
+	bin := binWidth(span, limit)
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Requests per second per tenant: limit %s, %s backend, %d process(es)", s.Limit, s.Backend, s.Procs)
+	p.X.Label.Text = "seconds since the first request"
+	p.Y.Label.Text = fmt.Sprintf("requests/s (in bins of %v)", bin)
+	p.Legend.Top, p.Legend.Left = false, false
+
+	var lines []any
+	var rejected []time.Duration
+	for _, cs := range series {
+		lines = append(lines, cs.tenant, steps(cs.times, t0, span, bin))
+		rejected = append(rejected, cs.rejected...)
+	}
+	if err := plotutil.AddLines(p, lines...); err != nil {
+		return err
+	}
+	top := limit
+	for _, cs := range series {
+		top = max(top, peak(cs.times, t0, span, bin))
+	}
+	if err := addLimit(p, limit, span); err != nil {
+		return err
+	}
+	if len(rejected) > 0 {
+		if err := add429s(p, rejected, t0, span, bin); err != nil {
+			return err
+		}
+	}
+	p.Y.Min, p.Y.Max = 0, 1.5*top
+	p.X.Min = 0
+	return p.Save(10*vg.Inch, 4.5*vg.Inch, path)
+}
+
+// extent returns the first request's time and the span to the last.
+func extent(series []chartSeries) (time.Duration, time.Duration) {
+	var all []time.Duration
+	for _, cs := range series {
+		all = append(all, cs.times...)
+	}
+	if len(all) == 0 {
+		return 0, 0
+	}
+	first, last := slices.Min(all), slices.Max(all)
+	return first, last - first
+}
+
+// binWidth picks bins that hold about ten requests at the limit, and at
+// most 60 bins over the run.
+func binWidth(span time.Duration, limit float64) time.Duration {
+	widths := []time.Duration{100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+		time.Second, 5 * time.Second, 10 * time.Second, time.Minute, 10 * time.Minute, time.Hour}
+	for _, w := range widths {
+		if span/w <= 60 && (limit == 0 || w.Seconds()*limit >= 10) {
+			return w
+		}
+	}
+	for _, w := range widths {
+		if span/w <= 60 {
+			return w
+		}
+	}
+	return widths[len(widths)-1]
+}
+
+// counts returns the requests per bin.
+func counts(times []time.Duration, t0, span, bin time.Duration) []int {
+	n := int(span/bin) + 1
+	c := make([]int, n)
+	for _, t := range times {
+		c[min(int((t-t0)/bin), n-1)]++
+	}
+	return c
+}
+
+// steps returns the rate in each bin as a step line: a point at each
+// bin's start and one at the last bin's end.
+func steps(times []time.Duration, t0, span, bin time.Duration) plotter.XYs {
+	c := counts(times, t0, span, bin)
+	xys := make(plotter.XYs, 0, len(c)+1)
+	for i, n := range c {
+		xys = append(xys, plotter.XY{X: (time.Duration(i) * bin).Seconds(), Y: float64(n) / bin.Seconds()})
+	}
+	last := xys[len(xys)-1]
+	return append(xys, plotter.XY{X: last.X + bin.Seconds(), Y: last.Y})
+}
+
+func peak(times []time.Duration, t0, span, bin time.Duration) float64 {
+	return float64(slices.Max(counts(times, t0, span, bin))) / bin.Seconds()
+}
+
+func addLimit(p *plot.Plot, limit float64, span time.Duration) error {
+	l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: limit}, {X: span.Seconds() + 1, Y: limit}})
+	if err != nil {
+		return err
+	}
+	l.Color = color.Gray{Y: 96}
+	l.Dashes = []vg.Length{vg.Points(2), vg.Points(3)}
+	p.Add(l)
+	p.Legend.Add(fmt.Sprintf("limit %g/s", limit), l)
+	return nil
+}
+
+func add429s(p *plot.Plot, rejected []time.Duration, t0, span, bin time.Duration) error {
+	s, err := plotter.NewScatter(steps(rejected, t0, span, bin))
+	if err != nil {
+		return err
+	}
+	s.Color = color.RGBA{R: 220, A: 255}
+	s.Shape = draw.CrossGlyph{}
+	p.Add(s)
+	p.Legend.Add("429 answers/s (all tenants)", s)
+	return nil
+}

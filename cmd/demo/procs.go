@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// With -procs P the demo runs P copies of itself as worker processes. A
+// worker learns its role from the environment, syncs its share of the
+// items against the parent's API through the shared backend, and reports
+// to the parent in JSON lines on its stdout.
+const (
+	envWorker = "LEAKYBUCKET_DEMO_WORKER" // "i/P": worker i of P, from 0
+	envPrefix = "LEAKYBUCKET_DEMO_PREFIX" // the run's Redis key prefix
+)
+
+type workerID struct{ index, count int }
+
+// workerRole reports whether this process is a worker, and which.
+func workerRole() (workerID, bool, error) {
+	v, ok := os.LookupEnv(envWorker)
+	if !ok {
+		return workerID{}, false, nil
+	}
+	var w workerID
+	if _, err := fmt.Sscanf(v, "%d/%d", &w.index, &w.count); err != nil || w.index < 0 || w.index >= w.count {
+		return workerID{}, true, fmt.Errorf("%s=%q: want i/P with 0 ≤ i < P", envWorker, v)
+	}
+	return w, true, nil
+}
+
+// An event is one line from a worker to its parent.
+type event struct {
+	Kind   string                `json:"kind"` // request, done, finish or error
+	Tenant string                `json:"tenant,omitempty"`
+	At     int64                 `json:"at,omitempty"`     // request: when sent, Unix ns
+	Status int                   `json:"status,omitempty"` // request: the answer's HTTP status, 0 for none
+	Result string                `json:"result,omitempty"` // done: ok, failed or cancelled
+	Err    string                `json:"err,omitempty"`    // done: the job's error; error: why the worker stopped
+	Keys   map[string]keyFigures `json:"keys,omitempty"`   // finish
+}
+
+// runWorker is the body of a worker process.
+func runWorker(ctx context.Context, cfg *config, w workerID, stdout io.Writer) int {
+	ev := &eventWriter{enc: json.NewEncoder(stdout)}
+	cfg.prefix = os.Getenv(envPrefix)
+	st, err := openBackend(ctx, cfg)
+	if err != nil {
+		ev.write(event{Kind: "error", Err: err.Error()})
+		return exitUsage
+	}
+	defer st.close()
+	if err := syncItems(ctx, cfg, st, cfg.target, share(cfg, w.index, w.count), ev); err != nil {
+		ev.write(event{Kind: "error", Err: err.Error()})
+		return exitUsage
+	}
+	if ctx.Err() != nil {
+		return exitInterrupted
+	}
+	return exitOK
+}
+
+// An eventWriter is a worker's recorder: it writes events as JSON lines.
+type eventWriter struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+func (e *eventWriter) write(ev event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.enc.Encode(ev) // if the parent has gone, there is no one to tell
+}
+
+func (e *eventWriter) request(tenant string, sent time.Time, status int) {
+	e.write(event{Kind: "request", Tenant: tenant, At: sent.UnixNano(), Status: status})
+}
+
+func (e *eventWriter) done(tenant string, err error) {
+	ev := event{Kind: "done", Tenant: tenant, Result: classify(err)}
+	if err != nil {
+		ev.Err = err.Error()
+	}
+	e.write(ev)
+}
+
+func (e *eventWriter) finish(keys map[string]keyFigures) {
+	e.write(event{Kind: "finish", Keys: keys})
+}
+
+// runWorkers runs cfg.procs workers against the API at base and feeds
+// their events to t. On an interrupt the workers get SIGINT (a terminal
+// sends it to them too) and report what they did before they exit. It
+// returns an error if a worker could not start its sync.
+func runWorkers(ctx context.Context, cfg *config, base string, t *tally, stderr io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("-procs: cannot find this program to run copies of it: %v", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, cfg.procs)
+	var wg sync.WaitGroup
+	for i := range cfg.procs {
+		cmd := workerCommand(ctx, exe, cfg, base, workerID{i, cfg.procs}, stderr)
+		out, err := cmd.StdoutPipe()
+		if err == nil {
+			err = cmd.Start()
+		}
+		if err != nil {
+			errs[i] = fmt.Errorf("worker %d: %v", i+1, err)
+			cancel()
+			break
+		}
+		wg.Go(func() {
+			if errs[i] = watchWorker(cmd, out, t); errs[i] != nil {
+				errs[i] = fmt.Errorf("worker %d: %w", i+1, errs[i])
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func workerCommand(ctx context.Context, exe string, cfg *config, base string, w workerID, stderr io.Writer) *exec.Cmd {
+	args := []string{
+		"-backend", cfg.backend, "-sqlite", cfg.sqlitePath, "-redis", cfg.redisAddr,
+		"-tenants", strconv.Itoa(cfg.tenants), "-jobs", strconv.Itoa(cfg.jobs),
+		"-rate", strconv.Itoa(cfg.rate), "-burst", strconv.Itoa(cfg.burst), "-quota", cfg.quota,
+		"-workers", strconv.Itoa(cfg.workers), "-procs", strconv.Itoa(cfg.procs),
+		"-target", base, "-v=" + strconv.FormatBool(cfg.verbose),
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Env = append(os.Environ(),
+		envWorker+"="+strconv.Itoa(w.index)+"/"+strconv.Itoa(w.count),
+		envPrefix+"="+cfg.prefix)
+	cmd.Stderr = stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 10 * time.Second // then it is killed
+	return cmd
+}
+
+// errWorkerLost marks a worker that exited without reporting.
+var errWorkerLost = errors.New("exited before it finished")
+
+// watchWorker feeds a worker's events to t until it exits. Jobs it never
+// reported on count as failed.
+func watchWorker(cmd *exec.Cmd, out io.Reader, t *tally) error {
+	var startErr error
+	finished := false
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		var ev event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			continue // not ours: a worker writes nothing else, but stay robust
+		}
+		switch ev.Kind {
+		case "request":
+			t.request(ev.Tenant, time.Unix(0, ev.At), ev.Status)
+		case "done":
+			t.outcome(ev.Tenant, ev.Result, ev.Err)
+		case "finish":
+			t.finish(ev.Keys)
+			finished = true
+		case "error":
+			startErr = errors.New(ev.Err)
+		}
+	}
+	werr := cmd.Wait()
+	switch {
+	case startErr != nil:
+		return startErr
+	case !finished:
+		t.lost(fmt.Sprintf("a worker process %v (%v)", errWorkerLost, werr))
+	}
+	return nil
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+)
+
+// A progress display follows a tally until stopped.
+type progress interface {
+	// stop shows the final state and returns once the display is done.
+	stop()
+}
+
+// maxBars is the most tenants that get a bar each; more share one.
+const maxBars = 12
+
+// startProgress shows the tally's progress on w: bars on a terminal,
+// a line a second otherwise, nothing with -json.
+func startProgress(cfg *config, t *tally, w io.Writer, terminal bool) progress {
+	switch {
+	case cfg.json:
+		return nopProgress{}
+	case terminal && !cfg.verbose: // -v logs to the same terminal; bars would garble it
+		return startBars(cfg, t, w)
+	}
+	return startLines(cfg, t, w)
+}
+
+type nopProgress struct{}
+
+func (nopProgress) stop() {}
+
+// bars are mpb progress bars, one per tenant, polled from the tally.
+type bars struct {
+	t    *tally
+	p    *mpb.Progress
+	bars []*mpb.Bar
+	all  bool // one bar for every tenant
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startBars(cfg *config, t *tally, w io.Writer) *bars {
+	b := &bars{t: t, p: mpb.New(mpb.WithOutput(w), mpb.WithWidth(40), mpb.WithRefreshRate(100*time.Millisecond)), quit: make(chan struct{})}
+	names := cfg.tenantNames()
+	total := int64(cfg.jobs)
+	if b.all = len(names) > maxBars; b.all {
+		names, total = []string{fmt.Sprintf("%d tenants", len(names))}, total*int64(len(names))
+	}
+	for i, name := range names {
+		b.bars = append(b.bars, b.p.AddBar(total,
+			mpb.PrependDecorators(
+				decor.Name(name, decor.WC{C: decor.DindentRight | decor.DSyncSpace}),
+				decor.CountersNoUnit("%d/%d", decor.WC{C: decor.DSyncSpace})),
+			mpb.AppendDecorators(decor.Any(b.rate(i), decor.WC{C: decor.DSyncSpace}))))
+	}
+	b.wg.Go(b.poll)
+	return b
+}
+
+// rate shows bar i's requests in the last second and its 429s.
+func (b *bars) rate(i int) decor.DecorFunc {
+	return func(decor.Statistics) string {
+		snap := b.t.progress()
+		var rate float64
+		var rejected int64
+		for j, s := range snap {
+			if b.all || i == j {
+				rate += s.rate
+				rejected += s.rejected
+			}
+		}
+		return fmt.Sprintf("%5.1f req/s  %d × 429", rate, rejected)
+	}
+}
+
+func (b *bars) poll() {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		b.update()
+		select {
+		case <-tick.C:
+		case <-b.quit:
+			b.update()
+			return
+		}
+	}
+}
+
+func (b *bars) update() {
+	var all int64
+	for i, s := range b.t.progress() {
+		if b.all {
+			all += s.done
+		} else if i < len(b.bars) {
+			b.bars[i].SetCurrent(s.done)
+		}
+	}
+	if b.all {
+		b.bars[0].SetCurrent(all)
+	}
+}
+
+func (b *bars) stop() {
+	close(b.quit)
+	b.wg.Wait()
+	for _, bar := range b.bars {
+		if !bar.Completed() {
+			bar.Abort(false) // interrupted: keep the bar as it stands
+		}
+	}
+	b.p.Wait()
+}
+
+// lines prints a progress line a second, for logs and pipes.
+type lines struct {
+	t    *tally
+	w    io.Writer
+	jobs int
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startLines(cfg *config, t *tally, w io.Writer) *lines {
+	l := &lines{t: t, w: w, jobs: cfg.jobs, quit: make(chan struct{})}
+	l.wg.Go(l.loop)
+	return l
+}
+
+func (l *lines) loop() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			l.print()
+		case <-l.quit:
+			return
+		}
+	}
+}
+
+func (l *lines) print() {
+	snap := l.t.progress()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%5.1fs", time.Since(l.t.start).Seconds())
+	var done, rejected int64
+	for i, s := range snap {
+		done += s.done
+		rejected += s.rejected
+		if i < 8 {
+			fmt.Fprintf(&b, "  %s %d/%d", s.name, s.done, l.jobs)
+		}
+	}
+	if len(snap) > 8 {
+		fmt.Fprintf(&b, "  … all %d/%d", done, int64(l.jobs)*int64(len(snap)))
+	}
+	fmt.Fprintf(&b, "  429s %d\n", rejected)
+	io.WriteString(l.w, b.String())
+}
+
+func (l *lines) stop() {
+	close(l.quit)
+	l.wg.Wait()
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// A summary is the outcome of a run, printed as a table or as JSON.
+type summary struct {
+	Backend     string          `json:"backend"`
+	Procs       int             `json:"procs"`
+	Workers     int             `json:"workers"`
+	Limit       string          `json:"limit"` // per tenant, in bucket.Parse syntax
+	Target      string          `json:"target,omitempty"`
+	Requests    int64           `json:"requests"` // HTTP requests sent, retries included
+	OK          int64           `json:"ok"`       // items synced
+	Rejected    int64           `json:"rejected"` // 429 answers received
+	Retries     int64           `json:"retries"`
+	Failed      int64           `json:"failed"`    // items that finally failed
+	Cancelled   int64           `json:"cancelled"` // items not synced because of an interrupt
+	ElapsedS    float64         `json:"elapsed_s"`
+	Interrupted bool            `json:"interrupted"`
+	RateSource  string          `json:"rate_source"` // "api": arrivals the mock recorded; "client": when requests were sent
+	Errors      []string        `json:"errors,omitempty"`
+	Tenants     []tenantSummary `json:"tenants"`
+}
+
+type tenantSummary struct {
+	Tenant    string  `json:"tenant"`
+	Requests  int64   `json:"requests"`
+	OK        int64   `json:"ok"`
+	Rejected  int64   `json:"rejected"`
+	Retries   int64   `json:"retries"`
+	Failed    int64   `json:"failed"`
+	Cancelled int64   `json:"cancelled"`
+	Rate      float64 `json:"rate"`  // observed requests/s, see observedRate
+	Limit     float64 `json:"limit"` // allowed requests/s
+	WaitP50Ms float64 `json:"wait_p50_ms"`
+	WaitP99Ms float64 `json:"wait_p99_ms"`
+	Throttled int64   `json:"throttled"` // admissions the dispatcher's bucket refused
+	Late      int64   `json:"late"`      // admissions given back because the job reached a worker late
+}
+
+// summarize reads the tally. arrivals are what the mock API recorded, nil
+// against a -target: then rates are measured from when requests were sent.
+func summarize(cfg *config, t *tally, arrivals map[string][]arrival, elapsed time.Duration, interrupted bool) summary {
+	s := summary{
+		Backend: cfg.backend, Procs: cfg.procs, Workers: cfg.workers, Limit: cfg.limit.String(),
+		Target: cfg.target, ElapsedS: elapsed.Seconds(), Interrupted: interrupted, RateSource: "api",
+	}
+	if arrivals == nil {
+		s.RateSource = "client"
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s.Errors = slices.Clone(t.errs)
+	limit := float64(cfg.limit.Rate) / cfg.limit.Period.Seconds()
+	for _, name := range t.order {
+		tt := t.tenants[name]
+		times := tt.sends
+		if arrivals != nil {
+			times = arrivalTimes(arrivals[name])
+		}
+		ts := tenantSummary{
+			Tenant: name, Requests: tt.requests, OK: tt.ok, Rejected: tt.rejected, Retries: tt.retries,
+			Failed: tt.failed, Cancelled: tt.cancelled, Rate: observedRate(times, cfg.burst), Limit: limit,
+			WaitP50Ms: ms(tt.waitP50), WaitP99Ms: ms(tt.waitP99), Throttled: tt.throttled, Late: tt.late,
+		}
+		s.Tenants = append(s.Tenants, ts)
+		s.Requests += ts.Requests
+		s.OK += ts.OK
+		s.Rejected += ts.Rejected
+		s.Retries += ts.Retries
+		s.Failed += ts.Failed
+		s.Cancelled += ts.Cancelled
+	}
+	return s
+}
+
+func arrivalTimes(as []arrival) []time.Duration {
+	out := make([]time.Duration, len(as))
+	for i, a := range as {
+		out[i] = a.At
+	}
+	return out
+}
+
+// observedRate is the rate a tenant's requests came at once its burst was
+// spent: (n − burst) / (last − first) for n requests. A bucket lets burst
+// requests through back-to-back and then one per interval, so with n >
+// burst this is the limit exactly when the requests were paced exactly;
+// counting the burst in would overstate short runs. 0 if n ≤ burst.
+func observedRate(times []time.Duration, burst int) float64 {
+	if len(times) <= burst {
+		return 0
+	}
+	first, last := slices.Min(times), slices.Max(times)
+	if last == first {
+		return 0
+	}
+	return float64(len(times)-burst) / (last - first).Seconds()
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func writeJSON(w io.Writer, s summary) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+// writeTable prints the summary for people.
+func writeTable(w io.Writer, s summary) {
+	width := len("tenant")
+	for _, t := range s.Tenants {
+		width = max(width, len(t.Tenant))
+	}
+	row := func(name, requests, ok, failed, rejected, retries, rate, of, p50, p99 string) {
+		fmt.Fprintf(w, "%-*s %9s %7s %7s %6s %8s %8s %9s %9s %9s\n", width, name, requests, ok, failed, rejected, retries, rate, of, p50, p99)
+	}
+	fmt.Fprintln(w)
+	row("tenant", "requests", "ok", "failed", "429s", "retries", "rate/s", "of limit", "wait p50", "wait p99")
+	for _, t := range s.Tenants {
+		row(t.Tenant, num(t.Requests), num(t.OK), num(t.Failed), num(t.Rejected), num(t.Retries),
+			fmt.Sprintf("%.2f", t.Rate), fmt.Sprintf("%.1f%%", 100*t.Rate/t.Limit),
+			fmtMs(t.WaitP50Ms), fmtMs(t.WaitP99Ms))
+	}
+	row("all", num(s.Requests), num(s.OK), num(s.Failed), num(s.Rejected), num(s.Retries), "", "", "", "")
+	fmt.Fprintln(w)
+	writeFooter(w, s)
+}
+
+func writeFooter(w io.Writer, s summary) {
+	total := s.OK + s.Failed + s.Cancelled
+	fmt.Fprintf(w, "%d of %d items synced in %.1fs: %d failed", s.OK, total, s.ElapsedS, s.Failed)
+	if s.Cancelled > 0 {
+		fmt.Fprintf(w, ", %d not synced (interrupted)", s.Cancelled)
+	}
+	fmt.Fprintf(w, ", %d answered 429.\n", s.Rejected)
+	for _, e := range s.Errors {
+		fmt.Fprintf(w, "  error: %s\n", oneLine(e))
+	}
+	source := "arrivals at the API"
+	if s.RateSource == "client" {
+		source = "when requests were sent"
+	}
+	fmt.Fprintf(w, "rate: per tenant, requests per second after the burst, (requests − burst) / (last − first), from %s; limit %s.\n", source, s.Limit)
+	wait := "wait: admission wait, from Submit to the request's start, as the dispatcher measured it"
+	if s.Procs > 1 {
+		wait += " (the largest of the processes' figures)"
+	}
+	fmt.Fprintln(w, wait+".")
+}
+
+func num(n int64) string { return fmt.Sprint(n) }
+
+func fmtMs(v float64) string {
+	d := time.Duration(v * float64(time.Millisecond))
+	switch {
+	case d >= 10*time.Second:
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	}
+	return fmt.Sprintf("%.1fms", v)
+}
+
+func oneLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	return s
+}

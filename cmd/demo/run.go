@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/mattn/go-isatty"
+)
+
+// runParent runs the demo: the mock API (unless -target), the sync in this
+// process or in -procs workers, then the summary and the chart.
+func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "demo: %v\n", oneLine(err.Error()))
+		return exitUsage
+	}
+	cfg.prefix = newPrefix()
+	st, err := openBackend(ctx, cfg)
+	if err != nil {
+		return fail(err)
+	}
+	defer st.close()
+	base, arrivals := cfg.target, func() map[string][]arrival { return nil }
+	if base == "" {
+		api, err := startMockAPI(cfg.limit)
+		if err != nil {
+			return fail(fmt.Errorf("mock API: %v", err))
+		}
+		defer api.Close()
+		base, arrivals = api.URL(), api.Arrivals
+	}
+	if !cfg.json {
+		writeHeader(stdout, cfg, base)
+	}
+
+	t := newTally(cfg)
+	prog := startProgress(cfg, t, stdout, isTerminal(stdout))
+	if cfg.procs == 1 {
+		err = syncItems(ctx, cfg, st, base, share(cfg, 0, 1), t)
+	} else {
+		err = runWorkers(ctx, cfg, base, t, stderr)
+	}
+	elapsed := time.Since(t.start)
+	prog.stop()
+	if err != nil {
+		return fail(err)
+	}
+	s := summarize(cfg, t, arrivals(), elapsed, ctx.Err() != nil)
+	return report(cfg, s, t, arrivals(), stdout, stderr)
+}
+
+// report prints the summary, writes the chart and returns the exit status.
+func report(cfg *config, s summary, t *tally, arrivals map[string][]arrival, stdout, stderr io.Writer) int {
+	if cfg.json {
+		writeJSON(stdout, s)
+	} else {
+		writeTable(stdout, s)
+	}
+	code := exitOK
+	if cfg.plot != "" {
+		if err := writePlot(cfg.plot, chartData(t, arrivals), s); err != nil {
+			fmt.Fprintf(stderr, "demo: -plot: %v\n", err)
+			code = exitFailed
+		} else if !cfg.json {
+			fmt.Fprintf(stdout, "chart: %s\n", cfg.plot)
+		}
+	}
+	switch {
+	case s.Interrupted:
+		return exitInterrupted
+	case s.Failed > 0:
+		return exitFailed
+	}
+	return code
+}
+
+func writeHeader(w io.Writer, cfg *config, base string) {
+	secs := float64(max(cfg.jobs-cfg.burst, 0)) / float64(cfg.rate)
+	fmt.Fprintf(w, "leakybucket demo: %d tenants × %d items, limit %s per tenant: about %.0fs\n",
+		cfg.tenants, cfg.jobs, cfg.limit, secs)
+	where := cfg.backend + " backend"
+	switch cfg.backend {
+	case "sqlite":
+		where += " " + cfg.sqlitePath
+	case "redis":
+		where += " " + cfg.redisAddr + ", keys " + cfg.prefix + "*"
+	}
+	fmt.Fprintf(w, "%s · %d process(es) × %d workers\n", where, cfg.procs, cfg.workers)
+	if cfg.target == "" {
+		fmt.Fprintf(w, "mock API %s: 429 to a tenant past %d/s (bucket of %d)\n", base, cfg.rate, cfg.burst+1)
+	} else {
+		fmt.Fprintf(w, "target %s\n", base)
+	}
+	for _, q := range cfg.limit.Quotas {
+		if int64(cfg.jobs) > q.Max {
+			fmt.Fprintf(w, "note: the quota %d/%v holds each tenant's items past %d until the window rolls on\n", q.Max, q.Window, q.Max)
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
+}

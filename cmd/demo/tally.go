@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/leakybucket/leakybucket/dispatcher"
+)
+
+// A tally adds up what the sync did, reported by this process or by its
+// workers. It is the recorder of the parent; it is safe for concurrent use.
+type tally struct {
+	start time.Time
+	jobs  int // per tenant
+
+	mu      sync.Mutex
+	tenants map[string]*tenantTally
+	order   []string
+	errs    []string // distinct final errors, the first few
+	procs   int      // dispatchers that reported their figures
+}
+
+type tenantTally struct {
+	requests, rejected             int64
+	ok, failed, cancelled, retries int64
+	throttled, late                int64
+	sends, rejects                 []time.Duration // since start, in the order reported: requests sent, and those answered 429
+	waitP50, waitP99               time.Duration   // the largest any process reported
+}
+
+const maxErrors = 5
+
+func newTally(cfg *config) *tally {
+	t := &tally{start: time.Now(), jobs: cfg.jobs, tenants: make(map[string]*tenantTally)}
+	for _, name := range cfg.tenantNames() {
+		t.tenant(name)
+	}
+	return t
+}
+
+// tenant returns name's figures; t.mu is held.
+func (t *tally) tenant(name string) *tenantTally {
+	tt := t.tenants[name]
+	if tt == nil {
+		tt = new(tenantTally)
+		t.tenants[name] = tt
+		t.order = append(t.order, name)
+	}
+	return tt
+}
+
+func (t *tally) request(tenant string, sent time.Time, status int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tt := t.tenant(tenant)
+	tt.requests++
+	at := sent.Sub(t.start)
+	tt.sends = append(tt.sends, at)
+	if status == http.StatusTooManyRequests {
+		tt.rejected++
+		tt.rejects = append(tt.rejects, at)
+	}
+}
+
+func (t *tally) done(tenant string, err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	t.outcome(tenant, classify(err), msg)
+}
+
+// Job results.
+const (
+	resultOK        = "ok"
+	resultFailed    = "failed"
+	resultCancelled = "cancelled" // not synced because of an interrupt
+)
+
+// classify names a job's result from its error.
+func classify(err error) string {
+	switch {
+	case err == nil:
+		return resultOK
+	case errors.Is(err, dispatcher.ErrClosed) || errors.Is(err, context.Canceled):
+		return resultCancelled
+	}
+	return resultFailed
+}
+
+// outcome counts one job's result; msg is its error, if any.
+func (t *tally) outcome(tenant, result, msg string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tt := t.tenant(tenant)
+	switch result {
+	case resultOK:
+		tt.ok++
+	case resultCancelled:
+		tt.cancelled++
+	default:
+		tt.failed++
+		t.noteError(msg)
+	}
+}
+
+func (t *tally) noteError(msg string) {
+	for _, e := range t.errs {
+		if e == msg {
+			return
+		}
+	}
+	if len(t.errs) < maxErrors {
+		t.errs = append(t.errs, msg)
+	}
+}
+
+func (t *tally) finish(keys map[string]keyFigures) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.procs++
+	for name, k := range keys {
+		tt := t.tenant(name)
+		tt.retries += k.Retries
+		tt.throttled += k.Throttled
+		tt.late += k.Late
+		tt.waitP50 = max(tt.waitP50, k.WaitP50)
+		tt.waitP99 = max(tt.waitP99, k.WaitP99)
+	}
+}
+
+// lost counts jobs that never reported an outcome (a worker process died)
+// as failed.
+func (t *tally) lost(why string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tt := range t.tenants {
+		if n := int64(t.jobs) - tt.ok - tt.failed - tt.cancelled; n > 0 {
+			tt.failed += n
+			t.noteError(why)
+		}
+	}
+}
+
+// A progressSnapshot is one tenant's progress so far.
+type progressSnapshot struct {
+	name     string
+	done     int64 // jobs resolved
+	rejected int64
+	rate     float64 // requests sent in the last second
+}
+
+func (t *tally) progress() []progressSnapshot {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Since(t.start)
+	out := make([]progressSnapshot, 0, len(t.order))
+	for _, name := range t.order {
+		tt := t.tenants[name]
+		var recent int
+		for i := len(tt.sends) - 1; i >= 0 && tt.sends[i] > now-time.Second; i-- {
+			recent++
+		}
+		out = append(out, progressSnapshot{name, tt.ok + tt.failed + tt.cancelled, tt.rejected, float64(recent)})
+	}
+	return out
+}
