@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -278,6 +279,8 @@ func TestBackpressure(t *testing.T) {
 		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				release := make(chan struct{})
+				var once sync.Once
+				defer once.Do(func() { close(release) }) // a failing check must not leave the worker blocked
 				opts := []dispatcher.Option{dispatcher.WithWorkers(1), dispatcher.WithQueue(10)}
 				if withLimiter {
 					opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1_000_000).WithBurst(1000))))
@@ -314,7 +317,7 @@ func TestBackpressure(t *testing.T) {
 				if !submitted.Load() {
 					t.Fatal("Submit still blocked after room was made")
 				}
-				close(release)
+				once.Do(func() { close(release) })
 			})
 		})
 	}

@@ -122,7 +122,7 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 	}
 	d.base, d.stopBase = context.WithCancel(context.Background())
 	if d.lim != nil {
-		d.run = make(chan *job[T, R], cfg.workers)
+		d.run = make(chan *job[T, R], (1+overbookFactor)*cfg.workers) // free workers, plus those overbooked (see scheduler.overbook)
 		d.sched = newScheduler(d)
 		d.wg.Add(1)
 		go d.sched.loop()
@@ -287,8 +287,11 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		if !j.stateCAS(queued, running) {
 			return // resolved while queued
 		}
-	} else if d.sched.late(j) {
-		return
+	} else {
+		if d.sched.late(j) {
+			return
+		}
+		d.sched.started()
 	}
 	j.unwatchCtx()
 	if d.stopped.Load() {
@@ -297,7 +300,8 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		return
 	}
 	d.stats.running.Add(1)
-	wait := d.now() - j.submitted
+	start := d.now()
+	wait := start - j.submitted
 	d.stats.wait.record(wait)
 	if j.kc != nil {
 		j.kc.wait.record(wait)
@@ -311,6 +315,9 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		ctx = middleware.WithJobInfo(j, middleware.JobInfo{Key: j.key, Attempt: j.attempt})
 	}
 	val, err := d.call(ctx, j.in)
+	if d.sched != nil {
+		d.sched.ran(d.now() - start)
+	}
 	d.current[w].Store(nil)
 	j.cancel(context.Canceled) // the run is over: so is its context
 	d.stats.running.Add(-1)

@@ -40,6 +40,27 @@ type scheduler[T, R any] struct {
 
 	afterAdmit func()       // a test hook: stalls the scheduler
 	rtt        atomic.Int64 // moving average of an admission batch's round trip
+	run        atomic.Int64 // moving average of a handler's run
+}
+
+const overbookFactor = 1
+
+// ran records how long a handler ran.
+func (s *scheduler[T, R]) ran(d int64) {
+	s.run.Store(s.run.Load() + (d-s.run.Load())/8)
+}
+
+// overbook is how many jobs may be admitted beyond the free workers. While
+// handlers return quickly (well inside the lateness tolerance) a job
+// admitted for a busy worker still starts on time, and admitting ahead
+// lets the scheduler decide in batches instead of one job per freed
+// worker. Slow handlers get none: their jobs would reach a worker late,
+// give their admission back and ask again.
+func (s *scheduler[T, R]) overbook() int {
+	if s.run.Load() < int64(s.d.cfg.lateness)/8 {
+		return overbookFactor * s.d.cfg.workers
+	}
+	return 0
 }
 
 type phase uint8
@@ -129,7 +150,7 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 	if ctx.Done() != nil {
 		j.watch(context.AfterFunc(ctx, func() { s.cancelWaiting(j) }))
 	}
-	wake := s.idle > 0
+	wake := s.idle > -s.overbook()
 	s.mu.Unlock()
 	if wake {
 		s.signal()
@@ -164,14 +185,21 @@ func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
 }
 
 // hand gives j to a worker reserved for it.
+// It still counts in the queue until the worker starts it.
 func (s *scheduler[T, R]) hand(j *job[T, R]) {
 	j.setState(running)
+	s.d.run <- j
+}
+
+// started takes a job its worker is about to run out of the queue.
+func (s *scheduler[T, R]) started() {
+	s.mu.Lock()
 	s.waiting--
 	if s.space != nil {
 		close(s.space)
 		s.space = nil
 	}
-	s.d.run <- j
+	s.mu.Unlock()
 }
 
 func (s *scheduler[T, R]) loop() {
@@ -246,7 +274,7 @@ func (s *scheduler[T, R]) releaseDue(now int64) {
 // workers, reserving a worker for each. Heads of unlimited keys go
 // straight to their worker.
 func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T, R]) ([]bucket.Admission, []*keyState[T, R]) {
-	for s.idle > 0 && len(batch) < s.d.cfg.batch {
+	for s.idle > -s.overbook() && len(batch) < s.d.cfg.batch {
 		k, ok := s.ready.pop()
 		if !ok {
 			break
@@ -409,7 +437,6 @@ func (s *scheduler[T, R]) late(j *job[T, R]) bool {
 	k := s.key(j.key)
 	j.setState(queued)
 	k.jobs.insert(j)
-	s.waiting++
 	s.idle++
 	if k.phase == keyIdle {
 		s.makeReady(k)
