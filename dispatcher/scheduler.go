@@ -66,12 +66,12 @@ func (s *scheduler[T, R]) overbook() int {
 type phase uint8
 
 const (
-	keyIdle    phase = iota // no job waiting
-	keyReady                // in the ready ring
-	keyAsking               // its head's admission is being decided
-	keyHolding              // its head is booked, waiting for its slot
-	keyWaiting              // refused, paused or backing off: in the timer heap
-	keyRefunding            // giving back a booking: asks nothing until the refund is done
+	keyIdle      phase = iota // no job waiting
+	keyReady                  // in the ready ring
+	keyAsking                 // its head's admission is being decided
+	keyHolding                // its head is booked, waiting for its slot
+	keyWaiting                // refused, paused or backing off: in the timer heap
+	keyRefunding              // giving back a booking: asks nothing until the refund is done
 )
 
 type keyState[T, R any] struct {
