@@ -180,7 +180,7 @@ func plotPacing(path string, ms []Measurement) error {
 			}
 		}
 		g := find(strings.TrimPrefix(m.Name, "pacing/")+"\n"+m.Metric, ideal)
-		ours := "leakybucket: " + m.OursName
+		ours := "ours: " + m.OursName
 		add(ours)
 		add(m.AnchorName)
 		g.vals[ours] = m.Ours
@@ -233,8 +233,39 @@ func plotPacing(path string, ms []Measurement) error {
 	}
 	p.NominalX(labels...)
 	p.X.Tick.Label.Font.Size = vg.Points(7)
+	top := 0.0
+	for _, g := range groups {
+		for _, v := range g.vals {
+			top = math.Max(top, v)
+		}
+	}
+	p.Y.Min, p.Y.Max = 0, math.Max(14, top*1.4) // room for the legend
+	p.Y.Tick.Marker = intTicks{}
 	p.Legend.Top = true
-	p.Legend.Left = true
+	p.Legend.Left = false
+	p.Legend.XOffs = -vg.Points(10)
 	p.Add(plotter.NewGrid())
 	return p.Save(12*vg.Inch, 6*vg.Inch, path)
+}
+
+// intTicks labels a count axis at round integers.
+type intTicks struct{}
+
+func (intTicks) Ticks(min, max float64) []plot.Tick {
+	step := 1.0
+	for (max-min)/step > 12 {
+		switch {
+		case step == 1:
+			step = 2
+		case step == 2:
+			step = 5
+		default:
+			step *= 2
+		}
+	}
+	var ts []plot.Tick
+	for v := math.Ceil(min/step) * step; v <= max; v += step {
+		ts = append(ts, plot.Tick{Value: v, Label: fmt.Sprint(v)})
+	}
+	return ts
 }
