@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,5 +300,67 @@ func TestClosed(t *testing.T) {
 	}
 	if err := s.Sweep(ctx); !errors.Is(err, bucket.ErrClosed) {
 		t.Errorf("Sweep after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestAdmitCancelWhileQueued cancels concurrent admissions, queued behind
+// one another for a transaction, while another connection holds the lock:
+// each returns its context's error without waiting for the busy timeout,
+// and the admissions that follow are exact.
+func TestAdmitCancelWhileQueued(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	s := open(t, path, sqlitestore.Options{BusyTimeout: time.Minute})
+	ctx := context.Background()
+	lim := bucket.PerHour(1).WithBurst(100)
+	r := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	if _, err := s.Admit(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := rawDB(t, path).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if _, err := holder.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, time.Duration(10+5*i)*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			_, err := s.Admit(cctx, r)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Admit %d while locked = %v, want context.DeadlineExceeded", i, err)
+			}
+			if waited := time.Since(start); waited > 10*time.Second {
+				t.Errorf("Admit %d with a %v context returned after %v", i, time.Duration(10+5*i)*time.Millisecond, waited)
+			}
+		})
+	}
+	wg.Wait()
+	if _, err := holder.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing above was charged: 99 of the burst of 100 remain.
+	var allowed atomic.Int64
+	for range 16 {
+		wg.Go(func() {
+			for range 10 {
+				d, err := s.Admit(ctx, r)
+				if err != nil {
+					t.Errorf("Admit: %v", err)
+					return
+				}
+				if d.Allowed {
+					allowed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := allowed.Load(); n != 99 {
+		t.Errorf("after cancelled admissions, 160 concurrent admissions allowed %d of the 99 left, want 99", n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"math"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,8 +81,16 @@ type Store struct {
 	done   chan struct{} // closed by Close
 	closed atomic.Bool
 
+	mu      sync.Mutex // guards the two below
+	leading bool       // an Admit is leading a transaction for the queue
+	queue   []*call    // Admit calls waiting for the next transaction
+
+	// Scratch space of the leading Admit.
+	calls    []*call
+	combined []bucket.Admission
+
 	// Scratch space, owned by the holder of sem.
-	one     entry          // the key of an Admit, Refund or Pause
+	one     entry          // the key of a Refund or Pause
 	entries []entry        // the keys of an AdmitBatch
 	index   map[string]int // key → position in entries
 	buf     []byte         // encoded quotas
@@ -487,6 +496,12 @@ func (s *Store) sweepStep(cursor []byte, now int64, n int) ([]byte, int, error) 
 // Store run, and for up to Options.BusyTimeout while other processes hold
 // the file's write lock; ctx ends both waits. An invalid request fails
 // without touching the file.
+//
+// Concurrent calls share transactions: a call that finds no transaction of
+// admissions under way runs one; calls that arrive meanwhile queue, and
+// the first of them runs the next transaction for all of them (up to
+// maxCombined), deciding them in arrival order as AdmitBatch would. Alone,
+// a call is one transaction; among many, it costs a fraction of one.
 func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
 	if s.closed.Load() {
 		return bucket.Decision{}, bucket.ErrClosed
@@ -497,26 +512,110 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 	if req.Limit.IsUnlimited() {
 		return bucket.Decide(new(bucket.State), &req, unit, s.clock())
 	}
-	var d bucket.Decision
-	err := s.txn(ctx, "admit", func(host int64) error {
-		e := &s.one
-		if err := s.load(e, req.Key, host); err != nil {
-			return err
+	c := callPool.Get().(*call)
+	c.req = req
+	s.mu.Lock()
+	if !s.leading {
+		s.leading = true
+		s.mu.Unlock()
+		s.lead(ctx, c)
+	} else {
+		s.queue = append(s.queue, c)
+		s.mu.Unlock()
+		var decided bool
+		select {
+		case decided = <-c.done:
+		case <-ctx.Done():
+			if s.dequeue(c) {
+				c.reset()
+				return bucket.Decision{}, ctx.Err()
+			}
+			decided = <-c.done // already taken: its outcome is coming
 		}
-		var err error
-		if d, err = bucket.Decide(&e.st, &req, unit, e.now); err != nil {
-			return err
+		if !decided {
+			s.lead(ctx, c)
 		}
-		e.dirty = d.Allowed // a refusal changes nothing worth writing
-		if err := s.save(e); err != nil {
-			return err
-		}
-		return s.sweepDue(host)
-	})
-	if err != nil {
-		return bucket.Decision{}, err
 	}
-	return d, nil
+	d, err := c.d, c.err
+	c.reset()
+	return d, err
+}
+
+// maxCombined is the most Admit calls one transaction decides.
+const maxCombined = 256
+
+// A call is an Admit waiting in the queue.
+type call struct {
+	req  bucket.Request
+	d    bucket.Decision
+	err  error
+	done chan bool // true: d and err are set; false: the call leads the next transaction
+}
+
+var callPool = sync.Pool{New: func() any { return &call{done: make(chan bool, 1)} }}
+
+func (c *call) reset() {
+	*c = call{done: c.done}
+	callPool.Put(c)
+}
+
+// dequeue removes c from the queue and reports whether it was there.
+func (s *Store) dequeue(c *call) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := slices.Index(s.queue, c); i >= 0 {
+		s.queue = slices.Delete(s.queue, i, i+1)
+		return true
+	}
+	return false
+}
+
+// lead decides first and the calls queued behind it in one transaction,
+// then passes the lead to the next call queued, if any.
+func (s *Store) lead(ctx context.Context, first *call) {
+	calls := append(s.calls[:0], first)
+	s.mu.Lock()
+	n := min(len(s.queue), maxCombined-1)
+	calls = append(calls, s.queue[:n]...)
+	s.queue = s.queue[:copy(s.queue, s.queue[n:])]
+	s.mu.Unlock()
+
+	batch := s.combined[:0]
+	for _, c := range calls {
+		batch = append(batch, bucket.Admission{Request: c.req})
+	}
+	err := s.admitTxn(ctx, batch)
+	requeue := err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err())
+	if requeue {
+		// first's context ended before the transaction began: the others
+		// go back to the head of the queue, to be decided without it.
+		first.err = err
+	} else {
+		for i, c := range calls {
+			c.d, c.err = batch[i].Decision, err
+		}
+		for _, c := range calls[1:] {
+			c.done <- true
+		}
+	}
+	clear(batch) // keep no caller's limits alive
+	s.calls, s.combined = calls[:0], batch[:0]
+
+	s.mu.Lock()
+	if requeue {
+		s.queue = slices.Insert(s.queue, 0, calls[1:]...)
+	}
+	var next *call
+	if len(s.queue) > 0 {
+		next = s.queue[0]
+		s.queue = s.queue[:copy(s.queue, s.queue[1:])]
+	} else {
+		s.leading = false
+	}
+	s.mu.Unlock()
+	if next != nil {
+		next.done <- false
+	}
 }
 
 // AdmitBatch implements bucket.BatchBackend: it decides the whole batch in
@@ -543,8 +642,23 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	if pending == 0 {
 		return
 	}
-	inTxn := func(a *bucket.Admission) bool { return a.Err == nil && !a.Request.Limit.IsUnlimited() }
-	err := s.txn(ctx, "admit", func(host int64) error {
+	if err := s.admitTxn(ctx, batch); err != nil {
+		for i := range batch {
+			if a := &batch[i]; inTxn(a) {
+				a.Decision, a.Err = bucket.Decision{}, err
+			}
+		}
+	}
+}
+
+// inTxn reports whether a is decided in the transaction of admitTxn.
+func inTxn(a *bucket.Admission) bool { return a.Err == nil && !a.Request.Limit.IsUnlimited() }
+
+// admitTxn decides, in one transaction and in order, the admissions of
+// batch that have no error and a limit, setting their decisions. It
+// returns the transaction's error, in which case nothing was charged.
+func (s *Store) admitTxn(ctx context.Context, batch []bucket.Admission) error {
+	return s.txn(ctx, "admit", func(host int64) error {
 		clear(s.index)
 		s.entries = s.entries[:0]
 		for i := range batch {
@@ -561,7 +675,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 				return err
 			}
 			a.Decision = d
-			e.dirty = e.dirty || d.Allowed
+			e.dirty = e.dirty || d.Allowed // a refusal changes nothing worth writing
 		}
 		for i := range s.entries {
 			if err := s.save(&s.entries[i]); err != nil {
@@ -570,13 +684,6 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 		}
 		return s.sweepDue(host)
 	})
-	if err != nil {
-		for i := range batch {
-			if a := &batch[i]; inTxn(a) {
-				a.Decision, a.Err = bucket.Decision{}, err
-			}
-		}
-	}
 }
 
 // entry returns the entry of key in the current batch, loading it on first
