@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -47,6 +48,7 @@ func openRedis(ctx context.Context, cfg *config) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-redis %q: %v", cfg.redisAddr, err)
 	}
+	redis.SetLogger(redisLogger{cfg.logger}) // go-redis logs to stderr by default
 	client := redis.NewClient(opts)
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -81,4 +83,12 @@ func newPrefix() string {
 	var b [4]byte
 	rand.Read(b[:])
 	return "leakybucket-demo:" + hex.EncodeToString(b[:]) + ":"
+}
+
+// redisLogger passes go-redis's log lines to slog at Debug: with -v they
+// show, otherwise they would garble the progress display.
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -34,6 +35,7 @@ type config struct {
 
 	limit  bucket.Limit // -rate, -burst and -quota together
 	prefix string       // Redis key prefix of this run, shared with its workers
+	logger *slog.Logger // to stderr with -v, else nowhere
 }
 
 // Bounds that keep a mistyped flag from launching something absurd.
@@ -82,6 +84,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	}
 	if err := cfg.check(); err != nil {
 		return nil, err
+	}
+	cfg.logger = slog.New(slog.DiscardHandler)
+	if cfg.verbose {
+		cfg.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return cfg, nil
 }

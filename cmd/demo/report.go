@@ -98,11 +98,15 @@ func observedRate(times []time.Duration, burst int) float64 {
 	if len(times) <= burst {
 		return 0
 	}
-	first, last := slices.Min(times), slices.Max(times)
-	if last == first {
+	return rateOver(len(times), slices.Min(times), slices.Max(times), burst)
+}
+
+// rateOver is observedRate of n requests from first to last.
+func rateOver(n int, first, last time.Duration, burst int) float64 {
+	if n <= burst || last <= first {
 		return 0
 	}
-	return float64(len(times)-burst) / (last - first).Seconds()
+	return float64(n-burst) / (last - first).Seconds()
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -144,16 +148,16 @@ func writeFooter(w io.Writer, s summary) {
 	for _, e := range s.Errors {
 		fmt.Fprintf(w, "  error: %s\n", oneLine(e))
 	}
-	source := "arrivals at the API"
+	source := "arrival at the API"
 	if s.RateSource == "client" {
-		source = "when requests were sent"
+		source = "request sent"
 	}
-	fmt.Fprintf(w, "rate: per tenant, requests per second after the burst, (requests − burst) / (last − first), from %s; limit %s.\n", source, s.Limit)
-	wait := "wait: admission wait, from Submit to the request's start, as the dispatcher measured it"
+	fmt.Fprintf(w, "rate: requests/s after the burst, (requests − burst) / (last − first %s)\n", source)
+	wait := "wait: admission wait, from Submit to the request's start (dispatcher Stats)"
 	if s.Procs > 1 {
-		wait += " (the largest of the processes' figures)"
+		wait = "wait: admission wait, Submit to start (dispatcher Stats; the largest of the processes')"
 	}
-	fmt.Fprintln(w, wait+".")
+	fmt.Fprintln(w, wait)
 }
 
 func num(n int64) string { return fmt.Sprint(n) }

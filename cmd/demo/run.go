@@ -88,9 +88,9 @@ func writeHeader(w io.Writer, cfg *config, base string) {
 	case "redis":
 		where += " " + cfg.redisAddr + ", keys " + cfg.prefix + "*"
 	}
-	fmt.Fprintf(w, "%s · %d process(es) × %d workers\n", where, cfg.procs, cfg.workers)
+	fmt.Fprintf(w, "%s · %s × %d workers\n", where, plural(cfg.procs, "process", "processes"), cfg.workers)
 	if cfg.target == "" {
-		fmt.Fprintf(w, "mock API %s: 429 to a tenant past %d/s (bucket of %d)\n", base, cfg.rate, cfg.burst+1)
+		fmt.Fprintf(w, "mock API %s: 429 to a tenant over %d/s (x/time/rate, burst %d)\n", base, cfg.rate, cfg.burst+1)
 	} else {
 		fmt.Fprintf(w, "target %s\n", base)
 	}
@@ -105,4 +105,11 @@ func writeHeader(w io.Writer, cfg *config, base string) {
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,11 +106,7 @@ func (s *syncer) dispatcher(cfg *config, lim *bucket.Limiter) (*dispatcher.Dispa
 	if err != nil {
 		return nil, err
 	}
-	logger := slog.New(slog.DiscardHandler)
-	if cfg.verbose {
-		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	logging, err := middleware.Logging[item, struct{}](logger)
+	logging, err := middleware.Logging[item, struct{}](cfg.logger)
 	if err != nil {
 		return nil, err
 	}

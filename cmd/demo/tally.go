@@ -15,6 +15,7 @@ import (
 type tally struct {
 	start time.Time
 	jobs  int // per tenant
+	burst int
 
 	mu      sync.Mutex
 	tenants map[string]*tenantTally
@@ -27,6 +28,7 @@ type tenantTally struct {
 	requests, rejected             int64
 	ok, failed, cancelled, retries int64
 	throttled, late                int64
+	first, last                    time.Duration   // of sends
 	sends, rejects                 []time.Duration // since start, in the order reported: requests sent, and those answered 429
 	waitP50, waitP99               time.Duration   // the largest any process reported
 }
@@ -34,7 +36,7 @@ type tenantTally struct {
 const maxErrors = 5
 
 func newTally(cfg *config) *tally {
-	t := &tally{start: time.Now(), jobs: cfg.jobs, tenants: make(map[string]*tenantTally)}
+	t := &tally{start: time.Now(), jobs: cfg.jobs, burst: cfg.burst, tenants: make(map[string]*tenantTally)}
 	for _, name := range cfg.tenantNames() {
 		t.tenant(name)
 	}
@@ -58,6 +60,10 @@ func (t *tally) request(tenant string, sent time.Time, status int) {
 	tt := t.tenant(tenant)
 	tt.requests++
 	at := sent.Sub(t.start)
+	if len(tt.sends) == 0 || at < tt.first {
+		tt.first = at
+	}
+	tt.last = max(tt.last, at)
 	tt.sends = append(tt.sends, at)
 	if status == http.StatusTooManyRequests {
 		tt.rejected++
@@ -150,21 +156,16 @@ type progressSnapshot struct {
 	name     string
 	done     int64 // jobs resolved
 	rejected int64
-	rate     float64 // requests sent in the last second
+	rate     float64 // requests sent per second so far, as observedRate
 }
 
 func (t *tally) progress() []progressSnapshot {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := time.Since(t.start)
 	out := make([]progressSnapshot, 0, len(t.order))
 	for _, name := range t.order {
 		tt := t.tenants[name]
-		var recent int
-		for i := len(tt.sends) - 1; i >= 0 && tt.sends[i] > now-time.Second; i-- {
-			recent++
-		}
-		out = append(out, progressSnapshot{name, tt.ok + tt.failed + tt.cancelled, tt.rejected, float64(recent)})
+		out = append(out, progressSnapshot{name, tt.ok + tt.failed + tt.cancelled, tt.rejected, rateOver(len(tt.sends), tt.first, tt.last, t.burst)})
 	}
 	return out
 }
