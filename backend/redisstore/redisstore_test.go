@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync/atomic"
@@ -216,5 +217,26 @@ func TestForeignValue(t *testing.T) {
 	}
 	if d, _ := s.Admit(ctx, bucket.Request{Key: "other", Limit: bucket.PerHour(1), Cost: 1}); d.Allowed {
 		t.Error("second Admit of burst 1 allowed: the store failed open after an error about one key")
+	}
+}
+
+// TestExactRange: quota counts are Lua doubles, exact below 2^53. A quota
+// above MaxQuotaUnits is lowered to it; a burst above it, with quotas, is
+// rejected.
+func TestExactRange(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{})
+	ctx := context.Background()
+	huge := bucket.PerSecond(1).WithQuota(math.MaxInt64, time.Hour)
+	if d, err := s.Admit(ctx, bucket.Request{Key: "huge-quota", Limit: huge, Cost: 1}); err != nil || !d.Allowed {
+		t.Errorf("Admit under a quota of MaxInt64 = %+v, %v; want allowed", d, err)
+	}
+	fast := bucket.Every(time.Second, 1_000_000_000).WithBurst(redisstore.MaxQuotaUnits + 1)
+	if d, err := s.Admit(ctx, bucket.Request{Key: "huge-burst", Limit: fast, Cost: 1}); err != nil || !d.Allowed {
+		t.Errorf("Admit of burst 2^50+1 without quotas = %+v, %v; want allowed", d, err)
+	}
+	_, err := s.Admit(ctx, bucket.Request{Key: "huge-burst-quota", Limit: fast.WithQuota(10, time.Hour), Cost: 1})
+	var le *bucket.LimitError
+	if !errors.As(err, &le) || le.Field != "Burst" {
+		t.Errorf("Admit of burst 2^50+1 with a quota: %v, want a *bucket.LimitError naming Burst", err)
 	}
 }
