@@ -40,6 +40,7 @@ type scheduler[T, R any] struct {
 
 	afterAdmit func()       // a test hook: stalls the scheduler
 	rtt        atomic.Int64 // moving average of an admission batch's round trip
+	lag        atomic.Int64 // moving average of how late the scheduler's timer fires
 	run        atomic.Int64 // moving average of a handler's run
 }
 
@@ -247,6 +248,10 @@ func (s *scheduler[T, R]) loop() {
 		select {
 		case <-s.wake:
 		case <-tick:
+			// How late timers fire here is the scheduling jitter that
+			// late() must tolerate.
+			lag := max(s.d.now()-now-next, 0)
+			s.lag.Store(s.lag.Load() + (lag-s.lag.Load())/8)
 		case <-s.d.quit:
 			return
 		}
@@ -358,8 +363,12 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 			k.wakeAt = after + int64(a.Decision.Wait)
 			s.timers.set(k)
 		default:
+			// Ask again half a booking window before the slot opens, so
+			// that the next admission books the slot itself: asking when
+			// it opens would start late by the timer's latency and lose
+			// that much of the rate at every step.
 			k.stats.throttled.Add(1)
-			s.putBack(k, j, now+int64(a.Decision.Wait))
+			s.putBack(k, j, now+int64(a.Decision.Wait)-int64(s.d.cfg.bookAhead/2))
 		}
 	}
 	s.mu.Unlock()
@@ -421,13 +430,19 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	s.signal()
 }
 
-// late reports whether j, handed to a worker, reached it too long after its
-// slot: more than the lateness tolerance plus twice the usual round trip (a
-// stalled process, scheduler or worker). Starting it now could bunch it up
+// tolerance is how late a job may reach its worker: the configured
+// lateness, plus twice the usual backend round trip and twice the usual
+// timer lag — the scheduling jitter of this process on this machine.
+func (s *scheduler[T, R]) tolerance() int64 {
+	return int64(s.d.cfg.lateness) + 2*s.rtt.Load() + 2*s.lag.Load()
+}
+
+// late reports whether j, handed to a worker, reached it later after its
+// slot than the tolerance allows (a stalled process, scheduler or worker). Starting it now could bunch it up
 // with jobs admitted after it, so its admission is given back and it waits
 // at the head of its key for a new one.
 func (s *scheduler[T, R]) late(j *job[T, R]) bool {
-	if j.slot == 0 || s.d.stopped.Load() || s.d.now()-j.slot <= int64(s.d.cfg.lateness)+2*s.rtt.Load() {
+	if j.slot == 0 || s.d.stopped.Load() || s.d.now()-j.slot <= s.tolerance() {
 		return false
 	}
 	refund := bucket.Admission{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
