@@ -65,8 +65,10 @@ func (p FailurePolicy) String() string {
 // Options configures a Store. The zero Options is ready to use.
 type Options struct {
 	// Prefix starts the Redis key of every bucket; the bucket's key, any
-	// bytes, follows it unchanged. Default "leakybucket:". A prefix with a
-	// hash tag ("{lb}:") puts every bucket in one Cluster slot.
+	// bytes, follows it unchanged. Default "leakybucket:". Stores that
+	// share a Redis but not their buckets need prefixes neither of which
+	// begins the other. A prefix with a hash tag ("{lb}:") puts every
+	// bucket in one Cluster slot.
 	Prefix string
 	// FailurePolicy says what to answer while Redis is unavailable.
 	// Default FailClosed.
