@@ -89,6 +89,14 @@ func TestConformanceCluster(t *testing.T) {
 	newCluster := func(t *testing.T) redis.UniversalClient {
 		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
 		t.Cleanup(func() { c.Close() })
+		// Load the slots and dial every master now, not inside the
+		// suite's timed loops.
+		err := c.ForEachShard(context.Background(), func(ctx context.Context, m *redis.Client) error {
+			return m.Ping(ctx).Err()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 		return c
 	}
 	conformance(t, newCluster)
