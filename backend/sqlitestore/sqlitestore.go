@@ -106,7 +106,8 @@ type Store struct {
 
 type statements struct {
 	begin, commit, rollback  *sql.Stmt
-	load, insert, update     *sql.Stmt
+	load, swept              *sql.Stmt
+	insert, update           *sql.Stmt
 	scanFirst, scanNext      *sql.Stmt
 	remove, mark, has, count *sql.Stmt
 }
@@ -242,8 +243,8 @@ func (s *Store) init(ctx context.Context) error {
 		{&s.stmt.begin, "BEGIN IMMEDIATE"},
 		{&s.stmt.commit, "COMMIT"},
 		{&s.stmt.rollback, "ROLLBACK"},
-		{&s.stmt.load, `SELECT c.swept, b.tat, b.paused, b.gen, b.seen, b.quotas
-			FROM clock AS c LEFT JOIN buckets AS b ON b.key = ?1 WHERE c.id = 0`},
+		{&s.stmt.load, `SELECT tat, paused, gen, seen, quotas FROM buckets WHERE key = ?1`},
+		{&s.stmt.swept, `SELECT swept FROM clock WHERE id = 0`},
 		{&s.stmt.insert, `INSERT INTO buckets (key, tat, paused, gen, seen, fresh_at, quotas)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)`},
 		{&s.stmt.update, `UPDATE buckets SET tat = ?2, paused = ?3, gen = ?4, seen = ?5, fresh_at = ?6, quotas = ?7
@@ -355,34 +356,46 @@ func (s *Store) begin(ctx context.Context) error {
 // load reads key's row into e, at host time host.
 func (s *Store) load(e *entry, key string, host int64) error {
 	e.key, e.dirty = key, false
-	rows, err := s.stmt.load.QueryContext(context.Background(), []byte(key))
+	bg := context.Background()
+	rows, err := s.stmt.load.QueryContext(bg, []byte(key))
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
-	if !rows.Next() {
+	e.exists = rows.Next()
+	if !e.exists {
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		return &Error{kind: ErrCorrupt, Err: errors.New("the clock row is missing")}
+		e.st.TAT, e.st.Paused, e.st.Gen, e.st.Quotas = 0, 0, 0, e.st.Quotas[:0]
+		// A key without a row may have been deleted by a sweep: its
+		// clock must not run back before the sweep's (see below).
+		var swept int64
+		if err := s.stmt.swept.QueryRowContext(bg).Scan(&swept); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return &Error{kind: ErrCorrupt, Err: errors.New("the clock row is missing")}
+			}
+			return err
+		}
+		e.now = max(host, swept)
+		return nil
 	}
 	var (
-		swept                  int64
-		tat, paused, gen, seen sql.NullInt64
-		quotas                 sql.RawBytes
+		seen   int64
+		quotas sql.RawBytes
 	)
-	if err := rows.Scan(&swept, &tat, &paused, &gen, &seen, &quotas); err != nil {
+	if err := rows.Scan(&e.st.TAT, &e.st.Paused, &e.st.Gen, &seen, &quotas); err != nil {
 		return err
 	}
-	e.exists = tat.Valid
-	e.st.TAT, e.st.Paused, e.st.Gen = tat.Int64, paused.Int64, gen.Int64
 	if e.st.Quotas, err = decodeQuotas(quotas, e.st.Quotas); err != nil {
 		return &Error{kind: ErrCorrupt, Err: fmt.Errorf("row of key %s: %w", quoteKey(key), err)}
 	}
 	// The clock of a key never runs backwards: not before the time its row
-	// was last decided at (its quota slots were pruned then), nor before
-	// the latest sweep (which judged rows fresh by it).
-	e.now = max(host, swept, seen.Int64)
+	// was last decided at, when quota slots that an earlier time still
+	// counts may have been pruned; nor, for a key without a row, before
+	// the latest sweep, which judged rows fresh by its time. (A row was
+	// written at a time no earlier than the sweeps before it.)
+	e.now = max(host, seen)
 	return rows.Close()
 }
 
@@ -828,7 +841,7 @@ func (s *Store) Close() error {
 func (s *Store) closeDB() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
-		s.stmt.begin, s.stmt.commit, s.stmt.rollback, s.stmt.load, s.stmt.insert,
+		s.stmt.begin, s.stmt.commit, s.stmt.rollback, s.stmt.load, s.stmt.swept, s.stmt.insert,
 		s.stmt.update, s.stmt.scanFirst, s.stmt.scanNext, s.stmt.remove, s.stmt.mark,
 		s.stmt.has, s.stmt.count,
 	} {
