@@ -78,9 +78,8 @@ func report(cfg *config, s summary, t *tally, arrivals map[string][]arrival, std
 }
 
 func writeHeader(w io.Writer, cfg *config, base string) {
-	secs := float64(max(cfg.jobs-cfg.burst, 0)) / float64(cfg.rate)
-	fmt.Fprintf(w, "leakybucket demo: %d tenants × %d items, limit %s per tenant: about %.0fs\n",
-		cfg.tenants, cfg.jobs, cfg.limit, secs)
+	fmt.Fprintf(w, "leakybucket demo: %d tenants × %d items, limit %s per tenant: %s\n",
+		cfg.tenants, cfg.jobs, cfg.limit, aboutDuration(estimate(cfg)))
 	where := cfg.backend + " backend"
 	switch cfg.backend {
 	case "sqlite":
@@ -90,16 +89,29 @@ func writeHeader(w io.Writer, cfg *config, base string) {
 	}
 	fmt.Fprintf(w, "%s · %s × %d workers\n", where, plural(cfg.procs, "process", "processes"), cfg.workers)
 	if cfg.target == "" {
-		fmt.Fprintf(w, "mock API %s: 429 to a tenant over %d/s (x/time/rate, burst %d)\n", base, cfg.rate, cfg.burst+1)
+		fmt.Fprintf(w, "mock API %s: 429 to a tenant over %s (its own limiter: x/time/rate, burst %d)\n", base, cfg.limit, cfg.burst+1)
 	} else {
 		fmt.Fprintf(w, "target %s\n", base)
 	}
-	for _, q := range cfg.limit.Quotas {
-		if int64(cfg.jobs) > q.Max {
-			fmt.Fprintf(w, "note: the quota %d/%v holds each tenant's items past %d until the window rolls on\n", q.Max, q.Window, q.Max)
-		}
-	}
 	fmt.Fprintln(w)
+}
+
+// estimate is how long a tenant's items take at its limit: the burst at
+// once, then one per interval, and a whole window for each quota's worth.
+func estimate(cfg *config) time.Duration {
+	n := int64(cfg.jobs)
+	d := time.Duration(max(n-int64(cfg.burst), 0)) * cfg.limit.Interval()
+	for _, q := range cfg.limit.Quotas {
+		d = max(d, time.Duration((n-1)/q.Max)*q.Window)
+	}
+	return d
+}
+
+func aboutDuration(d time.Duration) string {
+	if d < time.Second {
+		return "under a second"
+	}
+	return "about " + d.Round(time.Second).String()
 }
 
 func isTerminal(w io.Writer) bool {

@@ -154,7 +154,7 @@ func (t *tally) lost(why string) {
 // A progressSnapshot is one tenant's progress so far.
 type progressSnapshot struct {
 	name     string
-	done     int64 // jobs resolved
+	done     int64 // jobs that succeeded or failed (not those an interrupt cancelled)
 	rejected int64
 	rate     float64 // requests sent per second so far, as observedRate
 }
@@ -165,7 +165,7 @@ func (t *tally) progress() []progressSnapshot {
 	out := make([]progressSnapshot, 0, len(t.order))
 	for _, name := range t.order {
 		tt := t.tenants[name]
-		out = append(out, progressSnapshot{name, tt.ok + tt.failed + tt.cancelled, tt.rejected, rateOver(len(tt.sends), tt.first, tt.last, t.burst)})
+		out = append(out, progressSnapshot{name, tt.ok + tt.failed, tt.rejected, rateOver(len(tt.sends), tt.first, tt.last, t.burst)})
 	}
 	return out
 }

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/dispatcher"
+)
+
+func TestObservedRate(t *testing.T) {
+	ms := func(vs ...int) []time.Duration {
+		out := make([]time.Duration, len(vs))
+		for i, v := range vs {
+			out[i] = time.Duration(v) * time.Millisecond
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		times []time.Duration
+		burst int
+		want  float64
+	}{
+		{"none", nil, 1, 0},
+		{"one", ms(5), 1, 0},
+		{"paced 20/s", ms(0, 50, 100, 150, 200), 1, 20},
+		{"unsorted", ms(150, 0, 200, 50, 100), 1, 20},
+		{"burst of 3 then 20/s", ms(0, 0, 0, 50, 100, 150), 3, 20},
+		{"all in the burst", ms(0, 0, 0), 3, 0},
+		{"at one instant", ms(7, 7), 1, 0},
+	}
+	for _, tt := range tests {
+		if got := observedRate(tt.times, tt.burst); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("%s: observedRate(%v, %d) = %v, want %v", tt.name, tt.times, tt.burst, got, tt.want)
+		}
+	}
+}
+
+// TestShare: the workers' shares cover every item of every tenant once,
+// and each share starts with every tenant.
+func TestShare(t *testing.T) {
+	cfg := &config{tenants: 3, jobs: 10}
+	for _, procs := range []int{1, 3, 4, 10, 12} {
+		seen := map[item]int{}
+		for w := range procs {
+			items := share(cfg, w, procs)
+			if len(items) > 0 && (items[0].tenant != "tenant-1" || items[1].tenant != "tenant-2") {
+				t.Errorf("procs %d, worker %d: items start %v, want tenant-1, tenant-2, … interleaved", procs, w, items[:2])
+			}
+			for _, it := range items {
+				seen[it]++
+			}
+		}
+		for _, tenant := range cfg.tenantNames() {
+			for n := 1; n <= cfg.jobs; n++ {
+				if seen[item{tenant, n}] != 1 {
+					t.Errorf("procs %d: %s item %d in %d shares, want 1", procs, tenant, n, seen[item{tenant, n}])
+				}
+			}
+		}
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{nil, resultOK},
+		{dispatcher.ErrClosed, resultCancelled},
+		{fmt.Errorf("GET: %w", errors.New("context canceled")), resultFailed}, // a message is not a cancellation
+		{fmt.Errorf("wrapped: %w", dispatcher.ErrClosed), resultCancelled},
+		{errors.New("GET /tenants/a/items/1: 404 Not Found"), resultFailed},
+	}
+	for _, tt := range tests {
+		if got := classify(tt.err); got != tt.want {
+			t.Errorf("classify(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestParseFlagsDefaults(t *testing.T) {
+	cfg, err := parseFlags(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.backend != "memory" || cfg.tenants != 4 || cfg.jobs != 100 || cfg.rate != 20 || cfg.burst != 1 ||
+		cfg.workers != 16 || cfg.procs != 1 || cfg.redisAddr != "127.0.0.1:6379" || cfg.limit.String() != "20/s" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	cfg, err = parseFlags([]string{"-rate", "5", "-burst", "3", "-quota", "500/1h, 5000/1d"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.limit.String(), "5/s burst=3 quota=500/h quota=5000/d"; got != want {
+		t.Errorf("limit %q, want %q", got, want)
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	var b strings.Builder
+	writeTable(&b, summary{
+		Backend: "memory", Procs: 1, Limit: "20/s", OK: 3, Requests: 4, Rejected: 1, RateSource: "api",
+		Tenants: []tenantSummary{{Tenant: "tenant-1", Requests: 4, OK: 3, Rejected: 1, Rate: 19.5, Limit: 20, WaitP50Ms: 12.5, WaitP99Ms: 2500}},
+	})
+	for _, want := range []string{"tenant-1", "19.50", "97.5%", "12.5ms", "2.50s", "3 of 3 items synced", "1 answered 429"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
