@@ -215,6 +215,7 @@ func TestForeignValue(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{FailurePolicy: redisstore.FailOpen})
 	ctx := context.Background()
 	s.Client().HSet(ctx, s.RedisKey("hash"), "a", "b")
+	t.Cleanup(func() { s.Client().Del(context.Background(), s.RedisKey("hash")) })
 	_, err := s.Admit(ctx, bucket.Request{Key: "hash", Limit: bucket.PerSecond(1), Cost: 1})
 	var rerr redis.Error
 	if err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
