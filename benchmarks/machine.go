@@ -7,7 +7,9 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
+	"time"
 )
 
 // anchors are the modules compared with, whose versions the run reports.
@@ -48,6 +50,7 @@ func printMachine(w io.Writer) {
 		}
 		fmt.Fprintf(w, "libraries: %s\n", strings.Join(parts, ", "))
 	}
+	fmt.Fprintf(w, "timers: a 100µs timer fires %v late (median of 50), a 1ms timer %v late\n", timerLate(100*time.Microsecond), timerLate(time.Millisecond))
 	if addr, note := redisAddr(); addr != "" {
 		fmt.Fprintf(w, "redis: %s (%s)\n", addr, note)
 	}
@@ -82,4 +85,20 @@ func memTotal() string {
 		}
 	}
 	return "unknown"
+}
+
+// timerLate returns how late a timer of d fires, the median of 50, on an
+// otherwise idle process: what pacing by sleeping is up against.
+func timerLate(d time.Duration) time.Duration {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	lat := make([]time.Duration, 50)
+	for i := range lat {
+		t0 := time.Now()
+		t.Reset(d)
+		<-t.C
+		lat[i] = time.Since(t0) - d
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2].Round(time.Microsecond)
 }
