@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -48,21 +49,41 @@ const (
 
 func newFlagSet(cfg *config) *flag.FlagSet {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.StringVar(&cfg.backend, "backend", "memory", "where bucket state lives: `memory`, sqlite or redis")
+	fs.StringVar(&cfg.backend, "backend", "memory", "where bucket state lives, a `kind`: memory, sqlite or redis")
 	fs.StringVar(&cfg.sqlitePath, "sqlite", filepath.Join(os.TempDir(), "leakybucket-demo.db"), "database `file` for -backend sqlite")
 	fs.StringVar(&cfg.redisAddr, "redis", "127.0.0.1:6379", "Redis `address` or redis:// URL for -backend redis")
-	fs.IntVar(&cfg.tenants, "tenants", 4, "number of tenants, named tenant-1 … tenant-`K`")
-	fs.IntVar(&cfg.jobs, "jobs", 100, "items to sync per tenant")
-	fs.IntVar(&cfg.rate, "rate", 20, "requests per second allowed per tenant")
-	fs.IntVar(&cfg.burst, "burst", 1, "bucket burst: requests that may go back-to-back after idle")
+	cfg.tenants = 4
+	fs.Var((*count)(&cfg.tenants), "tenants", "number of tenants, named tenant-1 … tenant-`K`")
+	cfg.jobs = 100
+	fs.Var((*count)(&cfg.jobs), "jobs", "`N` items to sync per tenant")
+	cfg.rate = 20
+	fs.Var((*count)(&cfg.rate), "rate", "`N` requests per second allowed per tenant")
+	cfg.burst = 1
+	fs.Var((*count)(&cfg.burst), "burst", "bucket burst: `N` requests may go back-to-back after idle")
 	fs.StringVar(&cfg.quota, "quota", "", "optional rolling quota per tenant, `N/P` such as 500/1h (several: 500/1h,5000/1d)")
-	fs.IntVar(&cfg.workers, "workers", 16, "workers per process")
-	fs.IntVar(&cfg.procs, "procs", 1, "worker processes sharing the backend (copies of this program)")
+	cfg.workers = 16
+	fs.Var((*count)(&cfg.workers), "workers", "`N` workers per process")
+	cfg.procs = 1
+	fs.Var((*count)(&cfg.procs), "procs", "`N` worker processes sharing the backend (copies of this program)")
 	fs.StringVar(&cfg.target, "target", "", "base `URL` of a real API to sync against instead of the mock")
 	fs.BoolVar(&cfg.json, "json", false, "no progress; print one JSON summary object on stdout")
 	fs.StringVar(&cfg.plot, "plot", "", "write a chart of requests per second per tenant to `FILE` (.svg or .png)")
 	fs.BoolVar(&cfg.verbose, "v", false, "log every request attempt to stderr (no progress bars)")
 	return fs
+}
+
+// A count is a flag holding a whole number.
+type count int
+
+func (c *count) String() string { return strconv.Itoa(int(*c)) }
+
+func (c *count) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return errors.New("want a whole number")
+	}
+	*c = count(n)
+	return nil
 }
 
 // parseFlags reads args. -help prints the usage to stdout and returns
@@ -169,9 +190,13 @@ func (c *config) checkLimit() error {
 	lim := bucket.PerSecond(int64(c.rate)).WithBurst(int64(c.burst))
 	if c.quota != "" {
 		for q := range strings.SplitSeq(c.quota, ",") {
-			max, window, err := parseQuota(strings.TrimSpace(q))
-			if err != nil {
-				return fmt.Errorf("-quota %q: %v", c.quota, err)
+			q = strings.TrimSpace(q)
+			max, window, err := parseQuota(q)
+			switch {
+			case err != nil && strings.Contains(err.Error(), strconv.Quote(q)):
+				return fmt.Errorf("-quota: %v", err)
+			case err != nil:
+				return fmt.Errorf("-quota %q: %v", q, err)
 			}
 			lim = lim.WithQuota(max, window)
 		}
@@ -190,7 +215,7 @@ func parseQuota(s string) (int64, time.Duration, error) {
 	case err != nil:
 		return 0, 0, errors.New(reason(err))
 	case l.IsUnlimited() || l.Burst != 1 || len(l.Quotas) > 0 || strings.ContainsAny(s, " =\t"):
-		return 0, 0, fmt.Errorf("%q: want N/P, for example 500/1h", s)
+		return 0, 0, fmt.Errorf("%q is not of the form N/P (for example 500/1h)", s)
 	}
 	return l.Rate, l.Period, nil
 }
