@@ -181,8 +181,9 @@ func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 	}
 	t.Logf("%d calls, %d ErrUnavailable, slowest %v; Redis back in %v",
 		calls.Load(), failures.Load(), time.Duration(slowest.Load()), time.Duration(resumedAt.Load()-restartAt.Load()))
-	if d := time.Duration(slowest.Load()); d > 2500*time.Millisecond {
-		t.Errorf("slowest call took %v", d)
+	// Every call's ctx ends within 2s; one that outlives it by far ignored it.
+	if d := time.Duration(slowest.Load()); d > 5*time.Second {
+		t.Errorf("slowest call took %v, with a ctx of 2s", d)
 	}
 
 	byOrigin := map[string]int{}

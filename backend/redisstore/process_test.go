@@ -164,7 +164,9 @@ func runChild(t *testing.T, ordersJSON string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req := bucket.Request{Key: o.Key, Limit: processLimit, Cost: 1, MaxWait: 50 * time.Millisecond}
+			// Booking up to 100ms ahead keeps the bucket busy through
+			// scheduling stalls of the processes.
+			req := bucket.Request{Key: o.Key, Limit: processLimit, Cost: 1, MaxWait: 100 * time.Millisecond}
 			for {
 				d, err := s.Admit(context.Background(), req)
 				if err != nil {
