@@ -107,7 +107,7 @@ func (s *scheduler[T, R]) signal() {
 func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
 	k := s.keys[name]
 	if k == nil {
-		k = &keyState[T, R]{name: name, heapIdx: -1, stats: s.d.stats.key(name)}
+		k = &keyState[T, R]{name: name, heapIdx: -1, stats: new(keyCounters)}
 		s.keys[name] = k
 	}
 	return k

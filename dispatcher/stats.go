@@ -24,7 +24,9 @@ type Stats struct {
 
 	// AdmissionWait is the time from Submit to the handler's start.
 	AdmissionWait Percentiles
-	// Keys has per-key figures; it is filled in with a limiter only.
+	// Keys has per-key figures for the keys used within the last minute
+	// (a key's figures are forgotten with its queue); it is filled in with
+	// a limiter only.
 	Keys map[string]KeyStats
 }
 
@@ -61,25 +63,22 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 	st.Queued = max(st.Submitted-st.Succeeded-st.Failed-st.Cancelled-st.Running, 0)
 	c.mu.Lock()
 	st.LastBackendError = c.lastBackendErr
-	if d.sched != nil {
-		st.Keys = make(map[string]KeyStats, len(c.keys))
-		for name, k := range c.keys {
-			st.Keys[name] = KeyStats{
-				Submitted:     k.submitted.Load(),
-				Succeeded:     k.succeeded.Load(),
-				Failed:        k.failed.Load(),
-				Cancelled:     k.cancelled.Load(),
-				Retried:       k.retried.Load(),
-				Throttled:     k.throttled.Load(),
-				Late:          k.late.Load(),
-				AdmissionWait: k.wait.percentiles(),
-			}
-		}
-	}
 	c.mu.Unlock()
 	if s := d.sched; s != nil {
 		s.mu.Lock()
-		for _, k := range s.keys {
+		st.Keys = make(map[string]KeyStats, len(s.keys))
+		for name, k := range s.keys {
+			c := k.stats
+			st.Keys[name] = KeyStats{
+				Submitted:     c.submitted.Load(),
+				Succeeded:     c.succeeded.Load(),
+				Failed:        c.failed.Load(),
+				Cancelled:     c.cancelled.Load(),
+				Retried:       c.retried.Load(),
+				Throttled:     c.throttled.Load(),
+				Late:          c.late.Load(),
+				AdmissionWait: c.wait.percentiles(),
+			}
 			switch k.phase {
 			case keyWaiting:
 				st.Waiting += int64(k.jobs.n)
@@ -97,7 +96,6 @@ type counters struct {
 	wait                                                                     histogram
 
 	mu             sync.Mutex
-	keys           map[string]*keyCounters
 	lastBackendErr error
 }
 
@@ -117,22 +115,7 @@ func (c *counters) setBackendErr(err error) {
 	c.mu.Unlock()
 }
 
-// key returns name's counters, creating them on first use. They are kept
-// for the dispatcher's life: about 4 KiB a key.
-func (c *counters) key(name string) *keyCounters {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	k := c.keys[name]
-	if k == nil {
-		if c.keys == nil {
-			c.keys = make(map[string]*keyCounters)
-		}
-		k = new(keyCounters)
-		c.keys[name] = k
-	}
-	return k
-}
-
+// keyCounters are one key's figures, kept with its queue: about 4 KiB.
 type keyCounters struct {
 	submitted, succeeded, failed, cancelled, retried, throttled, late atomic.Int64
 	wait                                                              histogram
