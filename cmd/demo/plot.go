@@ -51,20 +51,29 @@ func writePlot(path string, series []chartSeries, s summary) error {
 		limit = s.Tenants[0].Limit
 	}
 	bin := binWidth(span, limit)
+	if limit > 0 {
+		// Requests paced at the limit come at t0 + k/limit: put bin edges
+		// between them, not on them, or jitter moves one across an edge.
+		half := time.Duration(float64(time.Second) / limit / 2)
+		t0, span = t0-half, span+half
+	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Requests per second per tenant: limit %s, %s backend, %d process(es)", s.Limit, s.Backend, s.Procs)
+	p.Title.Text = fmt.Sprintf("Requests per second per tenant: limit %s, %s backend, %s", s.Limit, s.Backend, plural(s.Procs, "process", "processes"))
 	p.X.Label.Text = "seconds since the first request"
 	p.Y.Label.Text = fmt.Sprintf("requests/s (in bins of %v)", bin)
 	p.Legend.Top, p.Legend.Left = false, false
 
-	var lines []any
 	var rejected []time.Duration
-	for _, cs := range series {
-		lines = append(lines, cs.tenant, steps(cs.times, t0, span, bin))
+	for i, cs := range series {
+		l, err := plotter.NewLine(steps(cs.times, t0, span, bin))
+		if err != nil {
+			return err
+		}
+		l.StepStyle = plotter.PostStep
+		l.Color, l.Dashes = plotutil.Color(i), plotutil.Dashes(i)
+		p.Add(l)
+		p.Legend.Add(cs.tenant, l)
 		rejected = append(rejected, cs.rejected...)
-	}
-	if err := plotutil.AddLines(p, lines...); err != nil {
-		return err
 	}
 	top := limit
 	for _, cs := range series {
@@ -79,7 +88,7 @@ func writePlot(path string, series []chartSeries, s summary) error {
 		}
 	}
 	p.Y.Min, p.Y.Max = 0, 1.5*top
-	p.X.Min = 0
+	p.X.Min, p.X.Max = 0, span.Seconds()
 	return p.Save(10*vg.Inch, 4.5*vg.Inch, path)
 }
 
@@ -114,34 +123,51 @@ func binWidth(span time.Duration, limit float64) time.Duration {
 	return widths[len(widths)-1]
 }
 
-// counts returns the requests per bin.
-func counts(times []time.Duration, t0, span, bin time.Duration) []int {
-	n := int(span/bin) + 1
+// counts returns the requests per bin of the run, and the width of the
+// last bin, which ends with the last request: a last bin of less than half
+// a width is left out (a rate measured over a sliver is noise).
+func counts(times []time.Duration, t0, span, bin time.Duration) ([]int, time.Duration) {
+	n := max(int((span+bin-1)/bin), 1)
+	last := span - time.Duration(n-1)*bin
 	c := make([]int, n)
 	for _, t := range times {
 		c[min(int((t-t0)/bin), n-1)]++
 	}
-	return c
+	switch {
+	case n > 1 && last < bin/2:
+		return c[:n-1], bin
+	case last <= 0:
+		return c, bin
+	}
+	return c, last
 }
 
 // steps returns the rate in each bin as a step line: a point at each
 // bin's start and one at the last bin's end.
 func steps(times []time.Duration, t0, span, bin time.Duration) plotter.XYs {
-	c := counts(times, t0, span, bin)
+	c, last := counts(times, t0, span, bin)
 	xys := make(plotter.XYs, 0, len(c)+1)
 	for i, n := range c {
-		xys = append(xys, plotter.XY{X: (time.Duration(i) * bin).Seconds(), Y: float64(n) / bin.Seconds()})
+		w := bin
+		if i == len(c)-1 {
+			w = last
+		}
+		xys = append(xys, plotter.XY{X: (time.Duration(i) * bin).Seconds(), Y: float64(n) / w.Seconds()})
 	}
-	last := xys[len(xys)-1]
-	return append(xys, plotter.XY{X: last.X + bin.Seconds(), Y: last.Y})
+	end := time.Duration(len(c)-1)*bin + last
+	return append(xys, plotter.XY{X: end.Seconds(), Y: xys[len(xys)-1].Y})
 }
 
 func peak(times []time.Duration, t0, span, bin time.Duration) float64 {
-	return float64(slices.Max(counts(times, t0, span, bin))) / bin.Seconds()
+	var top float64
+	for _, xy := range steps(times, t0, span, bin) {
+		top = max(top, xy.Y)
+	}
+	return top
 }
 
 func addLimit(p *plot.Plot, limit float64, span time.Duration) error {
-	l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: limit}, {X: span.Seconds() + 1, Y: limit}})
+	l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: limit}, {X: span.Seconds(), Y: limit}})
 	if err != nil {
 		return err
 	}

@@ -124,7 +124,8 @@ func writeTable(w io.Writer, s summary) {
 		width = max(width, len(t.Tenant))
 	}
 	row := func(name, requests, ok, failed, rejected, retries, rate, of, p50, p99 string) {
-		fmt.Fprintf(w, "%-*s %9s %7s %7s %6s %8s %8s %9s %9s %9s\n", width, name, requests, ok, failed, rejected, retries, rate, of, p50, p99)
+		line := fmt.Sprintf("%-*s %9s %7s %7s %6s %8s %8s %9s %9s %9s", width, name, requests, ok, failed, rejected, retries, rate, of, p50, p99)
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 	fmt.Fprintln(w)
 	row("tenant", "requests", "ok", "failed", "429s", "retries", "rate/s", "of limit", "wait p50", "wait p99")
