@@ -124,6 +124,7 @@ func runWorkers(ctx context.Context, cfg *config, base string, t *tally, stderr 
 		wg.Go(func() {
 			if errs[i] = watchWorker(cmd, out, t); errs[i] != nil {
 				errs[i] = fmt.Errorf("worker %d: %w", i+1, errs[i])
+				cancel() // the others stop too: the run cannot be whole
 			}
 		})
 	}

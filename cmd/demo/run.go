@@ -85,7 +85,10 @@ func writeHeader(w io.Writer, cfg *config, base string) {
 	case "sqlite":
 		where += " " + cfg.sqlitePath
 	case "redis":
-		where += " " + cfg.redisAddr + ", keys " + cfg.prefix + "*"
+		if opts, err := redisOptions(cfg.redisAddr); err == nil {
+			where += " " + opts.Addr // not the URL: it may hold a password
+		}
+		where += ", keys " + cfg.prefix + "*"
 	}
 	fmt.Fprintf(w, "%s · %s × %d workers\n", where, plural(cfg.procs, "process", "processes"), cfg.workers)
 	if cfg.target == "" {
