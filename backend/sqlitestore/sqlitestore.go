@@ -96,6 +96,7 @@ type Store struct {
 	buf     []byte         // encoded quotas
 	timer   *time.Timer    // paces retries of BEGIN IMMEDIATE
 	written int            // rows written since the last incremental sweep
+	pages   int            // rows written since the last checkpoint
 	cursor  []byte         // the key the incremental sweep stopped at, nil at the start
 	doomed  [][]byte       // keys a sweep step found fresh
 	last    []byte         // the last key a sweep step examined
@@ -209,6 +210,8 @@ func dsn(path string, busy time.Duration, fullSync bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout("+strconv.FormatInt(int64(ms), 10)+")")
 	q.Add("_pragma", "synchronous("+sync+")")
+	// The store checkpoints the WAL itself (see checkpoint).
+	q.Add("_pragma", "wal_autocheckpoint(0)")
 	// Keep the WAL file from staying large after a burst.
 	q.Add("_pragma", "journal_size_limit(67108864)")
 	u.RawQuery = q.Encode()
@@ -305,12 +308,52 @@ func (s *Store) txn(ctx context.Context, op string, fn func(host int64) error) e
 	err := fn(s.clock())
 	if err == nil {
 		if _, err = s.stmt.commit.ExecContext(bg); err == nil {
+			if s.pages >= checkpointEvery {
+				s.checkpoint()
+			}
 			return nil
 		}
 	}
 	s.stmt.rollback.ExecContext(bg) // fails harmlessly if SQLite already rolled back
 	return wrapErr(op, s.path, err)
 }
+
+// checkpointEvery is how many rows a store writes between the checkpoints
+// it runs, about as many pages of WAL.
+const checkpointEvery = 1000
+
+// checkpoint copies the WAL into the database file and has the next
+// writer start the WAL over, so that it stays small.
+//
+// SQLite's automatic checkpoint (disabled on the store's connection) runs
+// after any commit that leaves the WAL over 1,000 pages, in whichever
+// process made it. With several processes writing, the checkpoint rarely
+// completes before another process appends, so the WAL is never started
+// over: it grows without bound and every commit runs a checkpoint, with
+// an fsync, forever after. A RESTART checkpoint instead holds the write
+// lock while it copies, and waits for readers to leave the WAL, so that
+// the next writer starts it over. It waits at most checkpointWait, then
+// does what it could and is tried again a little later; other processes
+// wait for the write lock meanwhile, as for any transaction. Errors are
+// ignored: the commit before it stands, and a later checkpoint catches up.
+func (s *Store) checkpoint() {
+	bg := context.Background()
+	var busy, log, done int
+	_, err := s.conn.ExecContext(bg, "PRAGMA busy_timeout = "+strconv.Itoa(int(checkpointWait/time.Millisecond)))
+	if err == nil {
+		err = s.conn.QueryRowContext(bg, "PRAGMA wal_checkpoint(RESTART)").Scan(&busy, &log, &done)
+	}
+	s.conn.ExecContext(bg, "PRAGMA busy_timeout = 0")
+	if err == nil && busy == 0 {
+		s.pages = 0
+	} else {
+		s.pages = checkpointEvery - checkpointEvery/8
+	}
+}
+
+// checkpointWait bounds the wait of a checkpoint for the write lock and
+// for readers.
+const checkpointWait = 20 * time.Millisecond
 
 // retryEvery is how often begin tries again for a write lock held by
 // another connection. Go's timers on Linux sleep at least about a
@@ -424,6 +467,7 @@ func (s *Store) save(e *entry) error {
 	}
 	e.exists, e.dirty = true, false
 	s.written++
+	s.pages++
 	return nil
 }
 
