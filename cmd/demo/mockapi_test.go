@@ -27,7 +27,8 @@ func get(t *testing.T, url, tenant string) *http.Response {
 }
 
 // TestMockAPILimits: the mock lets burst + 1 requests through back to back
-// (its jitter allowance), then answers 429 with a Retry-After, per tenant.
+// (its jitter allowance at 1/s), then answers 429 with a Retry-After, per
+// tenant.
 func TestMockAPILimits(t *testing.T) {
 	api, err := startMockAPI(bucket.PerSecond(1).WithBurst(2))
 	if err != nil {
@@ -101,5 +102,23 @@ func TestMockAPIProtocol(t *testing.T) {
 	}
 	if got := api.Arrivals(); len(got["a"]) != 1 {
 		t.Errorf("arrivals of tenant a: %v, want only the one valid request", got["a"])
+	}
+}
+
+func TestJitterAllowance(t *testing.T) {
+	tests := []struct {
+		lim  bucket.Limit
+		want int64
+	}{
+		{bucket.PerSecond(1), 2},                   // 100ms is a tenth of an interval: one unit
+		{bucket.PerSecond(10), 2},                  // one interval
+		{bucket.PerSecond(20), 3},                  // two
+		{bucket.PerSecond(30).WithBurst(5), 5 + 3}, // ⌈3.0⌉ (intervals round up to 33.333334ms)
+		{bucket.PerSecond(1000), 101},
+	}
+	for _, tt := range tests {
+		if got := withJitterAllowance(tt.lim).Burst; got != tt.want {
+			t.Errorf("withJitterAllowance(%v).Burst = %d, want %d", tt.lim, got, tt.want)
+		}
 	}
 }

@@ -92,7 +92,8 @@ func writeHeader(w io.Writer, cfg *config, base string) {
 	}
 	fmt.Fprintf(w, "%s · %s × %d workers\n", where, plural(cfg.procs, "process", "processes"), cfg.workers)
 	if cfg.target == "" {
-		fmt.Fprintf(w, "mock API %s: 429 to a tenant over %s (its own limiter: x/time/rate, burst %d)\n", base, cfg.limit, cfg.burst+1)
+		fmt.Fprintf(w, "mock API %s: 429 to a tenant over %s (x/time/rate, burst %d: %v of jitter forgiven)\n",
+			base, cfg.limit, withJitterAllowance(cfg.limit).Burst, jitterAllowance)
 	} else {
 		fmt.Fprintf(w, "target %s\n", base)
 	}
