@@ -54,9 +54,12 @@ type helperSpec struct {
 	Paths []string
 
 	// bench: print "ready", wait for a line on stdin, make N admissions
-	// (in batches of Batch if Batch > 0), print "done" with the allocations.
-	N     int
-	Batch int
+	// (in batches of Batch if Batch > 0), print "done" with the
+	// allocations and the CPU time, and wait for stdin to close. With
+	// CheckpointEvery, checkpoint the WAL that often.
+	N               int
+	Batch           int
+	CheckpointEvery int
 }
 
 // TestHelperProcess is not a test: it is the body of the processes that
@@ -398,8 +401,12 @@ func gaps(starts []backendtest.Start, first, killedAt int64) string {
 // benchChild is the body of a bench helper.
 func benchChild(t *testing.T, spec helperSpec) {
 	s := open(t, spec.Path, sqlitestore.Options{})
+	if spec.CheckpointEvery > 0 {
+		sqlitestore.SetCheckpointEvery(s, spec.CheckpointEvery)
+	}
 	fmt.Println("ready")
-	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+	stdin := bufio.NewReader(os.Stdin)
+	if _, err := stdin.ReadString('\n'); err != nil {
 		t.Fatal(err)
 	}
 	var before, after runtime.MemStats
@@ -432,6 +439,7 @@ func benchChild(t *testing.T, spec helperSpec) {
 	cpu := cpuTime() - cpu0
 	runtime.ReadMemStats(&after)
 	fmt.Println("done", after.Mallocs-before.Mallocs, after.TotalAlloc-before.TotalAlloc, int64(cpu))
+	io.Copy(io.Discard, stdin) // keep the file open until told
 }
 
 // cpuTime returns the CPU time, user and system, the process has used.
@@ -503,5 +511,60 @@ func BenchmarkProcesses(b *testing.B) {
 			b.ReportMetric(float64(mallocs)/float64(b.N), "helper-allocs/op")
 			b.ReportMetric(float64(bytes)/float64(b.N), "helper-B/op")
 		})
+	}
+}
+
+// TestWALStaysSmall has three processes write to one file as fast as they
+// can and checks that the WAL is started over, as the store's checkpoints
+// see to, rather than growing with every admission.
+func TestWALStaysSmall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes seconds")
+	}
+	const (
+		procs = 3
+		n     = 1000 // admissions per process
+		every = 50   // rows written between checkpoints
+	)
+	path := filepath.Join(t.TempDir(), "wal.db")
+	open(t, path, sqlitestore.Options{}).Close()
+	type helper struct {
+		cmd   *exec.Cmd
+		lines *bufio.Scanner
+		stdin io.WriteCloser
+	}
+	helpers := make([]helper, procs)
+	for i := range helpers {
+		cmd, stdout, stdin := startHelper(t, "bench", helperSpec{Path: path, Key: "k", N: n, CheckpointEvery: every})
+		helpers[i] = helper{cmd, bufio.NewScanner(stdout), stdin}
+	}
+	for _, h := range helpers {
+		if !h.lines.Scan() || h.lines.Text() != "ready" {
+			t.Fatalf("helper did not get ready: %q\n%s", h.lines.Text(), h.cmd.Stderr)
+		}
+	}
+	for _, h := range helpers {
+		io.WriteString(h.stdin, "go\n")
+	}
+	for _, h := range helpers {
+		if !h.lines.Scan() || !strings.HasPrefix(h.lines.Text(), "done") {
+			t.Fatalf("helper failed: %q\n%s", h.lines.Text(), h.cmd.Stderr)
+		}
+	}
+	wal, err := os.Stat(path + "-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range helpers {
+		h.stdin.Close()
+		if err := h.cmd.Wait(); err != nil {
+			t.Errorf("helper: %v\n%s", err, h.cmd.Stderr)
+		}
+	}
+	// A WAL frame is a 4 KiB page and a 24-byte header.
+	frames := wal.Size() / (4096 + 24)
+	t.Logf("%d processes wrote %d admissions; the WAL holds %d frames", procs, procs*n, frames)
+	if frames > 12*every {
+		t.Errorf("after %d admissions with a checkpoint every %d rows, the WAL holds %d frames, want it started over (at most %d)", procs*n, every, frames, 12*every)
 	}
 }

@@ -97,9 +97,11 @@ type Store struct {
 	timer   *time.Timer    // paces retries of BEGIN IMMEDIATE
 	written int            // rows written since the last incremental sweep
 	pages   int            // rows written since the last checkpoint
-	cursor  []byte         // the key the incremental sweep stopped at, nil at the start
-	doomed  [][]byte       // keys a sweep step found fresh
-	last    []byte         // the last key a sweep step examined
+
+	checkpointEvery int      // checkpointEvery, but for tests
+	cursor          []byte   // the key the incremental sweep stopped at, nil at the start
+	doomed          [][]byte // keys a sweep step found fresh
+	last            []byte   // the last key a sweep step examined
 
 	stopSweep context.CancelFunc
 	sweeper   sync.WaitGroup
@@ -177,6 +179,8 @@ func Open(path string, opts Options) (*Store, error) {
 		sem:   make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		index: make(map[string]int),
+
+		checkpointEvery: checkpointEvery,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -308,7 +312,7 @@ func (s *Store) txn(ctx context.Context, op string, fn func(host int64) error) e
 	err := fn(s.clock())
 	if err == nil {
 		if _, err = s.stmt.commit.ExecContext(bg); err == nil {
-			if s.pages >= checkpointEvery {
+			if s.pages >= s.checkpointEvery {
 				s.checkpoint()
 			}
 			return nil
@@ -347,7 +351,7 @@ func (s *Store) checkpoint() {
 	if err == nil && busy == 0 {
 		s.pages = 0
 	} else {
-		s.pages = checkpointEvery - checkpointEvery/8
+		s.pages = s.checkpointEvery - s.checkpointEvery/8
 	}
 }
 
