@@ -24,7 +24,9 @@ import (
 )
 
 // demoBin is the demo, built once by TestMain; the end-to-end tests run it
-// as a user would.
+// as a user would. It is built without the race detector even under
+// go test -race: they time what users run, and an instrumented binary runs
+// several times slower. TestInProcess covers the same code under -race.
 var demoBin string
 
 func TestMain(m *testing.M) {
@@ -34,11 +36,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	demoBin = filepath.Join(dir, "demo")
-	args := []string{"build", "-o", demoBin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", demoBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building the demo: %v\n%s", err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)
@@ -125,6 +123,25 @@ func TestMemoryBackend(t *testing.T) {
 		t.Errorf("summary: backend %q, procs %d, rate source %q, limit %q; want memory, 1, api, 30/s", s.Backend, s.Procs, s.RateSource, s.Limit)
 	}
 	checkChart(t, plot, "<?xml")
+}
+
+// TestInProcess runs the demo in the test process, for the race detector
+// and the goroutine leak check; its timing is not judged.
+func TestInProcess(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := parseFlags([]string{"-tenants", "3", "-jobs", "15", "-rate", "50", "-burst", "2", "-plot", filepath.Join(dir, "rate.svg")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := runParent(t.Context(), cfg, &stdout, &stderr); code != exitOK {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"tenant-3", "45 of 45 items synced", "0 answered 429", "chart: "} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout.String())
+		}
+	}
 }
 
 func TestSQLiteProcs(t *testing.T) {
