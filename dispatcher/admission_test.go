@@ -240,8 +240,10 @@ func TestRequeueBound(t *testing.T) {
 func TestCancelBeforeStart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lim := newLimiter(t, bucket.PerSecond(1))
+		// Booking up to 1.5s ahead: the first job below is booked for
+		// t0+1s, the second (t0+2s) is not.
 		d := newDispatcher(t, double, dispatcher.WithLimiter(lim), dispatcher.WithQueue(2),
-			dispatcher.WithBookAhead(2*time.Second))
+			dispatcher.WithBookAhead(1500*time.Millisecond))
 		if _, err := d.Do(context.Background(), 1); err != nil { // uses the burst
 			t.Fatal(err)
 		}

@@ -45,7 +45,9 @@ type job[T, R any] struct {
 	// The admission, from when it is decided until the job runs.
 	lim  bucket.Limit
 	dec  bucket.Decision
-	slot int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
+	slot      int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
+	releaseAt int64 // when a booked job is handed to a worker
+	heapIdx   int   // in the scheduler's heap of booked jobs
 
 	// Handler context, guarded by Future.mu.
 	ctxDone    chan struct{}

@@ -19,17 +19,19 @@ import (
 // when a worker is free to start it, so an admitted job starts at its slot
 // rather than queueing behind busy workers (which would bunch starts up).
 // Ready keys are served round-robin and decided in batches (one backend
-// round trip for many keys). A key its bucket refuses, or whose head is
-// booked a little ahead, sits in a timer heap until its time; it holds up
-// no other key. A key asks again for its next job once its head has been
-// handed to a worker, so a key has at most one booking at a time.
+// round trip for many keys). A job booked a little ahead waits in a timer
+// heap for its slot while its key asks for the next job, so a fast key
+// keeps up to a booking window of slots booked; a key its bucket refuses
+// waits in another heap until shortly before its next slot. Neither holds
+// up any other key.
 type scheduler[T, R any] struct {
 	d *Dispatcher[T, R]
 
 	mu      sync.Mutex // before any Future's mutex, never after
 	keys    map[string]*keyState[T, R]
 	ready   ring[*keyState[T, R]]
-	timers  keyHeap[T, R]
+	timers  keyHeap[T, R] // waiting keys, by when they may ask again
+	slots   jobHeap[T, R] // booked jobs, by slot
 	idle    int           // workers neither running a job nor reserved for one
 	waiting int           // accepted jobs that have not started: the queue's occupancy
 	space   chan struct{} // closed when the queue frees room; nil if nobody waits
@@ -40,7 +42,6 @@ type scheduler[T, R any] struct {
 
 	afterAdmit func()       // a test hook: stalls the scheduler
 	rtt        atomic.Int64 // moving average of an admission batch's round trip
-	lag        atomic.Int64 // moving average of how late the scheduler's timer fires
 	run        atomic.Int64 // moving average of a handler's run
 }
 
@@ -67,19 +68,19 @@ func (s *scheduler[T, R]) overbook() int {
 type phase uint8
 
 const (
-	keyIdle      phase = iota // no job waiting
+	keyIdle      phase = iota // no job queued
 	keyReady                  // in the ready ring
 	keyAsking                 // its head's admission is being decided
-	keyHolding                // its head is booked, waiting for its slot
 	keyWaiting                // refused, paused or backing off: in the timer heap
 	keyRefunding              // giving back a booking: asks nothing until the refund is done
 )
 
 type keyState[T, R any] struct {
 	name     string
-	jobs     jobList[T, R]
+	jobs     jobList[T, R] // queued, in submission order
+	booked   jobList[T, R] // admitted ahead, in slot order
 	phase    phase
-	head     *job[T, R] // asking or booked
+	asking   *job[T, R]
 	wakeAt   int64
 	heapIdx  int
 	paused   int64 // a retry-after seen by this process: admit nothing before
@@ -166,7 +167,7 @@ func (s *scheduler[T, R]) makeReady(k *keyState[T, R]) {
 
 // settle gives k its phase after its head left it.
 func (s *scheduler[T, R]) settle(k *keyState[T, R]) {
-	k.head = nil
+	k.asking = nil
 	k.lastUsed = s.d.now()
 	if k.jobs.n == 0 {
 		k.phase = keyIdle
@@ -224,6 +225,9 @@ func (s *scheduler[T, R]) loop() {
 		if len(s.timers) > 0 {
 			next = s.timers[0].wakeAt - now
 		}
+		if len(s.slots) > 0 && (next < 0 || s.slots[0].releaseAt-now < next) {
+			next = s.slots[0].releaseAt - now
+		}
 		s.mu.Unlock()
 
 		if len(batch) > 0 {
@@ -248,10 +252,6 @@ func (s *scheduler[T, R]) loop() {
 		select {
 		case <-s.wake:
 		case <-tick:
-			// How late timers fire here is the scheduling jitter that
-			// late() must tolerate.
-			lag := max(s.d.now()-now-next, 0)
-			s.lag.Store(s.lag.Load() + (lag-s.lag.Load())/8)
 		case <-s.d.quit:
 			return
 		}
@@ -259,17 +259,17 @@ func (s *scheduler[T, R]) loop() {
 	}
 }
 
-// releaseDue hands booked heads whose slot has come to their workers and
+// releaseDue hands booked jobs whose slot has come to their workers and
 // makes waiting keys whose time has come ready.
 func (s *scheduler[T, R]) releaseDue(now int64) {
+	for len(s.slots) > 0 && s.slots[0].releaseAt <= now {
+		j := heap.Pop(&s.slots).(*job[T, R])
+		s.keys[j.key].booked.remove(j)
+		s.hand(j)
+	}
 	for len(s.timers) > 0 && s.timers[0].wakeAt <= now {
 		k := heap.Pop(&s.timers).(*keyState[T, R])
-		switch k.phase {
-		case keyHolding:
-			s.hand(k.head)
-			s.settle(k)
-		case keyWaiting:
-			k.phase = keyIdle
+		if k.phase == keyWaiting {
 			s.settle(k)
 		}
 	}
@@ -301,7 +301,7 @@ func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T,
 			continue
 		}
 		j.setState(asking)
-		k.phase, k.head = keyAsking, j
+		k.phase, k.asking = keyAsking, j
 		batch = append(batch, bucket.Admission{Request: bucket.Request{
 			Key: k.name, Limit: lim, Cost: j.cost, MaxWait: s.d.cfg.bookAhead,
 		}})
@@ -320,8 +320,8 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 	s.mu.Lock()
 	for i, k := range asked {
 		a := &batch[i]
-		j := k.head
-		k.head = nil
+		j := k.asking
+		k.asking = nil
 		allowed := a.Err == nil && a.Decision.Allowed
 		switch {
 		case j.getState() != asking || s.stopped: // cancelled or stopped meanwhile
@@ -355,13 +355,13 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 			j.slot = before + int64(a.Decision.Wait)
 			if a.Decision.Wait <= 0 {
 				s.hand(j)
-				s.settle(k)
-				break
+			} else {
+				j.setState(booked)
+				j.releaseAt = after + int64(a.Decision.Wait)
+				k.booked.pushBack(j)
+				heap.Push(&s.slots, j)
 			}
-			j.setState(booked)
-			k.phase, k.head = keyHolding, j
-			k.wakeAt = after + int64(a.Decision.Wait)
-			s.timers.set(k)
+			s.settle(k) // ask for the next job: it may fit in the booking window too
 		default:
 			// Ask again half a booking window before the slot opens, so
 			// that the next admission books the slot itself: asking when
@@ -403,16 +403,11 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	case queued:
 		s.keys[j.key].jobs.remove(j)
 	case booked:
-		// Give the booking back before the key may book again, or the
-		// refund would find a later booking and do nothing.
 		k := s.keys[j.key]
-		s.timers.remove(k)
-		k.phase, k.head = keyRefunding, nil
-		s.mu.Unlock()
-		s.refund([]bucket.Admission{{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}})
-		s.mu.Lock()
+		k.booked.remove(j)
+		heap.Remove(&s.slots, j.heapIdx)
 		s.idle++
-		s.settle(k)
+		s.refundBooking(k, j)
 	case asking:
 		// apply sees the state and refunds the admission.
 	default:
@@ -430,22 +425,23 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	s.signal()
 }
 
-// tolerance is how late a job may reach its worker: the configured
-// lateness, plus twice the usual backend round trip and twice the usual
-// timer lag — the scheduling jitter of this process on this machine.
+// tolerance is how late a job may reach its worker: the scheduling jitter
+// allowed (a millisecond), plus twice the usual backend round trip, which
+// no client can see inside.
 func (s *scheduler[T, R]) tolerance() int64 {
-	return int64(s.d.cfg.lateness) + 2*s.rtt.Load() + 2*s.lag.Load()
+	return int64(s.d.cfg.lateness) + 2*s.rtt.Load()
 }
 
-// late reports whether j, handed to a worker, reached it later after its
-// slot than the tolerance allows (a stalled process, scheduler or worker). Starting it now could bunch it up
-// with jobs admitted after it, so its admission is given back and it waits
-// at the head of its key for a new one.
+// late reports whether j, handed to a worker, reached it longer after its
+// slot than the tolerance allows (a stalled process, scheduler or worker).
+// Starting it now could bunch it up with jobs admitted after it, so its
+// admission is given back (if no later one depends on it) and it waits in
+// its key's queue for a new one.
 func (s *scheduler[T, R]) late(j *job[T, R]) bool {
 	if j.slot == 0 || s.d.stopped.Load() || s.d.now()-j.slot <= s.tolerance() {
 		return false
 	}
-	refund := bucket.Admission{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
+	refund := j.admission()
 	j.slot = 0
 	s.refund([]bucket.Admission{refund}) // before it can be admitted again, so that the refund applies
 	s.mu.Lock()
@@ -460,6 +456,30 @@ func (s *scheduler[T, R]) late(j *job[T, R]) bool {
 	s.mu.Unlock()
 	s.signal()
 	return true
+}
+
+// refundBooking gives back j's admission. If no admission of k is in
+// flight, k asks nothing until the refund is done: a booking made meanwhile
+// would make the refund find a later booking and do nothing (a refund
+// applies only to a key's latest admission). Called with s.mu held, which
+// it releases during the refund.
+func (s *scheduler[T, R]) refundBooking(k *keyState[T, R], j *job[T, R]) {
+	hold := k.phase != keyAsking
+	if hold {
+		s.timers.remove(k)
+		k.phase = keyRefunding
+	}
+	s.mu.Unlock()
+	s.refund([]bucket.Admission{j.admission()})
+	s.mu.Lock()
+	if hold && k.phase == keyRefunding {
+		s.settle(k)
+	}
+}
+
+// admission returns the admission j was given.
+func (j *job[T, R]) admission() bucket.Admission {
+	return bucket.Admission{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
 }
 
 // requeue handles a handler error carrying a retry-after: the key is
@@ -486,21 +506,26 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	k.paused = max(k.paused, until)
 	k.stats.retried.Add(1)
 	s.d.stats.retried.Add(1)
-	if k.phase == keyHolding { // its next job is booked: it must not start during the pause
-		b := k.head
-		s.timers.remove(k)
-		refund = &bucket.Admission{Request: bucket.Request{Key: b.key, Limit: b.lim, Cost: b.cost}, Decision: b.dec}
+	// Its booked jobs must not start during the pause. Only the latest
+	// booking can be refunded; the others stay charged (under-admitting).
+	for b := k.booked.tail; b != nil; b = k.booked.tail {
+		if refund == nil {
+			a := b.admission()
+			refund = &a
+		}
+		k.booked.remove(b)
+		heap.Remove(&s.slots, b.heapIdx)
 		b.setState(queued)
+		b.slot = 0
 		k.jobs.insert(b)
 		s.idle++
-		k.phase, k.head = keyIdle, nil
 	}
 	j.setState(queued)
 	k.jobs.insert(j)
 	s.waiting++
 	s.idle++
 	switch k.phase {
-	case keyAsking: // apply checks k.paused for the admission in flight
+	case keyAsking, keyRefunding: // apply and refundBooking check k.paused when they settle
 	case keyWaiting:
 		s.wait(k, max(k.wakeAt, k.paused))
 	default:
@@ -534,16 +559,17 @@ func (s *scheduler[T, R]) stop() {
 	s.mu.Lock()
 	s.stopped = true
 	for _, k := range s.keys {
-		if k.phase == keyHolding {
-			b := k.head
-			refunds = append(refunds, bucket.Admission{Request: bucket.Request{Key: b.key, Limit: b.lim, Cost: b.cost}, Decision: b.dec})
-			s.timers.remove(k)
+		if b := k.booked.tail; b != nil {
+			refunds = append(refunds, b.admission()) // only the latest can be refunded
+		}
+		for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
+			heap.Remove(&s.slots, b.heapIdx)
 			b.setState(done)
 			s.waiting--
 			s.d.finish(b, *new(R), ErrClosed, outcomeCancelled)
 			s.idle++
-			k.phase, k.head = keyIdle, nil
 		}
+		s.timers.remove(k)
 		for j := k.jobs.popFront(); j != nil; j = k.jobs.popFront() {
 			j.setState(done)
 			s.waiting--
@@ -619,6 +645,31 @@ func (h *keyHeap[T, R]) Pop() any {
 	*h = old[:len(old)-1]
 	k.heapIdx = -1
 	return k
+}
+
+// jobHeap orders booked jobs by slot, then submission.
+type jobHeap[T, R any] []*job[T, R]
+
+func (h jobHeap[T, R]) Len() int { return len(h) }
+func (h jobHeap[T, R]) Less(i, j int) bool {
+	return h[i].releaseAt < h[j].releaseAt || h[i].releaseAt == h[j].releaseAt && h[i].seq < h[j].seq
+}
+func (h jobHeap[T, R]) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *jobHeap[T, R]) Push(x any) {
+	j := x.(*job[T, R])
+	j.heapIdx = len(*h)
+	*h = append(*h, j)
+}
+func (h *jobHeap[T, R]) Pop() any {
+	old := *h
+	j := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	j.heapIdx = -1
+	return j
 }
 
 // set puts k in the heap at k.wakeAt, or moves it there.

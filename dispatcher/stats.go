@@ -79,11 +79,9 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 				Late:          c.late.Load(),
 				AdmissionWait: c.wait.percentiles(),
 			}
-			switch k.phase {
-			case keyWaiting:
+			st.Waiting += int64(k.booked.n)
+			if k.phase == keyWaiting {
 				st.Waiting += int64(k.jobs.n)
-			case keyHolding:
-				st.Waiting += int64(k.jobs.n) + 1
 			}
 		}
 		s.mu.Unlock()
