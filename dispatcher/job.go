@@ -43,8 +43,8 @@ type job[T, R any] struct {
 	then      func(*Future[R])
 
 	// The admission, from when it is decided until the job runs.
-	lim  bucket.Limit
-	dec  bucket.Decision
+	lim       bucket.Limit
+	dec       bucket.Decision
 	slot      int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
 	releaseAt int64 // when a booked job is handed to a worker
 	heapIdx   int   // in the scheduler's heap of booked jobs

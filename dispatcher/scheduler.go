@@ -42,6 +42,7 @@ type scheduler[T, R any] struct {
 
 	afterAdmit func()       // a test hook: stalls the scheduler
 	rtt        atomic.Int64 // moving average of an admission batch's round trip
+	lag        atomic.Int64 // moving average of how late the scheduler's timer fires
 	run        atomic.Int64 // moving average of a handler's run
 }
 
@@ -252,6 +253,10 @@ func (s *scheduler[T, R]) loop() {
 		select {
 		case <-s.wake:
 		case <-tick:
+			// How late this process's timers fire is the scheduling
+			// jitter that late() tolerates.
+			lag := max(s.d.now()-now-next, 0)
+			s.lag.Store(s.lag.Load() + (lag-s.lag.Load())/8)
 		case <-s.d.quit:
 			return
 		}
@@ -425,11 +430,16 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	s.signal()
 }
 
-// tolerance is how late a job may reach its worker: the scheduling jitter
-// allowed (a millisecond), plus twice the usual backend round trip, which
-// no client can see inside.
+// tolerance is how late a job may reach its worker: a millisecond, plus
+// twice the usual backend round trip (which no client can see inside),
+// plus how late this process's timers usually fire — up to three more
+// milliseconds. Jobs that are all late by the usual lag keep their spacing;
+// only lateness beyond it bunches starts up, and that is what is refused.
+// On a quiet machine the lag is tens of microseconds; on a loaded one,
+// refusing every job the lag delays would give most bookings back.
 func (s *scheduler[T, R]) tolerance() int64 {
-	return int64(s.d.cfg.lateness) + 2*s.rtt.Load()
+	lateness := int64(s.d.cfg.lateness)
+	return lateness + 2*s.rtt.Load() + min(s.lag.Load(), 3*lateness)
 }
 
 // late reports whether j, handed to a worker, reached it longer after its
