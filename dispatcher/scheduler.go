@@ -194,14 +194,21 @@ func (s *scheduler[T, R]) hand(j *job[T, R]) {
 	s.d.run <- j
 }
 
+// freed wakes blocked submitters once a sixteenth of the queue (at least
+// one place) is free: waking them for every place that frees would cost a
+// goroutine switch per job while a producer outpaces the workers.
+func (s *scheduler[T, R]) freed() {
+	if s.space != nil && s.d.cfg.queue-s.waiting >= max(1, s.d.cfg.queue/16) {
+		close(s.space)
+		s.space = nil
+	}
+}
+
 // started takes a job its worker is about to run out of the queue.
 func (s *scheduler[T, R]) started() {
 	s.mu.Lock()
 	s.waiting--
-	if s.space != nil {
-		close(s.space)
-		s.space = nil
-	}
+	s.freed()
 	s.mu.Unlock()
 }
 
@@ -421,10 +428,7 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	}
 	j.setState(done)
 	s.waiting--
-	if s.space != nil {
-		close(s.space)
-		s.space = nil
-	}
+	s.freed()
 	s.d.finish(j, *new(R), j.parent.Err(), outcomeCancelled)
 	s.mu.Unlock()
 	s.signal()
@@ -497,6 +501,9 @@ func (j *job[T, R]) admission() bucket.Admission {
 // back to the head of its key's queue. It reports whether it did, or the
 // error to resolve the job with.
 func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
+	if err == nil {
+		return false, nil
+	}
 	delay, ok := middleware.RetryAfter(err)
 	if !ok || s.d.stopped.Load() || j.parent.Err() != nil {
 		return false, err
