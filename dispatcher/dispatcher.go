@@ -315,6 +315,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		ctx = middleware.WithJobInfo(j, middleware.JobInfo{Key: j.key, Attempt: j.attempt})
 	}
 	val, err := d.call(ctx, j.in)
+	ctxEnded := err != nil && j.Err() != nil // before the run's end ends it
 	if d.sched != nil {
 		d.sched.ran(d.now() - start)
 	}
@@ -329,7 +330,11 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		}
 	}
 	o := outcomeSucceeded
-	if err != nil {
+	switch {
+	case err == nil:
+	case ctxEnded && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		o = outcomeCancelled // its context ended under it: the parent's, or a hard stop
+	default:
 		o = outcomeFailed
 	}
 	d.finish(j, val, err, o)

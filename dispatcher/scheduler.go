@@ -32,9 +32,12 @@ type scheduler[T, R any] struct {
 	ready   ring[*keyState[T, R]]
 	timers  keyHeap[T, R] // waiting keys, by when they may ask again
 	slots   jobHeap[T, R] // booked jobs, by slot
-	idle    int           // workers neither running a job nor reserved for one
-	waiting int           // accepted jobs that have not started: the queue's occupancy
+	// idle and waiting change under mu, except that workers give back
+	// their place and their reservation without it.
+	idle    atomic.Int64  // workers neither running a job nor reserved for one
+	waiting atomic.Int64  // accepted jobs that have not started: the queue's occupancy
 	space   chan struct{} // closed when the queue frees room; nil if nobody waits
+	blocked atomic.Bool   // space is not nil
 	wake    chan struct{}
 	stopped bool
 	swept   int64
@@ -48,6 +51,14 @@ type scheduler[T, R any] struct {
 
 const overbookFactor = 1
 
+// window is how far ahead jobs are booked: the configured window, or four
+// backend round trips if that is more, so that a refused key that asks
+// again half a window before its slot is answered in time to book the
+// slot itself even on a slow backend.
+func (s *scheduler[T, R]) window() time.Duration {
+	return max(s.d.cfg.bookAhead, time.Duration(4*s.rtt.Load()))
+}
+
 // ran records how long a handler ran.
 func (s *scheduler[T, R]) ran(d int64) {
 	s.run.Store(s.run.Load() + (d-s.run.Load())/8)
@@ -59,9 +70,9 @@ func (s *scheduler[T, R]) ran(d int64) {
 // lets the scheduler decide in batches instead of one job per freed
 // worker. Slow handlers get none: their jobs would reach a worker late,
 // give their admission back and ask again.
-func (s *scheduler[T, R]) overbook() int {
+func (s *scheduler[T, R]) overbook() int64 {
 	if s.run.Load() < int64(s.d.cfg.lateness)/8 {
-		return overbookFactor * s.d.cfg.workers
+		return overbookFactor * int64(s.d.cfg.workers)
 	}
 	return 0
 }
@@ -91,12 +102,13 @@ type keyState[T, R any] struct {
 }
 
 func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
-	return &scheduler[T, R]{
+	s := &scheduler[T, R]{
 		d:    d,
 		keys: make(map[string]*keyState[T, R]),
-		idle: d.cfg.workers,
 		wake: make(chan struct{}, 1),
 	}
+	s.idle.Store(int64(d.cfg.workers))
+	return s
 }
 
 func (s *scheduler[T, R]) signal() {
@@ -118,13 +130,19 @@ func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
 // enqueue adds j at the tail of its key's queue, waiting for room if block.
 func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool) error {
 	s.mu.Lock()
-	for s.waiting >= s.d.cfg.queue {
+	for s.waiting.Load() >= int64(s.d.cfg.queue) {
 		if !block {
 			s.mu.Unlock()
 			return ErrQueueFull
 		}
 		if s.space == nil {
 			s.space = make(chan struct{})
+			s.blocked.Store(true)
+			// A worker that freed a place before it could see blocked
+			// did not wake us: look again.
+			if s.waiting.Load() < int64(s.d.cfg.queue) {
+				continue
+			}
 		}
 		space := s.space
 		s.mu.Unlock()
@@ -137,7 +155,7 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 		}
 		s.mu.Lock()
 	}
-	s.waiting++
+	s.waiting.Add(1)
 	s.d.pending.Add(1)
 	s.d.stats.submitted.Add(1)
 	k := s.key(j.key)
@@ -153,7 +171,7 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 	if ctx.Done() != nil {
 		j.watch(context.AfterFunc(ctx, func() { s.cancelWaiting(j) }))
 	}
-	wake := s.idle > -s.overbook()
+	wake := s.idle.Load() > -s.overbook()
 	s.mu.Unlock()
 	if wake {
 		s.signal()
@@ -198,18 +216,21 @@ func (s *scheduler[T, R]) hand(j *job[T, R]) {
 // one place) is free: waking them for every place that frees would cost a
 // goroutine switch per job while a producer outpaces the workers.
 func (s *scheduler[T, R]) freed() {
-	if s.space != nil && s.d.cfg.queue-s.waiting >= max(1, s.d.cfg.queue/16) {
+	if s.space != nil && int64(s.d.cfg.queue)-s.waiting.Load() >= int64(max(1, s.d.cfg.queue/16)) {
 		close(s.space)
 		s.space = nil
+		s.blocked.Store(false)
 	}
 }
 
 // started takes a job its worker is about to run out of the queue.
 func (s *scheduler[T, R]) started() {
-	s.mu.Lock()
-	s.waiting--
-	s.freed()
-	s.mu.Unlock()
+	s.waiting.Add(-1)
+	if s.blocked.Load() {
+		s.mu.Lock()
+		s.freed()
+		s.mu.Unlock()
+	}
 }
 
 func (s *scheduler[T, R]) loop() {
@@ -291,7 +312,7 @@ func (s *scheduler[T, R]) releaseDue(now int64) {
 // workers, reserving a worker for each. Heads of unlimited keys go
 // straight to their worker.
 func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T, R]) ([]bucket.Admission, []*keyState[T, R]) {
-	for s.idle > -s.overbook() && len(batch) < s.d.cfg.batch {
+	for s.idle.Load() > -s.overbook() && len(batch) < s.d.cfg.batch {
 		k, ok := s.ready.pop()
 		if !ok {
 			break
@@ -304,7 +325,7 @@ func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T,
 			k.phase = keyIdle
 			continue
 		}
-		s.idle--
+		s.idle.Add(-1)
 		lim := s.d.lim.Limit(k.name)
 		if lim.IsUnlimited() {
 			j.slot = 0
@@ -315,7 +336,7 @@ func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T,
 		j.setState(asking)
 		k.phase, k.asking = keyAsking, j
 		batch = append(batch, bucket.Admission{Request: bucket.Request{
-			Key: k.name, Limit: lim, Cost: j.cost, MaxWait: s.d.cfg.bookAhead,
+			Key: k.name, Limit: lim, Cost: j.cost, MaxWait: s.window(),
 		}})
 		asked = append(asked, k)
 	}
@@ -342,15 +363,15 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 			}
 			if j.getState() == asking {
 				j.setState(done)
-				s.waiting--
+				s.waiting.Add(-1)
 				s.d.finish(j, *new(R), ErrClosed, outcomeCancelled)
 			}
-			s.idle++
+			s.idle.Add(1)
 			s.settle(k)
 		case a.Err != nil && permanent(a.Err):
 			j.setState(done)
-			s.waiting--
-			s.idle++
+			s.waiting.Add(-1)
+			s.idle.Add(1)
 			s.d.finish(j, *new(R), a.Err, outcomeFailed)
 			s.settle(k)
 		case a.Err != nil: // the backend failed: keep the job, try again later
@@ -380,7 +401,7 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 			// it opens would start late by the timer's latency and lose
 			// that much of the rate at every step.
 			k.stats.throttled.Add(1)
-			s.putBack(k, j, now+int64(a.Decision.Wait)-int64(s.d.cfg.bookAhead/2))
+			s.putBack(k, j, now+int64(a.Decision.Wait)-int64(s.window()/2))
 		}
 	}
 	s.mu.Unlock()
@@ -392,7 +413,7 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 func (s *scheduler[T, R]) putBack(k *keyState[T, R], j *job[T, R], until int64) {
 	j.setState(queued)
 	k.jobs.insert(j)
-	s.idle++
+	s.idle.Add(1)
 	s.wait(k, until)
 }
 
@@ -418,7 +439,7 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 		k := s.keys[j.key]
 		k.booked.remove(j)
 		heap.Remove(&s.slots, j.heapIdx)
-		s.idle++
+		s.idle.Add(1)
 		s.refundBooking(k, j)
 	case asking:
 		// apply sees the state and refunds the admission.
@@ -427,7 +448,7 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 		return
 	}
 	j.setState(done)
-	s.waiting--
+	s.waiting.Add(-1)
 	s.freed()
 	s.d.finish(j, *new(R), j.parent.Err(), outcomeCancelled)
 	s.mu.Unlock()
@@ -462,9 +483,15 @@ func (s *scheduler[T, R]) late(j *job[T, R]) bool {
 	k := s.key(j.key)
 	j.setState(queued)
 	k.jobs.insert(j)
-	s.idle++
-	if k.phase == keyIdle {
+	s.idle.Add(1)
+	switch {
+	case k.phase == keyIdle:
 		s.makeReady(k)
+	case k.phase == keyWaiting && k.paused <= s.d.now():
+		// Its next job was refused while j held the slot j gave back:
+		// ask now, or j would lose a whole interval, not its lateness.
+		s.timers.remove(k)
+		s.settle(k)
 	}
 	k.stats.late.Add(1)
 	s.mu.Unlock()
@@ -535,12 +562,12 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		b.setState(queued)
 		b.slot = 0
 		k.jobs.insert(b)
-		s.idle++
+		s.idle.Add(1)
 	}
 	j.setState(queued)
 	k.jobs.insert(j)
-	s.waiting++
-	s.idle++
+	s.waiting.Add(1)
+	s.idle.Add(1)
 	switch k.phase {
 	case keyAsking, keyRefunding: // apply and refundBooking check k.paused when they settle
 	case keyWaiting:
@@ -561,13 +588,8 @@ func (s *scheduler[T, R]) release(*job[T, R]) {
 	if s == nil {
 		return
 	}
-	s.mu.Lock()
-	s.idle++
-	wake := s.ready.n > 0
-	s.mu.Unlock()
-	if wake {
-		s.signal()
-	}
+	s.idle.Add(1)
+	s.signal()
 }
 
 // stop resolves every job that has not started with ErrClosed (a hard stop).
@@ -582,14 +604,14 @@ func (s *scheduler[T, R]) stop() {
 		for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
 			heap.Remove(&s.slots, b.heapIdx)
 			b.setState(done)
-			s.waiting--
+			s.waiting.Add(-1)
 			s.d.finish(b, *new(R), ErrClosed, outcomeCancelled)
-			s.idle++
+			s.idle.Add(1)
 		}
 		s.timers.remove(k)
 		for j := k.jobs.popFront(); j != nil; j = k.jobs.popFront() {
 			j.setState(done)
-			s.waiting--
+			s.waiting.Add(-1)
 			s.d.finish(j, *new(R), ErrClosed, outcomeCancelled)
 		}
 		if k.phase != keyAsking {
