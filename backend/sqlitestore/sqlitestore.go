@@ -63,8 +63,9 @@ const DefaultBusyTimeout = 5 * time.Second
 // or in others on the same host, share every bucket exactly.
 //
 // A Store holds one connection, SQLite having one writer at a time: its
-// operations take turns on it, in arrival order, and across processes
-// they take turns on the file's write lock. Its clock is the host clock in
+// operations take turns on it, in arrival order, with those of the other
+// Stores of the process on the same file; across processes they take
+// turns on the file's write lock. Its clock is the host clock in
 // Unix microseconds (Decision.Now is in Unix nanoseconds), kept from
 // running backwards per key: see docs/sqlite.md.
 //
@@ -77,7 +78,7 @@ type Store struct {
 	conn *sql.Conn
 	stmt statements
 
-	sem    chan struct{} // the writer token: its holder uses conn, stmt and the scratch below
+	sem    chan struct{} // the writer token of the file in this process (see writers); its holder uses conn, stmt and the scratch below
 	done   chan struct{} // closed by Close
 	closed atomic.Bool
 
@@ -176,7 +177,7 @@ func Open(path string, opts Options) (*Store, error) {
 		busy:  busy,
 		now:   opts.Now,
 		db:    db,
-		sem:   make(chan struct{}, 1),
+		sem:   writers.open(abs),
 		done:  make(chan struct{}),
 		index: make(map[string]int),
 
@@ -187,6 +188,7 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if err := s.init(context.Background()); err != nil {
 		s.closeDB()
+		writers.close(abs)
 		return nil, wrapErr("open", abs, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -268,6 +270,48 @@ func (s *Store) init(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// writers holds a writer token per database file open in this process,
+// shared by its Stores. Stores on one file in one process then take turns
+// in Go, in arrival order, rather than through SQLite, where a store that
+// finds the lock taken tries again a millisecond later. (A file reached
+// by two paths, through a link, gets two tokens, and its stores take turns
+// through SQLite: correct, only slower.)
+var writers = writerTokens{m: make(map[string]*writerToken)}
+
+type writerTokens struct {
+	mu sync.Mutex
+	m  map[string]*writerToken
+}
+
+type writerToken struct {
+	sem  chan struct{}
+	refs int
+}
+
+// open returns the token of path, creating it for the first store.
+func (w *writerTokens) open(path string) chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t := w.m[path]
+	if t == nil {
+		t = &writerToken{sem: make(chan struct{}, 1)}
+		w.m[path] = t
+	}
+	t.refs++
+	return t.sem
+}
+
+// close forgets the token of path once its last store is closed.
+func (w *writerTokens) close(path string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t := w.m[path]; t != nil {
+		if t.refs--; t.refs == 0 {
+			delete(w.m, path)
+		}
+	}
 }
 
 // clock returns the host clock in ticks.
@@ -882,8 +926,11 @@ func (s *Store) Close() error {
 	close(s.done)
 	s.stopSweep()
 	s.sweeper.Wait()
-	s.sem <- struct{}{} // never released: the store is done
-	return wrapErr("close", s.path, s.closeDB())
+	s.sem <- struct{}{} // wait for the operation in progress
+	err := s.closeDB()
+	<-s.sem
+	writers.close(s.path)
+	return wrapErr("close", s.path, err)
 }
 
 func (s *Store) closeDB() error {
