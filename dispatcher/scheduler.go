@@ -27,11 +27,11 @@ import (
 type scheduler[T, R any] struct {
 	d *Dispatcher[T, R]
 
-	mu      sync.Mutex // before any Future's mutex, never after
-	keys    map[string]*keyState[T, R]
-	ready   ring[*keyState[T, R]]
-	timers  keyHeap[T, R] // waiting keys, by when they may ask again
-	slots   jobHeap[T, R] // booked jobs, by slot
+	mu     sync.Mutex // before any Future's mutex, never after
+	keys   map[string]*keyState[T, R]
+	ready  ring[*keyState[T, R]]
+	timers keyHeap[T, R] // waiting keys, by when they may ask again
+	slots  jobHeap[T, R] // booked jobs, by slot
 	// idle and waiting change under mu, except that workers give back
 	// their place and their reservation without it.
 	idle    atomic.Int64  // workers neither running a job nor reserved for one
