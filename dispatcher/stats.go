@@ -53,9 +53,9 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 	st := Stats{
 		Submitted:     c.submitted.Load(),
 		Running:       c.running.Load(),
-		Succeeded:     c.succeeded.Load(),
-		Failed:        c.failed.Load(),
-		Cancelled:     c.cancelled.Load(),
+		Succeeded:     c.outcome(outcomeSucceeded).Load(),
+		Failed:        c.outcome(outcomeFailed).Load(),
+		Cancelled:     c.outcome(outcomeCancelled).Load(),
 		Retried:       c.retried.Load(),
 		BackendErrors: c.backendErrors.Load(),
 		AdmissionWait: c.wait.percentiles(),
@@ -71,9 +71,9 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 			c := k.stats
 			st.Keys[name] = KeyStats{
 				Submitted:     c.submitted.Load(),
-				Succeeded:     c.succeeded.Load(),
-				Failed:        c.failed.Load(),
-				Cancelled:     c.cancelled.Load(),
+				Succeeded:     c.outcome(outcomeSucceeded).Load(),
+				Failed:        c.outcome(outcomeFailed).Load(),
+				Cancelled:     c.outcome(outcomeCancelled).Load(),
 				Retried:       c.retried.Load(),
 				Throttled:     c.throttled.Load(),
 				Late:          c.late.Load(),
@@ -89,22 +89,21 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 	return st
 }
 
+// jobCounters count jobs, for the dispatcher and for each key.
+type jobCounters struct {
+	submitted, retried atomic.Int64
+	outcomes           [3]atomic.Int64 // by outcome
+	wait               histogram
+}
+
+func (c *jobCounters) outcome(o outcome) *atomic.Int64 { return &c.outcomes[o] }
+
 type counters struct {
-	submitted, succeeded, failed, cancelled, retried, running, backendErrors atomic.Int64
-	wait                                                                     histogram
+	jobCounters
+	running, backendErrors atomic.Int64
 
 	mu             sync.Mutex
 	lastBackendErr error
-}
-
-func (c *counters) outcome(o outcome) *atomic.Int64 {
-	switch o {
-	case outcomeSucceeded:
-		return &c.succeeded
-	case outcomeFailed:
-		return &c.failed
-	}
-	return &c.cancelled
 }
 
 func (c *counters) setBackendErr(err error) {
@@ -115,18 +114,8 @@ func (c *counters) setBackendErr(err error) {
 
 // keyCounters are one key's figures, kept with its queue: about 4 KiB.
 type keyCounters struct {
-	submitted, succeeded, failed, cancelled, retried, throttled, late atomic.Int64
-	wait                                                              histogram
-}
-
-func (k *keyCounters) outcome(o outcome) *atomic.Int64 {
-	switch o {
-	case outcomeSucceeded:
-		return &k.succeeded
-	case outcomeFailed:
-		return &k.failed
-	}
-	return &k.cancelled
+	jobCounters
+	throttled, late atomic.Int64
 }
 
 // histogram counts non-negative nanosecond durations in buckets of eight

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
@@ -34,14 +32,7 @@ func TestDispatcherFault(t *testing.T) {
 
 func testDispatcherFault(t *testing.T, policy redisstore.FailurePolicy) {
 	srv := redistest.Start(t)
-	c := redis.NewClient(&redis.Options{
-		Addr:          srv.Addr(),
-		DialTimeout:   200 * time.Millisecond,
-		DialerRetries: 1,
-		MaxRetries:    -1,
-		ReadTimeout:   time.Second,
-	})
-	t.Cleanup(func() { c.Close() })
+	c := failFastClient(t, srv.Addr())
 	s := newStore(t, c, redisstore.Options{FailurePolicy: policy, RetryInterval: 20 * time.Millisecond})
 	limit := bucket.PerSecond(200).WithBurst(3).WithQuota(60, 250*time.Millisecond)
 	lim, err := bucket.NewLimiter(s, limit)

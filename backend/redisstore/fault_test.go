@@ -32,6 +32,21 @@ func TestFault(t *testing.T) {
 // faultLimit is the limit of each of the fault test's keys.
 var faultLimit = bucket.PerSecond(200).WithBurst(4).WithQuota(60, 250*time.Millisecond)
 
+// failFastClient returns a client that fails fast, as docs/redis.md
+// advises: by default go-redis retries dialing 5 times and commands 3
+// times, riding out a short outage with calls that block for seconds.
+func failFastClient(t *testing.T, addr string) *redis.Client {
+	c := redis.NewClient(&redis.Options{
+		Addr:          addr,
+		DialTimeout:   200 * time.Millisecond,
+		DialerRetries: 1,
+		MaxRetries:    -1,
+		ReadTimeout:   time.Second,
+	})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 type faultStart struct {
 	key    int
 	d      bucket.Decision
@@ -40,17 +55,7 @@ type faultStart struct {
 
 func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 	srv := redistest.Start(t)
-	// A client that fails fast, as docs/redis.md advises: by default
-	// go-redis retries dialing 5 times and commands 3 times, riding out a
-	// short outage with calls that block for seconds.
-	c := redis.NewClient(&redis.Options{
-		Addr:          srv.Addr(),
-		DialTimeout:   200 * time.Millisecond,
-		DialerRetries: 1,
-		MaxRetries:    -1,
-		ReadTimeout:   time.Second,
-	})
-	t.Cleanup(func() { c.Close() })
+	c := failFastClient(t, srv.Addr())
 	s := newStore(t, c, redisstore.Options{FailurePolicy: policy, RetryInterval: 20 * time.Millisecond})
 	lim, err := bucket.NewLimiter(s, faultLimit)
 	if err != nil {
