@@ -113,9 +113,13 @@ func classify(path string, err error) (kind, explained error) {
 			return ErrCorrupt, err
 		case sqlite3.SQLITE_CANTOPEN:
 			// SQLite says only that it could not open a file: the
-			// database, its -wal or its -shm. If the directory refuses
-			// new files, that is why.
-			if dir := filepath.Dir(path); !dirWritable(dir) {
+			// database, its -wal or its -shm. If the directory is
+			// missing or refuses new files, that is why.
+			dir := filepath.Dir(path)
+			if fi, statErr := os.Stat(dir); statErr != nil || !fi.IsDir() {
+				return nil, fmt.Errorf("directory %s does not exist: %w", dir, err)
+			}
+			if !dirWritable(dir) {
 				return ErrReadOnly, fmt.Errorf("no file can be created in %s: %w", dir, err)
 			}
 		}

@@ -234,6 +234,11 @@ func TestOptions(t *testing.T) {
 			t.Errorf("Open with %s: error %q does not start with \"sqlitestore: \"", tt.name, err)
 		}
 	}
+	// A missing directory is not a read-only one.
+	_, err := sqlitestore.Open(filepath.Join(dir, "missing", "b.db"), sqlitestore.Options{})
+	if err == nil || errors.Is(err, sqlitestore.ErrReadOnly) || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("Open in a missing directory = %v, want an error saying the directory does not exist", err)
+	}
 	// Any byte of a path reaches the file system intact.
 	odd := filepath.Join(dir, "a?b#c%20d é.db")
 	open(t, odd, sqlitestore.Options{FullSync: true, SweepInterval: -1})

@@ -130,7 +130,7 @@ func hammer(t *testing.T, spec helperSpec) {
 	// Warm up the connection, the page cache and the statements.
 	ctx := context.Background()
 	for range 20 {
-		if _, err := s.Admit(ctx, bucket.Request{Key: fmt.Sprint("warm-up ", os.Getpid()), Limit: open_, Cost: 1}); err != nil {
+		if _, err := s.Admit(ctx, bucket.Request{Key: fmt.Sprint("warm-up ", os.Getpid()), Limit: unbounded, Cost: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -414,7 +414,7 @@ func benchChild(t *testing.T, spec helperSpec) {
 	cpu0 := cpuTime()
 
 	ctx := context.Background()
-	req := bucket.Request{Key: spec.Key, Limit: open_, Cost: 1}
+	req := bucket.Request{Key: spec.Key, Limit: unbounded, Cost: 1}
 	if spec.Batch == 0 {
 		for range spec.N {
 			if d, err := s.Admit(ctx, req); err != nil || !d.Allowed {

@@ -11,7 +11,7 @@ import (
 )
 
 // A limit that never binds, so that every admission is charged and written.
-var open_ = bucket.PerSecond(1_000_000).WithBurst(1_000_000_000)
+var unbounded = bucket.PerSecond(1_000_000).WithBurst(1_000_000_000)
 
 // reportRate reports the admissions per second of a benchmark that made n.
 func reportRate(b *testing.B, n int) {
@@ -24,8 +24,8 @@ func BenchmarkAdmit(b *testing.B) {
 		name string
 		lim  bucket.Limit
 	}{
-		{"rate", open_},
-		{"quota", open_.WithQuota(1_000_000_000, 1e9*1e3*3600)},
+		{"rate", unbounded},
+		{"quota", unbounded.WithQuota(1_000_000_000, 1e9*1e3*3600)},
 	} {
 		b.Run(lim.name+"/goroutines=1", func(b *testing.B) {
 			s := open(b, filepath.Join(b.TempDir(), "b.db"), sqlitestore.Options{})
@@ -44,7 +44,7 @@ func BenchmarkAdmit(b *testing.B) {
 		b.ReportAllocs()
 		b.SetParallelism(4)
 		b.RunParallel(func(pb *testing.PB) {
-			req := bucket.Request{Key: "tenant-1", Limit: open_, Cost: 1}
+			req := bucket.Request{Key: "tenant-1", Limit: unbounded, Cost: 1}
 			for pb.Next() {
 				if d, err := s.Admit(ctx, req); !d.Allowed || err != nil {
 					b.Errorf("Admit = %v, %v", d.Allowed, err)
@@ -63,7 +63,7 @@ func BenchmarkAdmit(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			req := bucket.Request{Key: keys[i%len(keys)], Limit: open_, Cost: 1}
+			req := bucket.Request{Key: keys[i%len(keys)], Limit: unbounded, Cost: 1}
 			if d, err := s.Admit(ctx, req); !d.Allowed || err != nil {
 				b.Fatalf("Admit = %v, %v", d.Allowed, err)
 			}
@@ -82,7 +82,7 @@ func BenchmarkAdmitBatch(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				for i := range batch {
-					batch[i].Request = bucket.Request{Key: "tenant-" + strconv.Itoa(i%keys), Limit: open_, Cost: 1}
+					batch[i].Request = bucket.Request{Key: "tenant-" + strconv.Itoa(i%keys), Limit: unbounded, Cost: 1}
 				}
 				s.AdmitBatch(ctx, batch)
 				for i := range batch {
