@@ -859,13 +859,15 @@ func (s *Store) sweepEvery(ctx context.Context, every time.Duration) {
 	}
 }
 
-// Has reports whether the file holds a row for key.
+// Has reports whether the file holds a row for key. Like every operation
+// it takes the file's write lock.
 func (s *Store) Has(ctx context.Context, key string) (bool, error) {
 	n, err := s.query(ctx, "has", s.stmt.has, []byte(key))
 	return n > 0, err
 }
 
-// Len returns the number of keys the file holds rows for.
+// Len returns the number of keys the file holds rows for. It counts every
+// row, holding the file's write lock meanwhile.
 func (s *Store) Len(ctx context.Context) (int, error) {
 	n, err := s.query(ctx, "len", s.stmt.count)
 	return int(n), err

@@ -5,7 +5,7 @@ import "sync"
 // writers holds a writer token per database file open in this process,
 // shared by its Stores. Stores on one file in one process then take turns
 // in Go, in arrival order, rather than through SQLite, where a store that
-// finds the lock taken tries again a millisecond later. (A file reached
+// finds the lock taken tries again 1 to 8 ms later. (A file reached
 // by two paths, through a link, gets two tokens, and its stores take turns
 // through SQLite: correct, only slower.)
 var writers = writerTokens{m: make(map[string]*writerToken)}
