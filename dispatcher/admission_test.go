@@ -324,3 +324,33 @@ func TestBackpressure(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleKeysForgotten: the scheduler forgets a key, and its figures, a
+// minute after its last job; memory follows the keys in use.
+func TestIdleKeysForgotten(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))), dispatcher.WithKey(taskKey))
+		var fs []*dispatcher.Future[int]
+		for i := range 1000 {
+			f, err := d.Submit(context.Background(), task{fmt.Sprint("tenant-", i), i})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs = append(fs, f)
+		}
+		for _, f := range fs {
+			f.Wait(context.Background())
+		}
+		if n := len(d.Stats().Keys); n != 1000 {
+			t.Fatalf("Stats.Keys holds %d keys after 1,000 keys' jobs, want 1000", n)
+		}
+		time.Sleep(2 * time.Minute)
+		if _, err := d.Do(context.Background(), task{"fresh", 0}); err != nil { // wakes the scheduler
+			t.Fatal(err)
+		}
+		if keys := d.Stats().Keys; len(keys) != 1 {
+			t.Errorf("two minutes later Stats.Keys holds %d keys, want only the one in use", len(keys))
+		}
+	})
+}
