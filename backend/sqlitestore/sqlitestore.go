@@ -313,17 +313,26 @@ func (s *Store) txn(ctx context.Context, op string, fn func(host int64) error) e
 		return wrapErr(op, s.path, err)
 	}
 	bg := context.Background()
-	err := fn(s.clock())
-	if err == nil {
-		if _, err = s.stmt.commit.ExecContext(bg); err == nil {
-			if s.pages >= s.checkpointEvery {
-				s.checkpoint()
-			}
-			return nil
+	committed := false
+	defer func() {
+		if !committed {
+			// fn failed, the commit did, or fn panicked: never leave the
+			// connection inside a transaction. This fails harmlessly if
+			// SQLite already rolled back.
+			s.stmt.rollback.ExecContext(bg)
 		}
+	}()
+	if err := fn(s.clock()); err != nil {
+		return wrapErr(op, s.path, err)
 	}
-	s.stmt.rollback.ExecContext(bg) // fails harmlessly if SQLite already rolled back
-	return wrapErr(op, s.path, err)
+	if _, err := s.stmt.commit.ExecContext(bg); err != nil {
+		return wrapErr(op, s.path, err)
+	}
+	committed = true
+	if s.pages >= s.checkpointEvery {
+		s.checkpoint()
+	}
+	return nil
 }
 
 // checkpointEvery is how many rows a store writes between the checkpoints
@@ -618,6 +627,10 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 // maxCombined is the most Admit calls one transaction decides.
 const maxCombined = 256
 
+// maxKept is the most keys of a batch whose scratch memory a store keeps
+// for the next batch.
+const maxKept = 1024
+
 // A call is an Admit waiting in the queue.
 type call struct {
 	req  bucket.Request
@@ -733,6 +746,10 @@ func inTxn(a *bucket.Admission) bool { return a.Err == nil && !a.Request.Limit.I
 // returns the transaction's error, in which case nothing was charged.
 func (s *Store) admitTxn(ctx context.Context, batch []bucket.Admission) error {
 	return s.txn(ctx, "admit", func(host int64) error {
+		if len(s.index) > maxKept {
+			// A huge batch is past: let its memory go.
+			s.index, s.entries = make(map[string]int), nil
+		}
 		clear(s.index)
 		s.entries = s.entries[:0]
 		for i := range batch {
