@@ -268,7 +268,11 @@ func main() {
 		for _, s := range r.skipped {
 			fmt.Println("skipped:", s)
 		}
-		fmt.Printf("\ntotal %.0fs\n", time.Since(start).Seconds())
+		fmt.Printf("\ntotal %.0fs", time.Since(start).Seconds())
+		if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+			fmt.Printf(", load average at the end: %s", strings.Join(strings.Fields(string(load))[:3], " "))
+		}
+		fmt.Println()
 	}
 	if *plotTo != "" {
 		if err := plotResults(*plotTo, r.all); err != nil {
@@ -347,7 +351,7 @@ func printTable(w io.Writer, ms []Measurement) {
 
 func printMarkdown(w io.Writer, ms []Measurement) {
 	fmt.Fprintln(w, "| comparison | metric | ours | anchor | ratio | verdict | target |")
-	fmt.Fprintln(w, "| --- | --- | ---: | --- | ---: | --- | --- |")
+	fmt.Fprintln(w, "| --- | --- | --- | --- | ---: | --- | --- |")
 	for _, m := range ms {
 		a, ratio := "—", "—"
 		if m.Anchor != nil {
@@ -356,7 +360,7 @@ func printMarkdown(w io.Writer, ms []Measurement) {
 		if m.Ratio != nil {
 			ratio = fmt.Sprintf("%.2f", *m.Ratio)
 		}
-		fmt.Fprintf(w, "| `%s` | %s (%s) | %s (%s) | %s | %s | %s | %s |\n",
-			m.Name, m.Metric, m.Unit, num(m.Ours), spread(m.Spread.Ours), a, ratio, verdict(m), strings.ReplaceAll(targetCell(m), "|", "\\|"))
+		fmt.Fprintf(w, "| `%s` | %s (%s) | %s: **%s** (%s) | %s | %s | %s | %s |\n",
+			m.Name, m.Metric, m.Unit, m.OursName, num(m.Ours), spread(m.Spread.Ours), a, ratio, verdict(m), strings.ReplaceAll(targetCell(m), "|", "\\|"))
 	}
 }

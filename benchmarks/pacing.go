@@ -198,7 +198,6 @@ func pacingStall(r *reporter) {
 			wait()
 		}
 		time.Sleep(20 * time.Millisecond)
-		resume := time.Since(t0)
 		for range 30 {
 			wait()
 			starts = append(starts, int64(time.Since(t0)))
@@ -209,7 +208,6 @@ func pacingStall(r *reporter) {
 				burst++
 			}
 		}
-		_ = resume
 		return sample{"burst": float64(burst)}
 	}
 	var cs []contender
