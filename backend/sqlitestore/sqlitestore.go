@@ -232,15 +232,19 @@ func (s *Store) init(ctx context.Context) error {
 		return err
 	}
 	s.conn = c
-	var mode string
-	if err := c.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
-		return err
-	}
-	if mode != "wal" {
-		return fmt.Errorf("journal mode is %q: WAL mode could not be enabled (is the file on a network file system?)", mode)
-	}
-	if err := migrate(ctx, c); err != nil {
-		return err
+	// Processes opening a new file together may find SQLite refusing the
+	// switch to WAL mode with SQLITE_BUSY at once, without waiting (it
+	// would deadlock otherwise): try again, as for the write lock.
+	deadline := time.Now().Add(s.busy)
+	for sleep := retryFirst; ; sleep = min(2*sleep, retryMost) {
+		err := prepareFile(ctx, c)
+		if err == nil || !isBusy(err) || time.Now().Add(sleep).After(deadline) {
+			if err != nil {
+				return err
+			}
+			break
+		}
+		time.Sleep(sleep)
 	}
 	// From now on the store waits for the write lock itself (see begin);
 	// SQLite's own busy handler served the statements above.
@@ -272,6 +276,18 @@ func (s *Store) init(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// prepareFile puts the file in WAL mode and brings its schema up to date.
+func prepareFile(ctx context.Context, c *sql.Conn) error {
+	var mode string
+	if err := c.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+		return err
+	}
+	if mode != "wal" {
+		return fmt.Errorf("journal mode is %q: WAL mode could not be enabled (is the file on a network file system?)", mode)
+	}
+	return migrate(ctx, c)
 }
 
 // clock returns the host clock in ticks.
