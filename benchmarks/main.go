@@ -7,7 +7,9 @@
 //	cd benchmarks && go run .                 # every comparison, as a table
 //	go run . -json                            # one JSON object per measurement
 //	go run . -run 'pacing|limiter'            # a subset, by regexp on names
-//	go run . -plot ../docs/benchmarks.svg     # and a chart
+//	go run . -plot ../docs/benchmarks.svg     # and charts (…-pacing.svg beside it)
+//	go run . -markdown -save results.jsonl    # a Markdown table, and the figures kept
+//	go run . -replot results.jsonl -plot x.png  # the charts again, from kept figures
 //
 // Each figure is the median of -reps repetitions (default 5), run
 // interleaved with its anchor's, with the range of the repetitions as its
@@ -192,6 +194,8 @@ func main() {
 		reps    = flag.Int("reps", 5, "repetitions behind each median")
 		list    = flag.Bool("list", false, "list the comparisons and exit")
 		md      = flag.Bool("markdown", false, "print the table as Markdown")
+		save    = flag.String("save", "", "also write the measurements to this file, one JSON object a line")
+		replot  = flag.String("replot", "", "draw the -plot charts from a file written by -save or -json, without running anything")
 		cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 		memProf = flag.String("memprofile", "", "write an allocation profile of the run to this file")
 	)
@@ -199,6 +203,13 @@ func main() {
 	flag.Parse()
 	if isChild() {
 		runChild()
+		return
+	}
+	if *replot != "" {
+		if err := replotFrom(*replot, *plotTo); err != nil {
+			fmt.Fprintf(os.Stderr, "benchmarks: -replot: %v\n", err)
+			os.Exit(1)
+		}
 		return
 	}
 	if *list {
@@ -273,6 +284,12 @@ func main() {
 			fmt.Printf(", load average at the end: %s", strings.Join(strings.Fields(string(load))[:3], " "))
 		}
 		fmt.Println()
+	}
+	if *save != "" {
+		if err := saveResults(*save, r.all); err != nil {
+			fmt.Fprintf(os.Stderr, "benchmarks: -save: %v\n", err)
+			os.Exit(1)
+		}
 	}
 	if *plotTo != "" {
 		if err := plotResults(*plotTo, r.all); err != nil {
@@ -363,4 +380,45 @@ func printMarkdown(w io.Writer, ms []Measurement) {
 		fmt.Fprintf(w, "| `%s` | %s (%s) | %s: **%s** (%s) | %s | %s | %s | %s |\n",
 			m.Name, m.Metric, m.Unit, m.OursName, num(m.Ours), spread(m.Spread.Ours), a, ratio, verdict(m), strings.ReplaceAll(targetCell(m), "|", "\\|"))
 	}
+}
+
+// saveResults writes ms to path, one JSON object a line, as -json prints.
+func saveResults(path string, ms []Measurement) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	for _, m := range ms {
+		if err := enc.Encode(m); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// replotFrom draws the charts of the measurements saved in path.
+func replotFrom(path, plotTo string) error {
+	if plotTo == "" {
+		return fmt.Errorf("-replot needs -plot FILE")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var ms []Measurement
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		var m Measurement
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			return err
+		}
+		if m.Metric != "" { // not a "skipped" line
+			ms = append(ms, m)
+		}
+	}
+	return plotResults(plotTo, ms)
 }
