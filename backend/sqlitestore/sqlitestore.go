@@ -4,9 +4,9 @@
 // Each admission is decided in a BEGIN IMMEDIATE transaction: read the
 // key's row, decide with the mathematics of package bucket, write the row.
 // Alone, an admission is one transaction and costs about 35 µs of CPU on a
-// 2-core cloud VM: about 25,000 admissions/s from one process, and about
-// 23,000/s from four processes on one file together, since SQLite has one
-// writer at a time. Concurrent Admit calls of a process share
+// 2-core cloud VM: about 25,000 admissions/s from one process, and
+// 21,000–23,000/s from four processes on one file together, since SQLite
+// has one writer at a time. Concurrent Admit calls of a process share
 // transactions (about 75,000/s from 8 goroutines), and AdmitBatch decides a
 // whole batch in one (about 1,500,000/s in batches of 64 on one key). See
 // docs/sqlite.md for when to choose this backend and how to run it.
