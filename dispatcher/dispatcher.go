@@ -122,7 +122,7 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 	}
 	d.base, d.stopBase = context.WithCancel(context.Background())
 	if d.lim != nil {
-		d.run = make(chan *job[T, R], (1+overbookFactor)*cfg.workers) // free workers, plus those overbooked (see scheduler.overbook)
+		d.run = make(chan *job[T, R], cfg.workers+cfg.batch) // free workers, plus those overbooked (see scheduler.overbook)
 		d.sched = newScheduler(d)
 		d.wg.Add(1)
 		go d.sched.loop()

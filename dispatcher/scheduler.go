@@ -45,11 +45,9 @@ type scheduler[T, R any] struct {
 
 	afterAdmit func()       // a test hook: stalls the scheduler
 	rtt        atomic.Int64 // moving average of an admission batch's round trip
-	lag        atomic.Int64 // moving average of how late the scheduler's timer fires
+	lag        atomic.Int64 // moving average of how late jobs reach their workers
 	run        atomic.Int64 // moving average of a handler's run
 }
-
-const overbookFactor = 1
 
 // window is how far ahead jobs are booked: the configured window, or four
 // backend round trips if that is more, so that a refused key that asks
@@ -64,17 +62,16 @@ func (s *scheduler[T, R]) ran(d int64) {
 	s.run.Store(s.run.Load() + (d-s.run.Load())/8)
 }
 
-// overbook is how many jobs may be admitted beyond the free workers. While
-// handlers return quickly (well inside the lateness tolerance) a job
-// admitted for a busy worker still starts on time, and admitting ahead
-// lets the scheduler decide in batches instead of one job per freed
-// worker. Slow handlers get none: their jobs would reach a worker late,
-// give their admission back and ask again.
+// overbook is how many jobs may be admitted beyond the free workers: as
+// many as the workers run in half the lateness tolerance, at most a batch.
+// While handlers return quickly, a job admitted for a busy worker still
+// starts on time, and admitting ahead lets the scheduler decide in large
+// batches (one Redis pipeline, one SQLite transaction) instead of one job
+// per freed worker. Slow handlers get none: their jobs would reach a
+// worker late, give their admission back and ask again.
 func (s *scheduler[T, R]) overbook() int64 {
-	if s.run.Load() < int64(s.d.cfg.lateness)/8 {
-		return overbookFactor * int64(s.d.cfg.workers)
-	}
-	return 0
+	ahead := int64(s.d.cfg.lateness) / (2 * max(s.run.Load(), 1)) // jobs per worker
+	return min(int64(s.d.cfg.workers)*ahead, int64(s.d.cfg.batch))
 }
 
 type phase uint8
@@ -281,10 +278,6 @@ func (s *scheduler[T, R]) loop() {
 		select {
 		case <-s.wake:
 		case <-tick:
-			// How late this process's timers fire is the scheduling
-			// jitter that late() tolerates.
-			lag := max(s.d.now()-now-next, 0)
-			s.lag.Store(s.lag.Load() + (lag-s.lag.Load())/8)
 		case <-s.d.quit:
 			return
 		}
@@ -457,11 +450,12 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 
 // tolerance is how late a job may reach its worker: a millisecond, plus
 // twice the usual backend round trip (which no client can see inside),
-// plus how late this process's timers usually fire — up to three more
-// milliseconds. Jobs that are all late by the usual lag keep their spacing;
-// only lateness beyond it bunches starts up, and that is what is refused.
-// On a quiet machine the lag is tens of microseconds; on a loaded one,
-// refusing every job the lag delays would give most bookings back.
+// plus how late jobs usually reach their workers in this process (timer
+// and goroutine wake-up latency), up to three more milliseconds. Jobs that
+// are all late by the usual amount keep their spacing; only lateness beyond
+// it bunches starts up, and that is what is refused. On a quiet machine the
+// usual lateness is tens of microseconds; on a loaded one, refusing every
+// job it delays would give most bookings back.
 func (s *scheduler[T, R]) tolerance() int64 {
 	lateness := int64(s.d.cfg.lateness)
 	return lateness + 2*s.rtt.Load() + min(s.lag.Load(), 3*lateness)
@@ -473,7 +467,15 @@ func (s *scheduler[T, R]) tolerance() int64 {
 // admission is given back (if no later one depends on it) and it waits in
 // its key's queue for a new one.
 func (s *scheduler[T, R]) late(j *job[T, R]) bool {
-	if j.slot == 0 || s.d.stopped.Load() || s.d.now()-j.slot <= s.tolerance() {
+	if j.slot == 0 || s.d.stopped.Load() {
+		return false
+	}
+	lateness := s.d.now() - j.slot
+	tolerance := s.tolerance()
+	// A stall's outlier moves the usual lateness by at most half a
+	// millisecond.
+	s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
+	if lateness <= tolerance {
 		return false
 	}
 	refund := j.admission()
