@@ -16,8 +16,9 @@ import (
 // The scheduler admits jobs through the limiter before they take a worker.
 //
 // Each key has a FIFO of jobs; only its head asks the bucket, and only
-// when a worker is free to start it, so an admitted job starts at its slot
-// rather than queueing behind busy workers (which would bunch starts up).
+// when a worker will be free to start it on time (see overbook), so an
+// admitted job starts at its slot rather than queueing behind busy workers
+// (which would bunch starts up).
 // Ready keys are served round-robin and decided in batches (one backend
 // round trip for many keys). A job booked a little ahead waits in a timer
 // heap for its slot while its key asks for the next job, so a fast key
