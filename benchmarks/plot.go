@@ -54,6 +54,7 @@ func (r ratioBars) XError(i int) (float64, float64) {
 
 func plotRatios(path string, ms []Measurement) error {
 	var rows ratioBars
+	seen := map[string]bool{}
 	for _, m := range ms {
 		if strings.HasPrefix(m.Name, "pacing/") {
 			continue // in the pacing chart, as absolute figures
@@ -62,7 +63,11 @@ func plotRatios(path string, ms []Measurement) error {
 		if !ok {
 			continue
 		}
-		label := fmt.Sprintf("%s: %s vs %s", strings.TrimSuffix(m.Name, ""), m.Metric, shortName(m.AnchorName))
+		label := fmt.Sprintf("%s: %s vs %s", m.Name, m.Metric, shortName(m.AnchorName))
+		if seen[label] {
+			label = fmt.Sprintf("%s: %s (%s) vs %s", m.Name, m.Metric, m.OursName, shortName(m.AnchorName))
+		}
+		seen[label] = true
 		rows = append(rows, ratioRow{label, adv, min(lo, adv), max(hi, adv)})
 	}
 	if len(rows) == 0 {
