@@ -279,6 +279,9 @@ func main() {
 		for _, s := range r.skipped {
 			fmt.Println("skipped:", s)
 		}
+		if n := abandoned.Load(); n > 0 {
+			fmt.Printf("note: %d Dispatcher runs did not finish within their bound; only the jobs they completed count\n", n)
+		}
 		fmt.Printf("\ntotal %.0fs", time.Since(start).Seconds())
 		if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 			fmt.Printf(", load average at the end: %s", strings.Join(strings.Fields(string(load))[:3], " "))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/alitto/pond/v2"
@@ -35,26 +36,101 @@ func resultsFor(n int) []int {
 
 // poolRun measures one pass of n trivial jobs submitted from one goroutine
 // and drained: jobs/s, heap allocations per job and the peak heap above
-// the start, in bytes.
-func poolRun(n int, run func(n int)) sample {
+// the start, in MiB. run returns how many jobs completed: a dispatcher
+// that drains too slowly is stopped (see drain), and only what completed
+// counts.
+func poolRun(n int, run func(n int) int) sample {
 	resultsFor(n)
 	peak := startPeak()
 	m0 := mallocs()
 	t0 := time.Now()
-	run(n)
+	done := run(n)
 	el := time.Since(t0)
 	m1 := mallocs()
 	p := peak.Stop()
 	return sample{
-		"jobs/s":     float64(n) / el.Seconds(),
-		"allocs/job": float64(m1-m0) / float64(n),
+		"jobs/s":     float64(done) / el.Seconds(),
+		"allocs/job": float64(m1-m0) / float64(max(done, 1)),
 		"peak-MB":    p / (1 << 20),
+	}
+}
+
+// drainTime bounds how long a Dispatcher may take to drain after the last
+// Submit, and maxRun how long a fixed number of jobs may take, so that a
+// Dispatcher that has slowed down cannot hold up the program: what it did
+// not finish does not count.
+const (
+	drainTime = 2 * time.Second
+	maxRun    = 10 * time.Second
+)
+
+// drain shuts d down, hard if it has not drained within drainTime, and
+// returns how many jobs succeeded. If the hard stop itself does not
+// return within another drainTime, drain stops waiting (Shutdown goes on
+// in the background) and counts what succeeded so far.
+func drain[T, R any](d *dispatcher.Dispatcher[T, R]) int {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), drainTime)
+		defer cancel()
+		d.Shutdown(ctx)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * drainTime):
+		abandoned.Add(1)
+	}
+	return int(d.Stats().Succeeded)
+}
+
+// abandoned counts the Dispatchers whose Shutdown did not return in time.
+var abandoned atomic.Int64
+
+// feed submits jobs first, first+step, ... from one goroutine and returns
+// how many succeeded, so that a Dispatcher that has slowed down cannot
+// hold up the program (what it did not finish does not count):
+//
+//   - n ≥ 0: n jobs with Submit's blocking backpressure, then drain. If
+//     they are not all submitted within maxRun, feed gives up on d (the
+//     blocked Submit is left behind: Shutdown cannot end it, see
+//     docs/benchmarks.md) and counts what succeeded.
+//   - n < 0: as many jobs as it can until the deadline, each submitted
+//     with a context that ends at the deadline (jobs still queued then are
+//     cancelled), then drain.
+func feed[R any](d *dispatcher.Dispatcher[int, R], n int, deadline time.Time, first, step int) int {
+	if n < 0 {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		defer cancel()
+		for i := first; ; i += step {
+			if _, err := d.Submit(ctx, i); err != nil {
+				break
+			}
+		}
+		return drain(d)
+	}
+	submitted := make(chan struct{})
+	go func() {
+		defer close(submitted)
+		ctx := context.Background()
+		for i, k := first, 0; k < n; i, k = i+step, k+1 {
+			if _, err := d.Submit(ctx, i); err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-submitted:
+		return drain(d)
+	case <-time.After(time.Until(deadline)):
+		abandoned.Add(1)
+		return int(d.Stats().Succeeded)
 	}
 }
 
 // The four pools, each running n jobs whose handler writes results[i],
 // with limit (if not nil) called in the handler for the job's key.
-func runOurs(n int, lim *bucket.Limiter, ks []string) {
+func runOurs(n int, lim *bucket.Limiter, ks []string) int {
 	res := results
 	h := func(_ context.Context, i int) (int, error) { res[i] = i; return i, nil }
 	opts := []dispatcher.Option{dispatcher.WithWorkers(poolWorkers)}
@@ -65,15 +141,7 @@ func runOurs(n int, lim *bucket.Limiter, ks []string) {
 	if err != nil {
 		panic(err)
 	}
-	ctx := context.Background()
-	for i := range n {
-		if _, err := d.Submit(ctx, i); err != nil {
-			panic(err)
-		}
-	}
-	if err := d.Shutdown(ctx); err != nil {
-		panic(err)
-	}
+	return feed(d, n, time.Now().Add(maxRun), 0, 1)
 }
 
 // glue is what a user writes to limit per key inside a pool's task: wait
@@ -89,7 +157,7 @@ func mapGlue(ml *mapLimiter) glue {
 	}
 }
 
-func runPond(n int, g glue, ks []string) {
+func runPond(n int, g glue, ks []string) int {
 	res := results
 	p := pond.NewResultPool[int](poolWorkers)
 	for i := range n {
@@ -102,9 +170,10 @@ func runPond(n int, g glue, ks []string) {
 		})
 	}
 	p.StopAndWait()
+	return n
 }
 
-func runAnts(n int, g glue, ks []string) {
+func runAnts(n int, g glue, ks []string) int {
 	res := results
 	p, err := ants.NewPool(poolWorkers)
 	if err != nil {
@@ -125,9 +194,10 @@ func runAnts(n int, g glue, ks []string) {
 	}
 	wg.Wait()
 	p.Release()
+	return n
 }
 
-func runErrgroup(n int, g glue, ks []string) {
+func runErrgroup(n int, g glue, ks []string) int {
 	res := results
 	var eg errgroup.Group
 	eg.SetLimit(poolWorkers)
@@ -141,6 +211,7 @@ func runErrgroup(n int, g glue, ks []string) {
 		})
 	}
 	eg.Wait()
+	return n
 }
 
 // poolThroughput compares the Dispatcher with pond's ResultPool, ants and
@@ -160,10 +231,10 @@ func poolThroughput(limited bool) func(r *reporter) {
 			g = mapGlue(newMapLimiter(rate.Limit(1e9), 1e9))
 		}
 		res := repeat(r.reps,
-			calibrated("ours", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) { runOurs(n, lim, ks) }) }),
-			calibrated("pond", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) { runPond(n, g, ks) }) }),
-			calibrated("ants", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) { runAnts(n, g, ks) }) }),
-			calibrated("errgroup", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) { runErrgroup(n, g, ks) }) }),
+			calibrated("ours", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) int { return runOurs(n, lim, ks) }) }),
+			calibrated("pond", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) int { return runPond(n, g, ks) }) }),
+			calibrated("ants", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) int { return runAnts(n, g, ks) }) }),
+			calibrated("errgroup", 20_000, poolTime, func(n int) sample { return poolRun(n, func(n int) int { return runErrgroup(n, g, ks) }) }),
 		)
 		suffix := ""
 		if limited {

@@ -239,7 +239,7 @@ func redisDispatcher(r *reporter) {
 		panic(err)
 	}
 	rr := redis_rate.NewLimiter(ac)
-	ours := func(n int) {
+	ours := func(n int) int {
 		res := results
 		d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { res[i] = i; return i, nil },
 			dispatcher.WithWorkers(workers), dispatcher.WithLimiter(lim),
@@ -247,20 +247,9 @@ func redisDispatcher(r *reporter) {
 		if err != nil {
 			panic(err)
 		}
-		ctx := context.Background()
-		for i := range n {
-			if _, err := d.Submit(ctx, i); err != nil {
-				panic(err)
-			}
-		}
-		if err := d.Shutdown(ctx); err != nil {
-			panic(err)
-		}
-		if st := d.Stats(); st.Succeeded != int64(n) {
-			panic(fmt.Sprintf("redis dispatcher: %d of %d jobs succeeded (%+v)", st.Succeeded, n, st))
-		}
+		return feed(d, n, time.Now().Add(maxRun), 0, 1)
 	}
-	anchor := func(n int) {
+	anchor := func(n int) int {
 		res := results
 		ctx := context.Background()
 		p := pond.NewResultPool[int](workers)
@@ -274,6 +263,7 @@ func redisDispatcher(r *reporter) {
 			})
 		}
 		p.StopAndWait()
+		return n
 	}
 	res := repeat(r.reps,
 		calibrated("ours", 5_000, 500*time.Millisecond, func(n int) sample { return poolRun(n, ours) }),

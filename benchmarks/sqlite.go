@@ -23,8 +23,9 @@ var sqliteOpen = bucket.PerSecond(1_000_000).WithBurst(1_000_000_000)
 // sqliteChild serves a parent: it opens the file, says "ready", and for
 // each line "MODE NS OFFSET" admits for NS nanoseconds over 1,000 keys
 // starting at OFFSET, one Admit at a time (MODE admit) or as jobs through
-// a Dispatcher that decides them in batches (MODE dispatch), and answers
-// "done COUNT ELAPSED_NS MALLOCS".
+// a Dispatcher that decides them in batches (MODE dispatch; COUNT is the
+// jobs that completed, the Dispatcher being stopped if it has not drained
+// within drainTime), and answers "done COUNT ELAPSED_NS MALLOCS".
 func sqliteChild(path string, in io.Reader, out io.Writer) error {
 	s, err := sqlitestore.Open(path, sqlitestore.Options{})
 	if err != nil {
@@ -69,18 +70,7 @@ func sqliteChild(path string, in io.Reader, out io.Writer) error {
 			if err != nil {
 				return err
 			}
-			for i := offset; time.Now().Before(deadline); i += 7 {
-				if _, err := d.Submit(ctx, i); err != nil {
-					return err
-				}
-				n++
-			}
-			if err := d.Shutdown(ctx); err != nil {
-				return err
-			}
-			if st := d.Stats(); st.Succeeded != int64(n) {
-				return fmt.Errorf("dispatch: %d of %d jobs succeeded: %+v", st.Succeeded, n, st)
-			}
+			n = feed(d, -1, deadline, offset, 7) // only what completed counts
 		default:
 			return fmt.Errorf("unknown mode %q", mode)
 		}
