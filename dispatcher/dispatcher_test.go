@@ -250,3 +250,79 @@ func (s *starts) check(t *testing.T, key string, lim bucket.Limit, want int) {
 		t.Errorf("key %s: %v", key, err)
 	}
 }
+
+type ctxKey struct{}
+
+// TestJobContext: the Submit context's values reach the handler, and the
+// handler's context ends when the handler returns.
+func TestJobContext(t *testing.T) {
+	for _, withLimiter := range []bool{false, true} {
+		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
+			var opts []dispatcher.Option
+			if withLimiter {
+				opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000))))
+			}
+			got := make(chan context.Context, 1)
+			d := newDispatcher(t, func(ctx context.Context, n int) (int, error) {
+				if ctx.Err() != nil {
+					return 0, fmt.Errorf("handler's context ended before the handler: %w", ctx.Err())
+				}
+				got <- ctx
+				v, _ := ctx.Value(ctxKey{}).(int)
+				return v, nil
+			}, opts...)
+			ctx := context.WithValue(context.Background(), ctxKey{}, 42)
+			if v, err := d.Do(ctx, 1); err != nil || v != 42 {
+				t.Fatalf("Do = %d, %v; want the ctx value 42", v, err)
+			}
+			hctx := <-got
+			select {
+			case <-hctx.Done():
+			default:
+				t.Error("the handler's context is not done after the handler returned")
+			}
+			if !errors.Is(hctx.Err(), context.Canceled) {
+				t.Errorf("handler's context Err = %v after the run, want context.Canceled", hctx.Err())
+			}
+		})
+	}
+}
+
+// TestStatsAdmissionWait: with one key at 10/s and burst 1, the n-th job
+// waits n×100ms from Submit to start; the percentiles say so.
+func TestStatsAdmissionWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDispatcher(t, double, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1))
+		var fs []*dispatcher.Future[int]
+		for i := range 100 {
+			f, err := d.Submit(context.Background(), i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs = append(fs, f)
+		}
+		synctest.Wait()
+		if st := d.Stats(); st.Waiting == 0 || st.Queued == 0 {
+			t.Errorf("with 99 jobs held back by their bucket, Stats = %+v, want Queued and Waiting above 0", st)
+		}
+		for _, f := range fs {
+			f.Wait(context.Background())
+		}
+		st := d.Stats()
+		w := st.AdmissionWait
+		// Exact waits are 0, 100ms, …, 9.9s; buckets are at most 12.5% wide.
+		check := func(name string, got, want time.Duration) {
+			if got < want || got > want+want/8+time.Millisecond {
+				t.Errorf("AdmissionWait.%s = %v, want %v (+12.5%%)", name, got, want)
+			}
+		}
+		check("P50", w.P50, 4900*time.Millisecond)
+		check("P90", w.P90, 8900*time.Millisecond)
+		if w.Count != 100 || w.Max != 9900*time.Millisecond {
+			t.Errorf("AdmissionWait = %+v, want 100 waits, the longest 9.9s", w)
+		}
+		if k := st.Keys["default"]; k.Throttled == 0 || k.AdmissionWait.Count != 100 {
+			t.Errorf("Stats.Keys[default] = %+v, want throttled admissions and 100 waits", k)
+		}
+	})
+}
