@@ -32,9 +32,19 @@ func advantage(m Measurement) (adv, lo, hi float64, ok bool) {
 	}
 	o, a := m.Spread.Ours, *m.Spread.Anchor
 	if m.Better == "higher" {
-		return m.Ours / *m.Anchor, o[0] / a[1], o[1] / a[0], true
+		adv, lo, hi = m.Ours / *m.Anchor, o[0]/a[1], o[1]/a[0]
+	} else {
+		adv, lo, hi = *m.Anchor/m.Ours, a[0]/o[1], a[1]/o[0]
 	}
-	return *m.Anchor / m.Ours, a[0] / o[1], a[1] / o[0], true
+	// A repetition that measured 0 has no place on a log scale: the
+	// whisker stops at 1/1000 of the median, as do infinite ones above.
+	if !(lo > adv/1000) {
+		lo = adv / 1000
+	}
+	if !(hi < adv*1000) {
+		hi = adv * 1000
+	}
+	return adv, lo, hi, true
 }
 
 // ratioRow is a bar of the ratio chart.
