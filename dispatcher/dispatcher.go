@@ -48,9 +48,11 @@ type Dispatcher[T, R any] struct {
 	// each with a worker reserved for it (capacity cfg.workers).
 	run chan *job[T, R]
 
-	intake  sync.RWMutex  // read-held while submitting; write-held to close intake
-	closed  bool          // guarded by intake
-	closing chan struct{} // closed when intake closes
+	intake      sync.RWMutex  // read-held while submitting; write-held to close intake
+	closed      bool          // guarded by intake
+	closing     chan struct{} // closed when intake starts closing: wakes blocked submitters
+	closingOnce sync.Once
+	sealed      atomic.Bool // intake closed and no Submit in flight
 
 	sched *scheduler[T, R] // nil without a limiter
 
@@ -265,13 +267,11 @@ func (d *Dispatcher[T, R]) finish(j *job[T, R], val R, err error, o outcome) {
 	}
 }
 
+// checkDrained closes drained once intake is sealed (no Submit can add a
+// job) and every accepted job is resolved.
 func (d *Dispatcher[T, R]) checkDrained() {
-	select {
-	case <-d.closing:
-		if d.pending.Load() == 0 {
-			d.drainOnce.Do(func() { close(d.drained) })
-		}
-	default:
+	if d.sealed.Load() && d.pending.Load() == 0 {
+		d.drainOnce.Do(func() { close(d.drained) })
 	}
 }
 
@@ -392,11 +392,12 @@ func (d *Dispatcher[T, R]) Close() error {
 }
 
 func (d *Dispatcher[T, R]) closeIntake() {
+	// Wake submitters blocked on a full queue first: they hold intake for
+	// reading, and taking it for writing waits for them.
+	d.closingOnce.Do(func() { close(d.closing) })
 	d.intake.Lock()
-	if !d.closed {
-		d.closed = true
-		close(d.closing)
-	}
+	d.closed = true
+	d.sealed.Store(true)
 	d.intake.Unlock()
 	d.checkDrained()
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
@@ -254,6 +255,57 @@ func TestMemoryFlat(t *testing.T) {
 			if after > before+1<<20 {
 				t.Errorf("heap grew from %d to %d bytes over %d more jobs, want flat", before, after, total-total/10)
 			}
+		})
+	}
+}
+
+// TestShutdownWakesBlockedSubmit: Submit blocked on a full queue returns
+// ErrClosed when Shutdown begins, and Shutdown keeps its deadline.
+func TestShutdownWakesBlockedSubmit(t *testing.T) {
+	for _, withLimiter := range []bool{false, true} {
+		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				release := make(chan struct{})
+				opts := []dispatcher.Option{dispatcher.WithWorkers(1), dispatcher.WithQueue(1)}
+				if withLimiter {
+					opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000))))
+				}
+				d, err := dispatcher.New(func(ctx context.Context, n int) (int, error) {
+					select {
+					case <-release:
+					case <-ctx.Done():
+					}
+					return n, nil
+				}, opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer close(release)
+				for i := range 2 { // one running, one queued
+					if _, err := d.Submit(context.Background(), i); err != nil {
+						t.Fatal(err)
+					}
+					synctest.Wait()
+				}
+				blocked := make(chan error, 1)
+				go func() {
+					_, err := d.Submit(context.Background(), 2)
+					blocked <- err
+				}()
+				synctest.Wait()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				begin := time.Now()
+				if err := d.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("Shutdown with a running job that waits for release: %v, want DeadlineExceeded", err)
+				}
+				if took := time.Since(begin); took > time.Second {
+					t.Errorf("Shutdown took %v with a 1s deadline", took)
+				}
+				if err := <-blocked; !errors.Is(err, dispatcher.ErrClosed) {
+					t.Errorf("blocked Submit returned %v, want ErrClosed", err)
+				}
+			})
 		})
 	}
 }
