@@ -36,6 +36,10 @@ var redisState struct {
 func redisAddr() (string, string) {
 	redisState.once.Do(func() {
 		if a := os.Getenv("REDIS_ADDR"); a != "" {
+			if err := ping(a); err != nil {
+				redisState.note = fmt.Sprintf("REDIS_ADDR=%s does not answer: %v", a, err)
+				return
+			}
 			redisState.addr, redisState.note = a, "REDIS_ADDR"
 			return
 		}
