@@ -173,7 +173,7 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 	if ctx == nil {
 		return nil, errors.New("dispatcher: nil context")
 	}
-	j := &job[T, R]{parent: ctx, in: in, cost: 1, attempt: 1, then: then}
+	j := &job[T, R]{parent: ctx, in: in, cost: 1, attempt: 1, then: then, heapIdx: -1}
 	if d.sched != nil {
 		if j.key = d.keyOf(in); j.key == "" {
 			return nil, fmt.Errorf("dispatcher: job key: %w", bucket.ErrEmptyKey)
@@ -199,7 +199,7 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 		}
 		return &j.Future, nil
 	}
-	d.accept(j)
+	d.accept()
 	select {
 	case d.run <- j: // the common case, without a select's full cost
 	default:
@@ -230,7 +230,7 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 	return &j.Future, nil
 }
 
-func (d *Dispatcher[T, R]) accept(*job[T, R]) {
+func (d *Dispatcher[T, R]) accept() {
 	d.pending.Add(1)
 	d.stats.submitted.Add(1)
 }
@@ -296,7 +296,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	j.unwatchCtx()
 	if d.stopped.Load() {
 		d.finish(j, *new(R), ErrClosed, outcomeCancelled)
-		d.sched.release(j)
+		d.sched.release()
 		return
 	}
 	d.stats.running.Add(1)
@@ -338,7 +338,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		o = outcomeFailed
 	}
 	d.finish(j, val, err, o)
-	d.sched.release(j)
+	d.sched.release()
 }
 
 // call runs the handler, turning a panic into a *PanicError.

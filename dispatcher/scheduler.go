@@ -31,8 +31,8 @@ type scheduler[T, R any] struct {
 	mu     sync.Mutex // before any Future's mutex, never after
 	keys   map[string]*keyState[T, R]
 	ready  ring[*keyState[T, R]]
-	timers keyHeap[T, R] // waiting keys, by when they may ask again
-	slots  jobHeap[T, R] // booked jobs, by slot
+	timers timerHeap[*keyState[T, R]] // waiting keys, by when they may ask again
+	slots  timerHeap[*job[T, R]]      // booked jobs, by slot
 	// idle and waiting change under mu, except that workers give back
 	// their place and their reservation without it.
 	idle    atomic.Int64  // workers neither running a job nor reserved for one
@@ -252,11 +252,10 @@ func (s *scheduler[T, R]) loop() {
 			s.sweep(now)
 		}
 		next := int64(-1)
-		if len(s.timers) > 0 {
-			next = s.timers[0].wakeAt - now
-		}
-		if len(s.slots) > 0 && (next < 0 || s.slots[0].releaseAt-now < next) {
-			next = s.slots[0].releaseAt - now
+		for _, h := range [...]interface{ next() (int64, bool) }{s.timers, s.slots} {
+			if at, ok := h.next(); ok && (next < 0 || at-now < next) {
+				next = max(at-now, 0)
+			}
 		}
 		s.mu.Unlock()
 
@@ -292,12 +291,12 @@ func (s *scheduler[T, R]) loop() {
 // releaseDue hands booked jobs whose slot has come to their workers and
 // makes waiting keys whose time has come ready.
 func (s *scheduler[T, R]) releaseDue(now int64) {
-	for len(s.slots) > 0 && s.slots[0].releaseAt <= now {
+	for at, ok := s.slots.next(); ok && at <= now; at, ok = s.slots.next() {
 		j := heap.Pop(&s.slots).(*job[T, R])
 		s.keys[j.key].booked.remove(j)
 		s.hand(j)
 	}
-	for len(s.timers) > 0 && s.timers[0].wakeAt <= now {
+	for at, ok := s.timers.next(); ok && at <= now; at, ok = s.timers.next() {
 		k := heap.Pop(&s.timers).(*keyState[T, R])
 		if k.phase == keyWaiting {
 			s.settle(k)
@@ -389,7 +388,7 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 				j.setState(booked)
 				j.releaseAt = after + int64(a.Decision.Wait)
 				k.booked.pushBack(j)
-				heap.Push(&s.slots, j)
+				s.slots.set(j)
 			}
 			s.settle(k) // ask for the next job: it may fit in the booking window too
 		default:
@@ -435,7 +434,7 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	case booked:
 		k := s.keys[j.key]
 		k.booked.remove(j)
-		heap.Remove(&s.slots, j.heapIdx)
+		s.slots.remove(j)
 		s.idle.Add(1)
 		s.refundBooking(k, j)
 	case asking:
@@ -564,7 +563,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 			refund = &a
 		}
 		k.booked.remove(b)
-		heap.Remove(&s.slots, b.heapIdx)
+		s.slots.remove(b)
 		b.setState(queued)
 		b.slot = 0
 		k.jobs.insert(b)
@@ -589,8 +588,8 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	return true, nil
 }
 
-// release frees the worker that ran or dropped j.
-func (s *scheduler[T, R]) release(*job[T, R]) {
+// release frees the worker that ran or dropped a job.
+func (s *scheduler[T, R]) release() {
 	if s == nil {
 		return
 	}
@@ -608,7 +607,7 @@ func (s *scheduler[T, R]) stop() {
 			refunds = append(refunds, b.admission()) // only the latest can be refunded
 		}
 		for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
-			heap.Remove(&s.slots, b.heapIdx)
+			s.slots.remove(b)
 			b.setState(done)
 			s.waiting.Add(-1)
 			s.d.finish(b, *new(R), ErrClosed, outcomeCancelled)
@@ -669,65 +668,68 @@ func (r *ring[E]) pop() (E, bool) {
 	return e, true
 }
 
-// keyHeap orders waiting and holding keys by wakeAt.
-type keyHeap[T, R any] []*keyState[T, R]
+// A timed value waits in a timerHeap: it knows when it is due (ties broken
+// by sequence) and keeps its index there, so it can be moved or removed.
+type timed interface {
+	due() (at int64, seq uint64)
+	heapIndex() *int
+}
 
-func (h keyHeap[T, R]) Len() int           { return len(h) }
-func (h keyHeap[T, R]) Less(i, j int) bool { return h[i].wakeAt < h[j].wakeAt }
-func (h keyHeap[T, R]) Swap(i, j int) {
+func (k *keyState[T, R]) due() (int64, uint64) { return k.wakeAt, 0 }
+func (k *keyState[T, R]) heapIndex() *int      { return &k.heapIdx }
+func (j *job[T, R]) due() (int64, uint64)      { return j.releaseAt, j.seq }
+func (j *job[T, R]) heapIndex() *int           { return &j.heapIdx }
+
+// A timerHeap orders values by when they are due: the scheduler keeps one
+// of waiting keys and one of booked jobs.
+type timerHeap[E timed] []E
+
+func (h timerHeap[E]) Len() int { return len(h) }
+func (h timerHeap[E]) Less(i, j int) bool {
+	a, as := h[i].due()
+	b, bs := h[j].due()
+	return a < b || a == b && as < bs
+}
+func (h timerHeap[E]) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
+	*h[i].heapIndex(), *h[j].heapIndex() = i, j
 }
-func (h *keyHeap[T, R]) Push(x any) {
-	k := x.(*keyState[T, R])
-	k.heapIdx = len(*h)
-	*h = append(*h, k)
+func (h *timerHeap[E]) Push(x any) {
+	e := x.(E)
+	*e.heapIndex() = len(*h)
+	*h = append(*h, e)
 }
-func (h *keyHeap[T, R]) Pop() any {
+func (h *timerHeap[E]) Pop() any {
 	old := *h
-	k := old[len(old)-1]
-	old[len(old)-1] = nil
+	e := old[len(old)-1]
+	var zero E
+	old[len(old)-1] = zero
 	*h = old[:len(old)-1]
-	k.heapIdx = -1
-	return k
+	*e.heapIndex() = -1
+	return e
 }
 
-// jobHeap orders booked jobs by slot, then submission.
-type jobHeap[T, R any] []*job[T, R]
-
-func (h jobHeap[T, R]) Len() int { return len(h) }
-func (h jobHeap[T, R]) Less(i, j int) bool {
-	return h[i].releaseAt < h[j].releaseAt || h[i].releaseAt == h[j].releaseAt && h[i].seq < h[j].seq
-}
-func (h jobHeap[T, R]) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
-}
-func (h *jobHeap[T, R]) Push(x any) {
-	j := x.(*job[T, R])
-	j.heapIdx = len(*h)
-	*h = append(*h, j)
-}
-func (h *jobHeap[T, R]) Pop() any {
-	old := *h
-	j := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	j.heapIdx = -1
-	return j
-}
-
-// set puts k in the heap at k.wakeAt, or moves it there.
-func (h *keyHeap[T, R]) set(k *keyState[T, R]) {
-	if k.heapIdx >= 0 {
-		heap.Fix(h, k.heapIdx)
+// set puts e in the heap at its due time, or moves it there.
+func (h *timerHeap[E]) set(e E) {
+	if i := *e.heapIndex(); i >= 0 {
+		heap.Fix(h, i)
 		return
 	}
-	heap.Push(h, k)
+	heap.Push(h, e)
 }
 
-func (h *keyHeap[T, R]) remove(k *keyState[T, R]) {
-	if k.heapIdx >= 0 {
-		heap.Remove(h, k.heapIdx)
+// remove takes e out of the heap if it is there.
+func (h *timerHeap[E]) remove(e E) {
+	if i := *e.heapIndex(); i >= 0 {
+		heap.Remove(h, i)
 	}
+}
+
+// next returns when the first value is due, or false if the heap is empty.
+func (h timerHeap[E]) next() (int64, bool) {
+	if len(h) == 0 {
+		return 0, false
+	}
+	at, _ := h[0].due()
+	return at, true
 }
