@@ -182,26 +182,48 @@ func (q *QuotaState) prune(lo int64) {
 }
 
 // earliest returns the first time ≥ t at which cost more units fit within
-// max, given slots of width w.
+// max, given slots of width w. The units used are summed in 128 bits: with
+// bookings ahead and a limit lowered since, the slots can together hold
+// more than an int64.
 func (q *QuotaState) earliest(max, cost, t, w int64) int64 {
 	lo := floorDiv(t-q.Window, w)
-	var used int64
+	var used uint128
 	for _, s := range q.Slots {
 		if s.Index >= lo {
-			used += s.Count
+			used.add(s.Count)
 		}
 	}
 	for _, s := range q.Slots {
-		if used+cost <= max {
+		if used.fits(cost, max) {
 			break
 		}
 		if s.Index < lo {
 			continue
 		}
-		used -= s.Count
+		used.sub(s.Count)
 		t = (s.Index+1)*w + q.Window
 	}
 	return t
+}
+
+// uint128 is a sum of non-negative int64s.
+type uint128 struct{ hi, lo uint64 }
+
+func (u *uint128) add(n int64) {
+	var carry uint64
+	u.lo, carry = bits.Add64(u.lo, uint64(n), 0)
+	u.hi += carry
+}
+
+func (u *uint128) sub(n int64) {
+	var borrow uint64
+	u.lo, borrow = bits.Sub64(u.lo, uint64(n), 0)
+	u.hi -= borrow
+}
+
+// fits reports whether u + cost ≤ max, for cost, max ≥ 0.
+func (u uint128) fits(cost, max int64) bool {
+	return u.hi == 0 && u.lo <= uint64(max) && uint64(cost) <= uint64(max)-u.lo
 }
 
 func (q *QuotaState) add(index, cost int64) {

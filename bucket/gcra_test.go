@@ -672,6 +672,8 @@ func TestDecideHugeLimitsNeverOverAdmit(t *testing.T) {
 		{"1 per ns, burst MaxDuration, at µs", bucket.Every(1, 1).WithBurst(maxBurst(1, 1)), time.Microsecond, []int64{maxBurst(1, 1), 1}},
 		{"1 per s, burst MaxDuration/s", bucket.PerSecond(1).WithBurst(maxBurst(time.Second, 1)), time.Nanosecond, []int64{maxBurst(time.Second, 1), 1}},
 		{"1 per s, burst MaxDuration/s, at µs", bucket.PerSecond(1).WithBurst(maxBurst(time.Second, 1)), time.Microsecond, []int64{maxBurst(time.Second, 1), 1}},
+		// Used + cost passes MaxInt64 (found by FuzzDecide).
+		{"quota MaxInt64/s", bucket.Every(1, 1_000_000_000).WithBurst(math.MaxInt64).WithQuota(math.MaxInt64, time.Second), time.Nanosecond, []int64{math.MaxInt64, 1}},
 	}
 	for _, tt := range tests {
 		if err := tt.lim.Validate(); err != nil {
