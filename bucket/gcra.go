@@ -72,7 +72,9 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 	charge := mulClamp(c, t, span)
 	capacity := min(mulClamp(lim.Burst-c, t, span), span-charge)
 	start := max(now, st.TAT-capacity, st.Paused)
-	syncQuotas(st, lim, u)
+	if len(st.Quotas)|len(lim.Quotas) != 0 {
+		syncQuotas(st, lim, u)
+	}
 	for i := range st.Quotas {
 		q := &st.Quotas[i]
 		w := SlotWidth(q.Window)

@@ -14,7 +14,7 @@ import (
 // its own bucket; the limit of a key is the default limit or, with
 // WithKeyLimit, whatever the key function returns at each admission, so
 // limits can change at runtime. A Limiter is safe for concurrent use; its
-// cost per call is the backend's (about 50 ns in memory, a round trip for
+// cost per call is the backend's (about 100 ns in memory, a round trip for
 // SQLite or Redis).
 type Limiter struct {
 	backend  Backend

@@ -1,0 +1,69 @@
+package memstore
+
+import "testing"
+
+// Keys whose hashes collide share a chain: each is found, dropped and
+// counted on its own, whichever end of the chain it is at.
+func TestShardCollisions(t *testing.T) {
+	var sh shard
+	sh.m = make(map[uint64]*entry)
+	const h = 42
+	a, b, c := &entry{key: "a"}, &entry{key: "b"}, &entry{key: "c"}
+	for _, e := range []*entry{a, b, c} {
+		if sh.get(h, e.key) != nil {
+			t.Fatalf("get(%q) before put: found", e.key)
+		}
+		sh.put(h, e)
+	}
+	sh.put(h+1, &entry{key: "d"})
+	for _, e := range []*entry{a, b, c} {
+		if got := sh.get(h, e.key); got != e {
+			t.Fatalf("get(%q) = %p, want %p", e.key, got, e)
+		}
+	}
+	if sh.get(h, "d") != nil || sh.get(h+1, "a") != nil {
+		t.Fatal("get found a key under another key's hash")
+	}
+	for _, tc := range []struct {
+		drop *entry
+		left []*entry
+	}{{b, []*entry{a, c}}, {c, []*entry{a}}, {a, nil}} { // middle, head, last
+		sh.drop(h, sh.m[h], tc.drop)
+		if sh.get(h, tc.drop.key) != nil {
+			t.Fatalf("get(%q) after drop: found", tc.drop.key)
+		}
+		for _, e := range tc.left {
+			if sh.get(h, e.key) != e {
+				t.Fatalf("after dropping %q, get(%q) lost it", tc.drop.key, e.key)
+			}
+		}
+	}
+	if _, ok := sh.m[h]; ok || sh.n != 1 {
+		t.Fatalf("after dropping the whole chain: chain present %v, n = %d, want absent and 1", ok, sh.n)
+	}
+}
+
+// Sweep forgets fresh buckets anywhere in a chain and keeps the rest.
+func TestSweepCollisions(t *testing.T) {
+	s, err := New(Options{Shards: 1, SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sh := &s.shards[0]
+	const h = 7
+	busy := &entry{key: "busy"}
+	busy.TAT = 1 << 60 // not fresh for decades
+	for _, e := range []*entry{{key: "a"}, busy, {key: "c"}, {key: "d"}} {
+		sh.put(h, e)
+	}
+	s.Sweep()
+	if s.Len() != 1 || sh.get(h, "busy") != busy {
+		t.Fatalf("after Sweep: Len = %d, busy kept = %v; want 1, true", s.Len(), sh.get(h, "busy") == busy)
+	}
+	for _, k := range []string{"a", "c", "d"} {
+		if sh.get(h, k) != nil {
+			t.Errorf("after Sweep: fresh %q kept", k)
+		}
+	}
+}
