@@ -49,7 +49,8 @@ func SlotWidth(windowTicks int64) int64 { return ceilDiv(windowTicks, QuotaSlots
 // The request is admissible at the earliest t ≥ now such that the level
 // plus the cost fits the burst, t is past the pause, and every quota has
 // room; it is admitted if that t is no later than now+MaxWait. Intervals
-// are rounded up to whole ticks, so rounding never over-admits.
+// are rounded up to whole ticks, so rounding never over-admits. For one
+// state, now must never go backwards: slots of quotas are forgotten by it.
 func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, error) {
 	if err := req.Validate(); err != nil {
 		return Decision{}, err

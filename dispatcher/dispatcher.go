@@ -60,7 +60,7 @@ type Dispatcher[T, R any] struct {
 	drained   chan struct{}
 	drainOnce sync.Once
 	stopped   atomic.Bool // a hard stop began
-	current   []atomic.Pointer[job[T, R]]
+	crew      []worker[T, R]
 
 	base     context.Context // for backend calls; cancelled on hard stop
 	stopBase context.CancelFunc
@@ -93,7 +93,7 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 		epoch:   time.Now(),
 		closing: make(chan struct{}),
 		drained: make(chan struct{}),
-		current: make([]atomic.Pointer[job[T, R]], cfg.workers),
+		crew:    make([]worker[T, R], cfg.workers),
 		quit:    make(chan struct{}),
 	}
 	if cfg.key != nil {
@@ -249,8 +249,14 @@ const (
 	outcomeCancelled
 )
 
-// finish resolves j; every resolution goes through here.
+// finish resolves j; every resolution goes through here or finishRun.
 func (d *Dispatcher[T, R]) finish(j *job[T, R], val R, err error, o outcome) {
+	d.finishRun(j, val, err, o, &d.stats.jobCounters)
+}
+
+// finishRun resolves j and counts its outcome in c: a worker counts the
+// jobs it ran in its own counters, which no other core writes.
+func (d *Dispatcher[T, R]) finishRun(j *job[T, R], val R, err error, o outcome, c *jobCounters) {
 	j.unwatchCtx()
 	if !j.resolve(val, err) {
 		panic("dispatcher: job resolved twice") // a bug in this package
@@ -258,7 +264,7 @@ func (d *Dispatcher[T, R]) finish(j *job[T, R], val R, err error, o outcome) {
 	if j.then != nil {
 		j.then(&j.Future)
 	}
-	d.stats.outcome(o).Add(1)
+	c.outcome(o).Add(1)
 	if j.kc != nil {
 		j.kc.outcome(o).Add(1)
 	}
@@ -282,13 +288,23 @@ func (d *Dispatcher[T, R]) work(w int) {
 	}
 }
 
+// A worker's figures and its running job, apart from other workers' on
+// cache lines of their own: workers update them for every job.
+type worker[T, R any] struct {
+	jobCounters
+	current atomic.Pointer[job[T, R]]
+	_       [56]byte
+}
+
 func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
+	wk := &d.crew[w]
+	start := d.now()
 	if d.sched == nil {
 		if !j.stateCAS(queued, running) {
 			return // resolved while queued
 		}
 	} else {
-		if d.sched.late(j) {
+		if d.sched.late(j, start) {
 			return
 		}
 		d.sched.started()
@@ -299,15 +315,13 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		d.sched.release()
 		return
 	}
-	d.stats.running.Add(1)
-	start := d.now()
 	wait := start - j.submitted
-	d.stats.wait.record(wait)
+	wk.wait.record(wait)
 	if j.kc != nil {
 		j.kc.wait.record(wait)
 	}
-	d.current[w].Store(j)
-	if d.stopped.Load() { // a hard stop that missed d.current
+	wk.current.Store(j)
+	if d.stopped.Load() { // a hard stop that missed current
 		j.cancel(context.Canceled)
 	}
 	var ctx context.Context = j
@@ -316,12 +330,11 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	}
 	val, err := d.call(ctx, j.in)
 	ctxEnded := err != nil && j.Err() != nil // before the run's end ends it
-	if d.sched != nil {
+	if d.sched != nil && j.seq%8 == 0 {      // a sample is enough for an average
 		d.sched.ran(d.now() - start)
 	}
-	d.current[w].Store(nil)
+	wk.current.Store(nil)
 	j.cancel(context.Canceled) // the run is over: so is its context
-	d.stats.running.Add(-1)
 
 	if d.sched != nil {
 		var requeued bool
@@ -337,7 +350,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	default:
 		o = outcomeFailed
 	}
-	d.finish(j, val, err, o)
+	d.finishRun(j, val, err, o, &wk.jobCounters)
 	d.sched.release()
 }
 
@@ -426,8 +439,8 @@ func (d *Dispatcher[T, R]) hardStop() {
 				break
 			}
 		}
-		for w := range d.current {
-			if j := d.current[w].Load(); j != nil {
+		for w := range d.crew {
+			if j := d.crew[w].current.Load(); j != nil {
 				j.cancel(context.Canceled)
 			}
 		}

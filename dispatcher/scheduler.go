@@ -33,6 +33,7 @@ type scheduler[T, R any] struct {
 	ready  ring[*keyState[T, R]]
 	timers timerHeap[*keyState[T, R]] // waiting keys, by when they may ask again
 	slots  timerHeap[*job[T, R]]      // booked jobs, by slot
+	handed []*job[T, R]               // handed to workers, to be delivered
 	// idle and waiting change under mu, except that workers give back
 	// their place and their reservation without it.
 	idle    atomic.Int64  // workers neither running a job nor reserved for one
@@ -63,19 +64,16 @@ func (s *scheduler[T, R]) ran(d int64) {
 	s.run.Store(s.run.Load() + (d-s.run.Load())/8)
 }
 
-// overbook is how many jobs may be admitted beyond the free workers: one
-// per worker while handlers return quickly (well inside the lateness
-// tolerance), so that a job admitted for a busy worker still starts on time
-// and the scheduler decides in batches instead of one job per freed worker;
-// none for slow handlers, whose jobs would reach a worker late, give their
-// admission back and ask again. Admitting further ahead (up to a batch) was
-// measured to fall into loops of late give-backs on SQLite and Redis, whose
-// refunds cost a round trip each.
+// overbook is how many jobs may be admitted beyond the free workers, to
+// wait in the run queue for the next free one: as many as the workers get
+// through in a quarter of the lateness tolerance at the handlers' usual
+// run time, at most a batch. Admitting ahead lets the scheduler decide in
+// batches instead of one job per freed worker; admitting further ahead
+// than that would have jobs reach their workers late, give their
+// admission back and ask again (on SQLite and Redis, a round trip each).
 func (s *scheduler[T, R]) overbook() int64 {
-	if s.run.Load() < int64(s.d.cfg.lateness)/8 {
-		return int64(s.d.cfg.workers)
-	}
-	return 0
+	run := max(s.run.Load(), 1)
+	return min(int64(s.d.cfg.workers)*int64(s.d.cfg.lateness)/4/run, int64(s.d.cfg.batch))
 }
 
 type phase uint8
@@ -185,10 +183,10 @@ func (s *scheduler[T, R]) makeReady(k *keyState[T, R]) {
 	s.ready.push(k)
 }
 
-// settle gives k its phase after its head left it.
-func (s *scheduler[T, R]) settle(k *keyState[T, R]) {
+// settle gives k its phase, at now, after its head left it.
+func (s *scheduler[T, R]) settle(k *keyState[T, R], now int64) {
 	k.asking = nil
-	k.lastUsed = s.d.now()
+	k.lastUsed = now
 	if k.jobs.n == 0 {
 		k.phase = keyIdle
 		return
@@ -206,11 +204,24 @@ func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
 	s.timers.set(k)
 }
 
-// hand gives j to a worker reserved for it.
-// It still counts in the queue until the worker starts it.
+// hand gives j to a worker reserved for it, once the scheduler lets go
+// of mu (see deliver): sending can wake a worker, which should not keep
+// submitters out of mu meanwhile. It still counts in the queue until the
+// worker starts it.
 func (s *scheduler[T, R]) hand(j *job[T, R]) {
 	j.setState(running)
-	s.d.run <- j
+	s.handed = append(s.handed, j)
+}
+
+// deliver sends the jobs handed under mu to the workers. Only the
+// scheduler's goroutine hands and delivers, and the run queue has room for
+// every job with a worker reserved, so the sends never block.
+func (s *scheduler[T, R]) deliver() {
+	for i, j := range s.handed {
+		s.d.run <- j
+		s.handed[i] = nil
+	}
+	s.handed = s.handed[:0]
 }
 
 // freed wakes blocked submitters once a sixteenth of the queue (at least
@@ -247,7 +258,7 @@ func (s *scheduler[T, R]) loop() {
 		now := s.d.now()
 		s.releaseDue(now)
 		stall := s.afterAdmit
-		batch, asked = s.collect(batch[:0], asked[:0])
+		batch, asked = s.collect(batch[:0], asked[:0], now)
 		if now-s.swept > int64(time.Minute) {
 			s.sweep(now)
 		}
@@ -258,6 +269,7 @@ func (s *scheduler[T, R]) loop() {
 			}
 		}
 		s.mu.Unlock()
+		s.deliver()
 
 		if len(batch) > 0 {
 			before := s.d.now()
@@ -299,7 +311,7 @@ func (s *scheduler[T, R]) releaseDue(now int64) {
 	for at, ok := s.timers.next(); ok && at <= now; at, ok = s.timers.next() {
 		k := heap.Pop(&s.timers).(*keyState[T, R])
 		if k.phase == keyWaiting {
-			s.settle(k)
+			s.settle(k, now)
 		}
 	}
 }
@@ -307,7 +319,7 @@ func (s *scheduler[T, R]) releaseDue(now int64) {
 // collect takes the heads of ready keys, as many as there are free
 // workers, reserving a worker for each. Heads of unlimited keys go
 // straight to their worker.
-func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T, R]) ([]bucket.Admission, []*keyState[T, R]) {
+func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T, R], now int64) ([]bucket.Admission, []*keyState[T, R]) {
 	for s.idle.Load() > -s.overbook() && len(batch) < s.d.cfg.batch {
 		k, ok := s.ready.pop()
 		if !ok {
@@ -326,7 +338,7 @@ func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T,
 		if lim.IsUnlimited() {
 			j.slot = 0
 			s.hand(j)
-			s.settle(k)
+			s.settle(k, now)
 			continue
 		}
 		j.setState(asking)
@@ -363,13 +375,13 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 				s.d.finish(j, *new(R), ErrClosed, outcomeCancelled)
 			}
 			s.idle.Add(1)
-			s.settle(k)
+			s.settle(k, now)
 		case a.Err != nil && permanent(a.Err):
 			j.setState(done)
 			s.waiting.Add(-1)
 			s.idle.Add(1)
 			s.d.finish(j, *new(R), a.Err, outcomeFailed)
-			s.settle(k)
+			s.settle(k, now)
 		case a.Err != nil: // the backend failed: keep the job, try again later
 			s.d.stats.backendErrors.Add(1)
 			s.d.stats.setBackendErr(a.Err)
@@ -390,7 +402,7 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 				k.booked.pushBack(j)
 				s.slots.set(j)
 			}
-			s.settle(k) // ask for the next job: it may fit in the booking window too
+			s.settle(k, now) // ask for the next job: it may fit in the booking window too
 		default:
 			// Ask again half a booking window before the slot opens, so
 			// that the next admission books the slot itself: asking when
@@ -401,6 +413,7 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 		}
 	}
 	s.mu.Unlock()
+	s.deliver()
 	s.refund(refunds)
 }
 
@@ -469,21 +482,25 @@ func (s *scheduler[T, R]) tolerance() int64 {
 // Starting it now could bunch it up with jobs admitted after it, so its
 // admission is given back (if no later one depends on it) and it waits in
 // its key's queue for a new one.
-func (s *scheduler[T, R]) late(j *job[T, R]) bool {
+func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	if j.slot == 0 || s.d.stopped.Load() {
 		return false
 	}
-	lateness := s.d.now() - j.slot
+	lateness := now - j.slot
 	tolerance := s.tolerance()
 	// A stall's outlier moves the usual lateness by at most half a
-	// millisecond.
-	s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
+	// millisecond. A sample of jobs is enough for the average, and spares
+	// the workers' cores from passing its cache line around.
+	if j.seq%8 == 0 {
+		s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
+	}
 	if lateness <= tolerance {
 		return false
 	}
 	refund := j.admission()
 	j.slot = 0
 	s.refund([]bucket.Admission{refund}) // before it can be admitted again, so that the refund applies
+	now = s.d.now()
 	s.mu.Lock()
 	k := s.key(j.key)
 	j.setState(queued)
@@ -492,11 +509,11 @@ func (s *scheduler[T, R]) late(j *job[T, R]) bool {
 	switch {
 	case k.phase == keyIdle:
 		s.makeReady(k)
-	case k.phase == keyWaiting && k.paused <= s.d.now():
+	case k.phase == keyWaiting && k.paused <= now:
 		// Its next job was refused while j held the slot j gave back:
 		// ask now, or j would lose a whole interval, not its lateness.
 		s.timers.remove(k)
-		s.settle(k)
+		s.settle(k, now)
 	}
 	k.stats.late.Add(1)
 	s.mu.Unlock()
@@ -519,7 +536,7 @@ func (s *scheduler[T, R]) refundBooking(k *keyState[T, R], j *job[T, R]) {
 	s.refund([]bucket.Admission{j.admission()})
 	s.mu.Lock()
 	if hold && k.phase == keyRefunding {
-		s.settle(k)
+		s.settle(k, s.d.now())
 	}
 }
 
@@ -588,13 +605,17 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	return true, nil
 }
 
-// release frees the worker that ran or dropped a job.
+// release frees the worker that ran or dropped a job. It wakes the
+// scheduler once half the jobs admitted ahead have been taken, not for
+// every job: the scheduler then admits the next batch while the other half
+// keeps the workers busy.
 func (s *scheduler[T, R]) release() {
 	if s == nil {
 		return
 	}
-	s.idle.Add(1)
-	s.signal()
+	if s.idle.Add(1) >= -s.overbook()/2 {
+		s.signal()
+	}
 }
 
 // stop resolves every job that has not started with ErrClosed (a hard stop).

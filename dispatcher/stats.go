@@ -52,14 +52,24 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 	c := &d.stats
 	st := Stats{
 		Submitted:     c.submitted.Load(),
-		Running:       c.running.Load(),
-		Succeeded:     c.outcome(outcomeSucceeded).Load(),
-		Failed:        c.outcome(outcomeFailed).Load(),
-		Cancelled:     c.outcome(outcomeCancelled).Load(),
 		Retried:       c.retried.Load(),
 		BackendErrors: c.backendErrors.Load(),
-		AdmissionWait: c.wait.percentiles(),
 	}
+	var wait histogramSum
+	tally := func(c *jobCounters) {
+		st.Succeeded += c.outcome(outcomeSucceeded).Load()
+		st.Failed += c.outcome(outcomeFailed).Load()
+		st.Cancelled += c.outcome(outcomeCancelled).Load()
+		wait.add(&c.wait)
+	}
+	tally(&c.jobCounters)
+	for w := range d.crew {
+		tally(&d.crew[w].jobCounters)
+		if d.crew[w].current.Load() != nil {
+			st.Running++
+		}
+	}
+	st.AdmissionWait = wait.percentiles()
 	st.Queued = max(st.Submitted-st.Succeeded-st.Failed-st.Cancelled-st.Running, 0)
 	c.mu.Lock()
 	st.LastBackendError = c.lastBackendErr
@@ -77,7 +87,7 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 				Retried:       c.retried.Load(),
 				Throttled:     c.throttled.Load(),
 				Late:          c.late.Load(),
-				AdmissionWait: c.wait.percentiles(),
+				AdmissionWait: c.wait.sum().percentiles(),
 			}
 			st.Waiting += int64(k.booked.n)
 			if k.phase == keyWaiting {
@@ -100,7 +110,7 @@ func (c *jobCounters) outcome(o outcome) *atomic.Int64 { return &c.outcomes[o] }
 
 type counters struct {
 	jobCounters
-	running, backendErrors atomic.Int64
+	backendErrors atomic.Int64
 
 	mu             sync.Mutex
 	lastBackendErr error
@@ -155,14 +165,31 @@ func (h *histogram) record(v int64) {
 	}
 }
 
-func (h *histogram) percentiles() Percentiles {
-	var counts [len(h.counts)]int64
-	var n int64
+// A histogramSum adds up histograms kept apart (by worker) to read them
+// as one.
+type histogramSum struct {
+	counts [len(histogram{}.counts)]int64
+	n, max int64
+}
+
+func (s *histogramSum) add(h *histogram) {
 	for i := range h.counts {
-		counts[i] = h.counts[i].Load()
-		n += counts[i]
+		c := h.counts[i].Load()
+		s.counts[i] += c
+		s.n += c
 	}
-	p := Percentiles{Count: n, Max: time.Duration(h.max.Load())}
+	s.max = max(s.max, h.max.Load())
+}
+
+func (h *histogram) sum() *histogramSum {
+	var s histogramSum
+	s.add(h)
+	return &s
+}
+
+func (s *histogramSum) percentiles() Percentiles {
+	counts, n := &s.counts, s.n
+	p := Percentiles{Count: n, Max: time.Duration(s.max)}
 	if n == 0 {
 		return p
 	}

@@ -59,8 +59,9 @@ type shard struct {
 type entry struct {
 	key  string
 	next *entry
+	seen int64 // the clock of the key's latest decision
 	bucket.State
-	_ [128 - unsafe.Sizeof(bucket.State{}) - 24]byte
+	_ [128 - unsafe.Sizeof(bucket.State{}) - 32]byte
 }
 
 // get returns key's entry, or nil.
@@ -154,6 +155,29 @@ func (s *Store) Admit(_ context.Context, req bucket.Request) (bucket.Decision, e
 	if s.closed.Load() {
 		return bucket.Decision{}, bucket.ErrClosed
 	}
+	return s.admit(&req, s.ticks())
+}
+
+// AdmitBatch implements bucket.BatchBackend. The whole batch is decided
+// at the time it arrives: the clock is read once.
+func (s *Store) AdmitBatch(_ context.Context, batch []bucket.Admission) {
+	closed := s.closed.Load()
+	now := s.ticks()
+	for i := range batch {
+		a := &batch[i]
+		if closed {
+			a.Decision, a.Err = bucket.Decision{}, bucket.ErrClosed
+			continue
+		}
+		a.Decision, a.Err = s.admit(&a.Request, now)
+	}
+}
+
+// admit decides req at now, or at the latest time a decision for its key
+// was made if that is later: a batch's clock, read once, can fall behind
+// another caller's, and Decide needs its clock never to go backwards (it
+// forgets quota slots by it).
+func (s *Store) admit(req *bucket.Request, now int64) (bucket.Decision, error) {
 	sh, h := s.shard(req.Key)
 	sh.mu.Lock()
 	e := sh.get(h, req.Key)
@@ -161,19 +185,13 @@ func (s *Store) Admit(_ context.Context, req bucket.Request) (bucket.Decision, e
 	if fresh {
 		e = &entry{key: req.Key}
 	}
-	d, err := bucket.Decide(&e.State, &req, time.Nanosecond, s.ticks())
+	e.seen = max(e.seen, now)
+	d, err := bucket.Decide(&e.State, req, time.Nanosecond, e.seen)
 	if d.Allowed && fresh {
 		sh.put(h, e)
 	}
 	sh.mu.Unlock()
 	return d, err
-}
-
-// AdmitBatch implements bucket.BatchBackend.
-func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
-	for i := range batch {
-		batch[i].Decision, batch[i].Err = s.Admit(ctx, batch[i].Request)
-	}
 }
 
 // Refund implements bucket.Backend.

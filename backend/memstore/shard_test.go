@@ -1,6 +1,12 @@
 package memstore
 
-import "testing"
+import (
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/leakybucket/leakybucket/bucket"
+)
 
 // Keys whose hashes collide share a chain: each is found, dropped and
 // counted on its own, whichever end of the chain it is at.
@@ -65,5 +71,33 @@ func TestSweepCollisions(t *testing.T) {
 		if sh.get(h, k) != nil {
 			t.Errorf("after Sweep: fresh %q kept", k)
 		}
+	}
+}
+
+// A decision whose clock is behind the key's latest decision (a batch's
+// clock, read before another caller's) is made at the later time: the
+// quota slots the later decision forgot must not be missed.
+func TestAdmitClockNeverGoesBack(t *testing.T) {
+	s, err := New(Options{SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1e9).WithBurst(1e9).WithQuota(2, time.Microsecond), Cost: 1}
+	var starts []backendtest.Start
+	for _, now := range []int64{0, 900, 2000, 500} {
+		d, err := s.admit(&req, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed {
+			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
+		}
+		if now == 500 && d.Now != 2000 {
+			t.Errorf("decision asked at %d made at %d, before the key's latest (2000)", now, d.Now)
+		}
+	}
+	if err := backendtest.Check(req.Limit, starts); err != nil {
+		t.Fatal(err)
 	}
 }
