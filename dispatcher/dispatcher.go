@@ -65,7 +65,7 @@ type Dispatcher[T, R any] struct {
 	base     context.Context // for backend calls; cancelled on hard stop
 	stopBase context.CancelFunc
 	quit     chan struct{}  // stops the scheduler
-	wg       sync.WaitGroup // the scheduler
+	wg       sync.WaitGroup // the scheduler, and its give-backs of late admissions
 	workers  sync.WaitGroup
 	stopOnce sync.Once
 	hardOnce sync.Once

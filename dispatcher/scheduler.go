@@ -479,9 +479,11 @@ func (s *scheduler[T, R]) tolerance() int64 {
 
 // late reports whether j, handed to a worker, reached it longer after its
 // slot than the tolerance allows (a stalled process, scheduler or worker).
-// Starting it now could bunch it up with jobs admitted after it, so its
-// admission is given back (if no later one depends on it) and it waits in
-// its key's queue for a new one.
+// Starting it now could bunch it up with jobs admitted after it, so it
+// waits at the head of its key's queue for a new admission, and its own is
+// given back (if no later one depends on it) by a goroutine of its own:
+// the worker goes on at once to the next job, which would otherwise reach
+// it late too while it waited a backend round trip for the refund.
 func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	if j.slot == 0 || s.d.stopped.Load() {
 		return false
@@ -499,26 +501,40 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	}
 	refund := j.admission()
 	j.slot = 0
-	s.refund([]bucket.Admission{refund}) // before it can be admitted again, so that the refund applies
-	now = s.d.now()
 	s.mu.Lock()
 	k := s.key(j.key)
 	j.setState(queued)
 	k.jobs.insert(j)
 	s.idle.Add(1)
-	switch {
-	case k.phase == keyIdle:
-		s.makeReady(k)
-	case k.phase == keyWaiting && k.paused <= now:
-		// Its next job was refused while j held the slot j gave back:
-		// ask now, or j would lose a whole interval, not its lateness.
-		s.timers.remove(k)
-		s.settle(k, now)
-	}
 	k.stats.late.Add(1)
+	// Unless an admission of k is being decided or given back (the refund
+	// cannot wait for those), k asks nothing until the refund is done: an
+	// admission made first would make it find a later one and do nothing.
+	hold := k.phase != keyAsking && k.phase != keyRefunding
+	if hold {
+		s.timers.remove(k)
+		k.phase = keyRefunding
+	}
+	s.d.wg.Add(1) // j is unresolved, so Shutdown has not begun waiting
+	s.mu.Unlock()
+	go s.giveBack(k, refund, hold)
+	return true
+}
+
+// giveBack refunds an admission of k; if k was held for it, k may then ask
+// again.
+func (s *scheduler[T, R]) giveBack(k *keyState[T, R], a bucket.Admission, hold bool) {
+	defer s.d.wg.Done()
+	s.refund([]bucket.Admission{a})
+	if !hold {
+		return
+	}
+	s.mu.Lock()
+	if k.phase == keyRefunding {
+		s.settle(k, s.d.now())
+	}
 	s.mu.Unlock()
 	s.signal()
-	return true
 }
 
 // refundBooking gives back j's admission. If no admission of k is in
