@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 
 	"github.com/leakybucket/leakybucket/bucket"
-	"github.com/redis/go-redis/v9"
 )
 
 // A batcher coalesces concurrent Admit calls so that they share round
@@ -164,7 +163,7 @@ func (b *batcher) send() {
 // sendBatch sends batch as one pipeline and hands out the answers.
 func (b *batcher) sendBatch(batch []*call) {
 	ctx := context.Background() // the client's timeouts bound the round trip
-	cmds := make([]*redis.Cmd, 0, len(batch))
+	ops := make([]op, 0, len(batch))
 	live := batch[:0]
 	for _, c := range batch {
 		if !c.state.CompareAndSwap(queued, sent) {
@@ -172,14 +171,15 @@ func (b *batcher) sendBatch(batch []*call) {
 			continue
 		}
 		live = append(live, c)
-		cmds = append(cmds, b.s.cmd(ctx, "evalsha", c.key, c.args))
+		ops = append(ops, op{c.key, c.args})
 	}
 	if len(live) == 0 {
 		return
 	}
-	b.s.pipeline(ctx, cmds)
+	res := make([]result, len(ops))
+	b.s.run(ctx, ops, res)
 	for i, c := range live {
-		c.r, c.err = parseReply(cmds[i])
+		c.r, c.err = res[i].r, res[i].err
 		if c.state.CompareAndSwap(sent, done) {
 			c.done <- struct{}{}
 			continue

@@ -4,9 +4,12 @@
 -- integer below 2^53 (the Go side keeps them there), so + - * and
 -- comparisons are exact, and floordiv below makes division exact.
 --
--- KEYS[1]  the bucket's state (absent: a fresh bucket)
--- ARGV[1]  the request: little-endian int64s, op, a, b, c, d, e, n, then n
---          pairs (x, y):
+-- KEYS     the buckets' states (absent: a fresh bucket), one per request;
+--          a key may appear more than once, and its requests are decided
+--          in order. One call deciding many requests costs Redis less than
+--          a call each: a call's own overhead and TIME are paid once.
+-- ARGV[1]  the requests, one after another, one per key: each is
+--          little-endian int64s, op, a, b, c, d, e, n, then n pairs (x, y):
 --            op 1 admit:  a capacity, b charge (as in bucket.Decide), c cost,
 --                         d maxWait; pairs (window, max) of the quotas
 --            op 2 refund: the booking's a TAT, b previous TAT, c Gen, then
@@ -21,12 +24,12 @@
 -- count); slots ascend and the first delta is from 0. The key expires
 -- (PX) when the state becomes fresh, and a state found fresh is ignored.
 --
--- Reply: struct '<i8i8i8i8i8i8i8' allowed, wait, now, TAT, prevTAT, Gen,
--- freshAt; refunds and pauses fill in only now and freshAt. freshAt is 0
--- for a fresh bucket. A string costs the client less than an array.
+-- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
+-- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now and
+-- freshAt. freshAt is 0 for a fresh bucket. A string costs the client less
+-- than an array.
 
-local key, req = KEYS[1], ARGV[1]
-local op, a, b, c, d, e, nq, pos = struct.unpack('<i8i8i8i8i8i8i8', req)
+local req = ARGV[1]
 
 local now
 if ARGV[2] then
@@ -56,208 +59,221 @@ local function slotwidth(window)
   return floordiv(window - 1, 100) + 1
 end
 
--- Load. quotas[i] = {window, idx = {...}, cnt = {...}}
-local tat, paused, gen, quotas = 0, 0, 0, {}
-local raw = redis.call('GET', key)
-if raw then
-  local p
-  tat, paused, gen, p = struct.unpack('<i8i8i8', raw)
-  if p <= #raw then
-    local s = cmsgpack.unpack(string.sub(raw, p))
-    local k = 1
-    while k <= #s do
-      local q = { window = s[k], idx = {}, cnt = {} }
-      local index = 0
-      for j = 1, s[k + 1] do
-        index = index + s[k + 2 * j]
-        q.idx[j] = index
-        q.cnt[j] = s[k + 2 * j + 1]
-      end
-      k = k + 2 + 2 * s[k + 1]
-      quotas[#quotas + 1] = q
-    end
-  end
-end
-
-local function freshat()
-  local fresh = math.max(tat, paused)
-  for i = 1, #quotas do
-    local q = quotas[i]
-    local n = #q.idx
-    if n > 0 then
-      fresh = math.max(fresh, (q.idx[n] + 1) * slotwidth(q.window) + q.window)
-    end
-  end
-  return fresh
-end
-
--- A state that has become fresh is forgotten, whether or not its key has
--- expired yet (expiry is in whole milliseconds).
-if raw and freshat() <= now then
-  tat, paused, gen, quotas, raw = 0, 0, 0, {}, false
-end
-
--- save writes the state with an expiry at the moment it becomes fresh, or
--- deletes it if it is fresh already, and returns that moment.
-local function save()
-  local fresh = freshat()
-  if fresh <= now then
-    redis.call('DEL', key)
-    return 0
-  end
-  local val = struct.pack('<i8i8i8', tat, paused, gen)
-  if #quotas > 0 then
-    local out = {}
-    for i = 1, #quotas do
-      local q = quotas[i]
-      out[#out + 1] = q.window
-      out[#out + 1] = #q.idx
-      local prev = 0
-      for j = 1, #q.idx do
-        out[#out + 1] = q.idx[j] - prev
-        out[#out + 1] = q.cnt[j]
-        prev = q.idx[j]
+-- decide runs the request at offset at of req on key, and returns its
+-- reply.
+local function decide(key, at)
+  local op, a, b, c, d, e, nq, pos = struct.unpack('<i8i8i8i8i8i8i8', req, at)
+  -- Load. quotas[i] = {window, idx = {...}, cnt = {...}}
+  local tat, paused, gen, quotas = 0, 0, 0, {}
+  local raw = redis.call('GET', key)
+  if raw then
+    local p
+    tat, paused, gen, p = struct.unpack('<i8i8i8', raw)
+    if p <= #raw then
+      local s = cmsgpack.unpack(string.sub(raw, p))
+      local k = 1
+      while k <= #s do
+        local q = { window = s[k], idx = {}, cnt = {} }
+        local index = 0
+        for j = 1, s[k + 1] do
+          index = index + s[k + 2 * j]
+          q.idx[j] = index
+          q.cnt[j] = s[k + 2 * j + 1]
+        end
+        k = k + 2 + 2 * s[k + 1]
+        quotas[#quotas + 1] = q
       end
     end
-    val = val .. cmsgpack.pack(out)
   end
-  local ms = floordiv(fresh - now + 999, 1000)
-  if ARGV[2] then
-    ms = math.max(ms, 600000)
-  end
-  redis.call('SET', key, val, 'PX', ms)
-  return fresh
-end
 
-if op == 3 then
-  paused = math.max(paused, now + a)
-  return reply(0, 0, now, 0, 0, 0, save())
-end
-
-if op == 2 then
-  -- Only the latest admission, with nothing refunded since, is refunded.
-  if not raw or tat ~= a or gen ~= c then
-    return reply(0, 0, now, 0, 0, 0, raw and freshat() or 0)
-  end
-  tat = b
-  gen = gen + 1
-  for k = 1, nq do
-    local window = struct.unpack('<i8', req, pos + 16 * (k - 1))
+  local function freshat()
+    local fresh = math.max(tat, paused)
     for i = 1, #quotas do
       local q = quotas[i]
-      if q.window == window then
-        local index = floordiv(d, slotwidth(window))
+      local n = #q.idx
+      if n > 0 then
+        fresh = math.max(fresh, (q.idx[n] + 1) * slotwidth(q.window) + q.window)
+      end
+    end
+    return fresh
+  end
+
+  -- A state that has become fresh is forgotten, whether or not its key has
+  -- expired yet (expiry is in whole milliseconds).
+  if raw and freshat() <= now then
+    tat, paused, gen, quotas, raw = 0, 0, 0, {}, false
+  end
+
+  -- save writes the state with an expiry at the moment it becomes fresh, or
+  -- deletes it if it is fresh already, and returns that moment.
+  local function save()
+    local fresh = freshat()
+    if fresh <= now then
+      redis.call('DEL', key)
+      return 0
+    end
+    local val = struct.pack('<i8i8i8', tat, paused, gen)
+    if #quotas > 0 then
+      local out = {}
+      for i = 1, #quotas do
+        local q = quotas[i]
+        out[#out + 1] = q.window
+        out[#out + 1] = #q.idx
+        local prev = 0
         for j = 1, #q.idx do
-          if q.idx[j] == index then
-            q.cnt[j] = q.cnt[j] - math.min(e, q.cnt[j])
-            if q.cnt[j] == 0 then
-              table.remove(q.idx, j)
-              table.remove(q.cnt, j)
+          out[#out + 1] = q.idx[j] - prev
+          out[#out + 1] = q.cnt[j]
+          prev = q.idx[j]
+        end
+      end
+      val = val .. cmsgpack.pack(out)
+    end
+    local ms = floordiv(fresh - now + 999, 1000)
+    if ARGV[2] then
+      ms = math.max(ms, 600000)
+    end
+    redis.call('SET', key, val, 'PX', ms)
+    return fresh
+  end
+
+  if op == 3 then
+    paused = math.max(paused, now + a)
+    return reply(0, 0, now, 0, 0, 0, save())
+  end
+
+  if op == 2 then
+    -- Only the latest admission, with nothing refunded since, is refunded.
+    if not raw or tat ~= a or gen ~= c then
+      return reply(0, 0, now, 0, 0, 0, raw and freshat() or 0)
+    end
+    tat = b
+    gen = gen + 1
+    for k = 1, nq do
+      local window = struct.unpack('<i8', req, pos + 16 * (k - 1))
+      for i = 1, #quotas do
+        local q = quotas[i]
+        if q.window == window then
+          local index = floordiv(d, slotwidth(window))
+          for j = 1, #q.idx do
+            if q.idx[j] == index then
+              q.cnt[j] = q.cnt[j] - math.min(e, q.cnt[j])
+              if q.cnt[j] == 0 then
+                table.remove(q.idx, j)
+                table.remove(q.cnt, j)
+              end
+              break
             end
-            break
           end
         end
       end
     end
+    return reply(0, 0, now, 0, 0, 0, save())
   end
-  return reply(0, 0, now, 0, 0, 0, save())
-end
 
--- op == 1: admit.
-local capacity, charge, cost, maxwait = a, b, c, d
-local start = math.max(now, tat - capacity, paused)
+  -- op == 1: admit.
+  local capacity, charge, cost, maxwait = a, b, c, d
+  local start = math.max(now, tat - capacity, paused)
 
--- Line the stored quotas up with the limit's, by window.
-local windows, maxes = {}, {}
-for i = 1, nq do
-  windows[i], maxes[i] = struct.unpack('<i8i8', req, pos + 16 * (i - 1))
-end
-local reshaped = #quotas ~= nq
-if not reshaped then
+  -- Line the stored quotas up with the limit's, by window.
+  local windows, maxes = {}, {}
   for i = 1, nq do
-    if quotas[i].window ~= windows[i] then
-      reshaped = true
-      break
-    end
+    windows[i], maxes[i] = struct.unpack('<i8i8', req, pos + 16 * (i - 1))
   end
-end
-if reshaped then
-  local qs = {}
-  for i = 1, nq do
-    qs[i] = { window = windows[i], idx = {}, cnt = {} }
-    for _, old in ipairs(quotas) do
-      if old.window == windows[i] then
-        qs[i].idx, qs[i].cnt = old.idx, old.cnt
+  local reshaped = #quotas ~= nq
+  if not reshaped then
+    for i = 1, nq do
+      if quotas[i].window ~= windows[i] then
+        reshaped = true
+        break
       end
     end
   end
-  quotas = qs
-end
-
-for i = 1, nq do
-  local q, max = quotas[i], maxes[i]
-  local w = slotwidth(q.window)
-  -- Prune slots wholly outside every window still to be asked about.
-  local lo = floordiv(now - q.window, w)
-  local n = 0
-  while n < #q.idx and q.idx[n + 1] < lo do
-    n = n + 1
-  end
-  if n > 0 then
-    local idx, cnt = {}, {}
-    for j = n + 1, #q.idx do
-      idx[j - n], cnt[j - n] = q.idx[j], q.cnt[j]
-    end
-    q.idx, q.cnt = idx, cnt
-  end
-  -- The first time ≥ start at which cost more units fit within max.
-  local t = start
-  lo = floordiv(t - q.window, w)
-  local used = 0
-  for j = 1, #q.idx do
-    if q.idx[j] >= lo then
-      used = used + q.cnt[j]
-    end
-  end
-  for j = 1, #q.idx do
-    if used + cost <= max then
-      break
-    end
-    if q.idx[j] >= lo then
-      used = used - q.cnt[j]
-      t = (q.idx[j] + 1) * w + q.window
-    end
-  end
-  start = math.max(start, t)
-end
-
-local wait = start - now
-if wait > maxwait then
-  -- A refusal charges nothing; only a change of the quotas' shape is kept.
-  local fresh = 0
   if reshaped then
-    fresh = save()
-  elseif raw then
-    fresh = freshat()
+    local qs = {}
+    for i = 1, nq do
+      qs[i] = { window = windows[i], idx = {}, cnt = {} }
+      for _, old in ipairs(quotas) do
+        if old.window == windows[i] then
+          qs[i].idx, qs[i].cnt = old.idx, old.cnt
+        end
+      end
+    end
+    quotas = qs
   end
-  return reply(0, wait, now, 0, 0, 0, fresh)
+
+  for i = 1, nq do
+    local q, max = quotas[i], maxes[i]
+    local w = slotwidth(q.window)
+    -- Prune slots wholly outside every window still to be asked about.
+    local lo = floordiv(now - q.window, w)
+    local n = 0
+    while n < #q.idx and q.idx[n + 1] < lo do
+      n = n + 1
+    end
+    if n > 0 then
+      local idx, cnt = {}, {}
+      for j = n + 1, #q.idx do
+        idx[j - n], cnt[j - n] = q.idx[j], q.cnt[j]
+      end
+      q.idx, q.cnt = idx, cnt
+    end
+    -- The first time ≥ start at which cost more units fit within max.
+    local t = start
+    lo = floordiv(t - q.window, w)
+    local used = 0
+    for j = 1, #q.idx do
+      if q.idx[j] >= lo then
+        used = used + q.cnt[j]
+      end
+    end
+    for j = 1, #q.idx do
+      if used + cost <= max then
+        break
+      end
+      if q.idx[j] >= lo then
+        used = used - q.cnt[j]
+        t = (q.idx[j] + 1) * w + q.window
+      end
+    end
+    start = math.max(start, t)
+  end
+
+  local wait = start - now
+  if wait > maxwait then
+    -- A refusal charges nothing; only a change of the quotas' shape is kept.
+    local fresh = 0
+    if reshaped then
+      fresh = save()
+    elseif raw then
+      fresh = freshat()
+    end
+    return reply(0, wait, now, 0, 0, 0, fresh)
+  end
+
+  local prev = tat
+  tat = math.max(tat, start) + charge
+  gen = gen + 1
+  for i = 1, nq do
+    local q = quotas[i]
+    local index = floordiv(start, slotwidth(q.window))
+    local j = #q.idx
+    while j > 0 and q.idx[j] > index do
+      j = j - 1
+    end
+    if j > 0 and q.idx[j] == index then
+      q.cnt[j] = q.cnt[j] + cost
+    else
+      table.insert(q.idx, j + 1, index)
+      table.insert(q.cnt, j + 1, cost)
+    end
+  end
+  return reply(1, wait, now, tat, prev, gen, save())
 end
 
-local prev = tat
-tat = math.max(tat, start) + charge
-gen = gen + 1
-for i = 1, nq do
-  local q = quotas[i]
-  local index = floordiv(start, slotwidth(q.window))
-  local j = #q.idx
-  while j > 0 and q.idx[j] > index do
-    j = j - 1
-  end
-  if j > 0 and q.idx[j] == index then
-    q.cnt[j] = q.cnt[j] + cost
-  else
-    table.insert(q.idx, j + 1, index)
-    table.insert(q.cnt, j + 1, cost)
-  end
+-- Each key's request follows the previous one's; so do the replies.
+local out, at = {}, 1
+for i = 1, #KEYS do
+  out[i] = decide(KEYS[i], at)
+  at = at + 7 * 8 + 16 * struct.unpack('<i8', req, at + 6 * 8)
 end
-return reply(1, wait, now, tat, prev, gen, save())
+return table.concat(out)

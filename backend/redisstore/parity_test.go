@@ -174,3 +174,54 @@ func randomStep(rng *rand.Rand, lim bucket.Limit) int64 {
 	}
 	return rng.Int64N(3 * t)
 }
+
+// TestParityBatch: one script call decides many requests, of several keys
+// (each key several times) with quotas of different shapes, so requests
+// of different lengths follow one another in its argument. Every decision
+// matches bucket.Decide run on the requests in batch order.
+func TestParityBatch(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
+	var now int64 // µs
+	redisstore.SetClock(s, func() int64 { return now })
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(3, 9))
+	keys := []string{"batch-a", "batch-b", "batch-c", "batch-d"}
+	limits := map[string]bucket.Limit{}
+	states := map[string]*bucket.State{}
+	for _, k := range keys {
+		limits[k] = randomLimit(rng)
+		states[k] = new(bucket.State)
+	}
+	now = 1_700_000_000_000_000
+	var allowed, sized int
+	for round := range 60 {
+		batch := make([]bucket.Admission, 1+rng.IntN(150)) // past one call's group of 64
+		for i := range batch {
+			k := keys[rng.IntN(len(keys))]
+			lim := limits[k]
+			batch[i].Request = bucket.Request{Key: k, Limit: lim, Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
+		}
+		s.AdmitBatch(ctx, batch)
+		for i, a := range batch {
+			st := states[a.Key]
+			if bucket.FreshAt(st) <= now {
+				*st = bucket.State{}
+			}
+			want, err := bucket.Decide(st, &a.Request, time.Microsecond, now)
+			if err != nil || a.Err != nil {
+				t.Fatalf("round %d batch[%d]: Decide: %v; AdmitBatch: %v", round, i, err, a.Err)
+			}
+			if a.Decision != want {
+				t.Fatalf("round %d batch[%d] (%s, %v, cost %d):\n batch = %+v\n    Go = %+v", round, i, a.Key, a.Limit, a.Cost, a.Decision, want)
+			}
+			if want.Allowed {
+				allowed++
+			}
+		}
+		sized += len(batch)
+		now += rng.Int64N(200_000)
+	}
+	if allowed == 0 || allowed == sized {
+		t.Fatalf("%d of %d admitted: the test exercised only one outcome", allowed, sized)
+	}
+}

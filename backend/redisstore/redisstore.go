@@ -108,6 +108,8 @@ type Store struct {
 
 	batch  *batcher // nil if Pipelines is -1
 	closed atomic.Bool
+	group  int // most requests per script call: 1 unless one server holds every key
+
 
 	clock func() int64 // tests: the script's time in µs, instead of TIME
 }
@@ -131,6 +133,12 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		prefix: opts.Prefix,
 		policy: opts.FailurePolicy,
 		retry:  opts.RetryInterval,
+		group:  1,
+	}
+	if _, ok := client.(*redis.Client); ok {
+		// One server (a failover client too): a script call may take
+		// keys of any slot. A Cluster or a Ring may not.
+		s.group = maxGroup
 	}
 	if s.prefix == "" {
 		s.prefix = "leakybucket:"
@@ -209,27 +217,76 @@ func (s *Store) admitOne(ctx context.Context, key string, args []byte) (reply, e
 // eval runs the script on key, again with EVAL if Redis has lost it
 // (after a restart or SCRIPT FLUSH).
 func (s *Store) eval(ctx context.Context, key string, args []byte) *redis.Cmd {
-	cmd := s.cmd(ctx, "evalsha", key, args)
+	ops := []op{{key, args}}
+	cmd := s.cmd(ctx, "evalsha", ops)
 	s.client.Process(ctx, cmd)
 	if isNoScript(cmd.Err()) {
-		cmd = s.cmd(ctx, "eval", key, args)
+		cmd = s.cmd(ctx, "eval", ops)
 		s.client.Process(ctx, cmd)
 	}
 	return cmd
 }
 
-// cmd returns an EVALSHA (or EVAL) of the script on key.
-func (s *Store) cmd(ctx context.Context, name, key string, args []byte) *redis.Cmd {
+// An op is one request of the script: a Redis key and its arguments.
+type op struct {
+	key  string
+	args []byte
+}
+
+// A result is an op's reply, or why there is none.
+type result struct {
+	r   reply
+	err error
+}
+
+// maxGroup is the most requests sent in one script call. A call's own
+// cost in Redis (and its TIME) is about as much as a request's, so
+// grouping nearly halves Redis's time per admission; a group of 64 holds
+// Redis for about half a millisecond.
+const maxGroup = 64
+
+// run sends ops as one pipeline, up to s.group of them per script call,
+// and sets out[i] to the result of ops[i].
+func (s *Store) run(ctx context.Context, ops []op, out []result) {
+	cmds := make([]*redis.Cmd, 0, (len(ops)+s.group-1)/s.group)
+	for i := 0; i < len(ops); i += s.group {
+		cmds = append(cmds, s.cmd(ctx, "evalsha", ops[i:min(i+s.group, len(ops))]))
+	}
+	s.pipeline(ctx, cmds)
+	for k, cmd := range cmds {
+		parseReplies(cmd, out[k*s.group:min((k+1)*s.group, len(ops))])
+	}
+}
+
+// cmd returns an EVALSHA (or EVAL) of the script on ops' keys, their
+// requests one after another in one argument.
+func (s *Store) cmd(ctx context.Context, name string, ops []op) *redis.Cmd {
 	script := scriptSHA
 	if name == "eval" {
 		script = scriptSource
 	}
-	var cmd *redis.Cmd
-	if s.clock != nil {
-		cmd = redis.NewCmd(ctx, name, script, 1, key, args, s.clock())
-	} else {
-		cmd = redis.NewCmd(ctx, name, script, 1, key, args)
+	args := make([]any, 0, 5+len(ops))
+	args = append(args, name, script, len(ops))
+	for _, o := range ops {
+		args = append(args, o.key)
 	}
+	reqs := ops[0].args
+	if len(ops) > 1 {
+		n := 0
+		for _, o := range ops {
+			n += len(o.args)
+		}
+		all := make([]byte, 0, n)
+		for _, o := range ops {
+			all = append(all, o.args...)
+		}
+		reqs = all
+	}
+	args = append(args, reqs)
+	if s.clock != nil {
+		args = append(args, s.clock())
+	}
+	cmd := redis.NewCmd(ctx, args...)
 	cmd.SetFirstKeyPos(3)
 	return cmd
 }
@@ -243,7 +300,7 @@ var scriptSHA, scriptSource any = gcra.Hash(), gcraSource
 func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	var (
 		idx  = make([]int, 0, len(batch))
-		cmds = make([]*redis.Cmd, 0, len(batch))
+		ops  = make([]op, 0, len(batch))
 		args []byte
 	)
 	for i := range batch {
@@ -267,9 +324,9 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 			continue
 		}
 		idx = append(idx, i)
-		cmds = append(cmds, s.cmd(ctx, "evalsha", s.prefix+a.Key, args[start:len(args):len(args)]))
+		ops = append(ops, op{s.prefix + a.Key, args[start:len(args):len(args)]})
 	}
-	if len(cmds) == 0 {
+	if len(ops) == 0 {
 		return
 	}
 	ask, probe := s.ask()
@@ -279,11 +336,12 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 		}
 		return
 	}
-	s.pipeline(ctx, cmds)
+	res := make([]result, len(ops))
+	s.run(ctx, ops, res)
 	var failure error // the first error, if Redis answered none
 	for k, i := range idx {
 		a := &batch[i]
-		r, err := parseReply(cmds[k])
+		r, err := res[k].r, res[k].err
 		if err != nil {
 			if k == 0 {
 				failure = err

@@ -120,15 +120,26 @@ func (r reply) decision() bucket.Decision {
 
 // parseReply reads the script's answer.
 func parseReply(cmd *redis.Cmd) (reply, error) {
-	if err := cmd.Err(); err != nil {
-		return reply{}, err
-	}
+	var out [1]result
+	parseReplies(cmd, out[:])
+	return out[0].r, out[0].err
+}
+
+// parseReplies parses the reply of a script call of len(out) requests.
+func parseReplies(cmd *redis.Cmd, out []result) {
+	err := cmd.Err()
 	v, ok := cmd.Val().(string)
-	if !ok || len(v) != 7*8 {
-		return reply{}, fmt.Errorf("redisstore: script replied %q, want 7 int64s", cmd.Val())
+	if err == nil && (!ok || len(v) != 7*8*len(out)) {
+		err = fmt.Errorf("redisstore: script replied %q, want %d int64s", cmd.Val(), 7*len(out))
 	}
-	n := func(i int) int64 { return int64(binary.LittleEndian.Uint64([]byte(v[8*i : 8*i+8]))) }
-	return reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6)}, nil
+	for k := range out {
+		if err != nil {
+			out[k] = result{err: err}
+			continue
+		}
+		n := func(i int) int64 { return int64(binary.LittleEndian.Uint64([]byte(v[7*8*k+8*i : 7*8*k+8*i+8]))) }
+		out[k] = result{r: reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6)}}
+	}
 }
 
 // ceilDiv returns ⌈a/b⌉ for a ≥ 0, b > 0.
