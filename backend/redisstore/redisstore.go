@@ -110,7 +110,6 @@ type Store struct {
 	closed atomic.Bool
 	group  int // most requests per script call: 1 unless one server holds every key
 
-
 	clock func() int64 // tests: the script's time in µs, instead of TIME
 }
 
