@@ -33,7 +33,7 @@ type scheduler[T, R any] struct {
 	ready  ring[*keyState[T, R]]
 	timers timerHeap[*keyState[T, R]] // waiting keys, by when they may ask again
 	slots  timerHeap[*job[T, R]]      // booked jobs, by slot
-	handed []*job[T, R]               // handed to workers, to be delivered
+	handed []*job[T, R]               // handed to workers, to be delivered (see takeHanded)
 	// idle and waiting change under mu, except that workers give back
 	// their place and their reservation without it.
 	idle    atomic.Int64  // workers neither running a job nor reserved for one
@@ -45,7 +45,7 @@ type scheduler[T, R any] struct {
 	swept   int64
 	seq     uint64
 
-	afterAdmit func()       // a test hook: stalls the scheduler
+	afterAdmit func()       // a test hook: stalls the scheduler after a batch is decided
 	rtt        atomic.Int64 // moving average of an admission batch's round trip
 	lag        atomic.Int64 // moving average of how late jobs reach their workers
 	run        atomic.Int64 // moving average of a handler's run
@@ -204,8 +204,8 @@ func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
 	s.timers.set(k)
 }
 
-// hand gives j to a worker reserved for it, once the scheduler lets go
-// of mu (see deliver): sending can wake a worker, which should not keep
+// hand gives j to a worker reserved for it, once the caller lets go of
+// mu (see takeHanded): sending can wake a worker, which should not keep
 // submitters out of mu meanwhile. It still counts in the queue until the
 // worker starts it.
 func (s *scheduler[T, R]) hand(j *job[T, R]) {
@@ -213,15 +213,20 @@ func (s *scheduler[T, R]) hand(j *job[T, R]) {
 	s.handed = append(s.handed, j)
 }
 
-// deliver sends the jobs handed under mu to the workers. Only the
-// scheduler's goroutine hands and delivers, and the run queue has room for
+// takeHanded returns the jobs handed since it was last called, for the
+// caller to deliver once it has let go of mu.
+func (s *scheduler[T, R]) takeHanded() []*job[T, R] {
+	js := s.handed
+	s.handed = nil
+	return js
+}
+
+// deliver sends handed jobs to the workers. The run queue has room for
 // every job with a worker reserved, so the sends never block.
-func (s *scheduler[T, R]) deliver() {
-	for i, j := range s.handed {
+func (s *scheduler[T, R]) deliver(js []*job[T, R]) {
+	for _, j := range js {
 		s.d.run <- j
-		s.handed[i] = nil
 	}
-	s.handed = s.handed[:0]
 }
 
 // freed wakes blocked submitters once a sixteenth of the queue (at least
@@ -249,16 +254,28 @@ func (s *scheduler[T, R]) loop() {
 	defer s.d.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	var (
-		batch []bucket.Admission
-		asked []*keyState[T, R]
-	)
+	// Up to `rounds` batches are decided at once, each on a goroutine of
+	// its own: while the backend decides one, the next is collected and
+	// sent, so a remote backend's round trips overlap. A key is in at most
+	// one batch (it is asking), so its admissions stay in order.
+	free := make(chan *round[T, R], rounds)
+	for range rounds {
+		free <- new(round[T, R])
+	}
+	var deciding sync.WaitGroup
+	defer deciding.Wait() // before the run queue closes: apply sends on it
 	for {
+		var r *round[T, R]
+		select {
+		case r = <-free:
+		default: // every round is being decided: one signals when it is done
+		}
 		s.mu.Lock()
 		now := s.d.now()
 		s.releaseDue(now)
-		stall := s.afterAdmit
-		batch, asked = s.collect(batch[:0], asked[:0], now)
+		if r != nil {
+			r.batch, r.asked = s.collect(r.batch[:0], r.asked[:0], now)
+		}
 		if now-s.swept > int64(time.Minute) {
 			s.sweep(now)
 		}
@@ -268,22 +285,22 @@ func (s *scheduler[T, R]) loop() {
 				next = max(at-now, 0)
 			}
 		}
+		handed := s.takeHanded()
 		s.mu.Unlock()
-		s.deliver()
+		s.deliver(handed)
 
-		if len(batch) > 0 {
-			before := s.d.now()
-			s.d.lim.Admit(s.d.base, batch)
-			after := s.d.now()
-			// Track the round trip: a job may start that much after the
-			// backend decided without being late.
-			s.rtt.Store(s.rtt.Load() + (after-before-s.rtt.Load())/8)
-			if stall != nil {
-				stall()
-			}
-			s.apply(batch, asked, before, after)
-			clear(batch) // drop the limits' quota slices
+		if r != nil && len(r.batch) > 0 {
+			deciding.Add(1)
+			go func() {
+				defer deciding.Done()
+				s.decide(r)
+				free <- r
+				s.signal()
+			}()
 			continue
+		}
+		if r != nil {
+			free <- r
 		}
 		var tick <-chan time.Time
 		if next >= 0 {
@@ -298,6 +315,34 @@ func (s *scheduler[T, R]) loop() {
 		}
 		timer.Stop()
 	}
+}
+
+// rounds is how many batches may be decided at once.
+const rounds = 2
+
+// A round is a batch of admissions and the keys that asked for them.
+type round[T, R any] struct {
+	batch []bucket.Admission
+	asked []*keyState[T, R]
+}
+
+// decide has the backend decide r's batch and acts on the decisions.
+func (s *scheduler[T, R]) decide(r *round[T, R]) {
+	before := s.d.now()
+	s.d.lim.Admit(s.d.base, r.batch)
+	after := s.d.now()
+	// Track the round trip: a job may start that much after the backend
+	// decided without being late.
+	s.rtt.Store(s.rtt.Load() + (after-before-s.rtt.Load())/8)
+	s.mu.Lock()
+	stall := s.afterAdmit
+	s.mu.Unlock()
+	if stall != nil {
+		stall()
+	}
+	s.apply(r.batch, r.asked, before, after)
+	clear(r.batch) // drop the limits' quota slices
+	clear(r.asked)
 }
 
 // releaseDue hands booked jobs whose slot has come to their workers and
@@ -412,8 +457,9 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 			s.putBack(k, j, now+int64(a.Decision.Wait)-int64(s.window()/2))
 		}
 	}
+	handed := s.takeHanded()
 	s.mu.Unlock()
-	s.deliver()
+	s.deliver(handed)
 	s.refund(refunds)
 }
 
