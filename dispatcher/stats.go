@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"math"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -38,8 +39,11 @@ type KeyStats struct {
 	AdmissionWait                                    Percentiles
 }
 
-// Percentiles summarise durations. They are read from a histogram with
-// eight buckets per power of two, so each is within 12.5% above the truth.
+// Percentiles summarise durations. They are read from histograms: the
+// dispatcher's has eight buckets per power of two, so its percentiles are
+// within 12.5% above the truth; a key's has four, from a microsecond to 39
+// hours, so its are within 25% (and shorter waits read as about a
+// microsecond). Max is exact.
 type Percentiles struct {
 	Count         int64
 	P50, P90, P99 time.Duration
@@ -55,16 +59,16 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 		Retried:       c.retried.Load(),
 		BackendErrors: c.backendErrors.Load(),
 	}
-	var wait histogramSum
+	wait := c.wait.sum()
 	tally := func(c *jobCounters) {
 		st.Succeeded += c.outcome(outcomeSucceeded).Load()
 		st.Failed += c.outcome(outcomeFailed).Load()
 		st.Cancelled += c.outcome(outcomeCancelled).Load()
-		wait.add(&c.wait)
 	}
 	tally(&c.jobCounters)
 	for w := range d.crew {
 		tally(&d.crew[w].jobCounters)
+		wait.add(d.crew[w].wait.counts[:], &d.crew[w].wait.max)
 		if d.crew[w].current.Load() != nil {
 			st.Running++
 		}
@@ -103,13 +107,13 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 type jobCounters struct {
 	submitted, retried atomic.Int64
 	outcomes           [3]atomic.Int64 // by outcome
-	wait               histogram
 }
 
 func (c *jobCounters) outcome(o outcome) *atomic.Int64 { return &c.outcomes[o] }
 
 type counters struct {
 	jobCounters
+	wait          histogram
 	backendErrors atomic.Int64
 
 	mu             sync.Mutex
@@ -122,73 +126,120 @@ func (c *counters) setBackendErr(err error) {
 	c.mu.Unlock()
 }
 
-// keyCounters are one key's figures, kept with its queue: about 4 KiB.
+// keyCounters are one key's figures, kept with its queue: about 1.3 KiB.
 type keyCounters struct {
 	jobCounters
 	throttled, late atomic.Int64
+	wait            keyHistogram
 }
 
-// histogram counts non-negative nanosecond durations in buckets of eight
-// per power of two. Recording is lock-free.
-type histogram struct {
-	counts [(64 - subBits) << subBits]atomic.Int64
-	max    atomic.Int64
+// A shape maps durations (ns) to the buckets of a histogram: 2^sub
+// buckets per power of two, each within 1/2^sub above the values it
+// holds, for values in [lo, hi]; values outside count in the first or last
+// bucket.
+type shape struct {
+	sub    int
+	lo, hi int64
+	offset int // the raw bucket of lo
 }
 
-const subBits = 3
+func newShape(sub int, lo, hi int64) shape {
+	s := shape{sub: sub, lo: lo, hi: hi}
+	s.offset = s.raw(lo)
+	return s
+}
 
-func bucketOf(v int64) int {
-	if v < 1<<subBits {
-		return int(max(v, 0))
+// raw is the bucket of v ≥ 0 counting from 0: values below 2^sub have one
+// each, then 2^sub per power of two.
+func (s shape) raw(v int64) int {
+	if v < 1<<s.sub {
+		return int(v)
 	}
-	e := bits.Len64(uint64(v)) - 1 - subBits // v >> e has subBits+1 bits
-	return (e+1)<<subBits | int(v>>e)&(1<<subBits-1)
+	e := bits.Len64(uint64(v)) - 1 - s.sub // v >> e has sub+1 bits
+	return (e+1)<<s.sub | int(v>>e)&(1<<s.sub-1)
 }
+
+func (s shape) bucketOf(v int64) int { return s.raw(min(max(v, s.lo), s.hi)) - s.offset }
+
+func (s shape) buckets() int { return s.bucketOf(s.hi) + 1 }
 
 // upper returns the largest value of bucket i.
-func upper(i int) int64 {
-	if i < 1<<subBits {
+func (s shape) upper(i int) int64 {
+	i += s.offset
+	if i < 1<<s.sub {
 		return int64(i)
 	}
-	e := i>>subBits - 1
-	m := int64(i&(1<<subBits-1)) | 1<<subBits
+	e := i>>s.sub - 1
+	m := int64(i&(1<<s.sub-1)) | 1<<s.sub
 	return (m+1)<<e - 1
 }
 
-func (h *histogram) record(v int64) {
-	h.counts[bucketOf(v)].Add(1)
+var (
+	// fine is the dispatcher's: every duration, within 12.5%.
+	fine = newShape(3, 0, math.MaxInt64)
+	// coarse is each key's, a quarter of the memory: within 25% from a
+	// microsecond to 39 hours.
+	coarse = newShape(2, 1<<10, 1<<47-1)
+)
+
+// A histogram counts durations in the buckets of fine; a keyHistogram in
+// those of coarse (TestHistogramShapes checks the sizes). Recording is
+// lock-free.
+type (
+	histogram struct {
+		counts [488]atomic.Int64
+		max    atomic.Int64
+	}
+	keyHistogram struct {
+		counts [148]atomic.Int64
+		max    atomic.Int64
+	}
+)
+
+func (h *histogram) record(v int64)    { record(fine, h.counts[:], &h.max, v) }
+func (h *keyHistogram) record(v int64) { record(coarse, h.counts[:], &h.max, v) }
+
+func (h *histogram) sum() *histogramSum {
+	s := &histogramSum{shape: fine, counts: make([]int64, len(h.counts))}
+	s.add(h.counts[:], &h.max)
+	return s
+}
+
+func (h *keyHistogram) sum() *histogramSum {
+	s := &histogramSum{shape: coarse, counts: make([]int64, len(h.counts))}
+	s.add(h.counts[:], &h.max)
+	return s
+}
+
+func record(sh shape, counts []atomic.Int64, top *atomic.Int64, v int64) {
+	counts[sh.bucketOf(v)].Add(1)
 	for {
-		m := h.max.Load()
-		if v <= m || h.max.CompareAndSwap(m, v) {
+		m := top.Load()
+		if v <= m || top.CompareAndSwap(m, v) {
 			return
 		}
 	}
 }
 
-// A histogramSum adds up histograms kept apart (by worker) to read them
-// as one.
+// A histogramSum adds up histograms of one shape kept apart (by worker)
+// to read them as one.
 type histogramSum struct {
-	counts [len(histogram{}.counts)]int64
+	shape  shape
+	counts []int64
 	n, max int64
 }
 
-func (s *histogramSum) add(h *histogram) {
-	for i := range h.counts {
-		c := h.counts[i].Load()
+func (s *histogramSum) add(counts []atomic.Int64, top *atomic.Int64) {
+	for i := range counts {
+		c := counts[i].Load()
 		s.counts[i] += c
 		s.n += c
 	}
-	s.max = max(s.max, h.max.Load())
-}
-
-func (h *histogram) sum() *histogramSum {
-	var s histogramSum
-	s.add(h)
-	return &s
+	s.max = max(s.max, top.Load())
 }
 
 func (s *histogramSum) percentiles() Percentiles {
-	counts, n := &s.counts, s.n
+	counts, n := s.counts, s.n
 	p := Percentiles{Count: n, Max: time.Duration(s.max)}
 	if n == 0 {
 		return p
@@ -199,7 +250,7 @@ func (s *histogramSum) percentiles() Percentiles {
 		var seen int64
 		for i, c := range counts {
 			if seen += c; seen >= rank {
-				return min(time.Duration(upper(i)), p.Max)
+				return min(time.Duration(s.shape.upper(i)), p.Max)
 			}
 		}
 		return p.Max

@@ -1,0 +1,64 @@
+package dispatcher
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// Each bucket's upper bound is at or above every value it holds and within
+// its shape's precision of it; the arrays are as long as the shapes need.
+func TestHistogramShapes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		sh     shape
+		size   int
+		within float64
+	}{
+		{"fine", fine, len(histogram{}.counts), 1.0 / 8},
+		{"coarse", coarse, len(keyHistogram{}.counts), 1.0 / 4},
+	} {
+		if n := tc.sh.buckets(); n != tc.size {
+			t.Errorf("%s: shape has %d buckets, the array %d", tc.name, n, tc.size)
+		}
+		rng := rand.New(rand.NewPCG(1, 2))
+		for range 100_000 {
+			v := rng.Int64N(1 << rng.IntN(63))
+			i := tc.sh.bucketOf(v)
+			if i < 0 || i >= tc.size {
+				t.Fatalf("%s: bucketOf(%d) = %d, outside [0, %d)", tc.name, v, i, tc.size)
+			}
+			up := tc.sh.upper(i)
+			if v < tc.sh.lo || v > tc.sh.hi {
+				continue // clamped into the first or last bucket
+			}
+			if up < v || float64(up-v) > tc.within*float64(v)+1 {
+				t.Fatalf("%s: %d is in bucket %d, whose upper bound is %d", tc.name, v, i, up)
+			}
+		}
+		if tc.sh.bucketOf(0) != 0 || tc.sh.bucketOf(math.MaxInt64) != tc.size-1 {
+			t.Errorf("%s: 0 and MaxInt64 do not fall in the first and last buckets", tc.name)
+		}
+	}
+}
+
+func TestKeyHistogramPercentiles(t *testing.T) {
+	var h keyHistogram
+	for i := range 100 {
+		h.record(int64(i+1) * int64(time.Millisecond)) // 1ms … 100ms
+	}
+	h.record(50) // below a microsecond: counted in the first bucket
+	p := h.sum().percentiles()
+	if p.Count != 101 || p.Max != 100*time.Millisecond {
+		t.Fatalf("Count %d, Max %v; want 101, 100ms", p.Count, p.Max)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want time.Duration
+	}{{"P50", p.P50, 50 * time.Millisecond}, {"P90", p.P90, 90 * time.Millisecond}, {"P99", p.P99, 99 * time.Millisecond}} {
+		if c.got < c.want || float64(c.got) > 1.25*float64(c.want) {
+			t.Errorf("%s = %v, want %v (+25%%)", c.name, c.got, c.want)
+		}
+	}
+}
