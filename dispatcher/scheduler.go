@@ -545,9 +545,15 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	if lateness <= tolerance {
 		return false
 	}
+	s.mu.Lock()
+	if s.stopped {
+		// A hard stop resolved the queues since the check above: j would
+		// wait in its key's forever. runJob resolves it with ErrClosed.
+		s.mu.Unlock()
+		return false
+	}
 	refund := j.admission()
 	j.slot = 0
-	s.mu.Lock()
 	k := s.key(j.key)
 	j.setState(queued)
 	k.jobs.insert(j)
@@ -630,6 +636,10 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 
 	var refund *bucket.Admission
 	s.mu.Lock()
+	if s.stopped { // a hard stop resolved the queues since the check above
+		s.mu.Unlock()
+		return false, err
+	}
 	k := s.key(j.key)
 	k.paused = max(k.paused, until)
 	k.stats.retried.Add(1)
