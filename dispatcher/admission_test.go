@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/dispatcher"
 	"github.com/leakybucket/leakybucket/middleware"
@@ -351,6 +352,128 @@ func TestIdleKeysForgotten(t *testing.T) {
 		}
 		if keys := d.Stats().Keys; len(keys) != 1 {
 			t.Errorf("two minutes later Stats.Keys holds %d keys, want only the one in use", len(keys))
+		}
+	})
+}
+
+// slowRefund is a memory backend whose refunds take a long round trip.
+type slowRefund struct {
+	*memstore.Store
+	delay time.Duration
+}
+
+func (s slowRefund) Refund(ctx context.Context, req bucket.Request, d bucket.Decision) error {
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+	}
+	return s.Store.Refund(ctx, req, d)
+}
+
+// TestLateGiveBackHoldsNoOtherKey: a job that reaches its worker late
+// gives its admission back while its key waits, and its worker goes on at
+// once with other keys' jobs, however long the backend takes to refund.
+func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store, err := memstore.New(memstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer store.Close()
+		lim, err := bucket.NewLimiter(slowRefund{store, 5 * time.Second}, bucket.PerSecond(1000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			time.Sleep(time.Millisecond)
+			return j.n, nil
+		}, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		ctx := context.Background()
+		for i := range 64 { // time the handler: then nothing is admitted ahead of the worker
+			if _, err := d.Do(ctx, task{"warm", i}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var once atomic.Bool
+		dispatcher.SetAfterAdmit(d, func() {
+			if once.CompareAndSwap(false, true) {
+				time.Sleep(50 * time.Millisecond) // A reaches its worker 50 ms late
+			}
+		})
+		fa, err := d.Submit(ctx, task{"A", 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // A's admission is stalled, its worker reserved
+		start := time.Now()
+		fb, err := d.Submit(ctx, task{"B", 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fb.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("B took %v: it waited for A's refund", took)
+		}
+		if _, err := fa.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if late := d.Stats().Keys["A"].Late; late != 1 {
+			t.Errorf("A was given back %d times, want 1 (the test did not make it late)", late)
+		}
+	})
+}
+
+// TestShutdownCutsGiveBackShort: once every job is resolved, Shutdown does
+// not wait for the backend to finish refunding a late job's admission.
+func TestShutdownCutsGiveBackShort(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store, err := memstore.New(memstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer store.Close()
+		lim, err := bucket.NewLimiter(slowRefund{store, time.Hour}, bucket.PerSecond(1000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := dispatcher.New(func(_ context.Context, j task) (int, error) {
+			time.Sleep(time.Millisecond)
+			return j.n, nil
+		}, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		var once atomic.Bool
+		dispatcher.SetAfterAdmit(d, func() {
+			if once.CompareAndSwap(false, true) {
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+		jctx, cancel := context.WithCancel(ctx)
+		f, err := d.Submit(jctx, task{"A", 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // A was late; its refund is under way
+		synctest.Wait()
+		cancel() // A is resolved while its refund still runs
+		if _, err := f.Wait(ctx); !errors.Is(err, context.Canceled) {
+			t.Fatalf("A: %v, want context.Canceled", err)
+		}
+		sctx, stop := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer stop()
+		start := time.Now()
+		if err := d.Shutdown(sctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if took := time.Since(start); took > 200*time.Millisecond {
+			t.Errorf("Shutdown took %v: it waited for the refund", took)
+		}
+		if late := d.Stats().Keys["A"].Late; late != 1 {
+			t.Errorf("A was given back %d times, want 1 (the test did not make it late)", late)
 		}
 	})
 }

@@ -91,7 +91,7 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 		keyOf:   func(T) string { return "default" },
 		lim:     cfg.limiter,
 		cfg:     cfg,
-		epoch:   time.Now(),
+		epoch:   time.Now().Add(-time.Nanosecond), // see now
 		closing: make(chan struct{}),
 		drained: make(chan struct{}),
 		crew:    make([]worker[T, R], cfg.workers),
@@ -140,6 +140,7 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 }
 
 // now is the dispatcher's clock: monotonic nanoseconds since New.
+// It starts at 1, not 0: a slot of 0 marks a job no bucket admitted.
 func (d *Dispatcher[T, R]) now() int64 { return int64(time.Since(d.epoch)) }
 
 // Submit queues job and returns its future. It blocks while the queue is
@@ -331,8 +332,8 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		ctx = middleware.WithJobInfo(j, middleware.JobInfo{Key: j.key, Attempt: j.attempt})
 	}
 	val, err := d.call(ctx, j.in)
-	ctxEnded := err != nil && j.Err() != nil // before the run's end ends it
-	if d.sched != nil && j.seq%8 == 0 {      // a sample is enough for an average
+	ctxEnded := err != nil && j.Err() != nil            // before the run's end ends it
+	if d.sched != nil && (j.seq%8 == 0 || j.seq < 64) { // a sample is enough for an average, once it has begun
 		d.sched.ran(d.now() - start)
 	}
 	wk.current.Store(nil)
@@ -388,11 +389,14 @@ func (d *Dispatcher[T, R]) Shutdown(ctx context.Context) error {
 		}
 	}
 	d.stopOnce.Do(func() {
+		// Every job is resolved: what the backend is still asked (a
+		// refund of a late or cancelled job's admission) may be cut short,
+		// which can only under-admit, rather than hold Shutdown up.
+		d.stopBase()
 		close(d.quit)
-		d.wg.Wait() // the scheduler: nothing sends on run now
+		d.wg.Wait() // the scheduler and its give-backs: nothing sends on run now
 		close(d.run)
 		d.workers.Wait()
-		d.stopBase()
 	})
 	return err
 }

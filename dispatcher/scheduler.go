@@ -107,6 +107,9 @@ func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
 		wake: make(chan struct{}, 1),
 	}
 	s.idle.Store(int64(d.cfg.workers))
+	// Until handlers have been timed, assume they take an eighth of the
+	// tolerance: two jobs per worker ahead, not a batch.
+	s.run.Store(int64(d.cfg.lateness) / 8)
 	return s
 }
 
@@ -570,6 +573,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	s.d.wg.Add(1) // j is unresolved, so Shutdown has not begun waiting
 	s.mu.Unlock()
 	go s.giveBack(k, refund, hold)
+	s.signal() // j's worker is free for other keys' jobs meanwhile
 	return true
 }
 
