@@ -477,3 +477,50 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 		}
 	})
 }
+
+// TestCancelledAdmissionRefunded: a job cancelled while its admission is
+// being decided has it refunded before its key asks again, so the key's
+// next job does not wait an interval for a slot nobody used.
+func TestCancelledAdmissionRefunded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store, err := memstore.New(memstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer store.Close()
+		lim, err := bucket.NewLimiter(slowRefund{store, 100 * time.Millisecond}, bucket.PerSecond(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
+			dispatcher.WithWorkers(2), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		var once atomic.Bool
+		dispatcher.SetAfterAdmit(d, func() {
+			if once.CompareAndSwap(false, true) {
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+		ctx := context.Background()
+		start := time.Now()
+		actx, cancel := context.WithCancel(ctx)
+		if _, err := d.Submit(actx, task{"A", 1}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // A's admission is decided, not yet applied
+		cancel()
+		fb, err := d.Submit(ctx, task{"A", 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // applied: the refund of A's admission is under way
+		if _, err := d.Submit(ctx, task{"other", 3}); err != nil { // wakes the scheduler meanwhile
+			t.Fatal(err)
+		}
+		if _, err := fb.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > 500*time.Millisecond {
+			t.Errorf("A's next job started after %v: the cancelled admission was not refunded first", took)
+		}
+	})
+}

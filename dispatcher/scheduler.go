@@ -404,7 +404,10 @@ func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T,
 // no sooner than after+Wait (never early) and judged late from
 // before+Wait (never lenient).
 func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R], before, after int64) {
-	var refunds []bucket.Admission
+	var (
+		refunds []bucket.Admission
+		held    []*keyState[T, R] // asking nothing until the refunds are done
+	)
 	now := after
 	s.mu.Lock()
 	for i, k := range asked {
@@ -423,7 +426,14 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 				s.d.finish(j, *new(R), ErrClosed, outcomeCancelled)
 			}
 			s.idle.Add(1)
-			s.settle(k, now)
+			if allowed && !s.stopped {
+				// An admission of its next job made before the refund
+				// would make the refund do nothing.
+				k.phase = keyRefunding
+				held = append(held, k)
+			} else {
+				s.settle(k, now)
+			}
 		case a.Err != nil && permanent(a.Err):
 			j.setState(done)
 			s.waiting.Add(-1)
@@ -464,6 +474,16 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 	s.mu.Unlock()
 	s.deliver(handed)
 	s.refund(refunds)
+	if len(held) > 0 {
+		s.mu.Lock()
+		for _, k := range held {
+			if k.phase == keyRefunding {
+				s.settle(k, s.d.now())
+			}
+		}
+		s.mu.Unlock()
+		s.signal()
+	}
 }
 
 // putBack returns j to the head of k's queue, frees its worker, and makes
