@@ -27,7 +27,8 @@
 -- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
 -- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now and
 -- freshAt. freshAt is 0 for a fresh bucket. A string costs the client less
--- than an array.
+-- than an array; only if a request failed is the reply an array: that
+-- string, then the error messages (see the end).
 
 local req = ARGV[1]
 
@@ -270,10 +271,21 @@ local function decide(key, at)
   return reply(1, wait, now, tat, prev, gen, save())
 end
 
--- Each key's request follows the previous one's; so do the replies.
-local out, at = {}, 1
+-- Each key's request follows the previous one's; so do the replies. A
+-- request that fails (a key holding something else, a write refused)
+-- changed nothing, and fails alone: its reply is allowed = -1 and wait =
+-- the index of its error among those that follow the replies.
+local out, errs, at = {}, {}, 1
 for i = 1, #KEYS do
-  out[i] = decide(KEYS[i], at)
+  local ok, r = pcall(decide, KEYS[i], at)
+  if not ok then
+    errs[#errs + 1] = type(r) == 'table' and r.err or tostring(r)
+    r = reply(-1, #errs, now, 0, 0, 0, 0)
+  end
+  out[i] = r
   at = at + 7 * 8 + 16 * struct.unpack('<i8', req, at + 6 * 8)
 end
-return table.concat(out)
+if #errs == 0 then
+  return table.concat(out)
+end
+return { table.concat(out), unpack(errs) }

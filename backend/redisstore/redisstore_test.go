@@ -252,3 +252,32 @@ func TestExactRange(t *testing.T) {
 		t.Errorf("Admit of burst 2^50+1 with a quota: %v, want a *bucket.LimitError naming Burst", err)
 	}
 }
+
+// TestForeignValueInBatch: in a batch decided by one script call, a key
+// holding something else fails alone; the others are decided, and charged,
+// once.
+func TestForeignValueInBatch(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{})
+	ctx := context.Background()
+	s.Client().RPush(ctx, s.RedisKey("list"), "x")
+	t.Cleanup(func() { s.Client().Del(context.Background(), s.RedisKey("list")) })
+	lim := bucket.PerHour(1)
+	batch := []bucket.Admission{
+		{Request: bucket.Request{Key: "good1", Limit: lim, Cost: 1}},
+		{Request: bucket.Request{Key: "list", Limit: lim, Cost: 1}},
+		{Request: bucket.Request{Key: "good2", Limit: lim, Cost: 1}},
+	}
+	s.AdmitBatch(ctx, batch)
+	var rerr redis.Error
+	if err := batch[1].Err; err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Errorf("the list's admission: %v, want a WRONGTYPE redis.Error that is not ErrUnavailable", err)
+	}
+	for _, i := range []int{0, 2} {
+		if a := batch[i]; a.Err != nil || !a.Decision.Allowed {
+			t.Errorf("%s beside the list: %+v, %v; want allowed", a.Key, a.Decision, a.Err)
+		}
+		if d, err := s.Admit(ctx, batch[i].Request); err != nil || d.Allowed {
+			t.Errorf("%s again (burst 1): %+v, %v; want refused: charged once", batch[i].Key, d, err)
+		}
+	}
+}

@@ -125,11 +125,25 @@ func parseReply(cmd *redis.Cmd) (reply, error) {
 	return out[0].r, out[0].err
 }
 
-// parseReplies parses the reply of a script call of len(out) requests.
+// parseReplies parses the reply of a script call of len(out) requests:
+// their records, followed, if some failed, by the failures' messages.
 func parseReplies(cmd *redis.Cmd, out []result) {
 	err := cmd.Err()
-	v, ok := cmd.Val().(string)
-	if err == nil && (!ok || len(v) != 7*8*len(out)) {
+	var (
+		recs  string
+		fails []any
+		ok    bool
+	)
+	switch v := cmd.Val().(type) {
+	case string:
+		recs, ok = v, true
+	case []any:
+		if len(v) > 1 {
+			recs, ok = v[0].(string)
+			fails = v[1:]
+		}
+	}
+	if err == nil && (!ok || len(recs) != 7*8*len(out)) {
 		err = fmt.Errorf("redisstore: script replied %q, want %d int64s", cmd.Val(), 7*len(out))
 	}
 	for k := range out {
@@ -137,10 +151,26 @@ func parseReplies(cmd *redis.Cmd, out []result) {
 			out[k] = result{err: err}
 			continue
 		}
-		n := func(i int) int64 { return int64(binary.LittleEndian.Uint64([]byte(v[7*8*k+8*i : 7*8*k+8*i+8]))) }
+		n := func(i int) int64 { return int64(binary.LittleEndian.Uint64([]byte(recs[7*8*k+8*i : 7*8*k+8*i+8]))) }
+		if n(0) == -1 { // this request failed; n(1) numbers its message
+			msg := fmt.Sprintf("request %d failed without a message", k)
+			if i := n(1) - 1; i >= 0 && i < int64(len(fails)) {
+				msg, _ = fails[i].(string)
+			}
+			out[k] = result{err: requestError(msg)}
+			continue
+		}
 		out[k] = result{r: reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6)}}
 	}
 }
+
+// A requestError is Redis's answer that one request of a script call
+// failed (for example WRONGTYPE, or OOM for its write). It is a
+// redis.Error: Redis answered.
+type requestError string
+
+func (e requestError) Error() string { return string(e) }
+func (requestError) RedisError()     {}
 
 // ceilDiv returns ⌈a/b⌉ for a ≥ 0, b > 0.
 func ceilDiv(a, b int64) int64 {
