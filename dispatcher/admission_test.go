@@ -512,7 +512,7 @@ func TestCancelledAdmissionRefunded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond) // applied: the refund of A's admission is under way
+		time.Sleep(20 * time.Millisecond)                          // applied: the refund of A's admission is under way
 		if _, err := d.Submit(ctx, task{"other", 3}); err != nil { // wakes the scheduler meanwhile
 			t.Fatal(err)
 		}
