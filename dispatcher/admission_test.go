@@ -512,8 +512,10 @@ func TestCancelledAdmissionRefunded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)                          // applied: the refund of A's admission is under way
-		if _, err := d.Submit(ctx, task{"other", 3}); err != nil { // wakes the scheduler meanwhile
+		// Applied: the refund of A's admission is under way, and another
+		// key's job wakes the scheduler meanwhile.
+		time.Sleep(20 * time.Millisecond)
+		if _, err := d.Submit(ctx, task{"other", 3}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := fb.Wait(ctx); err != nil {
