@@ -59,7 +59,7 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 		Retried:       c.retried.Load(),
 		BackendErrors: c.backendErrors.Load(),
 	}
-	wait := c.wait.sum()
+	wait := &histogramSum{shape: fine, counts: make([]int64, len(histogram{}.counts))}
 	tally := func(c *jobCounters) {
 		st.Succeeded += c.outcome(outcomeSucceeded).Load()
 		st.Failed += c.outcome(outcomeFailed).Load()
@@ -113,7 +113,6 @@ func (c *jobCounters) outcome(o outcome) *atomic.Int64 { return &c.outcomes[o] }
 
 type counters struct {
 	jobCounters
-	wait          histogram
 	backendErrors atomic.Int64
 
 	mu             sync.Mutex
@@ -198,12 +197,6 @@ type (
 
 func (h *histogram) record(v int64)    { record(fine, h.counts[:], &h.max, v) }
 func (h *keyHistogram) record(v int64) { record(coarse, h.counts[:], &h.max, v) }
-
-func (h *histogram) sum() *histogramSum {
-	s := &histogramSum{shape: fine, counts: make([]int64, len(h.counts))}
-	s.add(h.counts[:], &h.max)
-	return s
-}
 
 func (h *keyHistogram) sum() *histogramSum {
 	s := &histogramSum{shape: coarse, counts: make([]int64, len(h.counts))}
