@@ -80,6 +80,16 @@ func (r *Request) Validate() error {
 	return nil
 }
 
+// plainValid reports, cheaply, whether r is a valid request under a limit
+// without quotas: Decide's common case, without Validate's error-building
+// code. When it reports true Validate would return nil; when it reports
+// false, Validate decides.
+func (r *Request) plainValid() bool {
+	l := &r.Limit
+	return r.Key != "" && r.Cost >= 1 && l.Burst >= r.Cost && len(l.Quotas) == 0 && !l.unlimited &&
+		l.Rate >= 1 && l.Period > 0 && l.Period <= MaxDuration && burstFits(l.Burst, l.Period, l.Rate)
+}
+
 // A Decision is a backend's answer to a Request.
 type Decision struct {
 	// Allowed reports whether the request was admitted.

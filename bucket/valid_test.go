@@ -1,0 +1,37 @@
+package bucket
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// plainValid never vouches for a request Validate rejects, over random
+// requests with edge values in every field.
+func TestPlainValidImpliesValid(t *testing.T) {
+	rng := rand.New(rand.NewPCG(4, 2))
+	pick := func(vs ...int64) int64 { return vs[rng.IntN(len(vs))] }
+	edges := func() int64 {
+		return pick(-1, 0, 1, 2, 7, 1000, 1e9, math.MaxInt64/2, math.MaxInt64, int64(MaxDuration), int64(MaxDuration)+1, rng.Int64())
+	}
+	var vouched int
+	for range 200_000 {
+		r := Request{Key: []string{"", "k"}[rng.IntN(2)], Cost: edges(), Limit: Limit{Rate: edges(), Period: time.Duration(edges()), Burst: edges()}}
+		switch rng.IntN(8) {
+		case 0:
+			r.Limit.Quotas = []Quota{{Max: edges(), Window: time.Duration(edges())}}
+		case 1:
+			r.Limit = Unlimited
+		}
+		if r.plainValid() {
+			vouched++
+			if err := r.Validate(); err != nil {
+				t.Fatalf("plainValid(%+v) but Validate: %v", r, err)
+			}
+		}
+	}
+	if vouched == 0 {
+		t.Fatal("plainValid vouched for no request: the test exercised nothing")
+	}
+}
