@@ -443,7 +443,9 @@ func (s *Store) write(ctx context.Context, key string, args []byte) error {
 	ask, probe := s.ask()
 	var err error
 	if ask {
-		err = s.eval(ctx, s.prefix+key, args).Err()
+		// The reply, not only the command's error: a request that fails
+		// in the script fails alone, in its reply.
+		_, err = parseReply(s.eval(ctx, s.prefix+key, args))
 		s.settle(ctx, err, probe)
 		switch {
 		case err == nil:

@@ -281,3 +281,21 @@ func TestForeignValueInBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestForeignValueWrites: a pause or a refund on a key holding something
+// else is an error about that key, as an admission is.
+func TestForeignValueWrites(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{})
+	ctx := context.Background()
+	s.Client().HSet(ctx, s.RedisKey("hash"), "a", "b")
+	t.Cleanup(func() { s.Client().Del(context.Background(), s.RedisKey("hash")) })
+	var rerr redis.Error
+	if err := s.Pause(ctx, "hash", time.Second); err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
+		t.Errorf("Pause on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
+	}
+	req := bucket.Request{Key: "hash", Limit: bucket.PerSecond(1), Cost: 1}
+	d := bucket.Decision{Allowed: true, Now: time.Now().UnixNano(), Booking: bucket.Booking{TAT: 2, Prev: 1, Gen: 1}}
+	if err := s.Refund(ctx, req, d); err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
+		t.Errorf("Refund on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
+	}
+}
