@@ -427,9 +427,7 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 			}
 			s.idle.Add(1)
 			if allowed && !s.stopped {
-				// An admission of its next job made before the refund
-				// would make the refund do nothing.
-				k.phase = keyRefunding
+				k.phase = keyRefunding // held (see hold) until the refund is done
 				held = append(held, k)
 			} else {
 				s.settle(k, now)
@@ -477,9 +475,7 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 	if len(held) > 0 {
 		s.mu.Lock()
 		for _, k := range held {
-			if k.phase == keyRefunding {
-				s.settle(k, s.d.now())
-			}
+			s.resume(k)
 		}
 		s.mu.Unlock()
 		s.signal()
@@ -582,33 +578,24 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	k.jobs.insert(j)
 	s.idle.Add(1)
 	k.stats.late.Add(1)
-	// Unless an admission of k is being decided or given back (the refund
-	// cannot wait for those), k asks nothing until the refund is done: an
-	// admission made first would make it find a later one and do nothing.
-	hold := k.phase != keyAsking && k.phase != keyRefunding
-	if hold {
-		s.timers.remove(k)
-		k.phase = keyRefunding
-	}
+	held := s.hold(k)
 	s.d.wg.Add(1) // j is unresolved, so Shutdown has not begun waiting
 	s.mu.Unlock()
-	go s.giveBack(k, refund, hold)
+	go s.giveBack(k, refund, held)
 	s.signal() // j's worker is free for other keys' jobs meanwhile
 	return true
 }
 
 // giveBack refunds an admission of k; if k was held for it, k may then ask
 // again.
-func (s *scheduler[T, R]) giveBack(k *keyState[T, R], a bucket.Admission, hold bool) {
+func (s *scheduler[T, R]) giveBack(k *keyState[T, R], a bucket.Admission, held bool) {
 	defer s.d.wg.Done()
 	s.refund([]bucket.Admission{a})
-	if !hold {
+	if !held {
 		return
 	}
 	s.mu.Lock()
-	if k.phase == keyRefunding {
-		s.settle(k, s.d.now())
-	}
+	s.resume(k)
 	s.mu.Unlock()
 	s.signal()
 }
@@ -619,15 +606,32 @@ func (s *scheduler[T, R]) giveBack(k *keyState[T, R], a bucket.Admission, hold b
 // applies only to a key's latest admission). Called with s.mu held, which
 // it releases during the refund.
 func (s *scheduler[T, R]) refundBooking(k *keyState[T, R], j *job[T, R]) {
-	hold := k.phase != keyAsking
-	if hold {
-		s.timers.remove(k)
-		k.phase = keyRefunding
-	}
+	held := s.hold(k)
 	s.mu.Unlock()
 	s.refund([]bucket.Admission{j.admission()})
 	s.mu.Lock()
-	if hold && k.phase == keyRefunding {
+	if held {
+		s.resume(k)
+	}
+}
+
+// hold makes k ask nothing while an admission of it is refunded: an
+// admission made first would make the refund find a later one and do
+// nothing. It reports false if k cannot be held: its next admission is
+// being decided, or another refund holds it. Called with s.mu held.
+func (s *scheduler[T, R]) hold(k *keyState[T, R]) bool {
+	if k.phase == keyAsking || k.phase == keyRefunding {
+		return false
+	}
+	s.timers.remove(k)
+	k.phase = keyRefunding
+	return true
+}
+
+// resume lets a held key ask again, unless a hard stop has settled it
+// meanwhile. Called with s.mu held.
+func (s *scheduler[T, R]) resume(k *keyState[T, R]) {
+	if k.phase == keyRefunding {
 		s.settle(k, s.d.now())
 	}
 }
