@@ -21,8 +21,10 @@
 --
 -- State: struct '<i8i8i8' TAT, Paused, Gen; then, if there are quotas, a
 -- cmsgpack array: per quota window, ns, then ns × (slot index delta,
--- count); slots ascend and the first delta is from 0. The key expires
--- (PX) when the state becomes fresh, and a state found fresh is ignored.
+-- count); slots ascend and the first delta is from 0. The key expires in
+-- the second after the state becomes fresh (PXAT, kept by later writes
+-- with KEEPTTL while it still covers them), and a state found fresh is
+-- ignored.
 --
 -- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
 -- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now and
@@ -53,6 +55,12 @@ end
 
 local function reply(...)
   return struct.pack('<i8i8i8i8i8i8i8', ...)
+end
+
+-- expiry is when a key whose state becomes fresh at t expires: t rounded
+-- up to a whole second, in µs.
+local function expiry(t)
+  return floordiv(t + 999999, 1000000) * 1000000
 end
 
 -- slotwidth is bucket.SlotWidth: a window is divided into 100 slots.
@@ -99,10 +107,16 @@ local function decide(key, at)
     return fresh
   end
 
-  -- A state that has become fresh is forgotten, whether or not its key has
-  -- expired yet (expiry is in whole milliseconds).
-  if raw and freshat() <= now then
-    tat, paused, gen, quotas, raw = 0, 0, 0, {}, false
+  -- The key expires no sooner than expiry() of the state it holds (see
+  -- save). A state that has become fresh is forgotten, whether or not its
+  -- key has expired yet.
+  local expires
+  if raw then
+    local fresh = freshat()
+    expires = expiry(fresh)
+    if fresh <= now then
+      tat, paused, gen, quotas, raw = 0, 0, 0, {}, false
+    end
   end
 
   -- save writes the state with an expiry at the moment it becomes fresh, or
@@ -111,6 +125,7 @@ local function decide(key, at)
     local fresh = freshat()
     if fresh <= now then
       redis.call('DEL', key)
+      expires = nil
       return 0
     end
     local val = struct.pack('<i8i8i8', tat, paused, gen)
@@ -129,11 +144,19 @@ local function decide(key, at)
       end
       val = val .. cmsgpack.pack(out)
     end
-    local ms = floordiv(fresh - now + 999, 1000)
-    if ARGV[2] then
-      ms = math.max(ms, 600000)
+    -- The key expires at expiry(fresh), a whole second: a write that does
+    -- not move it keeps the key's expiry (KEEPTTL costs Redis less than
+    -- setting one), so the key always expires no sooner than expiry() of
+    -- the state it holds.
+    local at = expiry(fresh)
+    if expires and at <= expires then
+      redis.call('SET', key, val, 'KEEPTTL')
+    elseif ARGV[2] then
+      redis.call('SET', key, val, 'PX', math.max(floordiv(at - now, 1000), 600000))
+    else
+      redis.call('SET', key, val, 'PXAT', at / 1000)
     end
-    redis.call('SET', key, val, 'PX', ms)
+    expires = at
     return fresh
   end
 

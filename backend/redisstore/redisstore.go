@@ -5,14 +5,15 @@
 //
 // An admission is decided by a Lua script that runs the mathematics of
 // package bucket atomically on the bucket's one key, on the Redis server's
-// clock (TIME, integer microseconds): a GET and a SET with PX of the key,
-// and a round trip that concurrent callers share: Admit calls that arrive
-// while round trips are in flight go out together as one pipeline, and
+// clock (TIME, integer microseconds): a GET and a SET of the key, and a
+// round trip that concurrent callers share: Admit calls that arrive while
+// round trips are in flight go out together as one pipeline, and
 // AdmitBatch sends one pipeline. On a single server one script call
 // decides up to 64 requests, which roughly halves Redis's time per
 // admission (about 10 µs here); in a Cluster each request is a call of its
 // own. A key's state is 24 bytes plus 2 to 3 bytes per quota slot in use,
-// and expires when the bucket becomes fresh. On a 2-core machine with
+// and the key expires in the second after the bucket becomes fresh (Redis
+// 6.2 or later). On a 2-core machine with
 // Redis on loopback, 16 concurrent callers got about 1.3–1.5 times the
 // admissions per second of go-redis/redis_rate, and a Dispatcher over
 // 1,000 keys 65,000–85,000 jobs per second, with Redis's one thread near

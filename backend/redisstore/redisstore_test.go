@@ -299,3 +299,49 @@ func TestForeignValueWrites(t *testing.T) {
 		t.Errorf("Refund on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
 	}
 }
+
+// TestExpiry: a key never expires before its state is fresh, and after an
+// admission lingers at most about a second after; writes that keep its
+// expiry (a refund, an admission within the same second) keep the first
+// true (after a refund the key may linger longer: a state found fresh is
+// ignored).
+func TestExpiry(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
+	ctx := context.Background()
+	c := s.Client()
+	req := bucket.Request{Key: "expiry", Limit: bucket.PerSecond(1).WithBurst(10), Cost: 1}
+	check := func(what string, fresh int64, linger time.Duration) {
+		t.Helper()
+		pttl, err := c.PTTL(ctx, s.RedisKey(req.Key)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		now, err := c.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := time.Duration(fresh-now.UnixMicro()) * time.Microsecond
+		if pttl < left-5*time.Millisecond || pttl > left+linger+5*time.Millisecond {
+			t.Errorf("after %s: the key expires in %v, its state is fresh in %v: want no sooner and at most %v later", what, pttl, left, linger)
+		}
+	}
+	var last bucket.Decision
+	for i := range 3 {
+		d, fresh, err := redisstore.RawAdmit(ctx, s, req)
+		if err != nil || !d.Allowed {
+			t.Fatalf("admission %d: %+v, %v", i, d, err)
+		}
+		check(fmt.Sprintf("admission %d", i), fresh, time.Second)
+		last = d
+	}
+	fresh, err := redisstore.RawRefund(ctx, s, req, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("a refund", fresh, 2*time.Second)
+	d, fresh, err := redisstore.RawAdmit(ctx, s, req)
+	if err != nil || !d.Allowed {
+		t.Fatalf("admission after the refund: %+v, %v", d, err)
+	}
+	check("an admission after the refund", fresh, time.Second)
+}
