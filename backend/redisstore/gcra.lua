@@ -21,10 +21,10 @@
 --
 -- State: struct '<i8i8i8' TAT, Paused, Gen; then, if there are quotas, a
 -- cmsgpack array: per quota window, ns, then ns × (slot index delta,
--- count); slots ascend and the first delta is from 0. The key expires in
--- the second after the state becomes fresh (PXAT, kept by later writes
--- with KEEPTTL while it still covers them), and a state found fresh is
--- ignored.
+-- count); slots ascend and the first delta is from 0; then MARK. The key
+-- expires in the second after the state becomes fresh (PXAT, kept by
+-- later writes with KEEPTTL while it still covers them), and a state found
+-- fresh is ignored.
 --
 -- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
 -- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now and
@@ -57,6 +57,12 @@ local function reply(...)
   return struct.pack('<i8i8i8i8i8i8i8', ...)
 end
 
+-- MARK ends every state this script writes: an empty msgpack array, which
+-- earlier versions of the script (which set each key's expiry to the exact
+-- millisecond) read past and drop. A state without it may expire before
+-- expiry() of its fresh moment, so its key's expiry is never kept.
+local MARK = '\144'
+
 -- expiry is when a key whose state becomes fresh at t expires: t rounded
 -- up to a whole second, in µs.
 local function expiry(t)
@@ -75,11 +81,15 @@ local function decide(key, at)
   -- Load. quotas[i] = {window, idx = {...}, cnt = {...}}
   local tat, paused, gen, quotas = 0, 0, 0, {}
   local raw = redis.call('GET', key)
+  local marked = false -- written by this script: its expiry is expiry(fresh) or later
   if raw then
     local p
     tat, paused, gen, p = struct.unpack('<i8i8i8', raw)
-    if p <= #raw then
-      local s = cmsgpack.unpack(string.sub(raw, p))
+    if p == #raw then
+      marked = string.byte(raw, p) == 0x90
+    elseif p < #raw then
+      local s, mark = cmsgpack.unpack(string.sub(raw, p))
+      marked = mark ~= nil
       local k = 1
       while k <= #s do
         local q = { window = s[k], idx = {}, cnt = {} }
@@ -113,7 +123,9 @@ local function decide(key, at)
   local expires
   if raw then
     local fresh = freshat()
-    expires = expiry(fresh)
+    if marked and not ARGV[2] then
+      expires = expiry(fresh)
+    end
     if fresh <= now then
       tat, paused, gen, quotas, raw = 0, 0, 0, {}, false
     end
@@ -144,19 +156,22 @@ local function decide(key, at)
       end
       val = val .. cmsgpack.pack(out)
     end
+    val = val .. MARK
     -- The key expires at expiry(fresh), a whole second: a write that does
     -- not move it keeps the key's expiry (KEEPTTL costs Redis less than
     -- setting one), so the key always expires no sooner than expiry() of
-    -- the state it holds.
-    local at = expiry(fresh)
-    if expires and at <= expires then
+    -- the state it holds. With a test's clock, keys live at least ten
+    -- real minutes instead.
+    local exp = expiry(fresh)
+    if expires and exp <= expires then
       redis.call('SET', key, val, 'KEEPTTL')
+      return fresh
     elseif ARGV[2] then
-      redis.call('SET', key, val, 'PX', math.max(floordiv(at - now, 1000), 600000))
+      redis.call('SET', key, val, 'PX', math.max(floordiv(exp - now, 1000), 600000))
     else
-      redis.call('SET', key, val, 'PXAT', at / 1000)
+      redis.call('SET', key, val, 'PXAT', exp / 1000)
+      expires = exp
     end
-    expires = at
     return fresh
   end
 

@@ -2,6 +2,7 @@ package redisstore_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -344,4 +345,44 @@ func TestExpiry(t *testing.T) {
 		t.Fatalf("admission after the refund: %+v, %v", d, err)
 	}
 	check("an admission after the refund", fresh, time.Second)
+}
+
+// TestExpiryOfEarlierStates: a state written by an earlier version of the
+// script, whose key expires at the exact millisecond its state becomes
+// fresh (no mark), is never kept on that expiry by a write that extends
+// the state.
+func TestExpiryOfEarlierStates(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
+	ctx := context.Background()
+	c := s.Client()
+	key := s.RedisKey("earlier")
+	now, err := c.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two units of a 10/s bucket, as the earlier script left them: TAT
+	// 200 ms ahead, the key expiring then.
+	tat := now.UnixMicro() + 200_000
+	state := binary.LittleEndian.AppendUint64(nil, uint64(tat))
+	state = binary.LittleEndian.AppendUint64(state, 0)
+	state = binary.LittleEndian.AppendUint64(state, 2)
+	if err := c.Set(ctx, key, state, 200*time.Millisecond).Err(); err != nil {
+		t.Fatal(err)
+	}
+	req := bucket.Request{Key: "earlier", Limit: bucket.PerSecond(10).WithBurst(5), Cost: 1}
+	d, fresh, err := redisstore.RawAdmit(ctx, s, req)
+	if err != nil || !d.Allowed {
+		t.Fatalf("admission: %+v, %v", d, err)
+	}
+	pttl, err := c.PTTL(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now, err = c.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Duration(fresh-now.UnixMicro()) * time.Microsecond; pttl < left-5*time.Millisecond {
+		t.Errorf("the key expires in %v, before its state is fresh (in %v): the earlier expiry was kept", pttl, left)
+	}
 }
