@@ -7,7 +7,8 @@
 -- KEYS     the buckets' states (absent: a fresh bucket), one per request;
 --          a key may appear more than once, and its requests are decided
 --          in order. One call deciding many requests costs Redis less than
---          a call each: a call's own overhead and TIME are paid once.
+--          a call each: a call's own overhead and TIME are paid once, and
+--          consecutive requests on one key read and write it once.
 -- ARGV[1]  the requests, one after another, one per key: each is
 --          little-endian int64s, op, a, b, c, d, e, n, then n pairs (x, y):
 --            op 1 admit:  a capacity, b charge (as in bucket.Decide), c cost,
@@ -74,106 +75,122 @@ local function slotwidth(window)
   return floordiv(window - 1, 100) + 1
 end
 
--- decide runs the request at offset at of req on key, and returns its
--- reply.
-local function decide(key, at)
-  local op, a, b, c, d, e, nq, pos = struct.unpack('<i8i8i8i8i8i8i8', req, at)
-  -- Load. quotas[i] = {window, idx = {...}, cnt = {...}}
-  local tat, paused, gen, quotas = 0, 0, 0, {}
-  local raw = redis.call('GET', key)
-  local marked = false -- written by this script: its expiry is expiry(fresh) or later
-  if raw then
-    local p
-    tat, paused, gen, p = struct.unpack('<i8i8i8', raw)
-    if p == #raw then
-      marked = string.byte(raw, p) == 0x90
-    elseif p < #raw then
-      local s, mark = cmsgpack.unpack(string.sub(raw, p))
-      marked = mark ~= nil
-      local k = 1
-      while k <= #s do
-        local q = { window = s[k], idx = {}, cnt = {} }
-        local index = 0
-        for j = 1, s[k + 1] do
-          index = index + s[k + 2 * j]
-          q.idx[j] = index
-          q.cnt[j] = s[k + 2 * j + 1]
-        end
-        k = k + 2 + 2 * s[k + 1]
-        quotas[#quotas + 1] = q
-      end
+-- The state of the key being decided: quotas[i] = {window, idx = {...},
+-- cnt = {...}}; exists: the key holds it; marked: this script wrote it, so
+-- the key expires no sooner than expiry(freshat()); expires: that bound,
+-- when known; dirty: it must be written.
+local tat, paused, gen, quotas, exists, expires, dirty
+
+local function freshat()
+  local fresh = math.max(tat, paused)
+  for i = 1, #quotas do
+    local q = quotas[i]
+    local n = #q.idx
+    if n > 0 then
+      fresh = math.max(fresh, (q.idx[n] + 1) * slotwidth(q.window) + q.window)
     end
   end
+  return fresh
+end
 
-  local function freshat()
-    local fresh = math.max(tat, paused)
+-- load reads key's state. A state that has become fresh is forgotten,
+-- whether or not its key has expired yet.
+local function load(key)
+  tat, paused, gen, quotas, exists, expires, dirty = 0, 0, 0, {}, false, nil, false
+  local raw = redis.call('GET', key)
+  if not raw then
+    return
+  end
+  local marked = false
+  local p
+  tat, paused, gen, p = struct.unpack('<i8i8i8', raw)
+  if p == #raw then
+    marked = string.byte(raw, p) == 0x90
+  elseif p < #raw then
+    local s, mark = cmsgpack.unpack(string.sub(raw, p))
+    marked = mark ~= nil
+    local k = 1
+    while k <= #s do
+      local q = { window = s[k], idx = {}, cnt = {} }
+      local index = 0
+      for j = 1, s[k + 1] do
+        index = index + s[k + 2 * j]
+        q.idx[j] = index
+        q.cnt[j] = s[k + 2 * j + 1]
+      end
+      k = k + 2 + 2 * s[k + 1]
+      quotas[#quotas + 1] = q
+    end
+  end
+  local fresh = freshat()
+  if marked and not ARGV[2] then
+    expires = expiry(fresh)
+  end
+  if fresh <= now then
+    tat, paused, gen, quotas = 0, 0, 0, {}
+  else
+    exists = true
+  end
+end
+
+-- save keeps the state to be written, or, if it is fresh already, drops
+-- it (the key is deleted), and returns the moment it becomes fresh, or 0.
+local function save()
+  dirty = true
+  local fresh = freshat()
+  if fresh <= now then
+    tat, paused, gen, quotas, exists = 0, 0, 0, {}, false
+    return 0
+  end
+  exists = true
+  return fresh
+end
+
+-- flush writes the state of key if it changed: the key expires at
+-- expiry(fresh), a whole second; a write that does not move that keeps
+-- the key's expiry (KEEPTTL costs Redis less than setting one), so the key
+-- always expires no sooner than expiry() of the state it holds. With a
+-- test's clock, keys live at least ten real minutes instead.
+local function flush(key)
+  if not dirty then
+    return
+  end
+  if not exists then
+    redis.call('DEL', key)
+    return
+  end
+  local val = struct.pack('<i8i8i8', tat, paused, gen)
+  if #quotas > 0 then
+    local out = {}
     for i = 1, #quotas do
       local q = quotas[i]
-      local n = #q.idx
-      if n > 0 then
-        fresh = math.max(fresh, (q.idx[n] + 1) * slotwidth(q.window) + q.window)
+      out[#out + 1] = q.window
+      out[#out + 1] = #q.idx
+      local prev = 0
+      for j = 1, #q.idx do
+        out[#out + 1] = q.idx[j] - prev
+        out[#out + 1] = q.cnt[j]
+        prev = q.idx[j]
       end
     end
-    return fresh
+    val = val .. cmsgpack.pack(out)
   end
+  val = val .. MARK
+  local exp = expiry(freshat())
+  if expires and exp <= expires then
+    redis.call('SET', key, val, 'KEEPTTL')
+  elseif ARGV[2] then
+    redis.call('SET', key, val, 'PX', math.max(floordiv(exp - now, 1000), 600000))
+  else
+    redis.call('SET', key, val, 'PXAT', exp / 1000)
+  end
+end
 
-  -- The key expires no sooner than expiry() of the state it holds (see
-  -- save). A state that has become fresh is forgotten, whether or not its
-  -- key has expired yet.
-  local expires
-  if raw then
-    local fresh = freshat()
-    if marked and not ARGV[2] then
-      expires = expiry(fresh)
-    end
-    if fresh <= now then
-      tat, paused, gen, quotas, raw = 0, 0, 0, {}, false
-    end
-  end
-
-  -- save writes the state with an expiry at the moment it becomes fresh, or
-  -- deletes it if it is fresh already, and returns that moment.
-  local function save()
-    local fresh = freshat()
-    if fresh <= now then
-      redis.call('DEL', key)
-      expires = nil
-      return 0
-    end
-    local val = struct.pack('<i8i8i8', tat, paused, gen)
-    if #quotas > 0 then
-      local out = {}
-      for i = 1, #quotas do
-        local q = quotas[i]
-        out[#out + 1] = q.window
-        out[#out + 1] = #q.idx
-        local prev = 0
-        for j = 1, #q.idx do
-          out[#out + 1] = q.idx[j] - prev
-          out[#out + 1] = q.cnt[j]
-          prev = q.idx[j]
-        end
-      end
-      val = val .. cmsgpack.pack(out)
-    end
-    val = val .. MARK
-    -- The key expires at expiry(fresh), a whole second: a write that does
-    -- not move it keeps the key's expiry (KEEPTTL costs Redis less than
-    -- setting one), so the key always expires no sooner than expiry() of
-    -- the state it holds. With a test's clock, keys live at least ten
-    -- real minutes instead.
-    local exp = expiry(fresh)
-    if expires and exp <= expires then
-      redis.call('SET', key, val, 'KEEPTTL')
-      return fresh
-    elseif ARGV[2] then
-      redis.call('SET', key, val, 'PX', math.max(floordiv(exp - now, 1000), 600000))
-    else
-      redis.call('SET', key, val, 'PXAT', exp / 1000)
-      expires = exp
-    end
-    return fresh
-  end
+-- decide runs the request at offset at of req on the loaded state, and
+-- returns its reply.
+local function decide(at)
+  local op, a, b, c, d, e, nq, pos = struct.unpack('<i8i8i8i8i8i8i8', req, at)
+  local raw = exists
 
   if op == 3 then
     paused = math.max(paused, now + a)
@@ -309,19 +326,44 @@ local function decide(key, at)
   return reply(1, wait, now, tat, prev, gen, save())
 end
 
--- Each key's request follows the previous one's; so do the replies. A
--- request that fails (a key holding something else, a write refused)
--- changed nothing, and fails alone: its reply is allowed = -1 and wait =
--- the index of its error among those that follow the replies.
-local out, errs, at = {}, {}, 1
-for i = 1, #KEYS do
-  local ok, r = pcall(decide, KEYS[i], at)
-  if not ok then
-    errs[#errs + 1] = type(r) == 'table' and r.err or tostring(r)
-    r = reply(-1, #errs, now, 0, 0, 0, 0)
+-- decideAll decides requests first..last, all on key, whose first is at
+-- offset at: the key is read once and written once.
+local function decideAll(key, first, last, at)
+  load(key)
+  local replies = {}
+  for i = first, last do
+    replies[#replies + 1] = decide(at)
+    at = at + 7 * 8 + 16 * struct.unpack('<i8', req, at + 6 * 8)
   end
-  out[i] = r
-  at = at + 7 * 8 + 16 * struct.unpack('<i8', req, at + 6 * 8)
+  flush(key)
+  return replies
+end
+
+-- Each key's request follows the previous one's; so do the replies.
+-- Consecutive requests on one key are decided together (one read, one
+-- write). Requests that fail (a key holding something else, a write
+-- refused) changed nothing, and fail alone, with the other requests on
+-- their key: their reply is allowed = -1 and wait = the index of their
+-- error among those that follow the replies.
+local out, errs, at, i = {}, {}, 1, 1
+while i <= #KEYS do
+  local key, last, next = KEYS[i], i, at + 7 * 8 + 16 * struct.unpack('<i8', req, at + 6 * 8)
+  while last < #KEYS and KEYS[last + 1] == key do
+    last = last + 1
+    next = next + 7 * 8 + 16 * struct.unpack('<i8', req, next + 6 * 8)
+  end
+  local ok, r = pcall(decideAll, key, i, last, at)
+  if ok then
+    for k = 1, #r do
+      out[#out + 1] = r[k]
+    end
+  else
+    errs[#errs + 1] = type(r) == 'table' and r.err or tostring(r)
+    for _ = i, last do
+      out[#out + 1] = reply(-1, #errs, now, 0, 0, 0, 0)
+    end
+  end
+  i, at = last + 1, next
 end
 if #errs == 0 then
   return table.concat(out)
