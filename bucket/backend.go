@@ -57,6 +57,14 @@ type Request struct {
 // Validate reports why no backend could decide r: ErrEmptyKey,
 // ErrInvalidCost, a *LimitError or a *CostError.
 func (r *Request) Validate() error {
+	if r.plainValid() {
+		return nil // the common case, without check's error-building code
+	}
+	return r.check()
+}
+
+// check is Validate in full.
+func (r *Request) check() error {
 	if r.Key == "" {
 		return ErrEmptyKey
 	}
@@ -81,9 +89,8 @@ func (r *Request) Validate() error {
 }
 
 // plainValid reports, cheaply, whether r is a valid request under a limit
-// without quotas: Decide's common case, without Validate's error-building
-// code. When it reports true Validate would return nil; when it reports
-// false, Validate decides.
+// without quotas. When it reports true check would find nothing wrong;
+// when it reports false, check decides.
 func (r *Request) plainValid() bool {
 	l := &r.Limit
 	return r.Key != "" && r.Cost >= 1 && l.Burst >= r.Cost && len(l.Quotas) == 0 && !l.unlimited &&

@@ -52,10 +52,8 @@ func SlotWidth(windowTicks int64) int64 { return ceilDiv(windowTicks, QuotaSlots
 // are rounded up to whole ticks, so rounding never over-admits. For one
 // state, now must never go backwards: slots of quotas are forgotten by it.
 func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, error) {
-	if !req.plainValid() {
-		if err := req.Validate(); err != nil {
-			return Decision{}, err
-		}
+	if err := req.Validate(); err != nil {
+		return Decision{}, err
 	}
 	u := int64(unit)
 	if req.Limit.unlimited {

@@ -185,17 +185,6 @@ func (l *jobList[T, R]) pushBack(j *job[T, R]) {
 	l.n++
 }
 
-func (l *jobList[T, R]) pushFront(j *job[T, R]) {
-	j.prev, j.next = nil, l.head
-	if l.head != nil {
-		l.head.prev = j
-	} else {
-		l.tail = j
-	}
-	l.head = j
-	l.n++
-}
-
 func (l *jobList[T, R]) remove(j *job[T, R]) {
 	if j.prev != nil {
 		j.prev.next = j.next
