@@ -222,61 +222,6 @@ func mallocs() uint64 {
 	return m.Mallocs
 }
 
-// A histogram counts durations in buckets 1/16 of a power of two wide, so
-// that a quantile is within 6.25% of the true one; adding allocates
-// nothing.
-type histogram struct {
-	n      int
-	counts [64 * 16]int
-}
-
-func (h *histogram) add(d time.Duration) {
-	v := uint64(max(d, 1))
-	h.n++
-	h.counts[bucketOf(v)]++
-}
-
-func bucketOf(v uint64) int {
-	e := 63
-	for v>>e == 0 {
-		e--
-	}
-	if e < 4 {
-		return int(v)
-	}
-	return e*16 + int(v>>(e-4))&15
-}
-
-// lowerBound is the least duration in bucket i.
-func lowerBound(i int) time.Duration {
-	if i < 64 {
-		return time.Duration(i)
-	}
-	e := i / 16
-	return time.Duration(uint64(16+i%16) << (e - 4))
-}
-
-func (h *histogram) merge(o *histogram) {
-	h.n += o.n
-	for i, c := range o.counts {
-		h.counts[i] += c
-	}
-}
-
-// quantile returns the q-quantile's bucket's midpoint.
-func (h *histogram) quantile(q float64) time.Duration {
-	want := int(q*float64(h.n)) + 1
-	seen := 0
-	for i, c := range h.counts {
-		seen += c
-		if seen >= want {
-			lo, hi := lowerBound(i), lowerBound(i+1)
-			return (lo + hi) / 2
-		}
-	}
-	return 0
-}
-
 // keys returns n bucket keys.
 func keys(n int) []string {
 	ks := make([]string, n)

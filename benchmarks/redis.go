@@ -17,6 +17,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/dispatcher"
+	"github.com/leakybucket/leakybucket/internal/latency"
 )
 
 const redisTime = 400 * time.Millisecond
@@ -121,7 +122,7 @@ func redisLoop(callers int, ks []string, d time.Duration, admit func(ctx context
 	ctx := context.Background()
 	var (
 		mu    sync.Mutex
-		all   histogram
+		all   latency.Histogram
 		total int
 		wg    sync.WaitGroup
 	)
@@ -131,7 +132,7 @@ func redisLoop(callers int, ks []string, d time.Duration, admit func(ctx context
 	for c := range callers {
 		go func() {
 			defer wg.Done()
-			var h histogram
+			var h latency.Histogram
 			<-start
 			i := c * 7919
 			deadline := time.Now().Add(d)
@@ -143,12 +144,12 @@ func redisLoop(callers int, ks []string, d time.Duration, admit func(ctx context
 				if err := admit(ctx, ks[i%len(ks)]); err != nil {
 					panic(err)
 				}
-				h.add(time.Since(t0))
+				h.Add(time.Since(t0))
 				i++
 			}
 			mu.Lock()
-			all.merge(&h)
-			total += h.n
+			all.Merge(&h)
+			total += h.Count()
 			mu.Unlock()
 		}()
 	}
@@ -159,8 +160,8 @@ func redisLoop(callers int, ks []string, d time.Duration, admit func(ctx context
 	m1 := mallocs()
 	return sample{
 		"admissions/s": float64(total) / el.Seconds(),
-		"p50-µs":       float64(all.quantile(0.50).Nanoseconds()) / 1e3,
-		"p99-µs":       float64(all.quantile(0.99).Nanoseconds()) / 1e3,
+		"p50-µs":       float64(all.Quantile(0.50).Nanoseconds()) / 1e3,
+		"p99-µs":       float64(all.Quantile(0.99).Nanoseconds()) / 1e3,
 		"allocs/op":    float64(m1-m0) / float64(total),
 	}
 }

@@ -3,7 +3,6 @@ package redisstore_test
 import (
 	"context"
 	"fmt"
-	"math/bits"
 	"runtime"
 	"sync"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/internal/latency"
 )
 
 // benchLimit admits everything and writes state at every admission, as a
@@ -52,23 +52,23 @@ func benchAdmit(b *testing.B, s *redisstore.Store, callers int, keys []string) {
 	ctx := context.Background()
 	var (
 		mu  sync.Mutex
-		all histogram
+		all latency.Histogram
 	)
 	work := func(next func() bool, i int) {
-		var h histogram
+		var h latency.Histogram
 		req := bucket.Request{Limit: benchLimit, Cost: 1}
 		for next() {
 			req.Key = keys[i%len(keys)]
 			i++
 			t0 := time.Now()
 			d, err := s.Admit(ctx, req)
-			h.add(time.Since(t0))
+			h.Add(time.Since(t0))
 			if err != nil || !d.Allowed {
 				b.Fatalf("Admit = %+v, %v", d, err)
 			}
 		}
 		mu.Lock()
-		all.merge(&h)
+		all.Merge(&h)
 		mu.Unlock()
 	}
 	b.ReportAllocs()
@@ -101,10 +101,10 @@ func BenchmarkAdmitBatch(b *testing.B) {
 			ctx := context.Background()
 			var (
 				mu  sync.Mutex
-				all histogram
+				all latency.Histogram
 			)
 			work := func(next func() bool, i int) {
-				var h histogram
+				var h latency.Histogram
 				batch := make([]bucket.Admission, 64)
 				for next() {
 					for j := range batch {
@@ -113,7 +113,7 @@ func BenchmarkAdmitBatch(b *testing.B) {
 					}
 					t0 := time.Now()
 					s.AdmitBatch(ctx, batch)
-					h.add(time.Since(t0))
+					h.Add(time.Since(t0))
 					for _, a := range batch {
 						if a.Err != nil || !a.Decision.Allowed {
 							b.Fatalf("AdmitBatch: %+v, %v", a.Decision, a.Err)
@@ -121,7 +121,7 @@ func BenchmarkAdmitBatch(b *testing.B) {
 					}
 				}
 				mu.Lock()
-				all.merge(&h)
+				all.Merge(&h)
 				mu.Unlock()
 			}
 			b.ReportAllocs()
@@ -142,61 +142,13 @@ func BenchmarkAdmitBatch(b *testing.B) {
 			}
 			elapsed := time.Since(start)
 			report(b, b.N*64, elapsed, &all)
-			b.ReportMetric(float64(all.quantile(0.5).Microseconds()), "batch-p50-µs")
+			b.ReportMetric(float64(all.Quantile(0.5).Microseconds()), "batch-p50-µs")
 		})
 	}
 }
 
-func report(b *testing.B, admissions int, elapsed time.Duration, h *histogram) {
+func report(b *testing.B, admissions int, elapsed time.Duration, h *latency.Histogram) {
 	b.ReportMetric(float64(admissions)/elapsed.Seconds(), "admissions/s")
-	b.ReportMetric(float64(h.quantile(0.5))/1e3, "p50-µs")
-	b.ReportMetric(float64(h.quantile(0.99))/1e3, "p99-µs")
-}
-
-// histogram counts durations in buckets 1/16 of a power of two wide: a
-// quantile is within 6.25% of the true one. Adding allocates nothing.
-type histogram struct {
-	n      int
-	counts [64 * 16]int
-}
-
-func (h *histogram) add(d time.Duration) {
-	h.n++
-	h.counts[bucketOf(uint64(max(d, 1)))]++
-}
-
-func bucketOf(v uint64) int {
-	e := bits.Len64(v) - 1 // v in [2^e, 2^(e+1))
-	if e < 4 {
-		return int(v)
-	}
-	return e*16 + int(v>>(e-4))&15
-}
-
-// lowerBound is the least duration in bucket i.
-func lowerBound(i int) time.Duration {
-	if i < 64 {
-		return time.Duration(i)
-	}
-	e := i / 16
-	return time.Duration(uint64(16+i%16) << (e - 4))
-}
-
-func (h *histogram) merge(o *histogram) {
-	h.n += o.n
-	for i, c := range o.counts {
-		h.counts[i] += c
-	}
-}
-
-func (h *histogram) quantile(q float64) time.Duration {
-	want := int(q*float64(h.n)) + 1
-	seen := 0
-	for i, c := range h.counts {
-		seen += c
-		if seen >= want {
-			return lowerBound(i)
-		}
-	}
-	return 0
+	b.ReportMetric(float64(h.Quantile(0.5))/1e3, "p50-µs")
+	b.ReportMetric(float64(h.Quantile(0.99))/1e3, "p99-µs")
 }
