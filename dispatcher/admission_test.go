@@ -370,20 +370,39 @@ func (s slowRefund) Refund(ctx context.Context, req bucket.Request, d bucket.Dec
 	return s.Store.Refund(ctx, req, d)
 }
 
+// newSlowRefundLimiter returns a limiter at lim on a memory store whose
+// refunds take delay.
+func newSlowRefundLimiter(t *testing.T, lim bucket.Limit, delay time.Duration) *bucket.Limiter {
+	t.Helper()
+	store, err := memstore.New(memstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	l, err := bucket.NewLimiter(slowRefund{store, delay}, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// stallOnce stalls d's scheduler for stall once, after its next batch is
+// decided: the jobs it admits reach their workers that much late.
+func stallOnce[T, R any](d *dispatcher.Dispatcher[T, R], stall time.Duration) {
+	var once atomic.Bool
+	dispatcher.SetAfterAdmit(d, func() {
+		if once.CompareAndSwap(false, true) {
+			time.Sleep(stall)
+		}
+	})
+}
+
 // TestLateGiveBackHoldsNoOtherKey: a job that reaches its worker late
 // gives its admission back while its key waits, and its worker goes on at
 // once with other keys' jobs, however long the backend takes to refund.
 func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		store, err := memstore.New(memstore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer store.Close()
-		lim, err := bucket.NewLimiter(slowRefund{store, 5 * time.Second}, bucket.PerSecond(1000))
-		if err != nil {
-			t.Fatal(err)
-		}
+		lim := newSlowRefundLimiter(t, bucket.PerSecond(1000), 5*time.Second)
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
@@ -394,12 +413,7 @@ func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		var once atomic.Bool
-		dispatcher.SetAfterAdmit(d, func() {
-			if once.CompareAndSwap(false, true) {
-				time.Sleep(50 * time.Millisecond) // A reaches its worker 50 ms late
-			}
-		})
+		stallOnce(d, 50*time.Millisecond) // A reaches its worker 50 ms late
 		fa, err := d.Submit(ctx, task{"A", 1})
 		if err != nil {
 			t.Fatal(err)
@@ -429,15 +443,7 @@ func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 // not wait for the backend to finish refunding a late job's admission.
 func TestShutdownCutsGiveBackShort(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		store, err := memstore.New(memstore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer store.Close()
-		lim, err := bucket.NewLimiter(slowRefund{store, time.Hour}, bucket.PerSecond(1000))
-		if err != nil {
-			t.Fatal(err)
-		}
+		lim := newSlowRefundLimiter(t, bucket.PerSecond(1000), time.Hour)
 		d, err := dispatcher.New(func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
@@ -446,12 +452,7 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx := context.Background()
-		var once atomic.Bool
-		dispatcher.SetAfterAdmit(d, func() {
-			if once.CompareAndSwap(false, true) {
-				time.Sleep(50 * time.Millisecond)
-			}
-		})
+		stallOnce(d, 50*time.Millisecond)
 		jctx, cancel := context.WithCancel(ctx)
 		f, err := d.Submit(jctx, task{"A", 1})
 		if err != nil {
@@ -483,23 +484,10 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 // next job does not wait an interval for a slot nobody used.
 func TestCancelledAdmissionRefunded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		store, err := memstore.New(memstore.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer store.Close()
-		lim, err := bucket.NewLimiter(slowRefund{store, 100 * time.Millisecond}, bucket.PerSecond(1))
-		if err != nil {
-			t.Fatal(err)
-		}
+		lim := newSlowRefundLimiter(t, bucket.PerSecond(1), 100*time.Millisecond)
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
 			dispatcher.WithWorkers(2), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
-		var once atomic.Bool
-		dispatcher.SetAfterAdmit(d, func() {
-			if once.CompareAndSwap(false, true) {
-				time.Sleep(10 * time.Millisecond)
-			}
-		})
+		stallOnce(d, 10*time.Millisecond)
 		ctx := context.Background()
 		start := time.Now()
 		actx, cancel := context.WithCancel(ctx)
