@@ -7,3 +7,12 @@ func SetAfterAdmit[T, R any](d *Dispatcher[T, R], f func()) {
 	d.sched.afterAdmit = f
 	d.sched.mu.Unlock()
 }
+
+// SetRequeuing installs a hook a worker calls when it is about to queue
+// a job answered retry-after again, before it takes the scheduler's lock.
+// Install it before submitting jobs.
+func SetRequeuing[T, R any](d *Dispatcher[T, R], f func()) {
+	d.sched.mu.Lock()
+	d.sched.requeuing = f
+	d.sched.mu.Unlock()
+}

@@ -46,6 +46,7 @@ type scheduler[T, R any] struct {
 	seq     uint64
 
 	afterAdmit func()       // a test hook: stalls the scheduler after a batch is decided
+	requeuing  func()       // a test hook: runs as a worker is about to queue a retry-after job again
 	rtt        atomic.Int64 // moving average of an admission batch's round trip
 	lag        atomic.Int64 // moving average of how late jobs reach their workers
 	run        atomic.Int64 // moving average of a handler's run
@@ -565,12 +566,6 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 		return false
 	}
 	s.mu.Lock()
-	if s.stopped {
-		// A hard stop resolved the queues since the check above: j would
-		// wait in its key's forever. runJob resolves it with ErrClosed.
-		s.mu.Unlock()
-		return false
-	}
 	refund := j.admission()
 	j.slot = 0
 	k := s.key(j.key)
@@ -663,8 +658,13 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	j.resetContext()
 
 	var refund *bucket.Admission
+	if s.requeuing != nil {
+		s.requeuing()
+	}
 	s.mu.Lock()
-	if s.stopped { // a hard stop resolved the queues since the check above
+	if s.stopped {
+		// A hard stop resolved the queues since the check above: queued
+		// again, j would wait out the pause before anything resolved it.
 		s.mu.Unlock()
 		return false, err
 	}

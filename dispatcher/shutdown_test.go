@@ -309,3 +309,41 @@ func TestShutdownWakesBlockedSubmit(t *testing.T) {
 		})
 	}
 }
+
+// TestHardStopWhileRequeuing: a job answered retry-after whose worker is
+// about to queue it again when a hard stop resolves the queues resolves
+// at once with the handler's error, and Close returns without waiting out
+// the pause.
+func TestHardStopWhileRequeuing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const pause = time.Minute
+		retryErr := &middleware.RetryAfterError{Delay: pause, Err: errors.New("429")}
+		d, err := dispatcher.New(func(context.Context, int) (int, error) { return 0, retryErr },
+			dispatcher.WithWorkers(1), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var once atomic.Bool
+		dispatcher.SetRequeuing(d, func() {
+			if once.CompareAndSwap(false, true) {
+				go d.Close()
+				synctest.Wait() // the hard stop has resolved the queues
+			}
+		})
+		start := time.Now()
+		f, err := d.Submit(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Wait(context.Background()); !errors.Is(err, retryErr) {
+			t.Errorf("job: %v, want the handler's retry-after error", err)
+		}
+		d.Close()
+		if !once.Load() {
+			t.Fatal("the job was never about to be queued again: the test exercised nothing")
+		}
+		if took := time.Since(start); took >= pause {
+			t.Errorf("Close took %v: it waited out the retry-after pause", took)
+		}
+	})
+}
