@@ -50,8 +50,7 @@ type Store struct {
 type shard struct {
 	mu sync.Mutex
 	m  map[uint64]*entry
-	n  int      // keys held
-	_  [40]byte // keep shards on separate cache lines
+	_  [48]byte // keep shards on separate cache lines
 }
 
 // An entry is one key's state, padded to cache lines of its own so that
@@ -77,12 +76,21 @@ func (sh *shard) get(h uint64, key string) *entry {
 func (sh *shard) put(h uint64, e *entry) {
 	e.next = sh.m[h]
 	sh.m[h] = e
-	sh.n++
+}
+
+// len returns the number of keys the shard holds.
+func (sh *shard) len() int {
+	n := 0
+	for _, e := range sh.m {
+		for ; e != nil; e = e.next {
+			n++
+		}
+	}
+	return n
 }
 
 // drop removes key's entry, e, from the chain that starts at first.
 func (sh *shard) drop(h uint64, first, e *entry) {
-	sh.n--
 	if first == e {
 		if e.next == nil {
 			delete(sh.m, h)
@@ -243,7 +251,7 @@ func (s *Store) Len() int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		n += sh.n
+		n += sh.len()
 		sh.mu.Unlock()
 	}
 	return n

@@ -44,8 +44,8 @@ func TestShardCollisions(t *testing.T) {
 			}
 		}
 	}
-	if _, ok := sh.m[h]; ok || sh.n != 1 {
-		t.Fatalf("after dropping the whole chain: chain present %v, n = %d, want absent and 1", ok, sh.n)
+	if _, ok := sh.m[h]; ok || sh.len() != 1 {
+		t.Fatalf("after dropping the whole chain: chain present %v, %d keys, want absent and 1", ok, sh.len())
 	}
 }
 
