@@ -57,34 +57,35 @@ func printMachine(w io.Writer) {
 }
 
 func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
+	return procLine("/proc/cpuinfo", "unknown CPU", func(line string) (string, bool) {
+		k, v, ok := strings.Cut(line, ":")
+		return strings.TrimSpace(v), ok && strings.TrimSpace(k) == "model name"
+	})
 }
 
 func memTotal() string {
-	f, err := os.Open("/proc/meminfo")
+	return procLine("/proc/meminfo", "unknown", func(line string) (string, bool) {
+		var kb int64
+		_, err := fmt.Sscanf(line, "MemTotal: %d kB", &kb)
+		return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20)), err == nil
+	})
+}
+
+// procLine returns what match makes of the first line of the file at path
+// that it accepts, or otherwise if there is none.
+func procLine(path, otherwise string, match func(line string) (string, bool)) string {
+	f, err := os.Open(path)
 	if err != nil {
-		return "unknown"
+		return otherwise
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var kb int64
-		if _, err := fmt.Sscanf(sc.Text(), "MemTotal: %d kB", &kb); err == nil {
-			return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+		if v, ok := match(sc.Text()); ok {
+			return v
 		}
 	}
-	return "unknown"
+	return otherwise
 }
 
 // timerLate returns how late a timer of d fires, the median of 50, on an
