@@ -34,17 +34,19 @@
 -- string, then the error messages (see the end).
 
 local req = ARGV[1]
+local call, unpack8, pack = redis.call, struct.unpack, struct.pack
+local floor, max, min, byte = math.floor, math.max, math.min, string.byte
 
 local now
 if ARGV[2] then
   now = tonumber(ARGV[2])
 else
-  local t = redis.call('TIME')
+  local t = call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
 local function floordiv(x, y)
-  local q = math.floor(x / y)
+  local q = floor(x / y)
   local r = x - q * y
   if r < 0 then
     q = q - 1
@@ -54,15 +56,18 @@ local function floordiv(x, y)
   return q
 end
 
-local function reply(...)
-  return struct.pack('<i8i8i8i8i8i8i8', ...)
-end
+-- REPLY is the format of a request's reply.
+local REPLY = '<i8i8i8i8i8i8i8'
 
 -- MARK ends every state this script writes: an empty msgpack array, which
 -- earlier versions of the script (which set each key's expiry to the exact
 -- millisecond) read past and drop. A state without it may expire before
 -- expiry() of its fresh moment, so its key's expiry is never kept.
 local MARK = '\144'
+
+-- NONE is the quotas of a state without any. It is shared, so it is never
+-- changed: states with quotas get tables of their own.
+local NONE = {}
 
 -- expiry is when a key whose state becomes fresh at t expires: t rounded
 -- up to a whole second, in µs.
@@ -78,16 +83,20 @@ end
 -- The state of the key being decided: quotas[i] = {window, idx = {...},
 -- cnt = {...}}; exists: the key holds it; marked: this script wrote it, so
 -- the key expires no sooner than expiry(freshat()); expires: that bound,
--- when known; dirty: it must be written.
-local tat, paused, gen, quotas, exists, expires, dirty
+-- when known; dirty: it must be written; saved: when the state saved last
+-- becomes fresh.
+local tat, paused, gen, quotas, exists, expires, dirty, saved
 
 local function freshat()
-  local fresh = math.max(tat, paused)
+  local fresh = max(tat, paused)
+  if quotas == NONE then
+    return fresh
+  end
   for i = 1, #quotas do
     local q = quotas[i]
     local n = #q.idx
     if n > 0 then
-      fresh = math.max(fresh, (q.idx[n] + 1) * slotwidth(q.window) + q.window)
+      fresh = max(fresh, (q.idx[n] + 1) * slotwidth(q.window) + q.window)
     end
   end
   return fresh
@@ -96,19 +105,20 @@ end
 -- load reads key's state. A state that has become fresh is forgotten,
 -- whether or not its key has expired yet.
 local function load(key)
-  tat, paused, gen, quotas, exists, expires, dirty = 0, 0, 0, {}, false, nil, false
-  local raw = redis.call('GET', key)
+  tat, paused, gen, quotas, exists, expires, dirty = 0, 0, 0, NONE, false, nil, false
+  local raw = call('GET', key)
   if not raw then
     return
   end
   local marked = false
   local p
-  tat, paused, gen, p = struct.unpack('<i8i8i8', raw)
+  tat, paused, gen, p = unpack8('<i8i8i8', raw)
   if p == #raw then
-    marked = string.byte(raw, p) == 0x90
+    marked = byte(raw, p) == 0x90
   elseif p < #raw then
     local s, mark = cmsgpack.unpack(string.sub(raw, p))
     marked = mark ~= nil
+    quotas = {}
     local k = 1
     while k <= #s do
       local q = { window = s[k], idx = {}, cnt = {} }
@@ -127,7 +137,7 @@ local function load(key)
     expires = expiry(fresh)
   end
   if fresh <= now then
-    tat, paused, gen, quotas = 0, 0, 0, {}
+    tat, paused, gen, quotas = 0, 0, 0, NONE
   else
     exists = true
   end
@@ -137,13 +147,13 @@ end
 -- it (the key is deleted), and returns the moment it becomes fresh, or 0.
 local function save()
   dirty = true
-  local fresh = freshat()
-  if fresh <= now then
-    tat, paused, gen, quotas, exists = 0, 0, 0, {}, false
-    return 0
+  saved = freshat()
+  if saved <= now then
+    tat, paused, gen, quotas, exists, saved = 0, 0, 0, NONE, false, 0
+  else
+    exists = true
   end
-  exists = true
-  return fresh
+  return saved
 end
 
 -- flush writes the state of key if it changed: the key expires at
@@ -156,63 +166,65 @@ local function flush(key)
     return
   end
   if not exists then
-    redis.call('DEL', key)
+    call('DEL', key)
     return
   end
-  local val = struct.pack('<i8i8i8', tat, paused, gen)
-  if #quotas > 0 then
-    local out = {}
+  local val
+  if #quotas == 0 then
+    val = pack('<i8i8i8B', tat, paused, gen, 0x90) -- 0x90: MARK
+  else
+    val = pack('<i8i8i8', tat, paused, gen)
+    local slots = {}
     for i = 1, #quotas do
       local q = quotas[i]
-      out[#out + 1] = q.window
-      out[#out + 1] = #q.idx
+      slots[#slots + 1] = q.window
+      slots[#slots + 1] = #q.idx
       local prev = 0
       for j = 1, #q.idx do
-        out[#out + 1] = q.idx[j] - prev
-        out[#out + 1] = q.cnt[j]
+        slots[#slots + 1] = q.idx[j] - prev
+        slots[#slots + 1] = q.cnt[j]
         prev = q.idx[j]
       end
     end
-    val = val .. cmsgpack.pack(out)
+    val = val .. cmsgpack.pack(slots) .. MARK
   end
-  val = val .. MARK
-  local exp = expiry(freshat())
+  local exp = expiry(saved)
   if expires and exp <= expires then
-    redis.call('SET', key, val, 'KEEPTTL')
+    call('SET', key, val, 'KEEPTTL')
   elseif ARGV[2] then
-    redis.call('SET', key, val, 'PX', math.max(floordiv(exp - now, 1000), 600000))
+    call('SET', key, val, 'PX', max(floordiv(exp - now, 1000), 600000))
   else
-    redis.call('SET', key, val, 'PXAT', exp / 1000)
+    call('SET', key, val, 'PXAT', exp / 1000)
   end
 end
 
 -- decide runs the request at offset at of req on the loaded state, and
--- returns its reply.
+-- returns its reply and the offset of the next request.
 local function decide(at)
-  local op, a, b, c, d, e, nq, pos = struct.unpack('<i8i8i8i8i8i8i8', req, at)
-  local raw = exists
+  local op, a, b, c, d, e, nq, pos = unpack8('<i8i8i8i8i8i8i8', req, at)
+  local raw, next = exists, pos + 16 * nq
 
   if op == 3 then
-    paused = math.max(paused, now + a)
-    return reply(0, 0, now, 0, 0, 0, save())
+    paused = max(paused, now + a)
+    return pack(REPLY, 0, 0, now, 0, 0, 0, save()), next
   end
 
   if op == 2 then
     -- Only the latest admission, with nothing refunded since, is refunded.
     if not raw or tat ~= a or gen ~= c then
-      return reply(0, 0, now, 0, 0, 0, raw and freshat() or 0)
+      return pack(REPLY, 0, 0, now, 0, 0, 0, raw and freshat() or 0), next
     end
     tat = b
     gen = gen + 1
     for k = 1, nq do
-      local window = struct.unpack('<i8', req, pos + 16 * (k - 1))
+      local window = unpack8('<i8', req, pos + 16 * (k - 1))
       for i = 1, #quotas do
         local q = quotas[i]
         if q.window == window then
           local index = floordiv(d, slotwidth(window))
           for j = 1, #q.idx do
             if q.idx[j] == index then
-              q.cnt[j] = q.cnt[j] - math.min(e, q.cnt[j])
+              q.cnt[j] = q.cnt[j] - min(e, q.cnt[j])
               if q.cnt[j] == 0 then
                 table.remove(q.idx, j)
                 table.remove(q.cnt, j)
@@ -223,20 +235,23 @@ local function decide(at)
         end
       end
     end
-    return reply(0, 0, now, 0, 0, 0, save())
+    return pack(REPLY, 0, 0, now, 0, 0, 0, save()), next
   end
 
   -- op == 1: admit.
   local capacity, charge, cost, maxwait = a, b, c, d
-  local start = math.max(now, tat - capacity, paused)
+  local start = max(now, tat - capacity, paused)
 
   -- Line the stored quotas up with the limit's, by window.
-  local windows, maxes = {}, {}
-  for i = 1, nq do
-    windows[i], maxes[i] = struct.unpack('<i8i8', req, pos + 16 * (i - 1))
+  local windows, maxes = NONE, NONE
+  if nq > 0 then
+    windows, maxes = {}, {}
+    for i = 1, nq do
+      windows[i], maxes[i] = unpack8('<i8i8', req, pos + 16 * (i - 1))
+    end
   end
   local reshaped = #quotas ~= nq
-  if not reshaped then
+  if not reshaped and nq > 0 then
     for i = 1, nq do
       if quotas[i].window ~= windows[i] then
         reshaped = true
@@ -244,7 +259,9 @@ local function decide(at)
       end
     end
   end
-  if reshaped then
+  if reshaped and nq == 0 then
+    quotas = NONE
+  elseif reshaped then
     local qs = {}
     for i = 1, nq do
       qs[i] = { window = windows[i], idx = {}, cnt = {} }
@@ -258,7 +275,7 @@ local function decide(at)
   end
 
   for i = 1, nq do
-    local q, max = quotas[i], maxes[i]
+    local q, qmax = quotas[i], maxes[i]
     local w = slotwidth(q.window)
     -- Prune slots wholly outside every window still to be asked about.
     local lo = floordiv(now - q.window, w)
@@ -283,7 +300,7 @@ local function decide(at)
       end
     end
     for j = 1, #q.idx do
-      if used + cost <= max then
+      if used + cost <= qmax then
         break
       end
       if q.idx[j] >= lo then
@@ -291,7 +308,7 @@ local function decide(at)
         t = (q.idx[j] + 1) * w + q.window
       end
     end
-    start = math.max(start, t)
+    start = max(start, t)
   end
 
   local wait = start - now
@@ -303,11 +320,11 @@ local function decide(at)
     elseif raw then
       fresh = freshat()
     end
-    return reply(0, wait, now, 0, 0, 0, fresh)
+    return pack(REPLY, 0, wait, now, 0, 0, 0, fresh), next
   end
 
   local prev = tat
-  tat = math.max(tat, start) + charge
+  tat = max(tat, start) + charge
   gen = gen + 1
   for i = 1, nq do
     local q = quotas[i]
@@ -323,47 +340,48 @@ local function decide(at)
       table.insert(q.cnt, j + 1, cost)
     end
   end
-  return reply(1, wait, now, tat, prev, gen, save())
+  return pack(REPLY, 1, wait, now, tat, prev, gen, save()), next
 end
 
--- decideAll decides requests first..last, all on key, whose first is at
--- offset at: the key is read once and written once.
-local function decideAll(key, first, last, at)
+-- Each key's request follows the previous one's; so do the replies, in
+-- out. at is the offset of the next request to decide.
+local out, errs, at = {}, {}, 1
+
+-- decideAll decides requests first..last, all on key, reading the key once
+-- and writing it once.
+local function decideAll(key, first, last)
   load(key)
-  local replies = {}
-  for i = first, last do
-    replies[#replies + 1] = decide(at)
-    at = at + 7 * 8 + 16 * struct.unpack('<i8', req, at + 6 * 8)
+  for _ = first, last do
+    out[#out + 1], at = decide(at)
   end
   flush(key)
-  return replies
 end
 
--- Each key's request follows the previous one's; so do the replies.
--- Consecutive requests on one key are decided together (one read, one
--- write). Requests that fail (a key holding something else, a write
--- refused) changed nothing, and fail alone, with the other requests on
--- their key: their reply is allowed = -1 and wait = the index of their
--- error among those that follow the replies.
-local out, errs, at, i = {}, {}, 1, 1
+-- Consecutive requests on one key are decided together. Requests that fail
+-- (a key holding something else, a write refused) changed nothing, and
+-- fail alone, with the other requests on their key: their reply is
+-- allowed = -1 and wait = the index of their error among those that follow
+-- the replies.
+local i = 1
 while i <= #KEYS do
-  local key, last, next = KEYS[i], i, at + 7 * 8 + 16 * struct.unpack('<i8', req, at + 6 * 8)
+  local key, last = KEYS[i], i
   while last < #KEYS and KEYS[last + 1] == key do
     last = last + 1
-    next = next + 7 * 8 + 16 * struct.unpack('<i8', req, next + 6 * 8)
   end
-  local ok, r = pcall(decideAll, key, i, last, at)
-  if ok then
-    for k = 1, #r do
-      out[#out + 1] = r[k]
+  local n, from = #out, at
+  local ok, err = pcall(decideAll, key, i, last)
+  if not ok then
+    for k = #out, n + 1, -1 do
+      out[k] = nil
     end
-  else
-    errs[#errs + 1] = type(r) == 'table' and r.err or tostring(r)
+    errs[#errs + 1] = type(err) == 'table' and err.err or tostring(err)
+    at = from
     for _ = i, last do
-      out[#out + 1] = reply(-1, #errs, now, 0, 0, 0, 0)
+      out[#out + 1] = pack(REPLY, -1, #errs, now, 0, 0, 0, 0)
+      at = at + 7 * 8 + 16 * unpack8('<i8', req, at + 6 * 8)
     end
   end
-  i, at = last + 1, next
+  i = last + 1
 end
 if #errs == 0 then
   return table.concat(out)
