@@ -49,15 +49,21 @@ type Dispatcher[T, R any] struct {
 	// each with a worker reserved for it (capacity cfg.workers).
 	run chan *job[T, R]
 
-	intake      sync.RWMutex  // read-held while submitting; write-held to close intake
-	closed      bool          // guarded by intake
 	closing     chan struct{} // closed when intake starts closing: wakes blocked submitters
 	closingOnce sync.Once
 	sealed      atomic.Bool // intake closed and no Submit in flight
 
 	sched *scheduler[T, R] // nil without a limiter
 
-	pending   atomic.Int64 // accepted, unresolved
+	// Submitters write intake, submitters and workers pending: each on a
+	// cache line of its own, apart from what workers only read.
+	_       [64]byte
+	intake  sync.RWMutex // read-held while submitting; write-held to close intake
+	closed  bool         // guarded by intake
+	_       [64]byte
+	pending atomic.Int64 // accepted, unresolved
+	_       [56]byte
+
 	drained   chan struct{}
 	drainOnce sync.Once
 	stopped   atomic.Bool // a hard stop began
