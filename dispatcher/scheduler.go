@@ -28,28 +28,35 @@ import (
 type scheduler[T, R any] struct {
 	d *Dispatcher[T, R]
 
-	mu     sync.Mutex // before any Future's mutex, never after
-	keys   map[string]*keyState[T, R]
-	ready  ring[*keyState[T, R]]
-	timers timerHeap[*keyState[T, R]] // waiting keys, by when they may ask again
-	slots  timerHeap[*job[T, R]]      // booked jobs, by slot
-	handed []*job[T, R]               // handed to workers, to be delivered (see takeHanded)
-	// idle and waiting change under mu, except that workers give back
-	// their place and their reservation without it.
-	idle    atomic.Int64  // workers neither running a job nor reserved for one
-	waiting atomic.Int64  // accepted jobs that have not started: the queue's occupancy
-	space   chan struct{} // closed when the queue frees room; nil if nobody waits
-	blocked atomic.Bool   // space is not nil
+	mu      sync.Mutex // before any Future's mutex, never after
+	keys    map[string]*keyState[T, R]
+	ready   ring[*keyState[T, R]]
+	timers  timerHeap[*keyState[T, R]] // waiting keys, by when they may ask again
+	slots   timerHeap[*job[T, R]]      // booked jobs, by slot
+	handed  []*job[T, R]               // handed to workers, to be delivered (see takeHanded)
 	wake    chan struct{}
 	stopped bool
 	swept   int64
 	seq     uint64
 
-	afterAdmit func()       // a test hook: stalls the scheduler after a batch is decided
-	requeuing  func()       // a test hook: runs as a worker is about to queue a retry-after job again
-	rtt        atomic.Int64 // moving average of an admission batch's round trip
-	lag        atomic.Int64 // moving average of how late jobs reach their workers
-	run        atomic.Int64 // moving average of a handler's run
+	afterAdmit func() // a test hook: stalls the scheduler after a batch is decided
+	requeuing  func() // a test hook: runs as a worker is about to queue a retry-after job again
+
+	// idle and waiting change under mu, except that workers give back
+	// their place and their reservation without it. Workers write both
+	// for every job, so each has a cache line of its own; blocked, read
+	// with waiting, shares waiting's.
+	_       [64]byte
+	idle    atomic.Int64 // workers neither running a job nor reserved for one
+	_       [56]byte
+	waiting atomic.Int64  // accepted jobs that have not started: the queue's occupancy
+	blocked atomic.Bool   // space is not nil
+	space   chan struct{} // closed when the queue frees room; nil if nobody waits
+	_       [40]byte
+
+	rtt atomic.Int64 // moving average of an admission batch's round trip
+	lag atomic.Int64 // moving average of how late jobs reach their workers
+	run atomic.Int64 // moving average of a handler's run
 }
 
 // window is how far ahead jobs are booked: the configured window, or four
