@@ -181,7 +181,7 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 	if ctx == nil {
 		return nil, errors.New("dispatcher: nil context")
 	}
-	j := &job[T, R]{parent: ctx, in: in, cost: 1, attempt: 1, then: then, heapIdx: -1}
+	j := &job[T, R]{parent: ctx, watched: ctx.Done() != nil, in: in, cost: 1, attempt: 1, then: then, heapIdx: -1}
 	if d.sched != nil {
 		if j.key = d.keyOf(in); j.key == "" {
 			return nil, fmt.Errorf("dispatcher: job key: %w", bucket.ErrEmptyKey)

@@ -40,6 +40,7 @@ type job[T, R any] struct {
 	prev      *job[T, R]
 	next      *job[T, R]
 	unwatch   func() bool // stops the watch on parent while the job waits; guarded by Future.mu
+	watched   bool        // parent can end, so the job may be watched while it waits
 	then      func(*Future[R])
 
 	// The admission, from when it is decided until the job runs.
@@ -152,6 +153,9 @@ func (j *job[T, R]) watch(stop func() bool) {
 // unwatchCtx ends the watch on the job's context, if any. From within the
 // watch it does nothing.
 func (j *job[T, R]) unwatchCtx() {
+	if !j.watched {
+		return
+	}
 	j.mu.Lock()
 	stop := j.unwatch
 	j.unwatch = nil
