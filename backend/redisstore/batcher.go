@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -10,12 +11,12 @@ import (
 
 // A batcher coalesces concurrent Admit calls so that they share round
 // trips. At most `pipelines` round trips are in flight at once. A caller
-// that finds one free and nobody waiting sends its admission itself, on
-// its own goroutine: a lone caller pays one round trip and no hand-off.
-// Otherwise it queues its admission, and the sender goroutine sends
-// whatever is queued (up to maxBatch) as one pipeline whenever a round
-// trip is free. So batches grow with the load: the more callers, the more
-// admissions each round trip carries.
+// that finds none in flight and nobody waiting sends its admission
+// itself, on its own goroutine: a lone caller pays one round trip and no
+// hand-off. Otherwise it queues its admission, and the sender goroutine
+// sends whatever is queued (up to maxBatch) as one pipeline whenever a
+// round trip is free. So batches grow with the load: the more callers,
+// the more admissions each round trip carries.
 type batcher struct {
 	s         *Store
 	pipelines int
@@ -73,7 +74,7 @@ func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, arg
 		b.mu.Unlock()
 		return reply{}, bucket.ErrClosed
 	}
-	if len(b.queue) == 0 && b.inflight < b.pipelines {
+	if b.inflight == 0 && len(b.queue) == 0 {
 		b.inflight++
 		b.mu.Unlock()
 		r, err := parseReply(b.s.eval(ctx, key, args))
@@ -136,6 +137,10 @@ func (b *batcher) send() {
 		case <-b.stop:
 			return
 		}
+		// Callers whose answers just came back are about to queue their
+		// next admissions: let them, so that they join this round trip
+		// rather than each wait for the next.
+		runtime.Gosched()
 		for {
 			b.mu.Lock()
 			if len(b.queue) == 0 || b.inflight >= b.pipelines {

@@ -83,11 +83,12 @@ type Options struct {
 	// on every call.
 	RetryInterval time.Duration
 	// Pipelines is how many round trips concurrent Admit calls may have
-	// in flight at once. A caller that finds one free and nobody waiting
-	// sends its own admission; otherwise it waits, and the admissions
-	// waiting are sent together as one pipeline when a round trip frees
-	// up, so that callers share round trips. Default 2; -1 sends each
-	// Admit on the caller's goroutine, one round trip each, unbounded.
+	// in flight at once. A caller that finds none in flight and nobody
+	// waiting sends its own admission; otherwise it waits, and the
+	// admissions waiting are sent together as one pipeline when a round
+	// trip frees up, so that callers share round trips. Default 2; -1
+	// sends each Admit on the caller's goroutine, one round trip each,
+	// unbounded.
 	Pipelines int
 	// MaxBatch is the most admissions one coalesced pipeline carries.
 	// Default 128.
