@@ -86,8 +86,8 @@ func TestAdmitClockNeverGoesBack(t *testing.T) {
 	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1e9).WithBurst(1e9).WithQuota(2, time.Microsecond), Cost: 1}
 	var starts []backendtest.Start
 	for _, now := range []int64{0, 900, 2000, 500} {
-		d, err := s.admit(&req, now)
-		if err != nil {
+		var d bucket.Decision
+		if err := s.admit(&req, now, &d); err != nil {
 			t.Fatal(err)
 		}
 		if d.Allowed {
