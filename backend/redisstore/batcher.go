@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -14,9 +13,10 @@ import (
 // that finds none in flight and nobody waiting sends its admission
 // itself, on its own goroutine: a lone caller pays one round trip and no
 // hand-off. Otherwise it queues its admission, and the sender goroutine
-// sends whatever is queued (up to maxBatch) as one pipeline whenever a
-// round trip is free. So batches grow with the load: the more callers,
-// the more admissions each round trip carries.
+// sends whatever is queued (up to maxBatch) as one pipeline when a round
+// trip is free: once the callers the latest round trip answered have
+// queued again, or when a round trip ends. So batches grow with the load:
+// the more callers, the more admissions each round trip carries.
 type batcher struct {
 	s         *Store
 	pipelines int
@@ -25,6 +25,7 @@ type batcher struct {
 	mu       sync.Mutex
 	queue    []*call
 	inflight int // round trips in flight
+	rejoin   int // callers that recent round trips answered and that have not queued since
 	closed   bool
 
 	wake chan struct{} // the sender should look at the queue
@@ -85,8 +86,18 @@ func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, arg
 	c.state.Store(queued)
 	c.req, c.key, c.args = req, key, args
 	b.queue = append(b.queue, c)
+	// Callers a round trip just answered tend to come straight back:
+	// while another round trip is in flight, wait for them to queue too,
+	// so that they share the next round trip rather than take one each.
+	// The round trip in flight pokes the sender when it ends in any case.
+	if b.rejoin > 0 {
+		b.rejoin--
+	}
+	poke := b.inflight == 0 || b.rejoin == 0
 	b.mu.Unlock()
-	b.poke()
+	if poke {
+		b.poke()
+	}
 
 	select {
 	case <-c.done:
@@ -137,10 +148,6 @@ func (b *batcher) send() {
 		case <-b.stop:
 			return
 		}
-		// Callers whose answers just came back are about to queue their
-		// next admissions: let them, so that they join this round trip
-		// rather than each wait for the next.
-		runtime.Gosched()
 		for {
 			b.mu.Lock()
 			if len(b.queue) == 0 || b.inflight >= b.pipelines {
@@ -183,6 +190,15 @@ func (b *batcher) sendBatch(batch []*call) {
 	}
 	res := make([]result, len(ops))
 	b.s.run(ctx, ops, res)
+	// The callers answered now are expected back (see admit): in addition
+	// to those expected already if callers are waiting, else alone.
+	b.mu.Lock()
+	if len(b.queue) > 0 {
+		b.rejoin += len(live)
+	} else {
+		b.rejoin = len(live)
+	}
+	b.mu.Unlock()
 	for i, c := range live {
 		c.r, c.err = res[i].r, res[i].err
 		if c.state.CompareAndSwap(sent, done) {
