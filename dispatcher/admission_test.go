@@ -236,6 +236,38 @@ func TestRequeueBound(t *testing.T) {
 	})
 }
 
+// TestCancelDuringRetryPause: a job put back by a retry-after whose
+// context ends during the pause is resolved with the context's error at
+// once, not when the pause is over.
+func TestCancelDuringRetryPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		ran := make(chan struct{}, 1)
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			ran <- struct{}{}
+			return 0, &middleware.RetryAfterError{Delay: time.Hour}
+		}, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey))
+		f, err := d.Submit(ctx, task{"A", 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-ran
+		synctest.Wait() // the job is back in its key's queue, paused for an hour
+		start := time.Now()
+		cancel()
+		synctest.Wait()
+		if _, err := f.Result(); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Result after cancel = %v, want context.Canceled", err)
+		}
+		if waited := time.Since(start); waited != 0 {
+			t.Errorf("resolved %v after its context ended, want at once", waited)
+		}
+		if st := d.Stats(); st.Cancelled != 1 || st.Retried != 1 {
+			t.Errorf("Stats = %+v, want 1 cancelled, 1 retried", st)
+		}
+	})
+}
+
 // TestCancelBeforeStart: a queued job whose context ends is resolved with
 // the context's error, frees its place, and gives back its booking.
 func TestCancelBeforeStart(t *testing.T) {

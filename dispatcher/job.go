@@ -37,10 +37,10 @@ type job[T, R any] struct {
 	seq       uint64       // submission order, with a limiter
 	kc        *keyCounters // its key's figures, with a limiter
 	state     jobState
+	watched   bool // parent can end, so the job is watched while it waits
 	prev      *job[T, R]
 	next      *job[T, R]
 	unwatch   func() bool // stops the watch on parent while the job waits; guarded by Future.mu
-	watched   bool        // parent can end, so the job may be watched while it waits
 	then      func(*Future[R])
 
 	// The admission, from when it is decided until the job runs.

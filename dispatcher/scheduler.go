@@ -47,8 +47,8 @@ type scheduler[T, R any] struct {
 	// for every job, so each has a cache line of its own; blocked, read
 	// with waiting, shares waiting's.
 	_       [64]byte
-	idle    atomic.Int64 // workers neither running a job nor reserved for one
-	_       [56]byte
+	idle    atomic.Int64  // workers neither running a job nor reserved for one
+	_       [64]byte      // waiting at a multiple of 32 bytes: blocked shares its line
 	waiting atomic.Int64  // accepted jobs that have not started: the queue's occupancy
 	blocked atomic.Bool   // space is not nil
 	space   chan struct{} // closed when the queue frees room; nil if nobody waits
@@ -705,6 +705,12 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		s.wait(k, k.paused)
 	}
 	s.mu.Unlock()
+	if j.watched {
+		// Its run ended the watch on its context: waiting again, it is
+		// watched again, so that it does not wait out the pause if its
+		// context ends.
+		j.watch(context.AfterFunc(j.parent, func() { s.cancelWaiting(j) }))
+	}
 	if refund != nil {
 		s.refund([]bucket.Admission{*refund})
 	}
