@@ -268,6 +268,117 @@ func TestCancelDuringRetryPause(t *testing.T) {
 	})
 }
 
+// TestCancelWhileHanded: a job whose context ends after it was admitted
+// and handed to a worker, while the worker is still busy, is resolved with
+// the context's error when the worker reaches it, on time or late: it
+// never runs, and it is not queued again (here behind a job that asks to
+// retry in an hour).
+func TestCancelWhileHanded(t *testing.T) {
+	for _, late := range []time.Duration{0, 10 * time.Millisecond} {
+		t.Run(fmt.Sprintf("late=%v", late), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				release := make(chan struct{})
+				var ranCancelled atomic.Int32
+				d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+					if j.n == 0 {
+						<-release
+						return 0, &middleware.RetryAfterError{Delay: time.Hour}
+					}
+					ranCancelled.Add(1)
+					return j.n, nil
+				}, dispatcher.WithWorkers(1), dispatcher.WithKey(taskKey),
+					dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))))
+				if _, err := d.Submit(context.Background(), task{"A", 0}); err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				f1, err := d.Submit(ctx, task{"A", 1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				synctest.Wait() // job 0 runs; job 1 is admitted and handed, waiting for the worker
+				cancel()
+				synctest.Wait()
+				time.Sleep(late)
+				close(release)
+				synctest.Wait()
+				if _, err := f1.Result(); !errors.Is(err, context.Canceled) {
+					t.Errorf("Result once the worker was free = %v, want context.Canceled", err)
+				}
+				if n := ranCancelled.Load(); n != 0 {
+					t.Errorf("the cancelled job ran %d times", n)
+				}
+				if st := d.Stats(); st.Cancelled != 1 || st.Queued != 1 {
+					t.Errorf("Stats = %+v, want 1 cancelled and 1 queued (job 0, paused)", st)
+				}
+			})
+		})
+	}
+}
+
+// TestCancelBookedNotHeldByRefund: a booked job whose context ends is
+// resolved at once; giving its booking back to a slow backend happens
+// after.
+func TestCancelBookedNotHeldByRefund(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
+			dispatcher.WithKey(taskKey), dispatcher.WithBookAhead(2*time.Second),
+			dispatcher.WithLimiter(newSlowRefundLimiter(t, bucket.PerSecond(1), time.Second)))
+		if _, err := d.Submit(context.Background(), task{"A", 0}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		f1, err := d.Submit(ctx, task{"A", 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // job 1 is booked a second ahead
+		cancel()
+		synctest.Wait()
+		if _, err := f1.Result(); !errors.Is(err, context.Canceled) {
+			t.Errorf("Result at once after cancel = %v, want context.Canceled", err)
+		}
+	})
+}
+
+// TestImpossibleJobFreesPlace: a job its limit can never admit resolves
+// with ErrImpossible and gives its place in a full queue to a Submit
+// waiting for one.
+func TestImpossibleJobFreesPlace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
+			dispatcher.WithQueue(1), dispatcher.WithKey(taskKey),
+			dispatcher.WithCost(func(j task) int { return j.n }),
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1))))
+		stall := make(chan struct{})
+		dispatcher.SetAfterAdmit(d, func() { <-stall })
+		f0, err := d.Submit(context.Background(), task{"A", 10}) // cost 10, burst 1
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // its admission is decided; the queue is full
+		submitted := make(chan error, 1)
+		go func() {
+			_, err := d.Submit(context.Background(), task{"A", 1})
+			submitted <- err
+		}()
+		synctest.Wait()
+		close(stall)
+		synctest.Wait()
+		if _, err := f0.Result(); !errors.Is(err, bucket.ErrImpossible) {
+			t.Fatalf("the impossible job: %v, want ErrImpossible", err)
+		}
+		select {
+		case err := <-submitted:
+			if err != nil {
+				t.Errorf("the waiting Submit = %v, want nil", err)
+			}
+		default:
+			t.Error("the waiting Submit still blocks after the impossible job gave its place back")
+		}
+	})
+}
+
 // TestCancelBeforeStart: a queued job whose context ends is resolved with
 // the context's error, frees its place, and gives back its booking.
 func TestCancelBeforeStart(t *testing.T) {

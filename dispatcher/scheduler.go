@@ -251,6 +251,16 @@ func (s *scheduler[T, R]) freed() {
 	}
 }
 
+// resolveWaiting resolves j, which has not started, with err, and gives
+// back its place in the queue (waking a Submit blocked on a full queue).
+// Called with s.mu held.
+func (s *scheduler[T, R]) resolveWaiting(j *job[T, R], err error, o outcome) {
+	j.setState(done)
+	s.waiting.Add(-1)
+	s.freed()
+	s.d.finish(j, *new(R), err, o)
+}
+
 // started takes a job its worker is about to run out of the queue.
 func (s *scheduler[T, R]) started() {
 	s.waiting.Add(-1)
@@ -429,9 +439,7 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 				refunds = append(refunds, *a)
 			}
 			if j.getState() == asking {
-				j.setState(done)
-				s.waiting.Add(-1)
-				s.d.finish(j, *new(R), ErrClosed, outcomeCancelled)
+				s.resolveWaiting(j, ErrClosed, outcomeCancelled)
 			}
 			s.idle.Add(1)
 			if allowed && !s.stopped {
@@ -441,10 +449,8 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 				s.settle(k, now)
 			}
 		case a.Err != nil && permanent(a.Err):
-			j.setState(done)
-			s.waiting.Add(-1)
 			s.idle.Add(1)
-			s.d.finish(j, *new(R), a.Err, outcomeFailed)
+			s.resolveWaiting(j, a.Err, outcomeFailed)
 			s.settle(k, now)
 		case a.Err != nil: // the backend failed: keep the job, try again later
 			s.d.stats.backendErrors.Add(1)
@@ -511,28 +517,30 @@ func permanent(err error) bool {
 		errors.Is(err, bucket.ErrInvalidCost) || errors.Is(err, bucket.ErrEmptyKey)
 }
 
-// cancelWaiting resolves a job whose context ended before it started.
+// cancelWaiting resolves a job whose context ended before it started. A
+// booked job is resolved first and its booking given back after, so that
+// neither its future nor a Submit waiting for its place waits for the
+// backend's round trip. A job handed to a worker is resolved by late,
+// when the worker meets it.
 func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	s.mu.Lock()
 	switch j.getState() {
 	case queued:
 		s.keys[j.key].jobs.remove(j)
+		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	case booked:
 		k := s.keys[j.key]
 		k.booked.remove(j)
 		s.slots.remove(j)
 		s.idle.Add(1)
+		s.d.wg.Add(1) // while j is unresolved: Shutdown waits for the refund
+		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 		s.refundBooking(k, j)
+		s.d.wg.Done()
 	case asking:
 		// apply sees the state and refunds the admission.
-	default:
-		s.mu.Unlock()
-		return
+		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	}
-	j.setState(done)
-	s.waiting.Add(-1)
-	s.freed()
-	s.d.finish(j, *new(R), j.parent.Err(), outcomeCancelled)
 	s.mu.Unlock()
 	s.signal()
 }
@@ -550,17 +558,21 @@ func (s *scheduler[T, R]) tolerance() int64 {
 	return lateness + 2*s.rtt.Load() + min(s.lag.Load(), 3*lateness)
 }
 
-// late reports whether j, handed to a worker, reached it longer after its
-// slot than the tolerance allows (a stalled process, scheduler or worker).
-// Starting it now could bunch it up with jobs admitted after it, so it
-// waits at the head of its key's queue for a new admission, and its own is
-// given back (if no later one depends on it) by a goroutine of its own:
-// the worker goes on at once to the next job, which would otherwise reach
-// it late too while it waited a backend round trip for the refund.
+// late reports whether j, handed to a worker, must not start: its
+// context ended while it waited for the worker (it is resolved with the
+// context's error), or it reached the worker longer after its slot than
+// the tolerance allows (a stalled process, scheduler or worker). Starting
+// a late job now could bunch it up with jobs admitted after it, so it
+// waits at the head of its key's queue for a new admission. Either way
+// its admission is given back (if no later one depends on it) by a
+// goroutine of its own: the worker goes on at once to the next job, which
+// would otherwise reach it late too while it waited a backend round trip
+// for the refund.
 func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	if j.slot == 0 || s.d.stopped.Load() {
 		return false
 	}
+	cancelled := j.watched && j.parent.Err() != nil
 	lateness := now - j.slot
 	tolerance := s.tolerance()
 	// A stall's outlier moves the usual lateness by at most half a
@@ -569,19 +581,25 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	if j.seq%8 == 0 {
 		s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
 	}
-	if lateness <= tolerance {
+	if lateness <= tolerance && !cancelled {
 		return false
 	}
 	s.mu.Lock()
+	// Counted while j is unresolved: Shutdown waits on wg only once every
+	// job is resolved.
+	s.d.wg.Add(1)
 	refund := j.admission()
 	j.slot = 0
 	k := s.key(j.key)
-	j.setState(queued)
-	k.jobs.insert(j)
 	s.idle.Add(1)
-	k.stats.late.Add(1)
+	if cancelled {
+		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
+	} else {
+		j.setState(queued)
+		k.jobs.insert(j)
+		k.stats.late.Add(1)
+	}
 	held := s.hold(k)
-	s.d.wg.Add(1) // j is unresolved, so Shutdown has not begun waiting
 	s.mu.Unlock()
 	go s.giveBack(k, refund, held)
 	s.signal() // j's worker is free for other keys' jobs meanwhile
@@ -704,13 +722,13 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	default:
 		s.wait(k, k.paused)
 	}
-	s.mu.Unlock()
 	if j.watched {
 		// Its run ended the watch on its context: waiting again, it is
 		// watched again, so that it does not wait out the pause if its
-		// context ends.
+		// context ends. Under s.mu, as in enqueue: it is still queued.
 		j.watch(context.AfterFunc(j.parent, func() { s.cancelWaiting(j) }))
 	}
+	s.mu.Unlock()
 	if refund != nil {
 		s.refund([]bucket.Admission{*refund})
 	}
@@ -742,16 +760,12 @@ func (s *scheduler[T, R]) stop() {
 		}
 		for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
 			s.slots.remove(b)
-			b.setState(done)
-			s.waiting.Add(-1)
-			s.d.finish(b, *new(R), ErrClosed, outcomeCancelled)
+			s.resolveWaiting(b, ErrClosed, outcomeCancelled)
 			s.idle.Add(1)
 		}
 		s.timers.remove(k)
 		for j := k.jobs.popFront(); j != nil; j = k.jobs.popFront() {
-			j.setState(done)
-			s.waiting.Add(-1)
-			s.d.finish(j, *new(R), ErrClosed, outcomeCancelled)
+			s.resolveWaiting(j, ErrClosed, outcomeCancelled)
 		}
 		if k.phase != keyAsking {
 			k.phase = keyIdle
