@@ -379,7 +379,9 @@ func (d *Dispatcher[T, R]) call(ctx context.Context, in T) (val R, err error) {
 // first it cancels running jobs' contexts, resolves the jobs that have not
 // started with ErrClosed, waits for the running ones to return, and
 // returns ctx's error. It is idempotent, and when it returns no goroutine
-// of the dispatcher is left. Handlers that ignore their context delay it.
+// of the dispatcher is left (a Stream still runs until its input is closed
+// or its context ends, answering ErrClosed). Handlers that ignore their
+// context delay it.
 func (d *Dispatcher[T, R]) Shutdown(ctx context.Context) error {
 	d.closeIntake()
 	var err error
