@@ -418,6 +418,73 @@ func TestCancelBeforeStart(t *testing.T) {
 	})
 }
 
+// TestCancelFreesPlaceWithoutLimiter: without a limiter too, a queued job
+// whose context ends gives its place back at once, though it is still in
+// the workers' channel: a blocked Submit goes on, TrySubmit finds room.
+func TestCancelFreesPlaceWithoutLimiter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var ran atomic.Int32
+		d := newDispatcher(t, func(_ context.Context, n int) (int, error) {
+			ran.Add(1)
+			if n == 0 {
+				<-release
+			}
+			return n, nil
+		}, dispatcher.WithWorkers(1), dispatcher.WithQueue(2))
+		if _, err := d.Submit(context.Background(), 0); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // job 0 runs
+		ctx, cancel := context.WithCancel(context.Background())
+		var cancelled []*dispatcher.Future[int]
+		for i := 1; i <= 2; i++ {
+			f, err := d.Submit(ctx, i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cancelled = append(cancelled, f)
+		}
+		if _, err := d.TrySubmit(context.Background(), 3); !errors.Is(err, dispatcher.ErrQueueFull) {
+			t.Fatalf("TrySubmit on a full queue: %v, want ErrQueueFull", err)
+		}
+		blocked := make(chan error, 1)
+		go func() {
+			_, err := d.Submit(context.Background(), 4)
+			blocked <- err
+		}()
+		synctest.Wait()
+		cancel()
+		synctest.Wait()
+		for _, f := range cancelled {
+			if _, err := f.Result(); !errors.Is(err, context.Canceled) {
+				t.Errorf("cancelled job: %v, want context.Canceled", err)
+			}
+		}
+		select {
+		case err := <-blocked:
+			if err != nil {
+				t.Errorf("the blocked Submit = %v, want nil", err)
+			}
+		default:
+			t.Fatal("Submit still blocked after two queued jobs were cancelled")
+		}
+		if _, err := d.TrySubmit(context.Background(), 5); err != nil {
+			t.Errorf("TrySubmit with a place free: %v", err)
+		}
+		close(release)
+		if err := d.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if n := ran.Load(); n != 3 {
+			t.Errorf("the handler ran %d times, want 3 (jobs 0, 4 and 5)", n)
+		}
+		if st := d.Stats(); st.Cancelled != 2 || st.Succeeded != 3 {
+			t.Errorf("Stats = %+v, want 2 cancelled, 3 succeeded", st)
+		}
+	})
+}
+
 // TestBackpressure: Submit blocks while the queue is full and honours its
 // context; TrySubmit fails at once.
 func TestBackpressure(t *testing.T) {

@@ -64,6 +64,14 @@ type Dispatcher[T, R any] struct {
 	pending atomic.Int64 // accepted, unresolved
 	_       [56]byte
 
+	// Without a limiter, at most places jobs are accepted and unresolved
+	// (the queue plus the workers); Submit waits for room on room, made
+	// while roomWanted is set.
+	places     int64
+	roomWanted atomic.Bool
+	roomMu     sync.Mutex
+	room       chan struct{}
+
 	drained   chan struct{}
 	drainOnce sync.Once
 	stopped   atomic.Bool // a hard stop began
@@ -136,7 +144,13 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 		d.wg.Add(1)
 		go d.sched.loop()
 	} else {
-		d.run = make(chan *job[T, R], cfg.queue)
+		// The channel is the queue, but its places are counted by pending,
+		// not by its capacity: a job whose context ends while it waits is
+		// resolved at once and gives its place back, though it stays in
+		// the channel until a worker skips it. The channel has room for a
+		// queue of such jobs besides.
+		d.places = int64(cfg.queue + cfg.workers)
+		d.run = make(chan *job[T, R], 2*cfg.queue+cfg.workers)
 	}
 	d.workers.Add(cfg.workers)
 	for w := range cfg.workers {
@@ -207,14 +221,18 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 		}
 		return &j.Future, nil
 	}
-	d.accept()
-	select {
-	case d.run <- j: // the common case, without a select's full cost
-	default:
+	for !d.take() {
 		if !block {
-			d.unaccept()
 			return nil, ErrQueueFull
 		}
+		if err := d.waitRoom(ctx); err != nil {
+			return nil, err
+		}
+	}
+	d.stats.submitted.Add(1)
+	select {
+	case d.run <- j: // the common case, without a select's full cost
+	default: // a queue of skipped jobs fills the channel: wait for the workers
 		select {
 		case d.run <- j:
 		case <-ctx.Done():
@@ -238,15 +256,56 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 	return &j.Future, nil
 }
 
-func (d *Dispatcher[T, R]) accept() {
-	d.pending.Add(1)
-	d.stats.submitted.Add(1)
+// take takes a place for a job without a limiter, or reports that the
+// queue is full.
+func (d *Dispatcher[T, R]) take() bool {
+	if d.pending.Add(1) > d.places {
+		d.pending.Add(-1) // with intake held: Shutdown cannot be waiting for it
+		return false
+	}
+	return true
+}
+
+// waitRoom waits until a place may be free, or ctx ends, or intake closes.
+func (d *Dispatcher[T, R]) waitRoom(ctx context.Context) error {
+	d.roomMu.Lock()
+	if d.room == nil {
+		d.room = make(chan struct{})
+		d.roomWanted.Store(true)
+	}
+	room := d.room
+	d.roomMu.Unlock()
+	if d.pending.Load() < d.places { // a job resolved before roomWanted was seen
+		return nil
+	}
+	select {
+	case <-room:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-d.closing:
+		return ErrClosed
+	}
+}
+
+// madeRoom wakes Submit calls waiting for a place.
+func (d *Dispatcher[T, R]) madeRoom() {
+	d.roomMu.Lock()
+	if d.room != nil {
+		close(d.room)
+		d.room = nil
+		d.roomWanted.Store(false)
+	}
+	d.roomMu.Unlock()
 }
 
 // unaccept takes back a job that never entered the queue.
 func (d *Dispatcher[T, R]) unaccept() {
 	d.stats.submitted.Add(-1)
 	d.pending.Add(-1)
+	if d.roomWanted.Load() {
+		d.madeRoom()
+	}
 }
 
 type outcome uint8
@@ -278,6 +337,9 @@ func (d *Dispatcher[T, R]) finishRun(j *job[T, R], val R, err error, o outcome, 
 	}
 	if d.pending.Add(-1) == 0 {
 		d.checkDrained()
+	}
+	if d.roomWanted.Load() {
+		d.madeRoom()
 	}
 }
 

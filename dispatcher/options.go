@@ -54,9 +54,8 @@ func WithWorkers(n int) Option {
 // WithQueue sets how many accepted jobs may wait to start; Submit blocks
 // and TrySubmit fails while that many wait. With a limiter, a blocked
 // Submit resumes once a sixteenth of the queue is free (so that a fast
-// producer is woken once per batch, not once per job). Without one, a
-// job whose context ends while it waits is resolved at once but keeps its
-// place until a worker reaches it and skips it. Default 1024.
+// producer is woken once per batch, not once per job). A job whose
+// context ends while it waits gives its place back at once. Default 1024.
 func WithQueue(n int) Option {
 	return func(c *config) error {
 		if n < 1 {
