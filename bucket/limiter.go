@@ -85,7 +85,7 @@ func (l *Limiter) AllowN(ctx context.Context, key string, n int) (bool, error) {
 		return true, nil
 	}
 	d, err := l.backend.Admit(ctx, Request{Key: key, Limit: lim, Cost: int64(n)})
-	return d.Allowed, err
+	return d.Allowed && err == nil, err
 }
 
 // Wait blocks until one unit for key may pass, or ctx ends.

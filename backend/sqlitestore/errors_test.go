@@ -69,8 +69,18 @@ func TestOpenNotADatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
+	before, err := os.ReadFile(other)
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, err = sqlitestore.Open(other, sqlitestore.Options{})
 	wantErr(t, "Open(another program's database)", err, sqlitestore.ErrNotDatabase)
+	if after, _ := os.ReadFile(other); !bytes.Equal(after, before) {
+		t.Error("Open of another program's database changed the file (its journal mode?)")
+	}
+	if _, err := os.Stat(other + "-wal"); err == nil {
+		t.Error("Open of another program's database made it a WAL file")
+	}
 	db = rawDB(t, other)
 	var n int
 	if err := db.QueryRow("SELECT count(*) FROM sqlite_schema").Scan(&n); err != nil || n != 1 {
@@ -81,6 +91,37 @@ func TestOpenNotADatabase(t *testing.T) {
 	_, err = sqlitestore.Open(dir, sqlitestore.Options{})
 	if err == nil || !strings.HasPrefix(err.Error(), "sqlitestore: ") {
 		t.Errorf("Open(directory) = %v, want a sqlitestore error", err)
+	}
+}
+
+// TestFailedWriteAdmitsNothing: when writing an admission fails (here a
+// trigger stands in for a full disk), Admit reports the error and no
+// admission, as nothing was committed.
+func TestFailedWriteAdmitsNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	s := open(t, path, sqlitestore.Options{SweepInterval: -1})
+	db := rawDB(t, path)
+	if _, err := db.Exec(`CREATE TRIGGER full BEFORE INSERT ON buckets WHEN NEW.key = CAST('full' AS BLOB)
+		BEGIN SELECT RAISE(ABORT, 'database or disk is full (simulated)'); END`); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, err := s.Admit(ctx, bucket.Request{Key: "full", Limit: lim, Cost: 1})
+	if err == nil {
+		t.Fatal("Admit succeeded although its write failed")
+	}
+	if d.Allowed || d.Booking != (bucket.Booking{}) {
+		t.Errorf("Admit = %+v with error %v: an admission that was rolled back", d, err)
+	}
+	l, err := bucket.NewLimiter(s, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := l.Allow(ctx, "full"); ok || err == nil {
+		t.Errorf("Limiter.Allow = %v, %v; want false and the error", ok, err)
+	}
+	if has, err := s.Has(ctx, "full"); has || err != nil {
+		t.Errorf("Has(full) = %v, %v after a failed write", has, err)
 	}
 }
 

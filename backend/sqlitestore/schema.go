@@ -69,28 +69,13 @@ func migrate(ctx context.Context, c *sql.Conn) error {
 }
 
 func migrateLocked(ctx context.Context, c *sql.Conn) error {
-	version, app, err := schemaVersion(ctx, c)
+	version, app, err := checkOurs(ctx, c)
 	if err != nil {
 		return err
 	}
 	if app == applicationID && version == SchemaVersion {
 		_, err := c.ExecContext(ctx, "UPDATE clock SET swept = swept WHERE id = 0")
 		return err
-	}
-	if app != applicationID {
-		if app != 0 {
-			return &Error{Op: "open", kind: ErrNotDatabase, Err: fmt.Errorf("application_id is %#x, not %#x", app, applicationID)}
-		}
-		var tables int
-		if err := c.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&tables); err != nil {
-			return err
-		}
-		if tables > 0 || version != 0 {
-			return &Error{Op: "open", kind: ErrNotDatabase, Err: fmt.Errorf("it holds another program's schema (%d objects, user_version %d)", tables, version)}
-		}
-	}
-	if version > SchemaVersion {
-		return &Error{Op: "open", kind: ErrNewerSchema, Err: fmt.Errorf("the file has schema version %d, this program knows up to %d", version, SchemaVersion)}
 	}
 	for v := version + 1; v <= SchemaVersion; v++ {
 		for _, stmt := range migrations[v] {
@@ -105,6 +90,33 @@ func migrateLocked(ctx context.Context, c *sql.Conn) error {
 	}
 	_, err = c.ExecContext(ctx, "PRAGMA user_version = "+strconv.Itoa(SchemaVersion))
 	return err
+}
+
+// checkOurs returns the schema version and application id of the
+// database on c, or ErrNotDatabase if it holds another program's schema, or
+// ErrNewerSchema if a later version of ours. It only reads, so a file that
+// is not ours is left as it was.
+func checkOurs(ctx context.Context, c *sql.Conn) (version, app int, err error) {
+	version, app, err = schemaVersion(ctx, c)
+	if err != nil {
+		return 0, 0, err
+	}
+	if app != applicationID {
+		if app != 0 {
+			return 0, 0, &Error{Op: "open", kind: ErrNotDatabase, Err: fmt.Errorf("application_id is %#x, not %#x", app, applicationID)}
+		}
+		var tables int
+		if err := c.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&tables); err != nil {
+			return 0, 0, err
+		}
+		if tables > 0 || version != 0 {
+			return 0, 0, &Error{Op: "open", kind: ErrNotDatabase, Err: fmt.Errorf("it holds another program's schema (%d objects, user_version %d)", tables, version)}
+		}
+	}
+	if version > SchemaVersion {
+		return 0, 0, &Error{Op: "open", kind: ErrNewerSchema, Err: fmt.Errorf("the file has schema version %d, this program knows up to %d", version, SchemaVersion)}
+	}
+	return version, app, nil
 }
 
 func schemaVersion(ctx context.Context, c *sql.Conn) (version, app int, err error) {

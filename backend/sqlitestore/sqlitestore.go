@@ -279,7 +279,11 @@ func (s *Store) init(ctx context.Context) error {
 }
 
 // prepareFile puts the file in WAL mode and brings its schema up to date.
+// A file that is not ours is refused before anything is written to it.
 func prepareFile(ctx context.Context, c *sql.Conn) error {
+	if _, _, err := checkOurs(ctx, c); err != nil {
+		return err
+	}
 	var mode string
 	if err := c.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
 		return err
@@ -695,7 +699,9 @@ func (s *Store) lead(ctx context.Context, first *call) {
 		first.err = err
 	} else {
 		for i, c := range calls {
-			c.d, c.err = batch[i].Decision, err
+			if c.d, c.err = batch[i].Decision, err; err != nil {
+				c.d = bucket.Decision{} // rolled back: nothing was admitted
+			}
 		}
 		for _, c := range calls[1:] {
 			c.done <- true
