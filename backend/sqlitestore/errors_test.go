@@ -353,6 +353,90 @@ func TestClosed(t *testing.T) {
 // one another for a transaction, while another connection holds the lock:
 // each returns its context's error without waiting for the busy timeout,
 // and the admissions that follow are exact.
+// TestCorruptRowFailsOnlyItsKey: a key whose row cannot be read fails its
+// own admissions; the other admissions of the same transaction are decided
+// and charged, as they would be alone.
+func TestCorruptRowFailsOnlyItsKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	s := open(t, path, sqlitestore.Options{SweepInterval: -1})
+	ctx := context.Background()
+	if _, err := s.Admit(ctx, bucket.Request{Key: "x", Limit: lim, Cost: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rawDB(t, path).Exec("UPDATE buckets SET quotas = ? WHERE key = ?", []byte("garbage"), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	batch := []bucket.Admission{
+		{Request: bucket.Request{Key: "x", Limit: lim, Cost: 1}},
+		{Request: bucket.Request{Key: "y", Limit: lim, Cost: 1}},
+		{Request: bucket.Request{Key: "x", Limit: lim, Cost: 1}},
+	}
+	s.AdmitBatch(ctx, batch)
+	for _, i := range []int{0, 2} {
+		wantErr(t, "the corrupt key's admission", batch[i].Err, sqlitestore.ErrCorrupt)
+		if batch[i].Decision.Allowed {
+			t.Errorf("admission %d of the corrupt key was allowed", i)
+		}
+	}
+	if a := batch[1]; a.Err != nil || !a.Decision.Allowed {
+		t.Errorf("the healthy key's admission = %+v, %v; want it allowed", a.Decision, a.Err)
+	}
+	if has, err := s.Has(ctx, "y"); !has || err != nil {
+		t.Errorf("Has(y) = %v, %v: its admission was not charged", has, err)
+	}
+}
+
+// TestQueuedAdmitLeavesWhileLeaderWaits: an Admit queued behind a call
+// that waits for the write lock can still leave when its context ends; it
+// joins the transaction only once the lock is held.
+func TestQueuedAdmitLeavesWhileLeaderWaits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	s := open(t, path, sqlitestore.Options{BusyTimeout: 3 * time.Second, SweepInterval: -1})
+	ctx := context.Background()
+	r := bucket.Request{Key: "k", Limit: bucket.PerHour(1).WithBurst(100), Cost: 1}
+	holder, err := rawDB(t, path).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if _, err := holder.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	waitQueue := func(n int) {
+		t.Helper()
+		for sqlitestore.QueueLen(s) != n {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	lctx, cancelLeader := context.WithCancel(ctx)
+	results := make(chan error, 3)
+	go func() { _, err := s.Admit(lctx, r); results <- err }() // leads, waits for the lock
+	for !sqlitestore.Leading(s) {
+		time.Sleep(time.Millisecond)
+	}
+	go func() { _, err := s.Admit(ctx, r); results <- err }() // patient: leads next
+	waitQueue(1)
+	fctx, cancelFollower := context.WithCancel(ctx)
+	follower := make(chan error, 1)
+	go func() { _, err := s.Admit(fctx, r); follower <- err }()
+	waitQueue(2)
+	cancelLeader() // the patient call leads now and waits for the lock in turn
+	if err := <-results; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the first leader = %v, want context.Canceled", err)
+	}
+	time.Sleep(20 * time.Millisecond) // the patient call reaches the lock wait
+	cancelFollower()
+	if err := <-follower; !errors.Is(err, context.Canceled) {
+		t.Errorf("the queued Admit whose context ended = %v, want context.Canceled", err)
+	}
+	if _, err := holder.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-results; err != nil {
+		t.Errorf("the patient Admit = %v, want it decided once the lock was free", err)
+	}
+}
+
 func TestAdmitCancelWhileQueued(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	s := open(t, path, sqlitestore.Options{BusyTimeout: time.Minute})

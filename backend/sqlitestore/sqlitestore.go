@@ -678,42 +678,39 @@ func (s *Store) dequeue(c *call) bool {
 }
 
 // lead decides first and the calls queued behind it in one transaction,
-// then passes the lead to the next call queued, if any.
+// then passes the lead to the next call queued, if any. The calls queued
+// join once the write lock is held: while it is awaited they stay in the
+// queue, free to leave it if their context ends.
 func (s *Store) lead(ctx context.Context, first *call) {
 	calls := append(s.calls[:0], first)
-	s.mu.Lock()
-	n := min(len(s.queue), maxCombined-1)
-	calls = append(calls, s.queue[:n]...)
-	s.queue = s.queue[:copy(s.queue, s.queue[n:])]
-	s.mu.Unlock()
-
 	batch := s.combined[:0]
-	for _, c := range calls {
-		batch = append(batch, bucket.Admission{Request: c.req})
+	began := false
+	err := s.txn(ctx, "admit", func(host int64) error {
+		began = true
+		calls = s.takeQueued(calls)
+		for _, c := range calls {
+			batch = append(batch, bucket.Admission{Request: c.req})
+		}
+		return s.decide(host, batch)
+	})
+	if !began && err != nil && !(ctx.Err() != nil && errors.Is(err, ctx.Err())) {
+		// The transaction could not begin (the lock stayed taken, the file
+		// failed): the calls queued meanwhile would meet the same.
+		calls = s.takeQueued(calls)
 	}
-	err := s.admitTxn(ctx, batch)
-	requeue := err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err())
-	if requeue {
-		// first's context ended before the transaction began: the others
-		// go back to the head of the queue, to be decided without it.
-		first.err = err
-	} else {
-		for i, c := range calls {
-			if c.d, c.err = batch[i].Decision, err; err != nil {
-				c.d = bucket.Decision{} // rolled back: nothing was admitted
-			}
+	for i, c := range calls {
+		c.d, c.err = bucket.Decision{}, err // rolled back: nothing was admitted
+		if err == nil {
+			c.d, c.err = batch[i].Decision, batch[i].Err
 		}
-		for _, c := range calls[1:] {
-			c.done <- true
-		}
+	}
+	for _, c := range calls[1:] {
+		c.done <- true
 	}
 	clear(batch) // keep no caller's limits alive
 	s.calls, s.combined = calls[:0], batch[:0]
 
 	s.mu.Lock()
-	if requeue {
-		s.queue = slices.Insert(s.queue, 0, calls[1:]...)
-	}
 	var next *call
 	if len(s.queue) > 0 {
 		next = s.queue[0]
@@ -725,6 +722,17 @@ func (s *Store) lead(ctx context.Context, first *call) {
 	if next != nil {
 		next.done <- false
 	}
+}
+
+// takeQueued moves the calls queued, up to a transaction's worth, to the
+// end of calls.
+func (s *Store) takeQueued(calls []*call) []*call {
+	s.mu.Lock()
+	n := min(len(s.queue), maxCombined-len(calls))
+	calls = append(calls, s.queue[:n]...)
+	s.queue = s.queue[:copy(s.queue, s.queue[n:])]
+	s.mu.Unlock()
+	return calls
 }
 
 // AdmitBatch implements bucket.BatchBackend: it decides the whole batch in
@@ -767,36 +775,45 @@ func inTxn(a *bucket.Admission) bool { return a.Err == nil && !a.Request.Limit.I
 // batch that have no error and a limit, setting their decisions. It
 // returns the transaction's error, in which case nothing was charged.
 func (s *Store) admitTxn(ctx context.Context, batch []bucket.Admission) error {
-	return s.txn(ctx, "admit", func(host int64) error {
-		if len(s.index) > maxKept {
-			// A huge batch is past: let its memory go.
-			s.index, s.entries = make(map[string]int), nil
+	return s.txn(ctx, "admit", func(host int64) error { return s.decide(host, batch) })
+}
+
+// decide decides, within a transaction at host time host, the admissions
+// of batch that have no error and a limit. A key whose row cannot be read
+// fails its own admissions, not the others'.
+func (s *Store) decide(host int64, batch []bucket.Admission) error {
+	if len(s.index) > maxKept {
+		// A huge batch is past: let its memory go.
+		s.index, s.entries = make(map[string]int), nil
+	}
+	clear(s.index)
+	s.entries = s.entries[:0]
+	for i := range batch {
+		a := &batch[i]
+		if !inTxn(a) {
+			continue
 		}
-		clear(s.index)
-		s.entries = s.entries[:0]
-		for i := range batch {
-			a := &batch[i]
-			if !inTxn(a) {
-				continue
-			}
-			e, err := s.entry(a.Key, host)
-			if err != nil {
-				return err
-			}
-			d, err := bucket.Decide(&e.st, &a.Request, unit, e.now)
-			if err != nil {
-				return err
-			}
-			a.Decision = d
-			e.dirty = e.dirty || d.Allowed // a refusal changes nothing worth writing
+		e, err := s.entry(a.Key, host)
+		if errors.Is(err, ErrCorrupt) {
+			a.Err = wrapErr("admit", s.path, err)
+			continue
 		}
-		for i := range s.entries {
-			if err := s.save(&s.entries[i]); err != nil {
-				return err
-			}
+		if err != nil {
+			return err
 		}
-		return s.sweepDue(host)
-	})
+		d, err := bucket.Decide(&e.st, &a.Request, unit, e.now)
+		if err != nil {
+			return err
+		}
+		a.Decision = d
+		e.dirty = e.dirty || d.Allowed // a refusal changes nothing worth writing
+	}
+	for i := range s.entries {
+		if err := s.save(&s.entries[i]); err != nil {
+			return err
+		}
+	}
+	return s.sweepDue(host)
 }
 
 // entry returns the entry of key in the current batch, loading it on first
@@ -813,6 +830,7 @@ func (s *Store) entry(key string, host int64) (*entry, error) {
 	}
 	e := &s.entries[i]
 	if err := s.load(e, key, host); err != nil {
+		s.entries = s.entries[:i]
 		return nil, err
 	}
 	s.index[key] = i
