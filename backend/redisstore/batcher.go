@@ -28,9 +28,10 @@ type batcher struct {
 	rejoin   int // callers that recent round trips answered and that have not queued since
 	closed   bool
 
-	wake chan struct{} // the sender should look at the queue
-	stop chan struct{}
-	done chan struct{}
+	wake  chan struct{} // the sender should look at the queue
+	stop  chan struct{}
+	done  chan struct{}
+	trips sync.WaitGroup // round trips in flight
 }
 
 // A call is one queued admission. Its state moves from queued to sent to
@@ -69,22 +70,29 @@ func newBatcher(s *Store, pipelines, maxBatch int) *batcher {
 }
 
 // admit decides one admission and waits for its answer or for ctx to end.
+// The round trip does not depend on ctx: if ctx ends first, admit returns
+// at once, and what Redis admitted is given back when the answer comes.
 func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, args []byte) (reply, error) {
+	c := callPool.Get().(*call)
+	c.state.Store(queued)
+	c.req, c.key, c.args = req, key, args
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
+		c.release()
 		return reply{}, bucket.ErrClosed
 	}
 	if b.inflight == 0 && len(b.queue) == 0 {
 		b.inflight++
+		b.trips.Add(1)
 		b.mu.Unlock()
-		r, err := parseReply(b.s.eval(ctx, key, args))
-		b.finished()
-		return r, err
+		go func() {
+			defer b.trips.Done()
+			b.sendBatch([]*call{c})
+			b.finished()
+		}()
+		return b.wait(ctx, c)
 	}
-	c := callPool.Get().(*call)
-	c.state.Store(queued)
-	c.req, c.key, c.args = req, key, args
 	b.queue = append(b.queue, c)
 	// Callers a round trip just answered tend to come straight back:
 	// while another round trip is in flight, wait for them to queue too,
@@ -98,7 +106,11 @@ func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, arg
 	if poke {
 		b.poke()
 	}
+	return b.wait(ctx, c)
+}
 
+// wait waits for c's answer, or for ctx to end: then the round trip owns c.
+func (b *batcher) wait(ctx context.Context, c *call) (reply, error) {
 	select {
 	case <-c.done:
 	case <-ctx.Done():
@@ -140,8 +152,6 @@ func (c *call) release() {
 // goroutine of its own, so that up to `pipelines` are in flight.
 func (b *batcher) send() {
 	defer close(b.done)
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	for {
 		select {
 		case <-b.wake:
@@ -161,10 +171,10 @@ func (b *batcher) send() {
 			clear(b.queue[rest:])
 			b.queue = b.queue[:rest]
 			b.inflight++
+			b.trips.Add(1)
 			b.mu.Unlock()
-			wg.Add(1)
 			go func() {
-				defer wg.Done()
+				defer b.trips.Done()
 				b.sendBatch(batch)
 				b.finished()
 			}()
@@ -199,6 +209,7 @@ func (b *batcher) sendBatch(batch []*call) {
 		b.rejoin = len(live)
 	}
 	b.mu.Unlock()
+	var refunds []bucket.Admission
 	for i, c := range live {
 		c.r, c.err = res[i].r, res[i].err
 		if c.state.CompareAndSwap(sent, done) {
@@ -207,9 +218,13 @@ func (b *batcher) sendBatch(batch []*call) {
 		}
 		// Abandoned in flight: give back what Redis admitted.
 		if c.err == nil && c.r.allowed {
-			b.s.refund(ctx, c.req, c.r.decision())
+			refunds = append(refunds, bucket.Admission{Request: c.req, Decision: c.r.decision()})
 		}
 		c.release()
+	}
+	// After every caller has its answer, in one round trip.
+	if len(refunds) > 0 {
+		b.s.giveBack(ctx, refunds)
 	}
 }
 
@@ -221,6 +236,7 @@ func (b *batcher) close() {
 	b.mu.Unlock()
 	close(b.stop)
 	<-b.done
+	b.trips.Wait()
 	b.mu.Lock()
 	queue := b.queue
 	b.queue = nil

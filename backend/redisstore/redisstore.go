@@ -88,7 +88,8 @@ type Options struct {
 	// admissions waiting are sent together as one pipeline when a round
 	// trip frees up, so that callers share round trips. Default 2; -1
 	// sends each Admit on the caller's goroutine, one round trip each,
-	// unbounded.
+	// unbounded (a caller whose context ends then waits for its round
+	// trip, and what Redis admitted is given back).
 	Pipelines int
 	// MaxBatch is the most admissions one coalesced pipeline carries.
 	// Default 128.
@@ -176,9 +177,11 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 func (s *Store) RedisKey(key string) string { return s.prefix + key }
 
 // Admit implements bucket.Backend. It blocks for a round trip to Redis,
-// shared with concurrent calls. If ctx ends while the admission waits to
-// be sent or for a pipeline's answer, Admit returns ctx's error at once,
-// and what Redis admitted for it is refunded when the answer comes.
+// shared with concurrent calls. The round trip does not depend on ctx: if
+// ctx ends while the admission waits to be sent or for its answer, Admit
+// returns ctx's error at once, and what Redis admitted for it is given
+// back when the answer comes, in one round trip after the other callers'
+// answers (with Pipelines -1, see Options).
 func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
 	if err := req.Validate(); err != nil {
 		return bucket.Decision{}, err
@@ -204,7 +207,7 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 	if s.batch != nil {
 		r, err = s.batch.admit(ctx, req, s.prefix+req.Key, args)
 	} else {
-		r, err = s.admitOne(ctx, s.prefix+req.Key, args)
+		r, err = s.admitOne(ctx, req, s.prefix+req.Key, args)
 	}
 	s.settle(ctx, err, probe)
 	if err != nil {
@@ -213,9 +216,31 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 	return r.decision(), nil
 }
 
-// admitOne sends one admission on the caller's goroutine.
-func (s *Store) admitOne(ctx context.Context, key string, args []byte) (reply, error) {
-	return parseReply(s.eval(ctx, key, args))
+// admitOne sends one admission on the caller's goroutine. The round trip
+// does not depend on ctx (a deadline that cut it short could not tell
+// whether Redis admitted); if ctx ended meanwhile, what Redis admitted is
+// given back and ctx's error returned.
+func (s *Store) admitOne(ctx context.Context, req bucket.Request, key string, args []byte) (reply, error) {
+	r, err := parseReply(s.eval(context.WithoutCancel(ctx), key, args))
+	if ctx.Err() == nil {
+		return r, err
+	}
+	if err == nil && r.allowed {
+		s.giveBack(context.WithoutCancel(ctx), []bucket.Admission{{Request: req, Decision: r.decision()}})
+	}
+	return reply{}, ctx.Err()
+}
+
+// giveBack refunds admissions Redis made for callers that gave up, in one
+// round trip. It asks Redis even while the Store counts it as down: the
+// admissions were made there.
+func (s *Store) giveBack(ctx context.Context, admitted []bucket.Admission) {
+	ops := make([]op, len(admitted))
+	for i := range admitted {
+		a := &admitted[i]
+		ops[i] = op{s.prefix + a.Key, appendRefund(nil, &a.Request, a.Decision)}
+	}
+	s.run(ctx, ops, make([]result, len(ops)))
 }
 
 // eval runs the script on key, again with EVAL if Redis has lost it
