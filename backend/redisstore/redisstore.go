@@ -49,8 +49,9 @@ const (
 	FailOpen
 	// FailLocal decides with an in-process bucket per key (memstore) with
 	// the same limit until Redis answers again. Each process then admits
-	// up to the limit on its own, and the local buckets know nothing of
-	// what Redis admitted before the failure.
+	// up to the limit on its own; the local buckets know nothing of what
+	// Redis admitted before the failure, nor Redis of what they admitted,
+	// so a key can pass its burst and quotas again once Redis is back.
 	FailLocal
 )
 
