@@ -38,8 +38,10 @@ func (e *StatusError) Error() string {
 //
 //   - 429 Too Many Requests: always; the delay is what ParseRetryAfter
 //     reads, or DefaultRetryAfter when no header gives one;
-//   - 503 Service Unavailable: when ParseRetryAfter reads a delay (a 503
-//     without one is an ordinary failure, left to the caller);
+//   - 503 Service Unavailable: when it has a valid Retry-After, with that
+//     delay (a 503 without one is an ordinary failure, left to the caller;
+//     the rate-limit headers some servers send with every answer say
+//     nothing of when an unavailable service is back);
 //   - 403 Forbidden with X-RateLimit-Remaining: 0, as GitHub and others
 //     answer an exhausted rate limit: like 429; and a 403 with a valid
 //     Retry-After (GitHub's secondary rate limits), with that delay.
@@ -68,10 +70,9 @@ func FromResponse(resp *http.Response) error {
 		if !ok {
 			d = DefaultRetryAfter
 		}
-	case code == http.StatusServiceUnavailable && ok:
-	case code == http.StatusForbidden:
-		// Only Retry-After makes a 403 a rate limit: the other headers
-		// come with every answer, whatever its reason.
+	case code == http.StatusServiceUnavailable, code == http.StatusForbidden:
+		// Only Retry-After makes a 503 or a 403 a request to come back: the
+		// other headers come with every answer, whatever its reason.
 		if d, ok = parseRetryAfterValue(h.Get("Retry-After"), now); !ok {
 			return nil
 		}
@@ -100,6 +101,11 @@ func FromResponse(resp *http.Response) error {
 //     years as a delta) delay seconds; from 10⁹ to below 10¹² Unix seconds
 //     (GitHub, Twitter, Discord); from 10¹² Unix milliseconds.
 //
+// The reset headers (all but Retry-After and RateLimit) count only when no
+// X-RateLimit-Remaining, RateLimit-Remaining or X-Rate-Limit-Remaining
+// header reports units left: when some are left they say when a window
+// with room resets, not when to come back.
+//
 // Numbers are unsigned decimals and may have a fraction ("1.5", as Discord
 // sends), which is rounded up to the nanosecond; anything else, including a
 // sign, makes that header invalid and the next one is tried. A date or
@@ -118,6 +124,9 @@ func ParseRetryAfter(h http.Header, now time.Time) (d time.Duration, ok bool) {
 			return d, true
 		}
 	}
+	if unitsLeft(h) {
+		return 0, false
+	}
 	for _, name := range []string{"RateLimit-Reset", "X-RateLimit-Reset-After"} {
 		if v := h.Get(name); v != "" {
 			if d, ok := parseDelay(v); ok {
@@ -133,6 +142,17 @@ func ParseRetryAfter(h http.Header, now time.Time) (d time.Duration, ok bool) {
 		}
 	}
 	return 0, false
+}
+
+// unitsLeft reports whether a remaining-units header of h holds a number
+// above zero.
+func unitsLeft(h http.Header) bool {
+	for _, name := range []string{"X-RateLimit-Remaining", "RateLimit-Remaining", "X-Rate-Limit-Remaining"} {
+		if n, err := strconv.ParseUint(strings.TrimSpace(h.Get(name)), 10, 64); err == nil && n > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // parseRetryAfterValue reads delay seconds or an HTTP date.

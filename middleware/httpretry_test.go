@@ -91,6 +91,11 @@ func TestParseRetryAfter(t *testing.T) {
 		{"draft RateLimit-Reset", headers("RateLimit-Reset", "45"), tableNow, 45 * time.Second, true},
 		{"draft RateLimit-Reset garbage falls through", headers("RateLimit-Reset", "x", "X-RateLimit-Reset", "5"), tableNow, 5 * time.Second, true},
 		{"RateLimit wins over X-RateLimit-Reset", headers("RateLimit", `"d";r=0;t=3`, "X-RateLimit-Reset", "50"), tableNow, 3 * time.Second, true},
+		{"reset of a window with units left", headers("X-RateLimit-Remaining", "4999", "X-RateLimit-Reset", "1372703700"), githubNow, 0, false},
+		{"draft reset with units left", headers("RateLimit-Remaining", "3", "RateLimit-Reset", "45"), tableNow, 0, false},
+		{"reset with no units left", headers("X-RateLimit-Remaining", "0", "X-RateLimit-Reset", "60"), githubNow, time.Minute, true},
+		{"reset with garbage remaining", headers("X-RateLimit-Remaining", "lots", "X-RateLimit-Reset", "60"), githubNow, time.Minute, true},
+		{"Retry-After with units left", headers("Retry-After", "7", "X-RateLimit-Remaining", "10"), tableNow, 7 * time.Second, true},
 	}
 	for _, tt := range tests {
 		got, ok := middleware.ParseRetryAfter(tt.h, tt.now)
@@ -122,6 +127,9 @@ func TestFromResponse(t *testing.T) {
 		{"429 IETF RateLimit", resp(429, "RateLimit", `"default";r=0;t=30`), 30 * time.Second, true},
 		{"503 without headers", resp(503), 0, false},
 		{"503 Retry-After", resp(503, "Retry-After", "30"), 30 * time.Second, true},
+		{"503 with GitHub's headers", resp(503, "X-RateLimit-Remaining", "4999", "X-RateLimit-Reset", "1445415000", "Date", "Wed, 21 Oct 2015 07:27:00 GMT"), 0, false},
+		{"503 with a reset only", resp(503, "X-RateLimit-Reset", "60"), 0, false},
+		{"429 with units left and a far reset", resp(429, "X-RateLimit-Remaining", "4999", "X-RateLimit-Reset", "3000"), middleware.DefaultRetryAfter, true},
 		{"403 GitHub rate limit", resp(403, "X-RateLimit-Remaining", "0", "X-RateLimit-Reset", "1445412480", "Date", "Wed, 21 Oct 2015 07:27:00 GMT"), time.Minute, true},
 		{"403 GitHub rate limit without reset", resp(403, "X-RateLimit-Remaining", "0"), middleware.DefaultRetryAfter, true},
 		{"403 with quota left", resp(403, "X-RateLimit-Remaining", "12", "X-RateLimit-Reset", "60"), 0, false},
