@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -54,6 +55,9 @@ func openRedis(ctx context.Context, cfg *config) (*store, error) {
 	defer cancel()
 	if err := client.Ping(ctx).Err(); err != nil {
 		client.Close()
+		if rerr := redis.Error(nil); errors.As(err, &rerr) {
+			return nil, fmt.Errorf("-backend redis: Redis at %s refused us: %v", opts.Addr, err)
+		}
 		return nil, fmt.Errorf("-backend redis: no Redis answers at %s (%v); start redis-server or point -redis at one", opts.Addr, err)
 	}
 	s, err := redisstore.New(client, redisstore.Options{Prefix: cfg.prefix})

@@ -50,7 +50,7 @@ const (
 func newFlagSet(cfg *config) *flag.FlagSet {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.StringVar(&cfg.backend, "backend", "memory", "where bucket state lives, a `kind`: memory, sqlite or redis")
-	fs.StringVar(&cfg.sqlitePath, "sqlite", filepath.Join(os.TempDir(), "leakybucket-demo.db"), "database `file` for -backend sqlite")
+	fs.StringVar(&cfg.sqlitePath, "sqlite", "", "database `file` for -backend sqlite (default: a new file in the temp dir, removed after the run)")
 	fs.StringVar(&cfg.redisAddr, "redis", "127.0.0.1:6379", "Redis `address` or redis:// URL for -backend redis")
 	cfg.tenants = 4
 	fs.Var((*count)(&cfg.tenants), "tenants", "number of tenants, named tenant-1 … tenant-`K`")
@@ -154,9 +154,6 @@ func (c *config) checkBackend() error {
 			return fmt.Errorf("-procs %d needs a backend the processes share, and the memory backend lives inside one process: use -backend sqlite or -backend redis", c.procs)
 		}
 	case "sqlite":
-		if c.sqlitePath == "" {
-			return errors.New("-sqlite: empty file name")
-		}
 	case "redis":
 		if _, err := redisOptions(c.redisAddr); err != nil {
 			return fmt.Errorf("-redis %q: %v", c.redisAddr, err)
@@ -251,6 +248,9 @@ func (c *config) checkPlot() error {
 	}
 	if fi, err := os.Stat(filepath.Dir(c.plot)); err != nil || !fi.IsDir() {
 		return fmt.Errorf("-plot %q: no directory %s to write it in", c.plot, filepath.Dir(c.plot))
+	}
+	if fi, err := os.Stat(c.plot); err == nil && fi.IsDir() {
+		return fmt.Errorf("-plot %q: is a directory", c.plot)
 	}
 	return nil
 }

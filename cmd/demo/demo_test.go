@@ -156,6 +156,23 @@ func TestSQLiteProcs(t *testing.T) {
 	checkChart(t, plot, "\x89PNG")
 }
 
+// TestSQLiteDefaultFile: without -sqlite, each run has a database file of
+// its own in the temp dir, removed after it: a quota one run used up does
+// not hold up the next.
+func TestSQLiteDefaultFile(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	for run := range 2 {
+		s := runJSON(t, exitOK, "-backend", "sqlite", "-tenants", "1", "-jobs", "20", "-quota", "30/1h")
+		if s.OK != 20 || s.Failed != 0 {
+			t.Errorf("run %d: ok %d, failed %d; want 20 ok", run+1, s.OK, s.Failed)
+		}
+	}
+	if left, err := os.ReadDir(tmp); err != nil || len(left) != 0 {
+		t.Errorf("the temp dir holds %d entries after the runs (%v), want none", len(left), err)
+	}
+}
+
 func TestRedisProcs(t *testing.T) {
 	addr := redistest.Addr(t)
 	s := runJSON(t, exitOK, "-backend", "redis", "-redis", addr, "-procs", "2", "-jobs", "60", "-rate", "30")
@@ -174,6 +191,10 @@ func checkChart(t *testing.T, path, magic string) {
 }
 
 func TestBadFlags(t *testing.T) {
+	plotDir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(plotDir, "a.svg"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		args []string
 		want string // in the one line on stderr
@@ -195,6 +216,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-backend", "redis", "-redis", "redis://[::1"}, `-redis "redis://[::1"`},
 		{[]string{"-plot", "rate.gif"}, `-plot "rate.gif"`},
 		{[]string{"-plot", "/no/such/dir/rate.svg"}, `-plot "/no/such/dir/rate.svg"`},
+		{[]string{"-plot", plotDir + "/a.svg"}, "is a directory"},
 		{[]string{"-procs", "2"}, "memory backend"},
 		{[]string{"-nosuchflag"}, "-nosuchflag"},
 		{[]string{"extra"}, `"extra"`},

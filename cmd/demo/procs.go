@@ -109,6 +109,7 @@ func runWorkers(ctx context.Context, cfg *config, base string, t *tally, stderr 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make([]error, cfg.procs)
+	lost := make([]string, cfg.procs)
 	var wg sync.WaitGroup
 	for i := range cfg.procs {
 		cmd := workerCommand(ctx, exe, cfg, base, workerID{i, cfg.procs}, stderr)
@@ -122,13 +123,20 @@ func runWorkers(ctx context.Context, cfg *config, base string, t *tally, stderr 
 			break
 		}
 		wg.Go(func() {
-			if errs[i] = watchWorker(cmd, out, t); errs[i] != nil {
+			if lost[i], errs[i] = watchWorker(cmd, out, t); errs[i] != nil {
 				errs[i] = fmt.Errorf("worker %d: %w", i+1, errs[i])
 				cancel() // the others stop too: the run cannot be whole
 			}
 		})
 	}
 	wg.Wait()
+	// Only now are the jobs no worker reported on those of the workers
+	// lost: the others have reported all of theirs.
+	for _, why := range lost {
+		if why != "" {
+			t.lost(why)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -153,9 +161,10 @@ func workerCommand(ctx context.Context, exe string, cfg *config, base string, w 
 // errWorkerLost marks a worker that exited without reporting.
 var errWorkerLost = errors.New("exited before it finished")
 
-// watchWorker feeds a worker's events to t until it exits. Jobs it never
-// reported on count as failed.
-func watchWorker(cmd *exec.Cmd, out io.Reader, t *tally) error {
+// watchWorker feeds a worker's events to t until it exits. If it exited
+// without finishing, it returns why: the jobs it never reported on count
+// as failed once every worker has exited.
+func watchWorker(cmd *exec.Cmd, out io.Reader, t *tally) (lost string, err error) {
 	var startErr error
 	finished := false
 	sc := bufio.NewScanner(out)
@@ -179,9 +188,9 @@ func watchWorker(cmd *exec.Cmd, out io.Reader, t *tally) error {
 	werr := cmd.Wait()
 	switch {
 	case startErr != nil:
-		return startErr
+		return "", startErr
 	case !finished:
-		t.lost(fmt.Sprintf("a worker process %v (%v)", errWorkerLost, werr))
+		return fmt.Sprintf("a worker process %v (%v)", errWorkerLost, werr), nil
 	}
-	return nil
+	return "", nil
 }

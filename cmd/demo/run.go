@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -18,6 +19,16 @@ func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cfg.prefix = newPrefix()
+	if cfg.backend == "sqlite" && cfg.sqlitePath == "" {
+		// A file of this run's own: buckets left by an earlier run (a
+		// quota used up) or shared with another run would skew its rates.
+		dir, err := os.MkdirTemp("", "leakybucket-demo-")
+		if err != nil {
+			return fail(err)
+		}
+		defer os.RemoveAll(dir)
+		cfg.sqlitePath = filepath.Join(dir, "buckets.db")
+	}
 	st, err := openBackend(ctx, cfg)
 	if err != nil {
 		return fail(err)
