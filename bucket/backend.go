@@ -22,7 +22,9 @@ type Backend interface {
 	// Refund gives back the admission d of req that will not be used, if
 	// it is still the key's latest admission and nothing was refunded
 	// since (no later admission depends on it). Otherwise, and for an
-	// admission refunded already or forgotten, it does nothing.
+	// admission refunded already or forgotten, it does nothing. req must
+	// be the request that was admitted: its cost and quotas are given
+	// back as they are.
 	Refund(ctx context.Context, req Request, d Decision) error
 	// Pause admits nothing for key until d from the backend's current time.
 	// A shorter pause never shortens a longer one already in force.

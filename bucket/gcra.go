@@ -11,7 +11,9 @@ import (
 // against the quota until it lies wholly outside the window, so a unit is
 // released at most Window/QuotaSlots after it leaves the exact rolling
 // window: quotas never over-admit and under-admit by at most 1% of the
-// window's time. A quota's state is at most QuotaSlots+1 slots.
+// window's time. A quota's state is at most QuotaSlots+1 slots, plus one
+// for each slot booked further ahead than the window (MaxWait longer than
+// the window), which each decision then walks.
 const QuotaSlots = 100
 
 // State is one key's bucket state, in a backend's clock ticks (nanoseconds

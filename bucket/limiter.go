@@ -28,7 +28,9 @@ type Option func(*Limiter) error
 // WithKeyLimit sets the function that gives each key its limit. It is
 // called at every admission, so it must be fast and safe for concurrent
 // use; an invalid limit it returns fails that admission with a
-// *LimitError.
+// *LimitError. A key's bucket is kept as a time, not as units: when its
+// rate or period changes to a slower one, what it had booked counts as
+// fewer units, so up to a burst more can pass at once at the change.
 func WithKeyLimit(f func(key string) Limit) Option {
 	return func(l *Limiter) error {
 		if f == nil {
@@ -97,10 +99,15 @@ func (l *Limiter) Wait(ctx context.Context, key string) error {
 // earliest slot, sleeps until it and returns; if ctx ends first the booking
 // is refunded and ctx's error returned. If the slot lies beyond ctx's
 // deadline WaitN returns a *WaitError at once, and a cost that can never
-// pass returns a *CostError at once.
+// pass returns a *CostError at once. A ctx that has ended already books
+// nothing and returns its error.
 func (l *Limiter) WaitN(ctx context.Context, key string, n int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	maxWait := MaxDuration
-	if dl, ok := ctx.Deadline(); ok {
+	dl, hasDeadline := ctx.Deadline()
+	if hasDeadline {
 		maxWait = time.Until(dl)
 	}
 	r, err := l.Reserve(ctx, key, n, maxWait)
@@ -108,6 +115,12 @@ func (l *Limiter) WaitN(ctx context.Context, key string, n int) error {
 		return err
 	}
 	if !r.OK {
+		return &WaitError{Key: key, Delay: r.Delay}
+	}
+	if hasDeadline && r.Delay > time.Until(dl) {
+		// The backend's round trip used up the margin: the slot is past
+		// the deadline now.
+		r.Cancel(context.WithoutCancel(ctx))
 		return &WaitError{Key: key, Delay: r.Delay}
 	}
 	if r.Delay <= 0 {
@@ -202,9 +215,10 @@ type Reservation struct {
 	d   Decision
 }
 
-// Cancel gives back a booking that will not be used: the rate part is
-// returned if no later booking depends on it, quota units always. Calling
-// it more than once, or on a reservation that is not OK, does nothing.
+// Cancel gives back a booking that will not be used, if no later booking
+// of the key depends on it (its rate part and its quota units; otherwise
+// nothing, which can only under-admit). Calling it more than once, or on a
+// reservation that is not OK, does nothing.
 func (r *Reservation) Cancel(ctx context.Context) error {
 	if r.l == nil {
 		return nil

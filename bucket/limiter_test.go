@@ -423,3 +423,23 @@ func TestLimiterClosedBackend(t *testing.T) {
 		t.Errorf("PauseFor on a closed store = %v, want ErrClosed", err)
 	}
 }
+
+// TestWaitOnEndedContext: Wait with a context that has ended already, by
+// cancellation or a deadline in the past, returns its error and charges
+// nothing.
+func TestWaitOnEndedContext(t *testing.T) {
+	l := newLimiter(t, newStore(t, nil), bucket.PerSecond(1))
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := l.Wait(cancelled, "k"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait on a cancelled context = %v, want context.Canceled", err)
+	}
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if err := l.Wait(expired, "k"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Wait on an expired context = %v, want context.DeadlineExceeded", err)
+	}
+	if ok, err := l.Allow(context.Background(), "k"); !ok || err != nil {
+		t.Errorf("Allow after two Waits that ended at once = %v, %v: they charged the bucket", ok, err)
+	}
+}

@@ -49,9 +49,10 @@ type Store struct {
 // A shard maps the keys whose hashes fall in it by their hash, so that a
 // key is hashed once per call: keys that share a hash chain through next.
 type shard struct {
-	mu sync.Mutex
-	m  map[uint64]*entry
-	_  [48]byte // keep shards on separate cache lines
+	mu    sync.Mutex
+	m     map[uint64]*entry
+	swept int64    // the clock of the latest sweep: a key it forgot starts there
+	_     [40]byte // keep shards on separate cache lines
 }
 
 // An entry is one key's state, padded to cache lines of its own so that
@@ -197,7 +198,9 @@ func (s *Store) admit(req *bucket.Request, now int64, d *bucket.Decision) (err e
 	e := sh.get(h, req.Key)
 	fresh := e == nil
 	if fresh {
-		e = &entry{key: req.Key}
+		// A sweep may have forgotten the key after deciding it at a
+		// later time than now: its clock must not go back before that.
+		e = &entry{key: req.Key, seen: sh.swept}
 	}
 	e.seen = max(e.seen, now)
 	*d, err = bucket.Decide(&e.State, req, time.Nanosecond, e.seen)
@@ -234,7 +237,7 @@ func (s *Store) Pause(_ context.Context, key string, d time.Duration) error {
 	sh.mu.Lock()
 	e := sh.get(h, key)
 	if e == nil {
-		e = &entry{key: key}
+		e = &entry{key: key, seen: sh.swept}
 		sh.put(h, e)
 	}
 	bucket.Pause(&e.State, s.ticks()+int64(min(max(d, 0), bucket.MaxDuration)))
@@ -270,6 +273,7 @@ func (s *Store) Sweep() {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		now := s.ticks()
+		sh.swept = max(sh.swept, now)
 		for h, first := range sh.m {
 			for e := first; e != nil; e = e.next {
 				if bucket.FreshAt(&e.State) <= now {

@@ -1,6 +1,7 @@
 package memstore
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -99,5 +100,50 @@ func TestAdmitClockNeverGoesBack(t *testing.T) {
 	}
 	if err := backendtest.Check(req.Limit, starts); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSweepKeepsClockClamp: a batch that read the clock, then waited for
+// the shard while another caller admitted the key and a sweep forgot it,
+// decides at the time of that admission or later, not at its own earlier
+// reading: the starts it books conform with the other caller's.
+func TestSweepKeepsClockClamp(t *testing.T) {
+	lim := bucket.PerSecond(1000) // 1 ms apart, burst 1
+	var (
+		s      *Store
+		cur    = time.Unix(1_700_000_000, 0)
+		stall  = false
+		starts []backendtest.Start
+	)
+	now := func() time.Time {
+		read := cur
+		if stall { // the batch has read its clock: meanwhile...
+			stall = false
+			cur = cur.Add(500 * time.Microsecond)
+			d, err := s.Admit(context.Background(), bucket.Request{Key: "k", Limit: lim, Cost: 1})
+			if err != nil || !d.Allowed {
+				t.Fatalf("the other caller's admission: %+v, %v", d, err)
+			}
+			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
+			cur = cur.Add(time.Millisecond) // its bucket is fresh again
+			s.Sweep()
+		}
+		return read
+	}
+	s, err := New(Options{SweepInterval: -1, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	stall = true
+	batch := []bucket.Admission{{Request: bucket.Request{Key: "k", Limit: lim, Cost: 1}}}
+	s.AdmitBatch(context.Background(), batch)
+	if a := batch[0]; a.Err != nil || !a.Decision.Allowed {
+		t.Fatalf("the batch's admission: %+v, %v", a.Decision, a.Err)
+	} else {
+		starts = append(starts, backendtest.Start{At: a.Decision.Start(), Cost: 1})
+	}
+	if err := backendtest.Check(lim, starts); err != nil {
+		t.Errorf("starts %v: %v", starts, err)
 	}
 }
