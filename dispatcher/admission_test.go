@@ -724,3 +724,113 @@ func TestCancelledAdmissionRefunded(t *testing.T) {
 		}
 	})
 }
+
+// TestLateGiveBackKeepsOrder: a job that reaches its worker late goes back
+// to the head of its key's queue, and the key's later bookings go back with
+// it: they do not start before it.
+func TestLateGiveBackKeepsOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var order []int
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			if j.key == "B" {
+				time.Sleep(8 * time.Millisecond) // occupies the only worker
+				return 0, nil
+			}
+			mu.Lock()
+			order = append(order, j.n)
+			mu.Unlock()
+			return 0, nil
+		}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(20*time.Millisecond),
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey))
+		ctx := context.Background()
+		var fs []*dispatcher.Future[int]
+		for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}} {
+			f, err := d.Submit(ctx, tk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs = append(fs, f)
+		}
+		for _, f := range fs {
+			if _, err := f.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if order[0] != 1 {
+			t.Errorf("key A started %v, want submission order [1 2]", order)
+		}
+	})
+}
+
+// TestRetryAfterHoldsHandedJob: A2 was handed to the only worker (it waits
+// in the run queue) while A1 ran; A1 answers retry-after 100ms: A2 does not
+// start inside the pause, nor before A1's retry.
+func TestRetryAfterHoldsHandedJob(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		type st struct {
+			n  int
+			at time.Duration
+		}
+		var starts []st
+		begin := time.Now()
+		var once sync.Once
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			mu.Lock()
+			starts = append(starts, st{j.n, time.Since(begin)})
+			mu.Unlock()
+			var err error
+			if j.n == 1 {
+				once.Do(func() {
+					time.Sleep(500 * time.Microsecond)
+					err = &middleware.RetryAfterError{Delay: 100 * time.Millisecond, Err: errors.New("429")}
+				})
+			}
+			return 0, err
+		}, dispatcher.WithWorkers(1),
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100).WithBurst(2))), dispatcher.WithKey(taskKey))
+		ctx := context.Background()
+		f1, _ := d.Submit(ctx, task{"A", 1})
+		f2, _ := d.Submit(ctx, task{"A", 2})
+		f1.Wait(ctx)
+		f2.Wait(ctx)
+		if starts[1].n != 1 {
+			t.Errorf("A2 started at %v, inside A1's 100ms retry-after pause and before A1's retry", starts[1].at)
+		}
+	})
+}
+
+// TestRetryAfterRefundOffWorker: the refund a retry-after makes (of the
+// key's latest booking) does not run on the worker: with a slow backend,
+// another key's job handed to that worker does not wait for it.
+func TestRetryAfterRefundOffWorker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := newSlowRefundLimiter(t, bucket.PerSecond(100), 5*time.Second)
+		var once sync.Once
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			var err error
+			if j.key == "A" && j.n == 1 {
+				once.Do(func() {
+					time.Sleep(time.Millisecond)
+					err = &middleware.RetryAfterError{Delay: 100 * time.Millisecond}
+				})
+			}
+			return 0, err
+		}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(20*time.Millisecond),
+			dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		ctx := context.Background()
+		fa1, _ := d.Submit(ctx, task{"A", 1})
+		fa2, _ := d.Submit(ctx, task{"A", 2}) // booked at 10ms when A1 answers
+		time.Sleep(2 * time.Millisecond)
+		start := time.Now()
+		if _, err := d.Do(ctx, task{"B", 3}); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > 100*time.Millisecond {
+			t.Errorf("B took %v: its worker was refunding A's booking", took)
+		}
+		fa1.Wait(ctx)
+		fa2.Wait(ctx)
+	})
+}

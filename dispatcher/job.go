@@ -36,6 +36,8 @@ type job[T, R any] struct {
 	attempt   int
 	seq       uint64       // submission order, with a limiter
 	kc        *keyCounters // its key's figures, with a limiter
+	ks        *keyState[T, R]
+	handedAt  uint64 // ks.returned when it was handed to a worker
 	state     jobState
 	watched   bool // parent can end, so the job is watched while it waits
 	prev      *job[T, R]

@@ -106,6 +106,10 @@ type keyState[T, R any] struct {
 	backoff  time.Duration
 	lastUsed int64
 	stats    *keyCounters
+	// returned counts the times the key was paused or had a job go back to
+	// its queue: a handed job that sees it changed since it was handed
+	// checks, under mu, that it still comes first (see late).
+	returned atomic.Uint64
 }
 
 func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
@@ -219,8 +223,9 @@ func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
 // mu (see takeHanded): sending can wake a worker, which should not keep
 // submitters out of mu meanwhile. It still counts in the queue until the
 // worker starts it.
-func (s *scheduler[T, R]) hand(j *job[T, R]) {
+func (s *scheduler[T, R]) hand(k *keyState[T, R], j *job[T, R]) {
 	j.setState(running)
+	j.ks, j.handedAt = k, k.returned.Load()
 	s.handed = append(s.handed, j)
 }
 
@@ -371,8 +376,9 @@ func (s *scheduler[T, R]) decide(r *round[T, R]) {
 func (s *scheduler[T, R]) releaseDue(now int64) {
 	for at, ok := s.slots.next(); ok && at <= now; at, ok = s.slots.next() {
 		j := heap.Pop(&s.slots).(*job[T, R])
-		s.keys[j.key].booked.remove(j)
-		s.hand(j)
+		k := s.keys[j.key]
+		k.booked.remove(j)
+		s.hand(k, j)
 	}
 	for at, ok := s.timers.next(); ok && at <= now; at, ok = s.timers.next() {
 		k := heap.Pop(&s.timers).(*keyState[T, R])
@@ -403,7 +409,7 @@ func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T,
 		lim := s.d.lim.Limit(k.name)
 		if lim.IsUnlimited() {
 			j.slot = 0
-			s.hand(j)
+			s.hand(k, j)
 			s.settle(k, now)
 			continue
 		}
@@ -460,12 +466,15 @@ func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R
 		case allowed && k.paused > now: // a retry-after arrived meanwhile
 			refunds = append(refunds, *a)
 			s.putBack(k, j, k.paused)
+		case allowed && k.jobs.head != nil && k.jobs.head.seq < j.seq: // an earlier job came back meanwhile
+			refunds = append(refunds, *a)
+			s.putBack(k, j, now)
 		case allowed:
 			k.backoff = 0
 			j.lim, j.dec = a.Limit, a.Decision
 			j.slot = before + int64(a.Decision.Wait)
 			if a.Decision.Wait <= 0 {
-				s.hand(j)
+				s.hand(k, j)
 			} else {
 				j.setState(booked)
 				j.releaseAt = after + int64(a.Decision.Wait)
@@ -560,14 +569,18 @@ func (s *scheduler[T, R]) tolerance() int64 {
 
 // late reports whether j, handed to a worker, must not start: its
 // context ended while it waited for the worker (it is resolved with the
-// context's error), or it reached the worker longer after its slot than
-// the tolerance allows (a stalled process, scheduler or worker). Starting
-// a late job now could bunch it up with jobs admitted after it, so it
-// waits at the head of its key's queue for a new admission. Either way
-// its admission is given back (if no later one depends on it) by a
-// goroutine of its own: the worker goes on at once to the next job, which
-// would otherwise reach it late too while it waited a backend round trip
-// for the refund.
+// context's error); its key fell behind it meanwhile (a retry-after paused
+// the key, or an earlier job of the key went back to its queue); or it
+// reached the worker longer after its slot than the tolerance allows (a
+// stalled process, scheduler or worker), and starting it now could bunch
+// it up with jobs admitted after it. Unless cancelled, it waits at the
+// head of its key's queue for a new admission, and the key's bookings go
+// back behind it, so that the key's jobs still start in order. Either way
+// the key's latest admission is given back (if no later one depends on
+// it) by a goroutine of its own: the worker goes on at once to the next
+// job, which would otherwise reach it late too while it waited a backend
+// round trip for the refund. Only a job whose key was paused or set back
+// since it was handed takes the scheduler's lock to decide.
 func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	if j.slot == 0 || s.d.stopped.Load() {
 		return false
@@ -581,23 +594,43 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	if j.seq%8 == 0 {
 		s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
 	}
-	if lateness <= tolerance && !cancelled {
-		return false
+	if !cancelled && lateness <= tolerance && j.ks.returned.Load() == j.handedAt {
+		return false // nothing set its key back since it was handed
 	}
 	s.mu.Lock()
+	k := s.key(j.key)
+	behind := k.paused > now || k.jobs.head != nil && k.jobs.head.seq < j.seq
+	if !cancelled && !behind && lateness <= tolerance {
+		s.mu.Unlock()
+		return false
+	}
 	// Counted while j is unresolved: Shutdown waits on wg only once every
 	// job is resolved.
 	s.d.wg.Add(1)
 	refund := j.admission()
 	j.slot = 0
-	k := s.key(j.key)
 	s.idle.Add(1)
 	if cancelled {
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
 		j.setState(queued)
 		k.jobs.insert(j)
-		k.stats.late.Add(1)
+		k.returned.Add(1)
+		if lateness > tolerance {
+			k.stats.late.Add(1)
+		}
+		// Only the key's latest admission can be refunded: its latest
+		// booking's, if it has one.
+		if b := k.booked.tail; b != nil && b.dec.Booking.Gen > refund.Decision.Booking.Gen {
+			refund = b.admission()
+		}
+		for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
+			s.slots.remove(b)
+			b.setState(queued)
+			b.slot = 0
+			k.jobs.insert(b)
+			s.idle.Add(1)
+		}
 	}
 	held := s.hold(k)
 	s.mu.Unlock()
@@ -695,6 +728,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	}
 	k := s.key(j.key)
 	k.paused = max(k.paused, until)
+	k.returned.Add(1)
 	k.stats.retried.Add(1)
 	s.d.stats.retried.Add(1)
 	// Its booked jobs must not start during the pause. Only the latest
@@ -728,10 +762,11 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		// context ends. Under s.mu, as in enqueue: it is still queued.
 		j.watch(context.AfterFunc(j.parent, func() { s.cancelWaiting(j) }))
 	}
-	s.mu.Unlock()
 	if refund != nil {
-		s.refund([]bucket.Admission{*refund})
+		s.d.wg.Add(1)
+		go s.giveBack(k, *refund, s.hold(k))
 	}
+	s.mu.Unlock()
 	s.signal()
 	return true, nil
 }
