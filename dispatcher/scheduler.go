@@ -609,34 +609,46 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	s.d.wg.Add(1)
 	refund := j.admission()
 	j.slot = 0
-	s.idle.Add(1)
 	if cancelled {
+		s.idle.Add(1)
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
-		j.setState(queued)
-		k.jobs.insert(j)
 		k.returned.Add(1)
 		if lateness > tolerance {
 			k.stats.late.Add(1)
 		}
-		// Only the key's latest admission can be refunded: its latest
-		// booking's, if it has one.
-		if b := k.booked.tail; b != nil && b.dec.Booking.Gen > refund.Decision.Booking.Gen {
-			refund = b.admission()
-		}
-		for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
-			s.slots.remove(b)
-			b.setState(queued)
-			b.slot = 0
-			k.jobs.insert(b)
-			s.idle.Add(1)
-		}
+		refund = s.setBack(k, j, refund)
 	}
 	held := s.hold(k)
 	s.mu.Unlock()
 	go s.giveBack(k, refund, held)
 	s.signal() // j's worker is free for other keys' jobs meanwhile
 	return true
+}
+
+// setBack puts j, handed but not to start, back at the head of its key's
+// queue, and the key's bookings back behind it, so that the key's jobs
+// still start in order; it returns the admission to give back, the key's
+// latest: only that one can be refunded, so the others' slots are lost,
+// which only under-admits. (Passing each booking one job back instead,
+// so that no slot is lost, bunched starts up in the pacing benchmarks.)
+// Called with s.mu held.
+func (s *scheduler[T, R]) setBack(k *keyState[T, R], j *job[T, R], own bucket.Admission) bucket.Admission {
+	latest := own
+	if b := k.booked.tail; b != nil {
+		latest = b.admission()
+	}
+	for _, b := range append([]*job[T, R]{j}, k.booked.all()...) {
+		if b != j {
+			k.booked.remove(b)
+			s.slots.remove(b)
+		}
+		b.setState(queued)
+		b.slot = 0
+		k.jobs.insert(b)
+		s.idle.Add(1) // its worker reservation
+	}
+	return latest
 }
 
 // giveBack refunds an admission of k; if k was held for it, k may then ask
