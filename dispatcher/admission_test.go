@@ -368,15 +368,22 @@ func TestImpossibleJobFreesPlace(t *testing.T) {
 		if _, err := f0.Result(); !errors.Is(err, bucket.ErrImpossible) {
 			t.Fatalf("the impossible job: %v, want ErrImpossible", err)
 		}
-		select {
-		case err := <-submitted:
-			if err != nil {
-				t.Errorf("the waiting Submit = %v, want nil", err)
-			}
-		default:
-			t.Error("the waiting Submit still blocks after the impossible job gave its place back")
-		}
+		wantReturned(t, submitted, "the Submit waiting for the impossible job's place")
 	})
+}
+
+// wantReturned fails t unless a nil error is waiting in ch: the call that
+// was blocked has returned, and succeeded.
+func wantReturned(t *testing.T, ch <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		if err != nil {
+			t.Errorf("%s = %v, want nil", what, err)
+		}
+	default:
+		t.Errorf("%s still blocks", what)
+	}
 }
 
 // TestCancelBeforeStart: a queued job whose context ends is resolved with
@@ -461,14 +468,7 @@ func TestCancelFreesPlaceWithoutLimiter(t *testing.T) {
 				t.Errorf("cancelled job: %v, want context.Canceled", err)
 			}
 		}
-		select {
-		case err := <-blocked:
-			if err != nil {
-				t.Errorf("the blocked Submit = %v, want nil", err)
-			}
-		default:
-			t.Fatal("Submit still blocked after two queued jobs were cancelled")
-		}
+		wantReturned(t, blocked, "the Submit blocked until two queued jobs were cancelled")
 		if _, err := d.TrySubmit(context.Background(), 5); err != nil {
 			t.Errorf("TrySubmit with a place free: %v", err)
 		}

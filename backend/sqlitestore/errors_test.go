@@ -30,6 +30,23 @@ func rawDB(t *testing.T, path string) *sql.DB {
 	return db
 }
 
+// holdLock takes the write lock of the file at path on a connection of
+// its own, as another process would, and returns that connection: roll
+// back on it to let go.
+func holdLock(t *testing.T, path string) *sql.Conn {
+	t.Helper()
+	ctx := context.Background()
+	holder, err := rawDB(t, path).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Close() })
+	if _, err := holder.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	return holder
+}
+
 // wantErr fails t unless err matches target and reads as this package's.
 func wantErr(t *testing.T, what string, err, target error) {
 	t.Helper()
@@ -184,18 +201,10 @@ func TestLocked(t *testing.T) {
 	}
 
 	// Another connection holds the write lock.
-	db := rawDB(t, path)
-	holder, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close()
-	if _, err := holder.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
+	holder := holdLock(t, path)
 
 	start := time.Now()
-	_, err = s.Admit(ctx, r)
+	_, err := s.Admit(ctx, r)
 	wantErr(t, "Admit while locked", err, sqlitestore.ErrLocked)
 	if waited := time.Since(start); waited < busy {
 		t.Errorf("Admit while locked failed after %v, want after the busy timeout %v", waited, busy)
@@ -394,14 +403,7 @@ func TestQueuedAdmitLeavesWhileLeaderWaits(t *testing.T) {
 	s := open(t, path, sqlitestore.Options{BusyTimeout: 3 * time.Second, SweepInterval: -1})
 	ctx := context.Background()
 	r := bucket.Request{Key: "k", Limit: bucket.PerHour(1).WithBurst(100), Cost: 1}
-	holder, err := rawDB(t, path).Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close()
-	if _, err := holder.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
+	holder := holdLock(t, path)
 	waitQueue := func(n int) {
 		t.Helper()
 		for sqlitestore.QueueLen(s) != n {
@@ -446,14 +448,7 @@ func TestAdmitCancelWhileQueued(t *testing.T) {
 	if _, err := s.Admit(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	holder, err := rawDB(t, path).Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close()
-	if _, err := holder.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
+	holder := holdLock(t, path)
 	var wg sync.WaitGroup
 	for i := range 16 {
 		wg.Go(func() {
