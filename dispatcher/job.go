@@ -234,12 +234,3 @@ func (l *jobList[T, R]) popFront() *job[T, R] {
 	}
 	return j
 }
-
-// all returns the jobs of l in order.
-func (l *jobList[T, R]) all() []*job[T, R] {
-	js := make([]*job[T, R], 0, l.n)
-	for j := l.head; j != nil; j = j.next {
-		js = append(js, j)
-	}
-	return js
-}

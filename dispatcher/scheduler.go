@@ -609,15 +609,22 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	s.d.wg.Add(1)
 	refund := j.admission()
 	j.slot = 0
+	s.idle.Add(1) // j's worker reservation
 	if cancelled {
-		s.idle.Add(1)
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
 		k.returned.Add(1)
 		if lateness > tolerance {
 			k.stats.late.Add(1)
 		}
-		refund = s.setBack(k, j, refund)
+		j.setState(queued)
+		k.jobs.insert(j)
+		// The key's bookings go back behind it, so that its jobs still
+		// start in order; the latest admission is then the one to give
+		// back.
+		if latest := s.unbook(k); latest != nil {
+			refund = *latest
+		}
 	}
 	held := s.hold(k)
 	s.mu.Unlock()
@@ -626,27 +633,22 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	return true
 }
 
-// setBack puts j, handed but not to start, back at the head of its key's
-// queue, and the key's bookings back behind it, so that the key's jobs
-// still start in order; it returns the admission to give back, the key's
-// latest: only that one can be refunded, so the others' slots are lost,
-// which only under-admits. (Passing each booking one job back instead,
-// so that no slot is lost, bunched starts up in the pacing benchmarks.)
-// Called with s.mu held.
-func (s *scheduler[T, R]) setBack(k *keyState[T, R], j *job[T, R], own bucket.Admission) bucket.Admission {
-	latest := own
+// unbook moves k's bookings back to its queue, freeing their workers,
+// and returns the admission of the latest: only that one can be given
+// back, so the others' slots are lost (which only under-admits). It
+// returns nil if k has no booking. Called with s.mu held.
+func (s *scheduler[T, R]) unbook(k *keyState[T, R]) *bucket.Admission {
+	var latest *bucket.Admission
 	if b := k.booked.tail; b != nil {
-		latest = b.admission()
+		a := b.admission()
+		latest = &a
 	}
-	for _, b := range append([]*job[T, R]{j}, k.booked.all()...) {
-		if b != j {
-			k.booked.remove(b)
-			s.slots.remove(b)
-		}
+	for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
+		s.slots.remove(b)
 		b.setState(queued)
 		b.slot = 0
 		k.jobs.insert(b)
-		s.idle.Add(1) // its worker reservation
+		s.idle.Add(1)
 	}
 	return latest
 }
@@ -727,7 +729,6 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	j.slot = 0
 	j.resetContext()
 
-	var refund *bucket.Admission
 	if s.requeuing != nil {
 		s.requeuing()
 	}
@@ -743,20 +744,8 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	k.returned.Add(1)
 	k.stats.retried.Add(1)
 	s.d.stats.retried.Add(1)
-	// Its booked jobs must not start during the pause. Only the latest
-	// booking can be refunded; the others stay charged (under-admitting).
-	for b := k.booked.tail; b != nil; b = k.booked.tail {
-		if refund == nil {
-			a := b.admission()
-			refund = &a
-		}
-		k.booked.remove(b)
-		s.slots.remove(b)
-		b.setState(queued)
-		b.slot = 0
-		k.jobs.insert(b)
-		s.idle.Add(1)
-	}
+	// Its booked jobs must not start during the pause.
+	refund := s.unbook(k)
 	j.setState(queued)
 	k.jobs.insert(j)
 	s.waiting.Add(1)
