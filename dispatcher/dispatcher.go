@@ -332,8 +332,8 @@ func (d *Dispatcher[T, R]) finishRun(j *job[T, R], val R, err error, o outcome, 
 		j.then(&j.Future)
 	}
 	c.outcome(o).Add(1)
-	if j.kc != nil {
-		j.kc.outcome(o).Add(1)
+	if j.ks != nil {
+		j.ks.stats.outcome(o).Add(1)
 	}
 	if d.pending.Add(-1) == 0 {
 		d.checkDrained()
@@ -388,8 +388,8 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	}
 	wait := start - j.submitted
 	wk.wait.record(wait)
-	if j.kc != nil {
-		j.kc.wait.record(wait)
+	if j.ks != nil {
+		j.ks.stats.wait.record(wait)
 	}
 	wk.current.Store(j)
 	if d.stopped.Load() { // a hard stop that missed current

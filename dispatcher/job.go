@@ -34,10 +34,9 @@ type job[T, R any] struct {
 	cost      int64
 	submitted int64 // dispatcher clock
 	attempt   int
-	seq       uint64       // submission order, with a limiter
-	kc        *keyCounters // its key's figures, with a limiter
-	ks        *keyState[T, R]
-	handedAt  uint64 // ks.returned when it was handed to a worker
+	seq       uint64          // submission order, with a limiter
+	ks        *keyState[T, R] // its key, with a limiter
+	handedAt  uint64          // ks.returned when it was handed to a worker
 	state     jobState
 	watched   bool // parent can end, so the job is watched while it waits
 	prev      *job[T, R]

@@ -174,7 +174,7 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 	s.d.stats.submitted.Add(1)
 	k := s.key(j.key)
 	k.stats.submitted.Add(1)
-	j.kc = k.stats
+	j.ks = k
 	s.seq++
 	j.seq = s.seq
 	j.setState(queued)
