@@ -65,12 +65,9 @@ type Dispatcher[T, R any] struct {
 	_       [56]byte
 
 	// Without a limiter, at most places jobs are accepted and unresolved
-	// (the queue plus the workers); Submit waits for room on room, made
-	// while roomWanted is set.
-	places     int64
-	roomWanted atomic.Bool
-	roomMu     sync.Mutex
-	room       chan struct{}
+	// (the queue plus the workers); Submit waits for one on room.
+	places int64
+	room   roomSignal
 
 	drained   chan struct{}
 	drainOnce sync.Once
@@ -268,14 +265,8 @@ func (d *Dispatcher[T, R]) take() bool {
 
 // waitRoom waits until a place may be free, or ctx ends, or intake closes.
 func (d *Dispatcher[T, R]) waitRoom(ctx context.Context) error {
-	d.roomMu.Lock()
-	if d.room == nil {
-		d.room = make(chan struct{})
-		d.roomWanted.Store(true)
-	}
-	room := d.room
-	d.roomMu.Unlock()
-	if d.pending.Load() < d.places { // a job resolved before roomWanted was seen
+	room := d.room.wait()
+	if d.pending.Load() < d.places { // a job resolved before the wait was seen
 		return nil
 	}
 	select {
@@ -288,24 +279,48 @@ func (d *Dispatcher[T, R]) waitRoom(ctx context.Context) error {
 	}
 }
 
-// madeRoom wakes Submit calls waiting for a place.
-func (d *Dispatcher[T, R]) madeRoom() {
-	d.roomMu.Lock()
-	if d.room != nil {
-		close(d.room)
-		d.room = nil
-		d.roomWanted.Store(false)
+// A roomSignal wakes the Submit calls that wait for a place in a full
+// queue. They wait on a channel that the next wake closes, made only while
+// someone waits, so that freeing a place costs an atomic load when nobody
+// does.
+type roomSignal struct {
+	wanted atomic.Bool // ch is not nil
+	mu     sync.Mutex
+	ch     chan struct{}
+}
+
+// wait returns the channel the next wake closes. The caller then looks at
+// the queue again before it waits on it: a place freed before the wait
+// was seen woke nobody.
+func (r *roomSignal) wait() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ch == nil {
+		r.ch = make(chan struct{})
+		r.wanted.Store(true)
 	}
-	d.roomMu.Unlock()
+	return r.ch
+}
+
+// wake wakes every call waiting, if any.
+func (r *roomSignal) wake() {
+	if !r.wanted.Load() {
+		return
+	}
+	r.mu.Lock()
+	if r.ch != nil {
+		close(r.ch)
+		r.ch = nil
+		r.wanted.Store(false)
+	}
+	r.mu.Unlock()
 }
 
 // unaccept takes back a job that never entered the queue.
 func (d *Dispatcher[T, R]) unaccept() {
 	d.stats.submitted.Add(-1)
 	d.pending.Add(-1)
-	if d.roomWanted.Load() {
-		d.madeRoom()
-	}
+	d.room.wake()
 }
 
 type outcome uint8
@@ -338,9 +353,7 @@ func (d *Dispatcher[T, R]) finishRun(j *job[T, R], val R, err error, o outcome, 
 	if d.pending.Add(-1) == 0 {
 		d.checkDrained()
 	}
-	if d.roomWanted.Load() {
-		d.madeRoom()
-	}
+	d.room.wake()
 }
 
 // checkDrained closes drained once intake is sealed (no Submit can add a

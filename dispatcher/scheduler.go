@@ -44,15 +44,14 @@ type scheduler[T, R any] struct {
 
 	// idle and waiting change under mu, except that workers give back
 	// their place and their reservation without it. Workers write both
-	// for every job, so each has a cache line of its own; blocked, read
-	// with waiting, shares waiting's.
+	// for every job, so each has a cache line of its own; room, read with
+	// waiting, shares waiting's.
 	_       [64]byte
-	idle    atomic.Int64  // workers neither running a job nor reserved for one
-	_       [64]byte      // waiting at a multiple of 32 bytes: blocked shares its line
-	waiting atomic.Int64  // accepted jobs that have not started: the queue's occupancy
-	blocked atomic.Bool   // space is not nil
-	space   chan struct{} // closed when the queue frees room; nil if nobody waits
-	_       [40]byte
+	idle    atomic.Int64 // workers neither running a job nor reserved for one
+	_       [64]byte     // waiting at a multiple of 32 bytes: room shares its line
+	waiting atomic.Int64 // accepted jobs that have not started: the queue's occupancy
+	room    roomSignal   // Submit calls waiting for a place
+	_       [32]byte
 
 	rtt atomic.Int64 // moving average of an admission batch's round trip
 	lag atomic.Int64 // moving average of how late jobs reach their workers
@@ -149,19 +148,13 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 			s.mu.Unlock()
 			return ErrQueueFull
 		}
-		if s.space == nil {
-			s.space = make(chan struct{})
-			s.blocked.Store(true)
-			// A worker that freed a place before it could see blocked
-			// did not wake us: look again.
-			if s.waiting.Load() < int64(s.d.cfg.queue) {
-				continue
-			}
+		room := s.room.wait()
+		if s.waiting.Load() < int64(s.d.cfg.queue) {
+			continue // a place freed before the wait was seen
 		}
-		space := s.space
 		s.mu.Unlock()
 		select {
-		case <-space:
+		case <-room:
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.d.closing:
@@ -247,12 +240,11 @@ func (s *scheduler[T, R]) deliver(js []*job[T, R]) {
 
 // freed wakes blocked submitters once a sixteenth of the queue (at least
 // one place) is free: waking them for every place that frees would cost a
-// goroutine switch per job while a producer outpaces the workers.
+// goroutine switch per job while a producer outpaces the workers. It needs
+// no lock: room has its own.
 func (s *scheduler[T, R]) freed() {
-	if s.space != nil && int64(s.d.cfg.queue)-s.waiting.Load() >= int64(max(1, s.d.cfg.queue/16)) {
-		close(s.space)
-		s.space = nil
-		s.blocked.Store(false)
+	if s.room.wanted.Load() && int64(s.d.cfg.queue)-s.waiting.Load() >= int64(max(1, s.d.cfg.queue/16)) {
+		s.room.wake()
 	}
 }
 
@@ -269,11 +261,7 @@ func (s *scheduler[T, R]) resolveWaiting(j *job[T, R], err error, o outcome) {
 // started takes a job its worker is about to run out of the queue.
 func (s *scheduler[T, R]) started() {
 	s.waiting.Add(-1)
-	if s.blocked.Load() {
-		s.mu.Lock()
-		s.freed()
-		s.mu.Unlock()
-	}
+	s.freed()
 }
 
 func (s *scheduler[T, R]) loop() {
