@@ -10,13 +10,15 @@ import (
 
 // A batcher coalesces concurrent Admit calls so that they share round
 // trips. At most `pipelines` round trips are in flight at once. A caller
-// that finds none in flight and nobody waiting sends its admission
-// itself, on its own goroutine: a lone caller pays one round trip and no
-// hand-off. Otherwise it queues its admission, and the sender goroutine
-// sends whatever is queued (up to maxBatch) as one pipeline when a round
-// trip is free: once the callers the latest round trip answered have
-// queued again, or when a round trip ends. So batches grow with the load:
-// the more callers, the more admissions each round trip carries.
+// that finds none in flight and nobody waiting sends its admission at
+// once, in a round trip of its own (with pipelines -1, every caller does).
+// Otherwise it queues its admission, and the sender goroutine sends
+// whatever is queued (up to maxBatch) as one pipeline when a round trip is
+// free: once the callers the latest round trip answered have queued
+// again, or when a round trip ends. So batches grow with the load: the
+// more callers, the more admissions each round trip carries. Either way
+// the round trip runs on a goroutine of its own, so that a caller whose
+// context ends returns at once (see wait).
 type batcher struct {
 	s         *Store
 	pipelines int
@@ -82,7 +84,7 @@ func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, arg
 		c.release()
 		return reply{}, bucket.ErrClosed
 	}
-	if b.inflight == 0 && len(b.queue) == 0 {
+	if b.pipelines < 0 || b.inflight == 0 && len(b.queue) == 0 {
 		b.inflight++
 		b.trips.Add(1)
 		b.mu.Unlock()

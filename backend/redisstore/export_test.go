@@ -23,7 +23,7 @@ func RawAdmit(ctx context.Context, s *Store, req bucket.Request) (bucket.Decisio
 	if err != nil {
 		return bucket.Decision{}, 0, err
 	}
-	r, err := s.admitOne(ctx, req, s.RedisKey(req.Key), args)
+	r, err := parseReply(s.eval(ctx, s.RedisKey(req.Key), args))
 	return r.decision(), r.fresh, err
 }
 

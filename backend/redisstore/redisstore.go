@@ -88,9 +88,7 @@ type Options struct {
 	// waiting sends its own admission; otherwise it waits, and the
 	// admissions waiting are sent together as one pipeline when a round
 	// trip frees up, so that callers share round trips. Default 2; -1
-	// sends each Admit on the caller's goroutine, one round trip each,
-	// unbounded (a caller whose context ends then waits for its round
-	// trip, and what Redis admitted is given back).
+	// sends each Admit in a round trip of its own at once, unbounded.
 	Pipelines int
 	// MaxBatch is the most admissions one coalesced pipeline carries.
 	// Default 128.
@@ -113,7 +111,7 @@ type Store struct {
 	probing   atomic.Bool
 	lastErr   atomic.Pointer[error]
 
-	batch  *batcher // nil if Pipelines is -1
+	batch  *batcher
 	closed atomic.Bool
 	group  int // most requests per script call: 1 unless one server holds every key
 
@@ -167,9 +165,7 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	if maxBatch == 0 {
 		maxBatch = 128
 	}
-	if pipelines > 0 {
-		s.batch = newBatcher(s, pipelines, maxBatch)
-	}
+	s.batch = newBatcher(s, pipelines, maxBatch)
 	return s, nil
 }
 
@@ -182,7 +178,7 @@ func (s *Store) RedisKey(key string) string { return s.prefix + key }
 // ctx ends while the admission waits to be sent or for its answer, Admit
 // returns ctx's error at once, and what Redis admitted for it is given
 // back when the answer comes, in one round trip after the other callers'
-// answers (with Pipelines -1, see Options).
+// answers.
 func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
 	if err := req.Validate(); err != nil {
 		return bucket.Decision{}, err
@@ -205,31 +201,12 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 		return s.fallback(ctx, req, nil)
 	}
 	var r reply
-	if s.batch != nil {
-		r, err = s.batch.admit(ctx, req, s.prefix+req.Key, args)
-	} else {
-		r, err = s.admitOne(ctx, req, s.prefix+req.Key, args)
-	}
+	r, err = s.batch.admit(ctx, req, s.prefix+req.Key, args)
 	s.settle(ctx, err, probe)
 	if err != nil {
 		return s.errAnswer(ctx, req, err)
 	}
 	return r.decision(), nil
-}
-
-// admitOne sends one admission on the caller's goroutine. The round trip
-// does not depend on ctx (a deadline that cut it short could not tell
-// whether Redis admitted); if ctx ended meanwhile, what Redis admitted is
-// given back and ctx's error returned.
-func (s *Store) admitOne(ctx context.Context, req bucket.Request, key string, args []byte) (reply, error) {
-	r, err := parseReply(s.eval(context.WithoutCancel(ctx), key, args))
-	if ctx.Err() == nil {
-		return r, err
-	}
-	if err == nil && r.allowed {
-		s.giveBack(context.WithoutCancel(ctx), []bucket.Admission{{Request: req, Decision: r.decision()}})
-	}
-	return reply{}, ctx.Err()
 }
 
 // giveBack refunds admissions Redis made for callers that gave up, in one
@@ -497,9 +474,7 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	if s.batch != nil {
-		s.batch.close()
-	}
+	s.batch.close()
 	if s.local != nil {
 		s.local.Close()
 	}
