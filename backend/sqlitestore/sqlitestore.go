@@ -278,10 +278,11 @@ func (s *Store) init(ctx context.Context) error {
 	return nil
 }
 
-// prepareFile puts the file in WAL mode and brings its schema up to date.
-// A file that is not ours is refused before anything is written to it.
+// prepareFile brings the file's schema up to date, then puts it in WAL
+// mode: migrate refuses a file that is not ours before it writes anything,
+// so such a file is left as it was, journal mode included.
 func prepareFile(ctx context.Context, c *sql.Conn) error {
-	if err := precheck(ctx, c); err != nil {
+	if err := migrate(ctx, c); err != nil {
 		return err
 	}
 	var mode string
@@ -291,19 +292,7 @@ func prepareFile(ctx context.Context, c *sql.Conn) error {
 	if mode != "wal" {
 		return fmt.Errorf("journal mode is %q: WAL mode could not be enabled (is the file on a network file system?)", mode)
 	}
-	return migrate(ctx, c)
-}
-
-// precheck refuses a file that is not ours, reading it in one read
-// transaction: another process may be creating the schema meanwhile, and
-// its tables and its application id must be seen together or not at all.
-func precheck(ctx context.Context, c *sql.Conn) error {
-	if _, err := c.ExecContext(ctx, "BEGIN"); err != nil {
-		return err
-	}
-	_, _, err := checkOurs(ctx, c)
-	c.ExecContext(context.Background(), "ROLLBACK") // it only read
-	return err
+	return nil
 }
 
 // clock returns the host clock in ticks.
