@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/leakybucket/leakybucket/internal/latency"
 )
 
 // Each bucket's upper bound is at or above every value it holds and within
@@ -12,32 +14,32 @@ import (
 func TestHistogramShapes(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		sh     shape
+		sh     latency.Shape
 		size   int
 		within float64
 	}{
 		{"fine", fine, len(histogram{}.counts), 1.0 / 8},
 		{"coarse", coarse, len(keyHistogram{}.counts), 1.0 / 4},
 	} {
-		if n := tc.sh.buckets(); n != tc.size {
+		if n := tc.sh.Buckets(); n != tc.size {
 			t.Errorf("%s: shape has %d buckets, the array %d", tc.name, n, tc.size)
 		}
 		rng := rand.New(rand.NewPCG(1, 2))
 		for range 100_000 {
 			v := rng.Int64N(1 << rng.IntN(63))
-			i := tc.sh.bucketOf(v)
+			i := tc.sh.Bucket(v)
 			if i < 0 || i >= tc.size {
 				t.Fatalf("%s: bucketOf(%d) = %d, outside [0, %d)", tc.name, v, i, tc.size)
 			}
-			up := tc.sh.upper(i)
-			if v < tc.sh.lo || v > tc.sh.hi {
+			up := tc.sh.Upper(i)
+			if v < tc.sh.Lower(0) || v > tc.sh.Upper(tc.size-1) {
 				continue // clamped into the first or last bucket
 			}
 			if up < v || float64(up-v) > tc.within*float64(v)+1 {
 				t.Fatalf("%s: %d is in bucket %d, whose upper bound is %d", tc.name, v, i, up)
 			}
 		}
-		if tc.sh.bucketOf(0) != 0 || tc.sh.bucketOf(math.MaxInt64) != tc.size-1 {
+		if tc.sh.Bucket(0) != 0 || tc.sh.Bucket(math.MaxInt64) != tc.size-1 {
 			t.Errorf("%s: 0 and MaxInt64 do not fall in the first and last buckets", tc.name)
 		}
 	}

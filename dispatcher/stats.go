@@ -2,10 +2,11 @@ package dispatcher
 
 import (
 	"math"
-	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/leakybucket/leakybucket/internal/latency"
 )
 
 // Stats is a snapshot of a Dispatcher's figures. Counters count jobs since
@@ -132,53 +133,12 @@ type keyCounters struct {
 	wait            keyHistogram
 }
 
-// A shape maps durations (ns) to the buckets of a histogram: 2^sub
-// buckets per power of two, each within 1/2^sub above the values it
-// holds, for values in [lo, hi]; values outside count in the first or last
-// bucket.
-type shape struct {
-	sub    int
-	lo, hi int64
-	offset int // the raw bucket of lo
-}
-
-func newShape(sub int, lo, hi int64) shape {
-	s := shape{sub: sub, lo: lo, hi: hi}
-	s.offset = s.raw(lo)
-	return s
-}
-
-// raw is the bucket of v ≥ 0 counting from 0: values below 2^sub have one
-// each, then 2^sub per power of two.
-func (s shape) raw(v int64) int {
-	if v < 1<<s.sub {
-		return int(v)
-	}
-	e := bits.Len64(uint64(v)) - 1 - s.sub // v >> e has sub+1 bits
-	return (e+1)<<s.sub | int(v>>e)&(1<<s.sub-1)
-}
-
-func (s shape) bucketOf(v int64) int { return s.raw(min(max(v, s.lo), s.hi)) - s.offset }
-
-func (s shape) buckets() int { return s.bucketOf(s.hi) + 1 }
-
-// upper returns the largest value of bucket i.
-func (s shape) upper(i int) int64 {
-	i += s.offset
-	if i < 1<<s.sub {
-		return int64(i)
-	}
-	e := i>>s.sub - 1
-	m := int64(i&(1<<s.sub-1)) | 1<<s.sub
-	return (m+1)<<e - 1
-}
-
 var (
 	// fine is the dispatcher's: every duration, within 12.5%.
-	fine = newShape(3, 0, math.MaxInt64)
+	fine = latency.NewShape(3, 0, math.MaxInt64)
 	// coarse is each key's, a quarter of the memory: within 25% from a
 	// microsecond to 39 hours.
-	coarse = newShape(2, 1<<10, 1<<47-1)
+	coarse = latency.NewShape(2, 1<<10, 1<<47-1)
 )
 
 // A histogram counts durations in the buckets of fine; a keyHistogram in
@@ -204,8 +164,8 @@ func (h *keyHistogram) sum() *histogramSum {
 	return s
 }
 
-func record(sh shape, counts []atomic.Int64, top *atomic.Int64, v int64) {
-	counts[sh.bucketOf(v)].Add(1)
+func record(sh latency.Shape, counts []atomic.Int64, top *atomic.Int64, v int64) {
+	counts[sh.Bucket(v)].Add(1)
 	for {
 		m := top.Load()
 		if v <= m || top.CompareAndSwap(m, v) {
@@ -217,7 +177,7 @@ func record(sh shape, counts []atomic.Int64, top *atomic.Int64, v int64) {
 // A histogramSum adds up histograms of one shape kept apart (by worker)
 // to read them as one.
 type histogramSum struct {
-	shape  shape
+	shape  latency.Shape
 	counts []int64
 	n, max int64
 }
@@ -243,7 +203,7 @@ func (s *histogramSum) percentiles() Percentiles {
 		var seen int64
 		for i, c := range counts {
 			if seen += c; seen >= rank {
-				return min(time.Duration(s.shape.upper(i)), p.Max)
+				return min(time.Duration(s.shape.Upper(i)), p.Max)
 			}
 		}
 		return p.Max

@@ -1,25 +1,29 @@
-// Package latency counts durations for the benchmarks (backend/redisstore's
-// and the benchmarks program's): a histogram whose buckets are 1/16 of a
-// power of two wide, so that a quantile is within 6.25% of the true one.
-// Adding allocates nothing. It is not safe for concurrent use: give each
-// goroutine its own and Merge them.
+// Package latency maps durations to log-linear buckets (Shape), for the
+// dispatcher's admission-wait figures, and counts them for the benchmarks
+// (backend/redisstore's and the benchmarks program's) in a Histogram whose
+// buckets are 1/16 of a power of two wide, so that a quantile is within
+// 6.25% of the true one. Adding allocates nothing. A Histogram is not safe
+// for concurrent use: give each goroutine its own and Merge them.
 package latency
 
 import (
-	"math/bits"
+	"math"
 	"time"
 )
+
+// sixteenths is a Histogram's shape.
+var sixteenths = NewShape(4, 1, math.MaxInt64)
 
 // A Histogram counts durations. The zero Histogram is empty.
 type Histogram struct {
 	n      int
-	counts [64 * 16]int
+	counts [959]int // sixteenths.Buckets() (TestQuantiles checks it)
 }
 
 // Add counts d (at least 1 ns).
 func (h *Histogram) Add(d time.Duration) {
 	h.n++
-	h.counts[bucketOf(uint64(max(d, 1)))]++
+	h.counts[sixteenths.Bucket(int64(d))]++
 }
 
 // Count returns how many durations h counted.
@@ -41,25 +45,9 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 	for i, c := range h.counts {
 		seen += c
 		if seen >= want {
-			return (lowerBound(i) + lowerBound(i+1)) / 2
+			lo := sixteenths.Lower(i)
+			return time.Duration(lo + (sixteenths.Upper(i)+1-lo)/2)
 		}
 	}
 	return 0
-}
-
-func bucketOf(v uint64) int {
-	e := bits.Len64(v) - 1 // v in [2^e, 2^(e+1))
-	if e < 4 {
-		return int(v)
-	}
-	return e*16 + int(v>>(e-4))&15
-}
-
-// lowerBound is the least duration in bucket i.
-func lowerBound(i int) time.Duration {
-	if i < 64 {
-		return time.Duration(i)
-	}
-	e := i / 16
-	return time.Duration(uint64(16+i%16) << (e - 4))
 }

@@ -9,6 +9,9 @@ import (
 
 // Quantiles are within 6.25% of the exact ones, and merging is adding.
 func TestQuantiles(t *testing.T) {
+	if n := sixteenths.Buckets(); n != len(Histogram{}.counts) {
+		t.Fatalf("the shape has %d buckets, the array %d", n, len(Histogram{}.counts))
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var a, b Histogram
 	var all []time.Duration
