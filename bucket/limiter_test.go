@@ -443,3 +443,43 @@ func TestWaitOnEndedContext(t *testing.T) {
 		t.Errorf("Allow after two Waits that ended at once = %v, %v: they charged the bucket", ok, err)
 	}
 }
+
+// slowAdmit is a backend whose admissions take a round trip of rtt.
+type slowAdmit struct {
+	bucket.Backend
+	rtt time.Duration
+}
+
+func (s slowAdmit) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
+	time.Sleep(s.rtt)
+	return s.Backend.Admit(ctx, req)
+}
+
+// TestWaitDeadlinePassedInRoundTrip: when the backend's round trip uses
+// up the margin, so that the slot it booked now lies past ctx's deadline,
+// Wait gives the slot back and returns a *WaitError as soon as the answer
+// comes, rather than sleep until the deadline.
+func TestWaitDeadlinePassedInRoundTrip(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLimiter(t, slowAdmit{newStore(t, nil), 400 * time.Millisecond}, bucket.PerSecond(1))
+		if err := l.Wait(context.Background(), "k"); err != nil { // booked at 0.4s: the next slot is 1.4s
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 900*time.Millisecond) // at 1.3s
+		defer cancel()
+		start := time.Now()
+		err := l.Wait(ctx, "k") // decided at 0.8s: admitted 0.6s ahead, within the 0.9s asked
+		var we *bucket.WaitError
+		if !errors.As(err, &we) {
+			t.Fatalf("Wait whose slot the round trip pushed past the deadline = %v, want a *WaitError", err)
+		}
+		if d := time.Since(start); d != 400*time.Millisecond {
+			t.Errorf("Wait returned %v after it began, want at the backend's answer (400ms)", d)
+		}
+		// The slot was given back: it is the next one still.
+		r, err := l.Reserve(context.Background(), "k", 1, time.Second)
+		if err != nil || !r.OK || r.Delay != 200*time.Millisecond {
+			t.Errorf("Reserve after it = %+v, %v; want OK for the slot at 1.4s (200ms after the 1.2s it is decided at)", r, err)
+		}
+	})
+}
