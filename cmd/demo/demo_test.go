@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -338,4 +340,69 @@ func unusedAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// TestWorkerKilled: a -procs worker killed mid-run fails the jobs it had
+// not reported, and only those: the summary still adds up to the items,
+// and the exit status says a job failed.
+func TestWorkerKilled(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("finds the workers in /proc")
+	}
+	const tenants, jobs = 4, 100 // 5 s at 20/s
+	cmd := exec.Command(demoBin, "-backend", "sqlite", "-sqlite", filepath.Join(t.TempDir(), "b.db"),
+		"-procs", "2", "-jobs", strconv.Itoa(jobs), "-json")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var worker int
+	for deadline := time.Now().Add(30 * time.Second); worker == 0 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		worker = childOf(cmd.Process.Pid)
+	}
+	if worker == 0 {
+		cmd.Process.Kill()
+		t.Fatal("no worker process found")
+	}
+	time.Sleep(time.Second) // a fifth of the run
+	if err := syscall.Kill(worker, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("demo with a killed worker: %v, want exit status 1\nstderr: %s", err, stderr.String())
+	}
+	var s summary
+	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
+		t.Fatalf("stdout is not a JSON summary: %v\n%s", err, stdout.String())
+	}
+	if s.Failed == 0 || s.OK+s.Failed+s.Cancelled != tenants*jobs {
+		t.Errorf("summary: ok %d, failed %d, cancelled %d; want some failed and %d in all", s.OK, s.Failed, s.Cancelled, tenants*jobs)
+	}
+	for _, ts := range s.Tenants {
+		if ts.OK+ts.Failed+ts.Cancelled != jobs {
+			t.Errorf("%s: ok %d, failed %d, cancelled %d; want %d in all", ts.Tenant, ts.OK, ts.Failed, ts.Cancelled, jobs)
+		}
+	}
+}
+
+// childOf returns the pid of a child process of pid, or 0.
+func childOf(pid int) int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after ")".
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			child, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			return child
+		}
+	}
+	return 0
 }
