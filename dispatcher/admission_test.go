@@ -288,14 +288,7 @@ func TestCancelWhileHanded(t *testing.T) {
 					return j.n, nil
 				}, dispatcher.WithWorkers(1), dispatcher.WithKey(taskKey),
 					dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))))
-				if _, err := d.Submit(context.Background(), task{"A", 0}); err != nil {
-					t.Fatal(err)
-				}
-				ctx, cancel := context.WithCancel(context.Background())
-				f1, err := d.Submit(ctx, task{"A", 1})
-				if err != nil {
-					t.Fatal(err)
-				}
+				f1, cancel := submitPair(t, d)
 				synctest.Wait() // job 0 runs; job 1 is admitted and handed, waiting for the worker
 				cancel()
 				synctest.Wait()
@@ -316,6 +309,21 @@ func TestCancelWhileHanded(t *testing.T) {
 	}
 }
 
+// submitPair submits job A0, then job A1 with a context for the caller
+// to cancel.
+func submitPair(t *testing.T, d *dispatcher.Dispatcher[task, int]) (*dispatcher.Future[int], context.CancelFunc) {
+	t.Helper()
+	if _, err := d.Submit(context.Background(), task{"A", 0}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f1, err := d.Submit(ctx, task{"A", 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f1, cancel
+}
+
 // TestCancelBookedNotHeldByRefund: a booked job whose context ends is
 // resolved at once; giving its booking back to a slow backend happens
 // after.
@@ -324,14 +332,7 @@ func TestCancelBookedNotHeldByRefund(t *testing.T) {
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
 			dispatcher.WithKey(taskKey), dispatcher.WithBookAhead(2*time.Second),
 			dispatcher.WithLimiter(newSlowRefundLimiter(t, bucket.PerSecond(1), time.Second)))
-		if _, err := d.Submit(context.Background(), task{"A", 0}); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		f1, err := d.Submit(ctx, task{"A", 1})
-		if err != nil {
-			t.Fatal(err)
-		}
+		f1, cancel := submitPair(t, d)
 		synctest.Wait() // job 1 is booked a second ahead
 		cancel()
 		synctest.Wait()
