@@ -9,16 +9,15 @@ import (
 )
 
 // A batcher coalesces concurrent Admit calls so that they share round
-// trips. At most `pipelines` round trips are in flight at once. A caller
-// that finds none in flight and nobody waiting sends its admission at
-// once, in a round trip of its own (with pipelines -1, every caller does).
-// Otherwise it queues its admission, and the sender goroutine sends
-// whatever is queued (up to maxBatch) as one pipeline when a round trip is
-// free: once the callers the latest round trip answered have queued
-// again, or when a round trip ends. So batches grow with the load: the
-// more callers, the more admissions each round trip carries. Either way
-// the round trip runs on a goroutine of its own, so that a caller whose
-// context ends returns at once (see wait).
+// trips. At most `pipelines` round trips are in flight at once, each on a
+// goroutine of its own, so that a caller whose context ends returns at once
+// (see wait). A caller that finds a round trip free sends what is queued,
+// its own admission with it, on a new goroutine. Otherwise its admission
+// waits in the queue, and a round trip that ends sends whatever queued
+// meanwhile (up to maxBatch) as its next pipeline, on the same goroutine.
+// So batches grow with the load: the more callers, the more admissions
+// each round trip carries. With pipelines -1, every caller sends its own
+// admission at once.
 type batcher struct {
 	s         *Store
 	pipelines int
@@ -30,15 +29,12 @@ type batcher struct {
 	rejoin   int // callers that recent round trips answered and that have not queued since
 	closed   bool
 
-	wake  chan struct{} // the sender should look at the queue
-	stop  chan struct{}
-	done  chan struct{}
 	trips sync.WaitGroup // round trips in flight
 }
 
 // A call is one queued admission. Its state moves from queued to sent to
 // done; the caller may abandon it (its ctx ended) from queued or sent, and
-// then the sender gives back whatever Redis admitted.
+// then the round trip gives back whatever Redis admitted.
 type call struct {
 	state atomic.Int32
 	req   bucket.Request // for a refund if abandoned
@@ -59,16 +55,7 @@ const (
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
 func newBatcher(s *Store, pipelines, maxBatch int) *batcher {
-	b := &batcher{
-		s:         s,
-		pipelines: pipelines,
-		maxBatch:  maxBatch,
-		wake:      make(chan struct{}, 1),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
-	}
-	go b.send()
-	return b
+	return &batcher{s: s, pipelines: pipelines, maxBatch: maxBatch}
 }
 
 // admit decides one admission and waits for its answer or for ctx to end.
@@ -84,31 +71,58 @@ func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, arg
 		c.release()
 		return reply{}, bucket.ErrClosed
 	}
-	if b.pipelines < 0 || b.inflight == 0 && len(b.queue) == 0 {
+	if b.pipelines < 0 {
 		b.inflight++
 		b.trips.Add(1)
 		b.mu.Unlock()
-		go func() {
-			defer b.trips.Done()
-			b.sendBatch([]*call{c})
-			b.finished()
-		}()
+		go b.trip([]*call{c})
 		return b.wait(ctx, c)
 	}
 	b.queue = append(b.queue, c)
 	// Callers a round trip just answered tend to come straight back:
 	// while another round trip is in flight, wait for them to queue too,
 	// so that they share the next round trip rather than take one each.
-	// The round trip in flight pokes the sender when it ends in any case.
+	// The round trip in flight sends them when it ends in any case.
 	if b.rejoin > 0 {
 		b.rejoin--
 	}
-	poke := b.inflight == 0 || b.rejoin == 0
-	b.mu.Unlock()
-	if poke {
-		b.poke()
+	if b.inflight < b.pipelines && (b.inflight == 0 || b.rejoin == 0) {
+		batch := b.take()
+		b.inflight++
+		b.trips.Add(1)
+		go b.trip(batch)
 	}
+	b.mu.Unlock()
 	return b.wait(ctx, c)
+}
+
+// take removes up to maxBatch calls from the head of the queue; b.mu is
+// held.
+func (b *batcher) take() []*call {
+	n := min(len(b.queue), b.maxBatch)
+	batch := make([]*call, n)
+	copy(batch, b.queue)
+	rest := copy(b.queue, b.queue[n:])
+	clear(b.queue[rest:])
+	b.queue = b.queue[:rest]
+	return batch
+}
+
+// trip sends batch, then whatever queued meanwhile, until nothing is
+// queued or the batcher is closed.
+func (b *batcher) trip(batch []*call) {
+	defer b.trips.Done()
+	for {
+		b.sendBatch(batch)
+		b.mu.Lock()
+		if len(b.queue) == 0 || b.closed || b.pipelines < 0 {
+			b.inflight--
+			b.mu.Unlock()
+			return
+		}
+		batch = b.take()
+		b.mu.Unlock()
+	}
 }
 
 // wait waits for c's answer, or for ctx to end: then the round trip owns c.
@@ -117,7 +131,7 @@ func (b *batcher) wait(ctx context.Context, c *call) (reply, error) {
 	case <-c.done:
 	case <-ctx.Done():
 		if c.state.CompareAndSwap(queued, abandoned) || c.state.CompareAndSwap(sent, abandoned) {
-			return reply{}, ctx.Err() // the sender owns c now
+			return reply{}, ctx.Err() // the round trip owns c now
 		}
 		<-c.done // answered meanwhile
 	}
@@ -126,62 +140,9 @@ func (b *batcher) wait(ctx context.Context, c *call) (reply, error) {
 	return r, err
 }
 
-// finished ends a round trip and, if admissions are queued, pokes the
-// sender to send them.
-func (b *batcher) finished() {
-	b.mu.Lock()
-	b.inflight--
-	waiting := len(b.queue) > 0
-	b.mu.Unlock()
-	if waiting {
-		b.poke()
-	}
-}
-
-func (b *batcher) poke() {
-	select {
-	case b.wake <- struct{}{}:
-	default: // a poke is pending already
-	}
-}
-
 func (c *call) release() {
 	c.req, c.key, c.args, c.err = bucket.Request{}, "", nil, nil
 	callPool.Put(c)
-}
-
-// send is the sender goroutine. Each round trip it starts runs on a
-// goroutine of its own, so that up to `pipelines` are in flight.
-func (b *batcher) send() {
-	defer close(b.done)
-	for {
-		select {
-		case <-b.wake:
-		case <-b.stop:
-			return
-		}
-		for {
-			b.mu.Lock()
-			if len(b.queue) == 0 || b.inflight >= b.pipelines {
-				b.mu.Unlock()
-				break // finished() pokes when a round trip frees up
-			}
-			n := min(len(b.queue), b.maxBatch)
-			batch := make([]*call, n)
-			copy(batch, b.queue)
-			rest := copy(b.queue, b.queue[n:])
-			clear(b.queue[rest:])
-			b.queue = b.queue[:rest]
-			b.inflight++
-			b.trips.Add(1)
-			b.mu.Unlock()
-			go func() {
-				defer b.trips.Done()
-				b.sendBatch(batch)
-				b.finished()
-			}()
-		}
-	}
 }
 
 // sendBatch sends batch as one pipeline and hands out the answers.
@@ -230,14 +191,12 @@ func (b *batcher) sendBatch(batch []*call) {
 	}
 }
 
-// close stops the sender after the round trips in flight, and answers the
-// calls still queued with bucket.ErrClosed.
+// close waits for the round trips in flight, and answers the calls still
+// queued with bucket.ErrClosed.
 func (b *batcher) close() {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
-	close(b.stop)
-	<-b.done
 	b.trips.Wait()
 	b.mu.Lock()
 	queue := b.queue
