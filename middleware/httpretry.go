@@ -25,6 +25,7 @@ type StatusError struct {
 	Status     string // the response's status line, e.g. "429 Too Many Requests"
 }
 
+// Error returns "middleware: HTTP " and the status line.
 func (e *StatusError) Error() string {
 	status := e.Status
 	if status == "" {
@@ -94,12 +95,13 @@ func FromResponse(resp *http.Response) error {
 //     the smallest t; the lines of a field split over several are joined,
 //     and the earlier dictionary form "limit=100, remaining=0, reset=30" is
 //     read too;
-//   - RateLimit-Reset (earlier drafts) and X-RateLimit-Reset-After: delay
-//     seconds;
-//   - X-RateLimit-Reset and X-Rate-Limit-Reset: a delta or a Unix time,
-//     told apart by magnitude: below 10⁹ (2001-09-09 as a Unix time, 31
-//     years as a delta) delay seconds; from 10⁹ to below 10¹² Unix seconds
-//     (GitHub, Twitter, Discord); from 10¹² Unix milliseconds.
+//   - X-RateLimit-Reset-After: delay seconds;
+//   - RateLimit-Reset (earlier drafts: delay seconds; GitLab: a Unix
+//     time), X-RateLimit-Reset and X-Rate-Limit-Reset: a delta or a Unix
+//     time, told apart by magnitude: below 10⁹ (2001-09-09 as a Unix time,
+//     31 years as a delta) delay seconds; from 10⁹ to below 10¹² Unix
+//     seconds (GitHub, GitLab, Twitter, Discord); from 10¹² Unix
+//     milliseconds.
 //
 // The reset headers (all but Retry-After and RateLimit) count only when no
 // X-RateLimit-Remaining, RateLimit-Remaining or X-Rate-Limit-Remaining
@@ -127,14 +129,12 @@ func ParseRetryAfter(h http.Header, now time.Time) (d time.Duration, ok bool) {
 	if unitsLeft(h) {
 		return 0, false
 	}
-	for _, name := range []string{"RateLimit-Reset", "X-RateLimit-Reset-After"} {
-		if v := h.Get(name); v != "" {
-			if d, ok := parseDelay(v); ok {
-				return d, true
-			}
+	if v := h.Get("X-RateLimit-Reset-After"); v != "" {
+		if d, ok := parseDelay(v); ok {
+			return d, true
 		}
 	}
-	for _, name := range []string{"X-RateLimit-Reset", "X-Rate-Limit-Reset"} {
+	for _, name := range []string{"RateLimit-Reset", "X-RateLimit-Reset", "X-Rate-Limit-Reset"} {
 		if v := h.Get(name); v != "" {
 			if d, ok := parseReset(v, now); ok {
 				return d, true
@@ -155,8 +155,15 @@ func unitsLeft(h http.Header) bool {
 	return false
 }
 
-// parseRetryAfterValue reads delay seconds or an HTTP date.
+// parseRetryAfterValue reads delay seconds or an HTTP date. Of a list of
+// delays (duplicate headers a proxy folded into one, "120, 120") it reads
+// the first; an HTTP date has a comma of its own.
 func parseRetryAfterValue(v string, now time.Time) (time.Duration, bool) {
+	if first, _, found := strings.Cut(v, ","); found {
+		if d, ok := parseDelay(first); ok {
+			return d, true
+		}
+	}
 	if d, ok := parseDelay(v); ok {
 		return d, true
 	}

@@ -10,49 +10,71 @@ import (
 // Logging returns a Middleware that writes one record to logger per call
 // of the handler it wraps: message "job", then the attributes key and
 // attempt from the context's JobInfo (left out when there is none, and the
-// key when it is empty),
-// duration, outcome ("ok" or "error") and, on failure, error. Records of
-// successes are at slog.LevelInfo, of failures at slog.LevelError; the
-// handler's context is passed to logger, so slog handlers can add values
-// from it.
+// key when it is empty), duration, outcome ("ok", "error", or "panic" when
+// the handler panics, which Logging lets go on after the record) and, on
+// failure, error. Records of successes are at slog.LevelInfo, of failures
+// at slog.LevelError; the handler's context is passed to logger, so slog
+// handlers can add values from it.
 //
-// Outside Retry it logs each job once; inside Retry, each attempt. Its cost
-// is two clock reads and the record (nothing but the clock reads when the
-// logger's level discards it).
+// Outside Retry it logs each job once, with the attempt Retry made last;
+// inside Retry, each attempt. Its cost is two clock reads, a context value
+// and the record (nothing but the clock reads and the context value when
+// the logger's level discards it).
 func Logging[T, R any](logger *slog.Logger) (Middleware[T, R], error) {
 	if logger == nil {
 		return nil, errors.New("middleware: Logging: nil logger")
 	}
 	return func(next Handler[T, R]) Handler[T, R] {
-		return func(ctx context.Context, job T) (R, error) {
+		mustHandler("Logging", next)
+		return func(ctx context.Context, job T) (r R, err error) {
+			rec := &logRecord{}
+			if info, ok := JobInfoFrom(ctx); ok {
+				rec.attempt = info.Attempt
+			}
 			start := time.Now()
-			r, err := next(ctx, job)
-			logJob(ctx, logger, time.Since(start), err)
+			done := false
+			defer func() {
+				if !done {
+					rec.log(ctx, logger, time.Since(start), "panic", nil)
+				}
+			}()
+			r, err = next(context.WithValue(ctx, logRecordKey{}, rec), job)
+			done = true
+			outcome := "ok"
+			if err != nil {
+				outcome = "error"
+			}
+			rec.log(ctx, logger, time.Since(start), outcome, err)
 			return r, err
 		}
 	}, nil
 }
 
-func logJob(ctx context.Context, logger *slog.Logger, d time.Duration, err error) {
+// A logRecord is what Logging learns while the handler runs: Retry, inside
+// it, sets the attempt it makes.
+type logRecord struct{ attempt int }
+
+type logRecordKey struct{}
+
+func (rec *logRecord) log(ctx context.Context, logger *slog.Logger, d time.Duration, outcome string, err error) {
 	level := slog.LevelInfo
-	if err != nil {
+	if outcome != "ok" {
 		level = slog.LevelError
 	}
 	if !logger.Enabled(ctx, level) {
 		return
 	}
 	attrs := make([]slog.Attr, 0, 5)
-	if info, ok := JobInfoFrom(ctx); ok {
-		if info.Key != "" {
-			attrs = append(attrs, slog.String("key", info.Key))
-		}
-		attrs = append(attrs, slog.Int("attempt", info.Attempt))
+	info, ok := JobInfoFrom(ctx)
+	if ok && info.Key != "" {
+		attrs = append(attrs, slog.String("key", info.Key))
 	}
-	attrs = append(attrs, slog.Duration("duration", d))
+	if rec.attempt > 0 {
+		attrs = append(attrs, slog.Int("attempt", rec.attempt))
+	}
+	attrs = append(attrs, slog.Duration("duration", d), slog.String("outcome", outcome))
 	if err != nil {
-		attrs = append(attrs, slog.String("outcome", "error"), slog.Any("error", err))
-	} else {
-		attrs = append(attrs, slog.String("outcome", "ok"))
+		attrs = append(attrs, slog.Any("error", err))
 	}
 	logger.LogAttrs(ctx, level, "job", attrs...)
 }

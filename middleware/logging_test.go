@@ -136,10 +136,42 @@ func TestLoggingAroundAndInsideRetry(t *testing.T) {
 		t.Errorf("Chain(Retry, Logging) records %v, want %v", got, want)
 	}
 
-	c.records = nil
-	middleware.Chain(logging, retry)((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, 0)
-	if len(c.records) != 1 || attrs(c.records[0])["outcome"].String() != "ok" {
-		t.Errorf("Chain(Logging, Retry) wrote %d records, want 1 with outcome ok", len(c.records))
+	// Outside Retry, the one record names the attempt that ended the job,
+	// with a JobInfo and without.
+	for _, ctx := range []context.Context{ctx, context.Background()} {
+		c.records = nil
+		middleware.Chain(logging, retry)((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, 0)
+		if len(c.records) != 1 {
+			t.Fatalf("Chain(Logging, Retry) wrote %d records, want 1", len(c.records))
+		}
+		a := attrs(c.records[0])
+		if got := a["attempt"].String() + ":" + a["outcome"].String(); got != "3:ok" {
+			t.Errorf("Chain(Logging, Retry) record attempt:outcome = %s, want 3:ok", got)
+		}
+	}
+}
+
+// TestLoggingPanic: a handler's panic is logged, then goes on.
+func TestLoggingPanic(t *testing.T) {
+	c := new(capture)
+	logging, err := middleware.Logging[int, int](slog.New(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "k", Attempt: 1})
+	func() {
+		defer func() {
+			if p := recover(); p != "boom" {
+				t.Errorf("recovered %v, want the handler's panic", p)
+			}
+		}()
+		logging(func(context.Context, int) (int, error) { panic("boom") })(ctx, 0)
+	}()
+	if len(c.records) != 1 {
+		t.Fatalf("wrote %d records, want 1", len(c.records))
+	}
+	if r := c.records[0]; r.Level != slog.LevelError || attrs(r)["outcome"].String() != "panic" || attrs(r)["key"].String() != "k" {
+		t.Errorf("record %v %v, want level ERROR, outcome panic, key k", r.Level, attrs(r))
 	}
 }
 

@@ -123,6 +123,15 @@ func (e *permanentError) Error() string        { return e.err.Error() }
 func (e *permanentError) Unwrap() error        { return e.err }
 func (e *permanentError) Is(target error) bool { return target == ErrPermanent }
 
+// mustHandler panics if next is nil: wrapping a nil handler is always a
+// programming error, better reported where it is made than at the first
+// job.
+func mustHandler[T, R any](name string, next Handler[T, R]) {
+	if next == nil {
+		panic("middleware: " + name + ": nil handler")
+	}
+}
+
 // JobInfo describes the run of a job; it travels in the handler's context.
 // A dispatcher sets Key and Attempt (1 for the first run, one more for each
 // requeue); Retry adds one to Attempt for each retry it makes.
@@ -154,6 +163,7 @@ func Keyed[T, R any](key func(T) string) (Middleware[T, R], error) {
 		return nil, errors.New("middleware: Keyed: nil key function")
 	}
 	return func(next Handler[T, R]) Handler[T, R] {
+		mustHandler("Keyed", next)
 		return func(ctx context.Context, job T) (R, error) {
 			if _, ok := JobInfoFrom(ctx); !ok {
 				ctx = WithJobInfo(ctx, JobInfo{Key: key(job), Attempt: 1})

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/middleware"
 )
 
@@ -191,5 +193,33 @@ func TestKeyed(t *testing.T) {
 	}
 	if _, err := middleware.Keyed[int, int](nil); err == nil {
 		t.Errorf("Keyed(nil) error = nil, want an error")
+	}
+}
+
+// TestNilHandler: every middleware refuses a nil handler when it wraps it,
+// not at the first job.
+func TestNilHandler(t *testing.T) {
+	lim := newLimiter(t, bucket.PerSecond(1))
+	key := func(int) string { return "k" }
+	mws := map[string]func() (middleware.Middleware[int, int], error){
+		"Timeout":   func() (middleware.Middleware[int, int], error) { return middleware.Timeout[int, int](time.Second) },
+		"Retry":     func() (middleware.Middleware[int, int], error) { return middleware.Retry[int, int]() },
+		"Logging":   func() (middleware.Middleware[int, int], error) { return middleware.Logging[int, int](slog.Default()) },
+		"RateLimit": func() (middleware.Middleware[int, int], error) { return middleware.RateLimit[int, int](lim, key) },
+		"Keyed":     func() (middleware.Middleware[int, int], error) { return middleware.Keyed[int, int](key) },
+	}
+	for name, mk := range mws {
+		m, err := mk()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		func() {
+			defer func() {
+				if p := recover(); p != "middleware: "+name+": nil handler" {
+					t.Errorf("%s(nil) panicked with %v, want a message naming it", name, p)
+				}
+			}()
+			m(nil)
+		}()
 	}
 }

@@ -28,6 +28,7 @@ func RateLimit[T, R any](lim *bucket.Limiter, key func(T) string) (Middleware[T,
 		return nil, errors.New("middleware: RateLimit: nil key function")
 	}
 	return func(next Handler[T, R]) Handler[T, R] {
+		mustHandler("RateLimit", next)
 		return func(ctx context.Context, job T) (R, error) {
 			k := key(job)
 			if err := lim.Wait(ctx, k); err != nil {

@@ -162,22 +162,23 @@ func WithRand(rand func() float64) RetryOption {
 }
 
 // DefaultRetryable is Retry's default predicate. It reports false for
-// errors that another attempt cannot fix: context cancellation and
-// deadlines (but a Timeout of one attempt, matching ErrTimeout, is
-// retried), Permanent errors, and the bucket errors for impossible
-// requests, invalid limits or costs and empty keys. It reports true for
-// everything else, retry-after errors included.
+// errors that another attempt cannot fix: Permanent errors, and the bucket
+// errors for impossible requests, invalid limits or costs, empty keys and
+// admissions beyond the context's deadline (*bucket.WaitError).
+// It reports true for everything else, retry-after errors included, and
+// context errors too: Retry stops by itself once the job's context has
+// ended, so a context error it sees while the job's context lives is the
+// attempt's own (a Timeout of one attempt, an http.Client's Timeout), which
+// another attempt may not meet.
 func DefaultRetryable(err error) bool {
 	switch {
+	case errors.As(err, new(*bucket.WaitError)):
+		return false // the next admission is later still
 	case errors.Is(err, ErrPermanent),
 		errors.Is(err, bucket.ErrImpossible),
 		errors.Is(err, bucket.ErrInvalidLimit),
 		errors.Is(err, bucket.ErrInvalidCost),
 		errors.Is(err, bucket.ErrEmptyKey):
-		return false
-	case errors.Is(err, ErrTimeout):
-		return true
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return false
 	}
 	return true
@@ -230,6 +231,7 @@ func Retry[T, R any](opts ...RetryOption) (Middleware[T, R], error) {
 		}
 	}
 	return func(next Handler[T, R]) Handler[T, R] {
+		mustHandler("Retry", next)
 		return func(ctx context.Context, job T) (R, error) {
 			return retry(ctx, &c, next, job)
 		}
@@ -243,8 +245,12 @@ func retry[T, R any](ctx context.Context, c *retryConfig, next Handler[T, R], jo
 		info.Attempt = 1
 		actx = WithJobInfo(ctx, info)
 	}
+	rec, _ := ctx.Value(logRecordKey{}).(*logRecord) // a Logging outside
 	var b *backoff.ExponentialBackOff
 	for n := 1; ; n++ {
+		if rec != nil {
+			rec.attempt = info.Attempt
+		}
 		r, err := next(actx, job)
 		if err == nil || ctx.Err() != nil || !c.retryable(err) {
 			return r, err

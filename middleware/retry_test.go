@@ -270,8 +270,8 @@ func TestRetryPredicate(t *testing.T) {
 	}{
 		{"default retries plain errors", nil, errBoom, 3},
 		{"default keeps Permanent", nil, middleware.Permanent(errBoom), 1},
-		{"default keeps Canceled", nil, fmt.Errorf("x: %w", context.Canceled), 1},
-		{"default keeps DeadlineExceeded", nil, context.DeadlineExceeded, 1},
+		{"default retries an attempt's Canceled", nil, fmt.Errorf("x: %w", context.Canceled), 3},
+		{"default retries an attempt's DeadlineExceeded", nil, context.DeadlineExceeded, 3},
 		{"default keeps impossible costs", nil, &bucket.CostError{Cost: 9, Max: 1, Bound: "burst"}, 1},
 		{"custom retries", []middleware.RetryOption{middleware.WithRetryIf(only)}, errBoom, 3},
 		{"custom refuses", []middleware.RetryOption{middleware.WithRetryIf(only)}, errNo, 1},
@@ -297,8 +297,8 @@ func TestDefaultRetryable(t *testing.T) {
 	}{
 		{errBoom, true},
 		{&middleware.RetryAfterError{Delay: time.Second}, true},
-		{context.Canceled, false},
-		{context.DeadlineExceeded, false},
+		{context.Canceled, true},
+		{context.DeadlineExceeded, true},
 		{&bucket.WaitError{Key: "k", Delay: time.Hour}, false},
 		{middleware.Permanent(errBoom), false},
 		{fmt.Errorf("x: %w", middleware.Permanent(&middleware.RetryAfterError{})), false},

@@ -15,7 +15,8 @@ var ErrTimeout = errors.New("middleware: handler timed out")
 // handler starts; d > 0. The context's cause (context.Cause) then says that
 // the handler timed out. If the handler fails after its time ran out, its
 // error is wrapped in one that says so and matches ErrTimeout and
-// context.DeadlineExceeded. An earlier deadline or cancellation of the
+// context.DeadlineExceeded, unless it wraps the cause already (as the
+// errors of net/http do). An earlier deadline or cancellation of the
 // caller's context is passed through unchanged.
 //
 // Timeout does not abandon a handler that ignores its context: it returns
@@ -27,12 +28,15 @@ func Timeout[T, R any](d time.Duration) (Middleware[T, R], error) {
 		return nil, fmt.Errorf("middleware: Timeout: duration must be positive, got %v", d)
 	}
 	return func(next Handler[T, R]) Handler[T, R] {
+		mustHandler("Timeout", next)
 		return func(ctx context.Context, job T) (R, error) {
 			cause := &timeoutError{d: d}
 			tctx, cancel := context.WithTimeoutCause(ctx, d, cause)
 			defer cancel()
 			r, err := next(tctx, job)
-			if err != nil && context.Cause(tctx) == cause {
+			// An error that wraps the cause already says so (net/http's
+			// errors do); any other is wrapped in one that does.
+			if err != nil && context.Cause(tctx) == cause && !errors.Is(err, cause) {
 				err = &timeoutError{d: d, err: err}
 			}
 			return r, err

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -166,5 +169,38 @@ func TestTimeoutInvalid(t *testing.T) {
 		if m, err := middleware.Timeout[int, int](d); err == nil || m != nil {
 			t.Errorf("Timeout(%v) error = %v, want an error", d, err)
 		}
+	}
+}
+
+// TestTimeoutHTTP: net/http's error already carries the timeout's cause;
+// the message says it once, and the error still matches.
+func TestTimeoutHTTP(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // answers only when the client gives up
+	}))
+	defer srv.Close()
+	timeout, err := middleware.Timeout[string, int](20 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = timeout(func(ctx context.Context, url string) (int, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	})(context.Background(), srv.URL)
+	for _, target := range []error{middleware.ErrTimeout, context.DeadlineExceeded} {
+		if !errors.Is(err, target) {
+			t.Errorf("errors.Is(%v, %v) = false, want true", err, target)
+		}
+	}
+	if n := strings.Count(fmt.Sprint(err), "timed out"); n != 1 {
+		t.Errorf("error %q says it timed out %d times, want once", err, n)
 	}
 }
