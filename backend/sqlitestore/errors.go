@@ -117,7 +117,7 @@ func classify(path string, err error) (kind, explained error) {
 			// missing or refuses new files, that is why.
 			dir := filepath.Dir(path)
 			if fi, statErr := os.Stat(dir); statErr != nil || !fi.IsDir() {
-				return nil, fmt.Errorf("directory %s does not exist: %w", dir, err)
+				return nil, fmt.Errorf("directory %s does not exist: %w", dir, errors.Join(fs.ErrNotExist, err))
 			}
 			if !dirWritable(dir) {
 				return ErrReadOnly, fmt.Errorf("no file can be created in %s: %w", dir, err)

@@ -5,8 +5,11 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -106,8 +109,14 @@ func TestOpenNotADatabase(t *testing.T) {
 
 	// A directory is not a database file.
 	_, err = sqlitestore.Open(dir, sqlitestore.Options{})
-	if err == nil || !strings.HasPrefix(err.Error(), "sqlitestore: ") {
-		t.Errorf("Open(directory) = %v, want a sqlitestore error", err)
+	wantErr(t, "Open(directory)", err, sqlitestore.ErrNotDatabase)
+	if err != nil && !strings.Contains(err.Error(), "is a directory") {
+		t.Errorf("Open(directory) = %v, want it to say the path is a directory", err)
+	}
+	// A file in a directory that does not exist.
+	_, err = sqlitestore.Open(filepath.Join(dir, "missing", "b.db"), sqlitestore.Options{})
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(fmt.Sprint(err), "does not exist") {
+		t.Errorf("Open(file in a missing directory) = %v, want an error matching fs.ErrNotExist", err)
 	}
 }
 
@@ -231,6 +240,21 @@ func TestLocked(t *testing.T) {
 
 	_, err = sqlitestore.Open(path, sqlitestore.Options{BusyTimeout: busy})
 	wantErr(t, "Open while locked", err, sqlitestore.ErrLocked)
+
+	// Close ends a wait for the lock: the Admit waiting answers ErrClosed
+	// (it would wait out the minute and answer ErrLocked otherwise).
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := patient.Admit(ctx, r)
+		waiting <- err
+	}()
+	for !sqlitestore.Leading(patient) {
+		runtime.Gosched()
+	}
+	patient.Close()
+	if err := <-waiting; !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Admit waiting for the lock when the store closed = %v, want bucket.ErrClosed", err)
+	}
 
 	if _, err := holder.ExecContext(ctx, "ROLLBACK"); err != nil {
 		t.Fatal(err)

@@ -123,6 +123,13 @@ func TestReadOnly(t *testing.T) {
 	if after, err := os.ReadFile(readOnlyFile); err != nil || !bytes.Equal(after, before) {
 		t.Errorf("the read-only file changed (%v)", err)
 	}
+	// Nothing was left beside the read-only file: -wal and -shm files the
+	// helper's user created would lock the file's owner out.
+	for _, suffix := range []string{"-wal", "-shm", "-journal"} {
+		if _, err := os.Stat(readOnlyFile + suffix); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("opening the read-only file left %s behind (%v)", filepath.Base(readOnlyFile+suffix), err)
+		}
+	}
 	if _, err := os.Stat(filepath.Join(r, "new.db")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a file appeared in the read-only directory: %v", err)
 	}

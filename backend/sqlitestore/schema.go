@@ -50,6 +50,10 @@ var migrations = [][]string{
 // the file's PRAGMA user_version.
 const SchemaVersion = 1
 
+// latestVersion is the version the migrations lead to: SchemaVersion (a
+// test checks), or more in a test that adds a migration.
+func latestVersion() int { return len(migrations) - 1 }
+
 // migrate brings the schema of the database on c to SchemaVersion, creating
 // it in an empty file. It always writes, so that a database this process
 // cannot write fails here rather than at the first admission: SQLite opens
@@ -73,11 +77,12 @@ func migrateLocked(ctx context.Context, c *sql.Conn) error {
 	if err != nil {
 		return err
 	}
-	if app == applicationID && version == SchemaVersion {
+	latest := latestVersion()
+	if app == applicationID && version == latest {
 		_, err := c.ExecContext(ctx, "UPDATE clock SET swept = swept WHERE id = 0")
 		return err
 	}
-	for v := version + 1; v <= SchemaVersion; v++ {
+	for v := version + 1; v <= latest; v++ {
 		for _, stmt := range migrations[v] {
 			if _, err := c.ExecContext(ctx, stmt); err != nil {
 				return fmt.Errorf("migrating to schema version %d: %w", v, err)
@@ -88,7 +93,7 @@ func migrateLocked(ctx context.Context, c *sql.Conn) error {
 	if _, err := c.ExecContext(ctx, "PRAGMA application_id = "+strconv.Itoa(applicationID)); err != nil {
 		return err
 	}
-	_, err = c.ExecContext(ctx, "PRAGMA user_version = "+strconv.Itoa(SchemaVersion))
+	_, err = c.ExecContext(ctx, "PRAGMA user_version = "+strconv.Itoa(latest))
 	return err
 }
 
@@ -113,8 +118,8 @@ func checkOurs(ctx context.Context, c *sql.Conn) (version, app int, err error) {
 			return 0, 0, &Error{Op: "open", kind: ErrNotDatabase, Err: fmt.Errorf("it holds another program's schema (%d objects, user_version %d)", tables, version)}
 		}
 	}
-	if version > SchemaVersion {
-		return 0, 0, &Error{Op: "open", kind: ErrNewerSchema, Err: fmt.Errorf("the file has schema version %d, this program knows up to %d", version, SchemaVersion)}
+	if latest := latestVersion(); version > latest {
+		return 0, 0, &Error{Op: "open", kind: ErrNewerSchema, Err: fmt.Errorf("the file has schema version %d, this program knows up to %d", version, latest)}
 	}
 	return version, app, nil
 }

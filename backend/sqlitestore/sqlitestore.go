@@ -18,8 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -165,6 +167,9 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, wrapErr("open", path, err)
 	}
+	if err := checkFile(abs); err != nil {
+		return nil, err
+	}
 	db, err := sql.Open("sqlite", dsn(abs, busy, opts.FullSync))
 	if err != nil {
 		return nil, wrapErr("open", abs, err)
@@ -200,6 +205,27 @@ func Open(path string, opts Options) (*Store, error) {
 		go s.sweepEvery(ctx, every)
 	}
 	return s, nil
+}
+
+// checkFile refuses, before SQLite touches anything, a path that is a
+// directory and a file this process may not write: SQLite would open the
+// latter read-only and could leave -wal and -shm files, owned by this
+// process's user, that then lock the file's owner out.
+func checkFile(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil // created by SQLite; classify explains a failure
+	case err != nil:
+		return wrapErr("open", path, err)
+	case fi.IsDir():
+		return &Error{Op: "open", Path: path, Err: errors.New("is a directory"), kind: ErrNotDatabase}
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return wrapErr("open", path, err)
+	}
+	return f.Close()
 }
 
 // dsn returns the driver's name for the file at path: a file: URI, so that
@@ -438,6 +464,9 @@ func (s *Store) begin(ctx context.Context) error {
 		case <-ctx.Done():
 			s.timer.Stop()
 			return ctx.Err()
+		case <-s.done:
+			s.timer.Stop()
+			return bucket.ErrClosed
 		}
 		sleep = min(2*sleep, retryMost)
 	}
