@@ -125,3 +125,16 @@ type Booking struct {
 	Prev int64 // theoretical arrival time before it
 	Gen  int64 // the state's generation after it
 }
+
+// Join returns the booking of two admissions of one key, b made right
+// after earlier (nothing admitted on the key between them): refunding it
+// gives both back at once, if b is still the key's latest admission. It
+// reports false, and returns b, if something came between them. Only
+// rate is given back for earlier: the quota units it used stay used until
+// their window passes, which only under-admits.
+func (b Booking) Join(earlier Booking) (Booking, bool) {
+	if b.Prev != earlier.TAT {
+		return b, false
+	}
+	return Booking{TAT: b.TAT, Prev: earlier.Prev, Gen: b.Gen}, true
+}

@@ -764,6 +764,52 @@ func TestLateGiveBackKeepsOrder(t *testing.T) {
 	})
 }
 
+// TestLateGiveBackReturnsEverySlot: when a job reaches its worker late, the
+// slots of its key's later bookings, which go back with it, are given back
+// too (one refund of their joined booking): the key starts again from the
+// moment the job comes back, not from after the bookings it gave up.
+func TestLateGiveBackReturnsEverySlot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var starts []time.Duration
+		begin := time.Now()
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			if j.key == "B" {
+				time.Sleep(8 * time.Millisecond) // occupies the only worker
+				return 0, nil
+			}
+			mu.Lock()
+			starts = append(starts, time.Since(begin))
+			mu.Unlock()
+			return 0, nil
+		}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey))
+		ctx := context.Background()
+		var fs []*dispatcher.Future[int]
+		for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
+			f, err := d.Submit(ctx, tk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs = append(fs, f)
+		}
+		for _, f := range fs {
+			if _, err := f.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if late := d.Stats().Keys["A"].Late; late == 0 {
+			t.Fatal("no job of A was late: the test did not make one late")
+		}
+		// A1 comes back when B ends, at 8ms; then A2 and A3 one interval
+		// apart. Had only the latest booking been given back, A would have
+		// started again after A2's slot, at 20ms.
+		if len(starts) != 3 || starts[2] > 8*time.Millisecond+2*10*time.Millisecond {
+			t.Errorf("key A started at %v, want the last by 28ms: its given-up slots were lost", starts)
+		}
+	})
+}
+
 // TestRetryAfterHoldsHandedJob: A2 was handed to the only worker (it waits
 // in the run queue) while A1 ran; A1 answers retry-after 100ms: A2 does not
 // start inside the pause, nor before A1's retry.

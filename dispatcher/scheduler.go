@@ -608,11 +608,9 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 		j.setState(queued)
 		k.jobs.insert(j)
 		// The key's bookings go back behind it, so that its jobs still
-		// start in order; the latest admission is then the one to give
-		// back.
-		if latest := s.unbook(k); latest != nil {
-			refund = *latest
-		}
+		// start in order, and one refund gives back their admissions
+		// and j's.
+		refund = *s.unbook(k, j)
 	}
 	held := s.hold(k)
 	s.mu.Unlock()
@@ -622,14 +620,31 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 }
 
 // unbook moves k's bookings back to its queue, freeing their workers,
-// and returns the admission of the latest: only that one can be given
-// back, so the others' slots are lost (which only under-admits). It
-// returns nil if k has no booking. Called with s.mu held.
-func (s *scheduler[T, R]) unbook(k *keyState[T, R]) *bucket.Admission {
-	var latest *bucket.Admission
-	if b := k.booked.tail; b != nil {
-		a := b.admission()
-		latest = &a
+// and returns the admission to give back: the latest booking's, joined
+// with the bookings, and then j's (a job of k going back to the queue
+// after it was handed; nil if none), that came right before it with
+// nothing admitted between (bucket.Booking.Join), so that one refund
+// gives them all back. The slots of any others are lost, which only
+// under-admits. It returns nil if there is nothing to give back. Called
+// with s.mu held.
+func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) *bucket.Admission {
+	var (
+		give    *bucket.Admission
+		joining = true
+	)
+	join := func(b *job[T, R]) {
+		if give == nil {
+			a := b.admission()
+			give = &a
+		} else if joining {
+			give.Decision.Booking, joining = give.Decision.Booking.Join(b.dec.Booking)
+		}
+	}
+	for b := k.booked.tail; b != nil; b = b.prev {
+		join(b)
+	}
+	if j != nil {
+		join(j)
 	}
 	for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
 		s.slots.remove(b)
@@ -638,7 +653,7 @@ func (s *scheduler[T, R]) unbook(k *keyState[T, R]) *bucket.Admission {
 		k.jobs.insert(b)
 		s.idle.Add(1)
 	}
-	return latest
+	return give
 }
 
 // giveBack refunds an admission of k; if k was held for it, k may then ask
@@ -733,7 +748,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	k.stats.retried.Add(1)
 	s.d.stats.retried.Add(1)
 	// Its booked jobs must not start during the pause.
-	refund := s.unbook(k)
+	refund := s.unbook(k, nil) // j's request was made: its admission stays
 	j.setState(queued)
 	k.jobs.insert(j)
 	s.waiting.Add(1)

@@ -61,6 +61,7 @@ func Run(t *testing.T, cfg Config) {
 		{"ConcurrentManyKeys", s.testConcurrentManyKeys},
 		{"Pause", s.testPause},
 		{"Refund", s.testRefund},
+		{"RefundJoined", s.testRefundJoined},
 		{"LimitChange", s.testLimitChange},
 		{"KeysOfAnyBytes", s.testKeys},
 		{"Batch", s.testBatch},
@@ -452,6 +453,41 @@ func (s *suite) testRefund(t *testing.T) {
 	}
 	if admit(t, b, r).Allowed {
 		t.Error("after a refund of one unit, two admitted")
+	}
+}
+
+// testRefundJoined: a refund of consecutive admissions joined into one
+// booking gives them all back; a booking joined across another process's
+// admission is refused, so that it cannot give that one back too.
+func (s *suite) testRefundJoined(t *testing.T) {
+	b := s.cfg.New(t)
+	peer := s.peer(t, b)
+	ctx := context.Background()
+	r := req(s.key(t, "k"), bucket.PerSecond(1), 1, 10*time.Second)
+	d1, d2, d3 := admit(t, b, r), admit(t, b, r), admit(t, b, r)
+	joined, ok := d3.Booking.Join(d2.Booking)
+	if !ok {
+		t.Fatalf("Join of consecutive admissions %+v and %+v refused", d2.Booking, d3.Booking)
+	}
+	d := d3
+	d.Booking = joined
+	if err := peer.Refund(ctx, r, d); err != nil {
+		t.Fatalf("Refund: %v", err)
+	}
+	if d4 := admit(t, b, r); d4.Start() != d2.Start() {
+		t.Fatalf("after refunding the last two admissions, next start = first+%v, want the second's slot first+%v",
+			time.Duration(d4.Start()-d1.Start()), time.Duration(d2.Start()-d1.Start()))
+	}
+
+	r = req(s.key(t, "between"), bucket.PerSecond(1), 1, 10*time.Second)
+	e1 := admit(t, b, r)
+	e2 := admit(t, peer, r)
+	e3 := admit(t, b, r)
+	if _, ok := e3.Booking.Join(e1.Booking); ok {
+		t.Fatalf("Join across another admission (%+v, then %+v, then %+v) accepted", e1.Booking, e2.Booking, e3.Booking)
+	}
+	if _, ok := e3.Booking.Join(e2.Booking); !ok {
+		t.Fatalf("Join of consecutive admissions of two processes %+v and %+v refused", e2.Booking, e3.Booking)
 	}
 }
 
