@@ -131,10 +131,23 @@ type Booking struct {
 // gives both back at once, if b is still the key's latest admission. It
 // reports false, and returns b, if something came between them. Only
 // rate is given back for earlier: the quota units it used stay used until
-// their window passes, which only under-admits.
+// their window passes, which only under-admits (see Unwound).
 func (b Booking) Join(earlier Booking) (Booking, bool) {
 	if b.Prev != earlier.TAT {
 		return b, false
 	}
 	return Booking{TAT: b.TAT, Prev: earlier.Prev, Gen: b.Gen}, true
+}
+
+// Unwound returns earlier's booking as it stands once b, the admission of
+// the key made right after it, has been refunded (a refund adds one to the
+// state's generation): refunding b, then earlier with this booking, gives
+// both back, quota units included, unless something else touches the key
+// in between, when the second refund does nothing. It reports false if
+// something was admitted between them.
+func (b Booking) Unwound(earlier Booking) (Booking, bool) {
+	if b.Prev != earlier.TAT {
+		return earlier, false
+	}
+	return Booking{TAT: earlier.TAT, Prev: earlier.Prev, Gen: b.Gen + 1}, true
 }

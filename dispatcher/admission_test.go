@@ -810,6 +810,48 @@ func TestLateGiveBackReturnsEverySlot(t *testing.T) {
 	})
 }
 
+// TestLateGiveBackReturnsQuota: under a quota, the given-up bookings'
+// quota units come back too: a key with a quota of 3 an hour whose first
+// job is late still runs its 3 jobs now, not an hour later.
+func TestLateGiveBackReturnsQuota(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var starts []time.Duration
+		begin := time.Now()
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			if j.key == "B" {
+				time.Sleep(8 * time.Millisecond) // occupies the only worker
+				return 0, nil
+			}
+			mu.Lock()
+			starts = append(starts, time.Since(begin))
+			mu.Unlock()
+			return 0, nil
+		}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100).WithQuota(3, time.Hour))), dispatcher.WithKey(taskKey))
+		ctx := context.Background()
+		var fs []*dispatcher.Future[int]
+		for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
+			f, err := d.Submit(ctx, tk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs = append(fs, f)
+		}
+		for _, f := range fs {
+			if _, err := f.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if late := d.Stats().Keys["A"].Late; late == 0 {
+			t.Fatal("no job of A was late: the test did not make one late")
+		}
+		if len(starts) != 3 || starts[2] > time.Second {
+			t.Errorf("key A started at %v, want all 3 within a second: the given-up quota units were lost", starts)
+		}
+	})
+}
+
 // TestRetryAfterHoldsHandedJob: A2 was handed to the only worker (it waits
 // in the run queue) while A1 ran; A1 answers retry-after 100ms: A2 does not
 // start inside the pause, nor before A1's retry.

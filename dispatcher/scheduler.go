@@ -595,7 +595,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	// Counted while j is unresolved: Shutdown waits on wg only once every
 	// job is resolved.
 	s.d.wg.Add(1)
-	refund := j.admission()
+	refund := []bucket.Admission{j.admission()}
 	j.slot = 0
 	s.idle.Add(1) // j's worker reservation
 	if cancelled {
@@ -608,9 +608,8 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 		j.setState(queued)
 		k.jobs.insert(j)
 		// The key's bookings go back behind it, so that its jobs still
-		// start in order, and one refund gives back their admissions
-		// and j's.
-		refund = *s.unbook(k, j)
+		// start in order; their admissions and j's are given back.
+		refund = s.unbook(k, j)
 	}
 	held := s.hold(k)
 	s.mu.Unlock()
@@ -620,31 +619,40 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 }
 
 // unbook moves k's bookings back to its queue, freeing their workers,
-// and returns the admission to give back: the latest booking's, joined
-// with the bookings, and then j's (a job of k going back to the queue
-// after it was handed; nil if none), that came right before it with
-// nothing admitted between (bucket.Booking.Join), so that one refund
-// gives them all back. The slots of any others are lost, which only
-// under-admits. It returns nil if there is nothing to give back. Called
-// with s.mu held.
-func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) *bucket.Admission {
+// and returns the refunds that give back the latest booking's admission
+// together with those of the bookings, and then of j (a job of k going
+// back to the queue after it was handed; nil if none), made right before
+// it with nothing admitted between: one refund of their joined booking
+// (bucket.Booking.Join), or, under quotas, a refund of each in turn, latest
+// first (bucket.Booking.Unwound), so that their quota units come back too.
+// The slots of any others are lost, which only under-admits. Called with
+// s.mu held.
+func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []bucket.Admission {
 	var (
-		give    *bucket.Admission
+		give    []bucket.Admission
 		joining = true
 	)
-	join := func(b *job[T, R]) {
-		if give == nil {
+	add := func(b *job[T, R]) {
+		switch {
+		case len(give) == 0:
+			give = append(give, b.admission())
+		case !joining:
+		case len(b.lim.Quotas) == 0:
+			last := &give[len(give)-1].Decision.Booking
+			*last, joining = last.Join(b.dec.Booking)
+		default:
 			a := b.admission()
-			give = &a
-		} else if joining {
-			give.Decision.Booking, joining = give.Decision.Booking.Join(b.dec.Booking)
+			a.Decision.Booking, joining = give[len(give)-1].Decision.Booking.Unwound(b.dec.Booking)
+			if joining {
+				give = append(give, a)
+			}
 		}
 	}
 	for b := k.booked.tail; b != nil; b = b.prev {
-		join(b)
+		add(b)
 	}
 	if j != nil {
-		join(j)
+		add(j)
 	}
 	for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
 		s.slots.remove(b)
@@ -656,11 +664,11 @@ func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) *bucket.Admiss
 	return give
 }
 
-// giveBack refunds an admission of k; if k was held for it, k may then ask
-// again.
-func (s *scheduler[T, R]) giveBack(k *keyState[T, R], a bucket.Admission, held bool) {
+// giveBack refunds admissions of k, in order; if k was held for them, k
+// may then ask again.
+func (s *scheduler[T, R]) giveBack(k *keyState[T, R], as []bucket.Admission, held bool) {
 	defer s.d.wg.Done()
-	s.refund([]bucket.Admission{a})
+	s.refund(as)
 	if !held {
 		return
 	}
@@ -766,9 +774,9 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		// context ends. Under s.mu, as in enqueue: it is still queued.
 		j.watch(context.AfterFunc(j.parent, func() { s.cancelWaiting(j) }))
 	}
-	if refund != nil {
+	if len(refund) > 0 {
 		s.d.wg.Add(1)
-		go s.giveBack(k, *refund, s.hold(k))
+		go s.giveBack(k, refund, s.hold(k))
 	}
 	s.mu.Unlock()
 	s.signal()

@@ -458,7 +458,8 @@ func (s *suite) testRefund(t *testing.T) {
 
 // testRefundJoined: a refund of consecutive admissions joined into one
 // booking gives them all back; a booking joined across another process's
-// admission is refused, so that it cannot give that one back too.
+// admission is refused, so that it cannot give that one back too; refunds
+// unwound one after the other give back quota units too.
 func (s *suite) testRefundJoined(t *testing.T) {
 	b := s.cfg.New(t)
 	peer := s.peer(t, b)
@@ -488,6 +489,36 @@ func (s *suite) testRefundJoined(t *testing.T) {
 	}
 	if _, ok := e3.Booking.Join(e2.Booking); !ok {
 		t.Fatalf("Join of consecutive admissions of two processes %+v and %+v refused", e2.Booking, e3.Booking)
+	}
+
+	// Refunds unwound one after the other, latest first, give back quota
+	// units too.
+	r = req(s.key(t, "quota"), bucket.PerSecond(1000).WithBurst(10).WithQuota(3, time.Hour), 1, 0)
+	q1, q2, q3 := admit(t, b, r), admit(t, b, r), admit(t, b, r)
+	if admit(t, b, r).Allowed {
+		t.Fatal("a fourth admission under a quota of 3 allowed")
+	}
+	u2, ok2 := q3.Booking.Unwound(q2.Booking)
+	w2 := q2
+	w2.Booking = u2
+	u1, ok1 := u2.Unwound(q1.Booking)
+	w1 := q1
+	w1.Booking = u1
+	if !ok1 || !ok2 {
+		t.Fatalf("Unwound of consecutive admissions %+v, %+v, %+v refused", q1.Booking, q2.Booking, q3.Booking)
+	}
+	for _, d := range []bucket.Decision{q3, w2, w1} {
+		if err := peer.Refund(ctx, r, d); err != nil {
+			t.Fatalf("Refund: %v", err)
+		}
+	}
+	for i := range 3 {
+		if !admit(t, b, r).Allowed {
+			t.Fatalf("after three unwound refunds, admission %d of the quota of 3 refused", i+1)
+		}
+	}
+	if admit(t, b, r).Allowed {
+		t.Error("after three unwound refunds, four admitted under a quota of 3")
 	}
 }
 
