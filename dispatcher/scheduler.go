@@ -802,14 +802,7 @@ func (s *scheduler[T, R]) stop() {
 	s.mu.Lock()
 	s.stopped = true
 	for _, k := range s.keys {
-		if b := k.booked.tail; b != nil {
-			refunds = append(refunds, b.admission()) // only the latest can be refunded
-		}
-		for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
-			s.slots.remove(b)
-			s.resolveWaiting(b, ErrClosed, outcomeCancelled)
-			s.idle.Add(1)
-		}
+		refunds = append(refunds, s.unbook(k, nil)...) // its bookings are resolved with the queue
 		s.timers.remove(k)
 		for j := k.jobs.popFront(); j != nil; j = k.jobs.popFront() {
 			s.resolveWaiting(j, ErrClosed, outcomeCancelled)

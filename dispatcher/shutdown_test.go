@@ -347,3 +347,32 @@ func TestHardStopWhileRequeuing(t *testing.T) {
 		}
 	})
 }
+
+// TestHardStopGivesBackBookings: a hard stop gives back every booking of a
+// key, not only the latest, so that other processes sharing the backend
+// may use the slots at once.
+func TestHardStopGivesBackBookings(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := newLimiter(t, bucket.PerSecond(10))
+		d, err := dispatcher.New(func(ctx context.Context, n int) (int, error) {
+			<-ctx.Done() // the first job runs until the stop
+			return 0, context.Cause(ctx)
+		}, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithBookAhead(time.Second),
+			dispatcher.WithKey(func(int) string { return "k" }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		for i := range 5 {
+			if _, err := d.Submit(ctx, i); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait() // job 0 runs; jobs 1-4 are booked at 100, 200, 300, 400ms
+		d.Close()
+		time.Sleep(150 * time.Millisecond)
+		if ok, err := lim.Allow(ctx, "k"); err != nil || !ok {
+			t.Errorf("after a hard stop, Allow at 150ms = %v, %v; want true: the bookings of 100-400ms were not all given back", ok, err)
+		}
+	})
+}
