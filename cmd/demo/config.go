@@ -103,6 +103,16 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: the demo takes flags only (run demo -help)", fs.Arg(0))
 	}
+	// A backend's flag given with another backend would do nothing.
+	var misplaced error
+	fs.Visit(func(f *flag.Flag) {
+		if (f.Name == "sqlite" || f.Name == "redis") && f.Name != cfg.backend && misplaced == nil {
+			misplaced = fmt.Errorf("-%s applies only with -backend %s (this run uses -backend %s)", f.Name, f.Name, cfg.backend)
+		}
+	})
+	if misplaced != nil {
+		return nil, misplaced
+	}
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
@@ -209,6 +219,8 @@ func (c *config) checkLimit() error {
 func parseQuota(s string) (int64, time.Duration, error) {
 	l, err := bucket.Parse(s)
 	switch {
+	case !strings.Contains(s, "/"):
+		return 0, 0, fmt.Errorf("%q is not of the form N/P (for example 500/1h)", s)
 	case err != nil:
 		return 0, 0, errors.New(reason(err))
 	case l.IsUnlimited() || l.Burst != 1 || len(l.Quotas) > 0 || strings.ContainsAny(s, " =\t"):
@@ -251,6 +263,16 @@ func (c *config) checkPlot() error {
 	}
 	if fi, err := os.Stat(c.plot); err == nil && fi.IsDir() {
 		return fmt.Errorf("-plot %q: is a directory", c.plot)
+	}
+	// Find out now, not after the run, that the file cannot be written.
+	_, statErr := os.Stat(c.plot)
+	f, err := os.OpenFile(c.plot, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("-plot %q: %v", c.plot, err)
+	}
+	f.Close()
+	if errors.Is(statErr, os.ErrNotExist) {
+		os.Remove(c.plot)
 	}
 	return nil
 }

@@ -92,7 +92,38 @@ func runJSON(t *testing.T, want int, args ...string) summary {
 	if dec.More() {
 		t.Fatalf("demo %s: more than one JSON value on stdout:\n%s", strings.Join(r.args, " "), r.stdout)
 	}
+	checkSpecFields(t, r.stdout)
 	return s
+}
+
+// checkSpecFields checks the JSON summary's names and types that SPEC §7
+// promises scripts, independently of the demo's own summary type.
+func checkSpecFields(t *testing.T, out string) {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("JSON summary: %v", err)
+	}
+	for _, k := range []string{"requests", "ok", "rejected", "retries", "failed", "elapsed_s"} {
+		if _, ok := m[k].(float64); !ok {
+			t.Errorf("JSON summary field %q = %v, want a number", k, m[k])
+		}
+	}
+	tenants, ok := m["tenants"].([]any)
+	if !ok {
+		t.Fatalf("JSON summary field \"tenants\" = %v, want a list", m["tenants"])
+	}
+	for _, x := range tenants {
+		tm, _ := x.(map[string]any)
+		if _, ok := tm["tenant"].(string); !ok {
+			t.Errorf("JSON tenant %v: no string \"tenant\"", x)
+		}
+		for _, k := range []string{"ok", "rejected", "rate"} {
+			if _, ok := tm[k].(float64); !ok {
+				t.Errorf("JSON tenant %v: field %q is not a number", x, k)
+			}
+		}
+	}
 }
 
 // checkSynced checks the demo's promise: every item synced, no 429 from the
@@ -220,6 +251,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-plot", "/no/such/dir/rate.svg"}, `-plot "/no/such/dir/rate.svg"`},
 		{[]string{"-plot", plotDir + "/a.svg"}, "is a directory"},
 		{[]string{"-procs", "2"}, "memory backend"},
+		{[]string{"-redis", "127.0.0.1:6379"}, "-redis applies only with -backend redis"},
+		{[]string{"-backend", "redis", "-sqlite", "b.db"}, "-sqlite applies only with -backend sqlite"},
+		{[]string{"-plot", "/proc/rate.svg"}, `-plot "/proc/rate.svg"`},
 		{[]string{"-nosuchflag"}, "-nosuchflag"},
 		{[]string{"extra"}, `"extra"`},
 	}

@@ -141,13 +141,19 @@ func runWorkers(ctx context.Context, cfg *config, base string, t *tally, stderr 
 }
 
 func workerCommand(ctx context.Context, exe string, cfg *config, base string, w workerID, stderr io.Writer) *exec.Cmd {
-	args := []string{
-		"-backend", cfg.backend, "-sqlite", cfg.sqlitePath, "-redis", cfg.redisAddr,
+	args := []string{"-backend", cfg.backend}
+	switch cfg.backend {
+	case "sqlite":
+		args = append(args, "-sqlite", cfg.sqlitePath)
+	case "redis":
+		args = append(args, "-redis", cfg.redisAddr)
+	}
+	args = append(args,
 		"-tenants", strconv.Itoa(cfg.tenants), "-jobs", strconv.Itoa(cfg.jobs),
 		"-rate", strconv.Itoa(cfg.rate), "-burst", strconv.Itoa(cfg.burst), "-quota", cfg.quota,
 		"-workers", strconv.Itoa(cfg.workers), "-procs", strconv.Itoa(cfg.procs),
-		"-target", base, "-v=" + strconv.FormatBool(cfg.verbose),
-	}
+		"-target", base, "-v="+strconv.FormatBool(cfg.verbose),
+	)
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = append(os.Environ(),
 		envWorker+"="+strconv.Itoa(w.index)+"/"+strconv.Itoa(w.count),

@@ -46,8 +46,11 @@ type bars struct {
 	wg   sync.WaitGroup
 }
 
+// startBars draws on w, which isTerminal found to be a terminal (mpb's
+// auto refresh is forced on: mpb does not draw on writers it cannot tell
+// are terminals, such as a test's buffer).
 func startBars(cfg *config, t *tally, w io.Writer) *bars {
-	b := &bars{t: t, p: mpb.New(mpb.WithOutput(w), mpb.WithWidth(40), mpb.WithRefreshRate(100*time.Millisecond)), quit: make(chan struct{})}
+	b := &bars{t: t, p: mpb.New(mpb.WithOutput(w), mpb.WithAutoRefresh(), mpb.WithWidth(40), mpb.WithRefreshRate(100*time.Millisecond)), quit: make(chan struct{})}
 	names := cfg.tenantNames()
 	total := int64(cfg.jobs)
 	if b.all = len(names) > maxBars; b.all {

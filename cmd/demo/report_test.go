@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,4 +115,53 @@ func TestWriteTable(t *testing.T) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
 	}
+}
+
+// TestProgressBars: on a terminal the progress is mpb bars, a bar per
+// tenant with its count, the requests of its last second and its 429s.
+func TestProgressBars(t *testing.T) {
+	cfg, err := parseFlags([]string{"-tenants", "2", "-jobs", "1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := newTally(cfg)
+	now := time.Now()
+	tl.request("tenant-1", now, http.StatusOK)
+	tl.done("tenant-1", nil)
+	tl.request("tenant-2", now, http.StatusTooManyRequests)
+	tl.request("tenant-2", now, http.StatusOK)
+	tl.done("tenant-2", nil)
+	var b syncBuffer
+	p := startProgress(cfg, tl, &b, true)
+	if _, ok := p.(*bars); !ok {
+		t.Fatalf("startProgress on a terminal = %T, want bars", p)
+	}
+	p.stop()
+	out := b.String()
+	for _, want := range []string{"tenant-1", "tenant-2", "1/1", "req/s", "0 × 429", "1 × 429"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("bars output lacks %q:\n%s", want, out)
+		}
+	}
+	if r := tl.progress()[0].rate; r < 1 {
+		t.Errorf("tenant-1's rate over the last second = %v, want its 1 request counted", r)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the bars' goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

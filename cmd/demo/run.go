@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"golang.org/x/term"
 )
 
 // runParent runs the demo: the mock API (unless -target), the sync in this
@@ -129,9 +130,19 @@ func aboutDuration(d time.Duration) string {
 	return "about " + d.Round(time.Second).String()
 }
 
+// isTerminal reports whether w is a terminal that bars can be drawn on:
+// one that reports a width (a pseudo-terminal left at 0×0 does not, and
+// bars on it show nothing).
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
+	if !ok {
+		return false
+	}
+	if isatty.IsCygwinTerminal(f.Fd()) {
+		return true
+	}
+	width, _, err := term.GetSize(int(f.Fd()))
+	return isatty.IsTerminal(f.Fd()) && err == nil && width > 0
 }
 
 func plural(n int, one, many string) string {

@@ -156,16 +156,26 @@ type progressSnapshot struct {
 	name     string
 	done     int64 // jobs that succeeded or failed (not those an interrupt cancelled)
 	rejected int64
-	rate     float64 // requests sent per second so far, as observedRate
+	rate     float64 // requests sent in the last second (per second of the run, if shorter)
 }
 
 func (t *tally) progress() []progressSnapshot {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	now := time.Since(t.start)
+	span := min(now, time.Second)
 	out := make([]progressSnapshot, 0, len(t.order))
 	for _, name := range t.order {
 		tt := t.tenants[name]
-		out = append(out, progressSnapshot{name, tt.ok + tt.failed, tt.rejected, rateOver(len(tt.sends), tt.first, tt.last, t.burst)})
+		recent := 0
+		for i := len(tt.sends) - 1; i >= 0 && tt.sends[i] > now-span; i-- {
+			recent++ // sends are reported about in order
+		}
+		rate := 0.0
+		if span > 0 {
+			rate = float64(recent) / span.Seconds()
+		}
+		out = append(out, progressSnapshot{name, tt.ok + tt.failed, tt.rejected, rate})
 	}
 	return out
 }
