@@ -84,11 +84,11 @@ type Options struct {
 	// on every call.
 	RetryInterval time.Duration
 	// Pipelines is how many round trips concurrent Admit calls may have
-	// in flight at once. A caller that finds none in flight and nobody
-	// waiting sends its own admission; otherwise it waits, and the
-	// admissions waiting are sent together as one pipeline when a round
-	// trip frees up, so that callers share round trips. Default 2; -1
-	// sends each Admit in a round trip of its own at once, unbounded.
+	// in flight at once. A caller that finds one free sends the
+	// admissions waiting, its own with them, as one pipeline; otherwise
+	// its admission waits, and the next round trip to end sends what
+	// waits, so that callers share round trips. Default 2; -1 sends each
+	// Admit in a round trip of its own at once, unbounded.
 	Pipelines int
 	// MaxBatch is the most admissions one coalesced pipeline carries.
 	// Default 128.
