@@ -207,10 +207,10 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// checkFile refuses, before SQLite touches anything, a path that is a
-// directory and a file this process may not write: SQLite would open the
-// latter read-only and could leave -wal and -shm files, owned by this
-// process's user, that then lock the file's owner out.
+// checkFile refuses, before SQLite opens it, a path that is a directory
+// and a file this process may not write: SQLite would open the latter
+// read-only and could leave -wal and -shm files, owned by this process's
+// user, that then lock the file's owner out.
 func checkFile(path string) error {
 	fi, err := os.Stat(path)
 	switch {
@@ -221,11 +221,9 @@ func checkFile(path string) error {
 	case fi.IsDir():
 		return &Error{Op: "open", Path: path, Err: errors.New("is a directory"), kind: ErrNotDatabase}
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return wrapErr("open", path, err)
-	}
-	return f.Close()
+	// Asked without opening the file: closing a descriptor of it would
+	// drop the POSIX locks of this process's other connections to it.
+	return wrapErr("open", path, writable(path, fi))
 }
 
 // dsn returns the driver's name for the file at path: a file: URI, so that

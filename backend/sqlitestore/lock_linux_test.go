@@ -1,0 +1,70 @@
+package sqlitestore
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+// TestOpenKeepsOtherConnectionsLocks: opening a second Store on a file
+// leaves the first one's SQLite locks in place. A descriptor of the file
+// opened and closed by this process (as a write check once did) drops
+// every POSIX lock the process holds on it: SQLite still believes it holds
+// them, and another process may then delete the WAL under it.
+func TestOpenKeepsOtherConnectionsLocks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	a, err := Open(path, Options{SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+	r := bucket.Request{Key: "k", Limit: bucket.PerSecond(10), Cost: 1}
+	if _, err := a.Admit(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	before := heldLocks(t, path)
+	if before == 0 {
+		t.Fatal("no lock on the database file after an admission: the test cannot see SQLite's locks")
+	}
+	b, err := Open(path, Options{SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if after := heldLocks(t, path); after < before {
+		t.Errorf("opening a second Store dropped the first one's locks on the file: %d held before, %d after", before, after)
+	}
+}
+
+// heldLocks counts the byte ranges of path that this process locks, as an
+// open file description of its own sees them (F_OFD_GETLK reports the
+// locks of other descriptions). The descriptor stays open until the test
+// ends: closing it would drop this process's POSIX locks.
+func heldLocks(t *testing.T, path string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	n := 0
+	for start := int64(0); ; {
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Start: start}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+			t.Fatal(err)
+		}
+		if lk.Type == unix.F_UNLCK {
+			return n
+		}
+		n++
+		if lk.Len == 0 {
+			return n
+		}
+		start = lk.Start + lk.Len
+	}
+}
