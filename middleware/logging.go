@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,7 +30,7 @@ func Logging[T, R any](logger *slog.Logger) (Middleware[T, R], error) {
 		return func(ctx context.Context, job T) (r R, err error) {
 			rec := &logRecord{}
 			if info, ok := JobInfoFrom(ctx); ok {
-				rec.attempt = info.Attempt
+				rec.attempt.Store(int64(info.Attempt))
 			}
 			start := time.Now()
 			done := false
@@ -50,9 +51,9 @@ func Logging[T, R any](logger *slog.Logger) (Middleware[T, R], error) {
 	}, nil
 }
 
-// A logRecord is what Logging learns while the handler runs: Retry, inside
-// it, sets the attempt it makes.
-type logRecord struct{ attempt int }
+// A logRecord is what Logging learns while the handler runs: the Retry
+// right inside it sets the attempt it makes.
+type logRecord struct{ attempt atomic.Int64 }
 
 type logRecordKey struct{}
 
@@ -69,8 +70,8 @@ func (rec *logRecord) log(ctx context.Context, logger *slog.Logger, d time.Durat
 	if ok && info.Key != "" {
 		attrs = append(attrs, slog.String("key", info.Key))
 	}
-	if rec.attempt > 0 {
-		attrs = append(attrs, slog.Int("attempt", rec.attempt))
+	if n := rec.attempt.Load(); n > 0 {
+		attrs = append(attrs, slog.Int64("attempt", n))
 	}
 	attrs = append(attrs, slog.Duration("duration", d), slog.String("outcome", outcome))
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -194,5 +195,42 @@ func TestLoggingDisabledLevel(t *testing.T) {
 func TestLoggingNil(t *testing.T) {
 	if m, err := middleware.Logging[int, int](nil); err == nil || m != nil {
 		t.Errorf("Logging(nil) error = %v, want an error", err)
+	}
+}
+
+// TestLoggingNestedRetries: under one Logging, the record names the
+// attempt of the Retry right inside it, however many Retry calls the
+// handler makes below, in parallel (run with -race: they share no state).
+func TestLoggingNestedRetries(t *testing.T) {
+	c := new(capture)
+	logging, err := middleware.Logging[int, int](slog.New(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := new(sleeps)
+	retry, err := middleware.Retry[int, int](middleware.WithSleep(s.sleep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	outer := func(ctx context.Context, job int) (int, error) {
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				retry((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, job)
+			})
+		}
+		wg.Wait()
+		if calls.Add(1) == 1 {
+			return 0, errBoom
+		}
+		return job, nil
+	}
+	middleware.Chain(logging, retry)(outer)(context.Background(), 0)
+	if len(c.records) != 1 {
+		t.Fatalf("wrote %d records, want 1", len(c.records))
+	}
+	if got := attrs(c.records[0])["attempt"].String(); got != "2" {
+		t.Errorf("record attempt = %s, want 2 (the outer Retry's; the inner ones made 3 each)", got)
 	}
 }

@@ -93,8 +93,8 @@ func WithJitter(f float64) RetryOption {
 // WithRetryIf sets the predicate that says whether an error is worth
 // another attempt. It is called only while attempts remain and the job's
 // context is alive, and must be safe for concurrent use. The default,
-// DefaultRetryable, retries everything but context errors, Permanent
-// errors and bucket errors that no retry can fix.
+// DefaultRetryable, retries everything but Permanent errors and bucket
+// errors that no retry can fix.
 func WithRetryIf(retryable func(error) bool) RetryOption {
 	return func(c *retryConfig) error {
 		if retryable == nil {
@@ -240,16 +240,23 @@ func Retry[T, R any](opts ...RetryOption) (Middleware[T, R], error) {
 
 func retry[T, R any](ctx context.Context, c *retryConfig, next Handler[T, R], job T) (R, error) {
 	info, ok := JobInfoFrom(ctx)
-	actx := ctx
 	if !ok {
 		info.Attempt = 1
+	}
+	// A Logging outside learns the attempts from this Retry alone: those
+	// below (nested, or run in parallel by the handler) do not see it.
+	rec, _ := ctx.Value(logRecordKey{}).(*logRecord)
+	if rec != nil {
+		ctx = context.WithValue(ctx, logRecordKey{}, nil)
+	}
+	actx := ctx
+	if !ok || rec != nil {
 		actx = WithJobInfo(ctx, info)
 	}
-	rec, _ := ctx.Value(logRecordKey{}).(*logRecord) // a Logging outside
 	var b *backoff.ExponentialBackOff
 	for n := 1; ; n++ {
 		if rec != nil {
-			rec.attempt = info.Attempt
+			rec.attempt.Store(int64(info.Attempt))
 		}
 		r, err := next(actx, job)
 		if err == nil || ctx.Err() != nil || !c.retryable(err) {
