@@ -159,6 +159,10 @@ type progressSnapshot struct {
 	rate     float64 // requests sent in the last second (per second of the run, if shorter)
 }
 
+// lateAnswer is how much later than the sends after it a request's answer
+// may come for the progress rate to count it.
+const lateAnswer = 10 * time.Second
+
 func (t *tally) progress() []progressSnapshot {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -167,9 +171,14 @@ func (t *tally) progress() []progressSnapshot {
 	out := make([]progressSnapshot, 0, len(t.order))
 	for _, name := range t.order {
 		tt := t.tenants[name]
+		// Sends are recorded as their answers come, so a slow answer
+		// puts an older send after newer ones: look a little further
+		// back than the second.
 		recent := 0
-		for i := len(tt.sends) - 1; i >= 0 && tt.sends[i] > now-span; i-- {
-			recent++ // sends are reported about in order
+		for i := len(tt.sends) - 1; i >= 0 && tt.sends[i] > now-span-lateAnswer; i-- {
+			if tt.sends[i] > now-span {
+				recent++
+			}
 		}
 		rate := 0.0
 		if span > 0 {
