@@ -121,6 +121,12 @@ func (b *batcher) trip(batch []*call) {
 			return
 		}
 		batch = b.take()
+		if len(b.queue) > 0 && b.inflight < b.pipelines {
+			// More waits than one pipeline carries: use a free one too.
+			b.inflight++
+			b.trips.Add(1)
+			go b.trip(b.take())
+		}
 		b.mu.Unlock()
 	}
 }
