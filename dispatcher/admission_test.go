@@ -731,35 +731,12 @@ func TestCancelledAdmissionRefunded(t *testing.T) {
 // it: they do not start before it.
 func TestLateGiveBackKeepsOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var mu sync.Mutex
 		var order []int
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
-			if j.key == "B" {
-				time.Sleep(8 * time.Millisecond) // occupies the only worker
-				return 0, nil
-			}
-			mu.Lock()
-			order = append(order, j.n)
-			mu.Unlock()
-			return 0, nil
-		}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(20*time.Millisecond),
-			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey))
-		ctx := context.Background()
-		var fs []*dispatcher.Future[int]
-		for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}} {
-			f, err := d.Submit(ctx, tk)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fs = append(fs, f)
+		for _, st := range startsAfterLate(t, bucket.PerSecond(100)) {
+			order = append(order, st.n)
 		}
-		for _, f := range fs {
-			if _, err := f.Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if order[0] != 1 {
-			t.Errorf("key A started %v, want submission order [1 2]", order)
+		if fmt.Sprint(order) != "[1 2 3]" {
+			t.Errorf("key A started %v, want submission order [1 2 3]", order)
 		}
 	})
 }
@@ -770,41 +747,11 @@ func TestLateGiveBackKeepsOrder(t *testing.T) {
 // moment the job comes back, not from after the bookings it gave up.
 func TestLateGiveBackReturnsEverySlot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var mu sync.Mutex
-		var starts []time.Duration
-		begin := time.Now()
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
-			if j.key == "B" {
-				time.Sleep(8 * time.Millisecond) // occupies the only worker
-				return 0, nil
-			}
-			mu.Lock()
-			starts = append(starts, time.Since(begin))
-			mu.Unlock()
-			return 0, nil
-		}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
-			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey))
-		ctx := context.Background()
-		var fs []*dispatcher.Future[int]
-		for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
-			f, err := d.Submit(ctx, tk)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fs = append(fs, f)
-		}
-		for _, f := range fs {
-			if _, err := f.Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if late := d.Stats().Keys["A"].Late; late == 0 {
-			t.Fatal("no job of A was late: the test did not make one late")
-		}
+		starts := startsAfterLate(t, bucket.PerSecond(100))
 		// A1 comes back when B ends, at 8ms; then A2 and A3 one interval
 		// apart. Had only the latest booking been given back, A would have
 		// started again after A2's slot, at 20ms.
-		if len(starts) != 3 || starts[2] > 8*time.Millisecond+2*10*time.Millisecond {
+		if len(starts) != 3 || starts[2].at > 8*time.Millisecond+2*10*time.Millisecond {
 			t.Errorf("key A started at %v, want the last by 28ms: its given-up slots were lost", starts)
 		}
 	})
@@ -815,41 +762,56 @@ func TestLateGiveBackReturnsEverySlot(t *testing.T) {
 // job is late still runs its 3 jobs now, not an hour later.
 func TestLateGiveBackReturnsQuota(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var mu sync.Mutex
-		var starts []time.Duration
-		begin := time.Now()
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
-			if j.key == "B" {
-				time.Sleep(8 * time.Millisecond) // occupies the only worker
-				return 0, nil
-			}
-			mu.Lock()
-			starts = append(starts, time.Since(begin))
-			mu.Unlock()
-			return 0, nil
-		}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
-			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100).WithQuota(3, time.Hour))), dispatcher.WithKey(taskKey))
-		ctx := context.Background()
-		var fs []*dispatcher.Future[int]
-		for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
-			f, err := d.Submit(ctx, tk)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fs = append(fs, f)
-		}
-		for _, f := range fs {
-			if _, err := f.Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if late := d.Stats().Keys["A"].Late; late == 0 {
-			t.Fatal("no job of A was late: the test did not make one late")
-		}
-		if len(starts) != 3 || starts[2] > time.Second {
+		starts := startsAfterLate(t, bucket.PerSecond(100).WithQuota(3, time.Hour))
+		if len(starts) != 3 || starts[2].at > time.Second {
 			t.Errorf("key A started at %v, want all 3 within a second: the given-up quota units were lost", starts)
 		}
 	})
+}
+
+// startsAfterLate runs, on one worker, a job of key B that holds it for
+// 8ms, then three jobs of key A under lim, booked meanwhile: the first
+// reaches the worker late. It returns which of A's jobs started when, in
+// the order they started. Run it in a synctest bubble.
+func startsAfterLate(t *testing.T, lim bucket.Limit) []jobStart {
+	var mu sync.Mutex
+	var starts []jobStart
+	begin := time.Now()
+	d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+		if j.key == "B" {
+			time.Sleep(8 * time.Millisecond) // occupies the only worker
+			return 0, nil
+		}
+		mu.Lock()
+		starts = append(starts, jobStart{j.n, time.Since(begin)})
+		mu.Unlock()
+		return 0, nil
+	}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
+		dispatcher.WithLimiter(newLimiter(t, lim)), dispatcher.WithKey(taskKey))
+	ctx := context.Background()
+	var fs []*dispatcher.Future[int]
+	for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
+		f, err := d.Submit(ctx, tk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs = append(fs, f)
+	}
+	for _, f := range fs {
+		if _, err := f.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if late := d.Stats().Keys["A"].Late; late == 0 {
+		t.Fatal("no job of A was late: the test did not make one late")
+	}
+	return starts
+}
+
+// A jobStart is when a job started, since the test began.
+type jobStart struct {
+	n  int
+	at time.Duration
 }
 
 // TestRetryAfterHoldsHandedJob: A2 was handed to the only worker (it waits

@@ -112,9 +112,10 @@ func TestLoggingRecords(t *testing.T) {
 	}
 }
 
-// TestLoggingAroundAndInsideRetry: inside Retry, Logging logs each
-// attempt with its number; outside, the job once.
-func TestLoggingAroundAndInsideRetry(t *testing.T) {
+// loggingAndRetry returns a Logging writing to the returned capture and a
+// Retry that does not sleep.
+func loggingAndRetry(t *testing.T) (*capture, middleware.Middleware[int, int], middleware.Middleware[int, int]) {
+	t.Helper()
 	c := new(capture)
 	logging, err := middleware.Logging[int, int](slog.New(c))
 	if err != nil {
@@ -125,6 +126,13 @@ func TestLoggingAroundAndInsideRetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, logging, retry
+}
+
+// TestLoggingAroundAndInsideRetry: inside Retry, Logging logs each
+// attempt with its number; outside, the job once.
+func TestLoggingAroundAndInsideRetry(t *testing.T) {
+	c, logging, retry := loggingAndRetry(t)
 	ctx := middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "k", Attempt: 1})
 
 	middleware.Chain(retry, logging)((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, 0)
@@ -202,16 +210,7 @@ func TestLoggingNil(t *testing.T) {
 // attempt of the Retry right inside it, however many Retry calls the
 // handler makes below, in parallel (run with -race: they share no state).
 func TestLoggingNestedRetries(t *testing.T) {
-	c := new(capture)
-	logging, err := middleware.Logging[int, int](slog.New(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := new(sleeps)
-	retry, err := middleware.Retry[int, int](middleware.WithSleep(s.sleep))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, logging, retry := loggingAndRetry(t)
 	var calls atomic.Int32
 	outer := func(ctx context.Context, job int) (int, error) {
 		var wg sync.WaitGroup
