@@ -24,7 +24,9 @@ type Backend interface {
 	// since (no later admission depends on it). Otherwise, and for an
 	// admission refunded already or forgotten, it does nothing. req must
 	// be the request that was admitted: its cost and quotas are given
-	// back as they are.
+	// back as they are. A refund that applies sets the state's TAT back
+	// to d.Booking.Prev and adds one to its generation, as package
+	// Refund does: Booking.Join and Booking.Unwound rely on it.
 	Refund(ctx context.Context, req Request, d Decision) error
 	// Pause admits nothing for key until d from the backend's current time.
 	// A shorter pause never shortens a longer one already in force.
