@@ -23,8 +23,8 @@ func RawAdmit(ctx context.Context, s *Store, req bucket.Request) (bucket.Decisio
 	if err != nil {
 		return bucket.Decision{}, 0, err
 	}
-	r, err := parseReply(s.eval(ctx, s.RedisKey(req.Key), args))
-	return r.decision(), r.fresh, err
+	res := s.runOne(ctx, s.RedisKey(req.Key), args)
+	return res.r.decision(), res.r.fresh, res.err
 }
 
 // RawRefund and RawPause send a refund or a pause straight to Redis and
@@ -38,8 +38,8 @@ func RawPause(ctx context.Context, s *Store, key string, d time.Duration) (int64
 }
 
 func (s *Store) runFresh(ctx context.Context, key string, args []byte) (int64, error) {
-	r, err := parseReply(s.eval(ctx, key, args))
-	return r.fresh, err
+	res := s.runOne(ctx, key, args)
+	return res.r.fresh, res.err
 }
 
 // Client returns the client s was made with.

@@ -221,19 +221,6 @@ func (s *Store) giveBack(ctx context.Context, admitted []bucket.Admission) {
 	s.run(ctx, ops, make([]result, len(ops)))
 }
 
-// eval runs the script on key, again with EVAL if Redis has lost it
-// (after a restart or SCRIPT FLUSH).
-func (s *Store) eval(ctx context.Context, key string, args []byte) *redis.Cmd {
-	ops := []op{{key, args}}
-	cmd := s.cmd(ctx, "evalsha", ops)
-	s.client.Process(ctx, cmd)
-	if isNoScript(cmd.Err()) {
-		cmd = s.cmd(ctx, "eval", ops)
-		s.client.Process(ctx, cmd)
-	}
-	return cmd
-}
-
 // An op is one request of the script: a Redis key and its arguments.
 type op struct {
 	key  string
@@ -252,12 +239,19 @@ type result struct {
 // Redis for about half a millisecond.
 const maxGroup = 64
 
+// runOne runs the script's request args on key alone.
+func (s *Store) runOne(ctx context.Context, key string, args []byte) result {
+	var out [1]result
+	s.run(ctx, []op{{key, args}}, out[:])
+	return out[0]
+}
+
 // run sends ops as one pipeline, up to s.group of them per script call,
 // and sets out[i] to the result of ops[i].
 func (s *Store) run(ctx context.Context, ops []op, out []result) {
 	cmds := make([]*redis.Cmd, 0, (len(ops)+s.group-1)/s.group)
 	for i := 0; i < len(ops); i += s.group {
-		cmds = append(cmds, s.cmd(ctx, "evalsha", ops[i:min(i+s.group, len(ops))]))
+		cmds = append(cmds, s.cmd(ctx, ops[i:min(i+s.group, len(ops))]))
 	}
 	s.pipeline(ctx, cmds)
 	for k, cmd := range cmds {
@@ -265,15 +259,11 @@ func (s *Store) run(ctx context.Context, ops []op, out []result) {
 	}
 }
 
-// cmd returns an EVALSHA (or EVAL) of the script on ops' keys, their
-// requests one after another in one argument.
-func (s *Store) cmd(ctx context.Context, name string, ops []op) *redis.Cmd {
-	script := scriptSHA
-	if name == "eval" {
-		script = scriptSource
-	}
+// cmd returns an EVALSHA of the script on ops' keys, their requests one
+// after another in one argument.
+func (s *Store) cmd(ctx context.Context, ops []op) *redis.Cmd {
 	args := make([]any, 0, 5+len(ops))
-	args = append(args, name, script, len(ops))
+	args = append(args, "evalsha", scriptSHA, len(ops))
 	for _, o := range ops {
 		args = append(args, o.key)
 	}
@@ -298,8 +288,8 @@ func (s *Store) cmd(ctx context.Context, name string, ops []op) *redis.Cmd {
 	return cmd
 }
 
-// The script's digest and source, boxed once rather than per command.
-var scriptSHA, scriptSource any = gcra.Hash(), gcraSource
+// The script's digest, boxed once rather than per command.
+var scriptSHA any = gcra.Hash()
 
 // AdmitBatch implements bucket.BatchBackend: it sends the batch as one
 // pipeline (one per Cluster node), a single round trip. Admissions of one
@@ -450,7 +440,7 @@ func (s *Store) write(ctx context.Context, key string, args []byte) error {
 	if ask {
 		// The reply, not only the command's error: a request that fails
 		// in the script fails alone, in its reply.
-		_, err = parseReply(s.eval(ctx, s.prefix+key, args))
+		err = s.runOne(ctx, s.prefix+key, args).err
 		s.settle(ctx, err, probe)
 		switch {
 		case err == nil:

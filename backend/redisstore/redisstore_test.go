@@ -386,3 +386,42 @@ func TestExpiryOfEarlierStates(t *testing.T) {
 		t.Errorf("the key expires in %v, before its state is fresh (in %v): the earlier expiry was kept", pttl, left)
 	}
 }
+
+// TestScriptLost: after Redis loses the script (a restart, SCRIPT FLUSH),
+// every operation loads it again and applies: an admission alone and in a
+// batch, a refund, a pause.
+func TestScriptLost(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{})
+	ctx := context.Background()
+	flush := func() {
+		t.Helper()
+		if err := s.Client().ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1).WithBurst(2), Cost: 1}
+	flush()
+	d, err := s.Admit(ctx, req)
+	if err != nil || !d.Allowed {
+		t.Fatalf("Admit after SCRIPT FLUSH = %+v, %v; want allowed", d, err)
+	}
+	flush()
+	if err := s.Refund(ctx, req, d); err != nil {
+		t.Fatalf("Refund after SCRIPT FLUSH: %v", err)
+	}
+	flush()
+	batch := []bucket.Admission{{Request: req}, {Request: req}}
+	s.AdmitBatch(ctx, batch)
+	for i, a := range batch {
+		if a.Err != nil || !a.Decision.Allowed {
+			t.Errorf("AdmitBatch after SCRIPT FLUSH, admission %d = %+v, %v; want both of the burst of 2 allowed (the refund applied)", i, a.Decision, a.Err)
+		}
+	}
+	flush()
+	if err := s.Pause(ctx, "other", time.Hour); err != nil {
+		t.Fatalf("Pause after SCRIPT FLUSH: %v", err)
+	}
+	if d, err := s.Admit(ctx, bucket.Request{Key: "other", Limit: req.Limit, Cost: 1}); err != nil || d.Allowed {
+		t.Errorf("Admit of a paused key = %+v, %v; want refused: the pause did not apply", d, err)
+	}
+}

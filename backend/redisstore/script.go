@@ -118,13 +118,6 @@ func (r reply) decision() bucket.Decision {
 	return d
 }
 
-// parseReply reads the script's answer.
-func parseReply(cmd *redis.Cmd) (reply, error) {
-	var out [1]result
-	parseReplies(cmd, out[:])
-	return out[0].r, out[0].err
-}
-
 // parseReplies parses the reply of a script call of len(out) requests:
 // their records, followed, if some failed, by the failures' messages.
 func parseReplies(cmd *redis.Cmd, out []result) {
