@@ -595,10 +595,11 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	// Counted while j is unresolved: Shutdown waits on wg only once every
 	// job is resolved.
 	s.d.wg.Add(1)
-	refund := []bucket.Admission{j.admission()}
+	var refund []bucket.Admission
 	j.slot = 0
 	s.idle.Add(1) // j's worker reservation
 	if cancelled {
+		refund = []bucket.Admission{j.admission()}
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
 		k.returned.Add(1)

@@ -261,11 +261,11 @@ func (c *config) checkPlot() error {
 	if fi, err := os.Stat(filepath.Dir(c.plot)); err != nil || !fi.IsDir() {
 		return fmt.Errorf("-plot %q: no directory %s to write it in", c.plot, filepath.Dir(c.plot))
 	}
-	if fi, err := os.Stat(c.plot); err == nil && fi.IsDir() {
+	fi, statErr := os.Stat(c.plot)
+	if statErr == nil && fi.IsDir() {
 		return fmt.Errorf("-plot %q: is a directory", c.plot)
 	}
 	// Find out now, not after the run, that the file cannot be written.
-	_, statErr := os.Stat(c.plot)
 	f, err := os.OpenFile(c.plot, os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("-plot %q: %v", c.plot, err)

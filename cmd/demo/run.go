@@ -141,8 +141,8 @@ func isTerminal(w io.Writer) bool {
 	if isatty.IsCygwinTerminal(f.Fd()) {
 		return true
 	}
-	width, _, err := term.GetSize(int(f.Fd()))
-	return isatty.IsTerminal(f.Fd()) && err == nil && width > 0
+	width, _, err := term.GetSize(int(f.Fd())) // fails on anything but a terminal
+	return err == nil && width > 0
 }
 
 func plural(n int, one, many string) string {
