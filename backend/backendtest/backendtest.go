@@ -520,6 +520,24 @@ func (s *suite) testRefundJoined(t *testing.T) {
 	if admit(t, b, r).Allowed {
 		t.Error("after three unwound refunds, four admitted under a quota of 3")
 	}
+
+	// An admission of another process between two unwound refunds makes
+	// the second do nothing: it must not give that admission back.
+	r = req(s.key(t, "unwound-between"), bucket.PerSecond(1), 1, 10*time.Second)
+	p1, p2 := admit(t, b, r), admit(t, b, r)
+	u, _ := p2.Booking.Unwound(p1.Booking)
+	if err := b.Refund(ctx, r, p2); err != nil {
+		t.Fatalf("Refund: %v", err)
+	}
+	p3 := admit(t, peer, r) // takes p2's slot again
+	w := p1
+	w.Booking = u
+	if err := b.Refund(ctx, r, w); err != nil {
+		t.Fatalf("Refund: %v", err)
+	}
+	if p4 := admit(t, b, r); p4.Start() != p3.Start()+int64(time.Second) {
+		t.Errorf("an unwound refund after another process's admission gave back slots: next start p3%+v, want p3+1s", time.Duration(p4.Start()-p3.Start()))
+	}
 }
 
 func (s *suite) testLimitChange(t *testing.T) {
