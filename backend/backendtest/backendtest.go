@@ -617,12 +617,36 @@ func (s *suite) testBatch(t *testing.T) {
 	}
 }
 
+// testUnlimited: Unlimited admits anything at once, and its decisions
+// carry the backend's clock like any other (Start is when the job may
+// start, not 1970).
 func (s *suite) testUnlimited(t *testing.T) {
 	b := s.cfg.New(t)
 	key := s.key(t, "k")
 	for range 100 {
 		if d := admit(t, b, req(key, bucket.Unlimited, 1_000_000, 0)); !d.Allowed || d.Wait != 0 {
 			t.Fatal("Unlimited refused an admission")
+		}
+	}
+	// The clock of an unlimited decision lies between those of the
+	// limited decisions around it. A backend whose unlimited decisions
+	// read another clock than its own (a host's beside Redis's) is allowed
+	// a second of difference.
+	const slack = int64(time.Second)
+	before := s.now(t, b)
+	decided := map[string]bucket.Decision{"Admit": admit(t, b, req(key, bucket.Unlimited, 1, 0))}
+	if bb, ok := b.(bucket.BatchBackend); ok {
+		batch := []bucket.Admission{{Request: req(key, bucket.Unlimited, 1, 0)}}
+		bb.AdmitBatch(context.Background(), batch)
+		if batch[0].Err != nil || !batch[0].Decision.Allowed {
+			t.Fatalf("AdmitBatch(Unlimited) = %+v, %v; want allowed", batch[0].Decision, batch[0].Err)
+		}
+		decided["AdmitBatch"] = batch[0].Decision
+	}
+	after := s.now(t, b)
+	for call, d := range decided {
+		if d.Now < before-slack || d.Now > after+slack {
+			t.Errorf("%s(Unlimited).Now = %d, want between the clock's %d and %d before and after it", call, d.Now, before, after)
 		}
 	}
 }

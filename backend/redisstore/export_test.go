@@ -44,3 +44,5 @@ func (s *Store) runFresh(ctx context.Context, key string, args []byte) (int64, e
 
 // Client returns the client s was made with.
 func (s *Store) Client() redis.UniversalClient { return s.client }
+
+var IsUnavailable = isUnavailable

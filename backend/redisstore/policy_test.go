@@ -98,3 +98,34 @@ func TestFailLocal(t *testing.T) {
 		t.Error("local bucket admitted during a pause")
 	}
 }
+
+// serverError is an error as Redis replies it.
+type serverError string
+
+func (e serverError) Error() string { return string(e) }
+func (serverError) RedisError()     {}
+
+// TestIsUnavailable: the replies that say Redis cannot serve at all, as
+// servers phrase them, count as unavailable; an error about one key or
+// script does not.
+func TestIsUnavailable(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{serverError("ERR max number of clients reached"), true},
+		{serverError("LOADING Redis is loading the dataset in memory"), true},
+		{serverError("READONLY You can't write against a read only replica."), true},
+		{serverError("CLUSTERDOWN The cluster is down"), true},
+		{serverError("OOM command not allowed when used memory > 'maxmemory'."), true},
+		{serverError("BUSY Redis is busy running a script."), true},
+		{serverError("NOSCRIPT No matching script."), true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}, true},
+		{serverError("WRONGTYPE Operation against a key holding the wrong kind of value"), false},
+		{serverError("ERR user_script:1: Script attempted to access nonexistent global variable"), false},
+	} {
+		if got := redisstore.IsUnavailable(tc.err); got != tc.want {
+			t.Errorf("IsUnavailable(%q) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

@@ -190,7 +190,7 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 		return bucket.Decision{}, err
 	}
 	if req.Limit.IsUnlimited() {
-		return bucket.Decision{Allowed: true}, nil
+		return unlimited(), nil
 	}
 	args, err := appendAdmit(make([]byte, 0, 7*8+16*len(req.Limit.Quotas)), &req)
 	if err != nil {
@@ -313,7 +313,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 			a.Err = ctx.Err()
 			continue
 		case a.Limit.IsUnlimited():
-			a.Decision.Allowed = true
+			a.Decision = unlimited()
 			continue
 		}
 		start := len(args)
@@ -527,12 +527,18 @@ func (s *Store) errAnswer(ctx context.Context, req bucket.Request, err error) (b
 func (s *Store) fallback(ctx context.Context, req bucket.Request, cause error) (bucket.Decision, error) {
 	switch s.policy {
 	case FailOpen:
-		return bucket.Decision{Allowed: true, Now: time.Now().UnixNano()}, nil
+		return unlimited(), nil
 	case FailLocal:
 		d, err := s.local.Admit(ctx, req)
 		return s.toLocal(d), err
 	}
 	return bucket.Decision{}, s.unavailable(cause)
+}
+
+// unlimited is the decision for a request Redis is not asked about, which
+// admits it at once: on the host's clock, Redis's nearest.
+func unlimited() bucket.Decision {
+	return bucket.Decision{Allowed: true, Now: time.Now().UnixNano()}
 }
 
 func (s *Store) unavailable(cause error) error {
@@ -573,7 +579,8 @@ func isUnavailable(err error) bool {
 		return true // network, timeout, pool, closed client
 	}
 	for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
-		"BUSY", "NOREPLICAS", "OOM", "MISCONF", "NOSCRIPT", "MOVED", "ASK", "ERR max number of clients"} {
+		"BUSY", "NOREPLICAS", "OOM", "MISCONF", "NOSCRIPT", "MOVED", "ASK",
+		"max number of clients"} { // HasErrorPrefix drops an "ERR " prefix
 		if redis.HasErrorPrefix(err, p) {
 			return true
 		}
