@@ -155,10 +155,10 @@ func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 	}
 
 	time.Sleep(400 * time.Millisecond)
-	killAt := time.Now().UnixNano()
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
 	}
+	killAt := time.Now().UnixNano() // Kill returns once Redis has exited
 	time.Sleep(600 * time.Millisecond)
 	restartAt.Store(time.Now().UnixNano())
 	if err := srv.Restart(); err != nil {
