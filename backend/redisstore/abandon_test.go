@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,36 +89,94 @@ func slowProxy(t *testing.T, upstream string, delay time.Duration) string {
 
 // TestAbandonedAdmissionGivenBack: a caller whose context ends while its
 // admission is on its way gets the context's error, whether it sent the
-// admission itself (alone) or in a shared round trip, with Pipelines -1
-// or not, and with a client that applies contexts to its sockets or not;
-// what Redis admitted for it is given back, so the limit's one unit an
-// hour is still there for the next caller.
+// admission with Admit (with Pipelines -1 or not) or AdmitBatch, and with
+// a client that applies contexts to its sockets or not; what Redis
+// admitted for it is given back, so the limit's one unit an hour is still
+// there for the next caller, and the Store does not take the caller's
+// deadline for an outage of Redis.
 func TestAbandonedAdmissionGivenBack(t *testing.T) {
 	addr := slowProxy(t, redistest.Addr(t), 300*time.Millisecond)
-	for _, pipelines := range []int{0, -1} {
+	req := bucket.Request{Key: "k", Limit: bucket.PerHour(1), Cost: 1}
+	admitBatch := func(s *redisstore.Store, ctx context.Context) (bucket.Decision, error) {
+		batch := []bucket.Admission{{Request: req}}
+		s.AdmitBatch(ctx, batch)
+		return batch[0].Decision, batch[0].Err
+	}
+	for _, call := range []struct {
+		name      string
+		pipelines int
+		admit     func(s *redisstore.Store, ctx context.Context) (bucket.Decision, error)
+	}{
+		{"Admit", 0, func(s *redisstore.Store, ctx context.Context) (bucket.Decision, error) { return s.Admit(ctx, req) }},
+		{"Admit, Pipelines -1", -1, func(s *redisstore.Store, ctx context.Context) (bucket.Decision, error) { return s.Admit(ctx, req) }},
+		{"AdmitBatch", 0, admitBatch},
+	} {
 		for _, ctxTimeouts := range []bool{false, true} {
 			c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: 5 * time.Second, ContextTimeoutEnabled: ctxTimeouts})
 			t.Cleanup(func() { c.Close() })
-			s := newStore(t, c, redisstore.Options{Pipelines: pipelines, RetryInterval: -1})
-			req := bucket.Request{Key: "k", Limit: bucket.PerHour(1), Cost: 1}
+			s := newStore(t, c, redisstore.Options{Pipelines: call.pipelines, RetryInterval: time.Minute})
+			if err := c.Ping(context.Background()).Err(); err != nil { // a connection ready
+				t.Fatal(err)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			d, err := s.Admit(ctx, req)
+			d, err := call.admit(s, ctx)
 			cancel()
 			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Errorf("Pipelines %d, context timeouts %v: Admit = %+v, %v; want context.DeadlineExceeded", pipelines, ctxTimeouts, d, err)
+				t.Errorf("%s, context timeouts %v: %+v, %v; want context.DeadlineExceeded", call.name, ctxTimeouts, d, err)
 			}
 			// The give-back arrives once Redis's answer has: wait for it.
+			// Had the Store counted Redis down, it would answer
+			// ErrUnavailable for a minute without asking.
 			deadline := time.Now().Add(10 * time.Second)
 			for {
 				d, err = s.Admit(context.Background(), req)
-				if err == nil && d.Allowed || time.Now().After(deadline) {
+				if err != nil || d.Allowed || time.Now().After(deadline) {
 					break
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
 			if err != nil || !d.Allowed {
-				t.Errorf("Pipelines %d, context timeouts %v: the next admission = %+v, %v; want it allowed (the abandoned one given back)", pipelines, ctxTimeouts, d, err)
+				t.Errorf("%s, context timeouts %v: the next admission = %+v, %v; want it allowed (the abandoned one given back)", call.name, ctxTimeouts, d, err)
 			}
 		}
+	}
+}
+
+// TestCloseWaitsForCalls: Close returns once the calls in flight have
+// their answers from Redis, so that the client can be closed after it.
+func TestCloseWaitsForCalls(t *testing.T) {
+	addr := slowProxy(t, redistest.Addr(t), 300*time.Millisecond)
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: 5 * time.Second})
+	t.Cleanup(func() { c.Close() })
+	s := newStore(t, c, redisstore.Options{})
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var answered atomic.Bool
+	batch := []bucket.Admission{{Request: bucket.Request{Key: "batch", Limit: bucket.PerHour(1), Cost: 1}}}
+	var pauseErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		wg.Go(func() { s.AdmitBatch(context.Background(), batch) })
+		wg.Go(func() { pauseErr = s.Pause(context.Background(), "paused", time.Hour) })
+		wg.Wait()
+		answered.Store(true)
+	}()
+	time.Sleep(100 * time.Millisecond) // both are in flight
+	s.Close()
+	if !answered.Load() {
+		t.Error("Close returned before the calls in flight had their answers")
+	}
+	<-done
+	if a := batch[0]; a.Err != nil || !a.Decision.Allowed {
+		t.Errorf("AdmitBatch in flight at Close: %+v, %v; want allowed", a.Decision, a.Err)
+	}
+	if pauseErr != nil {
+		t.Errorf("Pause in flight at Close: %v", pauseErr)
+	}
+	if _, err := s.Admit(context.Background(), batch[0].Request); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Admit after Close: %v, want ErrClosed", err)
 	}
 }

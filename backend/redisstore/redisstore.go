@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,6 +113,7 @@ type Store struct {
 	lastErr   atomic.Pointer[error]
 
 	batch  *batcher
+	calls  sync.RWMutex // held for reading by the calls begin starts
 	closed atomic.Bool
 	group  int // most requests per script call: 1 unless one server holds every key
 
@@ -202,7 +204,7 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 	}
 	var r reply
 	r, err = s.batch.admit(ctx, req, s.prefix+req.Key, args)
-	s.settle(ctx, err, probe)
+	s.settle(err, probe)
 	if err != nil {
 		return s.errAnswer(ctx, req, err)
 	}
@@ -293,7 +295,9 @@ var scriptSHA any = gcra.Hash()
 
 // AdmitBatch implements bucket.BatchBackend: it sends the batch as one
 // pipeline (one per Cluster node), a single round trip. Admissions of one
-// key are decided in batch order.
+// key are decided in batch order. The round trip does not depend on ctx
+// (the client's timeouts bound it): if ctx ends before the answer, every
+// admission gets ctx's error, and what Redis admitted is given back.
 func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	var (
 		idx  = make([]int, 0, len(batch))
@@ -326,6 +330,13 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	if len(ops) == 0 {
 		return
 	}
+	if !s.begin() {
+		for _, i := range idx {
+			batch[i].Err = bucket.ErrClosed
+		}
+		return
+	}
+	defer s.end()
 	ask, probe := s.ask()
 	if !ask {
 		for _, i := range idx {
@@ -334,8 +345,11 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 		return
 	}
 	res := make([]result, len(ops))
-	s.run(ctx, ops, res)
-	var failure error // the first error, if Redis answered none
+	s.run(context.WithoutCancel(ctx), ops, res)
+	var (
+		failure error // the first error, if Redis answered none
+		refunds []bucket.Admission
+	)
 	for k, i := range idx {
 		a := &batch[i]
 		r, err := res[k].r, res[k].err
@@ -347,9 +361,19 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 			continue
 		}
 		failure = nil
+		if ctx.Err() != nil {
+			if r.allowed {
+				refunds = append(refunds, bucket.Admission{Request: a.Request, Decision: r.decision()})
+			}
+			a.Err = ctx.Err()
+			continue
+		}
 		a.Decision = r.decision()
 	}
-	s.settle(ctx, failure, probe)
+	s.settle(failure, probe)
+	if len(refunds) > 0 {
+		s.giveBack(context.WithoutCancel(ctx), refunds)
+	}
 }
 
 // pipeline sends cmds as one pipeline (or a lone command), and again with
@@ -435,13 +459,18 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 // ErrUnavailable under FailClosed; under the other policies there is no
 // one to tell, and it returns nil.
 func (s *Store) write(ctx context.Context, key string, args []byte) error {
+	if !s.begin() {
+		return bucket.ErrClosed
+	}
+	defer s.end()
 	ask, probe := s.ask()
 	var err error
 	if ask {
 		// The reply, not only the command's error: a request that fails
-		// in the script fails alone, in its reply.
-		err = s.runOne(ctx, s.prefix+key, args).err
-		s.settle(ctx, err, probe)
+		// in the script fails alone, in its reply. The round trip does
+		// not depend on ctx, as in AdmitBatch.
+		err = s.runOne(context.WithoutCancel(ctx), s.prefix+key, args).err
+		s.settle(err, probe)
 		switch {
 		case err == nil:
 			return nil
@@ -464,12 +493,28 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.calls.Lock() // the calls in flight outside the batcher have ended
+	s.calls.Unlock()
 	s.batch.close()
 	if s.local != nil {
 		s.local.Close()
 	}
 	return nil
 }
+
+// begin starts a call that sends to Redis outside the batcher (AdmitBatch,
+// Refund, Pause), so that Close waits for it; it reports false once the
+// Store is closed. end ends it.
+func (s *Store) begin() bool {
+	s.calls.RLock()
+	if s.closed.Load() {
+		s.calls.RUnlock()
+		return false
+	}
+	return true
+}
+
+func (s *Store) end() { s.calls.RUnlock() }
 
 // ask reports whether to send a call to Redis: always while it answers;
 // after a failure, not until RetryInterval has passed, and then for one
@@ -489,15 +534,16 @@ func (s *Store) ask() (ask, probe bool) {
 }
 
 // settle updates what the Store knows of Redis after a call that ended
-// with err.
-func (s *Store) settle(ctx context.Context, err error, probe bool) {
+// with err, which is Redis's answer or failure: a caller's ctx error, or
+// ErrClosed, says nothing about Redis.
+func (s *Store) settle(err error, probe bool) {
 	switch {
-	case err == nil || !isUnavailable(err) && ctx.Err() == nil:
+	case err == nil || !isUnavailable(err):
 		// Redis answered, perhaps with an error about this key.
 		if s.downUntil.Load() != 0 {
 			s.downUntil.Store(0)
 		}
-	case ctx.Err() == nil && !errors.Is(err, bucket.ErrClosed):
+	case !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, bucket.ErrClosed):
 		e := err
 		s.lastErr.Store(&e)
 		s.downUntil.Store(time.Now().Add(s.retry).UnixNano())
