@@ -46,3 +46,17 @@ func (s *Store) runFresh(ctx context.Context, key string, args []byte) (int64, e
 func (s *Store) Client() redis.UniversalClient { return s.client }
 
 var IsUnavailable = isUnavailable
+
+// AdmitWith decides req with the script source instead of the Store's
+// own, as a process running another version would.
+func AdmitWith(ctx context.Context, s *Store, source string, req bucket.Request) (bucket.Decision, error) {
+	args, err := appendAdmit(nil, &req)
+	if err != nil {
+		return bucket.Decision{}, err
+	}
+	cmd := redis.NewCmd(ctx, "eval", source, 1, s.RedisKey(req.Key), args)
+	s.client.Process(ctx, cmd)
+	var out [1]result
+	parseReplies(cmd, out[:])
+	return out[0].r.decision(), out[0].err
+}

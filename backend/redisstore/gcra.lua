@@ -22,10 +22,16 @@
 --
 -- State: struct '<i8i8i8' TAT, Paused, Gen; then, if there are quotas, a
 -- cmsgpack array: per quota window, ns, then ns × (slot index delta,
--- count); slots ascend and the first delta is from 0; then MARK. The key
+-- count); slots ascend and the first delta is from 0; then MARK; then
+-- Seen, a msgpack number: the time the state was written at. The key
 -- expires in the second after the state becomes fresh (PXAT, kept by
 -- later writes with KEEPTTL while it still covers them), and a state found
 -- fresh is ignored.
+--
+-- A key's clock never runs backwards: it is the later of TIME and its
+-- state's Seen. bucket.Decide relies on it (quota slots that an earlier
+-- time still counts may have been pruned), and TIME may step back: a
+-- failover to a master whose clock is behind, or a step of the host's.
 --
 -- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
 -- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now and
@@ -37,13 +43,15 @@ local req = ARGV[1]
 local call, unpack8, pack = redis.call, struct.unpack, struct.pack
 local floor, max, min, byte = math.floor, math.max, math.min, string.byte
 
-local now
+-- clock is the server's time; now, the time of the key being decided.
+local clock, now
 if ARGV[2] then
-  now = tonumber(ARGV[2])
+  clock = tonumber(ARGV[2])
 else
   local t = call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
+now = clock
 
 local function floordiv(x, y)
   local q = floor(x / y)
@@ -59,10 +67,11 @@ end
 -- REPLY is the format of a request's reply.
 local REPLY = '<i8i8i8i8i8i8i8'
 
--- MARK ends every state this script writes: an empty msgpack array, which
--- earlier versions of the script (which set each key's expiry to the exact
--- millisecond) read past and drop. A state without it may expire before
--- expiry() of its fresh moment, so its key's expiry is never kept.
+-- MARK follows the quotas of every state this script writes: an empty
+-- msgpack array, which earlier versions of the script (which set each
+-- key's expiry to the exact millisecond) read past and drop, as they drop
+-- Seen after it. A state without it may expire before expiry() of its
+-- fresh moment, so its key's expiry is never kept.
 local MARK = '\144'
 
 -- NONE is the quotas of a state without any. It is shared, so it is never
@@ -102,10 +111,11 @@ local function freshat()
   return fresh
 end
 
--- load reads key's state. A state that has become fresh is forgotten,
--- whether or not its key has expired yet.
+-- load reads key's state, and sets now to the key's time. A state that
+-- has become fresh is forgotten, whether or not its key has expired yet.
 local function load(key)
   tat, paused, gen, quotas, exists, expires, dirty = 0, 0, 0, NONE, false, nil, false
+  now = clock
   local raw = call('GET', key)
   if not raw then
     return
@@ -113,12 +123,18 @@ local function load(key)
   local marked = false
   local p
   tat, paused, gen, p = unpack8('<i8i8i8', raw)
-  if p == #raw then
-    marked = byte(raw, p) == 0x90
-  elseif p < #raw then
-    local s, mark = cmsgpack.unpack(string.sub(raw, p))
-    marked = mark ~= nil
-    quotas = {}
+  if p <= #raw then
+    -- {MARK, Seen}, {quotas, MARK, Seen}, or from earlier versions {MARK},
+    -- {quotas, MARK} or {quotas}.
+    local vals = { cmsgpack.unpack(string.sub(raw, p)) }
+    if type(vals[#vals]) == 'number' then
+      now = max(clock, table.remove(vals))
+    end
+    local s = vals[1]
+    marked = #vals == 2 or #s == 0
+    if #s > 0 then
+      quotas = {}
+    end
     local k = 1
     while k <= #s do
       local q = { window = s[k], idx = {}, cnt = {} }
@@ -171,7 +187,7 @@ local function flush(key)
   end
   local val
   if #quotas == 0 then
-    val = pack('<i8i8i8B', tat, paused, gen, 0x90) -- 0x90: MARK
+    val = pack('<i8i8i8', tat, paused, gen) .. MARK .. cmsgpack.pack(now)
   else
     val = pack('<i8i8i8', tat, paused, gen)
     local slots = {}
@@ -186,7 +202,7 @@ local function flush(key)
         prev = q.idx[j]
       end
     end
-    val = val .. cmsgpack.pack(slots) .. MARK
+    val = val .. cmsgpack.pack(slots) .. MARK .. cmsgpack.pack(now)
   end
   local exp = expiry(saved)
   if expires and exp <= expires then

@@ -1,0 +1,60 @@
+package redisstore_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/leakybucket/leakybucket/backend/redisstore"
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+// TestClockStepBack: Redis's clock steps back (a failover to a master
+// whose clock is behind, a step of the host's) after an admission at a
+// later time pruned quota slots that the earlier time still counts. The
+// key's clock does not follow it back: the admitted starts, in the key's
+// time, conform to the limit, as sqlitestore's do
+// (TestClockStepBackAfterPrune there). Without the clamp, 10 more units
+// passed the quota.
+func TestClockStepBack(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
+	t0 := time.Now().UnixMicro()
+	now := t0
+	redisstore.SetClock(s, func() int64 { return now })
+	ctx := context.Background()
+	// A burst of 50 at 1/s spans 49s: admissible starts reach back that far.
+	lim := bucket.Every(time.Second, 1).WithBurst(50).WithQuota(50, time.Minute)
+	req := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	var (
+		starts []backendtest.Start
+		last   int64 // Decision.Now of the last admission
+	)
+	run := func(step string, n int) {
+		for range n {
+			d, _, err := redisstore.RawAdmit(ctx, s, req)
+			if err != nil {
+				t.Fatalf("%s: %v", step, err)
+			}
+			if !d.Allowed {
+				continue
+			}
+			if d.Now < last {
+				t.Fatalf("%s: admitted at a key time %v earlier than the previous admission", step, time.Duration(last-d.Now))
+			}
+			last = d.Now
+			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
+		}
+	}
+	run("at t0", 60) // 50 admitted: the minute's quota is full
+	now = t0 + 61_000_000
+	run("at t0+61s", 1) // prunes t0's slot, admits 1
+	now = t0 + 30_000_000
+	run("back at t0+30s", 10)
+	if err := backendtest.Check(lim, starts); err != nil {
+		t.Errorf("starts across the clock's step, in the key's time: %v", err)
+	}
+	if len(starts) < 51 {
+		t.Errorf("%d admitted, want at least 51 for a meaningful check", len(starts))
+	}
+}

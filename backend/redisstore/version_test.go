@@ -1,0 +1,52 @@
+package redisstore_test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/leakybucket/leakybucket/backend/redisstore"
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
+// TestEarlierVersionShares: processes running this version and the one
+// before it (testdata/gcra-before-seen.lua, whose states carry no Seen)
+// share keys during an upgrade: each reads the states the other writes,
+// so that a key's rate and quotas hold across both.
+func TestEarlierVersionShares(t *testing.T) {
+	earlier, err := os.ReadFile("testdata/gcra-before-seen.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		lim  bucket.Limit
+		want int
+	}{
+		{"rate", bucket.PerHour(1).WithBurst(5), 5},
+		{"quotas", bucket.PerSecond(1000).WithBurst(100).WithQuota(7, time.Hour).WithQuota(9, 24*time.Hour), 7},
+	} {
+		req := bucket.Request{Key: tc.name, Limit: tc.lim, Cost: 1}
+		allowed := 0
+		for i := range 2 * tc.want {
+			var d bucket.Decision
+			if i%2 == 0 {
+				d, err = redisstore.AdmitWith(ctx, s, string(earlier), req)
+			} else {
+				d, err = s.Admit(ctx, req)
+			}
+			if err != nil {
+				t.Fatalf("%s: admission %d: %v", tc.name, i, err)
+			}
+			if d.Allowed {
+				allowed++
+			}
+		}
+		if allowed != tc.want {
+			t.Errorf("%s: %d admitted alternating between the versions, want %d", tc.name, allowed, tc.want)
+		}
+	}
+}
