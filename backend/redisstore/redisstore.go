@@ -92,7 +92,8 @@ type Options struct {
 	// Admit in a round trip of its own at once, unbounded.
 	Pipelines int
 	// MaxBatch is the most admissions one coalesced pipeline carries.
-	// Default 128.
+	// Default 128. With Pipelines -1 nothing is coalesced, and setting it
+	// is an error.
 	MaxBatch int
 }
 
@@ -133,6 +134,8 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("redisstore: Pipelines must be -1 or more, got %d", opts.Pipelines)
 	case opts.MaxBatch < 0:
 		return nil, fmt.Errorf("redisstore: MaxBatch must not be negative, got %d", opts.MaxBatch)
+	case opts.MaxBatch != 0 && opts.Pipelines == -1:
+		return nil, errors.New("redisstore: MaxBatch has no effect with Pipelines -1 (nothing is coalesced)")
 	}
 	s := &Store{
 		client: client,

@@ -142,6 +142,7 @@ func TestOptions(t *testing.T) {
 		{FailurePolicy: redisstore.FailLocal + 1},
 		{Pipelines: -2},
 		{MaxBatch: -1},
+		{Pipelines: -1, MaxBatch: 8},
 	} {
 		if s, err := redisstore.New(c, opts); err == nil {
 			s.Close()
