@@ -57,4 +57,19 @@ func TestClockStepBack(t *testing.T) {
 	if len(starts) < 51 {
 		t.Errorf("%d admitted, want at least 51 for a meaningful check", len(starts))
 	}
+
+	// A state without quotas (stored apart) keeps its time too.
+	rate := bucket.Request{Key: "rate", Limit: bucket.PerSecond(1).WithBurst(5), Cost: 1}
+	now = t0 + 61_000_000
+	if _, _, err := redisstore.RawAdmit(ctx, s, rate); err != nil {
+		t.Fatal(err)
+	}
+	now = t0 + 30_000_000
+	d, _, err := redisstore.RawAdmit(ctx, s, rate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (t0 + 61_000_000) * 1000; d.Now != want {
+		t.Errorf("key without quotas, clock back 31s: decided at %v, want at its last write's time", time.Duration(d.Now-want))
+	}
 }

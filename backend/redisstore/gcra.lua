@@ -23,7 +23,8 @@
 -- State: struct '<i8i8i8' TAT, Paused, Gen; then, if there are quotas, a
 -- cmsgpack array: per quota window, ns, then ns × (slot index delta,
 -- count); slots ascend and the first delta is from 0; then MARK; then
--- Seen, a msgpack number: the time the state was written at. The key
+-- Seen, the time the state was written at, as a msgpack int64 (0xd3, then
+-- 8 bytes big-endian): a state without quotas is always 34 bytes. The key
 -- expires in the second after the state becomes fresh (PXAT, kept by
 -- later writes with KEEPTTL while it still covers them), and a state found
 -- fresh is ignored.
@@ -123,9 +124,13 @@ local function load(key)
   local marked = false
   local p
   tat, paused, gen, p = unpack8('<i8i8i8', raw)
-  if p <= #raw then
-    -- {MARK, Seen}, {quotas, MARK, Seen}, or from earlier versions {MARK},
-    -- {quotas, MARK} or {quotas}.
+  if #raw == p + 9 and byte(raw, p) == 0x90 then
+    -- No quotas: MARK, Seen.
+    marked = true
+    now = max(clock, unpack8('>i8', raw, p + 2))
+  elseif p <= #raw then
+    -- {quotas, MARK, Seen}, or from earlier versions {MARK}, {quotas,
+    -- MARK} or {quotas}.
     local vals = { cmsgpack.unpack(string.sub(raw, p)) }
     if type(vals[#vals]) == 'number' then
       now = max(clock, table.remove(vals))
@@ -187,7 +192,7 @@ local function flush(key)
   end
   local val
   if #quotas == 0 then
-    val = pack('<i8i8i8', tat, paused, gen) .. MARK .. cmsgpack.pack(now)
+    val = pack('<i8i8i8B>Bi8', tat, paused, gen, 0x90, 0xd3, now) -- 0x90: MARK
   else
     val = pack('<i8i8i8', tat, paused, gen)
     local slots = {}
@@ -202,7 +207,7 @@ local function flush(key)
         prev = q.idx[j]
       end
     end
-    val = val .. cmsgpack.pack(slots) .. MARK .. cmsgpack.pack(now)
+    val = val .. cmsgpack.pack(slots) .. pack('>BBi8', 0x90, 0xd3, now) -- 0x90: MARK
   end
   local exp = expiry(saved)
   if expires and exp <= expires then
