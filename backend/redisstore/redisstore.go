@@ -14,10 +14,10 @@
 // A key's state is 34 bytes plus 2 to 3 bytes per quota slot in use, and
 // the key expires in the second after the bucket becomes fresh (Redis 6.2
 // or later). On a 2-core machine with Redis on loopback, 16 concurrent
-// callers got 1.3 (1,000 keys) to 1.4 (one key) times the admissions per
-// second of go-redis/redis_rate with a p99 1.7 times lower, and a
-// Dispatcher over 1,000 keys 3.1 times pond with redis_rate in its task
-// (docs/benchmarks.md).
+// callers got 1.6 (1,000 keys) to 2.1 (one key) times the admissions per
+// second of go-redis/redis_rate with a p99 2 times lower, one caller as
+// many, and a Dispatcher over 1,000 keys 4.8 times pond with redis_rate in
+// its task (docs/benchmarks.md).
 package redisstore
 
 import (
