@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -127,5 +128,47 @@ func TestIsUnavailable(t *testing.T) {
 		if got := redisstore.IsUnavailable(tc.err); got != tc.want {
 			t.Errorf("IsUnavailable(%q) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// dialTimeout is a dial's timeout as package net reports it: an error
+// that matches context.DeadlineExceeded.
+type dialTimeout struct{}
+
+func (dialTimeout) Error() string        { return "dial tcp: i/o timeout" }
+func (dialTimeout) Timeout() bool        { return true }
+func (dialTimeout) Is(target error) bool { return target == context.DeadlineExceeded }
+
+// TestDialTimeoutIsAnOutage: a dial that times out counts Redis down for
+// RetryInterval, although its error matches context.DeadlineExceeded like
+// a caller's own deadline: the next call answers by the policy without
+// dialing again.
+func TestDialTimeoutIsAnOutage(t *testing.T) {
+	var dials atomic.Int64
+	c := redis.NewClient(&redis.Options{
+		Addr:       "127.0.0.1:1",
+		MaxRetries: -1,
+		Dialer: func(context.Context, string, string) (net.Conn, error) {
+			dials.Add(1)
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: dialTimeout{}}
+		},
+	})
+	t.Cleanup(func() { c.Close() })
+	s := newStore(t, c, redisstore.Options{RetryInterval: time.Minute})
+	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1), Cost: 1}
+	var first int64 // go-redis may dial more than once for a command
+	for i := range 2 {
+		if _, err := s.Admit(context.Background(), req); !errors.Is(err, redisstore.ErrUnavailable) {
+			t.Fatalf("Admit %d: %v, want ErrUnavailable", i, err)
+		}
+		if i == 0 {
+			first = dials.Load()
+		}
+	}
+	if first == 0 {
+		t.Fatal("the first admission never dialed")
+	}
+	if n := dials.Load() - first; n != 0 {
+		t.Errorf("the second admission dialed %d times, within RetryInterval of the first's failure; want it answered without asking Redis", n)
 	}
 }

@@ -300,7 +300,9 @@ var scriptSHA any = gcra.Hash()
 // pipeline (one per Cluster node), a single round trip. Admissions of one
 // key are decided in batch order. The round trip does not depend on ctx
 // (the client's timeouts bound it): if ctx ends before the answer, every
-// admission gets ctx's error, and what Redis admitted is given back.
+// admission gets ctx's error, and what Redis admitted is given back (of
+// several admissions of one key, the latest: a refund gives back only a
+// key's latest booking).
 func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	var (
 		idx  = make([]int, 0, len(batch))
@@ -490,8 +492,9 @@ func (s *Store) write(ctx context.Context, key string, args []byte) error {
 }
 
 // Close stops the Store's goroutines and makes later calls return
-// bucket.ErrClosed; calls waiting for Redis get their answers first. It
-// does not close the client. It is idempotent.
+// bucket.ErrClosed; calls waiting for Redis get their answers first (the
+// client's timeouts bound the wait). It does not close the client. It is
+// idempotent.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
@@ -537,8 +540,11 @@ func (s *Store) ask() (ask, probe bool) {
 }
 
 // settle updates what the Store knows of Redis after a call that ended
-// with err, which is Redis's answer or failure: a caller's ctx error, or
-// ErrClosed, says nothing about Redis.
+// with err: Redis's answer or failure, or, from the batcher, a caller's
+// ctx error or ErrClosed, which say nothing about Redis. Those are told
+// apart by identity: round trips never depend on a caller's ctx, and a
+// network error may match context.DeadlineExceeded (net's dial timeout
+// does).
 func (s *Store) settle(err error, probe bool) {
 	switch {
 	case err == nil || !isUnavailable(err):
@@ -546,7 +552,7 @@ func (s *Store) settle(err error, probe bool) {
 		if s.downUntil.Load() != 0 {
 			s.downUntil.Store(0)
 		}
-	case !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, bucket.ErrClosed):
+	case err != context.Canceled && err != context.DeadlineExceeded && err != bucket.ErrClosed:
 		e := err
 		s.lastErr.Store(&e)
 		s.downUntil.Store(time.Now().Add(s.retry).UnixNano())
