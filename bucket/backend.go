@@ -153,3 +153,30 @@ func (b Booking) Unwound(earlier Booking) (Booking, bool) {
 	}
 	return Booking{TAT: earlier.TAT, Prev: earlier.Prev, Gen: b.Gen + 1}, true
 }
+
+// Unbook returns the refunds, to be made in order, that give back
+// admissions of one key, given latest first: the latest together with
+// those made right before it, with nothing admitted between. Without
+// quotas they are joined into one refund (Join); under quotas each is
+// refunded in turn (Unwound), so that their quota units come back too.
+// The admissions before anything that came between stay charged: a later
+// admission depends on them, and keeping them only under-admits.
+func Unbook(latestFirst []Admission) []Admission {
+	if len(latestFirst) == 0 {
+		return nil
+	}
+	give := []Admission{latestFirst[0]}
+	for _, a := range latestFirst[1:] {
+		last := &give[len(give)-1].Decision.Booking
+		var ok bool
+		if len(a.Limit.Quotas) == 0 {
+			*last, ok = last.Join(a.Decision.Booking)
+		} else if a.Decision.Booking, ok = last.Unwound(a.Decision.Booking); ok {
+			give = append(give, a)
+		}
+		if !ok {
+			break
+		}
+	}
+	return give
+}

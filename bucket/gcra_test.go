@@ -879,3 +879,60 @@ func TestDecideAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestUnbook: the refunds Unbook returns for consecutive admissions of a
+// key, made in order, give every one of them back: the state is as it was
+// before the first, quota slots included (a refund adds to the
+// generation). Admissions before one that is not given back stay charged.
+func TestUnbook(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		lim     bucket.Limit
+		refunds int // how many refunds Unbook returns for three admissions
+	}{
+		{"rate", bucket.PerSecond(10).WithBurst(5), 1},
+		{"quotas", bucket.PerSecond(10).WithBurst(5).WithQuota(4, time.Hour), 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			admit := func(st *bucket.State, key string) bucket.Admission {
+				t.Helper()
+				req := bucket.Request{Key: key, Limit: tc.lim, Cost: 1}
+				d, err := bucket.Decide(st, &req, time.Nanosecond, t0)
+				if err != nil || !d.Allowed {
+					t.Fatalf("Decide = %+v, %v", d, err)
+				}
+				return bucket.Admission{Request: req, Decision: d}
+			}
+			refund := func(st *bucket.State, as []bucket.Admission) {
+				for _, a := range as {
+					bucket.Refund(st, &a.Request, a.Decision, time.Nanosecond)
+				}
+			}
+
+			var st bucket.State
+			before := admit(&st, "k") // stays charged
+			want := cloneState(&st)
+			a1, a2, a3 := admit(&st, "k"), admit(&st, "k"), admit(&st, "k")
+			give := bucket.Unbook([]bucket.Admission{a3, a2, a1})
+			if len(give) != tc.refunds {
+				t.Fatalf("Unbook of three consecutive admissions: %d refunds, want %d", len(give), tc.refunds)
+			}
+			refund(&st, give)
+			if st.TAT != want.TAT || !reflect.DeepEqual(st.Quotas, want.Quotas) {
+				t.Errorf("after the refunds the state is %+v, want %+v as before the three", st, *want)
+			}
+
+			// Latest first, the admissions stop at one not given back:
+			// before, with another admission between, stays charged.
+			admit(&st, "k")
+			a4 := admit(&st, "k")
+			give = bucket.Unbook([]bucket.Admission{a4, before})
+			if len(give) != 1 || give[0].Decision.Booking != a4.Decision.Booking {
+				t.Errorf("Unbook across a gap = %+v, want a4's refund alone", give)
+			}
+			if bucket.Unbook(nil) != nil {
+				t.Error("Unbook(nil) is not nil")
+			}
+		})
+	}
+}

@@ -623,37 +623,14 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 // and returns the refunds that give back the latest booking's admission
 // together with those of the bookings, and then of j (a job of k going
 // back to the queue after it was handed; nil if none), made right before
-// it with nothing admitted between: one refund of their joined booking
-// (bucket.Booking.Join), or, under quotas, a refund of each in turn, latest
-// first (bucket.Booking.Unwound), so that their quota units come back too.
-// The slots of any others are lost, which only under-admits. Called with
-// s.mu held.
+// it (bucket.Unbook). Called with s.mu held.
 func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []bucket.Admission {
-	var (
-		give    []bucket.Admission
-		joining = true
-	)
-	add := func(b *job[T, R]) {
-		switch {
-		case len(give) == 0:
-			give = append(give, b.admission())
-		case !joining:
-		case len(b.lim.Quotas) == 0:
-			last := &give[len(give)-1].Decision.Booking
-			*last, joining = last.Join(b.dec.Booking)
-		default:
-			a := b.admission()
-			a.Decision.Booking, joining = give[len(give)-1].Decision.Booking.Unwound(b.dec.Booking)
-			if joining {
-				give = append(give, a)
-			}
-		}
-	}
+	var latestFirst []bucket.Admission
 	for b := k.booked.tail; b != nil; b = b.prev {
-		add(b)
+		latestFirst = append(latestFirst, b.admission())
 	}
 	if j != nil {
-		add(j)
+		latestFirst = append(latestFirst, j.admission())
 	}
 	for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
 		s.slots.remove(b)
@@ -662,7 +639,7 @@ func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []bucket.Admis
 		k.jobs.insert(b)
 		s.idle.Add(1)
 	}
-	return give
+	return bucket.Unbook(latestFirst)
 }
 
 // giveBack refunds admissions of k, in order; if k was held for them, k

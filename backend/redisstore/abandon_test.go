@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -87,28 +88,44 @@ func slowProxy(t *testing.T, upstream string, delay time.Duration) string {
 }
 
 // TestAbandonedAdmissionGivenBack: a caller whose context ends while its
-// admission is on its way gets the context's error, whether it sent the
-// admission with Admit (with Pipelines -1 or not) or AdmitBatch, and with
-// a client that applies contexts to its sockets or not; what Redis
-// admitted for it is given back, so the limit's one unit an hour is still
-// there for the next caller, and the Store does not take the caller's
-// deadline for an outage of Redis.
+// admissions are on their way gets the context's error, whether it sent
+// one with Admit (with Pipelines -1 or not) or several with AdmitBatch,
+// and with a client that applies contexts to its sockets or not; what
+// Redis admitted for it is given back, several admissions of one key
+// included, quota units too, so that the limit's units are all there for
+// the next caller; and the Store does not take the caller's deadline for
+// an outage of Redis.
 func TestAbandonedAdmissionGivenBack(t *testing.T) {
 	addr := slowProxy(t, redistest.Addr(t), 300*time.Millisecond)
-	req := bucket.Request{Key: "k", Limit: bucket.PerHour(1), Cost: 1}
-	admitBatch := func(s *redisstore.Store, ctx context.Context) (bucket.Decision, error) {
-		batch := []bucket.Admission{{Request: req}}
+	admit := func(s *redisstore.Store, ctx context.Context, req bucket.Request, _ int) error {
+		_, err := s.Admit(ctx, req)
+		return err
+	}
+	admitBatch := func(s *redisstore.Store, ctx context.Context, req bucket.Request, n int) error {
+		batch := make([]bucket.Admission, n)
+		for i := range batch {
+			batch[i].Request = req
+		}
 		s.AdmitBatch(ctx, batch)
-		return batch[0].Decision, batch[0].Err
+		for _, a := range batch {
+			if !errors.Is(a.Err, context.DeadlineExceeded) {
+				return fmt.Errorf("%+v, %w", a.Decision, a.Err)
+			}
+		}
+		return batch[0].Err
 	}
 	for _, call := range []struct {
 		name      string
 		pipelines int
-		admit     func(s *redisstore.Store, ctx context.Context) (bucket.Decision, error)
+		lim       bucket.Limit
+		n         int // admissions sent, the limit's whole burst
+		admit     func(s *redisstore.Store, ctx context.Context, req bucket.Request, n int) error
 	}{
-		{"Admit", 0, func(s *redisstore.Store, ctx context.Context) (bucket.Decision, error) { return s.Admit(ctx, req) }},
-		{"Admit, Pipelines -1", -1, func(s *redisstore.Store, ctx context.Context) (bucket.Decision, error) { return s.Admit(ctx, req) }},
-		{"AdmitBatch", 0, admitBatch},
+		{"Admit", 0, bucket.PerHour(1), 1, admit},
+		{"Admit, Pipelines -1", -1, bucket.PerHour(1), 1, admit},
+		{"AdmitBatch", 0, bucket.PerHour(1), 1, admitBatch},
+		{"AdmitBatch, three of one key", 0, bucket.PerHour(1).WithBurst(3), 3, admitBatch},
+		{"AdmitBatch, three of one key under a quota", 0, bucket.PerHour(1).WithBurst(3).WithQuota(3, time.Hour), 3, admitBatch},
 	} {
 		for _, ctxTimeouts := range []bool{false, true} {
 			c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: 5 * time.Second, ContextTimeoutEnabled: ctxTimeouts})
@@ -117,16 +134,18 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 			if err := c.Ping(context.Background()).Err(); err != nil { // a connection ready
 				t.Fatal(err)
 			}
+			req := bucket.Request{Key: "k", Limit: call.lim, Cost: 1}
 			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			d, err := call.admit(s, ctx)
+			err := call.admit(s, ctx, req, call.n)
 			cancel()
 			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Errorf("%s, context timeouts %v: %+v, %v; want context.DeadlineExceeded", call.name, ctxTimeouts, d, err)
+				t.Errorf("%s, context timeouts %v: %v; want context.DeadlineExceeded", call.name, ctxTimeouts, err)
 			}
 			// The give-back arrives once Redis's answer has: wait for it.
 			// Had the Store counted Redis down, it would answer
 			// ErrUnavailable for a minute without asking.
 			deadline := time.Now().Add(10 * time.Second)
+			var d bucket.Decision
 			for {
 				d, err = s.Admit(context.Background(), req)
 				if err != nil || d.Allowed || time.Now().After(deadline) {
@@ -134,8 +153,13 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			if err != nil || !d.Allowed {
-				t.Errorf("%s, context timeouts %v: the next admission = %+v, %v; want it allowed (the abandoned one given back)", call.name, ctxTimeouts, d, err)
+			allowed := 0
+			for err == nil && d.Allowed {
+				allowed++
+				d, err = s.Admit(context.Background(), req)
+			}
+			if err != nil || allowed != call.n {
+				t.Errorf("%s, context timeouts %v: %d admissions allowed afterwards (then %v), want %d: the abandoned ones given back", call.name, ctxTimeouts, allowed, err, call.n)
 			}
 		}
 	}

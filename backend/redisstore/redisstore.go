@@ -24,6 +24,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,14 +216,26 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 	return r.decision(), nil
 }
 
-// giveBack refunds admissions Redis made for callers that gave up, in one
-// round trip. It asks Redis even while the Store counts it as down: the
-// admissions were made there.
+// giveBack refunds admissions Redis made for callers that gave up, given
+// in the order Redis made them, in one round trip: those of one key
+// latest first (bucket.Unbook), so that consecutive ones all come back.
+// It asks Redis even while the Store counts it as down: the admissions
+// were made there.
 func (s *Store) giveBack(ctx context.Context, admitted []bucket.Admission) {
-	ops := make([]op, len(admitted))
-	for i := range admitted {
-		a := &admitted[i]
-		ops[i] = op{s.prefix + a.Key, appendRefund(nil, &a.Request, a.Decision)}
+	byKey := slices.Clone(admitted)
+	slices.SortStableFunc(byKey, func(a, b bucket.Admission) int { return strings.Compare(a.Key, b.Key) })
+	var ops []op
+	for len(byKey) > 0 {
+		n := 1
+		for n < len(byKey) && byKey[n].Key == byKey[0].Key {
+			n++
+		}
+		latestFirst := byKey[:n]
+		slices.Reverse(latestFirst)
+		for _, a := range bucket.Unbook(latestFirst) {
+			ops = append(ops, op{s.prefix + a.Key, appendRefund(nil, &a.Request, a.Decision)})
+		}
+		byKey = byKey[n:]
 	}
 	s.run(ctx, ops, make([]result, len(ops)))
 }
@@ -300,9 +314,7 @@ var scriptSHA any = gcra.Hash()
 // pipeline (one per Cluster node), a single round trip. Admissions of one
 // key are decided in batch order. The round trip does not depend on ctx
 // (the client's timeouts bound it): if ctx ends before the answer, every
-// admission gets ctx's error, and what Redis admitted is given back (of
-// several admissions of one key, the latest: a refund gives back only a
-// key's latest booking).
+// admission gets ctx's error, and what Redis admitted is given back.
 func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	var (
 		idx  = make([]int, 0, len(batch))
@@ -353,6 +365,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	s.run(context.WithoutCancel(ctx), ops, res)
 	var (
 		failure error // the first error, if Redis answered none
+		ended   = ctx.Err()
 		refunds []bucket.Admission
 	)
 	for k, i := range idx {
@@ -366,11 +379,11 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 			continue
 		}
 		failure = nil
-		if ctx.Err() != nil {
+		if ended != nil {
 			if r.allowed {
 				refunds = append(refunds, bucket.Admission{Request: a.Request, Decision: r.decision()})
 			}
-			a.Err = ctx.Err()
+			a.Err = ended
 			continue
 		}
 		a.Decision = r.decision()
