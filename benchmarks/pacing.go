@@ -234,7 +234,7 @@ func dispatchPaced(n int64, jobs int) ([]int64, int64) {
 	d, err := dispatcher.New(func(_ context.Context, i int) (int, error) {
 		starts[i] = int64(time.Since(t0))
 		return i, nil
-	}, dispatcher.WithWorkers(16), dispatcher.WithLimiter(l), dispatcher.WithQueue(jobs))
+	}, nil, dispatcher.WithWorkers(16), dispatcher.WithLimiter(l), dispatcher.WithQueue(jobs))
 	if err != nil {
 		panic(err)
 	}

@@ -134,10 +134,12 @@ func runOurs(n int, lim *bucket.Limiter, ks []string) int {
 	res := results
 	h := func(_ context.Context, i int) (int, error) { res[i] = i; return i, nil }
 	opts := []dispatcher.Option{dispatcher.WithWorkers(poolWorkers)}
+	var key func(int) string
 	if lim != nil {
-		opts = append(opts, dispatcher.WithLimiter(lim), dispatcher.WithKey(func(i int) string { return ks[i%len(ks)] }))
+		opts = append(opts, dispatcher.WithLimiter(lim))
+		key = func(i int) string { return ks[i%len(ks)] }
 	}
-	d, err := dispatcher.New(h, opts...)
+	d, err := dispatcher.New(h, key, opts...)
 	if err != nil {
 		panic(err)
 	}
@@ -293,10 +295,12 @@ func queuedMemory(r *reporter) {
 		return func(gate chan struct{}) func() {
 			h := func(_ context.Context, i int) (int, error) { <-gate; return i, nil }
 			opts := []dispatcher.Option{dispatcher.WithWorkers(poolWorkers), dispatcher.WithQueue(n)}
+			var key func(int) string
 			if lim != nil {
-				opts = append(opts, dispatcher.WithLimiter(lim), dispatcher.WithKey(func(i int) string { return ks[i%len(ks)] }))
+				opts = append(opts, dispatcher.WithLimiter(lim))
+				key = func(i int) string { return ks[i%len(ks)] }
 			}
-			d, err := dispatcher.New(h, opts...)
+			d, err := dispatcher.New(h, key, opts...)
 			if err != nil {
 				panic(err)
 			}
@@ -365,9 +369,8 @@ func keyMemory(r *reporter) {
 	}
 	ours := func() func() {
 		lim, store := newMemLimiter(open)
-		d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { return i, nil },
-			dispatcher.WithWorkers(poolWorkers), dispatcher.WithLimiter(lim), dispatcher.WithQueue(n),
-			dispatcher.WithKey(func(i int) string { return ks[i] }))
+		d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { return i, nil }, func(i int) string { return ks[i] },
+			dispatcher.WithWorkers(poolWorkers), dispatcher.WithLimiter(lim), dispatcher.WithQueue(n))
 		if err != nil {
 			panic(err)
 		}

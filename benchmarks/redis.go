@@ -14,8 +14,10 @@ import (
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/dispatcher"
 	"github.com/leakybucket/leakybucket/internal/latency"
 )
@@ -197,7 +199,7 @@ func redisAdmit(callers, nkeys int) func(r *reporter) {
 		res := repeat(r.reps,
 			contender{"ours", func() sample {
 				return redisLoop(callers, ks, redisTime, func(ctx context.Context, k string) error {
-					d, err := store.Admit(ctx, bucket.Request{Key: k, Limit: redisLimit, Cost: 1})
+					d, err := store.Admit(ctx, driver.Request{Key: k, Limit: backendtest.Limit(redisLimit), Cost: 1})
 					if err == nil && !d.Allowed {
 						err = fmt.Errorf("refused")
 					}
@@ -254,9 +256,8 @@ func redisDispatcher(r *reporter) {
 	rr := redis_rate.NewLimiter(ac)
 	ours := func(n int) int {
 		res := results
-		d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { res[i] = i; return i, nil },
-			dispatcher.WithWorkers(workers), dispatcher.WithLimiter(lim),
-			dispatcher.WithKey(func(i int) string { return ks[i%len(ks)] }))
+		d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { res[i] = i; return i, nil }, func(i int) string { return ks[i%len(ks)] },
+			dispatcher.WithWorkers(workers), dispatcher.WithLimiter(lim))
 		if err != nil {
 			panic(err)
 		}

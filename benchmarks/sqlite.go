@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/dispatcher"
 )
 
@@ -55,7 +57,7 @@ func sqliteChild(path string, in io.Reader, out io.Writer) error {
 		n := 0
 		switch mode {
 		case "admit":
-			req := bucket.Request{Limit: sqliteOpen, Cost: 1}
+			req := driver.Request{Limit: backendtest.Limit(sqliteOpen), Cost: 1}
 			for i := offset; time.Now().Before(deadline); i += 7 {
 				req.Key = ks[i%len(ks)]
 				if d, err := s.Admit(ctx, req); err != nil || !d.Allowed {
@@ -64,9 +66,8 @@ func sqliteChild(path string, in io.Reader, out io.Writer) error {
 				n++
 			}
 		case "dispatch":
-			d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { return i, nil },
-				dispatcher.WithWorkers(8), dispatcher.WithLimiter(lim),
-				dispatcher.WithKey(func(i int) string { return ks[i%len(ks)] }))
+			d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { return i, nil }, func(i int) string { return ks[i%len(ks)] },
+				dispatcher.WithWorkers(8), dispatcher.WithLimiter(lim))
 			if err != nil {
 				return err
 			}

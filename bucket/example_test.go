@@ -147,7 +147,7 @@ func ExampleParse() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(lim.Rate, lim.Period, lim.Burst, lim.Interval())
+	fmt.Println(lim.Rate, lim.Period, lim.Burst)
 	for _, q := range lim.Quotas {
 		fmt.Println(q.Max, q.Window)
 	}
@@ -157,7 +157,7 @@ func ExampleParse() {
 	fmt.Println(errors.Is(err, bucket.ErrInvalidLimit))
 	fmt.Println(err)
 	// Output:
-	// 5 1s 10 200ms
+	// 5 1s 10
 	// 1000 1h0m0s
 	// 50000 24h0m0s
 	// 5/s burst=10 quota=1000/h quota=50000/d

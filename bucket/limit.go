@@ -2,19 +2,20 @@ package bucket
 
 import (
 	"fmt"
-	"math/bits"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // MaxDuration bounds every time span a Limit implies: its period, each quota
 // window, and burst × emission interval. It keeps all arithmetic exact in
 // int64 nanoseconds and in the double-precision microseconds of Redis Lua.
-const MaxDuration = 10 * 365 * 24 * time.Hour
+const MaxDuration = driver.MaxDuration
 
 // MaxQuotas is the most quotas one Limit may carry.
-const MaxQuotas = 8
+const MaxQuotas = driver.MaxQuotas
 
 // A Limit is what one key may consume: a rate of Rate units per Period with
 // Burst units allowed back-to-back after idle, and zero or more rolling
@@ -34,10 +35,7 @@ type Limit struct {
 }
 
 // A Quota admits at most Max units in any rolling Window.
-type Quota struct {
-	Max    int64
-	Window time.Duration
-}
+type Quota = driver.Quota
 
 // Unlimited is a Limit that admits everything at once. Limiters answer it
 // without asking their backend.
@@ -76,61 +74,27 @@ func (l Limit) WithQuota(max int64, window time.Duration) Limit {
 func (l Limit) IsUnlimited() bool { return l.unlimited }
 
 // Interval returns the emission interval Period/Rate, rounded up to a
-// nanosecond.
+// nanosecond: the time one unit takes to leak. It is 0 for Unlimited and
+// for an invalid rate or period.
 func (l Limit) Interval() time.Duration {
-	if l.unlimited || l.Rate <= 0 || l.Period <= 0 {
+	if l.unlimited {
 		return 0
 	}
-	return time.Duration(ceilDiv(int64(l.Period), l.Rate))
+	return l.driver().Interval()
 }
 
 // Validate returns nil if l is usable, or a *LimitError naming the first
 // invalid field. The error matches ErrInvalidLimit.
-func (l Limit) Validate() error { return l.validate() }
-
-func (l *Limit) validate() error {
+func (l Limit) Validate() error {
 	if l.unlimited {
 		return nil
 	}
-	switch {
-	case l.Rate < 1:
-		return &LimitError{Field: "Rate", Reason: fmt.Sprintf("must be at least 1, got %d", l.Rate)}
-	case l.Period <= 0:
-		return &LimitError{Field: "Period", Reason: fmt.Sprintf("must be positive, got %v", l.Period)}
-	case l.Period > MaxDuration:
-		return &LimitError{Field: "Period", Reason: fmt.Sprintf("%v exceeds MaxDuration", l.Period)}
-	case l.Burst < 1:
-		return &LimitError{Field: "Burst", Reason: fmt.Sprintf("must be at least 1, got %d", l.Burst)}
-	case !burstFits(l.Burst, l.Period, l.Rate):
-		return &LimitError{Field: "Burst", Reason: fmt.Sprintf("%d × interval %v exceeds MaxDuration", l.Burst, l.Interval())}
-	case len(l.Quotas) > MaxQuotas:
-		return &LimitError{Field: "Quotas", Reason: fmt.Sprintf("at most %d, got %d", MaxQuotas, len(l.Quotas))}
-	}
-	for i, q := range l.Quotas {
-		field := "Quotas[" + strconv.Itoa(i) + "]"
-		switch {
-		case q.Max < 1:
-			return &LimitError{Field: field + ".Max", Reason: fmt.Sprintf("must be at least 1, got %d", q.Max)}
-		case q.Window <= 0:
-			return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("must be positive, got %v", q.Window)}
-		case q.Window > MaxDuration:
-			return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("%v exceeds MaxDuration", q.Window)}
-		}
-		for j := range i {
-			// Backends keep quotas apart by window to the microsecond.
-			if ceilDiv(int64(l.Quotas[j].Window), int64(time.Microsecond)) == ceilDiv(int64(q.Window), int64(time.Microsecond)) {
-				return &LimitError{Field: field + ".Window", Reason: fmt.Sprintf("%v repeats Quotas[%d] (%v) to the microsecond", q.Window, j, l.Quotas[j].Window)}
-			}
-		}
-	}
-	return nil
+	return l.driver().Validate()
 }
 
-// burstFits reports whether burst × period/rate ≤ MaxDuration, exactly.
-func burstFits(burst int64, period time.Duration, rate int64) bool {
-	hi, lo := bits.Mul64(uint64(burst), uint64(period))
-	mhi, mlo := bits.Mul64(uint64(MaxDuration), uint64(rate))
-	return hi < mhi || hi == mhi && lo <= mlo
+// driver returns l as backends see it.
+func (l *Limit) driver() driver.Limit {
+	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas}
 }
 
 // String returns l in the textual form Parse reads, for example
@@ -139,45 +103,7 @@ func (l Limit) String() string {
 	if l.unlimited {
 		return "unlimited"
 	}
-	var b strings.Builder
-	b.WriteString(rateString(l.Rate, l.Period))
-	if l.Burst != 1 {
-		b.WriteString(" burst=")
-		b.WriteString(strconv.FormatInt(l.Burst, 10))
-	}
-	for _, q := range l.Quotas {
-		b.WriteString(" quota=")
-		b.WriteString(rateString(q.Max, q.Window))
-	}
-	return b.String()
-}
-
-func rateString(n int64, d time.Duration) string {
-	return strconv.FormatInt(n, 10) + "/" + periodString(d)
-}
-
-func periodString(d time.Duration) string {
-	switch d {
-	case time.Second:
-		return "s"
-	case time.Minute:
-		return "m"
-	case time.Hour:
-		return "h"
-	case 24 * time.Hour:
-		return "d"
-	}
-	if d%(24*time.Hour) == 0 {
-		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
-	}
-	s := d.String()
-	// time.Duration.String writes 1h0m0s; trim the zero tail for readability.
-	for _, z := range []string{"m0s", "h0m"} {
-		if strings.HasSuffix(s, z) {
-			s = strings.TrimSuffix(s, z[1:])
-		}
-	}
-	return s
+	return l.driver().String()
 }
 
 // Parse reads a Limit from its textual form: a rate "N/P" followed by

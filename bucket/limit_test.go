@@ -118,7 +118,7 @@ func TestConstructors(t *testing.T) {
 		{"Every(2s, 3)", bucket.Every(2*time.Second, 3), bucket.Limit{Rate: 3, Period: 2 * time.Second, Burst: 1}},
 		{"WithBurst", bucket.PerSecond(5).WithBurst(10), bucket.Limit{Rate: 5, Period: time.Second, Burst: 10}},
 		{"WithQuota", bucket.PerSecond(5).WithQuota(1000, time.Hour).WithQuota(50000, 24*time.Hour),
-			bucket.Limit{Rate: 5, Period: time.Second, Burst: 1, Quotas: []bucket.Quota{{1000, time.Hour}, {50000, 24 * time.Hour}}}},
+			bucket.Limit{Rate: 5, Period: time.Second, Burst: 1, Quotas: []bucket.Quota{{Max: 1000, Window: time.Hour}, {Max: 50000, Window: 24 * time.Hour}}}},
 	}
 	for _, tt := range tests {
 		if !sameLimit(tt.got, tt.want) {
@@ -164,25 +164,6 @@ func TestConstructors(t *testing.T) {
 	b := spare.WithQuota(3, 3*time.Hour)
 	if a.Quotas[1].Window != 2*time.Hour || b.Quotas[1].Window != 3*time.Hour {
 		t.Errorf("WithQuota wrote into the original's spare capacity: %v, %v", a, b)
-	}
-}
-
-func TestInterval(t *testing.T) {
-	tests := []struct {
-		lim  bucket.Limit
-		want time.Duration
-	}{
-		{bucket.PerSecond(1), time.Second},
-		{bucket.PerSecond(4), 250 * time.Millisecond},
-		{bucket.PerSecond(3), 333_333_334 * time.Nanosecond}, // rounded up, never down
-		{bucket.Every(time.Nanosecond, math.MaxInt64), time.Nanosecond},
-		{bucket.Unlimited, 0},
-		{bucket.Limit{}, 0},
-	}
-	for _, tt := range tests {
-		if got := tt.lim.Interval(); got != tt.want {
-			t.Errorf("%v.Interval() = %v, want %v", tt.lim, got, tt.want)
-		}
 	}
 }
 

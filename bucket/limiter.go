@@ -1,23 +1,28 @@
-// Package bucket defines rate limits (a leaky bucket with rolling quotas),
-// their mathematics, the Backend interface that stores bucket state, and
-// the Limiter that callers wait on.
+// Package bucket defines rate limits — a leaky bucket per key, with
+// rolling quotas — and the Limiter that callers wait on. A Limiter keeps
+// its buckets in a backend (backend/memstore, backend/sqlitestore,
+// backend/redisstore), which every process sharing it sees alike; what a
+// backend implements is in package bucket/driver.
 package bucket
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
+
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
-// A Limiter admits units of work per key through a Backend. Each key has
+// A Limiter admits units of work per key through a backend. Each key has
 // its own bucket; the limit of a key is the default limit or, with
 // WithKeyLimit, whatever the key function returns at each admission, so
-// limits can change at runtime. A Limiter is safe for concurrent use; its
-// cost per call is the backend's (about 100 ns in memory, a round trip for
-// SQLite or Redis).
+// limits can change at runtime. A Limiter is safe for concurrent use; each
+// call costs one backend call (a map lookup in memory, a round trip for
+// SQLite or Redis), except for Unlimited keys, which no backend sees.
 type Limiter struct {
-	backend  Backend
+	backend  driver.Backend
 	limit    Limit
 	limitFor func(key string) Limit
 }
@@ -43,7 +48,7 @@ func WithKeyLimit(f func(key string) Limit) Option {
 
 // NewLimiter returns a Limiter that keeps its buckets in b with lim as the
 // limit of every key (unless WithKeyLimit overrides it).
-func NewLimiter(b Backend, lim Limit, opts ...Option) (*Limiter, error) {
+func NewLimiter(b driver.Backend, lim Limit, opts ...Option) (*Limiter, error) {
 	if b == nil {
 		return nil, errors.New("bucket: NewLimiter: nil backend")
 	}
@@ -68,6 +73,10 @@ func (l *Limiter) Limit(key string) Limit {
 	return l.limit
 }
 
+// Backend returns the backend l keeps its buckets in. A dispatcher admits
+// its jobs through it directly, in batches.
+func (l *Limiter) Backend() driver.Backend { return l.backend }
+
 // Allow reports whether one unit for key may pass now, charging it if so.
 // It never blocks beyond the backend's round trip.
 func (l *Limiter) Allow(ctx context.Context, key string) (bool, error) {
@@ -76,17 +85,7 @@ func (l *Limiter) Allow(ctx context.Context, key string) (bool, error) {
 
 // AllowN reports whether n units for key may pass now, charging them if so.
 func (l *Limiter) AllowN(ctx context.Context, key string, n int) (bool, error) {
-	lim := l.limit
-	if l.limitFor != nil {
-		lim = l.limitFor(key)
-	}
-	if lim.unlimited {
-		if err := (&Request{Key: key, Limit: lim, Cost: int64(n)}).Validate(); err != nil {
-			return false, err
-		}
-		return true, nil
-	}
-	d, err := l.backend.Admit(ctx, Request{Key: key, Limit: lim, Cost: int64(n)})
+	d, err := l.decide(ctx, key, n, 0)
 	return d.Allowed && err == nil, err
 }
 
@@ -142,60 +141,50 @@ func (l *Limiter) WaitN(ctx context.Context, key string, n int) error {
 // if not, when it would be admissible). Cancel it to give back a booking
 // that will not be used.
 func (l *Limiter) Reserve(ctx context.Context, key string, n int, maxWait time.Duration) (Reservation, error) {
-	req := Request{Key: key, Limit: l.Limit(key), Cost: int64(n), MaxWait: maxWait}
-	d, err := l.decide(ctx, req)
+	d, err := l.decide(ctx, key, n, maxWait)
 	if err != nil {
 		return Reservation{}, err
 	}
 	r := Reservation{OK: d.Allowed, Delay: d.Wait}
-	if d.Allowed {
-		r.l, r.req, r.d = l, req, d
+	if d.Allowed && d.req.Key != "" {
+		r.l, r.req, r.d = l, d.req, d.Decision
 	}
 	return r, nil
 }
 
-func (l *Limiter) decide(ctx context.Context, req Request) (Decision, error) {
-	if req.Limit.unlimited {
-		if err := req.Validate(); err != nil {
-			return Decision{}, err
+// A decision is a backend's answer to req; req is zero for an Unlimited
+// key, which no backend is asked about.
+type decision struct {
+	driver.Decision
+	req driver.Request
+}
+
+// decide asks the backend for n units of key within maxWait, answering
+// Unlimited keys itself.
+func (l *Limiter) decide(ctx context.Context, key string, n int, maxWait time.Duration) (decision, error) {
+	lim := l.limit
+	if l.limitFor != nil {
+		lim = l.limitFor(key)
+	}
+	if lim.unlimited {
+		if key == "" {
+			return decision{}, ErrEmptyKey
 		}
-		return Decision{Allowed: true}, nil
+		if n < 1 {
+			return decision{}, fmt.Errorf("%w, got %d", ErrInvalidCost, n)
+		}
+		return decision{Decision: driver.Decision{Allowed: true}}, nil
 	}
-	return l.backend.Admit(ctx, req)
+	req := driver.Request{Key: key, Limit: lim.driver(), Cost: int64(n), MaxWait: maxWait}
+	d, err := l.backend.Admit(ctx, req)
+	return decision{Decision: d, req: req}, err
 }
 
-// Admit decides a batch of requests in one backend call where the backend
-// supports it (see BatchBackend), filling in each Decision or Err. Callers
-// fill in each Request, typically with Limit(key) as its limit.
-func (l *Limiter) Admit(ctx context.Context, batch []Admission) {
-	if bb, ok := l.backend.(BatchBackend); ok {
-		bb.AdmitBatch(ctx, batch)
-		return
-	}
-	for i := range batch {
-		a := &batch[i]
-		a.Decision, a.Err = l.backend.Admit(ctx, a.Request)
-	}
-}
-
-// Refund gives back an admission decided by Admit that will not be used.
-func (l *Limiter) Refund(ctx context.Context, req Request, d Decision) error {
-	if req.Limit.unlimited || !d.Allowed {
-		return nil
-	}
-	return l.backend.Refund(ctx, req, d)
-}
-
-// Pause admits nothing for key before until, in every process sharing the
-// backend. The backend measures the pause on its own clock from the moment
-// it receives the call, so until is converted to a duration here.
-func (l *Limiter) Pause(ctx context.Context, key string, until time.Time) error {
-	return l.PauseFor(ctx, key, time.Until(until))
-}
-
-// PauseFor admits nothing for key during d, in every process sharing the
-// backend. A d ≤ 0 does nothing.
-func (l *Limiter) PauseFor(ctx context.Context, key string, d time.Duration) error {
+// Pause admits nothing for key during d, in every process sharing the
+// backend: the backend measures d on its own clock from when it receives
+// the call (Retry-After is a duration for that reason). A d ≤ 0 does
+// nothing; a d above MaxDuration pauses for MaxDuration.
+func (l *Limiter) Pause(ctx context.Context, key string, d time.Duration) error {
 	if key == "" {
 		return ErrEmptyKey
 	}
@@ -211,8 +200,8 @@ type Reservation struct {
 	Delay time.Duration // if OK, when the caller may start; else when it could be booked
 
 	l   *Limiter
-	req Request
-	d   Decision
+	req driver.Request
+	d   driver.Decision
 }
 
 // Cancel gives back a booking that will not be used, if no later booking
@@ -225,5 +214,5 @@ func (r *Reservation) Cancel(ctx context.Context) error {
 	}
 	l := r.l
 	r.l = nil
-	return l.Refund(ctx, r.req, r.d)
+	return l.backend.Refund(ctx, r.req, r.d)
 }

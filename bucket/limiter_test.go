@@ -12,6 +12,7 @@ import (
 
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -49,7 +50,7 @@ func newStore(t *testing.T, clock *fakeClock) *memstore.Store {
 	return s
 }
 
-func newLimiter(t *testing.T, b bucket.Backend, lim bucket.Limit, opts ...bucket.Option) *bucket.Limiter {
+func newLimiter(t *testing.T, b driver.Backend, lim bucket.Limit, opts ...bucket.Option) *bucket.Limiter {
 	t.Helper()
 	l, err := bucket.NewLimiter(b, lim, opts...)
 	if err != nil {
@@ -60,12 +61,12 @@ func newLimiter(t *testing.T, b bucket.Backend, lim bucket.Limit, opts ...bucket
 
 // countingBackend counts the calls that reach its backend.
 type countingBackend struct {
-	bucket.Backend
+	driver.Backend
 	mu    sync.Mutex
 	calls int
 }
 
-func (c *countingBackend) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
+func (c *countingBackend) Admit(ctx context.Context, req driver.Request) (driver.Decision, error) {
 	c.mu.Lock()
 	c.calls++
 	c.mu.Unlock()
@@ -323,10 +324,10 @@ func TestLimiterPause(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	l := newLimiter(t, newStore(t, clock), bucket.PerSecond(100).WithBurst(5))
 	ctx := context.Background()
-	if err := l.PauseFor(ctx, "k", 2*time.Second); err != nil {
+	if err := l.Pause(ctx, "k", 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.PauseFor(ctx, "k", time.Second); err != nil { // does not shorten it
+	if err := l.Pause(ctx, "k", time.Second); err != nil { // does not shorten it
 		t.Fatal(err)
 	}
 	for _, tt := range []struct {
@@ -341,71 +342,36 @@ func TestLimiterPause(t *testing.T) {
 	} {
 		clock.Advance(tt.advance)
 		if ok, err := l.Allow(ctx, tt.key); err != nil || ok != tt.want {
-			t.Errorf("Allow(%q) %v after PauseFor(2s) = %v, %v; want %v",
+			t.Errorf("Allow(%q) %v after Pause(2s) = %v, %v; want %v",
 				tt.key, clock.Now().Sub(time.Unix(1_700_000_000, 0)), ok, err, tt.want)
 		}
 	}
-	if err := l.PauseFor(ctx, "", time.Second); !errors.Is(err, bucket.ErrEmptyKey) {
-		t.Errorf("PauseFor(\"\") = %v, want ErrEmptyKey", err)
+	if err := l.Pause(ctx, "", time.Second); !errors.Is(err, bucket.ErrEmptyKey) {
+		t.Errorf("Pause(\"\") = %v, want ErrEmptyKey", err)
 	}
-	if err := l.PauseFor(ctx, "k", -time.Second); err != nil {
-		t.Errorf("PauseFor(-1s) = %v, want nil", err)
+	if err := l.Pause(ctx, "k", -time.Second); err != nil {
+		t.Errorf("Pause(-1s) = %v, want nil", err)
 	}
 	if ok, _ := l.Allow(ctx, "k"); !ok {
-		t.Error("a negative PauseFor paused the key")
+		t.Error("a negative Pause paused the key")
 	}
 }
 
-func TestLimiterPauseUntil(t *testing.T) {
+func TestLimiterPauseWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newLimiter(t, newStore(t, nil), bucket.PerSecond(100))
 		ctx := context.Background()
 		start := time.Now()
-		if err := l.Pause(ctx, "k", start.Add(3*time.Second)); err != nil {
+		if err := l.Pause(ctx, "k", 3*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		if err := l.Wait(ctx, "k"); err != nil {
 			t.Fatal(err)
 		}
 		if d := time.Since(start); d != 3*time.Second {
-			t.Errorf("Wait during Pause(until now+3s) returned after %v, want 3s", d)
+			t.Errorf("Wait during Pause(3s) returned after %v, want 3s", d)
 		}
 	})
-}
-
-func TestLimiterAdmitBatch(t *testing.T) {
-	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
-	lim := bucket.PerHour(1).WithBurst(2)
-	batch := func() []bucket.Admission {
-		b := make([]bucket.Admission, 5)
-		for i := range b {
-			b[i].Request = bucket.Request{Key: "k", Limit: lim, Cost: 1}
-		}
-		b[1].Key = ""
-		return b
-	}
-	// A BatchBackend (memstore) and a plain Backend decide alike.
-	for _, be := range []bucket.Backend{newStore(t, clock), &countingBackend{Backend: newStore(t, clock)}} {
-		l := newLimiter(t, be, lim)
-		b := batch()
-		l.Admit(context.Background(), b)
-		want := []bool{true, false, true, false, false}
-		for i, a := range b {
-			if a.Decision.Allowed != want[i] || (i == 1) != (a.Err != nil) {
-				t.Errorf("%T: batch[%d] = allowed %v, err %v; want allowed %v", be, i, a.Decision.Allowed, a.Err, want[i])
-			}
-		}
-		if !errors.Is(b[1].Err, bucket.ErrEmptyKey) {
-			t.Errorf("%T: batch[1] with an empty key: err %v, want ErrEmptyKey", be, b[1].Err)
-		}
-		// Refund through the limiter: the latest admission comes back.
-		if err := l.Refund(context.Background(), b[2].Request, b[2].Decision); err != nil {
-			t.Fatal(err)
-		}
-		if ok, _ := l.Allow(context.Background(), "k"); !ok {
-			t.Errorf("%T: after refunding the latest batch admission, Allow = false", be)
-		}
-	}
 }
 
 func TestLimiterClosedBackend(t *testing.T) {
@@ -419,8 +385,8 @@ func TestLimiterClosedBackend(t *testing.T) {
 	if err := l.Wait(ctx, "k"); !errors.Is(err, bucket.ErrClosed) {
 		t.Errorf("Wait on a closed store = %v, want ErrClosed", err)
 	}
-	if err := l.PauseFor(ctx, "k", time.Second); !errors.Is(err, bucket.ErrClosed) {
-		t.Errorf("PauseFor on a closed store = %v, want ErrClosed", err)
+	if err := l.Pause(ctx, "k", time.Second); !errors.Is(err, bucket.ErrClosed) {
+		t.Errorf("Pause on a closed store = %v, want ErrClosed", err)
 	}
 }
 
@@ -446,11 +412,11 @@ func TestWaitOnEndedContext(t *testing.T) {
 
 // slowAdmit is a backend whose admissions take a round trip of rtt.
 type slowAdmit struct {
-	bucket.Backend
+	driver.Backend
 	rtt time.Duration
 }
 
-func (s slowAdmit) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
+func (s slowAdmit) Admit(ctx context.Context, req driver.Request) (driver.Decision, error) {
 	time.Sleep(s.rtt)
 	return s.Backend.Admit(ctx, req)
 }

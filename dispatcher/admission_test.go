@@ -12,8 +12,8 @@ import (
 
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/dispatcher"
-	"github.com/leakybucket/leakybucket/middleware"
 )
 
 type task struct {
@@ -38,7 +38,7 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			rec.record(j.key)
 			return j.n, nil
-		}, dispatcher.WithWorkers(4), dispatcher.WithQueue(20_000), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithQueue(20_000), dispatcher.WithLimiter(lim))
 
 		begin := time.Now()
 		var fa, fb []*dispatcher.Future[int]
@@ -100,7 +100,7 @@ func TestStartsConform(t *testing.T) {
 					rec.record(j.key)
 					time.Sleep(tt.work)
 					return j.n, nil
-				}, dispatcher.WithWorkers(tt.workers), dispatcher.WithQueue(1000), dispatcher.WithLimiter(l), dispatcher.WithKey(taskKey))
+				}, taskKey, dispatcher.WithWorkers(tt.workers), dispatcher.WithQueue(1000), dispatcher.WithLimiter(l))
 				if tt.stall {
 					var n atomic.Int64
 					dispatcher.SetAfterAdmit(d, func() {
@@ -140,7 +140,7 @@ func TestOneKeyStartsInOrder(t *testing.T) {
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			order = append(order, j.n) // one worker: no race
 			return 0, nil
-		}, dispatcher.WithWorkers(1), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100).WithBurst(5))), dispatcher.WithKey(taskKey))
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100).WithBurst(5))))
 		var fs []*dispatcher.Future[int]
 		for i := range 50 {
 			f, _ := d.Submit(context.Background(), task{"k", i})
@@ -170,10 +170,10 @@ func TestRetryAfterPausesKey(t *testing.T) {
 			rec.record(j.key)
 			if j.key == "A" && j.n == 3 && once.CompareAndSwap(false, true) {
 				refusedAt.Store(int64(time.Since(begin)))
-				return 0, &middleware.RetryAfterError{Delay: 200 * time.Millisecond, Err: errors.New("429")}
+				return 0, &retryAfterError{delay: 200 * time.Millisecond, err: errors.New("429")}
 			}
 			return j.n, nil
-		}, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey))
+		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))))
 		var fs []*dispatcher.Future[int]
 		for i := range 20 {
 			for _, k := range []string{"A", "B"} {
@@ -221,13 +221,13 @@ func TestRequeueBound(t *testing.T) {
 		var runs atomic.Int64
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			runs.Add(1)
-			return 0, &middleware.RetryAfterError{Delay: time.Second}
-		}, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey), dispatcher.WithMaxRequeues(3))
+			return 0, &retryAfterError{delay: time.Second}
+		}, taskKey, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithMaxRequeues(3))
 		_, err := d.Do(context.Background(), task{"A", 1})
 		if !errors.Is(err, dispatcher.ErrTooManyRequeues) {
 			t.Errorf("Do = %v, want ErrTooManyRequeues", err)
 		}
-		if _, ok := middleware.RetryAfter(err); !ok {
+		if !errors.As(err, new(*retryAfterError)) {
 			t.Errorf("Do = %v, want it to wrap the handler's retry-after error", err)
 		}
 		if n := runs.Load(); n != 4 {
@@ -245,8 +245,8 @@ func TestCancelDuringRetryPause(t *testing.T) {
 		ran := make(chan struct{}, 1)
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			ran <- struct{}{}
-			return 0, &middleware.RetryAfterError{Delay: time.Hour}
-		}, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKey(taskKey))
+			return 0, &retryAfterError{delay: time.Hour}
+		}, taskKey, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))))
 		f, err := d.Submit(ctx, task{"A", 1})
 		if err != nil {
 			t.Fatal(err)
@@ -282,11 +282,11 @@ func TestCancelWhileHanded(t *testing.T) {
 				d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 					if j.n == 0 {
 						<-release
-						return 0, &middleware.RetryAfterError{Delay: time.Hour}
+						return 0, &retryAfterError{delay: time.Hour}
 					}
 					ranCancelled.Add(1)
 					return j.n, nil
-				}, dispatcher.WithWorkers(1), dispatcher.WithKey(taskKey),
+				}, taskKey, dispatcher.WithWorkers(1),
 					dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))))
 				f1, cancel := submitPair(t, d)
 				synctest.Wait() // job 0 runs; job 1 is admitted and handed, waiting for the worker
@@ -329,8 +329,7 @@ func submitPair(t *testing.T, d *dispatcher.Dispatcher[task, int]) (*dispatcher.
 // after.
 func TestCancelBookedNotHeldByRefund(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
-			dispatcher.WithKey(taskKey), dispatcher.WithBookAhead(2*time.Second),
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil }, taskKey, dispatcher.WithBookAhead(2*time.Second),
 			dispatcher.WithLimiter(newSlowRefundLimiter(t, bucket.PerSecond(1), time.Second)))
 		f1, cancel := submitPair(t, d)
 		synctest.Wait() // job 1 is booked a second ahead
@@ -347,10 +346,13 @@ func TestCancelBookedNotHeldByRefund(t *testing.T) {
 // waiting for one.
 func TestImpossibleJobFreesPlace(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
-			dispatcher.WithQueue(1), dispatcher.WithKey(taskKey),
-			dispatcher.WithCost(func(j task) int { return j.n }),
-			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1))))
+		d, err := dispatcher.NewWithCost(func(_ context.Context, j task) (int, error) { return j.n, nil },
+			taskKey, func(j task) int { return j.n },
+			dispatcher.WithQueue(1), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
 		stall := make(chan struct{})
 		dispatcher.SetAfterAdmit(d, func() { <-stall })
 		f0, err := d.Submit(context.Background(), task{"A", 10}) // cost 10, burst 1
@@ -394,7 +396,7 @@ func TestCancelBeforeStart(t *testing.T) {
 		lim := newLimiter(t, bucket.PerSecond(1))
 		// Booking up to 1.5s ahead: the first job below is booked for
 		// t0+1s, the second (t0+2s) is not.
-		d := newDispatcher(t, double, dispatcher.WithLimiter(lim), dispatcher.WithQueue(2),
+		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(lim), dispatcher.WithQueue(2),
 			dispatcher.WithBookAhead(1500*time.Millisecond))
 		if _, err := d.Do(context.Background(), 1); err != nil { // uses the burst
 			t.Fatal(err)
@@ -439,7 +441,7 @@ func TestCancelFreesPlaceWithoutLimiter(t *testing.T) {
 				<-release
 			}
 			return n, nil
-		}, dispatcher.WithWorkers(1), dispatcher.WithQueue(2))
+		}, nil, dispatcher.WithWorkers(1), dispatcher.WithQueue(2))
 		if _, err := d.Submit(context.Background(), 0); err != nil {
 			t.Fatal(err)
 		}
@@ -502,7 +504,7 @@ func TestBackpressure(t *testing.T) {
 				d := newDispatcher(t, func(_ context.Context, n int) (int, error) {
 					<-release
 					return n, nil
-				}, opts...)
+				}, nil, opts...)
 				for i := range 11 { // one running, ten queued
 					if _, err := d.Submit(context.Background(), i); err != nil {
 						t.Fatal(err)
@@ -541,8 +543,8 @@ func TestBackpressure(t *testing.T) {
 // minute after its last job; memory follows the keys in use.
 func TestIdleKeysForgotten(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
-			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))), dispatcher.WithKey(taskKey))
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil }, taskKey,
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))))
 		var fs []*dispatcher.Future[int]
 		for i := range 1000 {
 			f, err := d.Submit(context.Background(), task{fmt.Sprint("tenant-", i), i})
@@ -573,7 +575,7 @@ type slowRefund struct {
 	delay time.Duration
 }
 
-func (s slowRefund) Refund(ctx context.Context, req bucket.Request, d bucket.Decision) error {
+func (s slowRefund) Refund(ctx context.Context, req driver.Request, d driver.Decision) error {
 	select {
 	case <-time.After(s.delay):
 	case <-ctx.Done():
@@ -617,7 +619,7 @@ func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
-		}, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim))
 		ctx := context.Background()
 		for i := range 64 { // time the handler: then nothing is admitted ahead of the worker
 			if _, err := d.Do(ctx, task{"warm", i}); err != nil {
@@ -658,7 +660,7 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 		d, err := dispatcher.New(func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
-		}, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -696,8 +698,8 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 func TestCancelledAdmissionRefunded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lim := newSlowRefundLimiter(t, bucket.PerSecond(1), 100*time.Millisecond)
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil },
-			dispatcher.WithWorkers(2), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil }, taskKey,
+			dispatcher.WithWorkers(2), dispatcher.WithLimiter(lim))
 		stallOnce(d, 10*time.Millisecond)
 		ctx := context.Background()
 		start := time.Now()
@@ -786,8 +788,8 @@ func startsAfterLate(t *testing.T, lim bucket.Limit) []jobStart {
 		starts = append(starts, jobStart{j.n, time.Since(begin)})
 		mu.Unlock()
 		return 0, nil
-	}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
-		dispatcher.WithLimiter(newLimiter(t, lim)), dispatcher.WithKey(taskKey))
+	}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
+		dispatcher.WithLimiter(newLimiter(t, lim)))
 	ctx := context.Background()
 	var fs []*dispatcher.Future[int]
 	for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
@@ -835,12 +837,12 @@ func TestRetryAfterHoldsHandedJob(t *testing.T) {
 			if j.n == 1 {
 				once.Do(func() {
 					time.Sleep(500 * time.Microsecond)
-					err = &middleware.RetryAfterError{Delay: 100 * time.Millisecond, Err: errors.New("429")}
+					err = &retryAfterError{delay: 100 * time.Millisecond, err: errors.New("429")}
 				})
 			}
 			return 0, err
-		}, dispatcher.WithWorkers(1),
-			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100).WithBurst(2))), dispatcher.WithKey(taskKey))
+		}, taskKey, dispatcher.WithWorkers(1),
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100).WithBurst(2))))
 		ctx := context.Background()
 		f1, _ := d.Submit(ctx, task{"A", 1})
 		f2, _ := d.Submit(ctx, task{"A", 2})
@@ -864,12 +866,12 @@ func TestRetryAfterRefundOffWorker(t *testing.T) {
 			if j.key == "A" && j.n == 1 {
 				once.Do(func() {
 					time.Sleep(time.Millisecond)
-					err = &middleware.RetryAfterError{Delay: 100 * time.Millisecond}
+					err = &retryAfterError{delay: 100 * time.Millisecond}
 				})
 			}
 			return 0, err
-		}, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(20*time.Millisecond),
-			dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(20*time.Millisecond),
+			dispatcher.WithLimiter(lim))
 		ctx := context.Background()
 		fa1, _ := d.Submit(ctx, task{"A", 1})
 		fa2, _ := d.Submit(ctx, task{"A", 2}) // booked at 10ms when A1 answers

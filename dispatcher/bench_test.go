@@ -29,6 +29,7 @@ func BenchmarkSubmit(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			opts := []dispatcher.Option{dispatcher.WithWorkers(8), dispatcher.WithQueue(4096)}
+			var key func(int) string
 			if bc.limiter {
 				store, err := memstore.New(memstore.Options{})
 				if err != nil {
@@ -39,9 +40,10 @@ func BenchmarkSubmit(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				opts = append(opts, dispatcher.WithLimiter(lim), dispatcher.WithKey(func(n int) string { return keys[n%len(keys)] }))
+				opts = append(opts, dispatcher.WithLimiter(lim))
+				key = func(n int) string { return keys[n%len(keys)] }
 			}
-			d, err := dispatcher.New(trivial, opts...)
+			d, err := dispatcher.New(trivial, key, opts...)
 			if err != nil {
 				b.Fatal(err)
 			}

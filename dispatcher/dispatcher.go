@@ -4,9 +4,8 @@
 // heap and never holds up the others, and what the rate-limited service
 // sees — the start times of handler calls — conforms to each key's limit.
 //
-//	d, err := dispatcher.New(fetch,
+//	d, err := dispatcher.New(fetch, func(r Request) string { return r.Tenant },
 //		dispatcher.WithWorkers(16),
-//		dispatcher.WithKey(func(r Request) string { return r.Tenant }),
 //		dispatcher.WithLimiter(limiter))
 //	...
 //	res, err := d.Do(ctx, req)
@@ -27,8 +26,12 @@ import (
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
-	"github.com/leakybucket/leakybucket/middleware"
 )
+
+// A Handler processes one job. Its context carries the job's key and
+// attempt (jobinfo.FromContext) and ends when the job's does. It is a
+// plain function type, the one package middleware wraps.
+type Handler[T, R any] = func(ctx context.Context, job T) (R, error)
 
 // A Dispatcher runs jobs of type T through a handler that returns R. It
 // is safe for concurrent use. A queued job holds no goroutine and costs
@@ -36,13 +39,12 @@ import (
 // more (mostly its admission-wait histogram), forgotten a minute after its
 // last job.
 type Dispatcher[T, R any] struct {
-	handler  middleware.Handler[T, R]
-	keyOf    func(T) string
-	costOf   func(T) int
-	lim      *bucket.Limiter
-	withInfo bool
-	cfg      config
-	epoch    time.Time
+	handler Handler[T, R]
+	keyOf   func(T) string
+	costOf  func(T) int
+	lim     *bucket.Limiter
+	cfg     config
+	epoch   time.Time
 
 	// run carries jobs to workers. Without a limiter it is the queue
 	// itself (capacity cfg.queue); with one it holds only admitted jobs,
@@ -85,9 +87,28 @@ type Dispatcher[T, R any] struct {
 	stats counters
 }
 
-// New returns a Dispatcher that runs h. Its workers start at once; stop
-// them with Shutdown or Close.
-func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R], error) {
+// New returns a Dispatcher that runs h, on workers that start at once;
+// stop them with Shutdown or Close. key gives each job its key: the queue
+// it waits in, and with a limiter the bucket that admits it; jobs of one
+// key start in submission order. A nil key gives every job the key
+// "default". key is called once per Submit and must be safe for
+// concurrent use.
+func New[T, R any](h Handler[T, R], key func(T) string, opts ...Option) (*Dispatcher[T, R], error) {
+	return newDispatcher(h, key, nil, opts)
+}
+
+// NewWithCost is New for jobs of different sizes: cost gives each job its
+// cost in bucket units (tokens, bytes, rows), 1 for New. A cost below 1
+// fails the job's Submit with bucket.ErrInvalidCost, and a cost its key's
+// limit can never admit fails the job with a *bucket.CostError.
+func NewWithCost[T, R any](h Handler[T, R], key func(T) string, cost func(T) int, opts ...Option) (*Dispatcher[T, R], error) {
+	if cost == nil {
+		return nil, errors.New("dispatcher: NewWithCost: nil cost function")
+	}
+	return newDispatcher(h, key, cost, opts)
+}
+
+func newDispatcher[T, R any](h Handler[T, R], key func(T) string, cost func(T) int, opts []Option) (*Dispatcher[T, R], error) {
 	if h == nil {
 		return nil, errors.New("dispatcher: New: nil handler")
 	}
@@ -97,9 +118,13 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 			return nil, err
 		}
 	}
+	if key == nil {
+		key = func(T) string { return "default" }
+	}
 	d := &Dispatcher[T, R]{
 		handler: h,
-		keyOf:   func(T) string { return "default" },
+		keyOf:   key,
+		costOf:  cost,
 		lim:     cfg.limiter,
 		cfg:     cfg,
 		epoch:   time.Now().Add(-time.Nanosecond), // see now
@@ -107,32 +132,6 @@ func New[T, R any](h middleware.Handler[T, R], opts ...Option) (*Dispatcher[T, R
 		drained: make(chan struct{}),
 		crew:    make([]worker[T, R], cfg.workers),
 		quit:    make(chan struct{}),
-	}
-	if cfg.key != nil {
-		f, ok := cfg.key.(func(T) string)
-		if !ok {
-			return nil, fmt.Errorf("dispatcher: WithKey takes %T, want func(%T) string", cfg.key, *new(T))
-		}
-		d.keyOf = f
-	}
-	if cfg.cost != nil {
-		f, ok := cfg.cost.(func(T) int)
-		if !ok {
-			return nil, fmt.Errorf("dispatcher: WithCost takes %T, want func(%T) int", cfg.cost, *new(T))
-		}
-		d.costOf = f
-	}
-	if len(cfg.middleware) > 0 {
-		mws := make([]middleware.Middleware[T, R], len(cfg.middleware))
-		for i, m := range cfg.middleware {
-			mw, ok := m.(middleware.Middleware[T, R])
-			if !ok {
-				return nil, fmt.Errorf("dispatcher: WithMiddleware: middleware %d is %T, want middleware.Middleware[%T, %T]", i, m, *new(T), *new(R))
-			}
-			mws[i] = mw
-		}
-		d.handler = middleware.Chain(mws...)(h)
-		d.withInfo = true
 	}
 	d.base, d.stopBase = context.WithCancel(context.Background())
 	if d.lim != nil {
@@ -192,11 +191,10 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool, then fu
 	if ctx == nil {
 		return nil, errors.New("dispatcher: nil context")
 	}
-	j := &job[T, R]{parent: ctx, watched: ctx.Done() != nil, in: in, cost: 1, attempt: 1, then: then, heapIdx: -1}
-	if d.sched != nil {
-		if j.key = d.keyOf(in); j.key == "" {
-			return nil, fmt.Errorf("dispatcher: job key: %w", bucket.ErrEmptyKey)
-		}
+	j := &job[T, R]{parent: ctx, watched: ctx.Done() != nil, in: in, cost: 1, then: then, heapIdx: -1}
+	j.info.Attempt = 1
+	if j.info.Key = d.keyOf(in); j.info.Key == "" {
+		return nil, fmt.Errorf("dispatcher: job key: %w", bucket.ErrEmptyKey)
 	}
 	if d.costOf != nil {
 		if j.cost = int64(d.costOf(in)); j.cost < 1 {
@@ -408,11 +406,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	if d.stopped.Load() { // a hard stop that missed current
 		j.cancel(context.Canceled)
 	}
-	var ctx context.Context = j
-	if d.withInfo {
-		ctx = middleware.WithJobInfo(j, middleware.JobInfo{Key: j.key, Attempt: j.attempt})
-	}
-	val, err := d.call(ctx, j.in)
+	val, err := d.call(j, j.in)
 	ctxEnded := err != nil && j.Err() != nil            // before the run's end ends it
 	if d.sched != nil && (j.seq%8 == 0 || j.seq < 64) { // a sample is enough for an average, once it has begun
 		d.sched.ran(d.now() - start)

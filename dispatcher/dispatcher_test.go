@@ -16,16 +16,15 @@ import (
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/dispatcher"
-	"github.com/leakybucket/leakybucket/middleware"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func double(_ context.Context, n int) (int, error) { return 2 * n, nil }
 
-func newDispatcher[T, R any](t *testing.T, h middleware.Handler[T, R], opts ...dispatcher.Option) *dispatcher.Dispatcher[T, R] {
+func newDispatcher[T, R any](t *testing.T, h dispatcher.Handler[T, R], key func(T) string, opts ...dispatcher.Option) *dispatcher.Dispatcher[T, R] {
 	t.Helper()
-	d, err := dispatcher.New(h, opts...)
+	d, err := dispatcher.New(h, key, opts...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -53,10 +52,9 @@ func TestDo(t *testing.T) {
 		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
 			opts := []dispatcher.Option{dispatcher.WithWorkers(4)}
 			if withLimiter {
-				opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1_000_000).WithBurst(1000))),
-					dispatcher.WithKey(func(n int) string { return fmt.Sprint("k", n%7) }))
+				opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1_000_000).WithBurst(1000))))
 			}
-			d := newDispatcher(t, double, opts...)
+			d := newDispatcher(t, double, func(n int) string { return fmt.Sprint("k", n%7) }, opts...)
 			for i := range 1000 {
 				got, err := d.Do(context.Background(), i)
 				if err != nil || got != 2*i {
@@ -80,7 +78,7 @@ func TestDoAllKeepsInputOrder(t *testing.T) {
 			return 0, fmt.Errorf("job %d failed", n)
 		}
 		return n * n, nil
-	}, dispatcher.WithWorkers(8), dispatcher.WithQueue(16))
+	}, nil, dispatcher.WithWorkers(8), dispatcher.WithQueue(16))
 	jobs := make([]int, 500)
 	for i := range jobs {
 		jobs[i] = i
@@ -97,7 +95,7 @@ func TestDoAllKeepsInputOrder(t *testing.T) {
 }
 
 func TestStream(t *testing.T) {
-	d := newDispatcher(t, double, dispatcher.WithWorkers(3), dispatcher.WithQueue(4))
+	d := newDispatcher(t, double, nil, dispatcher.WithWorkers(3), dispatcher.WithQueue(4))
 	in := make(chan int)
 	go func() {
 		defer close(in)
@@ -122,7 +120,7 @@ func TestStream(t *testing.T) {
 
 func TestStreamBackpressure(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, double, dispatcher.WithWorkers(2), dispatcher.WithQueue(3))
+		d := newDispatcher(t, double, nil, dispatcher.WithWorkers(2), dispatcher.WithQueue(3))
 		in := make(chan int)
 		var pulled atomic.Int64
 		go func() {
@@ -153,7 +151,7 @@ func TestPanicBecomesError(t *testing.T) {
 			panic("boom")
 		}
 		return n, nil
-	}, dispatcher.WithWorkers(1))
+	}, nil, dispatcher.WithWorkers(1))
 	_, err := d.Do(context.Background(), 1)
 	var pe *dispatcher.PanicError
 	if !errors.As(err, &pe) || pe.Value != "boom" || len(pe.Stack) == 0 {
@@ -165,38 +163,39 @@ func TestPanicBecomesError(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	if _, err := dispatcher.New[int, int](nil); err == nil {
+	if _, err := dispatcher.New[int, int](nil, nil); err == nil {
 		t.Error("New(nil handler) succeeded")
 	}
+	if _, err := dispatcher.NewWithCost(double, nil, nil); err == nil {
+		t.Error("NewWithCost(nil cost) succeeded")
+	}
 	for name, opt := range map[string]dispatcher.Option{
-		"workers 0":      dispatcher.WithWorkers(0),
-		"queue -1":       dispatcher.WithQueue(-1),
-		"nil key":        dispatcher.WithKey[int](nil),
-		"nil limiter":    dispatcher.WithLimiter(nil),
-		"key of string":  dispatcher.WithKey(func(string) string { return "" }),
-		"requeues -1":    dispatcher.WithMaxRequeues(-1),
-		"book ahead -1":  dispatcher.WithBookAhead(-time.Second),
-		"batch 0":        dispatcher.WithBatchSize(0),
-		"nil middleware": dispatcher.WithMiddleware[int, int](nil),
-		"middleware of other types": dispatcher.WithMiddleware(func(h middleware.Handler[string, int]) middleware.Handler[string, int] {
-			return h
-		}),
+		"workers 0":     dispatcher.WithWorkers(0),
+		"queue -1":      dispatcher.WithQueue(-1),
+		"nil limiter":   dispatcher.WithLimiter(nil),
+		"requeues -1":   dispatcher.WithMaxRequeues(-1),
+		"book ahead -1": dispatcher.WithBookAhead(-time.Second),
+		"batch 0":       dispatcher.WithBatchSize(0),
 	} {
-		if d, err := dispatcher.New(double, opt); err == nil {
+		if d, err := dispatcher.New(double, nil, opt); err == nil {
 			d.Close()
 			t.Errorf("New with %s succeeded, want an error", name)
 		}
 	}
 
-	d := newDispatcher(t, double,
-		dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10).WithBurst(2))),
-		dispatcher.WithKey(func(n int) string {
+	d, err := dispatcher.NewWithCost(double,
+		func(n int) string {
 			if n == 0 {
 				return ""
 			}
 			return "k"
-		}),
-		dispatcher.WithCost(func(n int) int { return n }))
+		},
+		func(n int) int { return n },
+		dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10).WithBurst(2))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
 	if _, err := d.Submit(context.Background(), 0); !errors.Is(err, bucket.ErrEmptyKey) {
 		t.Errorf("Submit with an empty key: %v, want bucket.ErrEmptyKey", err)
 	}
@@ -270,7 +269,7 @@ func TestJobContext(t *testing.T) {
 				got <- ctx
 				v, _ := ctx.Value(ctxKey{}).(int)
 				return v, nil
-			}, opts...)
+			}, nil, opts...)
 			ctx := context.WithValue(context.Background(), ctxKey{}, 42)
 			if v, err := d.Do(ctx, 1); err != nil || v != 42 {
 				t.Fatalf("Do = %d, %v; want the ctx value 42", v, err)
@@ -292,7 +291,7 @@ func TestJobContext(t *testing.T) {
 // waits n×100ms from Submit to start; the percentiles say so.
 func TestStatsAdmissionWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, double, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1))
+		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1))
 		var fs []*dispatcher.Future[int]
 		for i := range 100 {
 			f, err := d.Submit(context.Background(), i)
@@ -326,3 +325,14 @@ func TestStatsAdmissionWait(t *testing.T) {
 		}
 	})
 }
+
+// retryAfterError asks the dispatcher for a pause, as any error with a
+// RetryAfter method may.
+type retryAfterError struct {
+	delay time.Duration
+	err   error
+}
+
+func (e *retryAfterError) Error() string             { return fmt.Sprintf("%v (retry after %v)", e.err, e.delay) }
+func (e *retryAfterError) Unwrap() error             { return e.err }
+func (e *retryAfterError) RetryAfter() time.Duration { return e.delay }

@@ -37,9 +37,8 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	d, err := dispatcher.New(fetch,
+	d, err := dispatcher.New(fetch, func(s Sync) string { return s.Tenant },
 		dispatcher.WithWorkers(8),
-		dispatcher.WithKey(func(s Sync) string { return s.Tenant }),
 		dispatcher.WithLimiter(limiter))
 	if err != nil {
 		log.Fatal(err)
@@ -63,7 +62,7 @@ func Example() {
 func ExampleDispatcher_Stream() {
 	d, err := dispatcher.New(func(_ context.Context, s string) (string, error) {
 		return strings.ToUpper(s), nil
-	}, dispatcher.WithWorkers(1))
+	}, nil, dispatcher.WithWorkers(1))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -4,7 +4,8 @@ import (
 	"context"
 	"time"
 
-	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/jobinfo"
 )
 
 type jobState uint32
@@ -30,10 +31,9 @@ type job[T, R any] struct {
 	Future[R]
 	parent    context.Context
 	in        T
-	key       string
+	info      jobinfo.Info // its key and attempt, which its handler context answers for
 	cost      int64
-	submitted int64 // dispatcher clock
-	attempt   int
+	submitted int64           // dispatcher clock
 	seq       uint64          // submission order, with a limiter
 	ks        *keyState[T, R] // its key, with a limiter
 	handedAt  uint64          // ks.returned when it was handed to a worker
@@ -45,8 +45,8 @@ type job[T, R any] struct {
 	then      func(*Future[R])
 
 	// The admission, from when it is decided until the job runs.
-	lim       bucket.Limit
-	dec       bucket.Decision
+	lim       driver.Limit
+	dec       driver.Decision
 	slot      int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
 	releaseAt int64 // when a booked job is handed to a worker
 	heapIdx   int   // in the scheduler's heap of booked jobs
@@ -64,7 +64,14 @@ var _ context.Context = (*job[int, int])(nil)
 
 func (j *job[T, R]) Deadline() (time.Time, bool) { return j.parent.Deadline() }
 
-func (j *job[T, R]) Value(key any) any { return j.parent.Value(key) }
+// Value answers jobinfo.ContextKey itself, so that a handler's context
+// carries its job's key and attempt without a value of its own.
+func (j *job[T, R]) Value(key any) any {
+	if _, ok := key.(jobinfo.ContextKey); ok {
+		return &j.info
+	}
+	return j.parent.Value(key)
+}
 
 func (j *job[T, R]) Done() <-chan struct{} {
 	j.mu.Lock()

@@ -7,21 +7,16 @@ import (
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
-	"github.com/leakybucket/leakybucket/middleware"
 )
 
-// An Option configures a Dispatcher. Options that take the job type (WithKey,
-// WithCost) or the handler's types (WithMiddleware) must agree with the
-// handler given to New, or New returns an error.
+// An Option configures a Dispatcher. An invalid option makes New return
+// an error naming it.
 type Option func(*config) error
 
 type config struct {
 	workers     int
 	queue       int
-	key         any // func(T) string
-	cost        any // func(T) int
 	limiter     *bucket.Limiter
-	middleware  []any // middleware.Middleware[T, R]
 	maxRequeues int
 	bookAhead   time.Duration
 	lateness    time.Duration
@@ -66,32 +61,6 @@ func WithQueue(n int) Option {
 	}
 }
 
-// WithKey sets the function that gives each job its key: the bucket it is
-// admitted by and the queue it waits in. Default: every job has the key
-// "default". An empty key fails the job with bucket.ErrEmptyKey.
-func WithKey[T any](key func(T) string) Option {
-	return func(c *config) error {
-		if key == nil {
-			return errors.New("dispatcher: WithKey: nil function")
-		}
-		c.key = key
-		return nil
-	}
-}
-
-// WithCost sets the function that gives each job its cost in bucket units.
-// Default 1. A cost the key's limit can never admit fails the job with a
-// *bucket.CostError.
-func WithCost[T any](cost func(T) int) Option {
-	return func(c *config) error {
-		if cost == nil {
-			return errors.New("dispatcher: WithCost: nil function")
-		}
-		c.cost = cost
-		return nil
-	}
-}
-
 // WithLimiter admits every job through lim before it takes a worker. The
 // limiter's limit for a key is read at each admission. Without a limiter
 // jobs start in submission order as workers free up.
@@ -101,21 +70,6 @@ func WithLimiter(lim *bucket.Limiter) Option {
 			return errors.New("dispatcher: WithLimiter: nil limiter")
 		}
 		c.limiter = lim
-		return nil
-	}
-}
-
-// WithMiddleware wraps the handler in mws, the first outermost (see
-// middleware.Chain). Handlers under middleware find a middleware.JobInfo
-// in their context.
-func WithMiddleware[T, R any](mws ...middleware.Middleware[T, R]) Option {
-	return func(c *config) error {
-		for i, m := range mws {
-			if m == nil {
-				return fmt.Errorf("dispatcher: WithMiddleware: middleware %d is nil", i)
-			}
-			c.middleware = append(c.middleware, m)
-		}
 		return nil
 	}
 }

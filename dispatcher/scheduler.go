@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
-	"github.com/leakybucket/leakybucket/middleware"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // The scheduler admits jobs through the limiter before they take a worker.
@@ -26,7 +26,8 @@ import (
 // waits in another heap until shortly before its next slot. Neither holds
 // up any other key.
 type scheduler[T, R any] struct {
-	d *Dispatcher[T, R]
+	d       *Dispatcher[T, R]
+	backend driver.Backend // the limiter's
 
 	mu      sync.Mutex // before any Future's mutex, never after
 	keys    map[string]*keyState[T, R]
@@ -113,9 +114,10 @@ type keyState[T, R any] struct {
 
 func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
 	s := &scheduler[T, R]{
-		d:    d,
-		keys: make(map[string]*keyState[T, R]),
-		wake: make(chan struct{}, 1),
+		d:       d,
+		backend: d.lim.Backend(),
+		keys:    make(map[string]*keyState[T, R]),
+		wake:    make(chan struct{}, 1),
 	}
 	s.idle.Store(int64(d.cfg.workers))
 	// Until handlers have been timed, assume they take an eighth of the
@@ -165,7 +167,7 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 	s.waiting.Add(1)
 	s.d.pending.Add(1)
 	s.d.stats.submitted.Add(1)
-	k := s.key(j.key)
+	k := s.key(j.info.Key)
 	k.stats.submitted.Add(1)
 	j.ks = k
 	s.seq++
@@ -336,14 +338,14 @@ const rounds = 2
 
 // A round is a batch of admissions and the keys that asked for them.
 type round[T, R any] struct {
-	batch []bucket.Admission
+	batch []driver.Admission
 	asked []*keyState[T, R]
 }
 
 // decide has the backend decide r's batch and acts on the decisions.
 func (s *scheduler[T, R]) decide(r *round[T, R]) {
 	before := s.d.now()
-	s.d.lim.Admit(s.d.base, r.batch)
+	driver.AdmitBatch(s.d.base, s.backend, r.batch)
 	after := s.d.now()
 	// Track the round trip: a job may start that much after the backend
 	// decided without being late.
@@ -364,7 +366,7 @@ func (s *scheduler[T, R]) decide(r *round[T, R]) {
 func (s *scheduler[T, R]) releaseDue(now int64) {
 	for at, ok := s.slots.next(); ok && at <= now; at, ok = s.slots.next() {
 		j := heap.Pop(&s.slots).(*job[T, R])
-		k := s.keys[j.key]
+		k := s.keys[j.info.Key]
 		k.booked.remove(j)
 		s.hand(k, j)
 	}
@@ -379,7 +381,7 @@ func (s *scheduler[T, R]) releaseDue(now int64) {
 // collect takes the heads of ready keys, as many as there are free
 // workers, reserving a worker for each. Heads of unlimited keys go
 // straight to their worker.
-func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T, R], now int64) ([]bucket.Admission, []*keyState[T, R]) {
+func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T, R], now int64) ([]driver.Admission, []*keyState[T, R]) {
 	for s.idle.Load() > -s.overbook() && len(batch) < s.d.cfg.batch {
 		k, ok := s.ready.pop()
 		if !ok {
@@ -403,8 +405,8 @@ func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T,
 		}
 		j.setState(asking)
 		k.phase, k.asking = keyAsking, j
-		batch = append(batch, bucket.Admission{Request: bucket.Request{
-			Key: k.name, Limit: lim, Cost: j.cost, MaxWait: s.window(),
+		batch = append(batch, driver.Admission{Request: driver.Request{
+			Key: k.name, Limit: driverLimit(lim), Cost: j.cost, MaxWait: s.window(),
 		}})
 		asked = append(asked, k)
 	}
@@ -415,9 +417,9 @@ func (s *scheduler[T, R]) collect(batch []bucket.Admission, asked []*keyState[T,
 // after. The backend decided somewhere in between, so a slot is released
 // no sooner than after+Wait (never early) and judged late from
 // before+Wait (never lenient).
-func (s *scheduler[T, R]) apply(batch []bucket.Admission, asked []*keyState[T, R], before, after int64) {
+func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R], before, after int64) {
 	var (
-		refunds []bucket.Admission
+		refunds []driver.Admission
 		held    []*keyState[T, R] // asking nothing until the refunds are done
 	)
 	now := after
@@ -502,11 +504,28 @@ func (s *scheduler[T, R]) putBack(k *keyState[T, R], j *job[T, R], until int64) 
 	s.wait(k, until)
 }
 
-func (s *scheduler[T, R]) refund(as []bucket.Admission) {
+func (s *scheduler[T, R]) refund(as []driver.Admission) {
 	for _, a := range as {
 		// A failed refund only under-admits: the booking stays charged.
-		_ = s.d.lim.Refund(s.d.base, a.Request, a.Decision)
+		_ = s.backend.Refund(s.d.base, a.Request, a.Decision)
 	}
+}
+
+// driverLimit returns lim as the backend sees it.
+func driverLimit(lim bucket.Limit) driver.Limit {
+	return driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas}
+}
+
+// retryAfter reports the pause err asks for: any error in its chain that
+// has a method RetryAfter() time.Duration (middleware.RetryAfterError,
+// or a type of the caller's) asks for a pause of what it returns, never
+// negative.
+func retryAfter(err error) (time.Duration, bool) {
+	var ra interface{ RetryAfter() time.Duration }
+	if !errors.As(err, &ra) {
+		return 0, false
+	}
+	return max(ra.RetryAfter(), 0), true
 }
 
 func permanent(err error) bool {
@@ -523,10 +542,10 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	s.mu.Lock()
 	switch j.getState() {
 	case queued:
-		s.keys[j.key].jobs.remove(j)
+		s.keys[j.info.Key].jobs.remove(j)
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	case booked:
-		k := s.keys[j.key]
+		k := s.keys[j.info.Key]
 		k.booked.remove(j)
 		s.slots.remove(j)
 		s.idle.Add(1)
@@ -586,7 +605,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 		return false // nothing set its key back since it was handed
 	}
 	s.mu.Lock()
-	k := s.key(j.key)
+	k := s.key(j.info.Key)
 	behind := k.paused > now || k.jobs.head != nil && k.jobs.head.seq < j.seq
 	if !cancelled && !behind && lateness <= tolerance {
 		s.mu.Unlock()
@@ -595,11 +614,11 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	// Counted while j is unresolved: Shutdown waits on wg only once every
 	// job is resolved.
 	s.d.wg.Add(1)
-	var refund []bucket.Admission
+	var refund []driver.Admission
 	j.slot = 0
 	s.idle.Add(1) // j's worker reservation
 	if cancelled {
-		refund = []bucket.Admission{j.admission()}
+		refund = []driver.Admission{j.admission()}
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
 		k.returned.Add(1)
@@ -623,9 +642,9 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 // and returns the refunds that give back the latest booking's admission
 // together with those of the bookings, and then of j (a job of k going
 // back to the queue after it was handed; nil if none), made right before
-// it (bucket.Unbook). Called with s.mu held.
-func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []bucket.Admission {
-	var latestFirst []bucket.Admission
+// it (driver.Unbook). Called with s.mu held.
+func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []driver.Admission {
+	var latestFirst []driver.Admission
 	for b := k.booked.tail; b != nil; b = b.prev {
 		latestFirst = append(latestFirst, b.admission())
 	}
@@ -639,12 +658,12 @@ func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []bucket.Admis
 		k.jobs.insert(b)
 		s.idle.Add(1)
 	}
-	return bucket.Unbook(latestFirst)
+	return driver.Unbook(latestFirst)
 }
 
 // giveBack refunds admissions of k, in order; if k was held for them, k
 // may then ask again.
-func (s *scheduler[T, R]) giveBack(k *keyState[T, R], as []bucket.Admission, held bool) {
+func (s *scheduler[T, R]) giveBack(k *keyState[T, R], as []driver.Admission, held bool) {
 	defer s.d.wg.Done()
 	s.refund(as)
 	if !held {
@@ -664,7 +683,7 @@ func (s *scheduler[T, R]) giveBack(k *keyState[T, R], as []bucket.Admission, hel
 func (s *scheduler[T, R]) refundBooking(k *keyState[T, R], j *job[T, R]) {
 	held := s.hold(k)
 	s.mu.Unlock()
-	s.refund([]bucket.Admission{j.admission()})
+	s.refund([]driver.Admission{j.admission()})
 	s.mu.Lock()
 	if held {
 		s.resume(k)
@@ -693,8 +712,8 @@ func (s *scheduler[T, R]) resume(k *keyState[T, R]) {
 }
 
 // admission returns the admission j was given.
-func (j *job[T, R]) admission() bucket.Admission {
-	return bucket.Admission{Request: bucket.Request{Key: j.key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
+func (j *job[T, R]) admission() driver.Admission {
+	return driver.Admission{Request: driver.Request{Key: j.info.Key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
 }
 
 // requeue handles a handler error carrying a retry-after: the key is
@@ -705,16 +724,16 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	if err == nil {
 		return false, nil
 	}
-	delay, ok := middleware.RetryAfter(err)
+	delay, ok := retryAfter(err)
 	if !ok || s.d.stopped.Load() || j.parent.Err() != nil {
 		return false, err
 	}
-	if j.attempt > s.d.cfg.maxRequeues {
+	if j.info.Attempt > s.d.cfg.maxRequeues {
 		return false, fmt.Errorf("%w (%d): %w", ErrTooManyRequeues, s.d.cfg.maxRequeues, err)
 	}
-	_ = s.d.lim.PauseFor(s.d.base, j.key, delay) // the local pause below holds this process even if this fails
+	_ = s.d.lim.Pause(s.d.base, j.info.Key, delay) // the local pause below holds this process even if this fails
 	until := s.d.now() + int64(delay)
-	j.attempt++
+	j.info.Attempt++
 	j.slot = 0
 	j.resetContext()
 
@@ -728,7 +747,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		s.mu.Unlock()
 		return false, err
 	}
-	k := s.key(j.key)
+	k := s.key(j.info.Key)
 	k.paused = max(k.paused, until)
 	k.returned.Add(1)
 	k.stats.retried.Add(1)
@@ -776,7 +795,7 @@ func (s *scheduler[T, R]) release() {
 
 // stop resolves every job that has not started with ErrClosed (a hard stop).
 func (s *scheduler[T, R]) stop() {
-	var refunds []bucket.Admission
+	var refunds []driver.Admission
 	s.mu.Lock()
 	s.stopped = true
 	for _, k := range s.keys {

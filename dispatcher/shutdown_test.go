@@ -14,7 +14,6 @@ import (
 
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/dispatcher"
-	"github.com/leakybucket/leakybucket/middleware"
 )
 
 // TestExactlyOnce: 100,000 jobs with random outcomes (value, error, panic,
@@ -50,7 +49,7 @@ func testExactlyOnce(t *testing.T, seed uint64) {
 			panic("boom")
 		case 2:
 			if _, loaded := retries.LoadOrStore(j.n, true); !loaded {
-				return 0, &middleware.RetryAfterError{Delay: time.Millisecond}
+				return 0, &retryAfterError{delay: time.Millisecond}
 			}
 		case 3:
 			select { // a slow job that honours its context
@@ -60,7 +59,7 @@ func testExactlyOnce(t *testing.T, seed uint64) {
 			}
 		}
 		return j.n, nil
-	}, dispatcher.WithWorkers(8), dispatcher.WithQueue(2000), dispatcher.WithLimiter(lim), dispatcher.WithKey(taskKey))
+	}, taskKey, dispatcher.WithWorkers(8), dispatcher.WithQueue(2000), dispatcher.WithLimiter(lim))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +154,7 @@ func TestShutdownDrains(t *testing.T) {
 	d, err := dispatcher.New(func(_ context.Context, n int) (int, error) {
 		ran.Add(1)
 		return n, nil
-	}, dispatcher.WithLimiter(lim), dispatcher.WithQueue(500))
+	}, nil, dispatcher.WithLimiter(lim), dispatcher.WithQueue(500))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +185,7 @@ func TestCloseCancelsRunning(t *testing.T) {
 				started <- struct{}{}
 				<-ctx.Done()
 				return 0, context.Cause(ctx)
-			}, opts...)
+			}, nil, opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -229,12 +228,13 @@ func TestMemoryFlat(t *testing.T) {
 		t.Run(fmt.Sprint("limiter=", withLimiter), func(t *testing.T) {
 			opts := []dispatcher.Option{dispatcher.WithWorkers(4), dispatcher.WithQueue(10)}
 			total := 1_000_000
+			var key func(int) string
 			if withLimiter {
 				total = 200_000
-				opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1_000_000_000).WithBurst(1_000_000_000))),
-					dispatcher.WithKey(func(n int) string { return fmt.Sprint("k", n%100) }))
+				opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1_000_000_000).WithBurst(1_000_000_000))))
+				key = func(n int) string { return fmt.Sprint("k", n%100) }
 			}
-			d := newDispatcher(t, double, opts...)
+			d := newDispatcher(t, double, key, opts...)
 			heap := func() uint64 {
 				runtime.GC()
 				var m runtime.MemStats
@@ -276,7 +276,7 @@ func TestShutdownWakesBlockedSubmit(t *testing.T) {
 					case <-ctx.Done():
 					}
 					return n, nil
-				}, opts...)
+				}, nil, opts...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -317,8 +317,8 @@ func TestShutdownWakesBlockedSubmit(t *testing.T) {
 func TestHardStopWhileRequeuing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const pause = time.Minute
-		retryErr := &middleware.RetryAfterError{Delay: pause, Err: errors.New("429")}
-		d, err := dispatcher.New(func(context.Context, int) (int, error) { return 0, retryErr },
+		retryErr := &retryAfterError{delay: pause, err: errors.New("429")}
+		d, err := dispatcher.New(func(context.Context, int) (int, error) { return 0, retryErr }, nil,
 			dispatcher.WithWorkers(1), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000))))
 		if err != nil {
 			t.Fatal(err)
@@ -357,8 +357,7 @@ func TestHardStopGivesBackBookings(t *testing.T) {
 		d, err := dispatcher.New(func(ctx context.Context, n int) (int, error) {
 			<-ctx.Done() // the first job runs until the stop
 			return 0, context.Cause(ctx)
-		}, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithBookAhead(time.Second),
-			dispatcher.WithKey(func(int) string { return "k" }))
+		}, func(int) string { return "k" }, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithBookAhead(time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,34 +2,34 @@ package middleware
 
 import (
 	"context"
-	"errors"
-	"log/slog"
+		"log/slog"
 	"sync/atomic"
 	"time"
+
+	"github.com/leakybucket/leakybucket/jobinfo"
 )
 
 // Logging returns a Middleware that writes one record to logger per call
-// of the handler it wraps: message "job", then the attributes key and
-// attempt from the context's JobInfo (left out when there is none, and the
-// key when it is empty), duration, outcome ("ok", "error", or "panic" when
-// the handler panics, which Logging lets go on after the record) and, on
+// it wraps: message "job", then the attributes key and attempt from the
+// context (package jobinfo; left out when there is none, and the key when
+// it is empty), duration, outcome ("ok", "error", or "panic" when the
+// handler panics, which Logging lets go on after the record) and, on
 // failure, error. Records of successes are at slog.LevelInfo, of failures
-// at slog.LevelError; the handler's context is passed to logger, so slog
+// at slog.LevelError; the call's context is passed to logger, so slog
 // handlers can add values from it.
 //
 // Outside Retry it logs each job once, with the attempt Retry made last;
 // inside Retry, each attempt. Its cost is two clock reads, a context value
 // and the record (nothing but the clock reads and the context value when
-// the logger's level discards it).
-func Logging[T, R any](logger *slog.Logger) (Middleware[T, R], error) {
+// the logger's level discards it). It panics if logger is nil.
+func Logging(logger *slog.Logger) Middleware {
 	if logger == nil {
-		return nil, errors.New("middleware: Logging: nil logger")
+		panic("middleware: Logging: nil logger")
 	}
-	return func(next Handler[T, R]) Handler[T, R] {
-		mustHandler("Logging", next)
-		return func(ctx context.Context, job T) (r R, err error) {
+	return func(next Next) Next {
+		return func(ctx context.Context) (err error) {
 			rec := &logRecord{}
-			if info, ok := JobInfoFrom(ctx); ok {
+			if info, ok := jobinfo.FromContext(ctx); ok {
 				rec.attempt.Store(int64(info.Attempt))
 			}
 			start := time.Now()
@@ -39,16 +39,16 @@ func Logging[T, R any](logger *slog.Logger) (Middleware[T, R], error) {
 					rec.log(ctx, logger, time.Since(start), "panic", nil)
 				}
 			}()
-			r, err = next(context.WithValue(ctx, logRecordKey{}, rec), job)
+			err = next(context.WithValue(ctx, logRecordKey{}, rec))
 			done = true
 			outcome := "ok"
 			if err != nil {
 				outcome = "error"
 			}
 			rec.log(ctx, logger, time.Since(start), outcome, err)
-			return r, err
+			return err
 		}
-	}, nil
+	}
 }
 
 // A logRecord is what Logging learns while the handler runs: the Retry
@@ -66,7 +66,7 @@ func (rec *logRecord) log(ctx context.Context, logger *slog.Logger, d time.Durat
 		return
 	}
 	attrs := make([]slog.Attr, 0, 5)
-	info, ok := JobInfoFrom(ctx)
+	info, ok := jobinfo.FromContext(ctx)
 	if ok && info.Key != "" {
 		attrs = append(attrs, slog.String("key", info.Key))
 	}

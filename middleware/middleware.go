@@ -2,13 +2,16 @@
 // rate limiting, and turns HTTP rate-limit answers into errors that carry a
 // retry-after.
 //
-// A Middleware takes a Handler and returns one that does something around
-// it. Chain composes middleware so that its first element is the outermost,
-// as in net/http and alice: Chain(m1, m2)(h) is m1(m2(h)), so m1 sees the
-// job first and the result last. The order matters, and this one suits most
-// handlers that call a rate-limited service:
+// A Middleware runs around one call of a handler: it is given next, which
+// runs the rest of the chain and the handler, and returns what runs in its
+// place. It sees the call's context and error, not the job or the result,
+// so one Middleware serves handlers of every type and is built without
+// type arguments. Wrap puts middleware around a handler; the first is the
+// outermost, as in net/http and alice: Wrap(h, m1, m2) runs m1(m2(h)), so
+// m1 sees the call first and its error last. The order matters, and this
+// one suits most handlers that call a rate-limited service:
 //
-//	Chain(logging, retry, rateLimit, timeout)(call)
+//	fetch = middleware.Wrap(fetch, logging, retry, rateLimit, timeout)
 //
 // logs one record per job (not per attempt), retries the whole of an
 // attempt, waits for the key's bucket before every attempt, and gives the
@@ -16,24 +19,25 @@
 // every attempt instead. Under a dispatcher, leave rateLimit out (the
 // dispatcher admits jobs itself) and consider Retry with
 // WithMaxRetryAfter(0), so that a server's retry-after pauses the key for
-// every process instead of holding one worker; outside one, put Keyed
-// first so that logs name the key.
+// every process instead of holding one worker.
 //
-// Costs, per job: Chain adds one function call per middleware and nothing
-// when the handler runs. Timeout allocates a context and a timer (about a
-// microsecond). Logging reads the clock twice and writes one record (the
-// slog handler's cost, typically one to a few microseconds). Retry allocates
-// a little bookkeeping per job and a context value per retry, and holds the
-// caller's goroutine (a dispatcher's worker) while it waits. RateLimit costs
-// one Limiter.Wait: a backend round trip, plus the wait itself.
+// A dispatcher puts each job's key and attempt in its handler's context
+// (package jobinfo); Logging reports them, RateLimit waits for the key's
+// bucket, and Retry counts its attempts there. Code that calls a handler
+// itself gives it a key with Keyed.
 //
-// Handlers and the middleware here are safe for concurrent use when the
-// wrapped handler is; middleware keeps no state between jobs.
+// Costs, per call: Wrap allocates the chain's closures (a few tens of
+// nanoseconds per middleware). Timeout allocates a context and a timer.
+// Logging reads the clock twice and writes one record (the slog handler's
+// cost, typically one to a few microseconds). Retry allocates a context
+// value per retry, and holds the caller's goroutine (a dispatcher's
+// worker) while it waits. RateLimit costs one Limiter.Wait: a backend
+// round trip, plus the wait itself.
 //
-// Outside this package, a dispatcher reads the two things middleware and
-// handlers say to it through errors and the context: a *RetryAfterError
-// asks it to pause the job's key and requeue the job, and JobInfo tells
-// handlers which key and attempt they are running.
+// The middleware here keeps no state between calls and is safe for
+// concurrent use when the handler is. Constructors panic on arguments that
+// are always a programming error (a nil logger, a negative timeout), as
+// net/http's ServeMux does on a nil handler.
 package middleware
 
 import (
@@ -41,34 +45,83 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/leakybucket/leakybucket/jobinfo"
 )
 
-// A Handler processes one job.
-type Handler[T, R any] func(ctx context.Context, job T) (R, error)
+// A Handler processes one job. It is the dispatcher's handler type: both
+// name the same function type, so either package's handlers are the
+// other's.
+type Handler[T, R any] = func(ctx context.Context, job T) (R, error)
 
-// A Middleware wraps a Handler in another.
-type Middleware[T, R any] func(Handler[T, R]) Handler[T, R]
+// A Next runs the rest of a chain for one call: the middleware inside,
+// then the handler, whose error it returns (its result travels around the
+// middleware, unseen). A Middleware may call it more than once, in turn
+// (Retry does), but not concurrently.
+type Next func(ctx context.Context) error
+
+// A Middleware wraps a call of a handler: given next, it returns what runs
+// in its place, usually something that calls next.
+type Middleware func(next Next) Next
 
 // Chain composes mws into one Middleware whose first element is the
-// outermost: Chain(m1, m2)(h) is m1(m2(h)). Chain with no middleware returns
-// the handler unchanged. Chain copies mws; it panics if one of them is nil,
-// which is always a programming error (most often an ignored constructor
-// error), and the returned Middleware panics on a nil handler.
-func Chain[T, R any](mws ...Middleware[T, R]) Middleware[T, R] {
+// outermost: Chain(m1, m2)(next) is m1(m2(next)). Chain with no
+// middleware returns one that changes nothing. Chain copies mws; it panics
+// if one of them is nil.
+func Chain(mws ...Middleware) Middleware {
 	for i, m := range mws {
 		if m == nil {
 			panic(fmt.Sprintf("middleware: Chain: middleware %d is nil", i))
 		}
 	}
-	mws = append([]Middleware[T, R](nil), mws...)
-	return func(h Handler[T, R]) Handler[T, R] {
-		if h == nil {
-			panic("middleware: Chain: nil handler")
-		}
+	mws = append([]Middleware(nil), mws...)
+	return func(next Next) Next {
 		for i := len(mws) - 1; i >= 0; i-- {
-			h = mws[i](h)
+			if next = mws[i](next); next == nil {
+				panic(fmt.Sprintf("middleware: middleware %d returned a nil Next", i))
+			}
 		}
+		return next
+	}
+}
+
+// Wrap returns h with mws around each call, the first outermost:
+// Wrap(h, m1, m2) runs m1, which runs m2, which runs h. The result the
+// caller gets is h's last: a Retry that calls h three times returns the
+// third call's result and error. Wrap panics if h or one of mws is nil.
+func Wrap[T, R any](h Handler[T, R], mws ...Middleware) Handler[T, R] {
+	if h == nil {
+		panic("middleware: Wrap: nil handler")
+	}
+	if len(mws) == 0 {
 		return h
+	}
+	chain := Chain(mws...)
+	return func(ctx context.Context, job T) (R, error) {
+		var r R
+		err := chain(func(ctx context.Context) error {
+			var err error
+			r, err = h(ctx, job)
+			return err
+		})(ctx)
+		return r, err
+	}
+}
+
+// Keyed returns h with each call's context given the key key(job) and
+// attempt 1 (package jobinfo), unless the context carries a key already
+// (as under a dispatcher). It lets Logging, RateLimit and Retry know the
+// key in code that calls handlers itself; put it outermost. It panics if
+// h or key is nil; key must be safe for concurrent use.
+func Keyed[T, R any](h Handler[T, R], key func(T) string) Handler[T, R] {
+	if h == nil || key == nil {
+		panic("middleware: Keyed: nil handler or key function")
+	}
+	return func(ctx context.Context, job T) (R, error) {
+		if _, ok := jobinfo.FromContext(ctx); !ok {
+			ctx = jobinfo.NewContext(ctx, jobinfo.Info{Key: key(job), Attempt: 1})
+		}
+		return h(ctx, job)
 	}
 }
 
@@ -76,7 +129,8 @@ func Chain[T, R any](mws ...Middleware[T, R]) Middleware[T, R] {
 // no sooner than Delay from when the error was returned. A dispatcher
 // pauses the job's key for Delay in its backend, for every process sharing
 // it, and requeues the job; Retry waits at least Delay before its next
-// attempt. FromResponse makes one from an HTTP 429 or 503.
+// attempt. FromResponse makes one from an HTTP 429 or 503. Any error type
+// with a RetryAfter method asks the same of both.
 type RetryAfterError struct {
 	Delay time.Duration // how long to wait; a negative Delay means 0
 	Err   error         // what went wrong; may be nil
@@ -94,14 +148,18 @@ func (e *RetryAfterError) Error() string {
 // Unwrap returns Err.
 func (e *RetryAfterError) Unwrap() error { return e.Err }
 
-// RetryAfter reports the delay carried by err or any error it wraps: the
-// Delay of the first *RetryAfterError that errors.As finds, never negative.
+// RetryAfter returns Delay, or 0 if it is negative.
+func (e *RetryAfterError) RetryAfter() time.Duration { return max(e.Delay, 0) }
+
+// RetryAfter reports the delay err asks for: that of the first error in
+// its chain with a method RetryAfter() time.Duration (a *RetryAfterError,
+// or any type of the caller's), as errors.As finds it, never negative.
 func RetryAfter(err error) (time.Duration, bool) {
-	var ra *RetryAfterError
+	var ra interface{ RetryAfter() time.Duration }
 	if !errors.As(err, &ra) {
 		return 0, false
 	}
-	return max(ra.Delay, 0), true
+	return max(ra.RetryAfter(), 0), true
 }
 
 // ErrPermanent matches every error made by Permanent.
@@ -122,53 +180,3 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string        { return e.err.Error() }
 func (e *permanentError) Unwrap() error        { return e.err }
 func (e *permanentError) Is(target error) bool { return target == ErrPermanent }
-
-// mustHandler panics if next is nil: wrapping a nil handler is always a
-// programming error, better reported where it is made than at the first
-// job.
-func mustHandler[T, R any](name string, next Handler[T, R]) {
-	if next == nil {
-		panic("middleware: " + name + ": nil handler")
-	}
-}
-
-// JobInfo describes the run of a job; it travels in the handler's context.
-// A dispatcher sets Key and Attempt (1 for the first run, one more for each
-// requeue); Retry adds one to Attempt for each retry it makes.
-type JobInfo struct {
-	Key     string
-	Attempt int
-}
-
-type jobInfoKey struct{}
-
-// WithJobInfo returns a copy of ctx that carries info.
-func WithJobInfo(ctx context.Context, info JobInfo) context.Context {
-	return context.WithValue(ctx, jobInfoKey{}, info)
-}
-
-// JobInfoFrom returns the JobInfo ctx carries, if any.
-func JobInfoFrom(ctx context.Context) (JobInfo, bool) {
-	info, ok := ctx.Value(jobInfoKey{}).(JobInfo)
-	return info, ok
-}
-
-// Keyed returns a Middleware that gives each job's context a JobInfo with
-// key(job) as its Key and Attempt 1, unless the context already carries a
-// JobInfo (as under a dispatcher). It lets Logging and Retry report keys for
-// code that does not use a dispatcher; put it outermost. key must be safe
-// for concurrent use.
-func Keyed[T, R any](key func(T) string) (Middleware[T, R], error) {
-	if key == nil {
-		return nil, errors.New("middleware: Keyed: nil key function")
-	}
-	return func(next Handler[T, R]) Handler[T, R] {
-		mustHandler("Keyed", next)
-		return func(ctx context.Context, job T) (R, error) {
-			if _, ok := JobInfoFrom(ctx); !ok {
-				ctx = WithJobInfo(ctx, JobInfo{Key: key(job), Attempt: 1})
-			}
-			return next(ctx, job)
-		}
-	}, nil
-}

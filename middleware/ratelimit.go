@@ -2,40 +2,41 @@ package middleware
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/jobinfo"
 )
 
-// RateLimit returns a Middleware that makes each call of the handler wait
-// for one unit of its job's bucket, key(job), in lim: the decorator for
-// code that does not use a dispatcher. The wait blocks the caller and
-// honours the context: if it ends first, the booking is given back and the
-// handler is not called; if the admission would come after the context's
-// deadline, the call fails at once with a *bucket.WaitError. Errors from
-// the limiter are returned wrapped, naming the key, and the handler is not
-// called. Its cost is one Limiter.Wait: a backend round trip plus the wait.
+// RateLimit returns a Middleware that makes each call wait for one unit of
+// its job's bucket in lim, the key being the one the call's context
+// carries (package jobinfo: set by Keyed, or by a dispatcher): the
+// decorator for code that does not use a dispatcher. The wait blocks the
+// caller and honours the context: if it ends first, the booking is given
+// back and the handler is not called; if the admission would come after
+// the context's deadline, the call fails at once with a *bucket.WaitError.
+// A call without a key fails with an error matching bucket.ErrEmptyKey;
+// other errors from the limiter are returned wrapped, naming the key. Its
+// cost is one Limiter.Wait: a backend round trip plus the wait. It panics
+// if lim is nil.
 //
 // A dispatcher admits jobs through its own limiter before they take a
 // worker; do not add RateLimit to a dispatcher's handler for the same
 // limiter, or each job is charged twice.
-func RateLimit[T, R any](lim *bucket.Limiter, key func(T) string) (Middleware[T, R], error) {
+func RateLimit(lim *bucket.Limiter) Middleware {
 	if lim == nil {
-		return nil, errors.New("middleware: RateLimit: nil limiter")
+		panic("middleware: RateLimit: nil limiter")
 	}
-	if key == nil {
-		return nil, errors.New("middleware: RateLimit: nil key function")
-	}
-	return func(next Handler[T, R]) Handler[T, R] {
-		mustHandler("RateLimit", next)
-		return func(ctx context.Context, job T) (R, error) {
-			k := key(job)
-			if err := lim.Wait(ctx, k); err != nil {
-				var zero R
-				return zero, fmt.Errorf("middleware: rate limit of key %q: %w", k, err)
+	return func(next Next) Next {
+		return func(ctx context.Context) error {
+			info, _ := jobinfo.FromContext(ctx)
+			if info.Key == "" {
+				return fmt.Errorf("middleware: RateLimit: the call's context carries no key (use Keyed): %w", bucket.ErrEmptyKey)
 			}
-			return next(ctx, job)
+			if err := lim.Wait(ctx, info.Key); err != nil {
+				return fmt.Errorf("middleware: rate limit of key %q: %w", info.Key, err)
+			}
+			return next(ctx)
 		}
-	}, nil
+	}
 }

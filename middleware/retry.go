@@ -11,6 +11,7 @@ import (
 	"github.com/cenkalti/backoff/v5"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/jobinfo"
 )
 
 // Retry's defaults.
@@ -123,7 +124,7 @@ func WithMaxRetryAfter(d time.Duration) RetryOption {
 
 // WithOnRetry sets a function called before each wait with the error of
 // the attempt that failed and the wait before the next one; ctx carries
-// that attempt's JobInfo. Use it to count retries. It must be safe for
+// that attempt's number (package jobinfo). Use it to count retries. It must be safe for
 // concurrent use.
 func WithOnRetry(f func(ctx context.Context, err error, wait time.Duration)) RetryOption {
 	return func(c *retryConfig) error {
@@ -197,20 +198,21 @@ func DefaultRetryable(err error) bool {
 // that would end after the context's deadline: a dispatcher can still
 // pause the key with it.
 //
-// Each attempt's context carries the job's JobInfo with Attempt increased
-// by one per retry (starting from the JobInfo Retry receives, or Attempt 1
-// if there is none). When the context ends, Retry stops waiting at once and
-// returns an error that matches the context's error and names the last
-// handler error (without wrapping it, so a cancelled job never looks
-// retryable). It does not start a wait that would end after the context's
-// deadline. When the attempts run out, or the deadline is too near, it
-// returns the last error wrapped with the number of attempts (errors.Is and
-// errors.As still see it); a non-retryable error is returned unchanged.
-// The result is always the last attempt's.
+// Each attempt's context carries the job's attempt (package jobinfo),
+// one more per retry, starting from the one Retry receives, or 1 if there
+// is none. When the context ends, Retry stops waiting at once and returns
+// an error that matches the context's error and names the last handler
+// error (without wrapping it, so a cancelled job never looks retryable).
+// It does not start a wait that would end after the context's deadline.
+// When the attempts run out, or the deadline is too near, it returns the
+// last error wrapped with the number of attempts (errors.Is and errors.As
+// still see it); a non-retryable error is returned unchanged. The result
+// is always the last attempt's.
 //
 // Retry waits in the caller's goroutine: inside a dispatcher, the job holds
-// its worker while it waits.
-func Retry[T, R any](opts ...RetryOption) (Middleware[T, R], error) {
+// its worker while it waits. It panics if an option is nil or invalid, with
+// the option's message: both are programming errors.
+func Retry(opts ...RetryOption) Middleware {
 	c := retryConfig{
 		attempts:      DefaultMaxAttempts,
 		initial:       DefaultInitialInterval,
@@ -224,22 +226,21 @@ func Retry[T, R any](opts ...RetryOption) (Middleware[T, R], error) {
 	}
 	for i, opt := range opts {
 		if opt == nil {
-			return nil, fmt.Errorf("middleware: Retry: option %d is nil", i)
+			panic(fmt.Sprintf("middleware: Retry: option %d is nil", i))
 		}
 		if err := opt(&c); err != nil {
-			return nil, err
+			panic(err.Error())
 		}
 	}
-	return func(next Handler[T, R]) Handler[T, R] {
-		mustHandler("Retry", next)
-		return func(ctx context.Context, job T) (R, error) {
-			return retry(ctx, &c, next, job)
+	return func(next Next) Next {
+		return func(ctx context.Context) error {
+			return retry(ctx, &c, next)
 		}
-	}, nil
+	}
 }
 
-func retry[T, R any](ctx context.Context, c *retryConfig, next Handler[T, R], job T) (R, error) {
-	info, ok := JobInfoFrom(ctx)
+func retry(ctx context.Context, c *retryConfig, next Next) error {
+	info, ok := jobinfo.FromContext(ctx)
 	if !ok {
 		info.Attempt = 1
 	}
@@ -251,22 +252,22 @@ func retry[T, R any](ctx context.Context, c *retryConfig, next Handler[T, R], jo
 	}
 	actx := ctx
 	if !ok || rec != nil {
-		actx = WithJobInfo(ctx, info)
+		actx = jobinfo.NewContext(ctx, info)
 	}
 	var b *backoff.ExponentialBackOff
 	for n := 1; ; n++ {
 		if rec != nil {
 			rec.attempt.Store(int64(info.Attempt))
 		}
-		r, err := next(actx, job)
+		err := next(actx)
 		if err == nil || ctx.Err() != nil || !c.retryable(err) {
-			return r, err
+			return err
 		}
 		if n >= c.attempts {
 			if n == 1 {
-				return r, err
+				return err
 			}
-			return r, fmt.Errorf("middleware: gave up after %d attempts: %w", n, err)
+			return fmt.Errorf("middleware: gave up after %d attempts: %w", n, err)
 		}
 		if b == nil {
 			// The library's own jitter draws from the global source; keep
@@ -285,21 +286,21 @@ func retry[T, R any](ctx context.Context, c *retryConfig, next Handler[T, R], jo
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			if hasRA {
-				return r, err
+				return err
 			}
-			return r, fmt.Errorf("middleware: gave up after %d attempts, the next would start after the context's deadline: %w", n, err)
+			return fmt.Errorf("middleware: gave up after %d attempts, the next would start after the context's deadline: %w", n, err)
 		}
 		if hasRA && ra > c.maxRetryAfter {
-			return r, err
+			return err
 		}
 		if c.onRetry != nil {
 			c.onRetry(actx, err, wait)
 		}
 		if serr := c.sleep(ctx, wait); serr != nil {
-			return r, fmt.Errorf("middleware: retry stopped after %d attempts (last error: %v): %w", n, err, serr)
+			return fmt.Errorf("middleware: retry stopped after %d attempts (last error: %v): %w", n, err, serr)
 		}
 		info.Attempt++
-		actx = WithJobInfo(ctx, info)
+		actx = jobinfo.NewContext(ctx, info)
 	}
 }
 

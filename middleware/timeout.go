@@ -22,26 +22,25 @@ var ErrTimeout = errors.New("middleware: handler timed out")
 // Timeout does not abandon a handler that ignores its context: it returns
 // when the handler does, with the handler's result and error if it
 // succeeded late. It starts no goroutine. Each call costs a context and a
-// timer.
-func Timeout[T, R any](d time.Duration) (Middleware[T, R], error) {
+// timer. It panics if d ≤ 0.
+func Timeout(d time.Duration) Middleware {
 	if d <= 0 {
-		return nil, fmt.Errorf("middleware: Timeout: duration must be positive, got %v", d)
+		panic(fmt.Sprintf("middleware: Timeout: duration must be positive, got %v", d))
 	}
-	return func(next Handler[T, R]) Handler[T, R] {
-		mustHandler("Timeout", next)
-		return func(ctx context.Context, job T) (R, error) {
+	return func(next Next) Next {
+		return func(ctx context.Context) error {
 			cause := &timeoutError{d: d}
 			tctx, cancel := context.WithTimeoutCause(ctx, d, cause)
 			defer cancel()
-			r, err := next(tctx, job)
+			err := next(tctx)
 			// An error that wraps the cause already says so (net/http's
 			// errors do); any other is wrapped in one that does.
 			if err != nil && context.Cause(tctx) == cause && !errors.Is(err, cause) {
 				err = &timeoutError{d: d, err: err}
 			}
-			return r, err
+			return err
 		}
-	}, nil
+	}
 }
 
 // timeoutError is both the cause of a timed-out context and, with err set,

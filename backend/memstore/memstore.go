@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // Options configures a Store. The zero Options is ready to use.
@@ -30,7 +31,7 @@ type Options struct {
 	Now func() time.Time
 }
 
-// A Store is an in-process bucket.Backend. Its clock is monotonic
+// A Store is an in-process driver.Backend. Its clock is monotonic
 // nanoseconds since New. It is safe for concurrent use; Close stops its
 // sweeper. An admission costs about 85–130 ns, a third of it reading the
 // clock; decided in batches (AdmitBatch), which read the clock once, about
@@ -61,8 +62,8 @@ type entry struct {
 	key  string
 	next *entry
 	seen int64 // the clock of the key's latest decision
-	bucket.State
-	_ [128 - unsafe.Sizeof(bucket.State{}) - 32]byte
+	driver.State
+	_ [128 - unsafe.Sizeof(driver.State{}) - 32]byte
 }
 
 // get returns key's entry, or nil.
@@ -160,25 +161,25 @@ func (s *Store) shard(key string) (*shard, uint64) {
 	return &s.shards[h&s.mask], h
 }
 
-// Admit implements bucket.Backend.
-func (s *Store) Admit(_ context.Context, req bucket.Request) (bucket.Decision, error) {
+// Admit implements driver.Backend.
+func (s *Store) Admit(_ context.Context, req driver.Request) (driver.Decision, error) {
 	if s.closed.Load() {
-		return bucket.Decision{}, bucket.ErrClosed
+		return driver.Decision{}, bucket.ErrClosed
 	}
-	var d bucket.Decision
+	var d driver.Decision
 	err := s.admit(&req, s.ticks(), &d)
 	return d, err
 }
 
-// AdmitBatch implements bucket.BatchBackend. The whole batch is decided
+// AdmitBatch implements driver.BatchBackend. The whole batch is decided
 // at the time it arrives: the clock is read once.
-func (s *Store) AdmitBatch(_ context.Context, batch []bucket.Admission) {
+func (s *Store) AdmitBatch(_ context.Context, batch []driver.Admission) {
 	closed := s.closed.Load()
 	now := s.ticks()
 	for i := range batch {
 		a := &batch[i]
 		if closed {
-			a.Decision, a.Err = bucket.Decision{}, bucket.ErrClosed
+			a.Decision, a.Err = driver.Decision{}, bucket.ErrClosed
 			continue
 		}
 		a.Err = s.admit(&a.Request, now, &a.Decision)
@@ -192,7 +193,7 @@ func (s *Store) AdmitBatch(_ context.Context, batch []bucket.Admission) {
 // return it: each copy of a returned Decision, too large for registers,
 // stalls the CPU (its stores cannot be forwarded to the copy's loads),
 // which cost Admit 8 of its 94 ns.
-func (s *Store) admit(req *bucket.Request, now int64, d *bucket.Decision) (err error) {
+func (s *Store) admit(req *driver.Request, now int64, d *driver.Decision) (err error) {
 	sh, h := s.shard(req.Key)
 	sh.mu.Lock()
 	e := sh.get(h, req.Key)
@@ -203,7 +204,7 @@ func (s *Store) admit(req *bucket.Request, now int64, d *bucket.Decision) (err e
 		e = &entry{key: req.Key, seen: sh.swept}
 	}
 	e.seen = max(e.seen, now)
-	*d, err = bucket.Decide(&e.State, req, time.Nanosecond, e.seen)
+	*d, err = driver.Decide(&e.State, req, time.Nanosecond, e.seen)
 	if d.Allowed && fresh {
 		sh.put(h, e)
 	}
@@ -211,21 +212,21 @@ func (s *Store) admit(req *bucket.Request, now int64, d *bucket.Decision) (err e
 	return err
 }
 
-// Refund implements bucket.Backend.
-func (s *Store) Refund(_ context.Context, req bucket.Request, d bucket.Decision) error {
+// Refund implements driver.Backend.
+func (s *Store) Refund(_ context.Context, req driver.Request, d driver.Decision) error {
 	if s.closed.Load() {
 		return bucket.ErrClosed
 	}
 	sh, h := s.shard(req.Key)
 	sh.mu.Lock()
 	if e := sh.get(h, req.Key); e != nil {
-		bucket.Refund(&e.State, &req, d, time.Nanosecond)
+		driver.Refund(&e.State, &req, d, time.Nanosecond)
 	}
 	sh.mu.Unlock()
 	return nil
 }
 
-// Pause implements bucket.Backend.
+// Pause implements driver.Backend.
 func (s *Store) Pause(_ context.Context, key string, d time.Duration) error {
 	if s.closed.Load() {
 		return bucket.ErrClosed
@@ -240,7 +241,7 @@ func (s *Store) Pause(_ context.Context, key string, d time.Duration) error {
 		e = &entry{key: key, seen: sh.swept}
 		sh.put(h, e)
 	}
-	bucket.Pause(&e.State, s.ticks()+int64(min(max(d, 0), bucket.MaxDuration)))
+	driver.Pause(&e.State, s.ticks()+int64(min(max(d, 0), bucket.MaxDuration)))
 	sh.mu.Unlock()
 	return nil
 }
@@ -276,7 +277,7 @@ func (s *Store) Sweep() {
 		sh.swept = max(sh.swept, now)
 		for h, first := range sh.m {
 			for e := first; e != nil; e = e.next {
-				if bucket.FreshAt(&e.State) <= now {
+				if driver.FreshAt(&e.State) <= now {
 					sh.drop(h, first, e)
 					first = sh.m[h]
 				}
@@ -311,4 +312,4 @@ func (s *Store) Close() error {
 	return nil
 }
 
-var _ bucket.BatchBackend = (*Store)(nil)
+var _ driver.BatchBackend = (*Store)(nil)

@@ -6,8 +6,11 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // A limit that never binds, so every admission takes the full path.
@@ -67,7 +70,7 @@ func BenchmarkAllow(b *testing.B) {
 func BenchmarkAdmit(b *testing.B) {
 	ctx := context.Background()
 	s := newStore(b)
-	req := bucket.Request{Key: "tenant-1", Limit: open, Cost: 1}
+	req := driver.Request{Key: "tenant-1", Limit: backendtest.Limit(open), Cost: 1}
 	b.ReportAllocs()
 	for b.Loop() {
 		if d, err := s.Admit(ctx, req); !d.Allowed || err != nil {
@@ -77,13 +80,13 @@ func BenchmarkAdmit(b *testing.B) {
 }
 
 func BenchmarkDecide(b *testing.B) {
-	var st bucket.State
-	req := bucket.Request{Key: "tenant-1", Limit: open, Cost: 1}
+	var st driver.State
+	req := driver.Request{Key: "tenant-1", Limit: backendtest.Limit(open), Cost: 1}
 	b.ReportAllocs()
 	now := int64(0)
 	for b.Loop() {
 		now += 10
-		if d, err := bucket.Decide(&st, &req, 1, now); !d.Allowed || err != nil {
+		if d, err := driver.Decide(&st, &req, 1, now); !d.Allowed || err != nil {
 			b.Fatalf("Decide = %v, %v", d.Allowed, err)
 		}
 	}
@@ -95,11 +98,11 @@ func BenchmarkDecide(b *testing.B) {
 func BenchmarkAdmitBatch(b *testing.B) {
 	ctx := context.Background()
 	s := newStore(b)
-	batch := make([]bucket.Admission, 64)
+	batch := make([]driver.Admission, 64)
 	b.ReportAllocs()
 	for n := 0; n < b.N; n += len(batch) {
 		for i := range batch {
-			batch[i] = bucket.Admission{Request: bucket.Request{Key: "tenant-1", Limit: open, Cost: 1}}
+			batch[i] = driver.Admission{Request: driver.Request{Key: "tenant-1", Limit: backendtest.Limit(open), Cost: 1}}
 		}
 		s.AdmitBatch(ctx, batch)
 		if d := batch[len(batch)-1]; !d.Decision.Allowed || d.Err != nil {

@@ -7,14 +7,14 @@ import (
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/memstore"
-	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestConformance(t *testing.T) {
 	backendtest.Run(t, backendtest.Config{
-		New: func(t *testing.T) bucket.Backend {
+		New: func(t *testing.T) driver.Backend {
 			s, err := memstore.New(memstore.Options{})
 			if err != nil {
 				t.Fatal(err)
@@ -22,7 +22,7 @@ func TestConformance(t *testing.T) {
 			t.Cleanup(func() { s.Close() })
 			return s
 		},
-		Forgotten: func(t *testing.T, b bucket.Backend, key string) bool {
+		Forgotten: func(t *testing.T, b driver.Backend, key string) bool {
 			s := b.(*memstore.Store)
 			s.Sweep()
 			return !s.Has(key)

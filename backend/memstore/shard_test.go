@@ -7,6 +7,7 @@ import (
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // Keys whose hashes collide share a chain: each is found, dropped and
@@ -84,10 +85,11 @@ func TestAdmitClockNeverGoesBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1e9).WithBurst(1e9).WithQuota(2, time.Microsecond), Cost: 1}
+	lim := bucket.PerSecond(1e9).WithBurst(1e9).WithQuota(2, time.Microsecond)
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
 	var starts []backendtest.Start
 	for _, now := range []int64{0, 900, 2000, 500} {
-		var d bucket.Decision
+		var d driver.Decision
 		if err := s.admit(&req, now, &d); err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +100,7 @@ func TestAdmitClockNeverGoesBack(t *testing.T) {
 			t.Errorf("decision asked at %d made at %d, before the key's latest (2000)", now, d.Now)
 		}
 	}
-	if err := backendtest.Check(req.Limit, starts); err != nil {
+	if err := backendtest.Check(lim, starts); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -120,7 +122,7 @@ func TestSweepKeepsClockClamp(t *testing.T) {
 		if stall { // the batch has read its clock: meanwhile...
 			stall = false
 			cur = cur.Add(500 * time.Microsecond)
-			d, err := s.Admit(context.Background(), bucket.Request{Key: "k", Limit: lim, Cost: 1})
+			d, err := s.Admit(context.Background(), driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1})
 			if err != nil || !d.Allowed {
 				t.Fatalf("the other caller's admission: %+v, %v", d, err)
 			}
@@ -136,7 +138,7 @@ func TestSweepKeepsClockClamp(t *testing.T) {
 	}
 	defer s.Close()
 	stall = true
-	batch := []bucket.Admission{{Request: bucket.Request{Key: "k", Limit: lim, Cost: 1}}}
+	batch := []driver.Admission{{Request: driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}}}
 	s.AdmitBatch(context.Background(), batch)
 	if a := batch[0]; a.Err != nil || !a.Decision.Allowed {
 		t.Fatalf("the batch's admission: %+v, %v", a.Decision, a.Err)

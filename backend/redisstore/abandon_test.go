@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -97,12 +100,12 @@ func slowProxy(t *testing.T, upstream string, delay time.Duration) string {
 // an outage of Redis.
 func TestAbandonedAdmissionGivenBack(t *testing.T) {
 	addr := slowProxy(t, redistest.Addr(t), 300*time.Millisecond)
-	admit := func(s *redisstore.Store, ctx context.Context, req bucket.Request, _ int) error {
+	admit := func(s *redisstore.Store, ctx context.Context, req driver.Request, _ int) error {
 		_, err := s.Admit(ctx, req)
 		return err
 	}
-	admitBatch := func(s *redisstore.Store, ctx context.Context, req bucket.Request, n int) error {
-		batch := make([]bucket.Admission, n)
+	admitBatch := func(s *redisstore.Store, ctx context.Context, req driver.Request, n int) error {
+		batch := make([]driver.Admission, n)
 		for i := range batch {
 			batch[i].Request = req
 		}
@@ -119,7 +122,7 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 		pipelines int
 		lim       bucket.Limit
 		n         int // admissions sent, the limit's whole burst
-		admit     func(s *redisstore.Store, ctx context.Context, req bucket.Request, n int) error
+		admit     func(s *redisstore.Store, ctx context.Context, req driver.Request, n int) error
 	}{
 		{"Admit", 0, bucket.PerHour(1), 1, admit},
 		{"Admit, Pipelines -1", -1, bucket.PerHour(1), 1, admit},
@@ -134,7 +137,7 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 			if err := c.Ping(context.Background()).Err(); err != nil { // a connection ready
 				t.Fatal(err)
 			}
-			req := bucket.Request{Key: "k", Limit: call.lim, Cost: 1}
+			req := driver.Request{Key: "k", Limit: backendtest.Limit(call.lim), Cost: 1}
 			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 			err := call.admit(s, ctx, req, call.n)
 			cancel()
@@ -145,7 +148,7 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 			// Had the Store counted Redis down, it would answer
 			// ErrUnavailable for a minute without asking.
 			deadline := time.Now().Add(10 * time.Second)
-			var d bucket.Decision
+			var d driver.Decision
 			for {
 				d, err = s.Admit(context.Background(), req)
 				if err != nil || d.Allowed || time.Now().After(deadline) {
@@ -176,7 +179,7 @@ func TestCloseWaitsForCalls(t *testing.T) {
 	if err := c.Ping(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	batch := []bucket.Admission{{Request: bucket.Request{Key: "batch", Limit: bucket.PerHour(1), Cost: 1}}}
+	batch := []driver.Admission{{Request: driver.Request{Key: "batch", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}}}
 	var (
 		wg       sync.WaitGroup
 		pauseErr error

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // A batcher coalesces concurrent Admit calls so that they share round
@@ -37,7 +38,7 @@ type batcher struct {
 // then the round trip gives back whatever Redis admitted.
 type call struct {
 	state atomic.Int32
-	req   bucket.Request // for a refund if abandoned
+	req   driver.Request // for a refund if abandoned
 	key   string
 	args  []byte
 	r     reply
@@ -61,7 +62,7 @@ func newBatcher(s *Store, pipelines, maxBatch int) *batcher {
 // admit decides one admission and waits for its answer or for ctx to end.
 // The round trip does not depend on ctx: if ctx ends first, admit returns
 // at once, and what Redis admitted is given back when the answer comes.
-func (b *batcher) admit(ctx context.Context, req bucket.Request, key string, args []byte) (reply, error) {
+func (b *batcher) admit(ctx context.Context, req driver.Request, key string, args []byte) (reply, error) {
 	c := callPool.Get().(*call)
 	c.state.Store(queued)
 	c.req, c.key, c.args = req, key, args
@@ -169,7 +170,7 @@ func (b *batcher) wait(ctx context.Context, c *call) (reply, error) {
 }
 
 func (c *call) release() {
-	c.req, c.key, c.args, c.err = bucket.Request{}, "", nil, nil
+	c.req, c.key, c.args, c.err = driver.Request{}, "", nil, nil
 	callPool.Put(c)
 }
 
@@ -200,7 +201,7 @@ func (b *batcher) sendBatch(batch []*call) {
 		b.rejoin = len(live)
 	}
 	b.mu.Unlock()
-	var refunds []bucket.Admission
+	var refunds []driver.Admission
 	for i, c := range live {
 		c.r, c.err = res[i].r, res[i].err
 		if c.state.CompareAndSwap(sent, done) {
@@ -209,7 +210,7 @@ func (b *batcher) sendBatch(batch []*call) {
 		}
 		// Abandoned in flight: give back what Redis admitted.
 		if c.err == nil && c.r.allowed {
-			refunds = append(refunds, bucket.Admission{Request: c.req, Decision: c.r.decision()})
+			refunds = append(refunds, driver.Admission{Request: c.req, Decision: c.r.decision()})
 		}
 		c.release()
 	}

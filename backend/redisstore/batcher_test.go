@@ -6,8 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -34,7 +37,7 @@ func TestAbandoned(t *testing.T) {
 		t.Fatal(err)
 	}
 	type result struct {
-		d   bucket.Decision
+		d   driver.Decision
 		err error
 	}
 	admit := func(key string, timeout time.Duration) chan result {
@@ -42,7 +45,7 @@ func TestAbandoned(t *testing.T) {
 		go func() {
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			d, err := s.Admit(ctx, bucket.Request{Key: key, Limit: lim, Cost: 1})
+			d, err := s.Admit(ctx, driver.Request{Key: key, Limit: backendtest.Limit(lim), Cost: 1})
 			ch <- result{d, err}
 		}()
 		return ch
@@ -76,13 +79,13 @@ func TestAbandoned(t *testing.T) {
 	if r := <-kept; r.err != nil || !r.d.Allowed {
 		t.Fatalf("caller in the same pipeline: %+v, %v; want allowed", r.d, r.err)
 	}
-	if d, err := s.Admit(ctx, bucket.Request{Key: "kept", Limit: lim, Cost: 1}); err != nil || d.Allowed {
+	if d, err := s.Admit(ctx, driver.Request{Key: "kept", Limit: backendtest.Limit(lim), Cost: 1}); err != nil || d.Allowed {
 		t.Errorf("second admission of \"kept\" = %+v, %v; want refused", d, err)
 	}
 	// The refund follows the answer; give it a moment.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		d, err := s.Admit(ctx, bucket.Request{Key: "abandoned", Limit: lim, Cost: 1})
+		d, err := s.Admit(ctx, driver.Request{Key: "abandoned", Limit: backendtest.Limit(lim), Cost: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +122,7 @@ func TestOwnRoundTrip(t *testing.T) {
 	admit := func(ctx context.Context, key string) chan error {
 		ch := make(chan error, 1)
 		go func() {
-			d, err := s.Admit(ctx, bucket.Request{Key: key, Limit: lim, Cost: 1})
+			d, err := s.Admit(ctx, driver.Request{Key: key, Limit: backendtest.Limit(lim), Cost: 1})
 			if err == nil && !d.Allowed {
 				err = errors.New("refused")
 			}

@@ -8,8 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/latency"
 )
 
@@ -56,7 +59,7 @@ func benchAdmit(b *testing.B, s *redisstore.Store, callers int, keys []string) {
 	)
 	work := func(next func() bool, i int) {
 		var h latency.Histogram
-		req := bucket.Request{Limit: benchLimit, Cost: 1}
+		req := driver.Request{Limit: backendtest.Limit(benchLimit), Cost: 1}
 		for next() {
 			req.Key = keys[i%len(keys)]
 			i++
@@ -105,10 +108,10 @@ func BenchmarkAdmitBatch(b *testing.B) {
 			)
 			work := func(next func() bool, i int) {
 				var h latency.Histogram
-				batch := make([]bucket.Admission, 64)
+				batch := make([]driver.Admission, 64)
 				for next() {
 					for j := range batch {
-						batch[j] = bucket.Admission{Request: bucket.Request{Key: keys[i%len(keys)], Limit: benchLimit, Cost: 1}}
+						batch[j] = driver.Admission{Request: driver.Request{Key: keys[i%len(keys)], Limit: backendtest.Limit(benchLimit), Cost: 1}}
 						i++
 					}
 					t0 := time.Now()

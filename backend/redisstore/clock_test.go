@@ -8,6 +8,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // TestClockStepBack: Redis's clock steps back (a failover to a master
@@ -25,7 +26,7 @@ func TestClockStepBack(t *testing.T) {
 	ctx := context.Background()
 	// A burst of 50 at 1/s spans 49s: admissible starts reach back that far.
 	lim := bucket.Every(time.Second, 1).WithBurst(50).WithQuota(50, time.Minute)
-	req := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
 	var (
 		starts []backendtest.Start
 		last   int64 // Decision.Now of the last admission
@@ -59,7 +60,7 @@ func TestClockStepBack(t *testing.T) {
 	}
 
 	// A state without quotas (stored apart) keeps its time too.
-	rate := bucket.Request{Key: "rate", Limit: bucket.PerSecond(1).WithBurst(5), Cost: 1}
+	rate := driver.Request{Key: "rate", Limit: backendtest.Limit(bucket.PerSecond(1).WithBurst(5)), Cost: 1}
 	now = t0 + 61_000_000
 	if _, _, err := redisstore.RawAdmit(ctx, s, rate); err != nil {
 		t.Fatal(err)

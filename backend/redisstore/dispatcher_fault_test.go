@@ -67,8 +67,7 @@ func testDispatcherFault(t *testing.T, policy redisstore.FailurePolicy) {
 		starts = append(starts, start{key, now})
 		mu.Unlock()
 		return key, nil
-	}, dispatcher.WithWorkers(8), dispatcher.WithQueue(1000), dispatcher.WithLimiter(lim),
-		dispatcher.WithKey(func(k int) string { return fmt.Sprint("tenant-", k) }))
+	}, func(k int) string { return fmt.Sprint("tenant-", k) }, dispatcher.WithWorkers(8), dispatcher.WithQueue(1000), dispatcher.WithLimiter(lim))
 	if err != nil {
 		t.Fatal(err)
 	}

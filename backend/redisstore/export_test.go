@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -14,14 +14,14 @@ func SetClock(s *Store, now func() int64) { s.clock = now }
 
 // IsLocal reports whether an admission was decided by the FailLocal
 // fallback.
-func IsLocal(d bucket.Decision) bool { return d.Allowed && d.Booking.TAT < 0 }
+func IsLocal(d driver.Decision) bool { return d.Allowed && d.Booking.TAT < 0 }
 
 // RawAdmit sends one admission straight to Redis and returns its
 // decision and the moment, in µs, its state becomes fresh (0 if it is).
-func RawAdmit(ctx context.Context, s *Store, req bucket.Request) (bucket.Decision, int64, error) {
+func RawAdmit(ctx context.Context, s *Store, req driver.Request) (driver.Decision, int64, error) {
 	args, err := appendAdmit(nil, &req)
 	if err != nil {
-		return bucket.Decision{}, 0, err
+		return driver.Decision{}, 0, err
 	}
 	res := s.runOne(ctx, s.RedisKey(req.Key), args)
 	return res.r.decision(), res.r.fresh, res.err
@@ -29,7 +29,7 @@ func RawAdmit(ctx context.Context, s *Store, req bucket.Request) (bucket.Decisio
 
 // RawRefund and RawPause send a refund or a pause straight to Redis and
 // return the moment, in µs, the state becomes fresh (0 if it is).
-func RawRefund(ctx context.Context, s *Store, req bucket.Request, d bucket.Decision) (int64, error) {
+func RawRefund(ctx context.Context, s *Store, req driver.Request, d driver.Decision) (int64, error) {
 	return s.runFresh(ctx, s.RedisKey(req.Key), appendRefund(nil, &req, d))
 }
 
@@ -49,10 +49,10 @@ var IsUnavailable = isUnavailable
 
 // AdmitWith decides req with the script source instead of the Store's
 // own, as a process running another version would.
-func AdmitWith(ctx context.Context, s *Store, source string, req bucket.Request) (bucket.Decision, error) {
+func AdmitWith(ctx context.Context, s *Store, source string, req driver.Request) (driver.Decision, error) {
 	args, err := appendAdmit(nil, &req)
 	if err != nil {
-		return bucket.Decision{}, err
+		return driver.Decision{}, err
 	}
 	cmd := redis.NewCmd(ctx, "eval", source, 1, s.RedisKey(req.Key), args)
 	s.client.Process(ctx, cmd)

@@ -12,6 +12,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -49,7 +50,7 @@ func failFastClient(t *testing.T, addr string) *redis.Client {
 
 type faultStart struct {
 	key    int
-	d      bucket.Decision
+	d      driver.Decision
 	origin string // "redis", "local" or "open"
 }
 
@@ -108,7 +109,7 @@ func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 		go func() {
 			defer wg.Done()
 			k := w % len(keys)
-			req := bucket.Request{Key: keys[k], Limit: faultLimit, Cost: 1, MaxWait: 30 * time.Millisecond}
+			req := driver.Request{Key: keys[k], Limit: backendtest.Limit(faultLimit), Cost: 1, MaxWait: 30 * time.Millisecond}
 			for !stop.Load() {
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				t0 := time.Now()

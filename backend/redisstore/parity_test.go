@@ -8,12 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // TestParity feeds the same random sequences of admissions, refunds,
-// pauses and clock steps to bucket.Decide, Refund and Pause in Go and to
+// pauses and clock steps to driver.Decide, Refund and Pause in Go and to
 // the Lua script on a fake clock, and requires identical decisions,
 // bookings and expiry times: the script is the mathematics of package
 // bucket, in microseconds.
@@ -42,7 +45,7 @@ func TestParity(t *testing.T) {
 		}
 		now = 1_700_000_000_000_000 + rng.Int64N(1e12)
 		var (
-			st      bucket.State
+			st      driver.State
 			booked  []booking
 			limitAt = 0
 		)
@@ -52,14 +55,14 @@ func TestParity(t *testing.T) {
 				limitAt = rng.IntN(len(limits))
 			}
 			lim := limits[limitAt]
-			if bucket.FreshAt(&st) <= now {
-				st = bucket.State{} // forgotten, as Redis forgets it
+			if driver.FreshAt(&st) <= now {
+				st = driver.State{} // forgotten, as Redis forgets it
 			}
 			var goFresh, luaFresh int64
 			switch p := rng.IntN(100); {
 			case p < 70:
-				req := bucket.Request{Key: key, Limit: lim, Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
-				want, err := bucket.Decide(&st, &req, time.Microsecond, now)
+				req := driver.Request{Key: key, Limit: backendtest.Limit(lim), Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
+				want, err := driver.Decide(&st, &req, time.Microsecond, now)
 				if err != nil {
 					t.Fatalf("%s: Decide: %v", where, err)
 				}
@@ -85,30 +88,30 @@ func TestParity(t *testing.T) {
 						break
 					}
 				}
-				goFresh, luaFresh = bucket.FreshAt(&st), fresh
+				goFresh, luaFresh = driver.FreshAt(&st), fresh
 			case p < 85 && len(booked) > 0:
 				b := booked[rng.IntN(len(booked))]
-				bucket.Refund(&st, &b.req, b.d, time.Microsecond)
+				driver.Refund(&st, &b.req, b.d, time.Microsecond)
 				count["refunds"]++
 				fresh, err := redisstore.RawRefund(ctx, s, b.req, b.d)
 				if err != nil {
 					t.Fatalf("%s: script refund: %v", where, err)
 				}
-				goFresh, luaFresh = bucket.FreshAt(&st), fresh
+				goFresh, luaFresh = driver.FreshAt(&st), fresh
 			case p < 92:
 				d := time.Duration(rng.Int64N(int64(2 * time.Second)))
-				bucket.Pause(&st, now+(int64(d)+999)/1000)
+				driver.Pause(&st, now+(int64(d)+999)/1000)
 				fresh, err := redisstore.RawPause(ctx, s, key, d)
 				if err != nil {
 					t.Fatalf("%s: script pause: %v", where, err)
 				}
-				goFresh, luaFresh = bucket.FreshAt(&st), fresh
+				goFresh, luaFresh = driver.FreshAt(&st), fresh
 			default:
-				goFresh, luaFresh = bucket.FreshAt(&st), bucket.FreshAt(&st)
+				goFresh, luaFresh = driver.FreshAt(&st), driver.FreshAt(&st)
 			}
 			// Redis forgets a bucket once it is fresh; so does the Go side.
 			if goFresh <= now {
-				goFresh, st = 0, bucket.State{}
+				goFresh, st = 0, driver.State{}
 			}
 			if luaFresh <= now {
 				luaFresh = 0
@@ -123,8 +126,8 @@ func TestParity(t *testing.T) {
 }
 
 type booking struct {
-	req bucket.Request
-	d   bucket.Decision
+	req driver.Request
+	d   driver.Decision
 }
 
 // randomLimit returns a limit with a rate from 1/10s to 1000/ms, periods
@@ -178,7 +181,7 @@ func randomStep(rng *rand.Rand, lim bucket.Limit) int64 {
 // TestParityBatch: one script call decides many requests, of several keys
 // (each key several times) with quotas of different shapes, so requests
 // of different lengths follow one another in its argument. Every decision
-// matches bucket.Decide run on the requests in batch order.
+// matches driver.Decide run on the requests in batch order.
 func TestParityBatch(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
 	var now int64 // µs
@@ -187,27 +190,27 @@ func TestParityBatch(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 9))
 	keys := []string{"batch-a", "batch-b", "batch-c", "batch-d"}
 	limits := map[string]bucket.Limit{}
-	states := map[string]*bucket.State{}
+	states := map[string]*driver.State{}
 	for _, k := range keys {
 		limits[k] = randomLimit(rng)
-		states[k] = new(bucket.State)
+		states[k] = new(driver.State)
 	}
 	now = 1_700_000_000_000_000
 	var allowed, sized int
 	for round := range 60 {
-		batch := make([]bucket.Admission, 1+rng.IntN(150)) // past one call's group of 64
+		batch := make([]driver.Admission, 1+rng.IntN(150)) // past one call's group of 64
 		for i := range batch {
 			k := keys[rng.IntN(len(keys))]
 			lim := limits[k]
-			batch[i].Request = bucket.Request{Key: k, Limit: lim, Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
+			batch[i].Request = driver.Request{Key: k, Limit: backendtest.Limit(lim), Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
 		}
 		s.AdmitBatch(ctx, batch)
 		for i, a := range batch {
 			st := states[a.Key]
-			if bucket.FreshAt(st) <= now {
-				*st = bucket.State{}
+			if driver.FreshAt(st) <= now {
+				*st = driver.State{}
 			}
-			want, err := bucket.Decide(st, &a.Request, time.Microsecond, now)
+			want, err := driver.Decide(st, &a.Request, time.Microsecond, now)
 			if err != nil || a.Err != nil {
 				t.Fatalf("round %d batch[%d]: Decide: %v; AdmitBatch: %v", round, i, err, a.Err)
 			}

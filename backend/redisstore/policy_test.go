@@ -8,8 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -30,7 +33,7 @@ func deadClient(t *testing.T) *redis.Client {
 func TestFailClosed(t *testing.T) {
 	s := newStore(t, deadClient(t), redisstore.Options{})
 	ctx := context.Background()
-	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(10), Cost: 1}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(10)), Cost: 1}
 	for i := range 3 { // the first asks Redis, the others find it known down
 		_, err := s.Admit(ctx, req)
 		var opErr *net.OpError
@@ -41,7 +44,7 @@ func TestFailClosed(t *testing.T) {
 	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, redisstore.ErrUnavailable) {
 		t.Errorf("Pause without Redis: %v, want ErrUnavailable", err)
 	}
-	batch := []bucket.Admission{{Request: req}, {Request: req}}
+	batch := []driver.Admission{{Request: req}, {Request: req}}
 	s.AdmitBatch(ctx, batch)
 	for i, a := range batch {
 		if !errors.Is(a.Err, redisstore.ErrUnavailable) {
@@ -53,7 +56,7 @@ func TestFailClosed(t *testing.T) {
 func TestFailOpen(t *testing.T) {
 	s := newStore(t, deadClient(t), redisstore.Options{FailurePolicy: redisstore.FailOpen, RetryInterval: -1})
 	ctx := context.Background()
-	req := bucket.Request{Key: "k", Limit: bucket.PerHour(1), Cost: 1}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
 	for i := range 5 {
 		d, err := s.Admit(ctx, req)
 		if err != nil || !d.Allowed || d.Wait != 0 {
@@ -71,7 +74,7 @@ func TestFailOpen(t *testing.T) {
 func TestFailLocal(t *testing.T) {
 	s := newStore(t, deadClient(t), redisstore.Options{FailurePolicy: redisstore.FailLocal})
 	ctx := context.Background()
-	req := bucket.Request{Key: "k", Limit: bucket.PerHour(1).WithBurst(2), Cost: 1, MaxWait: 2 * time.Hour}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1).WithBurst(2)), Cost: 1, MaxWait: 2 * time.Hour}
 	d1, err := s.Admit(ctx, req)
 	if err != nil || !d1.Allowed || !redisstore.IsLocal(d1) {
 		t.Fatalf("Admit without Redis, FailLocal = %+v, %v; want allowed locally", d1, err)
@@ -95,7 +98,7 @@ func TestFailLocal(t *testing.T) {
 	if err := s.Pause(ctx, "p", time.Hour); err != nil {
 		t.Errorf("Pause without Redis, FailLocal: %v, want nil", err)
 	}
-	if d, _ := s.Admit(ctx, bucket.Request{Key: "p", Limit: bucket.PerSecond(100), Cost: 1}); d.Allowed {
+	if d, _ := s.Admit(ctx, driver.Request{Key: "p", Limit: backendtest.Limit(bucket.PerSecond(100)), Cost: 1}); d.Allowed {
 		t.Error("local bucket admitted during a pause")
 	}
 }
@@ -155,7 +158,7 @@ func TestDialTimeoutIsAnOutage(t *testing.T) {
 	})
 	t.Cleanup(func() { c.Close() })
 	s := newStore(t, c, redisstore.Options{RetryInterval: time.Minute})
-	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1), Cost: 1}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1}
 	var first int64 // go-redis may dial more than once for a command
 	for i := range 2 {
 		if _, err := s.Admit(context.Background(), req); !errors.Is(err, redisstore.ErrUnavailable) {

@@ -16,6 +16,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -166,7 +167,7 @@ func runChild(t *testing.T, ordersJSON string) {
 			defer wg.Done()
 			// Booking up to 100ms ahead keeps the bucket busy through
 			// scheduling stalls of the processes.
-			req := bucket.Request{Key: o.Key, Limit: processLimit, Cost: 1, MaxWait: 100 * time.Millisecond}
+			req := driver.Request{Key: o.Key, Limit: backendtest.Limit(processLimit), Cost: 1, MaxWait: 100 * time.Millisecond}
 			for {
 				d, err := s.Admit(context.Background(), req)
 				if err != nil {

@@ -32,6 +32,7 @@ import (
 
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -99,7 +100,7 @@ type Options struct {
 	MaxBatch int
 }
 
-// A Store is a bucket.Backend on Redis. It is safe for concurrent use and
+// A Store is a driver.Backend on Redis. It is safe for concurrent use and
 // owns goroutines (the pipelines, a local fallback's sweeper) until Close.
 // It does not own the client: close it after the Store.
 type Store struct {
@@ -180,28 +181,25 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 // the prefix followed by key's bytes.
 func (s *Store) RedisKey(key string) string { return s.prefix + key }
 
-// Admit implements bucket.Backend. It blocks for a round trip to Redis,
+// Admit implements driver.Backend. It blocks for a round trip to Redis,
 // shared with concurrent calls. The round trip does not depend on ctx: if
 // ctx ends while the admission waits to be sent or for its answer, Admit
 // returns ctx's error at once, and what Redis admitted for it is given
 // back when the answer comes, in one round trip after the other callers'
 // answers.
-func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
+func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision, error) {
 	if err := req.Validate(); err != nil {
-		return bucket.Decision{}, err
+		return driver.Decision{}, err
 	}
 	if s.closed.Load() {
-		return bucket.Decision{}, bucket.ErrClosed
+		return driver.Decision{}, bucket.ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
-		return bucket.Decision{}, err
-	}
-	if req.Limit.IsUnlimited() {
-		return unlimited(), nil
+		return driver.Decision{}, err
 	}
 	args, err := appendAdmit(make([]byte, 0, 7*8+16*len(req.Limit.Quotas)), &req)
 	if err != nil {
-		return bucket.Decision{}, err
+		return driver.Decision{}, err
 	}
 	ask, probe := s.ask()
 	if !ask {
@@ -218,12 +216,12 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 
 // giveBack refunds admissions Redis made for callers that gave up, given
 // in the order Redis made them, in one round trip: those of one key
-// latest first (bucket.Unbook), so that consecutive ones all come back.
+// latest first (driver.Unbook), so that consecutive ones all come back.
 // It asks Redis even while the Store counts it as down: the admissions
 // were made there.
-func (s *Store) giveBack(ctx context.Context, admitted []bucket.Admission) {
+func (s *Store) giveBack(ctx context.Context, admitted []driver.Admission) {
 	byKey := slices.Clone(admitted)
-	slices.SortStableFunc(byKey, func(a, b bucket.Admission) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortStableFunc(byKey, func(a, b driver.Admission) int { return strings.Compare(a.Key, b.Key) })
 	var ops []op
 	for len(byKey) > 0 {
 		n := 1
@@ -232,7 +230,7 @@ func (s *Store) giveBack(ctx context.Context, admitted []bucket.Admission) {
 		}
 		latestFirst := byKey[:n]
 		slices.Reverse(latestFirst)
-		for _, a := range bucket.Unbook(latestFirst) {
+		for _, a := range driver.Unbook(latestFirst) {
 			ops = append(ops, op{s.prefix + a.Key, appendRefund(nil, &a.Request, a.Decision)})
 		}
 		byKey = byKey[n:]
@@ -310,12 +308,12 @@ func (s *Store) cmd(ctx context.Context, ops []op) *redis.Cmd {
 // The script's digest, boxed once rather than per command.
 var scriptSHA any = gcra.Hash()
 
-// AdmitBatch implements bucket.BatchBackend: it sends the batch as one
+// AdmitBatch implements driver.BatchBackend: it sends the batch as one
 // pipeline (one per Cluster node), a single round trip. Admissions of one
 // key are decided in batch order. The round trip does not depend on ctx
 // (the client's timeouts bound it): if ctx ends before the answer, every
 // admission gets ctx's error, and what Redis admitted is given back.
-func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
+func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 	var (
 		idx  = make([]int, 0, len(batch))
 		ops  = make([]op, 0, len(batch))
@@ -323,7 +321,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	)
 	for i := range batch {
 		a := &batch[i]
-		a.Decision, a.Err = bucket.Decision{}, a.Request.Validate()
+		a.Decision, a.Err = driver.Decision{}, a.Request.Validate()
 		switch {
 		case a.Err != nil:
 			continue
@@ -332,9 +330,6 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 			continue
 		case ctx.Err() != nil:
 			a.Err = ctx.Err()
-			continue
-		case a.Limit.IsUnlimited():
-			a.Decision = unlimited()
 			continue
 		}
 		start := len(args)
@@ -366,7 +361,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	var (
 		failure error // the first error, if Redis answered none
 		ended   = ctx.Err()
-		refunds []bucket.Admission
+		refunds []driver.Admission
 	)
 	for k, i := range idx {
 		a := &batch[i]
@@ -381,7 +376,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 		failure = nil
 		if ended != nil {
 			if r.allowed {
-				refunds = append(refunds, bucket.Admission{Request: a.Request, Decision: r.decision()})
+				refunds = append(refunds, driver.Admission{Request: a.Request, Decision: r.decision()})
 			}
 			a.Err = ended
 			continue
@@ -427,11 +422,11 @@ func (s *Store) pipeline(ctx context.Context, cmds []*redis.Cmd) {
 	pipe.Exec(ctx)
 }
 
-// Refund implements bucket.Backend. Refunding an admission Redis has
+// Refund implements driver.Backend. Refunding an admission Redis has
 // forgotten (it expired, or Redis restarted) does nothing.
-func (s *Store) Refund(ctx context.Context, req bucket.Request, d bucket.Decision) error {
-	if !d.Allowed || req.Limit.IsUnlimited() || d.Booking.TAT == 0 {
-		return nil // refused, unlimited, or admitted by FailOpen: nothing was charged
+func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decision) error {
+	if !d.Allowed || d.Booking.TAT == 0 {
+		return nil // refused, or admitted by FailOpen: nothing was charged
 	}
 	if err := req.Validate(); err != nil {
 		return err
@@ -445,7 +440,7 @@ func (s *Store) Refund(ctx context.Context, req bucket.Request, d bucket.Decisio
 	return s.refund(ctx, req, d)
 }
 
-func (s *Store) refund(ctx context.Context, req bucket.Request, d bucket.Decision) error {
+func (s *Store) refund(ctx context.Context, req driver.Request, d driver.Decision) error {
 	if d.Booking.TAT < 0 { // decided by the local fallback
 		if s.local == nil {
 			return nil
@@ -455,7 +450,7 @@ func (s *Store) refund(ctx context.Context, req bucket.Request, d bucket.Decisio
 	return s.write(ctx, req.Key, appendRefund(nil, &req, d))
 }
 
-// Pause implements bucket.Backend. With FailLocal the pause also holds
+// Pause implements driver.Backend. With FailLocal the pause also holds
 // the local bucket, so that it outlives a failure of Redis.
 func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	if key == "" {
@@ -578,21 +573,21 @@ func (s *Store) settle(err error, probe bool) {
 // errAnswer answers an admission that failed with err: ctx's error if ctx
 // ended, the failure policy's answer if Redis is unavailable, and the
 // error itself otherwise.
-func (s *Store) errAnswer(ctx context.Context, req bucket.Request, err error) (bucket.Decision, error) {
+func (s *Store) errAnswer(ctx context.Context, req driver.Request, err error) (driver.Decision, error) {
 	switch {
 	case ctx.Err() != nil:
-		return bucket.Decision{}, ctx.Err()
+		return driver.Decision{}, ctx.Err()
 	case errors.Is(err, bucket.ErrClosed):
-		return bucket.Decision{}, err
+		return driver.Decision{}, err
 	case !isUnavailable(err):
-		return bucket.Decision{}, fmt.Errorf("redisstore: key %q: %w", req.Key, err)
+		return driver.Decision{}, fmt.Errorf("redisstore: key %q: %w", req.Key, err)
 	}
 	return s.fallback(ctx, req, err)
 }
 
 // fallback answers req by the failure policy; cause is the failure, or nil
 // if Redis was not asked.
-func (s *Store) fallback(ctx context.Context, req bucket.Request, cause error) (bucket.Decision, error) {
+func (s *Store) fallback(ctx context.Context, req driver.Request, cause error) (driver.Decision, error) {
 	switch s.policy {
 	case FailOpen:
 		return unlimited(), nil
@@ -600,13 +595,13 @@ func (s *Store) fallback(ctx context.Context, req bucket.Request, cause error) (
 		d, err := s.local.Admit(ctx, req)
 		return s.toLocal(d), err
 	}
-	return bucket.Decision{}, s.unavailable(cause)
+	return driver.Decision{}, s.unavailable(cause)
 }
 
 // unlimited is the decision for a request Redis is not asked about, which
 // admits it at once: on the host's clock, Redis's nearest.
-func unlimited() bucket.Decision {
-	return bucket.Decision{Allowed: true, Now: time.Now().UnixNano()}
+func unlimited() driver.Decision {
+	return driver.Decision{Allowed: true, Now: time.Now().UnixNano()}
 }
 
 func (s *Store) unavailable(cause error) error {
@@ -623,13 +618,13 @@ func (s *Store) unavailable(cause error) error {
 // toLocal turns a decision of the local fallback into one of the Store:
 // its clock is moved to Unix time, like Redis's, and its booking negated
 // so that Refund knows where it belongs.
-func (s *Store) toLocal(d bucket.Decision) bucket.Decision {
+func (s *Store) toLocal(d driver.Decision) driver.Decision {
 	d.Now += s.localBase
 	d.Booking.TAT, d.Booking.Prev = -d.Booking.TAT, -d.Booking.Prev
 	return d
 }
 
-func (s *Store) fromLocal(d bucket.Decision) bucket.Decision {
+func (s *Store) fromLocal(d driver.Decision) driver.Decision {
 	d.Now -= s.localBase
 	d.Booking.TAT, d.Booking.Prev = -d.Booking.TAT, -d.Booking.Prev
 	return d
@@ -657,5 +652,5 @@ func isUnavailable(err error) bool {
 }
 
 var (
-	_ bucket.BatchBackend = (*Store)(nil)
+	_ driver.BatchBackend = (*Store)(nil)
 )

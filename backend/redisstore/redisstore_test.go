@@ -15,6 +15,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
@@ -58,13 +59,13 @@ func testPrefix(t testing.TB) string {
 func conformance(t *testing.T, client func(t *testing.T) redis.UniversalClient) {
 	prefix := testPrefix(t)
 	backendtest.Run(t, backendtest.Config{
-		New: func(t *testing.T) bucket.Backend {
+		New: func(t *testing.T) driver.Backend {
 			return newStore(t, client(t), redisstore.Options{Prefix: prefix})
 		},
-		Peer: func(t *testing.T, b bucket.Backend) bucket.Backend {
+		Peer: func(t *testing.T, b driver.Backend) driver.Backend {
 			return newStore(t, client(t), redisstore.Options{Prefix: prefix})
 		},
-		Forgotten: func(t *testing.T, b bucket.Backend, key string) bool {
+		Forgotten: func(t *testing.T, b driver.Backend, key string) bool {
 			s := b.(*redisstore.Store)
 			n, err := s.Client().Exists(context.Background(), s.RedisKey(key)).Result()
 			if err != nil {
@@ -82,7 +83,7 @@ func TestConformance(t *testing.T) {
 func TestConformanceUnbatched(t *testing.T) {
 	prefix := testPrefix(t)
 	backendtest.Run(t, backendtest.Config{
-		New: func(t *testing.T) bucket.Backend {
+		New: func(t *testing.T) driver.Backend {
 			return newStore(t, newClient(t), redisstore.Options{Prefix: prefix, Pipelines: -1})
 		},
 	})
@@ -109,9 +110,9 @@ func TestConformanceCluster(t *testing.T) {
 	c := newCluster(t).(*redis.ClusterClient)
 	s := newStore(t, c, redisstore.Options{})
 	ctx := context.Background()
-	batch := make([]bucket.Admission, 300)
+	batch := make([]driver.Admission, 300)
 	for i := range batch {
-		batch[i].Request = bucket.Request{Key: fmt.Sprint("spread-", i), Limit: bucket.PerHour(1), Cost: 1}
+		batch[i].Request = driver.Request{Key: fmt.Sprint("spread-", i), Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
 	}
 	s.AdmitBatch(ctx, batch)
 	for i, a := range batch {
@@ -169,7 +170,7 @@ func TestKeys(t *testing.T) {
 	ctx := context.Background()
 	keys := []string{"{", "}", "{}", "}{", "{a}b", "a\x00", "\x00", "\n", "\xff", strings.Repeat("\xfe{", 512)}
 	for _, k := range keys {
-		if d, err := s.Admit(ctx, bucket.Request{Key: k, Limit: bucket.PerHour(1), Cost: 1}); err != nil || !d.Allowed {
+		if d, err := s.Admit(ctx, driver.Request{Key: k, Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}); err != nil || !d.Allowed {
 			t.Fatalf("Admit(%q) = %+v, %v; want allowed", k, d, err)
 		}
 		if n := s.Client().Exists(ctx, s.RedisKey(k)).Val(); n != 1 {
@@ -183,14 +184,14 @@ func TestClosed(t *testing.T) {
 	s.Close()
 	s.Close()
 	ctx := context.Background()
-	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1), Cost: 1}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1}
 	if _, err := s.Admit(ctx, req); !errors.Is(err, bucket.ErrClosed) {
 		t.Errorf("Admit after Close: %v, want ErrClosed", err)
 	}
 	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, bucket.ErrClosed) {
 		t.Errorf("Pause after Close: %v, want ErrClosed", err)
 	}
-	batch := []bucket.Admission{{Request: req}}
+	batch := []driver.Admission{{Request: req}}
 	s.AdmitBatch(ctx, batch)
 	if !errors.Is(batch[0].Err, bucket.ErrClosed) {
 		t.Errorf("AdmitBatch after Close: %v, want ErrClosed", batch[0].Err)
@@ -201,7 +202,7 @@ func TestCancelledContext(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1), Cost: 1}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1}
 	if _, err := s.Admit(ctx, req); !errors.Is(err, context.Canceled) {
 		t.Errorf("Admit with a cancelled ctx: %v, want context.Canceled", err)
 	}
@@ -221,15 +222,15 @@ func TestForeignValue(t *testing.T) {
 	ctx := context.Background()
 	s.Client().HSet(ctx, s.RedisKey("hash"), "a", "b")
 	t.Cleanup(func() { s.Client().Del(context.Background(), s.RedisKey("hash")) })
-	_, err := s.Admit(ctx, bucket.Request{Key: "hash", Limit: bucket.PerSecond(1), Cost: 1})
+	_, err := s.Admit(ctx, driver.Request{Key: "hash", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1})
 	var rerr redis.Error
 	if err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
 		t.Errorf("Admit on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
 	}
-	if d, err := s.Admit(ctx, bucket.Request{Key: "other", Limit: bucket.PerHour(1), Cost: 1}); err != nil || !d.Allowed {
+	if d, err := s.Admit(ctx, driver.Request{Key: "other", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}); err != nil || !d.Allowed {
 		t.Errorf("Admit on another key after the error = %+v, %v; want allowed by Redis", d, err)
 	}
-	if d, _ := s.Admit(ctx, bucket.Request{Key: "other", Limit: bucket.PerHour(1), Cost: 1}); d.Allowed {
+	if d, _ := s.Admit(ctx, driver.Request{Key: "other", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}); d.Allowed {
 		t.Error("second Admit of burst 1 allowed: the store failed open after an error about one key")
 	}
 }
@@ -241,14 +242,14 @@ func TestExactRange(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{})
 	ctx := context.Background()
 	huge := bucket.PerSecond(1).WithQuota(math.MaxInt64, time.Hour)
-	if d, err := s.Admit(ctx, bucket.Request{Key: "huge-quota", Limit: huge, Cost: 1}); err != nil || !d.Allowed {
+	if d, err := s.Admit(ctx, driver.Request{Key: "huge-quota", Limit: backendtest.Limit(huge), Cost: 1}); err != nil || !d.Allowed {
 		t.Errorf("Admit under a quota of MaxInt64 = %+v, %v; want allowed", d, err)
 	}
 	fast := bucket.Every(time.Second, 1_000_000_000).WithBurst(redisstore.MaxQuotaUnits + 1)
-	if d, err := s.Admit(ctx, bucket.Request{Key: "huge-burst", Limit: fast, Cost: 1}); err != nil || !d.Allowed {
+	if d, err := s.Admit(ctx, driver.Request{Key: "huge-burst", Limit: backendtest.Limit(fast), Cost: 1}); err != nil || !d.Allowed {
 		t.Errorf("Admit of burst 2^50+1 without quotas = %+v, %v; want allowed", d, err)
 	}
-	_, err := s.Admit(ctx, bucket.Request{Key: "huge-burst-quota", Limit: fast.WithQuota(10, time.Hour), Cost: 1})
+	_, err := s.Admit(ctx, driver.Request{Key: "huge-burst-quota", Limit: backendtest.Limit(fast.WithQuota(10, time.Hour)), Cost: 1})
 	var le *bucket.LimitError
 	if !errors.As(err, &le) || le.Field != "Burst" {
 		t.Errorf("Admit of burst 2^50+1 with a quota: %v, want a *bucket.LimitError naming Burst", err)
@@ -264,10 +265,10 @@ func TestForeignValueInBatch(t *testing.T) {
 	s.Client().RPush(ctx, s.RedisKey("list"), "x")
 	t.Cleanup(func() { s.Client().Del(context.Background(), s.RedisKey("list")) })
 	lim := bucket.PerHour(1)
-	batch := []bucket.Admission{
-		{Request: bucket.Request{Key: "good1", Limit: lim, Cost: 1}},
-		{Request: bucket.Request{Key: "list", Limit: lim, Cost: 1}},
-		{Request: bucket.Request{Key: "good2", Limit: lim, Cost: 1}},
+	batch := []driver.Admission{
+		{Request: driver.Request{Key: "good1", Limit: backendtest.Limit(lim), Cost: 1}},
+		{Request: driver.Request{Key: "list", Limit: backendtest.Limit(lim), Cost: 1}},
+		{Request: driver.Request{Key: "good2", Limit: backendtest.Limit(lim), Cost: 1}},
 	}
 	s.AdmitBatch(ctx, batch)
 	var rerr redis.Error
@@ -295,8 +296,8 @@ func TestForeignValueWrites(t *testing.T) {
 	if err := s.Pause(ctx, "hash", time.Second); err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
 		t.Errorf("Pause on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
 	}
-	req := bucket.Request{Key: "hash", Limit: bucket.PerSecond(1), Cost: 1}
-	d := bucket.Decision{Allowed: true, Now: time.Now().UnixNano(), Booking: bucket.Booking{TAT: 2, Prev: 1, Gen: 1}}
+	req := driver.Request{Key: "hash", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1}
+	d := driver.Decision{Allowed: true, Now: time.Now().UnixNano(), Booking: driver.Booking{TAT: 2, Prev: 1, Gen: 1}}
 	if err := s.Refund(ctx, req, d); err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
 		t.Errorf("Refund on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
 	}
@@ -311,7 +312,7 @@ func TestExpiry(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
 	ctx := context.Background()
 	c := s.Client()
-	req := bucket.Request{Key: "expiry", Limit: bucket.PerSecond(1).WithBurst(10), Cost: 1}
+	req := driver.Request{Key: "expiry", Limit: backendtest.Limit(bucket.PerSecond(1).WithBurst(10)), Cost: 1}
 	check := func(what string, fresh int64, linger time.Duration) {
 		t.Helper()
 		pttl, err := c.PTTL(ctx, s.RedisKey(req.Key)).Result()
@@ -327,7 +328,7 @@ func TestExpiry(t *testing.T) {
 			t.Errorf("after %s: the key expires in %v, its state is fresh in %v: want no sooner and at most %v later", what, pttl, left, linger)
 		}
 	}
-	var last bucket.Decision
+	var last driver.Decision
 	for i := range 3 {
 		d, fresh, err := redisstore.RawAdmit(ctx, s, req)
 		if err != nil || !d.Allowed {
@@ -370,7 +371,7 @@ func TestExpiryOfEarlierStates(t *testing.T) {
 	if err := c.Set(ctx, key, state, 200*time.Millisecond).Err(); err != nil {
 		t.Fatal(err)
 	}
-	req := bucket.Request{Key: "earlier", Limit: bucket.PerSecond(10).WithBurst(5), Cost: 1}
+	req := driver.Request{Key: "earlier", Limit: backendtest.Limit(bucket.PerSecond(10).WithBurst(5)), Cost: 1}
 	d, fresh, err := redisstore.RawAdmit(ctx, s, req)
 	if err != nil || !d.Allowed {
 		t.Fatalf("admission: %+v, %v", d, err)
@@ -400,7 +401,7 @@ func TestScriptLost(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1).WithBurst(2), Cost: 1}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1).WithBurst(2)), Cost: 1}
 	flush()
 	d, err := s.Admit(ctx, req)
 	if err != nil || !d.Allowed {
@@ -411,7 +412,7 @@ func TestScriptLost(t *testing.T) {
 		t.Fatalf("Refund after SCRIPT FLUSH: %v", err)
 	}
 	flush()
-	batch := []bucket.Admission{{Request: req}, {Request: req}}
+	batch := []driver.Admission{{Request: req}, {Request: req}}
 	s.AdmitBatch(ctx, batch)
 	for i, a := range batch {
 		if a.Err != nil || !a.Decision.Allowed {
@@ -422,7 +423,7 @@ func TestScriptLost(t *testing.T) {
 	if err := s.Pause(ctx, "other", time.Hour); err != nil {
 		t.Fatalf("Pause after SCRIPT FLUSH: %v", err)
 	}
-	if d, err := s.Admit(ctx, bucket.Request{Key: "other", Limit: req.Limit, Cost: 1}); err != nil || d.Allowed {
+	if d, err := s.Admit(ctx, driver.Request{Key: "other", Limit: req.Limit, Cost: 1}); err != nil || d.Allowed {
 		t.Errorf("Admit of a paused key = %+v, %v; want refused: the pause did not apply", d, err)
 	}
 }

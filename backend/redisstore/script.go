@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/redis/go-redis/v9"
 )
 
-// The script runs the mathematics of bucket.Decide, Refund and Pause in
+// The script runs the mathematics of driver.Decide, Refund and Pause in
 // Redis; see the comment at its top for its arguments and replies.
 //
 //go:embed gcra.lua
@@ -44,9 +45,9 @@ const (
 // see the comment at the top of gcra.lua.
 
 // appendAdmit appends the script's request for req, a valid request under
-// a limit that is not Unlimited: the integers of bucket.Decide in ticks,
+// a limit that is not Unlimited: the integers of driver.Decide in ticks,
 // computed here so that the script only adds and compares.
-func appendAdmit(b []byte, req *bucket.Request) ([]byte, error) {
+func appendAdmit(b []byte, req *driver.Request) ([]byte, error) {
 	lim := &req.Limit
 	if len(lim.Quotas) > 0 && lim.Burst > MaxQuotaUnits {
 		return nil, &bucket.LimitError{Field: "Burst", Reason: fmt.Sprintf("%d exceeds %d, the most redisstore counts exactly in a quota", lim.Burst, int64(MaxQuotaUnits))}
@@ -69,7 +70,7 @@ func appendAdmit(b []byte, req *bucket.Request) ([]byte, error) {
 
 // appendRefund appends the script's request to refund d, an admission of
 // req that Redis decided.
-func appendRefund(b []byte, req *bucket.Request, d bucket.Decision) []byte {
+func appendRefund(b []byte, req *driver.Request, d driver.Decision) []byte {
 	b = appendInt(b, opRefund)
 	b = appendInt(b, d.Booking.TAT)
 	b = appendInt(b, d.Booking.Prev)
@@ -106,14 +107,14 @@ type reply struct {
 	fresh     int64 // ticks; when the state becomes fresh, 0 if it is
 }
 
-func (r reply) decision() bucket.Decision {
-	d := bucket.Decision{
+func (r reply) decision() driver.Decision {
+	d := driver.Decision{
 		Allowed: r.allowed,
 		Wait:    time.Duration(r.wait) * tick,
 		Now:     r.now * int64(tick),
 	}
 	if r.allowed {
-		d.Booking = bucket.Booking{TAT: r.tat, Prev: r.prev, Gen: r.gen}
+		d.Booking = driver.Booking{TAT: r.tat, Prev: r.prev, Gen: r.gen}
 	}
 	return d
 }

@@ -6,8 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // TestEarlierVersionShares: processes running this version and the one
@@ -29,10 +32,10 @@ func TestEarlierVersionShares(t *testing.T) {
 		{"rate", bucket.PerHour(1).WithBurst(5), 5},
 		{"quotas", bucket.PerSecond(1000).WithBurst(100).WithQuota(7, time.Hour).WithQuota(9, 24*time.Hour), 7},
 	} {
-		req := bucket.Request{Key: tc.name, Limit: tc.lim, Cost: 1}
+		req := driver.Request{Key: tc.name, Limit: backendtest.Limit(tc.lim), Cost: 1}
 		allowed := 0
 		for i := range 2 * tc.want {
-			var d bucket.Decision
+			var d driver.Decision
 			if i%2 == 0 {
 				d, err = redisstore.AdmitWith(ctx, s, string(earlier), req)
 			} else {

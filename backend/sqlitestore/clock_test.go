@@ -10,6 +10,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // fakeClock is a host clock that tests set, forwards and backwards.
@@ -47,9 +48,9 @@ func newClockHarness(t *testing.T, lim bucket.Limit) *clockHarness {
 	return &clockHarness{t: t, clock: clock, s: s, lim: lim}
 }
 
-func (h *clockHarness) admit(step string) bucket.Decision {
+func (h *clockHarness) admit(step string) driver.Decision {
 	h.t.Helper()
-	d, err := h.s.Admit(context.Background(), bucket.Request{Key: "k", Limit: h.lim, Cost: 1, MaxWait: 50 * time.Millisecond})
+	d, err := h.s.Admit(context.Background(), driver.Request{Key: "k", Limit: backendtest.Limit(h.lim), Cost: 1, MaxWait: 50 * time.Millisecond})
 	if err != nil {
 		h.t.Fatalf("%s: Admit: %v", step, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // quotasFormat is the first byte of an encoded quota state. A new layout
@@ -13,7 +14,7 @@ const quotasFormat = 1
 
 // quotasUsed reports whether any quota of qs has a slot in use. A state
 // without one is equivalent to no quota state, and is stored as NULL.
-func quotasUsed(qs []bucket.QuotaState) bool {
+func quotasUsed(qs []driver.QuotaState) bool {
 	for _, q := range qs {
 		if len(q.Slots) > 0 {
 			return true
@@ -27,7 +28,7 @@ func quotasUsed(qs []bucket.QuotaState) bool {
 // the difference from the previous slot's (varint, the first from 0) and
 // its count (uvarint). A quota of 1,000/hour with all 101 slots in use
 // takes about 400 bytes; a typical one a few dozen.
-func appendQuotas(b []byte, qs []bucket.QuotaState) []byte {
+func appendQuotas(b []byte, qs []driver.QuotaState) []byte {
 	b = append(b, quotasFormat)
 	for _, q := range qs {
 		b = binary.AppendUvarint(b, uint64(q.Window))
@@ -47,7 +48,7 @@ var errBadQuotas = errors.New("malformed quota state")
 // decodeQuotas decodes b, as written by appendQuotas, into qs, reusing its
 // memory. A nil or empty b decodes to no quota state. It never panics: a
 // malformed b returns errBadQuotas.
-func decodeQuotas(b []byte, qs []bucket.QuotaState) ([]bucket.QuotaState, error) {
+func decodeQuotas(b []byte, qs []driver.QuotaState) ([]driver.QuotaState, error) {
 	qs = qs[:0]
 	if len(b) == 0 {
 		return qs, nil
@@ -68,7 +69,7 @@ func decodeQuotas(b []byte, qs []bucket.QuotaState) ([]bucket.QuotaState, error)
 		if !ok || n > uint64(len(b))/2 { // each slot takes at least 2 bytes
 			return qs, errBadQuotas
 		}
-		var slots []bucket.Slot
+		var slots []driver.Slot
 		if len(qs) < cap(qs) {
 			slots = qs[:len(qs)+1][len(qs)].Slots[:0]
 		}
@@ -83,9 +84,9 @@ func decodeQuotas(b []byte, qs []bucket.QuotaState) ([]bucket.QuotaState, error)
 				return qs, errBadQuotas
 			}
 			index += delta
-			slots = append(slots, bucket.Slot{Index: index, Count: int64(count)})
+			slots = append(slots, driver.Slot{Index: index, Count: int64(count)})
 		}
-		qs = append(qs, bucket.QuotaState{Window: int64(window), Slots: slots})
+		qs = append(qs, driver.QuotaState{Window: int64(window), Slots: slots})
 	}
 	return qs, nil
 }

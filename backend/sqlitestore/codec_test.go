@@ -6,23 +6,24 @@ import (
 	"testing"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
-func randomQuotas(rng *rand.Rand) []bucket.QuotaState {
-	qs := make([]bucket.QuotaState, 1+rng.IntN(bucket.MaxQuotas))
+func randomQuotas(rng *rand.Rand) []driver.QuotaState {
+	qs := make([]driver.QuotaState, 1+rng.IntN(bucket.MaxQuotas))
 	for i := range qs {
 		qs[i].Window = 1 + rng.Int64N(int64(bucket.MaxDuration/unit))
 		index := rng.Int64N(1 << 40)
-		for range rng.IntN(bucket.QuotaSlots + 2) {
-			qs[i].Slots = append(qs[i].Slots, bucket.Slot{Index: index, Count: 1 + rng.Int64N(1<<40)})
+		for range rng.IntN(driver.QuotaSlots + 2) {
+			qs[i].Slots = append(qs[i].Slots, driver.Slot{Index: index, Count: 1 + rng.Int64N(1<<40)})
 			index += 1 + rng.Int64N(1000)
 		}
 	}
 	return qs
 }
 
-func sameQuotas(a, b []bucket.QuotaState) bool {
-	return slices.EqualFunc(a, b, func(x, y bucket.QuotaState) bool {
+func sameQuotas(a, b []driver.QuotaState) bool {
+	return slices.EqualFunc(a, b, func(x, y driver.QuotaState) bool {
 		return x.Window == y.Window && slices.Equal(x.Slots, y.Slots)
 	})
 }
@@ -30,7 +31,7 @@ func sameQuotas(a, b []bucket.QuotaState) bool {
 func TestQuotasRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var buf []byte
-	var got []bucket.QuotaState
+	var got []driver.QuotaState
 	for range 1000 {
 		want := randomQuotas(rng)
 		if !quotasUsed(want) {
@@ -46,11 +47,11 @@ func TestQuotasRoundTrip(t *testing.T) {
 		}
 	}
 	// A full quota of 1,000/hour: 101 slots of counts below 128.
-	q := bucket.QuotaState{Window: 3_600_000_000}
+	q := driver.QuotaState{Window: 3_600_000_000}
 	for i := range int64(101) {
-		q.Slots = append(q.Slots, bucket.Slot{Index: 1_800_000_000 + i, Count: 9})
+		q.Slots = append(q.Slots, driver.Slot{Index: 1_800_000_000 + i, Count: 9})
 	}
-	if n := len(appendQuotas(nil, []bucket.QuotaState{q})); n > 420 {
+	if n := len(appendQuotas(nil, []driver.QuotaState{q})); n > 420 {
 		t.Errorf("a full quota of 101 slots encodes to %d bytes, want at most 420", n)
 	}
 	if got, err := decodeQuotas(nil, got); err != nil || len(got) != 0 {

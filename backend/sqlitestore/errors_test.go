@@ -16,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 var lim = bucket.PerSecond(10).WithBurst(5).WithQuota(100, time.Hour)
@@ -132,11 +135,11 @@ func TestFailedWriteAdmitsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	d, err := s.Admit(ctx, bucket.Request{Key: "full", Limit: lim, Cost: 1})
+	d, err := s.Admit(ctx, driver.Request{Key: "full", Limit: backendtest.Limit(lim), Cost: 1})
 	if err == nil {
 		t.Fatal("Admit succeeded although its write failed")
 	}
-	if d.Allowed || d.Booking != (bucket.Booking{}) {
+	if d.Allowed || d.Booking != (driver.Booking{}) {
 		t.Errorf("Admit = %+v with error %v: an admission that was rolled back", d, err)
 	}
 	l, err := bucket.NewLimiter(s, lim)
@@ -178,7 +181,7 @@ func TestOpenIsIdempotentAndConcurrent(t *testing.T) {
 		t.Cleanup(func() { s.Close() })
 	}
 	ctx := context.Background()
-	r := bucket.Request{Key: "k", Limit: bucket.PerHour(1).WithBurst(8), Cost: 1}
+	r := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1).WithBurst(8)), Cost: 1}
 	for i, s := range stores {
 		if d, err := s.Admit(ctx, r); err != nil || !d.Allowed {
 			t.Fatalf("store %d: Admit = %v, %v", i, d.Allowed, err)
@@ -204,7 +207,7 @@ func TestLocked(t *testing.T) {
 	s := open(t, path, sqlitestore.Options{BusyTimeout: busy})
 	patient := open(t, path, sqlitestore.Options{BusyTimeout: time.Minute})
 	ctx := context.Background()
-	r := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	r := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
 	if _, err := s.Admit(ctx, r); err != nil {
 		t.Fatal(err)
 	}
@@ -218,9 +221,9 @@ func TestLocked(t *testing.T) {
 	if waited := time.Since(start); waited < busy {
 		t.Errorf("Admit while locked failed after %v, want after the busy timeout %v", waited, busy)
 	}
-	wantErr(t, "Refund while locked", s.Refund(ctx, r, bucket.Decision{Allowed: true}), sqlitestore.ErrLocked)
+	wantErr(t, "Refund while locked", s.Refund(ctx, r, driver.Decision{Allowed: true}), sqlitestore.ErrLocked)
 	wantErr(t, "Pause while locked", s.Pause(ctx, "k", time.Second), sqlitestore.ErrLocked)
-	batch := []bucket.Admission{{Request: r}, {Request: bucket.Request{Key: "", Limit: lim, Cost: 1}}}
+	batch := []driver.Admission{{Request: r}, {Request: driver.Request{Key: "", Limit: backendtest.Limit(lim), Cost: 1}}}
 	s.AdmitBatch(ctx, batch)
 	wantErr(t, "AdmitBatch while locked", batch[0].Err, sqlitestore.ErrLocked)
 	if !errors.Is(batch[1].Err, bucket.ErrEmptyKey) {
@@ -268,7 +271,7 @@ func TestCorruptRow(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	s := open(t, path, sqlitestore.Options{})
 	ctx := context.Background()
-	r := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	r := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
 	if _, err := s.Admit(ctx, r); err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +286,7 @@ func TestCorruptRow(t *testing.T) {
 	if _, err := db.Exec("DELETE FROM clock"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Admit(ctx, bucket.Request{Key: "other", Limit: lim, Cost: 1})
+	_, err := s.Admit(ctx, driver.Request{Key: "other", Limit: backendtest.Limit(lim), Cost: 1})
 	wantErr(t, "Admit without a clock row", err, sqlitestore.ErrCorrupt)
 }
 
@@ -327,7 +330,7 @@ func TestClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	r := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	r := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
 	// Close waits for operations in flight and fails those that wait.
 	var (
 		wg      sync.WaitGroup
@@ -360,15 +363,15 @@ func TestClosed(t *testing.T) {
 	if _, err := s.Admit(ctx, r); !errors.Is(err, bucket.ErrClosed) {
 		t.Errorf("Admit after Close = %v, want ErrClosed", err)
 	}
-	if _, err := s.Admit(ctx, bucket.Request{}); !errors.Is(err, bucket.ErrClosed) {
+	if _, err := s.Admit(ctx, driver.Request{}); !errors.Is(err, bucket.ErrClosed) {
 		t.Errorf("invalid Admit after Close = %v, want ErrClosed", err)
 	}
-	batch := []bucket.Admission{{Request: r}}
+	batch := []driver.Admission{{Request: r}}
 	s.AdmitBatch(ctx, batch)
 	if !errors.Is(batch[0].Err, bucket.ErrClosed) {
 		t.Errorf("AdmitBatch after Close: %v, want ErrClosed", batch[0].Err)
 	}
-	if err := s.Refund(ctx, r, bucket.Decision{Allowed: true}); !errors.Is(err, bucket.ErrClosed) {
+	if err := s.Refund(ctx, r, driver.Decision{Allowed: true}); !errors.Is(err, bucket.ErrClosed) {
 		t.Errorf("Refund after Close = %v, want ErrClosed", err)
 	}
 	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, bucket.ErrClosed) {
@@ -393,16 +396,16 @@ func TestCorruptRowFailsOnlyItsKey(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	s := open(t, path, sqlitestore.Options{SweepInterval: -1})
 	ctx := context.Background()
-	if _, err := s.Admit(ctx, bucket.Request{Key: "x", Limit: lim, Cost: 1}); err != nil {
+	if _, err := s.Admit(ctx, driver.Request{Key: "x", Limit: backendtest.Limit(lim), Cost: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := rawDB(t, path).Exec("UPDATE buckets SET quotas = ? WHERE key = ?", []byte("garbage"), []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	batch := []bucket.Admission{
-		{Request: bucket.Request{Key: "x", Limit: lim, Cost: 1}},
-		{Request: bucket.Request{Key: "y", Limit: lim, Cost: 1}},
-		{Request: bucket.Request{Key: "x", Limit: lim, Cost: 1}},
+	batch := []driver.Admission{
+		{Request: driver.Request{Key: "x", Limit: backendtest.Limit(lim), Cost: 1}},
+		{Request: driver.Request{Key: "y", Limit: backendtest.Limit(lim), Cost: 1}},
+		{Request: driver.Request{Key: "x", Limit: backendtest.Limit(lim), Cost: 1}},
 	}
 	s.AdmitBatch(ctx, batch)
 	for _, i := range []int{0, 2} {
@@ -426,7 +429,7 @@ func TestQueuedAdmitLeavesWhileLeaderWaits(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	s := open(t, path, sqlitestore.Options{BusyTimeout: 3 * time.Second, SweepInterval: -1})
 	ctx := context.Background()
-	r := bucket.Request{Key: "k", Limit: bucket.PerHour(1).WithBurst(100), Cost: 1}
+	r := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1).WithBurst(100)), Cost: 1}
 	holder := holdLock(t, path)
 	waitQueue := func(n int) {
 		t.Helper()
@@ -468,7 +471,7 @@ func TestAdmitCancelWhileQueued(t *testing.T) {
 	s := open(t, path, sqlitestore.Options{BusyTimeout: time.Minute})
 	ctx := context.Background()
 	lim := bucket.PerHour(1).WithBurst(100)
-	r := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+	r := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
 	if _, err := s.Admit(ctx, r); err != nil {
 		t.Fatal(err)
 	}

@@ -6,9 +6,12 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // TestOpenKeepsOtherConnectionsLocks: opening a second Store on a file
@@ -24,7 +27,7 @@ func TestOpenKeepsOtherConnectionsLocks(t *testing.T) {
 	}
 	defer a.Close()
 	ctx := context.Background()
-	r := bucket.Request{Key: "k", Limit: bucket.PerSecond(10), Cost: 1}
+	r := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(10)), Cost: 1}
 	if _, err := a.Admit(ctx, r); err != nil {
 		t.Fatal(err)
 	}

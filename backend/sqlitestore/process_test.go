@@ -25,6 +25,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // The multi-process tests and benchmarks re-execute the test binary, with
@@ -130,7 +131,7 @@ func hammer(t *testing.T, spec helperSpec) {
 	// Warm up the connection, the page cache and the statements.
 	ctx := context.Background()
 	for range 20 {
-		if _, err := s.Admit(ctx, bucket.Request{Key: fmt.Sprint("warm-up ", os.Getpid()), Limit: unbounded, Cost: 1}); err != nil {
+		if _, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("warm-up ", os.Getpid()), Limit: backendtest.Limit(unbounded), Cost: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -164,7 +165,7 @@ func hammer(t *testing.T, spec helperSpec) {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(os.Getpid()), uint64(g)))
 			for time.Now().Before(end) {
-				req := bucket.Request{Key: spec.Key, Limit: lim, Cost: 1 + rng.Int64N(2), MaxWait: spec.MaxWait}
+				req := driver.Request{Key: spec.Key, Limit: backendtest.Limit(lim), Cost: 1 + rng.Int64N(2), MaxWait: spec.MaxWait}
 				d, err := s.Admit(ctx, req)
 				if err != nil {
 					t.Errorf("Admit: %v", err)
@@ -414,7 +415,7 @@ func benchChild(t *testing.T, spec helperSpec) {
 	cpu0 := cpuTime()
 
 	ctx := context.Background()
-	req := bucket.Request{Key: spec.Key, Limit: unbounded, Cost: 1}
+	req := driver.Request{Key: spec.Key, Limit: backendtest.Limit(unbounded), Cost: 1}
 	if spec.Batch == 0 {
 		for range spec.N {
 			if d, err := s.Admit(ctx, req); err != nil || !d.Allowed {
@@ -422,7 +423,7 @@ func benchChild(t *testing.T, spec helperSpec) {
 			}
 		}
 	} else {
-		batch := make([]bucket.Admission, spec.Batch)
+		batch := make([]driver.Admission, spec.Batch)
 		for n := spec.N; n > 0; n -= len(batch) {
 			b := batch[:min(n, len(batch))]
 			for i := range b {

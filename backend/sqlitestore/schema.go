@@ -19,8 +19,8 @@ const applicationID = 0x4c6b4274
 //
 // buckets holds one row per key whose state is not that of a fresh bucket,
 // in clock ticks (Unix microseconds): tat, paused and gen as in
-// bucket.State;
-// seen, the latest time the row was decided at; fresh_at, bucket.FreshAt
+// driver.State;
+// seen, the latest time the row was decided at; fresh_at, driver.FreshAt
 // of the state, so that a sweep judges a row without decoding it (not
 // indexed: an index would cost every admission a second page written,
 // about a fifth of its time, to spare sweeps a scan); and quotas, the quota state in the form of appendQuotas, NULL when empty.

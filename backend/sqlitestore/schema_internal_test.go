@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // TestSchemaVersionIsLatest: the exported version is where the migrations
@@ -60,7 +63,7 @@ func TestMigrateUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	req := bucket.Request{Key: "k", Limit: bucket.PerSecond(1), Cost: 1, MaxWait: time.Hour}
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1, MaxWait: time.Hour}
 	first, err := s.Admit(ctx, req)
 	if err != nil {
 		t.Fatal(err)

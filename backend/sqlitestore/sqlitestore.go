@@ -33,6 +33,7 @@ import (
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // Options configures a Store. The zero Options is ready to use.
@@ -62,7 +63,7 @@ type Options struct {
 // DefaultBusyTimeout is the BusyTimeout of the zero Options.
 const DefaultBusyTimeout = 5 * time.Second
 
-// A Store is a bucket.Backend and bucket.BatchBackend on one SQLite file.
+// A Store is a driver.Backend and driver.BatchBackend on one SQLite file.
 // It is safe for concurrent use. Stores on the same file, in this process
 // or in others on the same host, share every bucket exactly.
 //
@@ -92,7 +93,7 @@ type Store struct {
 
 	// Scratch space of the leading Admit.
 	calls    []*call
-	combined []bucket.Admission
+	combined []driver.Admission
 
 	// Scratch space, owned by the holder of sem.
 	one     entry          // the key of a Refund or Pause
@@ -123,7 +124,7 @@ type statements struct {
 // An entry is one key's state during a transaction.
 type entry struct {
 	key    string
-	st     bucket.State
+	st     driver.State
 	now    int64 // the key's clock: the host's, or later if the key has seen later
 	exists bool  // the key has a row
 	dirty  bool  // st changed
@@ -523,7 +524,7 @@ func (s *Store) save(e *entry) error {
 	if !e.dirty {
 		return nil
 	}
-	fresh := bucket.FreshAt(&e.st)
+	fresh := driver.FreshAt(&e.st)
 	if !e.exists && fresh <= e.now {
 		return nil
 	}
@@ -623,7 +624,7 @@ func (s *Store) sweepStep(cursor []byte, now int64, n int) ([]byte, int, error) 
 	return cursor, len(s.doomed), nil
 }
 
-// Admit implements bucket.Backend. It blocks while other operations of the
+// Admit implements driver.Backend. It blocks while other operations of the
 // Store run, and for up to Options.BusyTimeout while other processes hold
 // the file's write lock; ctx ends both waits. An invalid request fails
 // without touching the file.
@@ -633,15 +634,12 @@ func (s *Store) sweepStep(cursor []byte, now int64, n int) ([]byte, int, error) 
 // the first of them runs the next transaction for all of them (up to
 // maxCombined), deciding them in arrival order as AdmitBatch would. Alone,
 // a call is one transaction; among many, it costs a fraction of one.
-func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision, error) {
+func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision, error) {
 	if s.closed.Load() {
-		return bucket.Decision{}, bucket.ErrClosed
+		return driver.Decision{}, bucket.ErrClosed
 	}
 	if err := req.Validate(); err != nil {
-		return bucket.Decision{}, err
-	}
-	if req.Limit.IsUnlimited() {
-		return bucket.Decide(new(bucket.State), &req, unit, s.clock())
+		return driver.Decision{}, err
 	}
 	c := callPool.Get().(*call)
 	c.req = req
@@ -659,7 +657,7 @@ func (s *Store) Admit(ctx context.Context, req bucket.Request) (bucket.Decision,
 		case <-ctx.Done():
 			if s.dequeue(c) {
 				c.reset()
-				return bucket.Decision{}, ctx.Err()
+				return driver.Decision{}, ctx.Err()
 			}
 			decided = <-c.done // already taken: its outcome is coming
 		}
@@ -681,8 +679,8 @@ const maxKept = 1024
 
 // A call is an Admit waiting in the queue.
 type call struct {
-	req  bucket.Request
-	d    bucket.Decision
+	req  driver.Request
+	d    driver.Decision
 	err  error
 	done chan bool // true: d and err are set; false: the call leads the next transaction
 }
@@ -717,7 +715,7 @@ func (s *Store) lead(ctx context.Context, first *call) {
 		began = true
 		calls = s.takeQueued(calls)
 		for _, c := range calls {
-			batch = append(batch, bucket.Admission{Request: c.req})
+			batch = append(batch, driver.Admission{Request: c.req})
 		}
 		return s.decide(host, batch)
 	})
@@ -727,7 +725,7 @@ func (s *Store) lead(ctx context.Context, first *call) {
 		calls = s.takeQueued(calls)
 	}
 	for i, c := range calls {
-		c.d, c.err = bucket.Decision{}, err // rolled back: nothing was admitted
+		c.d, c.err = driver.Decision{}, err // rolled back: nothing was admitted
 		if err == nil {
 			c.d, c.err = batch[i].Decision, batch[i].Err
 		}
@@ -763,21 +761,19 @@ func (s *Store) takeQueued(calls []*call) []*call {
 	return calls
 }
 
-// AdmitBatch implements bucket.BatchBackend: it decides the whole batch in
+// AdmitBatch implements driver.BatchBackend: it decides the whole batch in
 // one transaction, in order, at one instant, reading and writing each key
 // once. Invalid requests get their error without touching the file; if the
 // transaction fails, every other admission gets its error and none is
 // charged.
-func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
+func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 	pending := 0
 	for i := range batch {
 		a := &batch[i]
-		a.Decision, a.Err = bucket.Decision{}, nil
+		a.Decision, a.Err = driver.Decision{}, nil
 		switch {
 		case s.closed.Load():
 			a.Err = bucket.ErrClosed
-		case a.Request.Limit.IsUnlimited():
-			a.Decision, a.Err = bucket.Decide(new(bucket.State), &a.Request, unit, s.clock())
 		default:
 			if a.Err = a.Request.Validate(); a.Err == nil {
 				pending++
@@ -790,26 +786,26 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []bucket.Admission) {
 	if err := s.admitTxn(ctx, batch); err != nil {
 		for i := range batch {
 			if a := &batch[i]; inTxn(a) {
-				a.Decision, a.Err = bucket.Decision{}, err
+				a.Decision, a.Err = driver.Decision{}, err
 			}
 		}
 	}
 }
 
 // inTxn reports whether a is decided in the transaction of admitTxn.
-func inTxn(a *bucket.Admission) bool { return a.Err == nil && !a.Request.Limit.IsUnlimited() }
+func inTxn(a *driver.Admission) bool { return a.Err == nil }
 
 // admitTxn decides, in one transaction and in order, the admissions of
 // batch that have no error and a limit, setting their decisions. It
 // returns the transaction's error, in which case nothing was charged.
-func (s *Store) admitTxn(ctx context.Context, batch []bucket.Admission) error {
+func (s *Store) admitTxn(ctx context.Context, batch []driver.Admission) error {
 	return s.txn(ctx, "admit", func(host int64) error { return s.decide(host, batch) })
 }
 
 // decide decides, within a transaction at host time host, the admissions
 // of batch that have no error and a limit. A key whose row cannot be read
 // fails its own admissions, not the others'.
-func (s *Store) decide(host int64, batch []bucket.Admission) error {
+func (s *Store) decide(host int64, batch []driver.Admission) error {
 	if len(s.index) > maxKept {
 		// A huge batch is past: let its memory go.
 		s.index, s.entries = make(map[string]int), nil
@@ -829,7 +825,7 @@ func (s *Store) decide(host int64, batch []bucket.Admission) error {
 		if err != nil {
 			return err
 		}
-		d, err := bucket.Decide(&e.st, &a.Request, unit, e.now)
+		d, err := driver.Decide(&e.st, &a.Request, unit, e.now)
 		if err != nil {
 			return err
 		}
@@ -865,12 +861,12 @@ func (s *Store) entry(key string, host int64) (*entry, error) {
 	return e, nil
 }
 
-// Refund implements bucket.Backend.
-func (s *Store) Refund(ctx context.Context, req bucket.Request, d bucket.Decision) error {
+// Refund implements driver.Backend.
+func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decision) error {
 	if s.closed.Load() {
 		return bucket.ErrClosed
 	}
-	if !d.Allowed || req.Limit.IsUnlimited() {
+	if !d.Allowed {
 		return nil
 	}
 	if err := req.Validate(); err != nil {
@@ -882,13 +878,13 @@ func (s *Store) Refund(ctx context.Context, req bucket.Request, d bucket.Decisio
 			return err // a forgotten key has nothing to give back
 		}
 		gen := e.st.Gen
-		bucket.Refund(&e.st, &req, d, unit)
+		driver.Refund(&e.st, &req, d, unit)
 		e.dirty = e.st.Gen != gen // a refund that does nothing writes nothing
 		return s.save(e)
 	})
 }
 
-// Pause implements bucket.Backend. The pause is measured on the store's
+// Pause implements driver.Backend. The pause is measured on the store's
 // clock and rounded up to a microsecond; d ≤ 0 does nothing.
 func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	if s.closed.Load() {
@@ -906,7 +902,7 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 		if err := s.load(e, key, host); err != nil {
 			return err
 		}
-		bucket.Pause(&e.st, e.now+ticks)
+		driver.Pause(&e.st, e.now+ticks)
 		e.dirty = true
 		return s.save(e)
 	})
@@ -1016,6 +1012,6 @@ func quoteKey(key string) string {
 }
 
 var (
-	_ bucket.BatchBackend = (*Store)(nil)
+	_ driver.BatchBackend = (*Store)(nil)
 	_ io.Closer           = (*Store)(nil)
 )

@@ -6,8 +6,11 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // A limit that never binds, so that every admission is charged and written.
@@ -29,7 +32,7 @@ func BenchmarkAdmit(b *testing.B) {
 	} {
 		b.Run(lim.name+"/goroutines=1", func(b *testing.B) {
 			s := open(b, filepath.Join(b.TempDir(), "b.db"), sqlitestore.Options{})
-			req := bucket.Request{Key: "tenant-1", Limit: lim.lim, Cost: 1}
+			req := driver.Request{Key: "tenant-1", Limit: backendtest.Limit(lim.lim), Cost: 1}
 			b.ReportAllocs()
 			for b.Loop() {
 				if d, err := s.Admit(ctx, req); !d.Allowed || err != nil {
@@ -44,7 +47,7 @@ func BenchmarkAdmit(b *testing.B) {
 		b.ReportAllocs()
 		b.SetParallelism(4)
 		b.RunParallel(func(pb *testing.PB) {
-			req := bucket.Request{Key: "tenant-1", Limit: unbounded, Cost: 1}
+			req := driver.Request{Key: "tenant-1", Limit: backendtest.Limit(unbounded), Cost: 1}
 			for pb.Next() {
 				if d, err := s.Admit(ctx, req); !d.Allowed || err != nil {
 					b.Errorf("Admit = %v, %v", d.Allowed, err)
@@ -63,7 +66,7 @@ func BenchmarkAdmit(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			req := bucket.Request{Key: keys[i%len(keys)], Limit: unbounded, Cost: 1}
+			req := driver.Request{Key: keys[i%len(keys)], Limit: backendtest.Limit(unbounded), Cost: 1}
 			if d, err := s.Admit(ctx, req); !d.Allowed || err != nil {
 				b.Fatalf("Admit = %v, %v", d.Allowed, err)
 			}
@@ -78,11 +81,11 @@ func BenchmarkAdmitBatch(b *testing.B) {
 	for _, keys := range []int{1, 64} {
 		b.Run("size=64/keys="+strconv.Itoa(keys), func(b *testing.B) {
 			s := open(b, filepath.Join(b.TempDir(), "b.db"), sqlitestore.Options{})
-			batch := make([]bucket.Admission, 64)
+			batch := make([]driver.Admission, 64)
 			b.ReportAllocs()
 			for b.Loop() {
 				for i := range batch {
-					batch[i].Request = bucket.Request{Key: "tenant-" + strconv.Itoa(i%keys), Limit: unbounded, Cost: 1}
+					batch[i].Request = driver.Request{Key: "tenant-" + strconv.Itoa(i%keys), Limit: backendtest.Limit(unbounded), Cost: 1}
 				}
 				s.AdmitBatch(ctx, batch)
 				for i := range batch {

@@ -12,6 +12,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -34,13 +35,13 @@ func open(t testing.TB, path string, opts sqlitestore.Options) *sqlitestore.Stor
 func TestConformance(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buckets.db")
 	backendtest.Run(t, backendtest.Config{
-		New: func(t *testing.T) bucket.Backend {
+		New: func(t *testing.T) driver.Backend {
 			return open(t, path, sqlitestore.Options{})
 		},
-		Peer: func(t *testing.T, b bucket.Backend) bucket.Backend {
+		Peer: func(t *testing.T, b driver.Backend) driver.Backend {
 			return open(t, b.(*sqlitestore.Store).Path(), sqlitestore.Options{})
 		},
-		Forgotten: func(t *testing.T, b bucket.Backend, key string) bool {
+		Forgotten: func(t *testing.T, b driver.Backend, key string) bool {
 			t.Helper()
 			s := b.(*sqlitestore.Store)
 			if err := s.Sweep(t.Context()); err != nil {
@@ -63,7 +64,7 @@ func TestIncrementalSweep(t *testing.T) {
 	ctx := context.Background()
 	short := bucket.PerSecond(1000) // fresh 1ms after an admission
 	for i := range 100 {
-		if _, err := s.Admit(ctx, bucket.Request{Key: fmt.Sprint("idle-", i), Limit: short, Cost: 1}); err != nil {
+		if _, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("idle-", i), Limit: backendtest.Limit(short), Cost: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -73,7 +74,7 @@ func TestIncrementalSweep(t *testing.T) {
 	clock.Add(time.Second)
 	busy := bucket.PerSecond(1_000_000).WithBurst(1_000_000)
 	for i := range 100 {
-		if _, err := s.Admit(ctx, bucket.Request{Key: fmt.Sprint("busy-", i), Limit: busy, Cost: 1}); err != nil {
+		if _, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("busy-", i), Limit: backendtest.Limit(busy), Cost: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -99,7 +100,7 @@ func TestRefusalWritesNothing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	s := open(t, path, sqlitestore.Options{Now: clock.Now})
 	ctx := context.Background()
-	r := bucket.Request{Key: "k", Limit: bucket.PerHour(1), Cost: 1}
+	r := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
 	if d, err := s.Admit(ctx, r); err != nil || !d.Allowed {
 		t.Fatalf("Admit = %v, %v", d.Allowed, err)
 	}

@@ -15,12 +15,12 @@ import (
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
-	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // A store is an open backend and how to release it.
 type store struct {
-	bucket.Backend
+	driver.Backend
 	close func()
 }
 

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/dispatcher"
+	"github.com/leakybucket/leakybucket/jobinfo"
 	"github.com/leakybucket/leakybucket/middleware"
 )
 
@@ -67,7 +69,7 @@ type syncer struct {
 // whose buckets live in be, and reports to rec. It returns an error only
 // if it could not start; an interrupt (ctx ending) stops it at once, every
 // job resolved.
-func syncItems(ctx context.Context, cfg *config, be bucket.Backend, base string, items []item, rec recorder) error {
+func syncItems(ctx context.Context, cfg *config, be driver.Backend, base string, items []item, rec recorder) error {
 	lim, err := bucket.NewLimiter(be, cfg.limit)
 	if err != nil {
 		return err
@@ -94,35 +96,22 @@ func newSyncer(cfg *config, base string, rec recorder) *syncer {
 }
 
 // dispatcher builds the Dispatcher: jobs keyed by tenant, admitted by
-// lim, and the middleware Chain(retry, logging, timeout) around fetch.
-// Retry hands every 429 back at once (WithMaxRetryAfter(0)): the
-// dispatcher then pauses the tenant in the backend, for every process
-// sharing it, and requeues the job. Other failures are retried here with
-// backoff.
+// lim, with retry, logging and timeout around fetch. Retry hands every
+// 429 back at once (WithMaxRetryAfter(0)): the dispatcher then pauses the
+// tenant in the backend, for every process sharing it, and requeues the
+// job. Other failures are retried here with backoff.
 func (s *syncer) dispatcher(cfg *config, lim *bucket.Limiter) (*dispatcher.Dispatcher[item, struct{}], error) {
-	retry, err := middleware.Retry[item, struct{}](
-		middleware.WithMaxRetryAfter(0),
-		middleware.WithOnRetry(s.countRetry))
-	if err != nil {
-		return nil, err
-	}
-	logging, err := middleware.Logging[item, struct{}](cfg.logger)
-	if err != nil {
-		return nil, err
-	}
-	timeout, err := middleware.Timeout[item, struct{}](10 * time.Second)
-	if err != nil {
-		return nil, err
-	}
-	return dispatcher.New(s.fetch,
+	fetch := middleware.Wrap(s.fetch,
+		middleware.Retry(middleware.WithMaxRetryAfter(0), middleware.WithOnRetry(s.countRetry)),
+		middleware.Logging(cfg.logger),
+		middleware.Timeout(10*time.Second))
+	return dispatcher.New(fetch, func(it item) string { return it.tenant },
 		dispatcher.WithWorkers(cfg.workers),
-		dispatcher.WithKey(func(it item) string { return it.tenant }),
-		dispatcher.WithLimiter(lim),
-		dispatcher.WithMiddleware(retry, logging, timeout))
+		dispatcher.WithLimiter(lim))
 }
 
 func (s *syncer) countRetry(ctx context.Context, _ error, _ time.Duration) {
-	if info, ok := middleware.JobInfoFrom(ctx); ok {
+	if info, ok := jobinfo.FromContext(ctx); ok {
 		if n := s.retries[info.Key]; n != nil {
 			n.Add(1)
 		}

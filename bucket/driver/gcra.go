@@ -1,4 +1,4 @@
-package bucket
+package driver
 
 import (
 	"math/bits"
@@ -39,6 +39,45 @@ type Slot struct {
 	Count int64
 }
 
+// Terms are a request's numbers in ticks of a backend's clock, as Decide
+// computes with them. A backend that decides elsewhere (a Redis script)
+// takes them from here, so that it only adds and compares.
+type Terms struct {
+	// Charge is what the cost adds to the TAT: Cost × T, T = Period/Rate
+	// rounded up to a tick.
+	Charge int64
+	// Capacity is how far ahead of now the TAT may lie for the request to
+	// pass: (Burst − Cost) × T.
+	Capacity int64
+	// MaxWait is how far ahead the request may be booked.
+	MaxWait int64
+}
+
+// Terms returns req's terms in ticks of unit, for a valid request.
+// Rounding T up to a tick rounds charge and capacity alike; where a
+// product would pass MaxDuration, the charge is clamped (it still covers
+// Cost × Period/Rate exactly) and the capacity shrinks with it.
+func (r *Request) Terms(unit time.Duration) Terms { return r.terms(int64(unit)) }
+
+func (r *Request) terms(u int64) Terms {
+	lim := &r.Limit
+	span, period, maxWait := int64(MaxDuration), int64(lim.Period), max(int64(r.MaxWait), 0)
+	if u != 1 { // spare the nanosecond clock three divisions
+		span, period, maxWait = span/u, ceilDiv(period, u), maxWait/u
+	}
+	t := ceilDiv(period, lim.Rate)
+	charge := mulClamp(r.Cost, t, span)
+	return Terms{
+		Charge:   charge,
+		Capacity: min(mulClamp(lim.Burst-r.Cost, t, span), span-charge),
+		MaxWait:  min(maxWait, span),
+	}
+}
+
+// Ticks returns d ≥ 0 in ticks of unit, rounded up: how backends convert
+// windows and pauses, so that neither is ever shorter than asked.
+func Ticks(d, unit time.Duration) int64 { return ceilDiv(int64(d), int64(unit)) }
+
 // SlotWidth returns the width in ticks of the slots of a window of
 // windowTicks ticks.
 func SlotWidth(windowTicks int64) int64 { return ceilDiv(windowTicks, QuotaSlots) }
@@ -58,22 +97,10 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 		return Decision{}, err
 	}
 	u := int64(unit)
-	if req.Limit.unlimited {
-		return Decision{Allowed: true, Now: now * u}, nil
-	}
 	lim := &req.Limit
 	c := req.Cost
-	span, period, maxWait := int64(MaxDuration), int64(lim.Period), max(int64(req.MaxWait), 0)
-	if u != 1 { // spare the nanosecond clock three divisions
-		span, period, maxWait = span/u, ceilDiv(period, u), maxWait/u
-	}
-	t := ceilDiv(period, lim.Rate)
-
-	// Rounding T up to a tick must round charge and capacity alike; where
-	// a product would pass the span, the charge is clamped (it still
-	// covers c×Period/Rate exactly) and the capacity shrinks with it.
-	charge := mulClamp(c, t, span)
-	capacity := min(mulClamp(lim.Burst-c, t, span), span-charge)
+	tm := req.terms(u)
+	charge, capacity, maxWait := tm.Charge, tm.Capacity, tm.MaxWait
 	start := max(now, st.TAT-capacity, st.Paused)
 	if len(st.Quotas)|len(lim.Quotas) != 0 {
 		syncQuotas(st, lim, u)
@@ -87,7 +114,7 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 
 	// Decisions are built whole at return: filling one in field by field
 	// costs store-forwarding stalls on the hot path.
-	if start-now > min(maxWait, span) {
+	if start-now > maxWait {
 		return Decision{Wait: time.Duration((start - now) * u), Now: now * u}, nil
 	}
 	prev := st.TAT
@@ -111,7 +138,7 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 // admission, or of one a later admission depends on, a no-op. Refunding
 // less than possible only ever under-admits.
 func Refund(st *State, req *Request, d Decision, unit time.Duration) {
-	if !d.Allowed || req.Limit.unlimited || st.Gen != d.Booking.Gen || st.TAT != d.Booking.TAT {
+	if !d.Allowed || st.Gen != d.Booking.Gen || st.TAT != d.Booking.TAT {
 		return
 	}
 	st.TAT = d.Booking.Prev

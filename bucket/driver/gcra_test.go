@@ -1,4 +1,4 @@
-package bucket_test
+package driver_test
 
 import (
 	"errors"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // t0 is a Unix time in nanoseconds, as the SQLite and Redis backends use:
@@ -36,10 +37,10 @@ func outcome(allowed bool, wait time.Duration) string {
 
 // decide calls Decide for cost units of lim at t0+at in nanoseconds and
 // fails t on an error.
-func decide(t *testing.T, st *bucket.State, lim bucket.Limit, at time.Duration, cost int64, maxWait time.Duration) bucket.Decision {
+func decide(t *testing.T, st *driver.State, lim driver.Limit, at time.Duration, cost int64, maxWait time.Duration) driver.Decision {
 	t.Helper()
-	req := bucket.Request{Key: "k", Limit: lim, Cost: cost, MaxWait: maxWait}
-	d, err := bucket.Decide(st, &req, time.Nanosecond, t0+int64(at))
+	req := driver.Request{Key: "k", Limit: lim, Cost: cost, MaxWait: maxWait}
+	d, err := driver.Decide(st, &req, time.Nanosecond, t0+int64(at))
 	if err != nil {
 		t.Fatalf("Decide(cost %d, maxWait %v) at t0+%v: %v", cost, maxWait, at, err)
 	}
@@ -50,7 +51,7 @@ func decide(t *testing.T, st *bucket.State, lim bucket.Limit, at time.Duration, 
 }
 
 // run plays steps against st in order.
-func run(t *testing.T, st *bucket.State, lim bucket.Limit, steps []step) {
+func run(t *testing.T, st *driver.State, lim driver.Limit, steps []step) {
 	t.Helper()
 	for i, s := range steps {
 		d := decide(t, st, lim, s.at, s.cost, s.maxWait)
@@ -61,7 +62,7 @@ func run(t *testing.T, st *bucket.State, lim bucket.Limit, steps []step) {
 	}
 }
 
-func cloneState(st *bucket.State) *bucket.State {
+func cloneState(st *driver.State) *driver.State {
 	c := *st
 	c.Quotas = slices.Clone(st.Quotas)
 	for i := range c.Quotas {
@@ -71,8 +72,8 @@ func cloneState(st *bucket.State) *bucket.State {
 }
 
 func TestDecideBurstAfterIdle(t *testing.T) {
-	var st bucket.State
-	run(t, &st, bucket.PerSecond(1).WithBurst(3), []step{
+	var st driver.State
+	run(t, &st, backendtest.Limit(bucket.PerSecond(1).WithBurst(3)), []step{
 		{0, 1, 0, true, 0},
 		{0, 1, 0, true, 0},
 		{0, 1, 0, true, 0},
@@ -91,8 +92,8 @@ func TestDecideBurstAfterIdle(t *testing.T) {
 }
 
 func TestDecideSteadyRate(t *testing.T) {
-	var st bucket.State
-	lim := bucket.PerSecond(10)
+	var st driver.State
+	lim := backendtest.Limit(bucket.PerSecond(10))
 	var steps []step
 	for k := range 50 {
 		at := time.Duration(k) * 100 * time.Millisecond
@@ -104,8 +105,8 @@ func TestDecideSteadyRate(t *testing.T) {
 	run(t, &st, lim, steps)
 
 	// Paced with bookings, a steady stream lands exactly one interval apart.
-	st = bucket.State{}
-	lim = bucket.PerSecond(3)
+	st = driver.State{}
+	lim = backendtest.Limit(bucket.PerSecond(3))
 	for k := range 30 {
 		d := decide(t, &st, lim, 0, 1, time.Minute)
 		want := time.Duration(k) * lim.Interval()
@@ -116,8 +117,8 @@ func TestDecideSteadyRate(t *testing.T) {
 }
 
 func TestDecideCost(t *testing.T) {
-	var st bucket.State
-	run(t, &st, bucket.PerSecond(1).WithBurst(5), []step{
+	var st driver.State
+	run(t, &st, backendtest.Limit(bucket.PerSecond(1).WithBurst(5)), []step{
 		{0, 3, 0, true, 0},
 		{0, 3, 0, false, time.Second}, // level 3: 3 more fit once it drains to 2
 		{0, 2, 0, true, 0},            // 3 + 2 = 5
@@ -133,8 +134,8 @@ func TestDecideCost(t *testing.T) {
 // TestDecideBoundary pins the admission test level + c ≤ B at its exact
 // boundary: equal is admitted, one nanosecond earlier is not.
 func TestDecideBoundary(t *testing.T) {
-	lim := bucket.PerSecond(1).WithBurst(4)
-	var st bucket.State
+	lim := backendtest.Limit(bucket.PerSecond(1).WithBurst(4))
+	var st driver.State
 	decide(t, &st, lim, 0, 3, 0) // level 3, TAT t0+3s
 	tests := []step{
 		{2 * time.Second, 3, 0, true, 0}, // level 1 + 3 = 4 = B
@@ -155,8 +156,8 @@ func TestDecideBoundary(t *testing.T) {
 	}
 
 	// Burst 1: the next unit is admitted exactly one interval later.
-	st = bucket.State{}
-	run(t, &st, bucket.PerSecond(1), []step{
+	st = driver.State{}
+	run(t, &st, backendtest.Limit(bucket.PerSecond(1)), []step{
 		{0, 1, 0, true, 0},
 		{time.Second - 1, 1, 0, false, 1},
 		{time.Second, 1, 0, true, 0},
@@ -164,8 +165,8 @@ func TestDecideBoundary(t *testing.T) {
 }
 
 func TestDecideMaxWait(t *testing.T) {
-	var st bucket.State
-	lim := bucket.PerSecond(1)
+	var st driver.State
+	lim := backendtest.Limit(bucket.PerSecond(1))
 	run(t, &st, lim, []step{
 		{0, 1, 0, true, 0},
 		{0, 1, 5 * time.Second, true, time.Second}, // booked at t0+1s, when the level allows
@@ -177,19 +178,19 @@ func TestDecideMaxWait(t *testing.T) {
 	})
 
 	// A maxWait beyond MaxDuration books no further than MaxDuration.
-	st = bucket.State{}
-	lim = bucket.Every(bucket.MaxDuration, 1)
+	st = driver.State{}
+	lim = backendtest.Limit(bucket.Every(driver.MaxDuration, 1))
 	run(t, &st, lim, []step{
 		{0, 1, math.MaxInt64, true, 0},
-		{0, 1, math.MaxInt64, true, bucket.MaxDuration},
-		{0, 1, math.MaxInt64, false, 2 * bucket.MaxDuration},
-		{time.Hour, 1, math.MaxInt64, false, 2*bucket.MaxDuration - time.Hour},
+		{0, 1, math.MaxInt64, true, driver.MaxDuration},
+		{0, 1, math.MaxInt64, false, 2 * driver.MaxDuration},
+		{time.Hour, 1, math.MaxInt64, false, 2*driver.MaxDuration - time.Hour},
 	})
 }
 
 // checkRetryAfter verifies that a refusal's Wait is exact: with maxWait 0
 // the request is admitted at now+Wait and refused one tick before.
-func checkRetryAfter(t testing.TB, st *bucket.State, req bucket.Request, unit time.Duration, now int64, d bucket.Decision) {
+func checkRetryAfter(t testing.TB, st *driver.State, req driver.Request, unit time.Duration, now int64, d driver.Decision) {
 	t.Helper()
 	if d.Allowed {
 		return
@@ -199,27 +200,27 @@ func checkRetryAfter(t testing.TB, st *bucket.State, req bucket.Request, unit ti
 		t.Fatalf("Decide(%v, cost %d) at %d refused with retry-after %v, want a positive whole number of %v", req.Limit, req.Cost, now, d.Wait, unit)
 	}
 	req.MaxWait = 0
-	if d2, err := bucket.Decide(cloneState(st), &req, unit, now+ticks); err != nil || !d2.Allowed || d2.Wait != 0 {
+	if d2, err := driver.Decide(cloneState(st), &req, unit, now+ticks); err != nil || !d2.Allowed || d2.Wait != 0 {
 		t.Fatalf("Decide(%v, cost %d) at %d refused with retry-after %v, but at that time = %s (%v), want allowed at once",
 			req.Limit, req.Cost, now, d.Wait, outcome(d2.Allowed, d2.Wait), err)
 	}
-	if d2, err := bucket.Decide(cloneState(st), &req, unit, now+ticks-1); err != nil || d2.Allowed || d2.Wait != unit {
+	if d2, err := driver.Decide(cloneState(st), &req, unit, now+ticks-1); err != nil || d2.Allowed || d2.Wait != unit {
 		t.Fatalf("Decide(%v, cost %d) at %d refused with retry-after %v, but one tick earlier = %s (%v), want refused for one tick",
 			req.Limit, req.Cost, now, d.Wait, outcome(d2.Allowed, d2.Wait), err)
 	}
 }
 
 func TestDecideRetryAfter(t *testing.T) {
-	lim := bucket.PerSecond(7).WithBurst(3).WithQuota(10, 2*time.Second).WithQuota(15, time.Minute)
-	var st bucket.State
+	lim := backendtest.Limit(bucket.PerSecond(7).WithBurst(3).WithQuota(10, 2*time.Second).WithQuota(15, time.Minute))
+	var st driver.State
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := t0
 	refusals := 0
 	for range 2000 {
 		now += rng.Int64N(int64(300 * time.Millisecond))
-		req := bucket.Request{Key: "k", Limit: lim, Cost: 1 + rng.Int64N(3)}
+		req := driver.Request{Key: "k", Limit: lim, Cost: 1 + rng.Int64N(3)}
 		before := cloneState(&st)
-		d, err := bucket.Decide(&st, &req, time.Nanosecond, now)
+		d, err := driver.Decide(&st, &req, time.Nanosecond, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,10 +235,10 @@ func TestDecideRetryAfter(t *testing.T) {
 }
 
 func TestDecidePause(t *testing.T) {
-	var st bucket.State
-	lim := bucket.PerSecond(10).WithBurst(3)
-	bucket.Pause(&st, t0+int64(5*time.Second))
-	bucket.Pause(&st, t0+int64(time.Second)) // a shorter pause does not shorten it
+	var st driver.State
+	lim := backendtest.Limit(bucket.PerSecond(10).WithBurst(3))
+	driver.Pause(&st, t0+int64(5*time.Second))
+	driver.Pause(&st, t0+int64(time.Second)) // a shorter pause does not shorten it
 	if st.Paused != t0+int64(5*time.Second) {
 		t.Fatalf("after Pause(t0+5s) and Pause(t0+1s), Paused = t0+%v, want t0+5s", time.Duration(st.Paused-t0))
 	}
@@ -251,7 +252,7 @@ func TestDecidePause(t *testing.T) {
 		{5 * time.Second, 1, 0, false, 100 * time.Millisecond},
 	})
 	// A longer pause extends it, even over admissions already booked.
-	bucket.Pause(&st, t0+int64(time.Minute))
+	driver.Pause(&st, t0+int64(time.Minute))
 	run(t, &st, lim, []step{
 		{10 * time.Second, 1, 0, false, 50 * time.Second},
 		{time.Minute, 1, 0, true, 0},
@@ -259,48 +260,48 @@ func TestDecidePause(t *testing.T) {
 }
 
 func TestRefund(t *testing.T) {
-	lim := bucket.PerSecond(1)
-	req := bucket.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 10 * time.Second}
-	var st bucket.State
+	lim := backendtest.Limit(bucket.PerSecond(1))
+	req := driver.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 10 * time.Second}
+	var st driver.State
 	decide(t, &st, lim, 0, 1, 0)
 	d2 := decide(t, &st, lim, 0, 1, 10*time.Second)
-	bucket.Refund(&st, &req, d2, time.Nanosecond) // the last booking: its slot is free again
+	driver.Refund(&st, &req, d2, time.Nanosecond) // the last booking: its slot is free again
 	d3 := decide(t, &st, lim, 0, 1, 10*time.Second)
 	if d3.Wait != time.Second {
 		t.Fatalf("after refunding the last booking (t0+1s), next booking at t0+%v, want t0+1s", d3.Wait)
 	}
 	d4 := decide(t, &st, lim, 0, 1, 10*time.Second)
-	bucket.Refund(&st, &req, d3, time.Nanosecond) // d4 depends on d3: ignored
+	driver.Refund(&st, &req, d3, time.Nanosecond) // d4 depends on d3: ignored
 	d5 := decide(t, &st, lim, 0, 1, 10*time.Second)
 	if d4.Wait != 2*time.Second || d5.Wait != 3*time.Second {
 		t.Fatalf("after refunding a booking a later one depends on, bookings at t0+%v, t0+%v, want t0+2s, t0+3s", d4.Wait, d5.Wait)
 	}
 	for range 2 { // refunding twice is harmless
-		bucket.Refund(&st, &req, d5, time.Nanosecond)
+		driver.Refund(&st, &req, d5, time.Nanosecond)
 	}
-	bucket.Refund(&st, &req, bucket.Decision{}, time.Nanosecond) // a refusal refunds nothing
+	driver.Refund(&st, &req, driver.Decision{}, time.Nanosecond) // a refusal refunds nothing
 	// d4 is the latest admission again, but a refund came since: only the
 	// latest admission with nothing refunded since can be given back.
-	bucket.Refund(&st, &req, d4, time.Nanosecond)
+	driver.Refund(&st, &req, d4, time.Nanosecond)
 	if d := decide(t, &st, lim, 0, 1, 10*time.Second); d.Wait != 3*time.Second {
 		t.Errorf("after refunding d5 twice and then d4, next booking at t0+%v, want t0+3s (d5's slot only)", d.Wait)
 	}
 
 	// A refund a later admission depends on returns no quota units either.
-	lim = bucket.PerSecond(1).WithQuota(2, time.Hour)
-	req = bucket.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 10 * time.Second}
-	st = bucket.State{}
+	lim = backendtest.Limit(bucket.PerSecond(1).WithQuota(2, time.Hour))
+	req = driver.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 10 * time.Second}
+	st = driver.State{}
 	b1 := decide(t, &st, lim, 0, 1, 10*time.Second)
 	b2 := decide(t, &st, lim, 0, 1, 10*time.Second)
 	if d := decide(t, &st, lim, 0, 1, 10*time.Second); d.Allowed {
 		t.Fatal("third unit of quota 2/h allowed")
 	}
-	bucket.Refund(&st, &req, b1, time.Nanosecond)
+	driver.Refund(&st, &req, b1, time.Nanosecond)
 	if d := decide(t, &st, lim, 0, 1, 10*time.Second); d.Allowed {
 		t.Errorf("after refunding the first of two, next = %s, want refused (b2 depends on b1)", outcome(d.Allowed, d.Wait))
 	}
 	// The latest admission returns its rate slot and its quota unit.
-	bucket.Refund(&st, &req, b2, time.Nanosecond)
+	driver.Refund(&st, &req, b2, time.Nanosecond)
 	if d := decide(t, &st, lim, 0, 1, 10*time.Second); !d.Allowed || d.Wait != time.Second {
 		t.Errorf("after refunding the latest of two, next = %s, want allowed after 1s", outcome(d.Allowed, d.Wait))
 	}
@@ -309,13 +310,13 @@ func TestRefund(t *testing.T) {
 	}
 
 	// Units of cost c come back as c.
-	lim = bucket.PerSecond(1000).WithBurst(10).WithQuota(5, time.Hour)
-	req = bucket.Request{Key: "k", Limit: lim, Cost: 3}
-	st = bucket.State{}
+	lim = backendtest.Limit(bucket.PerSecond(1000).WithBurst(10).WithQuota(5, time.Hour))
+	req = driver.Request{Key: "k", Limit: lim, Cost: 3}
+	st = driver.State{}
 	decide(t, &st, lim, 0, 2, 0)
 	c3 := decide(t, &st, lim, 0, 3, 0)
-	bucket.Refund(&st, &req, c3, time.Nanosecond)
-	w := bucket.SlotWidth(int64(time.Hour))
+	driver.Refund(&st, &req, c3, time.Nanosecond)
+	w := driver.SlotWidth(int64(time.Hour))
 	release := time.Duration((t0/w+1)*w - t0) // the end of t0's slot
 	run(t, &st, lim, []step{
 		{time.Second, 3, 0, true, 0},
@@ -327,20 +328,20 @@ func TestRefund(t *testing.T) {
 // harmless. A duplicate refund must not give back a later admission that
 // happens to look like the refunded one.
 func TestRefundTwiceAfterRebooking(t *testing.T) {
-	lim := bucket.PerSecond(1)
-	req := bucket.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 10 * time.Second}
-	var st bucket.State
+	lim := backendtest.Limit(bucket.PerSecond(1))
+	req := driver.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 10 * time.Second}
+	var st driver.State
 	decide(t, &st, lim, 0, 1, 0)
 	d2 := decide(t, &st, lim, 0, 1, 10*time.Second)
-	bucket.Refund(&st, &req, d2, time.Nanosecond)
+	driver.Refund(&st, &req, d2, time.Nanosecond)
 	d3 := decide(t, &st, lim, 0, 1, 10*time.Second) // takes d2's slot: the same booking values
-	bucket.Refund(&st, &req, d2, time.Nanosecond)   // duplicate refund of d2
+	driver.Refund(&st, &req, d2, time.Nanosecond)   // duplicate refund of d2
 	d4 := decide(t, &st, lim, 0, 1, 10*time.Second)
 	if d4.Start() == d3.Start() {
 		t.Errorf("a duplicate refund of a booking freed the slot of the later booking that replaced it: two admissions start at t0+%v", time.Duration(d3.Start()-t0))
 	}
 	starts := []backendtest.Start{{At: t0, Cost: 1}, {At: d3.Start(), Cost: 1}, {At: d4.Start(), Cost: 1}}
-	if err := backendtest.Check(lim, starts); err != nil {
+	if err := backendtest.Check(userLimit(lim), starts); err != nil {
 		t.Error(err)
 	}
 }
@@ -348,15 +349,15 @@ func TestRefundTwiceAfterRebooking(t *testing.T) {
 // TestRefundQuotaTwice: a duplicate refund must not return quota units
 // twice, taking back units of other admissions in the same slot.
 func TestRefundQuotaTwice(t *testing.T) {
-	lim := bucket.PerSecond(1000).WithBurst(10).WithQuota(2, time.Hour)
-	req := bucket.Request{Key: "k", Limit: lim, Cost: 1}
-	var st bucket.State
+	lim := backendtest.Limit(bucket.PerSecond(1000).WithBurst(10).WithQuota(2, time.Hour))
+	req := driver.Request{Key: "k", Limit: lim, Cost: 1}
+	var st driver.State
 	var starts []backendtest.Start
 	decide(t, &st, lim, 0, 1, 0)
 	starts = append(starts, backendtest.Start{At: t0, Cost: 1})
 	d := decide(t, &st, lim, 0, 1, 0)
 	for range 2 {
-		bucket.Refund(&st, &req, d, time.Nanosecond)
+		driver.Refund(&st, &req, d, time.Nanosecond)
 	}
 	n := 0
 	for range 5 {
@@ -368,7 +369,7 @@ func TestRefundQuotaTwice(t *testing.T) {
 	if n != 1 {
 		t.Errorf("quota 2/h with one unit used and one refunded twice admitted %d more, want 1", n)
 	}
-	if err := backendtest.Check(lim, starts); err != nil {
+	if err := backendtest.Check(userLimit(lim), starts); err != nil {
 		t.Error(err)
 	}
 }
@@ -377,29 +378,29 @@ func TestRefundQuotaTwice(t *testing.T) {
 // but round up to the same number of microseconds cannot be kept apart by
 // a backend counting in microseconds, so the limit is invalid.
 func TestQuotasSharingATick(t *testing.T) {
-	lim := bucket.PerSecond(1_000_000).WithBurst(10).WithQuota(2, 1500*time.Nanosecond).WithQuota(2, 1001*time.Nanosecond)
+	lim := backendtest.Limit(bucket.PerSecond(1_000_000).WithBurst(10).WithQuota(2, 1500*time.Nanosecond).WithQuota(2, 1001*time.Nanosecond))
 	wantLimitError(t, lim.String()+".Validate()", lim.Validate(), "Quotas[1].Window")
-	req := bucket.Request{Key: "k", Limit: lim, Cost: 1}
-	var st bucket.State
-	_, err := bucket.Decide(&st, &req, time.Microsecond, 0)
+	req := driver.Request{Key: "k", Limit: lim, Cost: 1}
+	var st driver.State
+	_, err := driver.Decide(&st, &req, time.Microsecond, 0)
 	wantLimitError(t, "Decide("+lim.String()+")", err, "Quotas[1].Window")
-	if l := bucket.PerSecond(1).WithQuota(2, 1000).WithQuota(2, 1001); l.Validate() != nil {
+	if l := backendtest.Limit(bucket.PerSecond(1).WithQuota(2, 1000).WithQuota(2, 1001)); l.Validate() != nil {
 		t.Errorf("%v.Validate() = %v, want nil: 1µs and 2µs", l, l.Validate())
 	}
 }
 
 func TestQuotaRolling(t *testing.T) {
 	const window = 100 * time.Second
-	const slot = window / bucket.QuotaSlots // 1s
-	lim := bucket.PerSecond(1_000_000).WithBurst(100).WithQuota(5, window)
+	const slot = window / driver.QuotaSlots // 1s
+	lim := backendtest.Limit(bucket.PerSecond(1_000_000).WithBurst(100).WithQuota(5, window))
 	for _, off := range []time.Duration{0, 1, slot / 2, slot - 1, slot, 7*slot + 3} {
-		var st bucket.State
+		var st driver.State
 		for i := range 5 {
 			if d := decide(t, &st, lim, off, 1, 0); !d.Allowed {
 				t.Fatalf("unit %d of quota 5/100s at t0+%v refused", i+1, off)
 			}
 		}
-		req := bucket.Request{Key: "k", Limit: lim, Cost: 1}
+		req := driver.Request{Key: "k", Limit: lim, Cost: 1}
 		before := cloneState(&st)
 		d := decide(t, &st, lim, off, 1, 0)
 		if d.Allowed {
@@ -418,13 +419,13 @@ func TestQuotaRolling(t *testing.T) {
 	}
 
 	// A window that is no multiple of QuotaSlots: w = ceil(1001ns/100) = 11ns.
-	lim = bucket.Every(time.Nanosecond, 1).WithBurst(10).WithQuota(1, 1001)
-	var st bucket.State
+	lim = backendtest.Limit(bucket.Every(time.Nanosecond, 1).WithBurst(10).WithQuota(1, 1001))
+	var st driver.State
 	for _, off := range []time.Duration{0, 5, 10, 11} {
-		st = bucket.State{}
+		st = driver.State{}
 		decide(t, &st, lim, off, 1, 0)
 		d := decide(t, &st, lim, off, 1, 0)
-		w := bucket.SlotWidth(1001)
+		w := driver.SlotWidth(1001)
 		want := time.Duration((int64(off)+t0)/w+1)*time.Duration(w) + 1001 - time.Duration(t0) - off
 		if d.Allowed || d.Wait != want || d.Wait <= 1001 || d.Wait > 1001+time.Duration(w) {
 			t.Errorf("quota 1/1001ns used at t0+%v: %s, want %s within (1001ns, 1012ns]", off, outcome(d.Allowed, d.Wait), outcome(false, want))
@@ -432,8 +433,8 @@ func TestQuotaRolling(t *testing.T) {
 	}
 
 	// A rolling window: units leave one slot at a time, not all at once.
-	lim = bucket.PerSecond(1_000_000).WithBurst(100).WithQuota(10, window)
-	st = bucket.State{}
+	lim = backendtest.Limit(bucket.PerSecond(1_000_000).WithBurst(100).WithQuota(10, window))
+	st = driver.State{}
 	for i := range 10 {
 		decide(t, &st, lim, time.Duration(i)*10*time.Second, 1, 0)
 	}
@@ -447,23 +448,23 @@ func TestQuotaRolling(t *testing.T) {
 }
 
 func TestDecideQuotasNeverOverAdmit(t *testing.T) {
-	limits := []bucket.Limit{
-		bucket.PerSecond(100).WithBurst(10).WithQuota(30, time.Second),
-		bucket.PerSecond(1000).WithBurst(50).WithQuota(40, 100*time.Millisecond).WithQuota(90, 300*time.Millisecond),
-		bucket.PerSecond(7).WithBurst(3).WithQuota(5, 1001*time.Millisecond).WithQuota(8, 3*time.Second).WithQuota(9, 4*time.Second),
-		bucket.Every(time.Nanosecond, 1).WithBurst(5).WithQuota(3, 150).WithQuota(30, 1999),
+	limits := []driver.Limit{
+		backendtest.Limit(bucket.PerSecond(100).WithBurst(10).WithQuota(30, time.Second)),
+		backendtest.Limit(bucket.PerSecond(1000).WithBurst(50).WithQuota(40, 100*time.Millisecond).WithQuota(90, 300*time.Millisecond)),
+		backendtest.Limit(bucket.PerSecond(7).WithBurst(3).WithQuota(5, 1001*time.Millisecond).WithQuota(8, 3*time.Second).WithQuota(9, 4*time.Second)),
+		backendtest.Limit(bucket.Every(time.Nanosecond, 1).WithBurst(5).WithQuota(3, 150).WithQuota(30, 1999)),
 	}
 	for _, unit := range []time.Duration{time.Nanosecond, time.Microsecond} {
 		for i, lim := range limits {
 			rng := rand.New(rand.NewPCG(uint64(i), uint64(unit)))
-			var st bucket.State
+			var st driver.State
 			var starts []backendtest.Start
 			interval := max(lim.Interval(), unit)
 			now := t0 / int64(unit)
 			for range 5000 {
 				now += rng.Int64N(int64(3*interval/unit) + 1)
-				req := bucket.Request{Key: "k", Limit: lim, Cost: 1 + rng.Int64N(2), MaxWait: time.Duration(rng.Int64N(int64(5 * interval)))}
-				d, err := bucket.Decide(&st, &req, unit, now)
+				req := driver.Request{Key: "k", Limit: lim, Cost: 1 + rng.Int64N(2), MaxWait: time.Duration(rng.Int64N(int64(5 * interval)))}
+				d, err := driver.Decide(&st, &req, unit, now)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -471,7 +472,7 @@ func TestDecideQuotasNeverOverAdmit(t *testing.T) {
 					starts = append(starts, backendtest.Start{At: d.Start(), Cost: req.Cost})
 				}
 			}
-			if err := backendtest.Check(lim, starts); err != nil {
+			if err := backendtest.Check(userLimit(lim), starts); err != nil {
 				t.Errorf("%v at %v: %v", lim, unit, err)
 			}
 			if len(starts) < 40 {
@@ -483,8 +484,8 @@ func TestDecideQuotasNeverOverAdmit(t *testing.T) {
 
 func TestRefusalChargesNothing(t *testing.T) {
 	// A quota refusal charges no rate.
-	withQuota := bucket.PerHour(1).WithBurst(10).WithQuota(3, time.Hour)
-	var st bucket.State
+	withQuota := backendtest.Limit(bucket.PerHour(1).WithBurst(10).WithQuota(3, time.Hour))
+	var st driver.State
 	for range 3 {
 		decide(t, &st, withQuota, 0, 1, 0)
 	}
@@ -499,7 +500,7 @@ func TestRefusalChargesNothing(t *testing.T) {
 	}
 	n := 0
 	for range 20 {
-		if decide(t, &st, bucket.PerHour(1).WithBurst(10), 0, 1, 0).Allowed {
+		if decide(t, &st, backendtest.Limit(bucket.PerHour(1).WithBurst(10)), 0, 1, 0).Allowed {
 			n++
 		}
 	}
@@ -508,8 +509,8 @@ func TestRefusalChargesNothing(t *testing.T) {
 	}
 
 	// A rate refusal charges no quota.
-	st = bucket.State{}
-	narrow := bucket.PerHour(1).WithBurst(2).WithQuota(5, time.Hour)
+	st = driver.State{}
+	narrow := backendtest.Limit(bucket.PerHour(1).WithBurst(2).WithQuota(5, time.Hour))
 	for range 2 {
 		decide(t, &st, narrow, 0, 1, 0)
 	}
@@ -524,7 +525,7 @@ func TestRefusalChargesNothing(t *testing.T) {
 	}
 	n = 0
 	for range 10 {
-		if decide(t, &st, bucket.PerHour(1).WithBurst(10).WithQuota(5, time.Hour), 0, 1, 0).Allowed {
+		if decide(t, &st, backendtest.Limit(bucket.PerHour(1).WithBurst(10).WithQuota(5, time.Hour)), 0, 1, 0).Allowed {
 			n++
 		}
 	}
@@ -535,17 +536,17 @@ func TestRefusalChargesNothing(t *testing.T) {
 
 func TestDecideLimitChanges(t *testing.T) {
 	open := bucket.PerSecond(1000).WithBurst(100)
-	count := func(st *bucket.State, lim bucket.Limit, tries int) int {
+	count := func(st *driver.State, lim bucket.Limit, tries int) int {
 		t.Helper()
 		n := 0
 		for range tries {
-			if decide(t, st, lim, 0, 1, 0).Allowed {
+			if decide(t, st, backendtest.Limit(lim), 0, 1, 0).Allowed {
 				n++
 			}
 		}
 		return n
 	}
-	var st bucket.State
+	var st driver.State
 	count(&st, open, 3)
 	hour := open.WithQuota(3, time.Hour)
 	if n := count(&st, hour, 5); n != 3 {
@@ -569,7 +570,7 @@ func TestDecideLimitChanges(t *testing.T) {
 	}
 
 	// Quotas are matched by window, whatever their order.
-	st = bucket.State{}
+	st = driver.State{}
 	ab := open.WithQuota(2, time.Hour).WithQuota(50, 24*time.Hour)
 	ba := open.WithQuota(50, 24*time.Hour).WithQuota(2, time.Hour)
 	count(&st, ab, 2)
@@ -581,7 +582,7 @@ func TestDecideLimitChanges(t *testing.T) {
 	}
 
 	// The rate changes at the next admission.
-	st = bucket.State{}
+	st = driver.State{}
 	if n := count(&st, bucket.PerHour(1), 3); n != 1 {
 		t.Errorf("burst 1 admitted %d, want 1", n)
 	}
@@ -592,13 +593,13 @@ func TestDecideLimitChanges(t *testing.T) {
 
 func TestDecideMicroseconds(t *testing.T) {
 	const us = time.Microsecond
-	lim := bucket.PerSecond(3) // 333333.33µs, rounded up to 333334µs
-	req := bucket.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: time.Second}
-	var st bucket.State
+	lim := backendtest.Limit(bucket.PerSecond(3)) // 333333.33µs, rounded up to 333334µs
+	req := driver.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: time.Second}
+	var st driver.State
 	var starts []backendtest.Start
 	now := t0 / int64(us)
 	for k := range 6 {
-		d, err := bucket.Decide(&st, &req, us, now)
+		d, err := driver.Decide(&st, &req, us, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -619,32 +620,32 @@ func TestDecideMicroseconds(t *testing.T) {
 		}
 		starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
 	}
-	if err := backendtest.Check(lim, starts); err != nil {
+	if err := backendtest.Check(userLimit(lim), starts); err != nil {
 		t.Error(err)
 	}
 
 	// A maxWait is floored to whole ticks: 1999ns is 1µs.
-	st = bucket.State{}
-	lim = bucket.Every(2*us, 1)
-	req = bucket.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 1999}
-	bucket.Decide(&st, &req, us, 0)
-	if d, _ := bucket.Decide(&st, &req, us, 0); d.Allowed || d.Wait != 2*us {
+	st = driver.State{}
+	lim = backendtest.Limit(bucket.Every(2*us, 1))
+	req = driver.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: 1999}
+	driver.Decide(&st, &req, us, 0)
+	if d, _ := driver.Decide(&st, &req, us, 0); d.Allowed || d.Wait != 2*us {
 		t.Errorf("2µs interval, maxWait 1999ns at µs: %s, want %s", outcome(d.Allowed, d.Wait), outcome(false, 2*us))
 	}
 
 	// Periods and windows that are not whole microseconds round up.
-	st = bucket.State{}
-	lim = bucket.Every(1500*time.Nanosecond, 1).WithQuota(1, 2500*time.Nanosecond)
-	req = bucket.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: time.Hour}
+	st = driver.State{}
+	lim = backendtest.Limit(bucket.Every(1500*time.Nanosecond, 1).WithQuota(1, 2500*time.Nanosecond))
+	req = driver.Request{Key: "k", Limit: lim, Cost: 1, MaxWait: time.Hour}
 	starts = starts[:0]
 	for range 5 {
-		d, err := bucket.Decide(&st, &req, us, 10)
+		d, err := driver.Decide(&st, &req, us, 10)
 		if err != nil || !d.Allowed {
 			t.Fatalf("Decide(%v) at µs: %v, %v", lim, d, err)
 		}
 		starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
 	}
-	if err := backendtest.Check(lim, starts); err != nil {
+	if err := backendtest.Check(userLimit(lim), starts); err != nil {
 		t.Errorf("%v at µs: %v", lim, err)
 	}
 	for i := 1; i < len(starts); i++ {
@@ -659,32 +660,32 @@ func TestDecideMicroseconds(t *testing.T) {
 // whole number of ticks.
 func TestDecideHugeLimitsNeverOverAdmit(t *testing.T) {
 	maxBurst := func(period time.Duration, rate int64) int64 {
-		return int64(bucket.MaxDuration) / int64(period) * rate
+		return int64(driver.MaxDuration) / int64(period) * rate
 	}
 	tests := []struct {
 		name string
-		lim  bucket.Limit
+		lim  driver.Limit
 		unit time.Duration
 		cost []int64 // each booked at the earliest, from the same now
 	}{
-		{"7 per MaxDuration, burst 7", bucket.Every(bucket.MaxDuration, 7).WithBurst(7), time.Nanosecond, []int64{7, 1}},
-		{"3 per 2ns, burst 1.5×MaxDuration", bucket.Every(2, 3).WithBurst(maxBurst(2, 3)), time.Nanosecond, []int64{maxBurst(2, 3), 1}},
-		{"1 per ns, burst MaxDuration, at µs", bucket.Every(1, 1).WithBurst(maxBurst(1, 1)), time.Microsecond, []int64{maxBurst(1, 1), 1}},
-		{"1 per s, burst MaxDuration/s", bucket.PerSecond(1).WithBurst(maxBurst(time.Second, 1)), time.Nanosecond, []int64{maxBurst(time.Second, 1), 1}},
-		{"1 per s, burst MaxDuration/s, at µs", bucket.PerSecond(1).WithBurst(maxBurst(time.Second, 1)), time.Microsecond, []int64{maxBurst(time.Second, 1), 1}},
+		{"7 per MaxDuration, burst 7", backendtest.Limit(bucket.Every(driver.MaxDuration, 7).WithBurst(7)), time.Nanosecond, []int64{7, 1}},
+		{"3 per 2ns, burst 1.5×MaxDuration", backendtest.Limit(bucket.Every(2, 3).WithBurst(maxBurst(2, 3))), time.Nanosecond, []int64{maxBurst(2, 3), 1}},
+		{"1 per ns, burst MaxDuration, at µs", backendtest.Limit(bucket.Every(1, 1).WithBurst(maxBurst(1, 1))), time.Microsecond, []int64{maxBurst(1, 1), 1}},
+		{"1 per s, burst MaxDuration/s", backendtest.Limit(bucket.PerSecond(1).WithBurst(maxBurst(time.Second, 1))), time.Nanosecond, []int64{maxBurst(time.Second, 1), 1}},
+		{"1 per s, burst MaxDuration/s, at µs", backendtest.Limit(bucket.PerSecond(1).WithBurst(maxBurst(time.Second, 1))), time.Microsecond, []int64{maxBurst(time.Second, 1), 1}},
 		// Used + cost passes MaxInt64 (found by FuzzDecide).
-		{"quota MaxInt64/s", bucket.Every(1, 1_000_000_000).WithBurst(math.MaxInt64).WithQuota(math.MaxInt64, time.Second), time.Nanosecond, []int64{math.MaxInt64, 1}},
+		{"quota MaxInt64/s", backendtest.Limit(bucket.Every(1, 1_000_000_000).WithBurst(math.MaxInt64).WithQuota(math.MaxInt64, time.Second)), time.Nanosecond, []int64{math.MaxInt64, 1}},
 	}
 	for _, tt := range tests {
 		if err := tt.lim.Validate(); err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
-		var st bucket.State
+		var st driver.State
 		var starts []backendtest.Start
 		now := t0 / int64(tt.unit)
 		for _, c := range tt.cost {
-			req := bucket.Request{Key: "k", Limit: tt.lim, Cost: c, MaxWait: bucket.MaxDuration}
-			d, err := bucket.Decide(&st, &req, tt.unit, now)
+			req := driver.Request{Key: "k", Limit: tt.lim, Cost: c, MaxWait: driver.MaxDuration}
+			d, err := driver.Decide(&st, &req, tt.unit, now)
 			if err != nil {
 				t.Fatalf("%s: Decide(cost %d): %v", tt.name, c, err)
 			}
@@ -692,7 +693,7 @@ func TestDecideHugeLimitsNeverOverAdmit(t *testing.T) {
 				starts = append(starts, backendtest.Start{At: d.Start(), Cost: c})
 			}
 		}
-		if err := backendtest.Check(tt.lim, starts); err != nil {
+		if err := backendtest.Check(userLimit(tt.lim), starts); err != nil {
 			t.Errorf("%s: %v (starts at t0+%v)", tt.name, err, startOffsets(starts))
 		}
 	}
@@ -707,17 +708,17 @@ func startOffsets(starts []backendtest.Start) []time.Duration {
 }
 
 func TestFreshAt(t *testing.T) {
-	if got := bucket.FreshAt(&bucket.State{}); got != 0 {
+	if got := driver.FreshAt(&driver.State{}); got != 0 {
 		t.Errorf("FreshAt(zero State) = %d, want 0", got)
 	}
-	var st bucket.State
-	bucket.Pause(&st, t0+int64(time.Hour))
-	if got := bucket.FreshAt(&st); got < t0+int64(time.Hour) {
+	var st driver.State
+	driver.Pause(&st, t0+int64(time.Hour))
+	if got := driver.FreshAt(&st); got < t0+int64(time.Hour) {
 		t.Errorf("FreshAt after Pause(t0+1h) = t0+%v, want at least t0+1h", time.Duration(got-t0))
 	}
-	st = bucket.State{}
-	d := decide(t, &st, bucket.PerSecond(1).WithBurst(10).WithQuota(5, time.Hour), 0, 3, 0)
-	if got := bucket.FreshAt(&st); got < d.Start()+int64(time.Hour) {
+	st = driver.State{}
+	d := decide(t, &st, backendtest.Limit(bucket.PerSecond(1).WithBurst(10).WithQuota(5, time.Hour)), 0, 3, 0)
+	if got := driver.FreshAt(&st); got < d.Start()+int64(time.Hour) {
 		t.Errorf("FreshAt after a quota 5/h admission at t0 = t0+%v, want at least t0+1h", time.Duration(got-t0))
 	}
 
@@ -729,35 +730,35 @@ func TestFreshAt(t *testing.T) {
 			unit = time.Microsecond
 		}
 		lim := randomLimit(rng)
-		var st bucket.State
+		var st driver.State
 		now := t0 / int64(unit)
 		span := int64(lim.Interval())*lim.Burst/int64(unit) + 2
 		for range rng.IntN(30) {
 			now += rng.Int64N(span)
-			req := bucket.Request{Key: "k", Limit: lim, Cost: 1 + rng.Int64N(min(lim.Burst, 3)), MaxWait: time.Duration(rng.Int64N(int64(lim.Interval()) * 3))}
+			req := driver.Request{Key: "k", Limit: lim, Cost: 1 + rng.Int64N(min(lim.Burst, 3)), MaxWait: time.Duration(rng.Int64N(int64(lim.Interval()) * 3))}
 			if rng.IntN(10) == 0 {
-				bucket.Pause(&st, now+rng.Int64N(span))
+				driver.Pause(&st, now+rng.Int64N(span))
 				continue
 			}
-			d, err := bucket.Decide(&st, &req, unit, now)
+			d, err := driver.Decide(&st, &req, unit, now)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if rng.IntN(5) == 0 {
-				bucket.Refund(&st, &req, d, unit)
+				driver.Refund(&st, &req, d, unit)
 			}
 		}
-		fresh := max(bucket.FreshAt(&st), now)
-		var zero bucket.State
+		fresh := max(driver.FreshAt(&st), now)
+		var zero driver.State
 		later := lim
 		if rng.IntN(4) == 0 {
 			later = randomLimit(rng) // the limit may change too
 		}
 		at := fresh
 		for i := range 20 {
-			req := bucket.Request{Key: "k", Limit: later, Cost: 1 + rng.Int64N(min(later.Burst, 3)), MaxWait: time.Duration(rng.Int64N(int64(later.Interval()) * 3))}
-			d1, err1 := bucket.Decide(&st, &req, unit, at)
-			d2, err2 := bucket.Decide(&zero, &req, unit, at)
+			req := driver.Request{Key: "k", Limit: later, Cost: 1 + rng.Int64N(min(later.Burst, 3)), MaxWait: time.Duration(rng.Int64N(int64(later.Interval()) * 3))}
+			d1, err1 := driver.Decide(&st, &req, unit, at)
+			d2, err2 := driver.Decide(&zero, &req, unit, at)
 			if err1 != nil || err2 != nil {
 				t.Fatal(err1, err2)
 			}
@@ -771,7 +772,7 @@ func TestFreshAt(t *testing.T) {
 }
 
 // randomLimit returns a small valid limit, with up to two quotas.
-func randomLimit(rng *rand.Rand) bucket.Limit {
+func randomLimit(rng *rand.Rand) driver.Limit {
 	periods := []time.Duration{time.Microsecond, 1500 * time.Nanosecond, time.Millisecond, 7 * time.Millisecond, time.Second}
 	lim := bucket.Every(periods[rng.IntN(len(periods))], 1+rng.Int64N(5)).WithBurst(1 + rng.Int64N(5))
 	for i := range rng.IntN(3) {
@@ -780,55 +781,33 @@ func randomLimit(rng *rand.Rand) bucket.Limit {
 			lim = l
 		}
 	}
-	return lim
-}
-
-func TestUnlimited(t *testing.T) {
-	var st bucket.State
-	req := bucket.Request{Key: "k", Limit: bucket.Unlimited, Cost: math.MaxInt64}
-	for _, unit := range []time.Duration{time.Nanosecond, time.Microsecond} {
-		for range 3 {
-			d, err := bucket.Decide(&st, &req, unit, 12345)
-			if err != nil || !d.Allowed || d.Wait != 0 || d.Now != 12345*int64(unit) {
-				t.Errorf("Decide(Unlimited, cost MaxInt64) at %v = %+v, %v; want allowed at once, Now %d", unit, d, err, 12345*int64(unit))
-			}
-			bucket.Refund(&st, &req, d, unit)
-		}
-	}
-	if !reflect.DeepEqual(st, bucket.State{}) {
-		t.Errorf("Unlimited changed the state: %+v", st)
-	}
-	for _, r := range []bucket.Request{{Key: "", Limit: bucket.Unlimited, Cost: 1}, {Key: "k", Limit: bucket.Unlimited, Cost: 0}} {
-		if d, err := bucket.Decide(&st, &r, time.Nanosecond, 0); err == nil || d.Allowed {
-			t.Errorf("Decide(Unlimited, key %q, cost %d) = %+v, %v; want an error", r.Key, r.Cost, d, err)
-		}
-	}
+	return backendtest.Limit(lim)
 }
 
 func TestDecideErrors(t *testing.T) {
-	lim := bucket.PerSecond(10).WithBurst(5).WithQuota(3, time.Hour)
+	lim := backendtest.Limit(bucket.PerSecond(10).WithBurst(5).WithQuota(3, time.Hour))
 	tests := []struct {
 		name  string
-		req   bucket.Request
+		req   driver.Request
 		want  error
 		field string // for a *LimitError
 		bound string // for a *CostError
 	}{
-		{"empty key", bucket.Request{Key: "", Limit: lim, Cost: 1}, bucket.ErrEmptyKey, "", ""},
-		{"cost 0", bucket.Request{Key: "k", Limit: lim, Cost: 0}, bucket.ErrInvalidCost, "", ""},
-		{"cost -1", bucket.Request{Key: "k", Limit: lim, Cost: -1}, bucket.ErrInvalidCost, "", ""},
-		{"cost MinInt64", bucket.Request{Key: "k", Limit: lim, Cost: math.MinInt64}, bucket.ErrInvalidCost, "", ""},
-		{"cost above burst", bucket.Request{Key: "k", Limit: bucket.PerSecond(1).WithBurst(5), Cost: 6, MaxWait: time.Hour}, bucket.ErrImpossible, "", "burst"},
-		{"cost MaxInt64", bucket.Request{Key: "k", Limit: lim, Cost: math.MaxInt64, MaxWait: time.Hour}, bucket.ErrImpossible, "", "burst"},
-		{"cost above quota", bucket.Request{Key: "k", Limit: lim, Cost: 4, MaxWait: time.Hour}, bucket.ErrImpossible, "", "quota 3/h"},
-		{"invalid limit", bucket.Request{Key: "k", Limit: bucket.PerSecond(0), Cost: 1}, bucket.ErrInvalidLimit, "Rate", ""},
-		{"invalid quota", bucket.Request{Key: "k", Limit: bucket.PerSecond(1).WithQuota(1, 0), Cost: 1}, bucket.ErrInvalidLimit, "Quotas[0].Window", ""},
+		{"empty key", driver.Request{Key: "", Limit: lim, Cost: 1}, driver.ErrEmptyKey, "", ""},
+		{"cost 0", driver.Request{Key: "k", Limit: lim, Cost: 0}, driver.ErrInvalidCost, "", ""},
+		{"cost -1", driver.Request{Key: "k", Limit: lim, Cost: -1}, driver.ErrInvalidCost, "", ""},
+		{"cost MinInt64", driver.Request{Key: "k", Limit: lim, Cost: math.MinInt64}, driver.ErrInvalidCost, "", ""},
+		{"cost above burst", driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1).WithBurst(5)), Cost: 6, MaxWait: time.Hour}, driver.ErrImpossible, "", "burst"},
+		{"cost MaxInt64", driver.Request{Key: "k", Limit: lim, Cost: math.MaxInt64, MaxWait: time.Hour}, driver.ErrImpossible, "", "burst"},
+		{"cost above quota", driver.Request{Key: "k", Limit: lim, Cost: 4, MaxWait: time.Hour}, driver.ErrImpossible, "", "quota 3/h"},
+		{"invalid limit", driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(0)), Cost: 1}, driver.ErrInvalidLimit, "Rate", ""},
+		{"invalid quota", driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1).WithQuota(1, 0)), Cost: 1}, driver.ErrInvalidLimit, "Quotas[0].Window", ""},
 	}
-	var st bucket.State
+	var st driver.State
 	decide(t, &st, lim, 0, 1, 0)
 	before := cloneState(&st)
 	for _, tt := range tests {
-		d, err := bucket.Decide(&st, &tt.req, time.Nanosecond, t0)
+		d, err := driver.Decide(&st, &tt.req, time.Nanosecond, t0)
 		if !errors.Is(err, tt.want) || d.Allowed {
 			t.Errorf("%s: Decide = %+v, %v; want an error matching %v", tt.name, d, err, tt.want)
 			continue
@@ -837,7 +816,7 @@ func TestDecideErrors(t *testing.T) {
 			wantLimitError(t, tt.name, err, tt.field)
 		}
 		if tt.bound != "" {
-			var ce *bucket.CostError
+			var ce *driver.CostError
 			if !errors.As(err, &ce) || ce.Bound != tt.bound || ce.Cost != tt.req.Cost {
 				t.Errorf("%s: Decide error %v, want a *CostError for cost %d and bound %q", tt.name, err, tt.req.Cost, tt.bound)
 			}
@@ -854,20 +833,20 @@ func TestDecideAllocs(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		lim  bucket.Limit
+		lim  driver.Limit
 		cost int64
 	}{
-		{"no quotas, admitted", bucket.PerSecond(1000).WithBurst(10), 1},
-		{"no quotas, refused", bucket.PerSecond(1).WithBurst(10), 5},
-		{"quotas", bucket.PerSecond(1000).WithBurst(10).WithQuota(100, time.Second).WithQuota(1_000_000, time.Hour), 1},
+		{"no quotas, admitted", backendtest.Limit(bucket.PerSecond(1000).WithBurst(10)), 1},
+		{"no quotas, refused", backendtest.Limit(bucket.PerSecond(1).WithBurst(10)), 5},
+		{"quotas", backendtest.Limit(bucket.PerSecond(1000).WithBurst(10).WithQuota(100, time.Second).WithQuota(1_000_000, time.Hour)), 1},
 	}
 	for _, tt := range tests {
-		var st bucket.State
-		req := bucket.Request{Key: "k", Limit: tt.lim, Cost: tt.cost}
+		var st driver.State
+		req := driver.Request{Key: "k", Limit: tt.lim, Cost: tt.cost}
 		now := t0
 		decideNext := func() {
 			now += int64(100 * time.Millisecond)
-			if _, err := bucket.Decide(&st, &req, time.Nanosecond, now); err != nil {
+			if _, err := driver.Decide(&st, &req, time.Nanosecond, now); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -887,33 +866,33 @@ func TestDecideAllocs(t *testing.T) {
 func TestUnbook(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		lim     bucket.Limit
+		lim     driver.Limit
 		refunds int // how many refunds Unbook returns for three admissions
 	}{
-		{"rate", bucket.PerSecond(10).WithBurst(5), 1},
-		{"quotas", bucket.PerSecond(10).WithBurst(5).WithQuota(4, time.Hour), 3},
+		{"rate", backendtest.Limit(bucket.PerSecond(10).WithBurst(5)), 1},
+		{"quotas", backendtest.Limit(bucket.PerSecond(10).WithBurst(5).WithQuota(4, time.Hour)), 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			admit := func(st *bucket.State, key string) bucket.Admission {
+			admit := func(st *driver.State, key string) driver.Admission {
 				t.Helper()
-				req := bucket.Request{Key: key, Limit: tc.lim, Cost: 1}
-				d, err := bucket.Decide(st, &req, time.Nanosecond, t0)
+				req := driver.Request{Key: key, Limit: tc.lim, Cost: 1}
+				d, err := driver.Decide(st, &req, time.Nanosecond, t0)
 				if err != nil || !d.Allowed {
 					t.Fatalf("Decide = %+v, %v", d, err)
 				}
-				return bucket.Admission{Request: req, Decision: d}
+				return driver.Admission{Request: req, Decision: d}
 			}
-			refund := func(st *bucket.State, as []bucket.Admission) {
+			refund := func(st *driver.State, as []driver.Admission) {
 				for _, a := range as {
-					bucket.Refund(st, &a.Request, a.Decision, time.Nanosecond)
+					driver.Refund(st, &a.Request, a.Decision, time.Nanosecond)
 				}
 			}
 
-			var st bucket.State
+			var st driver.State
 			before := admit(&st, "k") // stays charged
 			want := cloneState(&st)
 			a1, a2, a3 := admit(&st, "k"), admit(&st, "k"), admit(&st, "k")
-			give := bucket.Unbook([]bucket.Admission{a3, a2, a1})
+			give := driver.Unbook([]driver.Admission{a3, a2, a1})
 			if len(give) != tc.refunds {
 				t.Fatalf("Unbook of three consecutive admissions: %d refunds, want %d", len(give), tc.refunds)
 			}
@@ -926,13 +905,29 @@ func TestUnbook(t *testing.T) {
 			// before, with another admission between, stays charged.
 			admit(&st, "k")
 			a4 := admit(&st, "k")
-			give = bucket.Unbook([]bucket.Admission{a4, before})
+			give = driver.Unbook([]driver.Admission{a4, before})
 			if len(give) != 1 || give[0].Decision.Booking != a4.Decision.Booking {
 				t.Errorf("Unbook across a gap = %+v, want a4's refund alone", give)
 			}
-			if bucket.Unbook(nil) != nil {
+			if driver.Unbook(nil) != nil {
 				t.Error("Unbook(nil) is not nil")
 			}
 		})
+	}
+}
+
+func wantLimitError(t *testing.T, what string, err error, field string) {
+	t.Helper()
+	if !errors.Is(err, driver.ErrInvalidLimit) {
+		t.Errorf("%s = %v, want an error matching ErrInvalidLimit", what, err)
+		return
+	}
+	var le *driver.LimitError
+	if !errors.As(err, &le) {
+		t.Errorf("%s = %v (%T), want a *driver.LimitError", what, err, err)
+		return
+	}
+	if le.Field != field {
+		t.Errorf("%s names field %q (%v), want %q", what, le.Field, err, field)
 	}
 }

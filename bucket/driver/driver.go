@@ -1,4 +1,11 @@
-package bucket
+// Package driver is what bucket backends are built on, as
+// database/sql/driver is to database/sql: the Backend contract that
+// bucket.Limiter and the dispatcher call, the requests and decisions that
+// cross it, and the mathematics every backend decides with (Decide,
+// Refund, Pause, FreshAt on a State), so that the semantics are identical
+// everywhere by construction. Users of the module need none of it;
+// backend/backendtest checks an implementation against it.
+package driver
 
 import (
 	"context"
@@ -42,6 +49,19 @@ type BatchBackend interface {
 	AdmitBatch(ctx context.Context, batch []Admission)
 }
 
+// AdmitBatch decides batch on b: in one call if b is a BatchBackend, else
+// by one Admit per admission, in order.
+func AdmitBatch(ctx context.Context, b Backend, batch []Admission) {
+	if bb, ok := b.(BatchBackend); ok {
+		bb.AdmitBatch(ctx, batch)
+		return
+	}
+	for i := range batch {
+		a := &batch[i]
+		a.Decision, a.Err = b.Admit(ctx, a.Request)
+	}
+}
+
 // An Admission is one element of a batch: a request and its outcome.
 type Admission struct {
 	Request
@@ -75,11 +95,8 @@ func (r *Request) check() error {
 	if r.Cost < 1 {
 		return fmt.Errorf("%w, got %d", ErrInvalidCost, r.Cost)
 	}
-	if err := r.Limit.validate(); err != nil {
+	if err := r.Limit.Validate(); err != nil {
 		return err
-	}
-	if r.Limit.unlimited {
-		return nil
 	}
 	if r.Cost > r.Limit.Burst {
 		return &CostError{Cost: r.Cost, Max: r.Limit.Burst, Bound: "burst"}
@@ -97,7 +114,7 @@ func (r *Request) check() error {
 // when it reports false, check decides.
 func (r *Request) plainValid() bool {
 	l := &r.Limit
-	return r.Key != "" && r.Cost >= 1 && l.Burst >= r.Cost && len(l.Quotas) == 0 && !l.unlimited &&
+	return r.Key != "" && r.Cost >= 1 && l.Burst >= r.Cost && len(l.Quotas) == 0 &&
 		l.Rate >= 1 && l.Period > 0 && l.Period <= MaxDuration && burstFits(l.Burst, l.Period, l.Rate)
 }
 

@@ -1,4 +1,4 @@
-package bucket_test
+package driver_test
 
 import (
 	"encoding/binary"
@@ -6,12 +6,12 @@ import (
 	"math"
 	"math/big"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // fuzzReader decodes fuzz bytes; past the end it reads zeros.
@@ -48,7 +48,7 @@ func maxBurst(rate int64, period time.Duration) int64 {
 	if rate < 1 || period < 1 {
 		return 1
 	}
-	b := new(big.Int).Mul(big.NewInt(int64(bucket.MaxDuration)), big.NewInt(rate))
+	b := new(big.Int).Mul(big.NewInt(int64(driver.MaxDuration)), big.NewInt(rate))
 	b.Quo(b, big.NewInt(int64(period)))
 	if !b.IsInt64() {
 		return math.MaxInt64
@@ -72,7 +72,7 @@ type fuzzOp struct {
 }
 
 type fuzzCase struct {
-	lim  bucket.Limit
+	lim  driver.Limit
 	unit time.Duration
 	base int64 // the first now, in nanoseconds
 	ops  []fuzzOp
@@ -85,15 +85,15 @@ func decodeFuzzCase(data []byte) fuzzCase {
 	var c fuzzCase
 	rate := r.pick(1, 2, 3, 7, 10, 1000, 1_000_000_000, math.MaxInt64, 0, -1)
 	period := time.Duration(r.pick(1, 2, 3, int64(time.Microsecond), 1500, int64(time.Millisecond), int64(100*time.Millisecond),
-		int64(time.Second), int64(time.Minute), int64(time.Hour), int64(d1), int64(bucket.MaxDuration), int64(bucket.MaxDuration+1), math.MaxInt64, 0))
+		int64(time.Second), int64(time.Minute), int64(time.Hour), int64(d1), int64(driver.MaxDuration), int64(driver.MaxDuration+1), math.MaxInt64, 0))
 	mb := maxBurst(rate, period)
 	burst := r.pick(1, 2, 3, 5, 10, 100, mb, mb-1, mb/2+1, mb+1, math.MaxInt64, 0)
-	c.lim = bucket.Limit{Rate: rate, Period: period, Burst: burst}
+	c.lim = driver.Limit{Rate: rate, Period: period, Burst: burst}
 	for range r.byte() % 3 {
-		q := bucket.Quota{
+		q := driver.Quota{
 			Max: r.pick(1, 2, 3, 5, 10, 100, burst, burst+1, math.MaxInt64, 0),
 			Window: time.Duration(r.pick(1, 150, 999, 1000, 1001, 1500, int64(time.Millisecond), int64(time.Second), int64(time.Minute),
-				int64(time.Hour), int64(d1), int64(bucket.MaxDuration), int64(bucket.MaxDuration+1), int64(period), int64(period)*3, 0)),
+				int64(time.Hour), int64(d1), int64(driver.MaxDuration), int64(driver.MaxDuration+1), int64(period), int64(period)*3, 0)),
 		}
 		c.lim.Quotas = append(c.lim.Quotas, q)
 	}
@@ -115,7 +115,7 @@ func decodeFuzzCase(data []byte) fuzzCase {
 			op.pick = uint64(r.byte())
 		case 1:
 			op.kind = opPause
-			op.pause = time.Duration(r.pick(0, 1, int64(time.Millisecond), int64(time.Second), int64(time.Hour), int64(bucket.MaxDuration), -1))
+			op.pause = time.Duration(r.pick(0, 1, int64(time.Millisecond), int64(time.Second), int64(time.Hour), int64(driver.MaxDuration), -1))
 		default:
 			op.kind = opDecide
 			op.cost = r.pick(1, 1, 2, 3, burst, burst-1, burst+1, 0, -1, math.MaxInt64)
@@ -123,7 +123,7 @@ func decodeFuzzCase(data []byte) fuzzCase {
 				op.cost = 1 + int64(r.uint64()%uint64(burst))
 			}
 			op.maxWait = time.Duration(r.pick(0, 0, 1, int64(time.Microsecond), int64(time.Millisecond), int64(time.Second), int64(time.Hour),
-				int64(bucket.MaxDuration), math.MaxInt64, -int64(time.Second), int64(period), int64(period)*int64(max(burst, 1))))
+				int64(driver.MaxDuration), math.MaxInt64, -int64(time.Second), int64(period), int64(period)*int64(max(burst, 1))))
 		}
 		c.ops = append(c.ops, op)
 	}
@@ -131,20 +131,18 @@ func decodeFuzzCase(data []byte) fuzzCase {
 }
 
 // wantErr returns the error Decide must return for cost under lim, or nil.
-func wantErr(lim bucket.Limit, cost int64) error {
+func wantErr(lim driver.Limit, cost int64) error {
 	switch {
 	case cost < 1:
-		return bucket.ErrInvalidCost
+		return driver.ErrInvalidCost
 	case lim.Validate() != nil:
-		return bucket.ErrInvalidLimit
-	case lim.IsUnlimited():
-		return nil
+		return driver.ErrInvalidLimit
 	case cost > lim.Burst:
-		return bucket.ErrImpossible
+		return driver.ErrImpossible
 	}
 	for _, q := range lim.Quotas {
 		if cost > q.Max {
-			return bucket.ErrImpossible
+			return driver.ErrImpossible
 		}
 	}
 	return nil
@@ -152,7 +150,7 @@ func wantErr(lim bucket.Limit, cost int64) error {
 
 // onlyPruned reports whether every quota slot of after is in before with
 // the same count: slots may have been dropped, none added or charged.
-func onlyPruned(after, before *bucket.State) bool {
+func onlyPruned(after, before *driver.State) bool {
 	for _, q := range after.Quotas {
 		for _, s := range q.Slots {
 			found := false
@@ -170,8 +168,8 @@ func onlyPruned(after, before *bucket.State) bool {
 }
 
 type admitted struct {
-	req      bucket.Request
-	d        bucket.Decision
+	req      driver.Request
+	d        driver.Decision
 	refunded bool
 }
 
@@ -181,7 +179,7 @@ type admitted struct {
 func replay(t testing.TB, c fuzzCase) {
 	t.Helper()
 	u := int64(c.unit)
-	var st bucket.State
+	var st driver.State
 	now := c.base / u // in ticks
 	var (
 		adm        []admitted
@@ -192,7 +190,7 @@ func replay(t testing.TB, c fuzzCase) {
 		switch op.kind {
 		case opPause:
 			until := now + int64(op.pause)/u
-			bucket.Pause(&st, until)
+			driver.Pause(&st, until)
 			pausedTill = max(pausedTill, until*u)
 		case opRefund:
 			// Give back an admission that has not started yet.
@@ -204,13 +202,13 @@ func replay(t testing.TB, c fuzzCase) {
 			}
 			if len(pending) > 0 {
 				a := &adm[pending[op.pick%uint64(len(pending))]]
-				bucket.Refund(&st, &a.req, a.d, c.unit)
+				driver.Refund(&st, &a.req, a.d, c.unit)
 				a.refunded = true
 			}
 		case opDecide:
-			req := bucket.Request{Key: "k", Limit: c.lim, Cost: op.cost, MaxWait: op.maxWait}
+			req := driver.Request{Key: "k", Limit: c.lim, Cost: op.cost, MaxWait: op.maxWait}
 			before := cloneState(&st)
-			d, err := bucket.Decide(&st, &req, c.unit, now)
+			d, err := driver.Decide(&st, &req, c.unit, now)
 			if want := wantErr(c.lim, op.cost); want != nil || err != nil {
 				if !errors.Is(err, want) || want == nil {
 					t.Fatalf("op %d: Decide(%v, cost %d) error %v, want %v", i, c.lim, op.cost, err, want)
@@ -224,7 +222,7 @@ func replay(t testing.TB, c fuzzCase) {
 				t.Fatalf("op %d: Decide at %d ticks of %v: Now %d, Wait %v; want Now %d and a whole number of ticks", i, now, c.unit, d.Now, d.Wait, now*u)
 			}
 			// Nothing is booked further ahead than MaxDuration.
-			maxWait := min(max(op.maxWait, 0), bucket.MaxDuration)
+			maxWait := min(max(op.maxWait, 0), driver.MaxDuration)
 			if !d.Allowed {
 				if d.Wait <= maxWait {
 					t.Fatalf("op %d: Decide(%v, cost %d, maxWait %v) refused with retry-after %v, want more than maxWait", i, c.lim, op.cost, op.maxWait, d.Wait)
@@ -246,7 +244,7 @@ func replay(t testing.TB, c fuzzCase) {
 			if d.Wait > 0 { // booked at the earliest: not one tick earlier
 				early := req
 				early.MaxWait = d.Wait - c.unit
-				if d2, _ := bucket.Decide(cloneState(before), &early, c.unit, now); d2.Allowed {
+				if d2, _ := driver.Decide(cloneState(before), &early, c.unit, now); d2.Allowed {
 					t.Fatalf("op %d: Decide(%v, cost %d) booked %v ahead, but with maxWait %v it is admitted after %v", i, c.lim, op.cost, d.Wait, early.MaxWait, d2.Wait)
 				}
 			}
@@ -260,25 +258,25 @@ func replay(t testing.TB, c fuzzCase) {
 			starts = append(starts, backendtest.Start{At: a.d.Start(), Cost: a.req.Cost})
 		}
 	}
-	if err := backendtest.Check(c.lim, starts); err != nil {
+	if err := backendtest.Check(userLimit(c.lim), starts); err != nil {
 		t.Fatalf("%v at %v from %d: %v", c.lim, c.unit, c.base, err)
 	}
 
 	// From FreshAt on, the state decides as a zero State.
 	if c.lim.Validate() == nil && wantErr(c.lim, 1) == nil {
-		at := max(bucket.FreshAt(&st), now)
-		var zero bucket.State
-		req := bucket.Request{Key: "k", Limit: c.lim, Cost: 1, MaxWait: c.lim.Interval()}
-		d1, err1 := bucket.Decide(&st, &req, c.unit, at)
-		d2, err2 := bucket.Decide(&zero, &req, c.unit, at)
+		at := max(driver.FreshAt(&st), now)
+		var zero driver.State
+		req := driver.Request{Key: "k", Limit: c.lim, Cost: 1, MaxWait: c.lim.Interval()}
+		d1, err1 := driver.Decide(&st, &req, c.unit, at)
+		d2, err2 := driver.Decide(&zero, &req, c.unit, at)
 		if err1 != nil || err2 != nil || d1.Allowed != d2.Allowed || d1.Wait != d2.Wait || d1.Booking.TAT != d2.Booking.TAT {
 			t.Fatalf("at FreshAt %d: decision %+v (%v), a zero State's %+v (%v)", at, d1, err1, d2, err2)
 		}
 	}
 }
 
-func statesEqual(a, b *bucket.State) bool {
-	return a.TAT == b.TAT && a.Paused == b.Paused && slices.EqualFunc(a.Quotas, b.Quotas, func(x, y bucket.QuotaState) bool {
+func statesEqual(a, b *driver.State) bool {
+	return a.TAT == b.TAT && a.Paused == b.Paused && slices.EqualFunc(a.Quotas, b.Quotas, func(x, y driver.QuotaState) bool {
 		return x.Window == y.Window && slices.Equal(x.Slots, y.Slots)
 	})
 }
@@ -328,36 +326,7 @@ func FuzzDecide(f *testing.F) {
 	})
 }
 
-func FuzzParse(f *testing.F) {
-	for _, s := range []string{
-		"5/s", "100/1m burst=20", "5/s, burst=10, quota=1000/1h quota=50000/1d", "unlimited",
-		"3/100ms", "7/2d", "1/3650d", "2/1h30m", "1/1.5µs", "9223372036854775807/1ns burst=9223372036854775807",
-		"", "5", "x/s", "5/x", "5/s burst=", "5/s burst=0", "5/s foo=1", "5/s quota=0/1h", "-1/s",
-		"+5/s", "5/+1s", "5/0x10s", "5/1e3s", "5/.5s", "5/1h0m", "5/s quota=1/1s quota=1/1000ms",
-	} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		l, err := bucket.Parse(s)
-		if err != nil {
-			if !errors.Is(err, bucket.ErrInvalidLimit) || !strings.HasPrefix(err.Error(), "bucket: invalid limit: ") {
-				t.Fatalf("Parse(%q) error %v, want one matching ErrInvalidLimit", s, err)
-			}
-			var le *bucket.LimitError
-			if !errors.As(err, &le) || le.Field == "" {
-				t.Fatalf("Parse(%q) error %v names no field", s, err)
-			}
-			return
-		}
-		if err := l.Validate(); err != nil {
-			t.Fatalf("Parse(%q) = %v, which does not validate: %v", s, l, err)
-		}
-		again, err := bucket.Parse(l.String())
-		if err != nil {
-			t.Fatalf("Parse(%q) = %v, but Parse(%q) fails: %v", s, l, l.String(), err)
-		}
-		if !sameLimit(again, l) {
-			t.Fatalf("Parse(%q) = %+v, but Parse(its String %q) = %+v", s, l, l.String(), again)
-		}
-	})
+// userLimit returns l as package bucket's Limit, for the reference checker.
+func userLimit(l driver.Limit) bucket.Limit {
+	return bucket.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas}
 }
