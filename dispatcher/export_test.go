@@ -4,7 +4,7 @@ package dispatcher
 // batch returns, before acting on it: tests use it to stall the scheduler.
 func SetAfterAdmit[T, R any](d *Dispatcher[T, R], f func()) {
 	d.sched.mu.Lock()
-	d.sched.afterAdmit = f
+	d.cfg.afterAdmit = f
 	d.sched.mu.Unlock()
 }
 
@@ -13,6 +13,6 @@ func SetAfterAdmit[T, R any](d *Dispatcher[T, R], f func()) {
 // Install it before submitting jobs.
 func SetRequeuing[T, R any](d *Dispatcher[T, R], f func()) {
 	d.sched.mu.Lock()
-	d.sched.requeuing = f
+	d.cfg.requeuing = f
 	d.sched.mu.Unlock()
 }

@@ -1,8 +1,6 @@
 package dispatcher
 
-import (
-	"context"
-)
+import "context"
 
 // A Result is a job's outcome.
 type Result[R any] struct {

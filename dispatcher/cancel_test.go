@@ -1,0 +1,68 @@
+package dispatcher_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/dispatcher"
+)
+
+// TestCancelledBookingFreesItsSlot: a job booked ahead whose context ends
+// gives its slot back before the next job its caller submits is admitted,
+// even when the caller submits at once, as Do returns on the context's
+// end: the next job starts in the freed slot, not a slot later. Keys run
+// side by side so that the submit often comes before the scheduler has
+// seen the cancellation.
+func TestCancelledBookingFreesItsSlot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const keys = 50
+		lim := newLimiter(t, bucket.PerSecond(10)) // one start per 100ms and key
+		var (
+			mu     sync.Mutex
+			starts = map[string][]time.Duration{}
+		)
+		begin := time.Now()
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			mu.Lock()
+			starts[j.key] = append(starts[j.key], time.Since(begin))
+			mu.Unlock()
+			return j.n, nil
+		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithQueue(3*keys),
+			dispatcher.WithLimiter(lim), dispatcher.WithBookAhead(time.Second))
+
+		ctx := context.Background()
+		cancels := make([]context.CancelFunc, keys)
+		booked := make([]*dispatcher.Future[int], keys)
+		cctxs := make([]context.Context, keys)
+		for i := range keys {
+			key := fmt.Sprint("k", i)
+			_, err := d.Submit(ctx, task{key, 1}) // starts at once
+			require.NoError(t, err)
+			cctxs[i], cancels[i] = context.WithCancel(ctx)
+			booked[i], err = d.Submit(cctxs[i], task{key, 2}) // booked for 100ms
+			require.NoError(t, err)
+		}
+		synctest.Wait() // every second job is booked
+		for i := range keys {
+			cancels[i]()
+			_, err := booked[i].Wait(cctxs[i]) // returns as its context ends
+			require.ErrorIs(t, err, context.Canceled)
+			_, err = d.Submit(ctx, task{fmt.Sprint("k", i), 3})
+			require.NoError(t, err)
+		}
+		require.NoError(t, d.Shutdown(ctx))
+		for i := range keys {
+			key := fmt.Sprint("k", i)
+			assert.Equal(t, []time.Duration{0, 100 * time.Millisecond}, starts[key],
+				"starts of %s: the job submitted after the cancellation must take the freed slot", key)
+		}
+	})
+}

@@ -1,0 +1,117 @@
+package dispatcher
+
+import "github.com/leakybucket/leakybucket/bucket/driver"
+
+// cancelWaiting resolves a job whose context ended before it started. A
+// booked job is resolved first and its booking given back after, so that
+// neither its future nor a Submit waiting for its place waits for the
+// backend's round trip. A job handed to a worker is resolved by late,
+// when the worker meets it.
+func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
+	s.mu.Lock()
+	switch j.getState() {
+	case queued:
+		s.keys[j.info.Key].jobs.remove(j)
+		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
+	case booked:
+		s.cancelBooked(s.keys[j.info.Key], j)
+	case asking:
+		// apply sees the state and gives the admission back.
+		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
+	}
+	s.mu.Unlock()
+	s.signal()
+}
+
+// unbook moves k's bookings back to its queue, freeing their workers,
+// and returns the refunds that give back the latest booking's admission
+// together with those of the bookings, and then of j (a job of k going
+// back to the queue after it was handed; nil if none), made right before
+// it (driver.Unbook). Called with s.mu held.
+func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []driver.Admission {
+	var latestFirst []driver.Admission
+	for b := k.booked.tail; b != nil; b = b.prev {
+		latestFirst = append(latestFirst, b.admission())
+	}
+	if j != nil {
+		latestFirst = append(latestFirst, j.admission())
+	}
+	for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
+		s.slots.remove(b)
+		b.setState(queued)
+		b.slot = 0
+		k.jobs.insert(b)
+		s.idle.Add(1)
+	}
+	return driver.Unbook(latestFirst)
+}
+
+// giveBack refunds admissions of k, in order; if k was held for them, k
+// may then ask again.
+func (s *scheduler[T, R]) giveBack(k *keyState[T, R], as []driver.Admission, held bool) {
+	defer s.d.wg.Done()
+	s.refund(as)
+	if !held {
+		return
+	}
+	s.mu.Lock()
+	s.resume(k)
+	s.mu.Unlock()
+	s.signal()
+}
+
+// cancelBooked resolves j, a job of k booked ahead whose context ended,
+// and gives its booking back on a goroutine of its own, k asking nothing
+// meanwhile (see hold): an admission made first would make the refund
+// find a later one and do nothing, and the slot would be lost. Neither j's
+// future nor a Submit waiting for its place waits for the round trip.
+// Called with s.mu held.
+func (s *scheduler[T, R]) cancelBooked(k *keyState[T, R], j *job[T, R]) {
+	k.booked.remove(j)
+	s.slots.remove(j)
+	s.idle.Add(1)
+	// Counted while j is unresolved: Shutdown waits on wg only once every
+	// job is resolved.
+	s.d.wg.Add(1)
+	s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
+	go s.giveBack(k, []driver.Admission{j.admission()}, s.hold(k))
+}
+
+// cancelledBooking returns k's latest booking if its job's context has
+// ended but the watch on it has not resolved the job yet, else nil: the
+// caller may have seen the context end and submitted the key's next job
+// already, which must not be admitted behind the stale booking. Only the
+// latest counts: a refund gives back nothing that a later admission
+// depends on.
+func (k *keyState[T, R]) cancelledBooking() *job[T, R] {
+	if b := k.booked.tail; b != nil && b.watched && b.parent.Err() != nil {
+		return b
+	}
+	return nil
+}
+
+// hold makes k ask nothing while an admission of it is refunded: an
+// admission made first would make the refund find a later one and do
+// nothing. It reports false if k cannot be held: its next admission is
+// being decided, or another refund holds it. Called with s.mu held.
+func (s *scheduler[T, R]) hold(k *keyState[T, R]) bool {
+	if k.phase == keyAsking || k.phase == keyRefunding {
+		return false
+	}
+	s.timers.remove(k)
+	k.phase = keyRefunding
+	return true
+}
+
+// resume lets a held key ask again, unless a hard stop has settled it
+// meanwhile. Called with s.mu held.
+func (s *scheduler[T, R]) resume(k *keyState[T, R]) {
+	if k.phase == keyRefunding {
+		s.settle(k, s.d.now())
+	}
+}
+
+// admission returns the admission j was given.
+func (j *job[T, R]) admission() driver.Admission {
+	return driver.Admission{Request: driver.Request{Key: j.info.Key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
+}

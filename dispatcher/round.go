@@ -1,0 +1,206 @@
+package dispatcher
+
+import (
+	"container/heap"
+	"errors"
+	"time"
+
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
+)
+
+// rounds is how many batches may be decided at once.
+const rounds = 2
+
+// A round is a batch of admissions and the keys that asked for them.
+type round[T, R any] struct {
+	batch []driver.Admission
+	asked []*keyState[T, R]
+}
+
+// decide has the backend decide r's batch and acts on the decisions.
+func (s *scheduler[T, R]) decide(r *round[T, R]) {
+	before := s.d.now()
+	driver.AdmitBatch(s.d.base, s.backend, r.batch)
+	after := s.d.now()
+	// Track the round trip: a job may start that much after the backend
+	// decided without being late.
+	s.rtt.Store(s.rtt.Load() + (after-before-s.rtt.Load())/8)
+	s.mu.Lock()
+	stall := s.d.cfg.afterAdmit
+	s.mu.Unlock()
+	if stall != nil {
+		stall()
+	}
+	s.apply(r.batch, r.asked, before, after)
+	clear(r.batch) // drop the limits' quota slices
+	clear(r.asked)
+}
+
+// releaseDue hands booked jobs whose slot has come to their workers and
+// makes waiting keys whose time has come ready.
+func (s *scheduler[T, R]) releaseDue(now int64) {
+	for at, ok := s.slots.next(); ok && at <= now; at, ok = s.slots.next() {
+		j := heap.Pop(&s.slots).(*job[T, R])
+		k := s.keys[j.info.Key]
+		k.booked.remove(j)
+		s.hand(k, j)
+	}
+	for at, ok := s.timers.next(); ok && at <= now; at, ok = s.timers.next() {
+		k := heap.Pop(&s.timers).(*keyState[T, R])
+		if k.phase == keyWaiting {
+			s.settle(k, now)
+		}
+	}
+}
+
+// collect takes the heads of ready keys, as many as there are free
+// workers, reserving a worker for each. Heads of unlimited keys go
+// straight to their worker.
+func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T, R], now int64) ([]driver.Admission, []*keyState[T, R]) {
+	for s.idle.Load() > -s.overbook() && len(batch) < s.d.cfg.batch {
+		k, ok := s.ready.pop()
+		if !ok {
+			break
+		}
+		if k.phase != keyReady {
+			continue // left the ring while queued in it
+		}
+		if b := k.cancelledBooking(); b != nil {
+			s.cancelBooked(k, b) // k asks again once the booking is back
+			continue
+		}
+		j := k.jobs.popFront()
+		if j == nil {
+			k.phase = keyIdle
+			continue
+		}
+		s.idle.Add(-1)
+		lim := s.d.lim.Limit(k.name)
+		if lim.IsUnlimited() {
+			j.slot = 0
+			s.hand(k, j)
+			s.settle(k, now)
+			continue
+		}
+		j.setState(asking)
+		k.phase, k.asking = keyAsking, j
+		batch = append(batch, driver.Admission{Request: driver.Request{
+			Key: k.name, Limit: driverLimit(lim), Cost: j.cost, MaxWait: s.window(),
+		}})
+		asked = append(asked, k)
+	}
+	return batch, asked
+}
+
+// apply acts on the decisions of a batch sent at before and answered at
+// after. The backend decided somewhere in between, so a slot is released
+// no sooner than after+Wait (never early) and judged late from
+// before+Wait (never lenient).
+func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R], before, after int64) {
+	var (
+		refunds []driver.Admission
+		held    []*keyState[T, R] // asking nothing until the refunds are done
+	)
+	now := after
+	s.mu.Lock()
+	for i, k := range asked {
+		a := &batch[i]
+		j := k.asking
+		k.asking = nil
+		allowed := a.Err == nil && a.Decision.Allowed
+		switch {
+		case j.getState() != asking || s.stopped || j.watched && j.parent.Err() != nil: // cancelled or stopped meanwhile
+			if allowed {
+				refunds = append(refunds, *a)
+			}
+			if j.getState() == asking {
+				err := j.parent.Err()
+				if s.stopped || err == nil {
+					err = ErrClosed
+				}
+				s.resolveWaiting(j, err, outcomeCancelled)
+			}
+			s.idle.Add(1)
+			if allowed && !s.stopped {
+				k.phase = keyRefunding // held (see hold) until the refund is done
+				held = append(held, k)
+			} else {
+				s.settle(k, now)
+			}
+		case a.Err != nil && permanent(a.Err):
+			s.idle.Add(1)
+			s.resolveWaiting(j, a.Err, outcomeFailed)
+			s.settle(k, now)
+		case a.Err != nil: // the backend failed: keep the job, try again later
+			s.d.stats.backendErrors.Add(1)
+			s.d.stats.setBackendErr(a.Err)
+			k.backoff = min(max(2*k.backoff, 10*time.Millisecond), time.Second)
+			s.putBack(k, j, now+int64(k.backoff))
+		case allowed && k.paused > now: // a retry-after arrived meanwhile
+			refunds = append(refunds, *a)
+			s.putBack(k, j, k.paused)
+		case allowed && k.jobs.head != nil && k.jobs.head.seq < j.seq: // an earlier job came back meanwhile
+			refunds = append(refunds, *a)
+			s.putBack(k, j, now)
+		case allowed:
+			k.backoff = 0
+			j.lim, j.dec = a.Limit, a.Decision
+			j.slot = before + int64(a.Decision.Wait)
+			if a.Decision.Wait <= 0 {
+				s.hand(k, j)
+			} else {
+				j.setState(booked)
+				j.releaseAt = after + int64(a.Decision.Wait)
+				k.booked.pushBack(j)
+				s.slots.set(j)
+			}
+			s.settle(k, now) // ask for the next job: it may fit in the booking window too
+		default:
+			// Ask again half a booking window before the slot opens, so
+			// that the next admission books the slot itself: asking when
+			// it opens would start late by the timer's latency and lose
+			// that much of the rate at every step.
+			k.stats.throttled.Add(1)
+			s.putBack(k, j, now+int64(a.Decision.Wait)-int64(s.window()/2))
+		}
+	}
+	handed := s.takeHanded()
+	s.mu.Unlock()
+	s.deliver(handed)
+	s.refund(refunds)
+	if len(held) > 0 {
+		s.mu.Lock()
+		for _, k := range held {
+			s.resume(k)
+		}
+		s.mu.Unlock()
+		s.signal()
+	}
+}
+
+// putBack returns j to the head of k's queue, frees its worker, and makes
+// k wait until the given time.
+func (s *scheduler[T, R]) putBack(k *keyState[T, R], j *job[T, R], until int64) {
+	j.setState(queued)
+	k.jobs.insert(j)
+	s.idle.Add(1)
+	s.wait(k, until)
+}
+
+func (s *scheduler[T, R]) refund(as []driver.Admission) {
+	for _, a := range as {
+		// A failed refund only under-admits: the booking stays charged.
+		_ = s.backend.Refund(s.d.base, a.Request, a.Decision)
+	}
+}
+
+// driverLimit returns lim as the backend sees it.
+func driverLimit(lim bucket.Limit) driver.Limit {
+	return driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas}
+}
+
+func permanent(err error) bool {
+	return errors.Is(err, bucket.ErrInvalidLimit) || errors.Is(err, bucket.ErrImpossible) ||
+		errors.Is(err, bucket.ErrInvalidCost) || errors.Is(err, bucket.ErrEmptyKey)
+}

@@ -1,0 +1,89 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"runtime/debug"
+	"sync/atomic"
+)
+
+func (d *Dispatcher[T, R]) work(w int) {
+	defer d.workers.Done()
+	for j := range d.run { // closed once drained, after the scheduler stopped
+		d.runJob(w, j)
+	}
+}
+
+// A worker's figures and its running job, apart from other workers' on
+// cache lines of their own: workers update them for every job.
+type worker[T, R any] struct {
+	jobCounters
+	wait    histogram
+	current atomic.Pointer[job[T, R]]
+	_       [56]byte
+}
+
+func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
+	wk := &d.crew[w]
+	start := d.now()
+	if d.sched == nil {
+		if !j.stateCAS(queued, running) {
+			return // resolved while queued
+		}
+	} else {
+		if d.sched.late(j, start) {
+			return
+		}
+		d.sched.started()
+	}
+	j.unwatchCtx()
+	if d.stopped.Load() {
+		d.finish(j, *new(R), ErrClosed, outcomeCancelled)
+		d.sched.release()
+		return
+	}
+	wait := start - j.submitted
+	wk.wait.record(wait)
+	if j.ks != nil {
+		j.ks.stats.wait.record(wait)
+	}
+	wk.current.Store(j)
+	if d.stopped.Load() { // a hard stop that missed current
+		j.cancel(context.Canceled)
+	}
+	val, err := d.call(j, j.in)
+	ctxEnded := err != nil && j.Err() != nil            // before the run's end ends it
+	if d.sched != nil && (j.seq%8 == 0 || j.seq < 64) { // a sample is enough for an average, once it has begun
+		d.sched.ran(d.now() - start)
+	}
+	wk.current.Store(nil)
+	j.cancel(context.Canceled) // the run is over: so is its context
+
+	if d.sched != nil {
+		var requeued bool
+		if requeued, err = d.sched.requeue(j, err); requeued {
+			return
+		}
+	}
+	o := outcomeSucceeded
+	switch {
+	case err == nil:
+	case ctxEnded && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		o = outcomeCancelled // its context ended under it: the parent's, or a hard stop
+	default:
+		o = outcomeFailed
+	}
+	d.finishRun(j, val, err, o, &wk.jobCounters)
+	d.sched.release()
+}
+
+// call runs the handler, turning a panic into a *PanicError.
+func (d *Dispatcher[T, R]) call(ctx context.Context, in T) (val R, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			var zero R
+			val, err = zero, &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return d.handler(ctx, in)
+}
