@@ -5,13 +5,14 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // Quantiles are within 6.25% of the exact ones, and merging is adding.
 func TestQuantiles(t *testing.T) {
-	if n := sixteenths.Buckets(); n != len(Histogram{}.counts) {
-		t.Fatalf("the shape has %d buckets, the array %d", n, len(Histogram{}.counts))
-	}
+	require.Equal(t, len(Histogram{}.counts), sixteenths.Buckets(), "buckets of the shape and of the array")
 	rng := rand.New(rand.NewPCG(1, 2))
 	var a, b Histogram
 	var all []time.Duration
@@ -25,19 +26,12 @@ func TestQuantiles(t *testing.T) {
 		}
 	}
 	a.Merge(&b)
-	if a.Count() != len(all) {
-		t.Fatalf("Count = %d after Merge, want %d", a.Count(), len(all))
-	}
+	require.Equal(t, len(all), a.Count(), "Count after Merge")
 	slices.Sort(all)
 	for _, q := range []float64{0.5, 0.9, 0.99} {
 		exact := all[int(q*float64(len(all)))]
-		got := a.Quantile(q)
-		if d := float64(got-exact) / float64(exact); d < -0.0625 || d > 0.0625 {
-			t.Errorf("Quantile(%v) = %v, exact %v: %.1f%% off", q, got, exact, 100*d)
-		}
+		assert.InEpsilon(t, float64(exact), float64(a.Quantile(q)), 0.0625, "Quantile(%v)", q)
 	}
 	var empty Histogram
-	if empty.Quantile(0.5) != 0 {
-		t.Error("an empty histogram's quantile is not 0")
-	}
+	assert.Zero(t, empty.Quantile(0.5), "an empty histogram's quantile")
 }

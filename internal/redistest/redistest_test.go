@@ -3,11 +3,13 @@ package redistest_test
 import (
 	"os"
 	"os/exec"
-	"strings"
 	"testing"
 
-	"github.com/leakybucket/leakybucket/internal/redistest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/leakybucket/leakybucket/internal/redistest"
 )
 
 func TestMain(m *testing.M) {
@@ -16,34 +18,24 @@ func TestMain(m *testing.M) {
 
 func TestAddr(t *testing.T) {
 	addr := redistest.Addr(t)
-	if got, err := redistest.Do(addr, "PING"); err != nil || got != "PONG" {
-		t.Fatalf("PING %s = %q, %v; want PONG", addr, got, err)
-	}
-	if again := redistest.Addr(t); again != addr {
-		t.Errorf("second Addr = %s, want the shared %s", again, addr)
-	}
+	got, err := redistest.Do(addr, "PING")
+	require.NoError(t, err)
+	require.Equal(t, "PONG", got)
+	assert.Equal(t, addr, redistest.Addr(t), "a second Addr returns the shared server")
 }
 
 func TestKillRestart(t *testing.T) {
 	s := redistest.Start(t)
-	if _, err := redistest.Do(s.Addr(), "SET", "k", "v"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := redistest.Do(s.Addr(), "PING"); err == nil {
-		t.Fatal("PING after Kill succeeded")
-	}
-	if err := s.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Restart(); err == nil {
-		t.Error("Restart of a running server succeeded")
-	}
-	if got, err := redistest.Do(s.Addr(), "EXISTS", "k"); err != nil || got != "0" {
-		t.Errorf("EXISTS k after a restart = %q, %v; want 0 (no persistence)", got, err)
-	}
+	_, err := redistest.Do(s.Addr(), "SET", "k", "v")
+	require.NoError(t, err)
+	require.NoError(t, s.Kill())
+	_, err = redistest.Do(s.Addr(), "PING")
+	require.Error(t, err, "PING after Kill")
+	require.NoError(t, s.Restart())
+	assert.Error(t, s.Restart(), "Restart of a running server")
+	got, err := redistest.Do(s.Addr(), "EXISTS", "k")
+	require.NoError(t, err)
+	assert.Equal(t, "0", got, "EXISTS k after a restart (no persistence)")
 }
 
 func TestCluster(t *testing.T) {
@@ -51,13 +43,11 @@ func TestCluster(t *testing.T) {
 		t.Skip("starts a cluster")
 	}
 	c := redistest.StartCluster(t, 3)
-	if len(c.Addrs()) != 3 {
-		t.Fatalf("Addrs = %v, want 3", c.Addrs())
-	}
+	require.Len(t, c.Addrs(), 3)
 	for _, addr := range c.Addrs() {
 		info, err := redistest.Do(addr, "CLUSTER", "INFO")
-		if err != nil || !strings.Contains(info, "cluster_state:ok") {
-			t.Errorf("CLUSTER INFO at %s = %v:\n%s", addr, err, info)
+		if assert.NoError(t, err, "CLUSTER INFO at %s", addr) {
+			assert.Contains(t, info, "cluster_state:ok", "CLUSTER INFO at %s", addr)
 		}
 	}
 }
@@ -68,15 +58,16 @@ func TestNoRedis(t *testing.T) {
 	if os.Getenv("REDISTEST_CHILD") == "1" {
 		t.Skip("child")
 	}
-	for _, require := range []string{"", "1"} {
+	for _, required := range []string{"", "1"} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestAddr$", "-test.v")
-		cmd.Env = append(os.Environ(), "PATH=", redistest.EnvAddr+"=", redistest.EnvRequire+"="+require, "REDISTEST_CHILD=1")
+		cmd.Env = append(os.Environ(), "PATH=", redistest.EnvAddr+"=", redistest.EnvRequire+"="+required, "REDISTEST_CHILD=1")
 		out, err := cmd.CombinedOutput()
-		switch {
-		case require == "" && (err != nil || !strings.Contains(string(out), "--- SKIP: TestAddr")):
-			t.Errorf("without Redis: %v, want TestAddr skipped:\n%s", err, out)
-		case require == "1" && (err == nil || !strings.Contains(string(out), "--- FAIL: TestAddr")):
-			t.Errorf("without Redis and %s=1: %v, want TestAddr failed:\n%s", redistest.EnvRequire, err, out)
+		if required == "" {
+			assert.NoError(t, err, "without Redis:\n%s", out)
+			assert.Contains(t, string(out), "--- SKIP: TestAddr", "without Redis, TestAddr must skip")
+		} else {
+			assert.Error(t, err, "without Redis and %s=1:\n%s", redistest.EnvRequire, out)
+			assert.Contains(t, string(out), "--- FAIL: TestAddr", "without Redis and %s=1, TestAddr must fail", redistest.EnvRequire)
 		}
 	}
 }
