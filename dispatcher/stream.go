@@ -1,6 +1,10 @@
 package dispatcher
 
-import "context"
+import (
+	"context"
+
+	"golang.org/x/sync/semaphore"
+)
 
 // A Result is a job's outcome.
 type Result[R any] struct {
@@ -53,19 +57,15 @@ func (d *Dispatcher[T, R]) Stream(ctx context.Context, in <-chan T) <-chan Outco
 	window := d.cfg.queue + d.cfg.workers
 	out := make(chan Outcome[T, R])
 	finished := make(chan Outcome[T, R], window) // never blocks: at most window in flight
-	slots := make(chan struct{}, window)
+	inFlight := semaphore.NewWeighted(int64(window))
 
 	go func() { // the puller: owns finished
 		defer func() {
-			for range cap(slots) { // wait for every job in flight
-				slots <- struct{}{}
-			}
+			_ = inFlight.Acquire(context.Background(), int64(window)) // every job in flight is delivered
 			close(finished)
 		}()
 		for {
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
+			if inFlight.Acquire(ctx, 1) != nil {
 				return
 			}
 			var (
@@ -77,7 +77,7 @@ func (d *Dispatcher[T, R]) Stream(ctx context.Context, in <-chan T) <-chan Outco
 			case <-ctx.Done():
 			}
 			if !ok {
-				<-slots
+				inFlight.Release(1)
 				return
 			}
 			_, err := d.submit(ctx, job, true, func(f *Future[R]) {
@@ -98,7 +98,7 @@ func (d *Dispatcher[T, R]) Stream(ctx context.Context, in <-chan T) <-chan Outco
 			case out <- o:
 			case <-ctx.Done():
 			}
-			<-slots
+			inFlight.Release(1)
 		}
 	}()
 	return out
