@@ -2,7 +2,7 @@ package middleware
 
 import (
 	"context"
-		"log/slog"
+	"log/slog"
 	"sync/atomic"
 	"time"
 

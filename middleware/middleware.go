@@ -76,6 +76,9 @@ func Chain(mws ...Middleware) Middleware {
 	}
 	mws = append([]Middleware(nil), mws...)
 	return func(next Next) Next {
+		if next == nil {
+			panic("middleware: Chain: nil Next")
+		}
 		for i := len(mws) - 1; i >= 0; i-- {
 			if next = mws[i](next); next == nil {
 				panic(fmt.Sprintf("middleware: middleware %d returned a nil Next", i))
