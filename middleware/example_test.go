@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,10 +17,11 @@ import (
 	"github.com/leakybucket/leakybucket/middleware"
 )
 
-// A chain around an HTTP call: the API answers the first request with 429
-// and Retry-After: 1, the second with 200. FromResponse turns the 429 into
-// a retry-after error, Retry waits the second the server asked for, and
-// Logging (inside Retry) writes one record per attempt.
+// Logging, Retry and Timeout around an HTTP call, keyed by tenant: the API
+// answers the first request with 429 and Retry-After: 1, the second with
+// 200. FromResponse turns the 429 into a retry-after error, Retry waits the
+// second the server asked for, and Logging (outside Retry) writes one
+// record for the job, naming the attempt that ended it.
 func Example() {
 	var requests atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -61,58 +63,60 @@ func Example() {
 			return a
 		},
 	}))
-	keyed, err := middleware.Keyed[item, string](func(it item) string { return it.tenant })
-	if err != nil {
-		panic(err)
-	}
-	retry, err := middleware.Retry[item, string](middleware.WithMaxAttempts(4),
-		middleware.WithOnRetry(func(ctx context.Context, err error, wait time.Duration) {
-			fmt.Printf("retrying in %v\n", wait)
-		}))
-	if err != nil {
-		panic(err)
-	}
-	logging, err := middleware.Logging[item, string](logger)
-	if err != nil {
-		panic(err)
-	}
-	timeout, err := middleware.Timeout[item, string](5 * time.Second)
-	if err != nil {
-		panic(err)
-	}
+	printWait := func(ctx context.Context, err error, wait time.Duration) { fmt.Println("retrying in", wait) }
+	tenant := func(it item) string { return it.tenant }
 
-	h := middleware.Chain(keyed, retry, logging, timeout)(fetch)
+	h := middleware.Keyed(middleware.Wrap(fetch,
+		middleware.Logging(logger), // one record per job: key, attempt, duration, outcome
+		middleware.Retry(middleware.WithMaxAttempts(4), middleware.WithOnRetry(printWait)),
+		middleware.Timeout(5*time.Second), // per attempt
+	), tenant)
 	body, err := h(context.Background(), item{tenant: "tenant-1", id: "42"})
 	fmt.Println(body, err)
 	// Output:
-	// level=ERROR msg=job key=tenant-1 attempt=1 outcome=error error="middleware: HTTP 429 Too Many Requests (retry after 1s)"
 	// retrying in 1s
 	// level=INFO msg=job key=tenant-1 attempt=2 outcome=ok
 	// item 42 <nil>
 }
 
-// Chain's first middleware is the outermost.
+// Chain's first middleware is the outermost. A Middleware sees the call's
+// context and error, not the job or the result, so one chain serves
+// handlers of every type.
 func ExampleChain() {
-	trace := func(name string) middleware.Middleware[string, string] {
-		return func(next middleware.Handler[string, string]) middleware.Handler[string, string] {
-			return func(ctx context.Context, job string) (string, error) {
+	trace := func(name string) middleware.Middleware {
+		return func(next middleware.Next) middleware.Next {
+			return func(ctx context.Context) error {
 				fmt.Println("enter", name)
 				defer fmt.Println("leave", name)
-				return next(ctx, job)
+				return next(ctx)
 			}
 		}
 	}
-	h := middleware.Chain(trace("m1"), trace("m2"))(func(ctx context.Context, job string) (string, error) {
-		fmt.Println("handle", job)
-		return job, nil
-	})
-	h(context.Background(), "job")
+	chain := middleware.Chain(trace("m1"), trace("m2"))
+
+	upper := middleware.Wrap(func(ctx context.Context, s string) (string, error) {
+		fmt.Println("handle", s)
+		return strings.ToUpper(s), nil
+	}, chain)
+	double := middleware.Wrap(func(ctx context.Context, n int) (int, error) {
+		fmt.Println("handle", n)
+		return 2 * n, nil
+	}, chain)
+	fmt.Println(upper(context.Background(), "job"))
+	fmt.Println(double(context.Background(), 21))
 	// Output:
 	// enter m1
 	// enter m2
 	// handle job
 	// leave m2
 	// leave m1
+	// JOB <nil>
+	// enter m1
+	// enter m2
+	// handle 21
+	// leave m2
+	// leave m1
+	// 42 <nil>
 }
 
 func ExampleParseRetryAfter() {
@@ -136,7 +140,7 @@ func ExampleParseRetryAfter() {
 }
 
 // RateLimit is the decorator for code that does not use a dispatcher: each
-// call waits for its key's bucket.
+// call waits for its key's bucket, the key given by Keyed, outermost.
 func ExampleRateLimit() {
 	store, err := memstore.New(memstore.Options{})
 	if err != nil {
@@ -148,13 +152,9 @@ func ExampleRateLimit() {
 		panic(err)
 	}
 	type call struct{ account, path string }
-	rl, err := middleware.RateLimit[call, string](lim, func(c call) string { return c.account })
-	if err != nil {
-		panic(err)
-	}
-	get := rl(func(ctx context.Context, c call) (string, error) {
+	get := middleware.Keyed(middleware.Wrap(func(ctx context.Context, c call) (string, error) {
 		return "GET " + c.path + " for " + c.account, nil
-	})
+	}, middleware.RateLimit(lim)), func(c call) string { return c.account })
 	for _, c := range []call{{"acme", "/users"}, {"acme", "/orders"}, {"globex", "/users"}} {
 		out, err := get(context.Background(), c)
 		fmt.Println(out, err)

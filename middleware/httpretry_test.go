@@ -1,10 +1,12 @@
 package middleware_test
 
 import (
-	"errors"
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/leakybucket/leakybucket/middleware"
 )
@@ -102,9 +104,8 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got, ok := middleware.ParseRetryAfter(tt.h, tt.now)
-		if got != tt.want || ok != tt.wantOK {
-			t.Errorf("ParseRetryAfter(%s: %v) = %v, %v, want %v, %v", tt.name, tt.h, got, ok, tt.want, tt.wantOK)
-		}
+		assert.Equal(t, tt.want, got, "ParseRetryAfter(%s: %v)", tt.name, tt.h)
+		assert.Equal(t, tt.wantOK, ok, "ParseRetryAfter(%s: %v) ok", tt.name, tt.h)
 	}
 }
 
@@ -142,18 +143,16 @@ func TestFromResponse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		err := middleware.FromResponse(tt.resp)
+		if !tt.wantRetry {
+			assert.NoError(t, err, tt.name)
+			continue
+		}
 		got, ok := middleware.RetryAfter(err)
-		if ok != tt.wantRetry || got != tt.want {
-			t.Errorf("FromResponse(%s) = %v: RetryAfter = %v, %v, want %v, %v", tt.name, err, got, ok, tt.want, tt.wantRetry)
-		}
-		if !tt.wantRetry && err != nil {
-			t.Errorf("FromResponse(%s) = %v, want nil", tt.name, err)
-		}
-		if tt.wantRetry {
-			var se *middleware.StatusError
-			if !errors.As(err, &se) || se.StatusCode != tt.resp.StatusCode {
-				t.Errorf("FromResponse(%s) = %v, want a *StatusError with code %d", tt.name, err, tt.resp.StatusCode)
-			}
+		assert.True(t, ok, "%s: RetryAfter(%v) found no delay", tt.name, err)
+		assert.Equal(t, tt.want, got, "%s: RetryAfter(%v)", tt.name, err)
+		var se *middleware.StatusError
+		if assert.ErrorAs(t, err, &se, tt.name) {
+			assert.Equal(t, tt.resp.StatusCode, se.StatusCode, "%s: StatusError's code", tt.name)
 		}
 	}
 }
@@ -169,9 +168,9 @@ func TestFromResponseMessage(t *testing.T) {
 			"middleware: HTTP 503 Service Unavailable (retry after 3s)"},
 	}
 	for _, tt := range tests {
-		if got := middleware.FromResponse(tt.resp).Error(); got != tt.want {
-			t.Errorf("FromResponse(...).Error() = %q, want %q", got, tt.want)
-		}
+		err := middleware.FromResponse(tt.resp)
+		require.Error(t, err)
+		assert.EqualError(t, err, tt.want)
 	}
 }
 
@@ -196,15 +195,13 @@ func FuzzParseRetryAfter(f *testing.F) {
 	f.Fuzz(func(t *testing.T, header uint8, value string, now int64) {
 		h := http.Header{fuzzHeaders[int(header)%len(fuzzHeaders)]: {value}}
 		d, ok := middleware.ParseRetryAfter(h, time.Unix(now, 0))
-		if d < 0 || d > middleware.MaxRetryAfter || (!ok && d != 0) {
-			t.Fatalf("ParseRetryAfter(%v) = %v, %v, want a delay in [0, %v] (0 when not ok)", h, d, ok, middleware.MaxRetryAfter)
-		}
+		require.Truef(t, d >= 0 && d <= middleware.MaxRetryAfter && (ok || d == 0),
+			"ParseRetryAfter(%v) = %v, %v, want a delay in [0, %v] (0 when not ok)", h, d, ok, middleware.MaxRetryAfter)
 		for _, code := range []int{403, 429, 503} {
 			err := middleware.FromResponse(&http.Response{StatusCode: code, Header: h})
 			got, found := middleware.RetryAfter(err)
-			if code == 429 && !found || got < 0 || got > middleware.MaxRetryAfter {
-				t.Fatalf("FromResponse(%d, %v) = %v, want a retry-after in [0, %v]", code, h, err, middleware.MaxRetryAfter)
-			}
+			require.Truef(t, (found || code != 429) && got >= 0 && got <= middleware.MaxRetryAfter,
+				"FromResponse(%d, %v) = %v, want a retry-after in [0, %v]", code, h, err, middleware.MaxRetryAfter)
 			if err != nil {
 				_ = err.Error()
 			}

@@ -2,7 +2,7 @@ package middleware
 
 import (
 	"context"
-		"log/slog"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -20,8 +20,8 @@ import (
 //
 // Outside Retry it logs each job once, with the attempt Retry made last;
 // inside Retry, each attempt. Its cost is two clock reads, a context value
-// and the record (nothing but the clock reads and the context value when
-// the logger's level discards it). It panics if logger is nil.
+// and, when the logger's level lets it through, the record. It panics if
+// logger is nil.
 func Logging(logger *slog.Logger) Middleware {
 	if logger == nil {
 		panic("middleware: Logging: nil logger")

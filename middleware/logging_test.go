@@ -3,7 +3,6 @@ package middleware_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -11,6 +10,10 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/leakybucket/leakybucket/jobinfo"
 	"github.com/leakybucket/leakybucket/middleware"
 )
 
@@ -41,6 +44,16 @@ func attrs(r slog.Record) map[string]slog.Value {
 	return m
 }
 
+// attemptOutcomes returns "attempt:outcome" of each record.
+func attemptOutcomes(records []slog.Record) []string {
+	var s []string
+	for _, r := range records {
+		a := attrs(r)
+		s = append(s, a["attempt"].String()+":"+a["outcome"].String())
+	}
+	return s
+}
+
 func TestLoggingRecords(t *testing.T) {
 	errUpstream := errors.New("upstream 500")
 	tests := []struct {
@@ -52,25 +65,25 @@ func TestLoggingRecords(t *testing.T) {
 	}{
 		{
 			name:      "ok under a dispatcher",
-			ctx:       middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "tenant-1", Attempt: 2}),
+			ctx:       jobinfo.NewContext(context.Background(), jobinfo.Info{Key: "tenant-1", Attempt: 2}),
 			wantLevel: slog.LevelInfo,
 			want:      map[string]any{"key": "tenant-1", "attempt": int64(2), "duration": 3 * time.Second, "outcome": "ok", "error": nil},
 		},
 		{
 			name:      "error under a dispatcher",
-			ctx:       middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "tenant-2", Attempt: 1}),
+			ctx:       jobinfo.NewContext(context.Background(), jobinfo.Info{Key: "tenant-2", Attempt: 1}),
 			err:       errUpstream,
 			wantLevel: slog.LevelError,
 			want:      map[string]any{"key": "tenant-2", "attempt": int64(1), "duration": 3 * time.Second, "outcome": "error", "error": errUpstream},
 		},
 		{
 			name:      "attempt without a key",
-			ctx:       middleware.WithJobInfo(context.Background(), middleware.JobInfo{Attempt: 3}),
+			ctx:       jobinfo.NewContext(context.Background(), jobinfo.Info{Attempt: 3}),
 			wantLevel: slog.LevelInfo,
 			want:      map[string]any{"key": nil, "attempt": int64(3), "outcome": "ok"},
 		},
 		{
-			name:      "no JobInfo",
+			name:      "no jobinfo",
 			ctx:       context.Background(),
 			wantLevel: slog.LevelInfo,
 			want:      map[string]any{"key": nil, "attempt": nil, "duration": 3 * time.Second, "outcome": "ok"},
@@ -80,31 +93,21 @@ func TestLoggingRecords(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				c := new(capture)
-				logging, err := middleware.Logging[int, int](slog.New(c))
-				if err != nil {
-					t.Fatal(err)
-				}
-				logging(func(ctx context.Context, job int) (int, error) {
+				middleware.Wrap(func(ctx context.Context, job int) (int, error) {
 					time.Sleep(3 * time.Second)
 					return job, tt.err
-				})(tt.ctx, 1)
-				if len(c.records) != 1 {
-					t.Fatalf("%d records, want 1", len(c.records))
-				}
+				}, middleware.Logging(slog.New(c)))(tt.ctx, 1)
+				require.Len(t, c.records, 1)
 				r := c.records[0]
-				if r.Message != "job" || r.Level != tt.wantLevel {
-					t.Errorf("record %q at %v, want \"job\" at %v", r.Message, r.Level, tt.wantLevel)
-				}
+				assert.Equal(t, "job", r.Message)
+				assert.Equal(t, tt.wantLevel, r.Level)
 				got := attrs(r)
 				for k, want := range tt.want {
 					v, ok := got[k]
-					switch {
-					case want == nil && ok:
-						t.Errorf("attribute %s = %v, want none", k, v)
-					case want != nil && !ok:
-						t.Errorf("attribute %s missing, want %v", k, want)
-					case want != nil && v.Any() != want:
-						t.Errorf("attribute %s = %v (%T), want %v", k, v.Any(), v.Any(), want)
+					if want == nil {
+						assert.False(t, ok, "attribute %s = %v, want none", k, v)
+					} else if assert.True(t, ok, "attribute %s missing, want %v", k, want) {
+						assert.Equal(t, want, v.Any(), "attribute %s", k)
 					}
 				}
 			})
@@ -114,109 +117,71 @@ func TestLoggingRecords(t *testing.T) {
 
 // loggingAndRetry returns a Logging writing to the returned capture and a
 // Retry that does not sleep.
-func loggingAndRetry(t *testing.T) (*capture, middleware.Middleware[int, int], middleware.Middleware[int, int]) {
-	t.Helper()
+func loggingAndRetry() (*capture, middleware.Middleware, middleware.Middleware) {
 	c := new(capture)
-	logging, err := middleware.Logging[int, int](slog.New(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := new(sleeps)
-	retry, err := middleware.Retry[int, int](middleware.WithSleep(s.sleep))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, logging, retry
+	return c, middleware.Logging(slog.New(c)), middleware.Retry(middleware.WithSleep(noSleep))
 }
 
 // TestLoggingAroundAndInsideRetry: inside Retry, Logging logs each
 // attempt with its number; outside, the job once.
 func TestLoggingAroundAndInsideRetry(t *testing.T) {
-	c, logging, retry := loggingAndRetry(t)
-	ctx := middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "k", Attempt: 1})
+	c, logging, retry := loggingAndRetry()
+	ctx := jobinfo.NewContext(context.Background(), jobinfo.Info{Key: "k", Attempt: 1})
 
-	middleware.Chain(retry, logging)((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, 0)
-	var got []string
-	for _, r := range c.records {
-		a := attrs(r)
-		got = append(got, a["attempt"].String()+":"+a["outcome"].String())
-	}
-	if want := "[1:error 2:error 3:ok]"; fmt.Sprint(got) != want {
-		t.Errorf("Chain(Retry, Logging) records %v, want %v", got, want)
-	}
+	middleware.Wrap((&script{errs: []error{errBoom, errBoom}}).handle, retry, logging)(ctx, 0)
+	assert.Equal(t, []string{"1:error", "2:error", "3:ok"}, attemptOutcomes(c.records), "Wrap(h, Retry, Logging)")
 
 	// Outside Retry, the one record names the attempt that ended the job,
-	// with a JobInfo and without.
+	// with a jobinfo and without.
 	for _, ctx := range []context.Context{ctx, context.Background()} {
 		c.records = nil
-		middleware.Chain(logging, retry)((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, 0)
-		if len(c.records) != 1 {
-			t.Fatalf("Chain(Logging, Retry) wrote %d records, want 1", len(c.records))
-		}
-		a := attrs(c.records[0])
-		if got := a["attempt"].String() + ":" + a["outcome"].String(); got != "3:ok" {
-			t.Errorf("Chain(Logging, Retry) record attempt:outcome = %s, want 3:ok", got)
-		}
+		middleware.Wrap((&script{errs: []error{errBoom, errBoom}}).handle, logging, retry)(ctx, 0)
+		assert.Equal(t, []string{"3:ok"}, attemptOutcomes(c.records), "Wrap(h, Logging, Retry)")
 	}
 }
 
 // TestLoggingPanic: a handler's panic is logged, then goes on.
 func TestLoggingPanic(t *testing.T) {
 	c := new(capture)
-	logging, err := middleware.Logging[int, int](slog.New(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "k", Attempt: 1})
-	func() {
-		defer func() {
-			if p := recover(); p != "boom" {
-				t.Errorf("recovered %v, want the handler's panic", p)
-			}
-		}()
-		logging(func(context.Context, int) (int, error) { panic("boom") })(ctx, 0)
-	}()
-	if len(c.records) != 1 {
-		t.Fatalf("wrote %d records, want 1", len(c.records))
-	}
-	if r := c.records[0]; r.Level != slog.LevelError || attrs(r)["outcome"].String() != "panic" || attrs(r)["key"].String() != "k" {
-		t.Errorf("record %v %v, want level ERROR, outcome panic, key k", r.Level, attrs(r))
-	}
+	h := middleware.Wrap(func(context.Context, int) (int, error) { panic("boom") }, middleware.Logging(slog.New(c)))
+	ctx := jobinfo.NewContext(context.Background(), jobinfo.Info{Key: "k", Attempt: 1})
+	assert.PanicsWithValue(t, "boom", func() { h(ctx, 0) }, "the handler's panic goes on")
+	require.Len(t, c.records, 1)
+	r := c.records[0]
+	assert.Equal(t, slog.LevelError, r.Level)
+	assert.Equal(t, "panic", attrs(r)["outcome"].String())
+	assert.Equal(t, "k", attrs(r)["key"].String())
 }
 
 func TestLoggingDisabledLevel(t *testing.T) {
 	c := &capture{level: slog.LevelWarn}
-	logging, _ := middleware.Logging[int, int](slog.New(c))
-	h := logging(func(ctx context.Context, job int) (int, error) {
+	h := middleware.Wrap(func(ctx context.Context, job int) (int, error) {
 		if job == 0 {
 			return 0, errBoom
 		}
 		return job, nil
-	})
+	}, middleware.Logging(slog.New(c)))
 	h(context.Background(), 1)
 	h(context.Background(), 0)
-	if len(c.records) != 1 || c.records[0].Level != slog.LevelError {
-		t.Errorf("with the logger at Warn: %d records, want only the error", len(c.records))
-	}
+	require.Len(t, c.records, 1, "with the logger at Warn, only the error")
+	assert.Equal(t, slog.LevelError, c.records[0].Level)
 }
 
 func TestLoggingNil(t *testing.T) {
-	if m, err := middleware.Logging[int, int](nil); err == nil || m != nil {
-		t.Errorf("Logging(nil) error = %v, want an error", err)
-	}
+	assert.PanicsWithValue(t, "middleware: Logging: nil logger", func() { middleware.Logging(nil) })
 }
 
 // TestLoggingNestedRetries: under one Logging, the record names the
 // attempt of the Retry right inside it, however many Retry calls the
 // handler makes below, in parallel (run with -race: they share no state).
 func TestLoggingNestedRetries(t *testing.T) {
-	c, logging, retry := loggingAndRetry(t)
+	c, logging, retry := loggingAndRetry()
 	var calls atomic.Int32
 	outer := func(ctx context.Context, job int) (int, error) {
 		var wg sync.WaitGroup
 		for range 4 {
 			wg.Go(func() {
-				retry((&script{errs: []error{errBoom, errBoom}}).handle)(ctx, job)
+				middleware.Wrap((&script{errs: []error{errBoom, errBoom}}).handle, retry)(ctx, job)
 			})
 		}
 		wg.Wait()
@@ -225,11 +190,8 @@ func TestLoggingNestedRetries(t *testing.T) {
 		}
 		return job, nil
 	}
-	middleware.Chain(logging, retry)(outer)(context.Background(), 0)
-	if len(c.records) != 1 {
-		t.Fatalf("wrote %d records, want 1", len(c.records))
-	}
-	if got := attrs(c.records[0])["attempt"].String(); got != "2" {
-		t.Errorf("record attempt = %s, want 2 (the outer Retry's; the inner ones made 3 each)", got)
-	}
+	middleware.Wrap(outer, logging, retry)(context.Background(), 0)
+	require.Len(t, c.records, 1)
+	assert.Equal(t, "2", attrs(c.records[0])["attempt"].String(),
+		"record's attempt: the outer Retry's; the inner ones made 3 each")
 }

@@ -11,13 +11,14 @@
 // m1 sees the call first and its error last. The order matters, and this
 // one suits most handlers that call a rate-limited service:
 //
-//	fetch = middleware.Wrap(fetch, logging, retry, rateLimit, timeout)
+//	fetch = middleware.Keyed(middleware.Wrap(fetch, logging, retry, rateLimit, timeout), key)
 //
-// logs one record per job (not per attempt), retries the whole of an
-// attempt, waits for the key's bucket before every attempt, and gives the
-// call, not the bucket wait, its deadline. Put logging inside retry to log
-// every attempt instead. Under a dispatcher, leave rateLimit out (the
-// dispatcher admits jobs itself) and consider Retry with
+// Keyed gives each call its job's key; the chain logs one record per job
+// (not per attempt), retries the whole of an attempt, waits for the key's
+// bucket before every attempt, and gives the call, not the bucket wait,
+// its deadline. Put logging inside retry to log every attempt instead.
+// Under a dispatcher, leave Keyed and rateLimit out (the dispatcher puts
+// the key in the context and admits jobs itself) and consider Retry with
 // WithMaxRetryAfter(0), so that a server's retry-after pauses the key for
 // every process instead of holding one worker.
 //
@@ -26,17 +27,20 @@
 // bucket, and Retry counts its attempts there. Code that calls a handler
 // itself gives it a key with Keyed.
 //
-// Costs, per call: Wrap allocates the chain's closures (a few tens of
-// nanoseconds per middleware). Timeout allocates a context and a timer.
-// Logging reads the clock twice and writes one record (the slog handler's
-// cost, typically one to a few microseconds). Retry allocates a context
-// value per retry, and holds the caller's goroutine (a dispatcher's
-// worker) while it waits. RateLimit costs one Limiter.Wait: a backend
-// round trip, plus the wait itself.
+// Costs, per call: Wrap allocates a few small objects for the handler and
+// a closure per middleware (tens of nanoseconds each). Timeout allocates
+// a context and a timer. Logging reads the clock twice and allocates a
+// context value, and writes one record when the logger's level lets it
+// through (the slog handler's cost, typically one to a few microseconds).
+// Retry allocates a context value per retry, and holds the caller's
+// goroutine (a dispatcher's worker) while it waits. RateLimit costs one
+// Limiter.Wait: a backend round trip, plus the wait itself, which blocks
+// the caller.
 //
-// The middleware here keeps no state between calls and is safe for
-// concurrent use when the handler is. Constructors panic on arguments that
-// are always a programming error (a nil logger, a negative timeout), as
+// The middleware here keeps no state of its own between calls (RateLimit's
+// is in its limiter) and is safe for concurrent use when the handler is.
+// Constructors panic on arguments that are always a programming error (a
+// nil logger or limiter, a timeout ≤ 0, an invalid Retry option), as
 // net/http's ServeMux does on a nil handler.
 package middleware
 
@@ -67,7 +71,8 @@ type Middleware func(next Next) Next
 // Chain composes mws into one Middleware whose first element is the
 // outermost: Chain(m1, m2)(next) is m1(m2(next)). Chain with no
 // middleware returns one that changes nothing. Chain copies mws; it panics
-// if one of them is nil.
+// if one of them is nil, and the Middleware it returns panics if given a
+// nil Next or if one of mws returns one.
 func Chain(mws ...Middleware) Middleware {
 	for i, m := range mws {
 		if m == nil {
@@ -76,6 +81,9 @@ func Chain(mws ...Middleware) Middleware {
 	}
 	mws = append([]Middleware(nil), mws...)
 	return func(next Next) Next {
+		if next == nil {
+			panic("middleware: Chain: nil Next")
+		}
 		for i := len(mws) - 1; i >= 0; i-- {
 			if next = mws[i](next); next == nil {
 				panic(fmt.Sprintf("middleware: middleware %d returned a nil Next", i))
@@ -86,9 +94,14 @@ func Chain(mws ...Middleware) Middleware {
 }
 
 // Wrap returns h with mws around each call, the first outermost:
-// Wrap(h, m1, m2) runs m1, which runs m2, which runs h. The result the
-// caller gets is h's last: a Retry that calls h three times returns the
-// third call's result and error. Wrap panics if h or one of mws is nil.
+// Wrap(h, m1, m2) runs m1, which runs m2, which runs h; Wrap(h) is h. The
+// error the caller gets is the outermost middleware's, and the result is
+// that of h's last call: a Retry that calls h three times returns the
+// third call's result, and a middleware that returns without calling next
+// leaves the zero R. The chain is built around each call (see Costs in the
+// package doc). Wrap panics if h or one of mws is nil; a middleware that
+// returns a nil Next panics at the first call. The handler returned is
+// safe for concurrent use when h and mws are.
 func Wrap[T, R any](h Handler[T, R], mws ...Middleware) Handler[T, R] {
 	if h == nil {
 		panic("middleware: Wrap: nil handler")
@@ -109,10 +122,12 @@ func Wrap[T, R any](h Handler[T, R], mws ...Middleware) Handler[T, R] {
 }
 
 // Keyed returns h with each call's context given the key key(job) and
-// attempt 1 (package jobinfo), unless the context carries a key already
-// (as under a dispatcher). It lets Logging, RateLimit and Retry know the
-// key in code that calls handlers itself; put it outermost. It panics if
-// h or key is nil; key must be safe for concurrent use.
+// attempt 1 (package jobinfo), unless the context carries jobinfo already
+// (as under a dispatcher, or inside a Retry). It lets Logging, RateLimit
+// and Retry know the key in code that calls handlers itself; put it
+// outermost, around Wrap, so that they all see the key. It panics if h or
+// key is nil; key must be safe for concurrent use when h is called
+// concurrently.
 func Keyed[T, R any](h Handler[T, R], key func(T) string) Handler[T, R] {
 	if h == nil || key == nil {
 		panic("middleware: Keyed: nil handler or key function")

@@ -9,9 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/jobinfo"
 	"github.com/leakybucket/leakybucket/middleware"
 )
 
@@ -20,83 +23,156 @@ func TestMain(m *testing.M) {
 }
 
 // tag returns a Middleware that appends name to the trace before and after
-// the handler it wraps.
-func tag(trace *[]string, name string) middleware.Middleware[int, string] {
-	return func(next middleware.Handler[int, string]) middleware.Handler[int, string] {
-		return func(ctx context.Context, job int) (string, error) {
+// the rest of the chain, and wraps the error it returns in name(...), so
+// that the error tells the order in which the middleware saw it.
+func tag(trace *[]string, name string) middleware.Middleware {
+	return func(next middleware.Next) middleware.Next {
+		return func(ctx context.Context) error {
 			*trace = append(*trace, name+">")
-			r, err := next(ctx, job)
+			err := next(ctx)
 			*trace = append(*trace, "<"+name)
-			return name + "(" + r + ")", err
+			return fmt.Errorf("%s(%w)", name, err)
 		}
 	}
 }
 
+var errHandler = errors.New("h")
+
+// traced returns a handler that appends "h" to the trace and fails with
+// errHandler, its result the job as a string.
+func traced(trace *[]string) middleware.Handler[int, string] {
+	return func(ctx context.Context, job int) (string, error) {
+		*trace = append(*trace, "h")
+		return fmt.Sprint(job), errHandler
+	}
+}
+
 func TestChainOrder(t *testing.T) {
-	h := func(ctx context.Context, job int) (string, error) { return fmt.Sprint(job), nil }
 	tests := []struct {
 		names     []string
 		wantTrace string
-		wantOut   string
+		wantErr   string
 	}{
-		{nil, "", "7"},
-		{[]string{"m1"}, "m1> <m1", "m1(7)"},
-		{[]string{"m1", "m2"}, "m1> m2> <m2 <m1", "m1(m2(7))"},
-		{[]string{"m1", "m2", "m3"}, "m1> m2> m3> <m3 <m2 <m1", "m1(m2(m3(7)))"},
+		{nil, "h", "h"},
+		{[]string{"m1"}, "m1> h <m1", "m1(h)"},
+		{[]string{"m1", "m2"}, "m1> m2> h <m2 <m1", "m1(m2(h))"},
+		{[]string{"m1", "m2", "m3"}, "m1> m2> m3> h <m3 <m2 <m1", "m1(m2(m3(h)))"},
 	}
 	for _, tt := range tests {
-		var trace []string
-		var mws []middleware.Middleware[int, string]
-		for _, n := range tt.names {
-			mws = append(mws, tag(&trace, n))
-		}
-		out, err := middleware.Chain(mws...)(h)(context.Background(), 7)
-		if err != nil {
-			t.Fatalf("Chain(%v)(h)(7) error %v", tt.names, err)
-		}
-		if got := strings.Join(trace, " "); got != tt.wantTrace {
-			t.Errorf("Chain(%v) call order = %q, want %q", tt.names, got, tt.wantTrace)
-		}
-		if out != tt.wantOut {
-			t.Errorf("Chain(%v)(h)(7) = %q, want %q", tt.names, out, tt.wantOut)
+		for _, how := range []string{"Wrap(h, mws...)", "Wrap(h, Chain(mws...))"} {
+			t.Run(fmt.Sprint(tt.names, how), func(t *testing.T) {
+				var trace []string
+				var mws []middleware.Middleware
+				for _, n := range tt.names {
+					mws = append(mws, tag(&trace, n))
+				}
+				if how != "Wrap(h, mws...)" {
+					mws = []middleware.Middleware{middleware.Chain(mws...)}
+				}
+				out, err := middleware.Wrap(traced(&trace), mws...)(context.Background(), 7)
+				assert.Equal(t, "7", out)
+				require.ErrorIs(t, err, errHandler)
+				assert.EqualError(t, err, tt.wantErr)
+				assert.Equal(t, tt.wantTrace, strings.Join(trace, " "), "call order")
+			})
 		}
 	}
 }
 
 func TestChainSameAsNesting(t *testing.T) {
 	var a, b []string
-	h := func(ctx context.Context, job int) (string, error) { return "h", nil }
-	chained, _ := middleware.Chain(tag(&a, "m1"), tag(&a, "m2"))(h)(context.Background(), 0)
-	nested, _ := tag(&b, "m1")(tag(&b, "m2")(h))(context.Background(), 0)
-	if chained != nested || strings.Join(a, " ") != strings.Join(b, " ") {
-		t.Errorf("Chain(m1, m2)(h) = %q with trace %v, want m1(m2(h)) = %q with trace %v", chained, a, nested, b)
-	}
+	next := func(ctx context.Context) error { return errHandler }
+	chained := middleware.Chain(tag(&a, "m1"), tag(&a, "m2"))(next)(context.Background())
+	nested := tag(&b, "m1")(tag(&b, "m2")(next))(context.Background())
+	assert.Equal(t, nested.Error(), chained.Error(), "Chain(m1, m2)(next) against m1(m2(next))")
+	assert.Equal(t, b, a, "traces of Chain(m1, m2)(next) and m1(m2(next))")
 }
 
 func TestChainCopiesItsArguments(t *testing.T) {
 	var trace []string
-	mws := []middleware.Middleware[int, string]{tag(&trace, "m1"), tag(&trace, "m2")}
+	mws := []middleware.Middleware{tag(&trace, "m1"), tag(&trace, "m2")}
 	chain := middleware.Chain(mws...)
 	mws[0] = tag(&trace, "changed")
-	out, _ := chain(func(context.Context, int) (string, error) { return "h", nil })(context.Background(), 0)
-	if out != "m1(m2(h))" {
-		t.Errorf("Chain after the caller changed its slice = %q, want m1(m2(h))", out)
-	}
+	err := chain(func(context.Context) error { return errHandler })(context.Background())
+	assert.EqualError(t, err, "m1(m2(h))", "Chain after the caller changed its slice")
 }
 
 func TestChainPanicsOnNil(t *testing.T) {
-	mustPanic(t, "Chain(nil)", func() { middleware.Chain[int, string](nil) })
-	mustPanic(t, "Chain()(nil)", func() { middleware.Chain[int, string]()(nil) })
+	var trace []string
+	assert.PanicsWithValue(t, "middleware: Chain: middleware 0 is nil", func() { middleware.Chain(nil) })
+	assert.PanicsWithValue(t, "middleware: Chain: middleware 1 is nil", func() { middleware.Chain(tag(&trace, "m1"), nil) })
+	assert.PanicsWithValue(t, "middleware: Chain: nil Next", func() { middleware.Chain()(nil) })
+	assert.PanicsWithValue(t, "middleware: Chain: nil Next", func() { middleware.Chain(tag(&trace, "m1"))(nil) })
+
+	// A Middleware that returns a nil Next is found when the chain is
+	// built around a call, before anything runs.
+	broken := func(middleware.Next) middleware.Next { return nil }
+	assert.PanicsWithValue(t, "middleware: middleware 1 returned a nil Next", func() {
+		middleware.Chain(tag(&trace, "m1"), broken)(func(context.Context) error { return nil })
+	})
+	h := middleware.Wrap(traced(&trace), tag(&trace, "m1"), broken)
+	assert.PanicsWithValue(t, "middleware: middleware 1 returned a nil Next", func() { h(context.Background(), 0) })
+	assert.Empty(t, trace, "nothing may run before the panic")
 }
 
-func mustPanic(t *testing.T, what string, f func()) {
-	t.Helper()
-	defer func() {
-		if recover() == nil {
-			t.Errorf("%s did not panic", what)
-		}
-	}()
-	f()
+// TestNilHandler: Wrap and Keyed refuse a nil handler when they wrap it,
+// not at the first job, whatever the middleware.
+func TestNilHandler(t *testing.T) {
+	lim := newLimiter(t, bucket.PerSecond(1))
+	mws := map[string]middleware.Middleware{
+		"Timeout":   middleware.Timeout(time.Second),
+		"Retry":     middleware.Retry(),
+		"Logging":   middleware.Logging(slog.Default()),
+		"RateLimit": middleware.RateLimit(lim),
+	}
+	for name, m := range mws {
+		assert.PanicsWithValue(t, "middleware: Wrap: nil handler", func() { middleware.Wrap[int, int](nil, m) }, name)
+	}
+	assert.PanicsWithValue(t, "middleware: Wrap: nil handler", func() { middleware.Wrap[int, int](nil) })
+	assert.PanicsWithValue(t, "middleware: Chain: middleware 0 is nil", func() {
+		middleware.Wrap(func(context.Context, int) (int, error) { return 0, nil }, nil)
+	})
+}
+
+// TestWrapReturnsTheLastAttemptsResult: the caller gets the result of the
+// handler's last call, whatever the middleware did with its error, and
+// the zero result when no middleware called it.
+func TestWrapReturnsTheLastAttemptsResult(t *testing.T) {
+	errStop := errors.New("stop")
+	stop := func(middleware.Next) middleware.Next {
+		return func(context.Context) error { return errStop }
+	}
+	swallow := func(next middleware.Next) middleware.Next {
+		return func(ctx context.Context) error { next(ctx); return nil }
+	}
+	tests := []struct {
+		name     string
+		errs     []error
+		mws      []middleware.Middleware
+		wantN    int
+		wantErr  error // errors.Is; nil: no error
+		wantCall int
+	}{
+		{"no middleware", []error{errBoom}, nil, 1, errBoom, 1},
+		{"succeeds on the third attempt", []error{errBoom, errBoom}, []middleware.Middleware{middleware.Retry(middleware.WithSleep(noSleep))}, 3, nil, 3},
+		{"attempts run out", []error{errBoom, errBoom, errBoom}, []middleware.Middleware{middleware.Retry(middleware.WithSleep(noSleep))}, 3, errBoom, 3},
+		{"not retryable", []error{middleware.Permanent(errBoom)}, []middleware.Middleware{middleware.Retry(middleware.WithSleep(noSleep))}, 1, errBoom, 1},
+		{"error swallowed", []error{errBoom}, []middleware.Middleware{swallow}, 1, nil, 1},
+		{"handler never called", nil, []middleware.Middleware{stop}, 0, errStop, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sc := &script{errs: tt.errs}
+			n, err := middleware.Wrap(sc.handle, tt.mws...)(context.Background(), 0)
+			assert.Equal(t, tt.wantN, n, "result")
+			if tt.wantErr == nil {
+				assert.NoError(t, err)
+			} else {
+				assert.ErrorIs(t, err, tt.wantErr)
+			}
+			assert.Equal(t, tt.wantCall, sc.calls(), "handler calls")
+		})
+	}
 }
 
 func TestRetryAfter(t *testing.T) {
@@ -114,14 +190,23 @@ func TestRetryAfter(t *testing.T) {
 		{"joined", errors.Join(base, &middleware.RetryAfterError{Delay: time.Minute}), time.Minute, true},
 		{"negative", &middleware.RetryAfterError{Delay: -time.Second}, 0, true},
 		{"permanent", middleware.Permanent(&middleware.RetryAfterError{Delay: time.Second}), time.Second, true},
+		{"caller's type", slowDown(4 * time.Second), 4 * time.Second, true},
+		{"caller's type wrapped", fmt.Errorf("fetch: %w", slowDown(4*time.Second)), 4 * time.Second, true},
+		{"caller's type negative", slowDown(-time.Second), 0, true},
 	}
 	for _, tt := range tests {
 		got, ok := middleware.RetryAfter(tt.err)
-		if got != tt.want || ok != tt.wantOK {
-			t.Errorf("RetryAfter(%s) = %v, %v, want %v, %v", tt.name, got, ok, tt.want, tt.wantOK)
-		}
+		assert.Equal(t, tt.want, got, tt.name)
+		assert.Equal(t, tt.wantOK, ok, tt.name)
 	}
 }
+
+// slowDown is an error type of the caller's that asks for a retry-after
+// with a method of its own, not through *middleware.RetryAfterError.
+type slowDown time.Duration
+
+func (e slowDown) Error() string             { return "slow down for " + time.Duration(e).String() }
+func (e slowDown) RetryAfter() time.Duration { return time.Duration(e) }
 
 func TestRetryAfterErrorMessage(t *testing.T) {
 	tests := []struct {
@@ -132,94 +217,54 @@ func TestRetryAfterErrorMessage(t *testing.T) {
 		{&middleware.RetryAfterError{Delay: 1500 * time.Millisecond, Err: errors.New("upstream busy")}, "upstream busy (retry after 1.5s)"},
 	}
 	for _, tt := range tests {
-		if got := tt.err.Error(); got != tt.want {
-			t.Errorf("Error() = %q, want %q", got, tt.want)
-		}
+		assert.EqualError(t, tt.err, tt.want)
 	}
 	base := errors.New("boom")
-	if err := (&middleware.RetryAfterError{Err: base}); !errors.Is(err, base) {
-		t.Errorf("errors.Is(RetryAfterError{Err: base}, base) = false, want true")
-	}
+	assert.ErrorIs(t, &middleware.RetryAfterError{Err: base}, base)
 }
 
 func TestPermanent(t *testing.T) {
 	base := errors.New("bad request")
 	err := middleware.Permanent(base)
-	if !errors.Is(err, middleware.ErrPermanent) || !errors.Is(err, base) {
-		t.Errorf("Permanent(base) matches ErrPermanent %v and base %v, want both", errors.Is(err, middleware.ErrPermanent), errors.Is(err, base))
-	}
-	if err.Error() != base.Error() {
-		t.Errorf("Permanent(base).Error() = %q, want %q", err.Error(), base.Error())
-	}
-	if middleware.Permanent(nil) != nil {
-		t.Errorf("Permanent(nil) != nil")
-	}
-	if errors.Is(base, middleware.ErrPermanent) {
-		t.Errorf("errors.Is(base, ErrPermanent) = true, want false")
-	}
+	assert.ErrorIs(t, err, middleware.ErrPermanent)
+	assert.ErrorIs(t, err, base)
+	assert.EqualError(t, err, base.Error())
+	assert.NoError(t, middleware.Permanent(nil))
+	assert.NotErrorIs(t, base, middleware.ErrPermanent)
 }
 
+// TestJobInfo checks the round trip of package jobinfo, which has no test
+// file of its own.
 func TestJobInfo(t *testing.T) {
-	if info, ok := middleware.JobInfoFrom(context.Background()); ok {
-		t.Errorf("JobInfoFrom(Background) = %+v, true, want false", info)
-	}
-	want := middleware.JobInfo{Key: "tenant-1", Attempt: 3}
-	got, ok := middleware.JobInfoFrom(middleware.WithJobInfo(context.Background(), want))
-	if !ok || got != want {
-		t.Errorf("JobInfoFrom(WithJobInfo(%+v)) = %+v, %v, want %+v, true", want, got, ok, want)
-	}
+	info, ok := jobinfo.FromContext(context.Background())
+	assert.False(t, ok, "FromContext(Background) = %+v, true", info)
+	want := jobinfo.Info{Key: "tenant-1", Attempt: 3}
+	got, ok := jobinfo.FromContext(jobinfo.NewContext(context.Background(), want))
+	assert.True(t, ok)
+	assert.Equal(t, want, got)
 }
 
 func TestKeyed(t *testing.T) {
-	keyed, err := middleware.Keyed[int, middleware.JobInfo](func(job int) string { return fmt.Sprint("k", job) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := keyed(func(ctx context.Context, job int) (middleware.JobInfo, error) {
-		info, _ := middleware.JobInfoFrom(ctx)
+	h := middleware.Keyed(func(ctx context.Context, job int) (jobinfo.Info, error) {
+		info, _ := jobinfo.FromContext(ctx)
 		return info, nil
-	})
+	}, func(job int) string { return fmt.Sprint("k", job) })
 	tests := []struct {
+		name string
 		ctx  context.Context
-		want middleware.JobInfo
+		want jobinfo.Info
 	}{
-		{context.Background(), middleware.JobInfo{Key: "k7", Attempt: 1}},
-		{middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "d", Attempt: 4}), middleware.JobInfo{Key: "d", Attempt: 4}},
+		{"no key", context.Background(), jobinfo.Info{Key: "k7", Attempt: 1}},
+		{"from a dispatcher", jobinfo.NewContext(context.Background(), jobinfo.Info{Key: "d", Attempt: 4}), jobinfo.Info{Key: "d", Attempt: 4}},
 	}
 	for _, tt := range tests {
-		if got, _ := h(tt.ctx, 7); got != tt.want {
-			t.Errorf("Keyed handler saw %+v, want %+v", got, tt.want)
-		}
+		got, err := h(tt.ctx, 7)
+		require.NoError(t, err)
+		assert.Equal(t, tt.want, got, tt.name)
 	}
-	if _, err := middleware.Keyed[int, int](nil); err == nil {
-		t.Errorf("Keyed(nil) error = nil, want an error")
-	}
-}
-
-// TestNilHandler: every middleware refuses a nil handler when it wraps it,
-// not at the first job.
-func TestNilHandler(t *testing.T) {
-	lim := newLimiter(t, bucket.PerSecond(1))
-	key := func(int) string { return "k" }
-	mws := map[string]func() (middleware.Middleware[int, int], error){
-		"Timeout":   func() (middleware.Middleware[int, int], error) { return middleware.Timeout[int, int](time.Second) },
-		"Retry":     func() (middleware.Middleware[int, int], error) { return middleware.Retry[int, int]() },
-		"Logging":   func() (middleware.Middleware[int, int], error) { return middleware.Logging[int, int](slog.Default()) },
-		"RateLimit": func() (middleware.Middleware[int, int], error) { return middleware.RateLimit[int, int](lim, key) },
-		"Keyed":     func() (middleware.Middleware[int, int], error) { return middleware.Keyed[int, int](key) },
-	}
-	for name, mk := range mws {
-		m, err := mk()
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		func() {
-			defer func() {
-				if p := recover(); p != "middleware: "+name+": nil handler" {
-					t.Errorf("%s(nil) panicked with %v, want a message naming it", name, p)
-				}
-			}()
-			m(nil)
-		}()
-	}
+	const msg = "middleware: Keyed: nil handler or key function"
+	assert.PanicsWithValue(t, msg, func() { middleware.Keyed[int, int](nil, func(int) string { return "" }) })
+	assert.PanicsWithValue(t, msg, func() {
+		middleware.Keyed(func(context.Context, int) (int, error) { return 0, nil }, nil)
+	})
 }

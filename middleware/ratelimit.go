@@ -15,10 +15,12 @@ import (
 // caller and honours the context: if it ends first, the booking is given
 // back and the handler is not called; if the admission would come after
 // the context's deadline, the call fails at once with a *bucket.WaitError.
-// A call without a key fails with an error matching bucket.ErrEmptyKey;
-// other errors from the limiter are returned wrapped, naming the key. Its
-// cost is one Limiter.Wait: a backend round trip plus the wait. It panics
-// if lim is nil.
+// A call whose context carries no key, or an empty one, fails at once
+// with an error matching bucket.ErrEmptyKey and the handler is not
+// called; other errors from the limiter are returned wrapped, naming the
+// key. Its cost is one Limiter.Wait: a backend round trip plus the wait.
+// It is safe for concurrent use, as the Limiter is. It panics if lim is
+// nil.
 //
 // A dispatcher admits jobs through its own limiter before they take a
 // worker; do not add RateLimit to a dispatcher's handler for the same

@@ -2,11 +2,12 @@ package middleware_test
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
@@ -18,30 +19,30 @@ type job struct {
 	n   int
 }
 
+func (j job) Key() string { return j.key }
+
 // newLimiter returns a Limiter over a fresh memstore, closed at cleanup.
 func newLimiter(t *testing.T, lim bucket.Limit) *bucket.Limiter {
 	t.Helper()
 	store, err := memstore.New(memstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { store.Close() })
 	l, err := bucket.NewLimiter(store, lim)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return l
+}
+
+// rateLimited returns h waiting for its job's key in lim: RateLimit, keyed
+// by job.Key.
+func rateLimited[R any](lim *bucket.Limiter, h middleware.Handler[job, R]) middleware.Handler[job, R] {
+	return middleware.Keyed(middleware.Wrap(h, middleware.RateLimit(lim)), job.Key)
 }
 
 func TestRateLimitAdmitsThroughTheBucket(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lim := newLimiter(t, bucket.PerSecond(2))
-		rl, err := middleware.RateLimit[job, time.Duration](lim, func(j job) string { return j.key })
-		if err != nil {
-			t.Fatal(err)
-		}
 		begin := time.Now()
-		h := rl(func(ctx context.Context, j job) (time.Duration, error) { return time.Since(begin), nil })
+		h := rateLimited(lim, func(ctx context.Context, j job) (time.Duration, error) { return time.Since(begin), nil })
 		tests := []struct {
 			job  job
 			want time.Duration
@@ -54,9 +55,8 @@ func TestRateLimitAdmitsThroughTheBucket(t *testing.T) {
 		}
 		for _, tt := range tests {
 			got, err := h(context.Background(), tt.job)
-			if err != nil || got != tt.want {
-				t.Errorf("job %v started at %v, %v, want %v", tt.job, got, err, tt.want)
-			}
+			require.NoError(t, err, "job %v", tt.job)
+			assert.Equal(t, tt.want, got, "job %v started at", tt.job)
 		}
 	})
 }
@@ -64,10 +64,9 @@ func TestRateLimitAdmitsThroughTheBucket(t *testing.T) {
 func TestRateLimitConcurrent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lim := newLimiter(t, bucket.PerSecond(10).WithBurst(2))
-		rl, _ := middleware.RateLimit[job, struct{}](lim, func(j job) string { return j.key })
 		begin := time.Now()
 		starts := make(chan time.Duration, 20)
-		h := rl(func(ctx context.Context, j job) (struct{}, error) {
+		h := rateLimited(lim, func(ctx context.Context, j job) (struct{}, error) {
 			starts <- time.Since(begin)
 			return struct{}{}, nil
 		})
@@ -87,6 +86,7 @@ func TestRateLimitConcurrent(t *testing.T) {
 		for s := range starts {
 			got = append(got, s)
 		}
+		require.Len(t, got, 12)
 		for i := range got {
 			n := 0
 			for j := range got {
@@ -94,68 +94,62 @@ func TestRateLimitConcurrent(t *testing.T) {
 					n++
 				}
 			}
-			if n > 2+10 {
-				t.Fatalf("%d starts in [%v, %v+1s), want at most 12", n, got[i], got[i])
-			}
+			require.LessOrEqual(t, n, 2+10, "starts in [%v, %v+1s)", got[i], got[i])
 		}
-		if last := time.Since(begin); last != time.Second {
-			t.Errorf("12 jobs at 10/s burst 2 done after %v, want 1s", last)
-		}
+		assert.Equal(t, time.Second, time.Since(begin), "12 jobs at 10/s burst 2 done after")
 	})
 }
 
 func TestRateLimitCancel(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lim := newLimiter(t, bucket.PerMinute(1))
-		rl, _ := middleware.RateLimit[job, int](lim, func(j job) string { return j.key })
 		calls := 0
-		h := rl(func(ctx context.Context, j job) (int, error) { calls++; return j.n, nil })
-		if _, err := h(context.Background(), job{"k", 1}); err != nil {
-			t.Fatal(err)
-		}
+		h := rateLimited(lim, func(ctx context.Context, j job) (int, error) { calls++; return j.n, nil })
+		_, err := h(context.Background(), job{"k", 1})
+		require.NoError(t, err)
 
 		ctx, cancel := context.WithCancel(context.Background())
 		time.AfterFunc(time.Second, cancel)
 		start := time.Now()
-		_, err := h(ctx, job{"k", 2})
-		if !errors.Is(err, context.Canceled) || time.Since(start) != time.Second {
-			t.Errorf("cancelled wait returned %v after %v, want context.Canceled after 1s", err, time.Since(start))
-		}
+		_, err = h(ctx, job{"k", 2})
+		assert.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, time.Second, time.Since(start), "the cancelled wait returned after")
 
 		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_, err = h(ctx, job{"k", 3})
 		var we *bucket.WaitError
-		if !errors.As(err, &we) || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != time.Second {
-			t.Errorf("wait beyond the deadline returned %v after %v, want a *bucket.WaitError at once", err, time.Since(start)-time.Second)
-		}
-		if calls != 1 {
-			t.Errorf("handler called %d times, want 1", calls)
-		}
+		assert.ErrorAs(t, err, &we)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Equal(t, time.Second, time.Since(start), "a wait beyond the deadline must fail at once")
+		assert.Equal(t, 1, calls, "handler calls")
 		// The cancelled booking was given back: the next unit is due a
 		// minute after the first, not two.
-		if _, err := h(context.Background(), job{"k", 4}); err != nil || time.Since(start) != time.Minute {
-			t.Errorf("next admission at %v, %v, want 1m0s", time.Since(start), err)
-		}
+		_, err = h(context.Background(), job{"k", 4})
+		require.NoError(t, err)
+		assert.Equal(t, time.Minute, time.Since(start), "the next admission came at")
 	})
 }
 
 func TestRateLimitErrors(t *testing.T) {
+	assert.PanicsWithValue(t, "middleware: RateLimit: nil limiter", func() { middleware.RateLimit(nil) })
+
 	lim := newLimiter(t, bucket.PerSecond(1))
-	key := func(j job) string { return j.key }
-	if _, err := middleware.RateLimit[job, int](nil, key); err == nil {
-		t.Errorf("RateLimit(nil, key) error = nil, want an error")
-	}
-	if _, err := middleware.RateLimit[job, int](lim, nil); err == nil {
-		t.Errorf("RateLimit(lim, nil) error = nil, want an error")
-	}
-	rl, _ := middleware.RateLimit[job, int](lim, key)
 	called := false
-	_, err := rl(func(ctx context.Context, j job) (int, error) { called = true; return 0, nil })(context.Background(), job{"", 1})
-	if !errors.Is(err, bucket.ErrEmptyKey) || called {
-		t.Errorf("empty key: error %v, handler called %v; want ErrEmptyKey, not called", err, called)
+	h := func(ctx context.Context, j job) (int, error) { called = true; return 0, nil }
+	const msg = "middleware: RateLimit: the call's context carries no key (use Keyed): bucket: empty key"
+	tests := []struct {
+		name string
+		h    middleware.Handler[job, int]
+	}{
+		{"without a key", middleware.Wrap(h, middleware.RateLimit(lim))},
+		{"with an empty key", rateLimited(lim, h)},
 	}
-	if want := fmt.Sprintf("middleware: rate limit of key %q: %v", "", bucket.ErrEmptyKey); err.Error() != want {
-		t.Errorf("error = %q, want %q", err, want)
+	for _, tt := range tests {
+		called = false
+		_, err := tt.h(context.Background(), job{"", 1})
+		assert.ErrorIs(t, err, bucket.ErrEmptyKey, tt.name)
+		assert.EqualError(t, err, msg, tt.name)
+		assert.False(t, called, "%s: handler called", tt.name)
 	}
 }

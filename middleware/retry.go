@@ -124,8 +124,8 @@ func WithMaxRetryAfter(d time.Duration) RetryOption {
 
 // WithOnRetry sets a function called before each wait with the error of
 // the attempt that failed and the wait before the next one; ctx carries
-// that attempt's number (package jobinfo). Use it to count retries. It must be safe for
-// concurrent use.
+// that attempt's number (package jobinfo). Use it to count retries. It
+// must be safe for concurrent use.
 func WithOnRetry(f func(ctx context.Context, err error, wait time.Duration)) RetryOption {
 	return func(c *retryConfig) error {
 		if f == nil {
@@ -200,18 +200,20 @@ func DefaultRetryable(err error) bool {
 //
 // Each attempt's context carries the job's attempt (package jobinfo),
 // one more per retry, starting from the one Retry receives, or 1 if there
-// is none. When the context ends, Retry stops waiting at once and returns
-// an error that matches the context's error and names the last handler
-// error (without wrapping it, so a cancelled job never looks retryable).
-// It does not start a wait that would end after the context's deadline.
-// When the attempts run out, or the deadline is too near, it returns the
-// last error wrapped with the number of attempts (errors.Is and errors.As
-// still see it); a non-retryable error is returned unchanged. The result
-// is always the last attempt's.
+// is none. When the context ends during a wait, Retry stops waiting at
+// once and returns an error that matches the context's cause
+// (context.Cause: its error, unless it was given another) and names the
+// last handler error (without wrapping it, so a cancelled job never looks
+// retryable); a handler error that comes back after the context ended is
+// returned unchanged. It does not start a wait that would end after the
+// context's deadline. When the attempts run out, or the deadline is too
+// near, it returns the last error wrapped with the number of attempts
+// (errors.Is and errors.As still see it); a non-retryable error is
+// returned unchanged. Under Wrap, the result is always the last attempt's.
 //
 // Retry waits in the caller's goroutine: inside a dispatcher, the job holds
-// its worker while it waits. It panics if an option is nil or invalid, with
-// the option's message: both are programming errors.
+// its worker while it waits. It panics if an option is nil, or invalid
+// (with the option's message): both are programming errors.
 func Retry(opts ...RetryOption) Middleware {
 	c := retryConfig{
 		attempts:      DefaultMaxAttempts,

@@ -11,22 +11,27 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/jobinfo"
 	"github.com/leakybucket/leakybucket/middleware"
 )
 
 // script is a handler that fails with errs[i] on its i-th call (nil: it
-// succeeds) and records the JobInfo of each call.
+// succeeds), returns the number of the call, and records the jobinfo of
+// each call.
 type script struct {
 	mu    sync.Mutex
 	errs  []error
-	infos []middleware.JobInfo
+	infos []jobinfo.Info
 }
 
 func (s *script) handle(ctx context.Context, job int) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	info, _ := middleware.JobInfoFrom(ctx)
+	info, _ := jobinfo.FromContext(ctx)
 	s.infos = append(s.infos, info)
 	n := len(s.infos)
 	if n > len(s.errs) {
@@ -52,8 +57,11 @@ func (s *sleeps) sleep(ctx context.Context, d time.Duration) error {
 	s.mu.Lock()
 	s.waits = append(s.waits, d)
 	s.mu.Unlock()
-	return context.Cause(ctx)
+	return noSleep(ctx, d)
 }
+
+// noSleep returns at once: nil, or the context's cause if it has ended.
+func noSleep(ctx context.Context, _ time.Duration) error { return context.Cause(ctx) }
 
 // constRand returns a WithRand option that always draws r.
 func constRand(r float64) middleware.RetryOption {
@@ -61,14 +69,15 @@ func constRand(r float64) middleware.RetryOption {
 }
 
 // newRetry builds a Retry with a recording sleeper and the given options.
-func newRetry(t *testing.T, opts ...middleware.RetryOption) (middleware.Middleware[int, int], *sleeps) {
-	t.Helper()
+func newRetry(opts ...middleware.RetryOption) (middleware.Middleware, *sleeps) {
 	s := new(sleeps)
-	m, err := middleware.Retry[int, int](append([]middleware.RetryOption{middleware.WithSleep(s.sleep)}, opts...)...)
-	if err != nil {
-		t.Fatalf("Retry(...) error %v", err)
-	}
-	return m, s
+	return middleware.Retry(append([]middleware.RetryOption{middleware.WithSleep(s.sleep)}, opts...)...), s
+}
+
+// assertSameError checks that err is want itself: not wrapped, not a copy.
+func assertSameError(t *testing.T, want, err error) {
+	t.Helper()
+	assert.Truef(t, err == want, "error = %v, want the handler's error %v unchanged", err, want)
 }
 
 var errBoom = errors.New("boom")
@@ -91,57 +100,50 @@ func TestRetryAttempts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m, s := newRetry(t, middleware.WithMaxAttempts(tt.attempts), middleware.WithJitter(0),
+			m, s := newRetry(middleware.WithMaxAttempts(tt.attempts), middleware.WithJitter(0),
 				middleware.WithBackoff(100*time.Millisecond, time.Second))
 			sc := &script{errs: tt.errs}
-			n, err := m(sc.handle)(context.Background(), 0)
-			if sc.calls() != tt.wantCalls || n != tt.wantCalls {
-				t.Errorf("handler called %d times, result %d, want %d", sc.calls(), n, tt.wantCalls)
+			n, err := middleware.Wrap(sc.handle, m)(context.Background(), 0)
+			assert.Equal(t, tt.wantCalls, sc.calls(), "handler calls")
+			assert.Equal(t, tt.wantCalls, n, "result")
+			if tt.wantErr {
+				assert.ErrorIs(t, err, errBoom)
+			} else {
+				assert.NoError(t, err)
 			}
-			if (err != nil) != tt.wantErr {
-				t.Errorf("error = %v, want error %v", err, tt.wantErr)
-			}
-			if err != nil && !errors.Is(err, errBoom) {
-				t.Errorf("errors.Is(%v, errBoom) = false, want true", err)
-			}
-			if fmt.Sprint(s.waits) != fmt.Sprint(tt.wantWaits) {
-				t.Errorf("waits = %v, want %v", s.waits, tt.wantWaits)
-			}
+			assert.Equal(t, tt.wantWaits, s.waits)
 		})
 	}
 }
 
 func TestRetryExhaustedErrorSaysSo(t *testing.T) {
-	m, _ := newRetry(t, middleware.WithMaxAttempts(2))
+	m, _ := newRetry(middleware.WithMaxAttempts(2))
 	sc := &script{errs: []error{errBoom, errBoom}}
-	_, err := m(sc.handle)(context.Background(), 0)
-	if want := "middleware: gave up after 2 attempts: boom"; err == nil || err.Error() != want {
-		t.Errorf("error = %v, want %q", err, want)
-	}
+	_, err := middleware.Wrap(sc.handle, m)(context.Background(), 0)
+	assert.EqualError(t, err, "middleware: gave up after 2 attempts: boom")
 }
 
 func TestRetryAttemptNumbers(t *testing.T) {
 	tests := []struct {
 		name string
 		ctx  context.Context
-		want []middleware.JobInfo
+		want []jobinfo.Info
 	}{
-		{"no JobInfo", context.Background(), []middleware.JobInfo{{Attempt: 1}, {Attempt: 2}, {Attempt: 3}}},
-		{"from a dispatcher", middleware.WithJobInfo(context.Background(), middleware.JobInfo{Key: "k", Attempt: 2}),
-			[]middleware.JobInfo{{Key: "k", Attempt: 2}, {Key: "k", Attempt: 3}, {Key: "k", Attempt: 4}}},
+		{"no jobinfo", context.Background(), []jobinfo.Info{{Attempt: 1}, {Attempt: 2}, {Attempt: 3}}},
+		{"from a dispatcher", jobinfo.NewContext(context.Background(), jobinfo.Info{Key: "k", Attempt: 2}),
+			[]jobinfo.Info{{Key: "k", Attempt: 2}, {Key: "k", Attempt: 3}, {Key: "k", Attempt: 4}}},
 	}
 	for _, tt := range tests {
-		m, _ := newRetry(t)
+		m, _ := newRetry()
 		sc := &script{errs: []error{errBoom, errBoom}}
-		if _, err := m(sc.handle)(tt.ctx, 0); err != nil {
-			t.Fatalf("%s: error %v", tt.name, err)
-		}
-		if fmt.Sprint(sc.infos) != fmt.Sprint(tt.want) {
-			t.Errorf("%s: attempts saw JobInfo %v, want %v", tt.name, sc.infos, tt.want)
-		}
+		_, err := middleware.Wrap(sc.handle, m)(tt.ctx, 0)
+		require.NoError(t, err, tt.name)
+		assert.Equal(t, tt.want, sc.infos, "%s: the jobinfo the attempts saw", tt.name)
 	}
 }
 
+// TestRetryHonoursRetryAfter covers *middleware.RetryAfterError and an
+// error type of the caller's with a RetryAfter method (slowDown).
 func TestRetryHonoursRetryAfter(t *testing.T) {
 	ra := func(d time.Duration) error { return &middleware.RetryAfterError{Delay: d, Err: errBoom} }
 	tests := []struct {
@@ -161,20 +163,21 @@ func TestRetryHonoursRetryAfter(t *testing.T) {
 		{"beyond the limit", ra(time.Minute + 1), 0.5, nil, nil, 1},
 		{"handed back", ra(time.Millisecond), 0.5, []middleware.RetryOption{middleware.WithMaxRetryAfter(0)}, nil, 1},
 		{"handed back zero", ra(0), 0.5, []middleware.RetryOption{middleware.WithMaxRetryAfter(0)}, []time.Duration{100 * time.Millisecond}, 2},
+		{"caller's type", slowDown(5 * time.Second), 0.5, nil, []time.Duration{5 * time.Second}, 2},
+		{"caller's type wrapped", fmt.Errorf("fetch: %w", slowDown(3*time.Second)), 0.5, nil, []time.Duration{3 * time.Second}, 2},
+		{"caller's type negative", slowDown(-time.Second), 0.5, nil, []time.Duration{100 * time.Millisecond}, 2},
+		{"caller's type beyond the limit", slowDown(time.Minute + 1), 0.5, nil, nil, 1},
+		{"caller's type handed back", slowDown(time.Millisecond), 0.5, []middleware.RetryOption{middleware.WithMaxRetryAfter(0)}, nil, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m, s := newRetry(t, append([]middleware.RetryOption{constRand(tt.rand)}, tt.opts...)...)
+			m, s := newRetry(append([]middleware.RetryOption{constRand(tt.rand)}, tt.opts...)...)
 			sc := &script{errs: []error{tt.err}}
-			_, err := m(sc.handle)(context.Background(), 0)
-			if fmt.Sprint(s.waits) != fmt.Sprint(tt.wantWaits) {
-				t.Errorf("waits = %v, want %v", s.waits, tt.wantWaits)
-			}
-			if sc.calls() != tt.wantCalls {
-				t.Errorf("handler called %d times, want %d", sc.calls(), tt.wantCalls)
-			}
-			if tt.wantCalls == 1 && err != tt.err {
-				t.Errorf("error = %v, want the handler's error unchanged", err)
+			_, err := middleware.Wrap(sc.handle, m)(context.Background(), 0)
+			assert.Equal(t, tt.wantWaits, s.waits)
+			assert.Equal(t, tt.wantCalls, sc.calls(), "handler calls")
+			if tt.wantCalls == 1 {
+				assertSameError(t, tt.err, err)
 			}
 		})
 	}
@@ -186,7 +189,7 @@ func TestRetryNeverWaitsLessThanAsked(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var mu sync.Mutex
 	draw := func() float64 { mu.Lock(); defer mu.Unlock(); return rng.Float64() }
-	m, s := newRetry(t, middleware.WithRand(draw), middleware.WithMaxAttempts(6))
+	m, s := newRetry(middleware.WithRand(draw), middleware.WithMaxAttempts(6))
 	for range 200 {
 		var asked []time.Duration
 		errs := make([]error, 5)
@@ -196,13 +199,11 @@ func TestRetryNeverWaitsLessThanAsked(t *testing.T) {
 			errs[i] = &middleware.RetryAfterError{Delay: d}
 		}
 		s.waits = nil
-		if _, err := m((&script{errs: errs}).handle)(context.Background(), 0); err != nil {
-			t.Fatal(err)
-		}
+		_, err := middleware.Wrap((&script{errs: errs}).handle, m)(context.Background(), 0)
+		require.NoError(t, err)
+		require.Len(t, s.waits, len(asked))
 		for i, w := range s.waits {
-			if w < asked[i] {
-				t.Fatalf("wait %d = %v, want at least the %v asked", i, w, asked[i])
-			}
+			require.GreaterOrEqual(t, w, asked[i], "wait %d", i)
 		}
 	}
 }
@@ -219,31 +220,25 @@ func TestRetryJitterBounds(t *testing.T) {
 	for _, jitter := range []float64{0, 0.1, 0.5, 1} {
 		// The extremes of the draw give the extremes of the range.
 		for _, r := range []float64{0, 1} {
-			m, s := newRetry(t, middleware.WithJitter(jitter), middleware.WithBackoff(initial, maxI),
+			m, s := newRetry(middleware.WithJitter(jitter), middleware.WithBackoff(initial, maxI),
 				middleware.WithMultiplier(mult), middleware.WithMaxAttempts(2), constRand(r))
-			m((&script{errs: []error{errBoom}}).handle)(context.Background(), 0)
+			middleware.Wrap((&script{errs: []error{errBoom}}).handle, m)(context.Background(), 0)
 			want := time.Duration(float64(initial) * (1 - jitter + 2*jitter*r))
-			if len(s.waits) != 1 || s.waits[0] != want {
-				t.Errorf("jitter %v, rand %v: waits = %v, want [%v]", jitter, r, s.waits, want)
-			}
+			assert.Equal(t, []time.Duration{want}, s.waits, "jitter %v, rand %v", jitter, r)
 		}
 		rng := rand.New(rand.NewPCG(3, uint64(jitter*10)))
-		m, s := newRetry(t, middleware.WithJitter(jitter), middleware.WithBackoff(initial, maxI),
+		m, s := newRetry(middleware.WithJitter(jitter), middleware.WithBackoff(initial, maxI),
 			middleware.WithMultiplier(mult), middleware.WithMaxAttempts(8), middleware.WithRand(rng.Float64))
+		h := middleware.Wrap(func(context.Context, int) (int, error) { return 0, errBoom }, m)
 		for range 100 {
 			s.waits = nil
-			errs := []error{errBoom, errBoom, errBoom, errBoom, errBoom, errBoom, errBoom}
-			m((&script{errs: errs}).handle)(context.Background(), 0)
-			if len(s.waits) != 7 {
-				t.Fatalf("jitter %v: %d waits, want 7", jitter, len(s.waits))
-			}
+			h(context.Background(), 0)
+			require.Len(t, s.waits, 7, "jitter %v", jitter)
 			for i, w := range s.waits {
 				d := interval(i)
 				lo := time.Duration(float64(d) * (1 - jitter))
 				hi := time.Duration(float64(d) * (1 + jitter))
-				if w < lo || w > hi {
-					t.Fatalf("jitter %v: wait %d = %v, want within [%v, %v]", jitter, i, w, lo, hi)
-				}
+				require.Truef(t, w >= lo && w <= hi, "jitter %v: wait %d = %v, want within [%v, %v]", jitter, i, w, lo, hi)
 			}
 		}
 	}
@@ -251,10 +246,11 @@ func TestRetryJitterBounds(t *testing.T) {
 
 func TestRetryBadRandIsClamped(t *testing.T) {
 	for _, r := range []float64{-1, 2, math.NaN(), math.Inf(1)} {
-		m, s := newRetry(t, constRand(r), middleware.WithMaxAttempts(2))
-		m((&script{errs: []error{errBoom}}).handle)(context.Background(), 0)
-		if len(s.waits) != 1 || s.waits[0] < 50*time.Millisecond || s.waits[0] > 150*time.Millisecond {
-			t.Errorf("rand %v: waits = %v, want one within [50ms, 150ms]", r, s.waits)
+		m, s := newRetry(constRand(r), middleware.WithMaxAttempts(2))
+		middleware.Wrap((&script{errs: []error{errBoom}}).handle, m)(context.Background(), 0)
+		if assert.Len(t, s.waits, 1, "rand %v", r) {
+			assert.Truef(t, s.waits[0] >= 50*time.Millisecond && s.waits[0] <= 150*time.Millisecond,
+				"rand %v: wait %v, want within [50ms, 150ms]", r, s.waits[0])
 		}
 	}
 }
@@ -278,15 +274,15 @@ func TestRetryPredicate(t *testing.T) {
 		{"custom may retry Permanent", []middleware.RetryOption{middleware.WithRetryIf(only)}, middleware.Permanent(errBoom), 3},
 	}
 	for _, tt := range tests {
-		m, _ := newRetry(t, tt.opts...)
-		sc := &script{errs: []error{tt.err, tt.err, tt.err}}
-		_, err := m(sc.handle)(context.Background(), 0)
-		if sc.calls() != tt.wantCalls {
-			t.Errorf("%s: handler called %d times, want %d", tt.name, sc.calls(), tt.wantCalls)
-		}
-		if tt.wantCalls == 1 && err != tt.err {
-			t.Errorf("%s: error = %v, want the handler's error unchanged", tt.name, err)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			m, _ := newRetry(tt.opts...)
+			sc := &script{errs: []error{tt.err, tt.err, tt.err}}
+			_, err := middleware.Wrap(sc.handle, m)(context.Background(), 0)
+			assert.Equal(t, tt.wantCalls, sc.calls(), "handler calls")
+			if tt.wantCalls == 1 {
+				assertSameError(t, tt.err, err)
+			}
+		})
 	}
 }
 
@@ -297,6 +293,7 @@ func TestDefaultRetryable(t *testing.T) {
 	}{
 		{errBoom, true},
 		{&middleware.RetryAfterError{Delay: time.Second}, true},
+		{slowDown(time.Second), true},
 		{context.Canceled, true},
 		{context.DeadlineExceeded, true},
 		{&bucket.WaitError{Key: "k", Delay: time.Hour}, false},
@@ -309,9 +306,7 @@ func TestDefaultRetryable(t *testing.T) {
 		{bucket.ErrClosed, true},
 	}
 	for _, tt := range tests {
-		if got := middleware.DefaultRetryable(tt.err); got != tt.want {
-			t.Errorf("DefaultRetryable(%v) = %v, want %v", tt.err, got, tt.want)
-		}
+		assert.Equal(t, tt.want, middleware.DefaultRetryable(tt.err), "DefaultRetryable(%v)", tt.err)
 	}
 }
 
@@ -322,43 +317,31 @@ func TestRetryOnRetry(t *testing.T) {
 		wait    time.Duration
 	}
 	var calls []call
-	m, s := newRetry(t, middleware.WithJitter(0), middleware.WithOnRetry(func(ctx context.Context, err error, wait time.Duration) {
-		info, _ := middleware.JobInfoFrom(ctx)
+	m, s := newRetry(middleware.WithJitter(0), middleware.WithOnRetry(func(ctx context.Context, err error, wait time.Duration) {
+		info, _ := jobinfo.FromContext(ctx)
 		calls = append(calls, call{info.Attempt, err, wait})
 	}))
-	m((&script{errs: []error{errBoom, errBoom}}).handle)(context.Background(), 0)
-	want := []call{{1, errBoom, 100 * time.Millisecond}, {2, errBoom, 200 * time.Millisecond}}
-	if fmt.Sprint(calls) != fmt.Sprint(want) || fmt.Sprint(s.waits) != "[100ms 200ms]" {
-		t.Errorf("OnRetry calls = %v, want %v", calls, want)
-	}
+	middleware.Wrap((&script{errs: []error{errBoom, errBoom}}).handle, m)(context.Background(), 0)
+	assert.Equal(t, []call{{1, errBoom, 100 * time.Millisecond}, {2, errBoom, 200 * time.Millisecond}}, calls)
+	assert.Equal(t, []time.Duration{100 * time.Millisecond, 200 * time.Millisecond}, s.waits)
 }
 
 // TestRetryCancelDuringBackoff runs with the real sleeper in a synctest
 // bubble: cancelling the context stops the wait at once.
 func TestRetryCancelDuringBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m, err := middleware.Retry[int, int](middleware.WithBackoff(time.Hour, time.Hour))
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := middleware.Retry(middleware.WithBackoff(time.Hour, time.Hour))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		time.AfterFunc(time.Second, cancel)
 		sc := &script{errs: []error{&middleware.RetryAfterError{Delay: 30 * time.Second, Err: errBoom}}}
 		start := time.Now()
-		_, err = m(sc.handle)(ctx, 0)
-		if d := time.Since(start); d != time.Second {
-			t.Errorf("Retry returned after %v, want 1s (when the context was cancelled)", d)
-		}
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("errors.Is(%v, context.Canceled) = false, want true", err)
-		}
-		if _, ok := middleware.RetryAfter(err); ok {
-			t.Errorf("RetryAfter(%v) found a delay; a cancelled job must not look retryable", err)
-		}
-		if sc.calls() != 1 {
-			t.Errorf("handler called %d times, want 1", sc.calls())
-		}
+		_, err := middleware.Wrap(sc.handle, m)(ctx, 0)
+		assert.Equal(t, time.Second, time.Since(start), "Retry returned after; want when the context was cancelled")
+		assert.ErrorIs(t, err, context.Canceled)
+		_, ok := middleware.RetryAfter(err)
+		assert.False(t, ok, "RetryAfter(%v) found a delay; a cancelled job must not look retryable", err)
+		assert.Equal(t, 1, sc.calls(), "handler calls")
 	})
 }
 
@@ -366,96 +349,84 @@ func TestRetryCancelDuringBackoff(t *testing.T) {
 // bubble, retry-after included.
 func TestRetryRealSleep(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m, err := middleware.Retry[int, int](middleware.WithJitter(0), middleware.WithMaxAttempts(3))
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := middleware.Retry(middleware.WithJitter(0), middleware.WithMaxAttempts(3))
 		var starts []time.Duration
 		begin := time.Now()
 		errs := []error{&middleware.RetryAfterError{Delay: 7 * time.Second}, errBoom}
-		n, err := m(func(ctx context.Context, job int) (int, error) {
+		n, err := middleware.Wrap(func(ctx context.Context, job int) (int, error) {
 			starts = append(starts, time.Since(begin))
 			if len(starts) <= len(errs) {
 				return 0, errs[len(starts)-1]
 			}
 			return len(starts), nil
-		})(context.Background(), 0)
-		if err != nil || n != 3 {
-			t.Fatalf("Retry = %d, %v, want 3, nil", n, err)
-		}
-		want := []time.Duration{0, 7 * time.Second, 7*time.Second + 200*time.Millisecond}
-		if fmt.Sprint(starts) != fmt.Sprint(want) {
-			t.Errorf("attempts started at %v, want %v", starts, want)
-		}
+		}, m)(context.Background(), 0)
+		require.NoError(t, err)
+		assert.Equal(t, 3, n)
+		assert.Equal(t, []time.Duration{0, 7 * time.Second, 7*time.Second + 200*time.Millisecond}, starts, "attempts' starts")
 	})
 }
 
 func TestRetryContextEndedByHandler(t *testing.T) {
-	m, s := newRetry(t)
+	m, s := newRetry()
 	ctx, cancel := context.WithCancel(context.Background())
 	sc := &script{errs: []error{errBoom}}
-	_, err := m(func(c context.Context, job int) (int, error) {
+	_, err := middleware.Wrap(func(c context.Context, job int) (int, error) {
 		cancel()
 		return sc.handle(c, job)
-	})(ctx, 0)
-	if err != errBoom || len(s.waits) != 0 || sc.calls() != 1 {
-		t.Errorf("after the context ended: error %v, waits %v, calls %d; want errBoom, none, 1", err, s.waits, sc.calls())
-	}
+	}, m)(ctx, 0)
+	assertSameError(t, errBoom, err)
+	assert.Empty(t, s.waits)
+	assert.Equal(t, 1, sc.calls(), "handler calls")
 }
 
+// TestRetryOptionsInvalid: Retry panics on an option that is nil or
+// invalid, with the option's message.
 func TestRetryOptionsInvalid(t *testing.T) {
 	tests := []struct {
 		name string
 		opt  middleware.RetryOption
+		want string
 	}{
-		{"nil option", nil},
-		{"zero attempts", middleware.WithMaxAttempts(0)},
-		{"negative attempts", middleware.WithMaxAttempts(-1)},
-		{"zero initial", middleware.WithBackoff(0, time.Second)},
-		{"max below initial", middleware.WithBackoff(time.Second, time.Millisecond)},
-		{"multiplier below 1", middleware.WithMultiplier(0.5)},
-		{"multiplier NaN", middleware.WithMultiplier(math.NaN())},
-		{"multiplier Inf", middleware.WithMultiplier(math.Inf(1))},
-		{"negative jitter", middleware.WithJitter(-0.1)},
-		{"jitter above 1", middleware.WithJitter(1.5)},
-		{"jitter NaN", middleware.WithJitter(math.NaN())},
-		{"negative retry-after limit", middleware.WithMaxRetryAfter(-time.Second)},
-		{"nil predicate", middleware.WithRetryIf(nil)},
-		{"nil OnRetry", middleware.WithOnRetry(nil)},
-		{"nil sleep", middleware.WithSleep(nil)},
-		{"nil rand", middleware.WithRand(nil)},
+		{"nil option", nil, "middleware: Retry: option 0 is nil"},
+		{"zero attempts", middleware.WithMaxAttempts(0), "middleware: WithMaxAttempts: must be at least 1, got 0"},
+		{"negative attempts", middleware.WithMaxAttempts(-1), "middleware: WithMaxAttempts: must be at least 1, got -1"},
+		{"zero initial", middleware.WithBackoff(0, time.Second), "middleware: WithBackoff: want 0 < initial ≤ max, got initial 0s, max 1s"},
+		{"max below initial", middleware.WithBackoff(time.Second, time.Millisecond), "middleware: WithBackoff: want 0 < initial ≤ max, got initial 1s, max 1ms"},
+		{"multiplier below 1", middleware.WithMultiplier(0.5), "middleware: WithMultiplier: must be finite and at least 1, got 0.5"},
+		{"multiplier NaN", middleware.WithMultiplier(math.NaN()), "middleware: WithMultiplier: must be finite and at least 1, got NaN"},
+		{"multiplier Inf", middleware.WithMultiplier(math.Inf(1)), "middleware: WithMultiplier: must be finite and at least 1, got +Inf"},
+		{"negative jitter", middleware.WithJitter(-0.1), "middleware: WithJitter: must be in [0, 1], got -0.1"},
+		{"jitter above 1", middleware.WithJitter(1.5), "middleware: WithJitter: must be in [0, 1], got 1.5"},
+		{"jitter NaN", middleware.WithJitter(math.NaN()), "middleware: WithJitter: must be in [0, 1], got NaN"},
+		{"negative retry-after limit", middleware.WithMaxRetryAfter(-time.Second), "middleware: WithMaxRetryAfter: must not be negative, got -1s"},
+		{"nil predicate", middleware.WithRetryIf(nil), "middleware: WithRetryIf: nil predicate"},
+		{"nil OnRetry", middleware.WithOnRetry(nil), "middleware: WithOnRetry: nil function"},
+		{"nil sleep", middleware.WithSleep(nil), "middleware: WithSleep: nil function"},
+		{"nil rand", middleware.WithRand(nil), "middleware: WithRand: nil function"},
 	}
 	for _, tt := range tests {
-		if m, err := middleware.Retry[int, int](tt.opt); err == nil || m != nil {
-			t.Errorf("Retry(%s) = %v, %v, want nil and an error", tt.name, m != nil, err)
-		}
+		assert.PanicsWithValue(t, tt.want, func() { middleware.Retry(tt.opt) }, tt.name)
 	}
+	assert.PanicsWithValue(t, "middleware: Retry: option 1 is nil", func() {
+		middleware.Retry(middleware.WithJitter(0), nil)
+	})
 }
 
 // TestRetryAroundTimeout checks that a timed-out attempt is retried while
 // the job's own context is alive.
 func TestRetryAroundTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		retry, err := middleware.Retry[int, int](middleware.WithJitter(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		timeout, err := middleware.Timeout[int, int](time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
 		calls := 0
-		n, err := middleware.Chain(retry, timeout)(func(ctx context.Context, job int) (int, error) {
+		n, err := middleware.Wrap(func(ctx context.Context, job int) (int, error) {
 			calls++
 			if calls == 1 {
 				<-ctx.Done()
 				return 0, ctx.Err()
 			}
 			return calls, nil
-		})(context.Background(), 0)
-		if err != nil || n != 2 {
-			t.Errorf("Chain(Retry, Timeout) = %d, %v, want 2, nil", n, err)
-		}
+		}, middleware.Retry(middleware.WithJitter(0)), middleware.Timeout(time.Second))(context.Background(), 0)
+		require.NoError(t, err)
+		assert.Equal(t, 2, n)
 	})
 }
 
@@ -479,25 +450,22 @@ func TestRetryNearTheDeadline(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				m, err := middleware.Retry[int, int](middleware.WithJitter(0))
-				if err != nil {
-					t.Fatal(err)
-				}
+				m := middleware.Retry(middleware.WithJitter(0))
 				ctx, cancel := context.WithTimeout(context.Background(), tt.deadline)
 				defer cancel()
 				start := time.Now()
 				sc := &script{errs: []error{tt.err}}
-				_, err = m(sc.handle)(ctx, 0)
-				if sc.calls() != tt.wantCalls || time.Since(start) != tt.wantAt {
-					t.Errorf("handler called %d times, Retry returned after %v; want %d, %v", sc.calls(), time.Since(start), tt.wantCalls, tt.wantAt)
-				}
+				_, err := middleware.Wrap(sc.handle, m)(ctx, 0)
+				assert.Equal(t, tt.wantCalls, sc.calls(), "handler calls")
+				assert.Equal(t, tt.wantAt, time.Since(start), "Retry returned after")
 				switch {
-				case tt.wantCalls == 2 && err != nil:
-					t.Errorf("error = %v, want nil", err)
-				case tt.wantSame && err != tt.err:
-					t.Errorf("error = %v, want the handler's error unchanged", err)
-				case tt.wantCalls == 1 && !tt.wantSame && (!errors.Is(err, errBoom) || errors.Is(err, context.DeadlineExceeded)):
-					t.Errorf("error = %v, want the handler's error wrapped, not a deadline", err)
+				case tt.wantCalls == 2:
+					assert.NoError(t, err)
+				case tt.wantSame:
+					assertSameError(t, tt.err, err)
+				default: // the handler's error wrapped, not a deadline
+					assert.ErrorIs(t, err, errBoom)
+					assert.NotErrorIs(t, err, context.DeadlineExceeded)
 				}
 			})
 		})

@@ -11,36 +11,26 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/middleware"
 )
 
 func TestTimeoutCancelsTheHandlersContext(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		timeout, err := middleware.Timeout[int, int](2 * time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
 		var cause error
 		start := time.Now()
-		_, err = timeout(func(ctx context.Context, job int) (int, error) {
+		_, err := middleware.Wrap(func(ctx context.Context, job int) (int, error) {
 			<-ctx.Done()
 			cause = context.Cause(ctx)
 			return 0, fmt.Errorf("fetch %d: %w", job, ctx.Err())
-		})(context.Background(), 7)
-		if d := time.Since(start); d != 2*time.Second {
-			t.Errorf("handler's context ended after %v, want 2s", d)
-		}
-		for _, target := range []error{middleware.ErrTimeout, context.DeadlineExceeded} {
-			if !errors.Is(err, target) {
-				t.Errorf("errors.Is(%v, %v) = false, want true", err, target)
-			}
-		}
-		if want := "middleware: handler timed out after 2s: fetch 7: context deadline exceeded"; err.Error() != want {
-			t.Errorf("error = %q, want %q", err, want)
-		}
-		if want := "middleware: handler timed out after 2s"; cause == nil || cause.Error() != want {
-			t.Errorf("context.Cause = %v, want %q", cause, want)
-		}
+		}, middleware.Timeout(2*time.Second))(context.Background(), 7)
+		assert.Equal(t, 2*time.Second, time.Since(start), "the handler's context ended after")
+		assert.ErrorIs(t, err, middleware.ErrTimeout)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.EqualError(t, err, "middleware: handler timed out after 2s: fetch 7: context deadline exceeded")
+		assert.EqualError(t, cause, "middleware: handler timed out after 2s", "context.Cause")
 	})
 }
 
@@ -133,13 +123,9 @@ func TestTimeout(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				timeout, err := middleware.Timeout[int, int](2 * time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
 				ctx, cancel := tt.parent()
 				defer cancel()
-				_, err = timeout(func(ctx context.Context, job int) (int, error) {
+				_, err := middleware.Wrap(func(ctx context.Context, job int) (int, error) {
 					if tt.ignoresCtx {
 						time.Sleep(tt.work)
 						return 1, tt.result(ctx)
@@ -149,27 +135,22 @@ func TestTimeout(t *testing.T) {
 					case <-ctx.Done():
 					}
 					return 1, tt.result(ctx)
-				})(ctx, 0)
-				if tt.wantErr == nil && err != nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
-					t.Errorf("error = %v, want %v", err, tt.wantErr)
+				}, middleware.Timeout(2*time.Second))(ctx, 0)
+				if tt.wantErr == nil {
+					assert.NoError(t, err)
+				} else {
+					assert.ErrorIs(t, err, tt.wantErr)
 				}
-				if got := errors.Is(err, middleware.ErrTimeout); got != tt.wantTimeout {
-					t.Errorf("errors.Is(%v, ErrTimeout) = %v, want %v", err, got, tt.wantTimeout)
-				}
-				if got := fmt.Sprint(err); got != tt.wantMsg {
-					t.Errorf("error message = %q, want %q", got, tt.wantMsg)
-				}
+				assert.Equal(t, tt.wantTimeout, errors.Is(err, middleware.ErrTimeout), "errors.Is(%v, ErrTimeout)", err)
+				assert.Equal(t, tt.wantMsg, fmt.Sprint(err), "error message")
 			})
 		})
 	}
 }
 
 func TestTimeoutInvalid(t *testing.T) {
-	for _, d := range []time.Duration{0, -time.Second} {
-		if m, err := middleware.Timeout[int, int](d); err == nil || m != nil {
-			t.Errorf("Timeout(%v) error = %v, want an error", d, err)
-		}
-	}
+	assert.PanicsWithValue(t, "middleware: Timeout: duration must be positive, got 0s", func() { middleware.Timeout(0) })
+	assert.PanicsWithValue(t, "middleware: Timeout: duration must be positive, got -1s", func() { middleware.Timeout(-time.Second) })
 }
 
 // TestTimeoutHTTP: net/http's error already carries the timeout's cause;
@@ -179,11 +160,7 @@ func TestTimeoutHTTP(t *testing.T) {
 		<-r.Context().Done() // answers only when the client gives up
 	}))
 	defer srv.Close()
-	timeout, err := middleware.Timeout[string, int](20 * time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = timeout(func(ctx context.Context, url string) (int, error) {
+	_, err := middleware.Wrap(func(ctx context.Context, url string) (int, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return 0, err
@@ -194,13 +171,8 @@ func TestTimeoutHTTP(t *testing.T) {
 		}
 		resp.Body.Close()
 		return resp.StatusCode, nil
-	})(context.Background(), srv.URL)
-	for _, target := range []error{middleware.ErrTimeout, context.DeadlineExceeded} {
-		if !errors.Is(err, target) {
-			t.Errorf("errors.Is(%v, %v) = false, want true", err, target)
-		}
-	}
-	if n := strings.Count(fmt.Sprint(err), "timed out"); n != 1 {
-		t.Errorf("error %q says it timed out %d times, want once", err, n)
-	}
+	}, middleware.Timeout(20*time.Millisecond))(context.Background(), srv.URL)
+	require.ErrorIs(t, err, middleware.ErrTimeout)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Equal(t, 1, strings.Count(err.Error(), "timed out"), "times the error %q says it timed out", err)
 }
