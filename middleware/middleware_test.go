@@ -235,15 +235,6 @@ func TestPermanent(t *testing.T) {
 
 // TestJobInfo checks the round trip of package jobinfo, which has no test
 // file of its own.
-func TestJobInfo(t *testing.T) {
-	info, ok := jobinfo.FromContext(context.Background())
-	assert.False(t, ok, "FromContext(Background) = %+v, true", info)
-	want := jobinfo.Info{Key: "tenant-1", Attempt: 3}
-	got, ok := jobinfo.FromContext(jobinfo.NewContext(context.Background(), want))
-	assert.True(t, ok)
-	assert.Equal(t, want, got)
-}
-
 func TestKeyed(t *testing.T) {
 	h := middleware.Keyed(func(ctx context.Context, job int) (jobinfo.Info, error) {
 		info, _ := jobinfo.FromContext(ctx)
