@@ -17,15 +17,15 @@ import (
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // slowProxy forwards to upstream; every chunk from upstream reaches the
 // client delay after it arrived (in order).
 func slowProxy(t *testing.T, upstream string, delay time.Duration) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
@@ -134,16 +134,12 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 			c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: 5 * time.Second, ContextTimeoutEnabled: ctxTimeouts})
 			t.Cleanup(func() { c.Close() })
 			s := newStore(t, c, redisstore.Options{Pipelines: call.pipelines, RetryInterval: time.Minute})
-			if err := c.Ping(context.Background()).Err(); err != nil { // a connection ready
-				t.Fatal(err)
-			}
+			require.NoError(t, c.Ping(context.Background()).Err()) // a connection ready
 			req := driver.Request{Key: "k", Limit: backendtest.Limit(call.lim), Cost: 1}
 			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 			err := call.admit(s, ctx, req, call.n)
 			cancel()
-			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Errorf("%s, context timeouts %v: %v; want context.DeadlineExceeded", call.name, ctxTimeouts, err)
-			}
+			assert.ErrorIs(t, err, context.DeadlineExceeded, "%s, context timeouts %v", call.name, ctxTimeouts)
 			// The give-back arrives once Redis's answer has: wait for it.
 			// Had the Store counted Redis down, it would answer
 			// ErrUnavailable for a minute without asking.
@@ -161,9 +157,8 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 				allowed++
 				d, err = s.Admit(context.Background(), req)
 			}
-			if err != nil || allowed != call.n {
-				t.Errorf("%s, context timeouts %v: %d admissions allowed afterwards (then %v), want %d: the abandoned ones given back", call.name, ctxTimeouts, allowed, err, call.n)
-			}
+			assert.NoError(t, err, "%s, context timeouts %v: admissions afterwards", call.name, ctxTimeouts)
+			assert.Equal(t, call.n, allowed, "%s, context timeouts %v: admissions allowed afterwards: want the abandoned ones given back", call.name, ctxTimeouts)
 		}
 	}
 }
@@ -176,9 +171,7 @@ func TestCloseWaitsForCalls(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: 5 * time.Second})
 	t.Cleanup(func() { c.Close() })
 	s := newStore(t, c, redisstore.Options{})
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Ping(context.Background()).Err())
 	batch := []driver.Admission{{Request: driver.Request{Key: "batch", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}}}
 	var (
 		wg       sync.WaitGroup
@@ -190,13 +183,9 @@ func TestCloseWaitsForCalls(t *testing.T) {
 	s.Close()
 	c.Close()
 	wg.Wait()
-	if a := batch[0]; a.Err != nil || !a.Decision.Allowed {
-		t.Errorf("AdmitBatch in flight at Close: %+v, %v; want allowed", a.Decision, a.Err)
-	}
-	if pauseErr != nil {
-		t.Errorf("Pause in flight at Close: %v", pauseErr)
-	}
-	if _, err := s.Admit(context.Background(), batch[0].Request); !errors.Is(err, bucket.ErrClosed) {
-		t.Errorf("Admit after Close: %v, want ErrClosed", err)
-	}
+	assert.NoError(t, batch[0].Err, "AdmitBatch in flight at Close")
+	assert.True(t, batch[0].Decision.Allowed, "AdmitBatch in flight at Close")
+	assert.NoError(t, pauseErr, "Pause in flight at Close")
+	_, err := s.Admit(context.Background(), batch[0].Request)
+	assert.ErrorIs(t, err, bucket.ErrClosed, "Admit after Close")
 }

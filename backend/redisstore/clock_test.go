@@ -9,6 +9,8 @@ import (
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClockStepBack: Redis's clock steps back (a failover to a master
@@ -34,15 +36,11 @@ func TestClockStepBack(t *testing.T) {
 	run := func(step string, n int) {
 		for range n {
 			d, _, err := redisstore.RawAdmit(ctx, s, req)
-			if err != nil {
-				t.Fatalf("%s: %v", step, err)
-			}
+			require.NoError(t, err, step)
 			if !d.Allowed {
 				continue
 			}
-			if d.Now < last {
-				t.Fatalf("%s: admitted at a key time %v earlier than the previous admission", step, time.Duration(last-d.Now))
-			}
+			require.GreaterOrEqual(t, d.Now, last, "%s: admitted at a key time earlier than the previous admission", step)
 			last = d.Now
 			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
 		}
@@ -52,25 +50,16 @@ func TestClockStepBack(t *testing.T) {
 	run("at t0+61s", 1) // prunes t0's slot, admits 1
 	now = t0 + 30_000_000
 	run("back at t0+30s", 10)
-	if err := backendtest.Check(lim, starts); err != nil {
-		t.Errorf("starts across the clock's step, in the key's time: %v", err)
-	}
-	if len(starts) < 51 {
-		t.Errorf("%d admitted, want at least 51 for a meaningful check", len(starts))
-	}
+	assert.NoError(t, backendtest.Check(lim, starts), "starts across the clock's step, in the key's time")
+	assert.GreaterOrEqual(t, len(starts), 51, "admitted: too few for a meaningful check")
 
 	// A state without quotas (stored apart) keeps its time too.
 	rate := driver.Request{Key: "rate", Limit: backendtest.Limit(bucket.PerSecond(1).WithBurst(5)), Cost: 1}
 	now = t0 + 61_000_000
-	if _, _, err := redisstore.RawAdmit(ctx, s, rate); err != nil {
-		t.Fatal(err)
-	}
+	_, _, err := redisstore.RawAdmit(ctx, s, rate)
+	require.NoError(t, err)
 	now = t0 + 30_000_000
 	d, _, err := redisstore.RawAdmit(ctx, s, rate)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := (t0 + 61_000_000) * 1000; d.Now != want {
-		t.Errorf("key without quotas, clock back 31s: decided at %v, want at its last write's time", time.Duration(d.Now-want))
-	}
+	require.NoError(t, err)
+	assert.Equal(t, (t0+61_000_000)*1000, d.Now, "key without quotas, clock back 31s: the decision's time: want its last write's")
 }

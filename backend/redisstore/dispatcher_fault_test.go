@@ -2,7 +2,6 @@ package redisstore_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -15,6 +14,8 @@ import (
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/dispatcher"
 	"github.com/leakybucket/leakybucket/internal/redistest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestDispatcherFault kills the Redis a Dispatcher admits through while
@@ -45,9 +46,7 @@ func testDispatcherFault(t *testing.T, policy redisstore.FailurePolicy) {
 	s := newStore(t, c, redisstore.Options{FailurePolicy: policy, RetryInterval: 20 * time.Millisecond})
 	limit := bucket.PerSecond(200).WithBurst(3).WithQuota(60, 250*time.Millisecond)
 	lim, err := bucket.NewLimiter(s, limit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 
 	type start struct {
 		key int
@@ -68,15 +67,11 @@ func testDispatcherFault(t *testing.T, policy redisstore.FailurePolicy) {
 		mu.Unlock()
 		return key, nil
 	}, func(k int) string { return fmt.Sprint("tenant-", k) }, dispatcher.WithWorkers(8), dispatcher.WithQueue(1000), dispatcher.WithLimiter(lim))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var futures []*dispatcher.Future[int]
 	for i := range 1000 {
 		f, err := d.Submit(context.Background(), i%4)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		futures = append(futures, f)
 	}
 
@@ -84,52 +79,36 @@ func testDispatcherFault(t *testing.T, policy redisstore.FailurePolicy) {
 	// While Redis dies, starts may come from it or from the policy: the
 	// phases leave that moment out.
 	killing := time.Now().UnixNano()
-	if err := srv.Kill(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Kill())
 	phase.Store(1) // Kill returns once Redis has exited
 	killed := time.Now().UnixNano()
 	time.Sleep(500 * time.Millisecond)
-	if err := srv.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Restart())
 	phase.Store(2)
 	restarted := time.Now().UnixNano()
 	// More jobs after the restart: whatever the outage left (failing open
 	// runs every job at once), admission by Redis must resume for these.
 	for i := range 200 {
 		f, err := d.Submit(context.Background(), i%4)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		futures = append(futures, f)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := d.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v (jobs left unresolved by the outage?)", err)
-	}
+	require.NoError(t, d.Shutdown(ctx), "Shutdown (jobs left unresolved by the outage?)")
 	for i, f := range futures {
-		if _, err := f.Result(); err != nil {
-			t.Errorf("job %d: %v", i, err)
-		}
+		_, err := f.Result()
+		assert.NoError(t, err, "job %d", i)
 	}
 	st := d.Stats()
-	if st.Succeeded != int64(len(futures)) {
-		t.Errorf("Stats: %d succeeded, want %d", st.Succeeded, len(futures))
-	}
+	assert.Equal(t, int64(len(futures)), st.Succeeded, "Stats.Succeeded")
 	if policy == redisstore.FailClosed {
-		if st.BackendErrors == 0 || !errors.Is(st.LastBackendError, redisstore.ErrUnavailable) {
-			t.Errorf("Stats: %d backend errors, last %v; want some, matching ErrUnavailable", st.BackendErrors, st.LastBackendError)
-		}
-		if n := len(phases[1]); n > 4*(3+1) {
-			t.Errorf("fail closed: %d jobs started during the outage, want at most the ones admitted before it", n)
-		}
+		assert.NotZero(t, st.BackendErrors, "Stats.BackendErrors")
+		assert.ErrorIs(t, st.LastBackendError, redisstore.ErrUnavailable, "Stats.LastBackendError")
+		assert.LessOrEqual(t, len(phases[1]), 4*(3+1), "fail closed: jobs started during the outage: want at most the ones admitted before it")
 	}
-	if len(phases[2]) < 200 {
-		t.Fatalf("%d jobs started after the restart, want at least the 200 submitted then", len(phases[2]))
-	}
+	require.GreaterOrEqual(t, len(phases[2]), 200, "jobs started after the restart: want at least the 200 submitted then")
 	// Each phase on its own conforms (with a unit of jitter allowance);
 	// across the restart Redis forgot what it had admitted.
 	check := func(name string, ss []start, from, to int64) {
@@ -140,9 +119,7 @@ func testDispatcherFault(t *testing.T, policy redisstore.FailurePolicy) {
 					at = append(at, backendtest.Start{At: s.at, Cost: 1})
 				}
 			}
-			if err := backendtest.Check(limit.WithBurst(limit.Burst+1), at); err != nil {
-				t.Errorf("%s, tenant-%d: %v", name, k, err)
-			}
+			assert.NoError(t, backendtest.Check(limit.WithBurst(limit.Burst+1), at), "%s, tenant-%d", name, k)
 		}
 	}
 	check("before the kill", phases[0], 0, killing)

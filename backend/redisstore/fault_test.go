@@ -15,6 +15,8 @@ import (
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestFault kills the Redis a store uses while 48 goroutines admit through
@@ -59,9 +61,7 @@ func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 	c := failFastClient(t, srv.Addr())
 	s := newStore(t, c, redisstore.Options{FailurePolicy: policy, RetryInterval: 20 * time.Millisecond})
 	lim, err := bucket.NewLimiter(s, faultLimit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	keys := []string{"a", "b", "c{x}", "d\x00"}
 
 	var (
@@ -156,15 +156,11 @@ func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 	}
 
 	time.Sleep(400 * time.Millisecond)
-	if err := srv.Kill(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Kill())
 	killAt := time.Now().UnixNano() // Kill returns once Redis has exited
 	time.Sleep(600 * time.Millisecond)
 	restartAt.Store(time.Now().UnixNano())
-	if err := srv.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Restart())
 	deadline := time.Now().Add(5 * time.Second)
 	for resumedAt.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -176,21 +172,15 @@ func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 	select {
 	case <-finished:
 	case <-time.After(10 * time.Second):
-		t.Fatal("calls still running 10s after the end: a call hangs")
+		require.FailNow(t, "calls still running 10s after the end: a call hangs")
 	}
 
-	for _, err := range badErrs {
-		t.Errorf("error that matches neither ErrUnavailable nor the caller's deadline: %v", err)
-	}
-	if resumedAt.Load() == 0 {
-		t.Fatal("no admission by Redis within 5s of its restart")
-	}
+	assert.Empty(t, badErrs, "errors that match neither ErrUnavailable nor the caller's deadline")
+	require.NotZero(t, resumedAt.Load(), "no admission by Redis within 5s of its restart")
 	t.Logf("%d calls, %d ErrUnavailable, slowest %v; Redis back in %v",
 		calls.Load(), failures.Load(), time.Duration(slowest.Load()), time.Duration(resumedAt.Load()-restartAt.Load()))
 	// Every call's ctx ends within 2s; one that outlives it by far ignored it.
-	if d := time.Duration(slowest.Load()); d > 5*time.Second {
-		t.Errorf("slowest call took %v, with a ctx of 2s", d)
-	}
+	assert.LessOrEqual(t, time.Duration(slowest.Load()), 5*time.Second, "slowest call, with a ctx of 2s")
 
 	byOrigin := map[string]int{}
 	groups := map[string][]backendtest.Start{}
@@ -203,7 +193,7 @@ func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 			case st.d.Now >= restartAt.Load():
 				group = "redis after the restart"
 			default:
-				t.Errorf("Redis decided at %v, while it was down", time.Unix(0, st.d.Now))
+				assert.Fail(t, fmt.Sprintf("Redis decided at %v, while it was down", time.Unix(0, st.d.Now)))
 			}
 		}
 		byOrigin[group]++
@@ -215,28 +205,19 @@ func testFault(t *testing.T, policy redisstore.FailurePolicy) {
 		if group[:4] == "open" {
 			continue // FailOpen admits without limit
 		}
-		if err := backendtest.Check(faultLimit, ss); err != nil {
-			t.Errorf("%s: %v", group, err)
-		}
+		assert.NoError(t, backendtest.Check(faultLimit, ss), group)
 	}
-	if byOrigin["redis before the kill"] == 0 || byOrigin["redis after the restart"] == 0 {
-		t.Errorf("want admissions by Redis before the kill and after the restart, got %v", byOrigin)
-	}
+	assert.NotZero(t, byOrigin["redis before the kill"], "admissions by Redis before the kill: %v", byOrigin)
+	assert.NotZero(t, byOrigin["redis after the restart"], "admissions by Redis after the restart: %v", byOrigin)
 	switch policy {
 	case redisstore.FailClosed:
-		if failures.Load() == 0 {
-			t.Error("FailClosed: no call failed with ErrUnavailable while Redis was down")
-		}
-		if byOrigin["open"]+byOrigin["local"] > 0 {
-			t.Errorf("FailClosed admitted without Redis: %v", byOrigin)
-		}
+		assert.NotZero(t, failures.Load(), "FailClosed: calls failed with ErrUnavailable while Redis was down")
+		assert.Zero(t, byOrigin["open"]+byOrigin["local"], "FailClosed admitted without Redis: %v", byOrigin)
 	case redisstore.FailOpen:
-		if byOrigin["open"] == 0 || failures.Load() > 0 {
-			t.Errorf("FailOpen: %d admitted open, %d ErrUnavailable; want some and none", byOrigin["open"], failures.Load())
-		}
+		assert.NotZero(t, byOrigin["open"], "FailOpen: admitted open")
+		assert.Zero(t, failures.Load(), "FailOpen: ErrUnavailable")
 	case redisstore.FailLocal:
-		if byOrigin["local"] == 0 || failures.Load() > 0 {
-			t.Errorf("FailLocal: %d admitted locally, %d ErrUnavailable; want some and none", byOrigin["local"], failures.Load())
-		}
+		assert.NotZero(t, byOrigin["local"], "FailLocal: admitted locally")
+		assert.Zero(t, failures.Load(), "FailLocal: ErrUnavailable")
 	}
 }

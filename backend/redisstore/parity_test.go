@@ -13,6 +13,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/stretchr/testify/require"
 )
 
 // TestParity feeds the same random sequences of admissions, refunds,
@@ -63,16 +64,10 @@ func TestParity(t *testing.T) {
 			case p < 70:
 				req := driver.Request{Key: key, Limit: backendtest.Limit(lim), Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
 				want, err := driver.Decide(&st, &req, time.Microsecond, now)
-				if err != nil {
-					t.Fatalf("%s: Decide: %v", where, err)
-				}
+				require.NoError(t, err, "%s: Decide", where)
 				got, fresh, err := redisstore.RawAdmit(ctx, s, req)
-				if err != nil {
-					t.Fatalf("%s: script admit: %v", where, err)
-				}
-				if got != want {
-					t.Fatalf("%s: Admit(%v, cost %d, maxWait %v)\n script = %+v\n     Go = %+v", where, lim, req.Cost, req.MaxWait, got, want)
-				}
+				require.NoError(t, err, "%s: script admit", where)
+				require.Equal(t, want, got, "%s: Admit(%v, cost %d, maxWait %v): Go's decision (expected), the script's (actual)", where, lim, req.Cost, req.MaxWait)
 				if want.Allowed {
 					booked = append(booked, booking{req, want})
 					count["allowed"]++
@@ -94,17 +89,13 @@ func TestParity(t *testing.T) {
 				driver.Refund(&st, &b.req, b.d, time.Microsecond)
 				count["refunds"]++
 				fresh, err := redisstore.RawRefund(ctx, s, b.req, b.d)
-				if err != nil {
-					t.Fatalf("%s: script refund: %v", where, err)
-				}
+				require.NoError(t, err, "%s: script refund", where)
 				goFresh, luaFresh = driver.FreshAt(&st), fresh
 			case p < 92:
 				d := time.Duration(rng.Int64N(int64(2 * time.Second)))
 				driver.Pause(&st, now+(int64(d)+999)/1000)
 				fresh, err := redisstore.RawPause(ctx, s, key, d)
-				if err != nil {
-					t.Fatalf("%s: script pause: %v", where, err)
-				}
+				require.NoError(t, err, "%s: script pause", where)
 				goFresh, luaFresh = driver.FreshAt(&st), fresh
 			default:
 				goFresh, luaFresh = driver.FreshAt(&st), driver.FreshAt(&st)
@@ -116,9 +107,7 @@ func TestParity(t *testing.T) {
 			if luaFresh <= now {
 				luaFresh = 0
 			}
-			if goFresh != luaFresh {
-				t.Fatalf("%s: state fresh at %d in the script, %d in Go", where, luaFresh, goFresh)
-			}
+			require.Equal(t, goFresh, luaFresh, "%s: state fresh at, in Go (expected) and in the script (actual)", where)
 			now += randomStep(rng, lim)
 		}
 		s.Client().Del(ctx, s.RedisKey(key))
@@ -211,12 +200,9 @@ func TestParityBatch(t *testing.T) {
 				*st = driver.State{}
 			}
 			want, err := driver.Decide(st, &a.Request, time.Microsecond, now)
-			if err != nil || a.Err != nil {
-				t.Fatalf("round %d batch[%d]: Decide: %v; AdmitBatch: %v", round, i, err, a.Err)
-			}
-			if a.Decision != want {
-				t.Fatalf("round %d batch[%d] (%s, %v, cost %d):\n batch = %+v\n    Go = %+v", round, i, a.Key, a.Limit, a.Cost, a.Decision, want)
-			}
+			require.NoError(t, err, "round %d batch[%d]: Decide", round, i)
+			require.NoError(t, a.Err, "round %d batch[%d]: AdmitBatch", round, i)
+			require.Equal(t, want, a.Decision, "round %d batch[%d] (%s, %v, cost %d): Go's decision (expected), the batch's (actual)", round, i, a.Key, a.Limit, a.Cost)
 			if want.Allowed {
 				allowed++
 			}
@@ -224,7 +210,5 @@ func TestParityBatch(t *testing.T) {
 		sized += len(batch)
 		now += rng.Int64N(200_000)
 	}
-	if allowed == 0 || allowed == sized {
-		t.Fatalf("%d of %d admitted: the test exercised only one outcome", allowed, sized)
-	}
+	require.True(t, allowed > 0 && allowed < sized, "%d of %d admitted: the test exercised only one outcome", allowed, sized)
 }

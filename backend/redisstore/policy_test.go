@@ -14,15 +14,15 @@ import (
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // deadClient returns a client of a loopback port nobody listens on.
 func deadClient(t *testing.T) *redis.Client {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	addr := l.Addr().String()
 	l.Close()
 	c := redis.NewClient(&redis.Options{Addr: addr, DialerRetries: 1, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
@@ -36,20 +36,15 @@ func TestFailClosed(t *testing.T) {
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(10)), Cost: 1}
 	for i := range 3 { // the first asks Redis, the others find it known down
 		_, err := s.Admit(ctx, req)
+		assert.ErrorIs(t, err, redisstore.ErrUnavailable, "Admit %d without Redis", i)
 		var opErr *net.OpError
-		if !errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &opErr) {
-			t.Errorf("Admit %d without Redis: %v, want ErrUnavailable wrapping the *net.OpError", i, err)
-		}
+		assert.ErrorAs(t, err, &opErr, "Admit %d without Redis: want ErrUnavailable wrapping the *net.OpError", i)
 	}
-	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, redisstore.ErrUnavailable) {
-		t.Errorf("Pause without Redis: %v, want ErrUnavailable", err)
-	}
+	assert.ErrorIs(t, s.Pause(ctx, "k", time.Second), redisstore.ErrUnavailable, "Pause without Redis")
 	batch := []driver.Admission{{Request: req}, {Request: req}}
 	s.AdmitBatch(ctx, batch)
 	for i, a := range batch {
-		if !errors.Is(a.Err, redisstore.ErrUnavailable) {
-			t.Errorf("AdmitBatch[%d] without Redis: %v, want ErrUnavailable", i, a.Err)
-		}
+		assert.ErrorIs(t, a.Err, redisstore.ErrUnavailable, "AdmitBatch[%d] without Redis", i)
 	}
 }
 
@@ -59,16 +54,12 @@ func TestFailOpen(t *testing.T) {
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
 	for i := range 5 {
 		d, err := s.Admit(ctx, req)
-		if err != nil || !d.Allowed || d.Wait != 0 {
-			t.Fatalf("Admit %d without Redis, FailOpen = %+v, %v; want allowed at once", i, d, err)
-		}
-		if err := s.Refund(ctx, req, d); err != nil {
-			t.Errorf("Refund of an open admission: %v", err)
-		}
+		require.NoError(t, err, "Admit %d without Redis, FailOpen", i)
+		require.True(t, d.Allowed, "Admit %d without Redis, FailOpen", i)
+		require.Zero(t, d.Wait, "Admit %d without Redis, FailOpen: want allowed at once", i)
+		assert.NoError(t, s.Refund(ctx, req, d), "Refund of an open admission")
 	}
-	if err := s.Pause(ctx, "k", time.Second); err != nil {
-		t.Errorf("Pause without Redis, FailOpen: %v, want nil", err)
-	}
+	assert.NoError(t, s.Pause(ctx, "k", time.Second), "Pause without Redis, FailOpen")
 }
 
 func TestFailLocal(t *testing.T) {
@@ -76,31 +67,23 @@ func TestFailLocal(t *testing.T) {
 	ctx := context.Background()
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1).WithBurst(2)), Cost: 1, MaxWait: 2 * time.Hour}
 	d1, err := s.Admit(ctx, req)
-	if err != nil || !d1.Allowed || !redisstore.IsLocal(d1) {
-		t.Fatalf("Admit without Redis, FailLocal = %+v, %v; want allowed locally", d1, err)
-	}
-	if now := time.Now().UnixNano(); d1.Now < now-int64(time.Minute) || d1.Now > now {
-		t.Errorf("local decision's Now = %v, want Unix time like Redis's", time.Unix(0, d1.Now))
-	}
+	require.NoError(t, err, "Admit without Redis, FailLocal")
+	require.True(t, d1.Allowed, "Admit without Redis, FailLocal")
+	require.True(t, redisstore.IsLocal(d1), "Admit without Redis, FailLocal: want allowed locally")
+	now := time.Now()
+	assert.WithinRange(t, time.Unix(0, d1.Now), now.Add(-time.Minute), now, "local decision's Now: want Unix time like Redis's")
 	s.Admit(ctx, req)
 	d3, _ := s.Admit(ctx, req)
-	if !d3.Allowed || d3.Wait < 59*time.Minute {
-		t.Fatalf("third admission of burst 2 at 1/h = %+v, want booked an hour ahead", d3)
-	}
+	require.True(t, d3.Allowed, "third admission of burst 2 at 1/h: want booked an hour ahead")
+	require.GreaterOrEqual(t, d3.Wait, 59*time.Minute, "third admission of burst 2 at 1/h: want booked an hour ahead")
 	// Refunding the latest local admission frees its slot.
-	if err := s.Refund(ctx, req, d3); err != nil {
-		t.Fatal(err)
-	}
-	if d4, _ := s.Admit(ctx, req); d4.Start() != d3.Start() {
-		t.Errorf("after refunding the latest booking, next start %v later than the refunded one", time.Duration(d4.Start()-d3.Start()))
-	}
+	require.NoError(t, s.Refund(ctx, req, d3))
+	d4, _ := s.Admit(ctx, req)
+	assert.Equal(t, d3.Start(), d4.Start(), "next start after refunding the latest booking: want the refunded one's")
 	// A pause holds the local bucket.
-	if err := s.Pause(ctx, "p", time.Hour); err != nil {
-		t.Errorf("Pause without Redis, FailLocal: %v, want nil", err)
-	}
-	if d, _ := s.Admit(ctx, driver.Request{Key: "p", Limit: backendtest.Limit(bucket.PerSecond(100)), Cost: 1}); d.Allowed {
-		t.Error("local bucket admitted during a pause")
-	}
+	assert.NoError(t, s.Pause(ctx, "p", time.Hour), "Pause without Redis, FailLocal")
+	d, _ := s.Admit(ctx, driver.Request{Key: "p", Limit: backendtest.Limit(bucket.PerSecond(100)), Cost: 1})
+	assert.False(t, d.Allowed, "local bucket admitted during a pause")
 }
 
 // serverError is an error as Redis replies it.
@@ -128,9 +111,7 @@ func TestIsUnavailable(t *testing.T) {
 		{serverError("WRONGTYPE Operation against a key holding the wrong kind of value"), false},
 		{serverError("ERR user_script:1: Script attempted to access nonexistent global variable"), false},
 	} {
-		if got := redisstore.IsUnavailable(tc.err); got != tc.want {
-			t.Errorf("IsUnavailable(%q) = %v, want %v", tc.err, got, tc.want)
-		}
+		assert.Equal(t, tc.want, redisstore.IsUnavailable(tc.err), "IsUnavailable(%q)", tc.err)
 	}
 }
 
@@ -161,17 +142,12 @@ func TestDialTimeoutIsAnOutage(t *testing.T) {
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1}
 	var first int64 // go-redis may dial more than once for a command
 	for i := range 2 {
-		if _, err := s.Admit(context.Background(), req); !errors.Is(err, redisstore.ErrUnavailable) {
-			t.Fatalf("Admit %d: %v, want ErrUnavailable", i, err)
-		}
+		_, err := s.Admit(context.Background(), req)
+		require.ErrorIs(t, err, redisstore.ErrUnavailable, "Admit %d", i)
 		if i == 0 {
 			first = dials.Load()
 		}
 	}
-	if first == 0 {
-		t.Fatal("the first admission never dialed")
-	}
-	if n := dials.Load() - first; n != 0 {
-		t.Errorf("the second admission dialed %d times, within RetryInterval of the first's failure; want it answered without asking Redis", n)
-	}
+	require.NotZero(t, first, "dials of the first admission")
+	assert.Zero(t, dials.Load()-first, "dials of the second admission, within RetryInterval of the first's failure: want it answered without asking Redis")
 }

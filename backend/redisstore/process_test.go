@@ -19,6 +19,8 @@ import (
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // childEnv carries a child's orders (JSON) when TestMultiProcess re-executes
@@ -64,15 +66,10 @@ func TestMultiProcess(t *testing.T) {
 		ch.cmd.Env = append(os.Environ(), childEnv+"="+string(orders), redistest.EnvAddr+"="+c.Options().Addr)
 		ch.cmd.Stderr = &ch.out
 		stdout, err := ch.cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ch.stdin, err = ch.cmd.StdinPipe(); err != nil {
-			t.Fatal(err)
-		}
-		if err := ch.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		ch.stdin, err = ch.cmd.StdinPipe()
+		require.NoError(t, err)
+		require.NoError(t, ch.cmd.Start())
 		go func() {
 			defer close(ch.lines)
 			sc := bufio.NewScanner(stdout)
@@ -86,13 +83,11 @@ func TestMultiProcess(t *testing.T) {
 	for i, ch := range children {
 		if line, ok := <-ch.lines; !ok || line != "ready" {
 			ch.cmd.Wait()
-			t.Fatalf("process %d did not get ready (%q):\n%s", i, line, ch.out.String())
+			require.FailNow(t, fmt.Sprintf("process %d did not get ready (%q)", i, line), ch.out.String())
 		}
 	}
 	now, err := c.Time(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	const span = 3 * time.Second
 	from, until := now.UnixNano(), now.Add(span).UnixNano()
 	for _, ch := range children {
@@ -112,13 +107,10 @@ func TestMultiProcess(t *testing.T) {
 				other += line + "\n"
 			}
 		}
-		if err := ch.cmd.Wait(); err != nil || n == 0 {
-			t.Fatalf("process %d: %v, %d admissions:\n%s%s", i, err, n, other, ch.out.String())
-		}
+		require.NoError(t, ch.cmd.Wait(), "process %d:\n%s%s", i, other, ch.out.String())
+		require.NotZero(t, n, "process %d admissions:\n%s%s", i, other, ch.out.String())
 	}
-	if err := backendtest.Check(processLimit, starts); err != nil {
-		t.Fatalf("%d processes on one key: %v", procs, err)
-	}
+	require.NoError(t, backendtest.Check(processLimit, starts), "%d processes on one key", procs)
 	var units int64
 	for _, s := range starts {
 		if s.At >= from && s.At < until {
@@ -127,9 +119,7 @@ func TestMultiProcess(t *testing.T) {
 	}
 	rate := float64(units) / span.Seconds()
 	t.Logf("%d processes × 8 goroutines: %d admissions, %.1f/s over %v (limit %v)", procs, len(starts), rate, span, processLimit)
-	if rate < 0.97*200 {
-		t.Errorf("achieved %.1f/s of 200/s, want at least 97%%", rate)
-	}
+	assert.GreaterOrEqual(t, rate, 0.97*200, "admissions per second of 200/s: want at least 97%")
 }
 
 // runChild is a child process of TestMultiProcess: 8 goroutines admit on
@@ -137,24 +127,17 @@ func TestMultiProcess(t *testing.T) {
 // start, and print every start.
 func runChild(t *testing.T, ordersJSON string) {
 	var o childOrders
-	if err := json.Unmarshal([]byte(ordersJSON), &o); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, json.Unmarshal([]byte(ordersJSON), &o))
 	c := redis.NewClient(&redis.Options{Addr: o.Addr})
 	defer c.Close()
 	s, err := redisstore.New(c, redisstore.Options{Prefix: o.Prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Ping(context.Background()).Err())
 	fmt.Println("ready")
 	var until int64
-	if _, err := fmt.Scanf("go %d\n", &until); err != nil {
-		t.Fatal(err)
-	}
+	_, err = fmt.Scanf("go %d\n", &until)
+	require.NoError(t, err)
 	var (
 		mu  sync.Mutex
 		out = bufio.NewWriter(os.Stdout)
@@ -170,8 +153,7 @@ func runChild(t *testing.T, ordersJSON string) {
 			req := driver.Request{Key: o.Key, Limit: backendtest.Limit(processLimit), Cost: 1, MaxWait: 100 * time.Millisecond}
 			for {
 				d, err := s.Admit(context.Background(), req)
-				if err != nil {
-					t.Error(err)
+				if !assert.NoError(t, err) {
 					return
 				}
 				if d.Now >= until {

@@ -3,7 +3,6 @@ package redisstore_test
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -18,6 +17,8 @@ import (
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
 
@@ -45,9 +46,7 @@ func newStore(t testing.TB, c redis.UniversalClient, opts redisstore.Options) *r
 		opts.Prefix = testPrefix(t)
 	}
 	s, err := redisstore.New(c, opts)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	require.NoError(t, err, "New")
 	t.Cleanup(func() { s.Close() })
 	return s
 }
@@ -68,9 +67,7 @@ func conformance(t *testing.T, client func(t *testing.T) redis.UniversalClient) 
 		Forgotten: func(t *testing.T, b driver.Backend, key string) bool {
 			s := b.(*redisstore.Store)
 			n, err := s.Client().Exists(context.Background(), s.RedisKey(key)).Result()
-			if err != nil {
-				t.Fatalf("EXISTS: %v", err)
-			}
+			require.NoError(t, err, "EXISTS")
 			return n == 0
 		},
 	})
@@ -99,9 +96,7 @@ func TestConformanceCluster(t *testing.T) {
 		err := c.ForEachShard(context.Background(), func(ctx context.Context, m *redis.Client) error {
 			return m.Ping(ctx).Err()
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		return c
 	}
 	conformance(t, newCluster)
@@ -116,9 +111,8 @@ func TestConformanceCluster(t *testing.T) {
 	}
 	s.AdmitBatch(ctx, batch)
 	for i, a := range batch {
-		if a.Err != nil || !a.Decision.Allowed {
-			t.Fatalf("batch[%d] = %+v, %v; want allowed", i, a.Decision, a.Err)
-		}
+		require.NoError(t, a.Err, "batch[%d]", i)
+		require.True(t, a.Decision.Allowed, "batch[%d]", i)
 	}
 	var masters atomic.Int32
 	err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
@@ -128,12 +122,8 @@ func TestConformanceCluster(t *testing.T) {
 		}
 		return it.Err()
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if masters := int(masters.Load()); masters != len(addrs) {
-		t.Errorf("300 buckets landed on %d of %d masters", masters, len(addrs))
-	}
+	require.NoError(t, err)
+	assert.Equal(t, len(addrs), int(masters.Load()), "masters holding some of 300 buckets")
 }
 
 func TestOptions(t *testing.T) {
@@ -145,22 +135,16 @@ func TestOptions(t *testing.T) {
 		{MaxBatch: -1},
 		{Pipelines: -1, MaxBatch: 8},
 	} {
-		if s, err := redisstore.New(c, opts); err == nil {
+		if s, err := redisstore.New(c, opts); !assert.Error(t, err, "New(%+v)", opts) {
 			s.Close()
-			t.Errorf("New(%+v) = nil error, want one", opts)
 		}
 	}
-	if _, err := redisstore.New(nil, redisstore.Options{}); err == nil {
-		t.Error("New(nil client) = nil error, want one")
-	}
+	_, err := redisstore.New(nil, redisstore.Options{})
+	assert.Error(t, err, "New(nil client)")
 	s, err := redisstore.New(c, redisstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
-	if got := s.RedisKey("a{b}\x00"); got != "leakybucket:a{b}\x00" {
-		t.Errorf("RedisKey with the default prefix = %q", got)
-	}
+	assert.Equal(t, "leakybucket:a{b}\x00", s.RedisKey("a{b}\x00"), "RedisKey with the default prefix")
 }
 
 // TestKeys checks that keys of any bytes map to distinct Redis keys,
@@ -170,12 +154,10 @@ func TestKeys(t *testing.T) {
 	ctx := context.Background()
 	keys := []string{"{", "}", "{}", "}{", "{a}b", "a\x00", "\x00", "\n", "\xff", strings.Repeat("\xfe{", 512)}
 	for _, k := range keys {
-		if d, err := s.Admit(ctx, driver.Request{Key: k, Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}); err != nil || !d.Allowed {
-			t.Fatalf("Admit(%q) = %+v, %v; want allowed", k, d, err)
-		}
-		if n := s.Client().Exists(ctx, s.RedisKey(k)).Val(); n != 1 {
-			t.Errorf("after Admit(%q), EXISTS %q = %d, want 1", k, s.RedisKey(k), n)
-		}
+		d, err := s.Admit(ctx, driver.Request{Key: k, Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1})
+		require.NoError(t, err, "Admit(%q)", k)
+		require.True(t, d.Allowed, "Admit(%q)", k)
+		assert.Equal(t, int64(1), s.Client().Exists(ctx, s.RedisKey(k)).Val(), "EXISTS %q after Admit(%q)", s.RedisKey(k), k)
 	}
 }
 
@@ -185,17 +167,12 @@ func TestClosed(t *testing.T) {
 	s.Close()
 	ctx := context.Background()
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1}
-	if _, err := s.Admit(ctx, req); !errors.Is(err, bucket.ErrClosed) {
-		t.Errorf("Admit after Close: %v, want ErrClosed", err)
-	}
-	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, bucket.ErrClosed) {
-		t.Errorf("Pause after Close: %v, want ErrClosed", err)
-	}
+	_, err := s.Admit(ctx, req)
+	assert.ErrorIs(t, err, bucket.ErrClosed, "Admit after Close")
+	assert.ErrorIs(t, s.Pause(ctx, "k", time.Second), bucket.ErrClosed, "Pause after Close")
 	batch := []driver.Admission{{Request: req}}
 	s.AdmitBatch(ctx, batch)
-	if !errors.Is(batch[0].Err, bucket.ErrClosed) {
-		t.Errorf("AdmitBatch after Close: %v, want ErrClosed", batch[0].Err)
-	}
+	assert.ErrorIs(t, batch[0].Err, bucket.ErrClosed, "AdmitBatch after Close")
 }
 
 func TestCancelledContext(t *testing.T) {
@@ -203,16 +180,13 @@ func TestCancelledContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1}
-	if _, err := s.Admit(ctx, req); !errors.Is(err, context.Canceled) {
-		t.Errorf("Admit with a cancelled ctx: %v, want context.Canceled", err)
-	}
-	if err := s.Pause(ctx, "k", time.Second); !errors.Is(err, context.Canceled) {
-		t.Errorf("Pause with a cancelled ctx: %v, want context.Canceled", err)
-	}
+	_, err := s.Admit(ctx, req)
+	assert.ErrorIs(t, err, context.Canceled, "Admit with a cancelled ctx")
+	assert.ErrorIs(t, s.Pause(ctx, "k", time.Second), context.Canceled, "Pause with a cancelled ctx")
 	// Nothing was charged.
-	if d, err := s.Admit(context.Background(), req); err != nil || !d.Allowed {
-		t.Errorf("Admit after cancelled calls = %+v, %v; want allowed", d, err)
-	}
+	d, err := s.Admit(context.Background(), req)
+	assert.NoError(t, err, "Admit after cancelled calls")
+	assert.True(t, d.Allowed, "Admit after cancelled calls")
 }
 
 // TestForeignValue: a key under the prefix holding something else is an
@@ -224,15 +198,13 @@ func TestForeignValue(t *testing.T) {
 	t.Cleanup(func() { s.Client().Del(context.Background(), s.RedisKey("hash")) })
 	_, err := s.Admit(ctx, driver.Request{Key: "hash", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1})
 	var rerr redis.Error
-	if err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
-		t.Errorf("Admit on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
-	}
-	if d, err := s.Admit(ctx, driver.Request{Key: "other", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}); err != nil || !d.Allowed {
-		t.Errorf("Admit on another key after the error = %+v, %v; want allowed by Redis", d, err)
-	}
-	if d, _ := s.Admit(ctx, driver.Request{Key: "other", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}); d.Allowed {
-		t.Error("second Admit of burst 1 allowed: the store failed open after an error about one key")
-	}
+	assert.ErrorAs(t, err, &rerr, "Admit on a hash")
+	assert.NotErrorIs(t, err, redisstore.ErrUnavailable, "Admit on a hash")
+	d, err := s.Admit(ctx, driver.Request{Key: "other", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1})
+	assert.NoError(t, err, "Admit on another key after the error")
+	assert.True(t, d.Allowed, "Admit on another key after the error: want allowed by Redis")
+	d, _ = s.Admit(ctx, driver.Request{Key: "other", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1})
+	assert.False(t, d.Allowed, "second Admit of burst 1 allowed: the store failed open after an error about one key")
 }
 
 // TestExactRange: quota counts are Lua doubles, exact below 2^53. A quota
@@ -242,17 +214,17 @@ func TestExactRange(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{})
 	ctx := context.Background()
 	huge := bucket.PerSecond(1).WithQuota(math.MaxInt64, time.Hour)
-	if d, err := s.Admit(ctx, driver.Request{Key: "huge-quota", Limit: backendtest.Limit(huge), Cost: 1}); err != nil || !d.Allowed {
-		t.Errorf("Admit under a quota of MaxInt64 = %+v, %v; want allowed", d, err)
-	}
+	d, err := s.Admit(ctx, driver.Request{Key: "huge-quota", Limit: backendtest.Limit(huge), Cost: 1})
+	assert.NoError(t, err, "Admit under a quota of MaxInt64")
+	assert.True(t, d.Allowed, "Admit under a quota of MaxInt64")
 	fast := bucket.Every(time.Second, 1_000_000_000).WithBurst(redisstore.MaxQuotaUnits + 1)
-	if d, err := s.Admit(ctx, driver.Request{Key: "huge-burst", Limit: backendtest.Limit(fast), Cost: 1}); err != nil || !d.Allowed {
-		t.Errorf("Admit of burst 2^50+1 without quotas = %+v, %v; want allowed", d, err)
-	}
-	_, err := s.Admit(ctx, driver.Request{Key: "huge-burst-quota", Limit: backendtest.Limit(fast.WithQuota(10, time.Hour)), Cost: 1})
+	d, err = s.Admit(ctx, driver.Request{Key: "huge-burst", Limit: backendtest.Limit(fast), Cost: 1})
+	assert.NoError(t, err, "Admit of burst 2^50+1 without quotas")
+	assert.True(t, d.Allowed, "Admit of burst 2^50+1 without quotas")
+	_, err = s.Admit(ctx, driver.Request{Key: "huge-burst-quota", Limit: backendtest.Limit(fast.WithQuota(10, time.Hour)), Cost: 1})
 	var le *bucket.LimitError
-	if !errors.As(err, &le) || le.Field != "Burst" {
-		t.Errorf("Admit of burst 2^50+1 with a quota: %v, want a *bucket.LimitError naming Burst", err)
+	if assert.ErrorAs(t, err, &le, "Admit of burst 2^50+1 with a quota") {
+		assert.Equal(t, "Burst", le.Field, "Admit of burst 2^50+1 with a quota: the field named")
 	}
 }
 
@@ -272,16 +244,16 @@ func TestForeignValueInBatch(t *testing.T) {
 	}
 	s.AdmitBatch(ctx, batch)
 	var rerr redis.Error
-	if err := batch[1].Err; err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) || !strings.Contains(err.Error(), "WRONGTYPE") {
-		t.Errorf("the list's admission: %v, want a WRONGTYPE redis.Error that is not ErrUnavailable", err)
-	}
+	assert.ErrorAs(t, batch[1].Err, &rerr, "the list's admission")
+	assert.NotErrorIs(t, batch[1].Err, redisstore.ErrUnavailable, "the list's admission")
+	assert.ErrorContains(t, batch[1].Err, "WRONGTYPE", "the list's admission")
 	for _, i := range []int{0, 2} {
-		if a := batch[i]; a.Err != nil || !a.Decision.Allowed {
-			t.Errorf("%s beside the list: %+v, %v; want allowed", a.Key, a.Decision, a.Err)
-		}
-		if d, err := s.Admit(ctx, batch[i].Request); err != nil || d.Allowed {
-			t.Errorf("%s again (burst 1): %+v, %v; want refused: charged once", batch[i].Key, d, err)
-		}
+		a := batch[i]
+		assert.NoError(t, a.Err, "%s beside the list", a.Key)
+		assert.True(t, a.Decision.Allowed, "%s beside the list", a.Key)
+		d, err := s.Admit(ctx, a.Request)
+		assert.NoError(t, err, "%s again", a.Key)
+		assert.False(t, d.Allowed, "%s again (burst 1): want refused: charged once", a.Key)
 	}
 }
 
@@ -293,14 +265,14 @@ func TestForeignValueWrites(t *testing.T) {
 	s.Client().HSet(ctx, s.RedisKey("hash"), "a", "b")
 	t.Cleanup(func() { s.Client().Del(context.Background(), s.RedisKey("hash")) })
 	var rerr redis.Error
-	if err := s.Pause(ctx, "hash", time.Second); err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
-		t.Errorf("Pause on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
-	}
+	err := s.Pause(ctx, "hash", time.Second)
+	assert.ErrorAs(t, err, &rerr, "Pause on a hash")
+	assert.NotErrorIs(t, err, redisstore.ErrUnavailable, "Pause on a hash")
 	req := driver.Request{Key: "hash", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1}
 	d := driver.Decision{Allowed: true, Now: time.Now().UnixNano(), Booking: driver.Booking{TAT: 2, Prev: 1, Gen: 1}}
-	if err := s.Refund(ctx, req, d); err == nil || errors.Is(err, redisstore.ErrUnavailable) || !errors.As(err, &rerr) {
-		t.Errorf("Refund on a hash = %v, want a redis.Error that is not ErrUnavailable", err)
-	}
+	err = s.Refund(ctx, req, d)
+	assert.ErrorAs(t, err, &rerr, "Refund on a hash")
+	assert.NotErrorIs(t, err, redisstore.ErrUnavailable, "Refund on a hash")
 }
 
 // TestExpiry: a key never expires before its state is fresh, and after an
@@ -316,36 +288,27 @@ func TestExpiry(t *testing.T) {
 	check := func(what string, fresh int64, linger time.Duration) {
 		t.Helper()
 		pttl, err := c.PTTL(ctx, s.RedisKey(req.Key)).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		now, err := c.Time(ctx).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		left := time.Duration(fresh-now.UnixMicro()) * time.Microsecond
-		if pttl < left-5*time.Millisecond || pttl > left+linger+5*time.Millisecond {
-			t.Errorf("after %s: the key expires in %v, its state is fresh in %v: want no sooner and at most %v later", what, pttl, left, linger)
-		}
+		assert.GreaterOrEqual(t, pttl, left-5*time.Millisecond, "after %s: the key's expiry, its state fresh in %v: want no sooner", what, left)
+		assert.LessOrEqual(t, pttl, left+linger+5*time.Millisecond, "after %s: the key's expiry, its state fresh in %v: want at most %v later", what, left, linger)
 	}
 	var last driver.Decision
 	for i := range 3 {
 		d, fresh, err := redisstore.RawAdmit(ctx, s, req)
-		if err != nil || !d.Allowed {
-			t.Fatalf("admission %d: %+v, %v", i, d, err)
-		}
+		require.NoError(t, err, "admission %d", i)
+		require.True(t, d.Allowed, "admission %d", i)
 		check(fmt.Sprintf("admission %d", i), fresh, time.Second)
 		last = d
 	}
 	fresh, err := redisstore.RawRefund(ctx, s, req, last)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	check("a refund", fresh, 2*time.Second)
 	d, fresh, err := redisstore.RawAdmit(ctx, s, req)
-	if err != nil || !d.Allowed {
-		t.Fatalf("admission after the refund: %+v, %v", d, err)
-	}
+	require.NoError(t, err, "admission after the refund")
+	require.True(t, d.Allowed, "admission after the refund")
 	check("an admission after the refund", fresh, time.Second)
 }
 
@@ -359,34 +322,24 @@ func TestExpiryOfEarlierStates(t *testing.T) {
 	c := s.Client()
 	key := s.RedisKey("earlier")
 	now, err := c.Time(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// Two units of a 10/s bucket, as the earlier script left them: TAT
 	// 200 ms ahead, the key expiring then.
 	tat := now.UnixMicro() + 200_000
 	state := binary.LittleEndian.AppendUint64(nil, uint64(tat))
 	state = binary.LittleEndian.AppendUint64(state, 0)
 	state = binary.LittleEndian.AppendUint64(state, 2)
-	if err := c.Set(ctx, key, state, 200*time.Millisecond).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Set(ctx, key, state, 200*time.Millisecond).Err())
 	req := driver.Request{Key: "earlier", Limit: backendtest.Limit(bucket.PerSecond(10).WithBurst(5)), Cost: 1}
 	d, fresh, err := redisstore.RawAdmit(ctx, s, req)
-	if err != nil || !d.Allowed {
-		t.Fatalf("admission: %+v, %v", d, err)
-	}
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "admission")
 	pttl, err := c.PTTL(ctx, key).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	now, err = c.Time(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if left := time.Duration(fresh-now.UnixMicro()) * time.Microsecond; pttl < left-5*time.Millisecond {
-		t.Errorf("the key expires in %v, before its state is fresh (in %v): the earlier expiry was kept", pttl, left)
-	}
+	require.NoError(t, err)
+	left := time.Duration(fresh-now.UnixMicro()) * time.Microsecond
+	assert.GreaterOrEqual(t, pttl, left-5*time.Millisecond, "the key's expiry, its state fresh in %v: the earlier expiry was kept", left)
 }
 
 // TestScriptLost: after Redis loses the script (a restart, SCRIPT FLUSH),
@@ -397,33 +350,25 @@ func TestScriptLost(t *testing.T) {
 	ctx := context.Background()
 	flush := func() {
 		t.Helper()
-		if err := s.Client().ScriptFlush(ctx).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, s.Client().ScriptFlush(ctx).Err())
 	}
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1).WithBurst(2)), Cost: 1}
 	flush()
 	d, err := s.Admit(ctx, req)
-	if err != nil || !d.Allowed {
-		t.Fatalf("Admit after SCRIPT FLUSH = %+v, %v; want allowed", d, err)
-	}
+	require.NoError(t, err, "Admit after SCRIPT FLUSH")
+	require.True(t, d.Allowed, "Admit after SCRIPT FLUSH")
 	flush()
-	if err := s.Refund(ctx, req, d); err != nil {
-		t.Fatalf("Refund after SCRIPT FLUSH: %v", err)
-	}
+	require.NoError(t, s.Refund(ctx, req, d), "Refund after SCRIPT FLUSH")
 	flush()
 	batch := []driver.Admission{{Request: req}, {Request: req}}
 	s.AdmitBatch(ctx, batch)
 	for i, a := range batch {
-		if a.Err != nil || !a.Decision.Allowed {
-			t.Errorf("AdmitBatch after SCRIPT FLUSH, admission %d = %+v, %v; want both of the burst of 2 allowed (the refund applied)", i, a.Decision, a.Err)
-		}
+		assert.NoError(t, a.Err, "AdmitBatch after SCRIPT FLUSH, admission %d", i)
+		assert.True(t, a.Decision.Allowed, "AdmitBatch after SCRIPT FLUSH, admission %d: want both of the burst of 2 allowed (the refund applied)", i)
 	}
 	flush()
-	if err := s.Pause(ctx, "other", time.Hour); err != nil {
-		t.Fatalf("Pause after SCRIPT FLUSH: %v", err)
-	}
-	if d, err := s.Admit(ctx, driver.Request{Key: "other", Limit: req.Limit, Cost: 1}); err != nil || d.Allowed {
-		t.Errorf("Admit of a paused key = %+v, %v; want refused: the pause did not apply", d, err)
-	}
+	require.NoError(t, s.Pause(ctx, "other", time.Hour), "Pause after SCRIPT FLUSH")
+	d, err = s.Admit(ctx, driver.Request{Key: "other", Limit: req.Limit, Cost: 1})
+	assert.NoError(t, err, "Admit of a paused key")
+	assert.False(t, d.Allowed, "Admit of a paused key: the pause did not apply")
 }

@@ -11,6 +11,8 @@ import (
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestEarlierVersionShares: processes running this version and the one
@@ -19,9 +21,7 @@ import (
 // so that a key's rate and quotas hold across both.
 func TestEarlierVersionShares(t *testing.T) {
 	earlier, err := os.ReadFile("testdata/gcra-before-seen.lua")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -41,15 +41,11 @@ func TestEarlierVersionShares(t *testing.T) {
 			} else {
 				d, err = s.Admit(ctx, req)
 			}
-			if err != nil {
-				t.Fatalf("%s: admission %d: %v", tc.name, i, err)
-			}
+			require.NoError(t, err, "%s: admission %d", tc.name, i)
 			if d.Allowed {
 				allowed++
 			}
 		}
-		if allowed != tc.want {
-			t.Errorf("%s: %d admitted alternating between the versions, want %d", tc.name, allowed, tc.want)
-		}
+		assert.Equal(t, tc.want, allowed, "%s: admitted alternating between the versions", tc.name)
 	}
 }

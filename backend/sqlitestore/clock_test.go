@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
@@ -51,16 +54,12 @@ func newClockHarness(t *testing.T, lim bucket.Limit) *clockHarness {
 func (h *clockHarness) admit(step string) driver.Decision {
 	h.t.Helper()
 	d, err := h.s.Admit(context.Background(), driver.Request{Key: "k", Limit: backendtest.Limit(h.lim), Cost: 1, MaxWait: 50 * time.Millisecond})
-	if err != nil {
-		h.t.Fatalf("%s: Admit: %v", step, err)
-	}
+	require.NoError(h.t, err, step)
 	if d.Allowed {
 		// What an admission wrote was decided at d.Now; no later admission
 		// of the key is decided earlier. (Refusals write nothing, and may
 		// be decided earlier than a refusal before them.)
-		if d.Now < h.last {
-			h.t.Fatalf("%s: admitted at a store time %v earlier than the previous admission", step, time.Duration(h.last-d.Now))
-		}
+		require.GreaterOrEqual(h.t, d.Now, h.last, "%s: admitted at a store time earlier than the previous admission", step)
 		h.last = d.Now
 		h.starts = append(h.starts, backendtest.Start{At: d.Start(), Cost: 1})
 	}
@@ -78,12 +77,8 @@ func (h *clockHarness) run(step string, d time.Duration) {
 
 func (h *clockHarness) check(atLeast int) {
 	h.t.Helper()
-	if err := backendtest.Check(h.lim, h.starts); err != nil {
-		h.t.Errorf("starts across clock steps, in the store's time: %v", err)
-	}
-	if len(h.starts) < atLeast {
-		h.t.Errorf("%d admitted, want at least %d for a meaningful check", len(h.starts), atLeast)
-	}
+	assert.NoError(h.t, backendtest.Check(h.lim, h.starts), "starts across clock steps, in the store's time")
+	assert.GreaterOrEqual(h.t, len(h.starts), atLeast, "admitted: too few for a meaningful check")
 }
 
 // The host clock may step backwards (NTP). These tests step it back after
@@ -110,21 +105,19 @@ func TestClockStepBackAfterSweep(t *testing.T) {
 	ctx := context.Background()
 	h.run("at t0", 60*time.Millisecond) // 50 admitted: the minute's quota is full
 	h.clock.Add(time.Hour)
-	if err := h.s.Sweep(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if has, err := h.s.Has(ctx, "k"); err != nil || has {
-		t.Fatalf("an hour later, Has(k) = %v, %v, want the row swept", has, err)
-	}
+	require.NoError(t, h.s.Sweep(ctx))
+	has, err := h.s.Has(ctx, "k")
+	require.NoError(t, err)
+	require.False(t, has, "an hour later, Has(k): want the row swept")
 	h.clock.Add(-time.Hour + time.Second)
 	h.run("back at t0+1s", 10*time.Millisecond)
 	h.check(50)
 
 	// Once the host clock has caught up, the key admits at the host's time.
 	h.clock.Add(time.Hour)
-	if d := h.admit("caught up"); !d.Allowed || d.Now != h.clock.Now().UnixNano() {
-		t.Errorf("once the host clock caught up, Admit = %v at %d, want allowed at the host's %d", d.Allowed, d.Now, h.clock.Now().UnixNano())
-	}
+	d := h.admit("caught up")
+	assert.True(t, d.Allowed, "once the host clock caught up")
+	assert.Equal(t, h.clock.Now().UnixNano(), d.Now, "once the host clock caught up, the decision's time: want the host's")
 }
 
 // TestClockSteps steps the clock back and forth amid steady admissions.

@@ -5,6 +5,9 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 )
@@ -39,24 +42,19 @@ func TestQuotasRoundTrip(t *testing.T) {
 		}
 		buf = appendQuotas(buf[:0], want)
 		var err error
-		if got, err = decodeQuotas(buf, got); err != nil {
-			t.Fatalf("decodeQuotas(appendQuotas(%v)): %v", want, err)
-		}
-		if !sameQuotas(got, want) {
-			t.Fatalf("decodeQuotas(appendQuotas(%d quotas)) = %v, want %v", len(want), got, want)
-		}
+		got, err = decodeQuotas(buf, got)
+		require.NoError(t, err, "decodeQuotas(appendQuotas(%v))", want)
+		require.True(t, sameQuotas(got, want), "decodeQuotas(appendQuotas(%d quotas)) = %v, want %v", len(want), got, want)
 	}
 	// A full quota of 1,000/hour: 101 slots of counts below 128.
 	q := driver.QuotaState{Window: 3_600_000_000}
 	for i := range int64(101) {
 		q.Slots = append(q.Slots, driver.Slot{Index: 1_800_000_000 + i, Count: 9})
 	}
-	if n := len(appendQuotas(nil, []driver.QuotaState{q})); n > 420 {
-		t.Errorf("a full quota of 101 slots encodes to %d bytes, want at most 420", n)
-	}
-	if got, err := decodeQuotas(nil, got); err != nil || len(got) != 0 {
-		t.Errorf("decodeQuotas(nil) = %v, %v, want no quotas", got, err)
-	}
+	assert.LessOrEqual(t, len(appendQuotas(nil, []driver.QuotaState{q})), 420, "bytes of a full quota of 101 slots")
+	got, err := decodeQuotas(nil, got)
+	assert.NoError(t, err, "decodeQuotas(nil)")
+	assert.Empty(t, got, "decodeQuotas(nil)")
 }
 
 func FuzzDecodeQuotas(f *testing.F) {
@@ -75,8 +73,7 @@ func FuzzDecodeQuotas(f *testing.F) {
 			return
 		}
 		again, err := decodeQuotas(appendQuotas(nil, qs), nil)
-		if err != nil || !sameQuotas(again, qs) {
-			t.Fatalf("decode(%x) = %v, which re-decodes to %v, %v", b, qs, again, err)
-		}
+		require.NoError(t, err, "re-decoding decode(%x) = %v", b, qs)
+		require.True(t, sameQuotas(again, qs), "decode(%x) = %v, which re-decodes to %v", b, qs, again)
 	})
 }

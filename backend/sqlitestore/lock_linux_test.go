@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 
 	"golang.org/x/sys/unix"
@@ -22,27 +25,18 @@ import (
 func TestOpenKeepsOtherConnectionsLocks(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	a, err := Open(path, Options{SweepInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer a.Close()
 	ctx := context.Background()
 	r := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(10)), Cost: 1}
-	if _, err := a.Admit(ctx, r); err != nil {
-		t.Fatal(err)
-	}
+	_, err = a.Admit(ctx, r)
+	require.NoError(t, err)
 	before := heldLocks(t, path)
-	if before == 0 {
-		t.Fatal("no lock on the database file after an admission: the test cannot see SQLite's locks")
-	}
+	require.NotZero(t, before, "locks on the database file after an admission: the test cannot see SQLite's locks")
 	b, err := Open(path, Options{SweepInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer b.Close()
-	if after := heldLocks(t, path); after < before {
-		t.Errorf("opening a second Store dropped the first one's locks on the file: %d held before, %d after", before, after)
-	}
+	assert.GreaterOrEqual(t, heldLocks(t, path), before, "locks on the file after opening a second Store: it dropped the first one's")
 }
 
 // heldLocks counts the byte ranges of path that this process locks, as an
@@ -50,17 +44,14 @@ func TestOpenKeepsOtherConnectionsLocks(t *testing.T) {
 // locks of other descriptions). The descriptor stays open until the test
 // ends: closing it would drop this process's POSIX locks.
 func heldLocks(t *testing.T, path string) int {
+	t.Helper()
 	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { f.Close() })
 	n := 0
 	for start := int64(0); ; {
 		lk := unix.Flock_t{Type: unix.F_WRLCK, Start: start}
-		if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk))
 		if lk.Type == unix.F_UNLCK {
 			return n
 		}

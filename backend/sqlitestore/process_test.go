@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
@@ -71,13 +74,9 @@ func TestHelperProcess(t *testing.T) {
 		t.Skip("the body of helper processes; runs only in them")
 	}
 	var spec helperSpec
-	if err := json.Unmarshal([]byte(os.Getenv(helperConfig)), &spec); err != nil {
-		t.Fatalf("helper config: %v", err)
-	}
+	require.NoError(t, json.Unmarshal([]byte(os.Getenv(helperConfig)), &spec), "helper config")
 	body, ok := helperBodies[role]
-	if !ok {
-		t.Fatalf("unknown helper role %q", role)
-	}
+	require.True(t, ok, "unknown helper role %q", role)
 	body(t, spec)
 }
 
@@ -92,9 +91,7 @@ var helperBodies = map[string]func(*testing.T, helperSpec){
 func startHelper(t testing.TB, role string, spec helperSpec, modify ...func(*exec.Cmd)) (*exec.Cmd, io.ReadCloser, io.WriteCloser) {
 	t.Helper()
 	cfg, err := json.Marshal(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), helperRole+"="+role, helperConfig+"="+string(cfg))
 	cmd.Stderr = new(strings.Builder)
@@ -102,25 +99,17 @@ func startHelper(t testing.TB, role string, spec helperSpec, modify ...func(*exe
 		m(cmd)
 	}
 	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
 	return cmd, stdout, stdin
 }
 
 // hammer is the body of a hammer helper.
 func hammer(t *testing.T, spec helperSpec) {
 	lim, err := bucket.Parse(spec.Limit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	s := open(t, spec.Path, sqlitestore.Options{})
 	var out sync.Mutex
 	say := func(format string, args ...any) {
@@ -131,15 +120,13 @@ func hammer(t *testing.T, spec helperSpec) {
 	// Warm up the connection, the page cache and the statements.
 	ctx := context.Background()
 	for range 20 {
-		if _, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("warm-up ", os.Getpid()), Limit: backendtest.Limit(unbounded), Cost: 1}); err != nil {
-			t.Fatal(err)
-		}
+		_, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("warm-up ", os.Getpid()), Limit: backendtest.Limit(unbounded), Cost: 1})
+		require.NoError(t, err)
 	}
 	say("ready")
 	var startNs int64
-	if _, err := fmt.Fscanln(os.Stdin, &startNs); err != nil {
-		t.Fatal(err)
-	}
+	_, err = fmt.Fscanln(os.Stdin, &startNs)
+	require.NoError(t, err)
 	start := time.Unix(0, startNs)
 	end := start.Add(spec.Duration)
 	time.Sleep(time.Until(start))
@@ -147,8 +134,7 @@ func hammer(t *testing.T, spec helperSpec) {
 		go func() { // never returns: the process dies
 			time.Sleep(time.Until(start.Add(spec.Hold)))
 			t0 := time.Now()
-			if err := holdMidTransaction(spec.Path, spec.Key); err != nil {
-				t.Error(err)
+			if !assert.NoError(t, holdMidTransaction(spec.Path, spec.Key)) {
 				return
 			}
 			// The process kills itself rather than wait for its parent to
@@ -167,8 +153,7 @@ func hammer(t *testing.T, spec helperSpec) {
 			for time.Now().Before(end) {
 				req := driver.Request{Key: spec.Key, Limit: backendtest.Limit(lim), Cost: 1 + rng.Int64N(2), MaxWait: spec.MaxWait}
 				d, err := s.Admit(ctx, req)
-				if err != nil {
-					t.Errorf("Admit: %v", err)
+				if !assert.NoError(t, err) {
 					return
 				}
 				if d.Allowed {
@@ -262,9 +247,7 @@ func runProcesses(t *testing.T, crash bool) {
 		MaxWait:    100 * time.Millisecond,
 	}
 	lim, err := bucket.Parse(spec.Limit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 
 	var (
 		mu       sync.Mutex
@@ -313,7 +296,7 @@ func runProcesses(t *testing.T, crash bool) {
 		select {
 		case <-ready:
 		case <-time.After(30 * time.Second):
-			t.Fatal("helpers not ready after 30s")
+			require.FailNow(t, "helpers not ready after 30s")
 		}
 	}
 	start := time.Now().Add(20 * time.Millisecond).UnixNano()
@@ -324,26 +307,19 @@ func runProcesses(t *testing.T, crash bool) {
 	for i, cmd := range cmds {
 		err := cmd.Wait()
 		if crash && i == 0 {
-			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
-				t.Errorf("process 0 ended with %v, want killed by SIGKILL mid-transaction\n%s%s", err, outputs[0], cmd.Stderr)
-			}
+			ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+			assert.True(t, ok && ws.Signal() == syscall.SIGKILL, "process 0 ended with %v, want killed by SIGKILL mid-transaction\n%s%s", err, outputs[0], cmd.Stderr)
 			continue
 		}
-		if err != nil {
-			t.Errorf("process %d: %v\n%s%s", i, err, outputs[i], cmd.Stderr)
-		}
+		assert.NoError(t, err, "process %d\n%s%s", i, outputs[i], cmd.Stderr)
 	}
 
 	var all []backendtest.Start
 	for i := range procs {
 		all = append(all, starts[i]...)
-		if len(starts[i]) == 0 {
-			t.Errorf("process %d admitted nothing", i)
-		}
+		assert.NotEmpty(t, starts[i], "process %d admitted nothing", i)
 	}
-	if err := backendtest.Check(lim, all); err != nil {
-		t.Errorf("merged starts of %d processes: %v", procs, err)
-	}
+	assert.NoError(t, backendtest.Check(lim, all), "merged starts of %d processes", procs)
 	first, last, units := all[0].At, all[0].At, int64(0)
 	for _, st := range all {
 		first, last, units = min(first, st.At), max(last, st.At), units+st.Cost
@@ -352,14 +328,10 @@ func runProcesses(t *testing.T, crash bool) {
 	most := burst + span.Seconds()*rate
 	t.Logf("%d processes × %d goroutines admitted %d units in %v: %.1f%% of the %d/s allowed",
 		procs, goroutines, units, span.Round(time.Millisecond), 100*float64(units)/most, rate)
-	if float64(units) < 0.97*most {
-		t.Errorf("admitted %d units in %v, want at least 97%% of the %.0f allowed; gaps: %s", units, span, most, gaps(all, first, killedAt))
-	}
+	assert.GreaterOrEqual(t, float64(units), 0.97*most, "units admitted in %v: want at least 97%% of the %.0f allowed; gaps: %s", span, most, gaps(all, first, killedAt))
 
 	if crash {
-		if killedAt == 0 {
-			t.Fatal("process 0 never took the lock to die holding it")
-		}
+		require.NotZero(t, killedAt, "process 0 never took the lock to die holding it")
 		for i := 1; i < procs; i++ {
 			after := 0
 			for _, st := range starts[i] {
@@ -367,20 +339,16 @@ func runProcesses(t *testing.T, crash bool) {
 					after++
 				}
 			}
-			if after == 0 {
-				t.Errorf("process %d admitted nothing after process 0 was killed", i)
-			}
+			assert.NotZero(t, after, "process %d admitted nothing after process 0 was killed", i)
 		}
 	}
 	db := rawDB(t, path)
 	var integrity string
-	if err := db.QueryRow("PRAGMA integrity_check").Scan(&integrity); err != nil || integrity != "ok" {
-		t.Errorf("PRAGMA integrity_check = %q, %v, want ok", integrity, err)
-	}
+	assert.NoError(t, db.QueryRow("PRAGMA integrity_check").Scan(&integrity))
+	assert.Equal(t, "ok", integrity, "PRAGMA integrity_check")
 	var garbage int
-	if err := db.QueryRow("SELECT count(*) FROM buckets WHERE tat = 9000000000000000000 OR key = x'dead'").Scan(&garbage); err != nil || garbage != 0 {
-		t.Errorf("%d rows of the killed transaction's garbage survive (%v), want none", garbage, err)
-	}
+	assert.NoError(t, db.QueryRow("SELECT count(*) FROM buckets WHERE tat = 9000000000000000000 OR key = x'dead'").Scan(&garbage))
+	assert.Zero(t, garbage, "rows of the killed transaction's garbage that survive")
 }
 
 // gaps describes the gaps of more than 20ms between starts.
@@ -407,9 +375,8 @@ func benchChild(t *testing.T, spec helperSpec) {
 	}
 	fmt.Println("ready")
 	stdin := bufio.NewReader(os.Stdin)
-	if _, err := stdin.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
+	_, err := stdin.ReadString('\n')
+	require.NoError(t, err)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	cpu0 := cpuTime()
@@ -478,9 +445,8 @@ func BenchmarkProcesses(b *testing.B) {
 				helpers[i] = helper{cmd, bufio.NewScanner(stdout), stdin}
 			}
 			for _, h := range helpers {
-				if !h.lines.Scan() || h.lines.Text() != "ready" {
-					b.Fatalf("helper did not get ready: %q\n%s", h.lines.Text(), h.cmd.Stderr)
-				}
+				require.True(b, h.lines.Scan(), "helper did not get ready\n%s", h.cmd.Stderr)
+				require.Equal(b, "ready", h.lines.Text(), "helper did not get ready\n%s", h.cmd.Stderr)
 			}
 			b.StartTimer()
 			for _, h := range helpers {
@@ -489,20 +455,16 @@ func BenchmarkProcesses(b *testing.B) {
 			var mallocs, bytes, cpu uint64
 			for _, h := range helpers {
 				var m, by, c uint64
-				if !h.lines.Scan() {
-					b.Fatalf("helper failed: %v\n%s", h.lines.Err(), h.cmd.Stderr)
-				}
-				if _, err := fmt.Sscanf(h.lines.Text(), "done %d %d %d", &m, &by, &c); err != nil {
-					b.Fatalf("helper said %q: %v\n%s", h.lines.Text(), err, h.cmd.Stderr)
-				}
+				ok := h.lines.Scan()
+				require.True(b, ok, "helper failed: %v\n%s", h.lines.Err(), h.cmd.Stderr)
+				_, err := fmt.Sscanf(h.lines.Text(), "done %d %d %d", &m, &by, &c)
+				require.NoError(b, err, "helper said %q\n%s", h.lines.Text(), h.cmd.Stderr)
 				mallocs, bytes, cpu = mallocs+m, bytes+by, cpu+c
 			}
 			b.StopTimer()
 			for _, h := range helpers {
 				h.stdin.Close()
-				if err := h.cmd.Wait(); err != nil {
-					b.Fatalf("helper: %v\n%s", err, h.cmd.Stderr)
-				}
+				require.NoError(b, h.cmd.Wait(), "helper\n%s", h.cmd.Stderr)
 			}
 			reportRate(b, b.N)
 			// The helpers' figures: the CPU time an admission costs
@@ -540,27 +502,21 @@ func TestWALStaysSmall(t *testing.T) {
 		helpers[i] = helper{cmd, bufio.NewScanner(stdout), stdin}
 	}
 	for _, h := range helpers {
-		if !h.lines.Scan() || h.lines.Text() != "ready" {
-			t.Fatalf("helper did not get ready: %q\n%s", h.lines.Text(), h.cmd.Stderr)
-		}
+		require.True(t, h.lines.Scan(), "helper did not get ready\n%s", h.cmd.Stderr)
+		require.Equal(t, "ready", h.lines.Text(), "helper did not get ready\n%s", h.cmd.Stderr)
 	}
 	for _, h := range helpers {
 		io.WriteString(h.stdin, "go\n")
 	}
 	for _, h := range helpers {
-		if !h.lines.Scan() || !strings.HasPrefix(h.lines.Text(), "done") {
-			t.Fatalf("helper failed: %q\n%s", h.lines.Text(), h.cmd.Stderr)
-		}
+		require.True(t, h.lines.Scan(), "helper failed\n%s", h.cmd.Stderr)
+		require.True(t, strings.HasPrefix(h.lines.Text(), "done"), "helper failed: %q\n%s", h.lines.Text(), h.cmd.Stderr)
 	}
 	wal, err := os.Stat(path + "-wal")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, h := range helpers {
 		h.stdin.Close()
-		if err := h.cmd.Wait(); err != nil {
-			t.Errorf("helper: %v\n%s", err, h.cmd.Stderr)
-		}
+		assert.NoError(t, h.cmd.Wait(), "helper\n%s", h.cmd.Stderr)
 	}
 	// A WAL frame is a 4 KiB page and a 24-byte header. A WAL never
 	// started over holds a frame per admission; one started over every
@@ -568,7 +524,5 @@ func TestWALStaysSmall(t *testing.T) {
 	// checkpoint that finds the lock busy for 20 ms is tried again later).
 	frames := wal.Size() / (4096 + 24)
 	t.Logf("%d processes wrote %d admissions; the WAL holds %d frames", procs, procs*n, frames)
-	if frames > procs*n/2 {
-		t.Errorf("after %d admissions with a checkpoint every %d rows, the WAL holds %d frames, want it started over (at most %d)", procs*n, every, frames, procs*n/2)
-	}
+	assert.LessOrEqual(t, frames, int64(procs*n/2), "WAL frames after %d admissions with a checkpoint every %d rows: want it started over", procs*n, every)
 }

@@ -14,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 )
 
@@ -41,57 +44,39 @@ func openReadOnly(t *testing.T, spec helperSpec) {
 // permissions do not bind root.
 func TestReadOnly(t *testing.T) {
 	dir, err := os.MkdirTemp("", "sqlitestore-readonly-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	w, r := filepath.Join(dir, "w"), filepath.Join(dir, "r")
 	t.Cleanup(func() {
 		os.Chmod(r, 0o755)
 		os.RemoveAll(dir)
 	})
 	for _, d := range []string{dir, w, r} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.MkdirAll(d, 0o755))
 	}
-	if err := os.Chmod(dir, 0o755); err != nil { // MkdirTemp made it 0700
-		t.Fatal(err)
-	}
-	if err := os.Chmod(w, 0o777); err != nil { // anyone may create files in w
-		t.Fatal(err)
-	}
+	require.NoError(t, os.Chmod(dir, 0o755)) // MkdirTemp made it 0700
+	require.NoError(t, os.Chmod(w, 0o777))   // anyone may create files in w
 	readOnlyFile := filepath.Join(w, "readonly.db")
 	writableFile := filepath.Join(r, "writable.db")
 	for _, path := range []string{readOnlyFile, writableFile} {
 		open(t, path, sqlitestore.Options{}).Close()
 	}
-	if err := os.Chmod(readOnlyFile, 0o444); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(writableFile, 0o666); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.Chmod(readOnlyFile, 0o444))
+	require.NoError(t, os.Chmod(writableFile, 0o666))
 	before, err := os.ReadFile(readOnlyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 
 	var asNobody func(*exec.Cmd)
 	if os.Geteuid() == 0 {
 		// The helper runs as nobody, which may not enter the directory
 		// of the test binary: run a copy.
 		bin := filepath.Join(dir, "sqlitestore.test")
-		if err := copyFile(bin, os.Args[0]); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, copyFile(bin, os.Args[0]))
 		asNobody = func(cmd *exec.Cmd) {
 			cmd.Path, cmd.Args[0] = bin, bin
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		}
 	} else {
-		if err := os.Chmod(r, 0o555); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.Chmod(r, 0o555))
 		asNobody = func(*exec.Cmd) {}
 	}
 
@@ -105,41 +90,34 @@ func TestReadOnly(t *testing.T) {
 		results[f[1]] = strings.Join(f[2:], " ")
 		return true
 	})
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("helper: %v\n%s%s", err, other, cmd.Stderr)
-	}
+	require.NoError(t, cmd.Wait(), "helper:\n%s%s", other, cmd.Stderr)
 	for _, path := range paths {
 		res, ok := results[filepath.Base(path)]
-		if !ok {
-			t.Errorf("Open(%s): no result\n%s%s", path, other, cmd.Stderr)
+		if !assert.True(t, ok, "Open(%s): no result\n%s%s", path, other, cmd.Stderr) {
 			continue
 		}
 		t.Logf("Open(%s): %s", filepath.Base(path), res)
 		matched, msg, _ := strings.Cut(res, " ")
-		if matched != "true" || !strings.HasPrefix(msg, "sqlitestore: ") {
-			t.Errorf("Open(%s) without write permission: %s, want an error matching ErrReadOnly", path, res)
-		}
+		assert.Equal(t, "true", matched, "Open(%s) without write permission: %s; want an error matching ErrReadOnly", path, res)
+		assert.Regexp(t, "^sqlitestore: ", msg, "Open(%s) without write permission", path)
 	}
-	if after, err := os.ReadFile(readOnlyFile); err != nil || !bytes.Equal(after, before) {
-		t.Errorf("the read-only file changed (%v)", err)
-	}
+	after, err := os.ReadFile(readOnlyFile)
+	assert.NoError(t, err)
+	assert.True(t, bytes.Equal(after, before), "the read-only file changed")
 	// Nothing was left beside the read-only file: -wal and -shm files the
 	// helper's user created would lock the file's owner out.
 	for _, suffix := range []string{"-wal", "-shm", "-journal"} {
-		if _, err := os.Stat(readOnlyFile + suffix); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("opening the read-only file left %s behind (%v)", filepath.Base(readOnlyFile+suffix), err)
-		}
+		_, err := os.Stat(readOnlyFile + suffix)
+		assert.ErrorIs(t, err, os.ErrNotExist, "opening the read-only file left %s behind", filepath.Base(readOnlyFile+suffix))
 	}
-	if _, err := os.Stat(filepath.Join(r, "new.db")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("a file appeared in the read-only directory: %v", err)
-	}
+	_, err = os.Stat(filepath.Join(r, "new.db"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "a file appeared in the read-only directory")
 	// The writable file in the read-only directory is intact.
 	os.Chmod(r, 0o755)
 	db := rawDB(t, writableFile)
 	var integrity string
-	if err := db.QueryRow("PRAGMA integrity_check").Scan(&integrity); err != nil || integrity != "ok" {
-		t.Errorf("PRAGMA integrity_check = %q, %v, want ok", integrity, err)
-	}
+	assert.NoError(t, db.QueryRow("PRAGMA integrity_check").Scan(&integrity))
+	assert.Equal(t, "ok", integrity, "PRAGMA integrity_check")
 }
 
 func copyFile(dst, src string) error {

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 
 	"github.com/leakybucket/leakybucket/bucket"
@@ -15,9 +18,7 @@ import (
 // TestSchemaVersionIsLatest: the exported version is where the migrations
 // lead.
 func TestSchemaVersionIsLatest(t *testing.T) {
-	if latestVersion() != SchemaVersion {
-		t.Errorf("migrations lead to version %d, SchemaVersion is %d", latestVersion(), SchemaVersion)
-	}
+	assert.Equal(t, latestVersion(), SchemaVersion, "SchemaVersion: want the version the migrations lead to")
 }
 
 // TestConnectionSettings: the store's connection runs with the settings
@@ -25,31 +26,21 @@ func TestSchemaVersionIsLatest(t *testing.T) {
 func TestConnectionSettings(t *testing.T) {
 	for _, full := range []bool{false, true} {
 		s, err := Open(filepath.Join(t.TempDir(), "b.db"), Options{FullSync: full, SweepInterval: -1})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		ctx := context.Background()
 		var mode string
 		var sync, checkpoint int
-		if err := s.conn.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.conn.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sync); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.conn.QueryRowContext(ctx, "PRAGMA wal_autocheckpoint").Scan(&checkpoint); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, s.conn.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode))
+		require.NoError(t, s.conn.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sync))
+		require.NoError(t, s.conn.QueryRowContext(ctx, "PRAGMA wal_autocheckpoint").Scan(&checkpoint))
 		want := 1 // NORMAL
 		if full {
 			want = 2 // FULL
 		}
-		if mode != "wal" || sync != want || checkpoint != 0 {
-			t.Errorf("FullSync %v: journal_mode %s, synchronous %d, wal_autocheckpoint %d; want wal, %d, 0", full, mode, sync, checkpoint, want)
-		}
-		if n := s.db.Stats().MaxOpenConnections; n != 1 {
-			t.Errorf("pool of %d connections, want 1 (SQLite has one writer)", n)
-		}
+		assert.Equal(t, "wal", mode, "FullSync %v: journal_mode", full)
+		assert.Equal(t, want, sync, "FullSync %v: synchronous", full)
+		assert.Zero(t, checkpoint, "FullSync %v: wal_autocheckpoint", full)
+		assert.Equal(t, 1, s.db.Stats().MaxOpenConnections, "connections in the pool: SQLite has one writer")
 		s.Close()
 	}
 }
@@ -59,15 +50,11 @@ func TestConnectionSettings(t *testing.T) {
 func TestMigrateUpgrade(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	s, err := Open(path, Options{SweepInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1)), Cost: 1, MaxWait: time.Hour}
 	first, err := s.Admit(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	s.Close()
 
 	saved := migrations
@@ -75,25 +62,14 @@ func TestMigrateUpgrade(t *testing.T) {
 	migrations = append(migrations[:len(migrations):len(migrations)], []string{`CREATE TABLE notes (id INTEGER PRIMARY KEY)`})
 
 	s, err = Open(path, Options{SweepInterval: -1})
-	if err != nil {
-		t.Fatalf("Open of a version %d file: %v", SchemaVersion, err)
-	}
+	require.NoError(t, err, "Open of a version %d file", SchemaVersion)
 	defer s.Close()
 	var version, notes int
-	if err := s.conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.conn.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema WHERE name = 'notes'").Scan(&notes); err != nil {
-		t.Fatal(err)
-	}
-	if version != SchemaVersion+1 || notes != 1 {
-		t.Errorf("after the upgrade: user_version %d, notes table %d; want %d, 1", version, notes, SchemaVersion+1)
-	}
+	require.NoError(t, s.conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version))
+	require.NoError(t, s.conn.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema WHERE name = 'notes'").Scan(&notes))
+	assert.Equal(t, SchemaVersion+1, version, "user_version after the upgrade")
+	assert.Equal(t, 1, notes, "notes tables after the upgrade")
 	next, err := s.Admit(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if next.Start() < first.Start()+int64(time.Second) {
-		t.Errorf("after the upgrade the bucket restarted: next start first+%v, want first+1s", time.Duration(next.Start()-first.Start()))
-	}
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, time.Duration(next.Start()-first.Start()), time.Second, "next start after the upgrade, from the first: the bucket restarted")
 }

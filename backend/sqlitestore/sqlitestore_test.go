@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
@@ -21,14 +23,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func open(t testing.TB, path string, opts sqlitestore.Options) *sqlitestore.Store {
 	t.Helper()
 	s, err := sqlitestore.Open(path, opts)
-	if err != nil {
-		t.Fatalf("Open(%q): %v", path, err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
+	require.NoError(t, err, "Open(%q)", path)
+	t.Cleanup(func() { assert.NoError(t, s.Close(), "Close") })
 	return s
 }
 
@@ -44,13 +40,9 @@ func TestConformance(t *testing.T) {
 		Forgotten: func(t *testing.T, b driver.Backend, key string) bool {
 			t.Helper()
 			s := b.(*sqlitestore.Store)
-			if err := s.Sweep(t.Context()); err != nil {
-				t.Fatalf("Sweep: %v", err)
-			}
+			require.NoError(t, s.Sweep(t.Context()), "Sweep")
 			has, err := s.Has(t.Context(), key)
-			if err != nil {
-				t.Fatalf("Has: %v", err)
-			}
+			require.NoError(t, err, "Has")
 			return !has
 		},
 	})
@@ -64,32 +56,26 @@ func TestIncrementalSweep(t *testing.T) {
 	ctx := context.Background()
 	short := bucket.PerSecond(1000) // fresh 1ms after an admission
 	for i := range 100 {
-		if _, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("idle-", i), Limit: backendtest.Limit(short), Cost: 1}); err != nil {
-			t.Fatal(err)
-		}
+		_, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("idle-", i), Limit: backendtest.Limit(short), Cost: 1})
+		require.NoError(t, err)
 	}
-	if n, err := s.Len(ctx); err != nil || n != 100 {
-		t.Fatalf("Len = %d, %v, want 100", n, err)
-	}
+	n, err := s.Len(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 100, n, "Len")
 	clock.Add(time.Second)
 	busy := bucket.PerSecond(1_000_000).WithBurst(1_000_000)
 	for i := range 100 {
-		if _, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("busy-", i), Limit: backendtest.Limit(busy), Cost: 1}); err != nil {
-			t.Fatal(err)
-		}
+		_, err := s.Admit(ctx, driver.Request{Key: fmt.Sprint("busy-", i), Limit: backendtest.Limit(busy), Cost: 1})
+		require.NoError(t, err)
 	}
 	// 100 rows written examine 200 rows: every idle row has been seen.
-	n, err := s.Len(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != 100 {
-		t.Errorf("after 100 rows written, %d rows remain, want the 100 busy ones (the 100 idle ones deleted)", n)
-	}
+	n, err = s.Len(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 100, n, "rows left after 100 rows written: want the 100 busy ones (the 100 idle ones deleted)")
 	for i := range 100 {
-		if has, err := s.Has(ctx, fmt.Sprint("busy-", i)); err != nil || !has {
-			t.Fatalf("busy key %d: Has = %v, %v, want its row kept", i, has, err)
-		}
+		has, err := s.Has(ctx, fmt.Sprint("busy-", i))
+		require.NoError(t, err)
+		require.True(t, has, "busy key %d: want its row kept", i)
 	}
 }
 
@@ -101,32 +87,26 @@ func TestRefusalWritesNothing(t *testing.T) {
 	s := open(t, path, sqlitestore.Options{Now: clock.Now})
 	ctx := context.Background()
 	r := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
-	if d, err := s.Admit(ctx, r); err != nil || !d.Allowed {
-		t.Fatalf("Admit = %v, %v", d.Allowed, err)
-	}
+	d, err := s.Admit(ctx, r)
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "first Admit")
 	db, err := rawDB(t, path).Conn(ctx) // data_version counts other connections' commits
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer db.Close()
 	row := func() (seen int64, changes int64) {
 		t.Helper()
-		if err := db.QueryRowContext(ctx, "SELECT seen FROM buckets WHERE key = CAST('k' AS BLOB)").Scan(&seen); err != nil {
-			t.Fatal(err)
-		}
-		if err := db.QueryRowContext(ctx, "PRAGMA data_version").Scan(&changes); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, db.QueryRowContext(ctx, "SELECT seen FROM buckets WHERE key = CAST('k' AS BLOB)").Scan(&seen))
+		require.NoError(t, db.QueryRowContext(ctx, "PRAGMA data_version").Scan(&changes))
 		return seen, changes
 	}
 	seen, version := row()
 	clock.Add(time.Minute)
 	for range 10 {
-		if d, err := s.Admit(ctx, r); err != nil || d.Allowed {
-			t.Fatalf("Admit within the hour = %v, %v, want refused", d.Allowed, err)
-		}
+		d, err := s.Admit(ctx, r)
+		require.NoError(t, err)
+		require.False(t, d.Allowed, "Admit within the hour")
 	}
-	if seen2, version2 := row(); seen2 != seen || version2 != version {
-		t.Errorf("refusals changed the file: seen %d → %d, data_version %d → %d", seen, seen2, version, version2)
-	}
+	seen2, version2 := row()
+	assert.Equal(t, seen, seen2, "seen after refusals")
+	assert.Equal(t, version, version2, "data_version after refusals")
 }
