@@ -10,6 +10,9 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
@@ -44,34 +47,26 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 		var fa, fb []*dispatcher.Future[int]
 		for i := range 100 {
 			f, err := d.Submit(context.Background(), task{"A", i})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			fa = append(fa, f)
 		}
 		for i := range 10_000 {
 			f, err := d.Submit(context.Background(), task{"B", i})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			fb = append(fb, f)
 		}
 		for _, f := range fb {
-			if _, err := f.Wait(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			_, err := f.Wait(context.Background())
+			require.NoError(t, err)
 		}
-		if took := time.Since(begin); took >= 100*time.Millisecond {
-			t.Errorf("key B's 10,000 jobs took %v behind key A, want well under a second", took)
-		}
+		assert.Less(t, time.Since(begin), 100*time.Millisecond, "key B's 10,000 jobs behind key A")
 		for _, f := range fa {
-			if _, err := f.Wait(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			_, err := f.Wait(context.Background())
+			require.NoError(t, err)
 		}
-		if took := time.Since(begin); took < 99*time.Second || took > 100*time.Second {
-			t.Errorf("key A's 100 jobs at 1/s took %v, want 99s", took)
-		}
+		took := time.Since(begin)
+		assert.GreaterOrEqual(t, took, 99*time.Second, "key A's 100 jobs at 1/s")
+		assert.LessOrEqual(t, took, 100*time.Second, "key A's 100 jobs at 1/s")
 		rec.check(t, "A", limA, 100)
 	})
 }
@@ -114,16 +109,13 @@ func TestStartsConform(t *testing.T) {
 				for i := range 120 {
 					for _, k := range keys {
 						f, err := d.Submit(context.Background(), task{k, i})
-						if err != nil {
-							t.Fatal(err)
-						}
+						require.NoError(t, err)
 						fs = append(fs, f)
 					}
 				}
 				for _, f := range fs {
-					if _, err := f.Wait(context.Background()); err != nil {
-						t.Fatal(err)
-					}
+					_, err := f.Wait(context.Background())
+					require.NoError(t, err)
 				}
 				for _, k := range keys {
 					rec.check(t, k, lim, 120)
@@ -150,9 +142,7 @@ func TestOneKeyStartsInOrder(t *testing.T) {
 			f.Wait(context.Background())
 		}
 		for i, n := range order {
-			if n != i {
-				t.Fatalf("start %d ran job %d, want submission order", i, n)
-			}
+			require.Equal(t, i, n, "job run by start %d, want submission order", i)
 		}
 	})
 }
@@ -178,39 +168,32 @@ func TestRetryAfterPausesKey(t *testing.T) {
 		for i := range 20 {
 			for _, k := range []string{"A", "B"} {
 				f, err := d.Submit(context.Background(), task{k, i})
-				if err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, err)
 				fs = append(fs, f)
 			}
 		}
 		for _, f := range fs {
-			if _, err := f.Wait(context.Background()); err != nil {
-				t.Fatalf("job failed: %v", err)
-			}
+			_, err := f.Wait(context.Background())
+			require.NoError(t, err)
 		}
 		st := d.Stats()
-		if st.Failed != 0 || st.Retried != 1 || st.Succeeded != 40 {
-			t.Errorf("Stats = %+v, want 40 succeeded, 1 retried, 0 failed", st)
-		}
+		assert.EqualValues(t, 40, st.Succeeded, "Stats.Succeeded")
+		assert.EqualValues(t, 1, st.Retried, "Stats.Retried")
+		assert.Zero(t, st.Failed, "Stats.Failed")
 		refused := refusedAt.Load()
 		var bDuringPause int
 		for _, s := range rec.at["A"] {
-			if s.At > refused && s.At < refused+int64(200*time.Millisecond) {
-				t.Errorf("an A job started %v into the 200ms pause", time.Duration(s.At-refused))
-			}
+			assert.False(t, s.At > refused && s.At < refused+int64(200*time.Millisecond),
+				"an A job started %v into the 200ms pause", time.Duration(s.At-refused))
 		}
 		for _, s := range rec.at["B"] {
 			if s.At > refused && s.At < refused+int64(200*time.Millisecond) {
 				bDuringPause++
 			}
 		}
-		if bDuringPause == 0 {
-			t.Error("no B job started during A's pause: B was held up")
-		}
-		if ks := st.Keys["A"]; ks.Retried != 1 || ks.Failed != 0 {
-			t.Errorf("Stats.Keys[A] = %+v, want 1 retried, 0 failed", ks)
-		}
+		assert.Positive(t, bDuringPause, "B jobs started during A's pause")
+		assert.EqualValues(t, 1, st.Keys["A"].Retried, "Stats.Keys[A].Retried")
+		assert.Zero(t, st.Keys["A"].Failed, "Stats.Keys[A].Failed")
 	})
 }
 
@@ -224,15 +207,9 @@ func TestRequeueBound(t *testing.T) {
 			return 0, &retryAfterError{delay: time.Second}
 		}, taskKey, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithMaxRequeues(3))
 		_, err := d.Do(context.Background(), task{"A", 1})
-		if !errors.Is(err, dispatcher.ErrTooManyRequeues) {
-			t.Errorf("Do = %v, want ErrTooManyRequeues", err)
-		}
-		if !errors.As(err, new(*retryAfterError)) {
-			t.Errorf("Do = %v, want it to wrap the handler's retry-after error", err)
-		}
-		if n := runs.Load(); n != 4 {
-			t.Errorf("handler ran %d times, want 4 (1 + 3 requeues)", n)
-		}
+		assert.ErrorIs(t, err, dispatcher.ErrTooManyRequeues)
+		assert.ErrorAs(t, err, new(*retryAfterError), "Do, want the handler's retry-after error wrapped")
+		assert.EqualValues(t, 4, runs.Load(), "handler runs, want 1 + 3 requeues")
 	})
 }
 
@@ -248,23 +225,18 @@ func TestCancelDuringRetryPause(t *testing.T) {
 			return 0, &retryAfterError{delay: time.Hour}
 		}, taskKey, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))))
 		f, err := d.Submit(ctx, task{"A", 1})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		<-ran
 		synctest.Wait() // the job is back in its key's queue, paused for an hour
 		start := time.Now()
 		cancel()
 		synctest.Wait()
-		if _, err := f.Result(); !errors.Is(err, context.Canceled) {
-			t.Fatalf("Result after cancel = %v, want context.Canceled", err)
-		}
-		if waited := time.Since(start); waited != 0 {
-			t.Errorf("resolved %v after its context ended, want at once", waited)
-		}
-		if st := d.Stats(); st.Cancelled != 1 || st.Retried != 1 {
-			t.Errorf("Stats = %+v, want 1 cancelled, 1 retried", st)
-		}
+		_, err = f.Result()
+		require.ErrorIs(t, err, context.Canceled, "Result after cancel")
+		assert.Zero(t, time.Since(start), "time from the context's end to the job's")
+		st := d.Stats()
+		assert.EqualValues(t, 1, st.Cancelled, "Stats.Cancelled")
+		assert.EqualValues(t, 1, st.Retried, "Stats.Retried")
 	})
 }
 
@@ -295,15 +267,12 @@ func TestCancelWhileHanded(t *testing.T) {
 				time.Sleep(late)
 				close(release)
 				synctest.Wait()
-				if _, err := f1.Result(); !errors.Is(err, context.Canceled) {
-					t.Errorf("Result once the worker was free = %v, want context.Canceled", err)
-				}
-				if n := ranCancelled.Load(); n != 0 {
-					t.Errorf("the cancelled job ran %d times", n)
-				}
-				if st := d.Stats(); st.Cancelled != 1 || st.Queued != 1 {
-					t.Errorf("Stats = %+v, want 1 cancelled and 1 queued (job 0, paused)", st)
-				}
+				_, err := f1.Result()
+				assert.ErrorIs(t, err, context.Canceled, "Result once the worker was free")
+				assert.Zero(t, ranCancelled.Load(), "runs of the cancelled job")
+				st := d.Stats()
+				assert.EqualValues(t, 1, st.Cancelled, "Stats.Cancelled")
+				assert.EqualValues(t, 1, st.Queued, "Stats.Queued, want job 0, paused")
 			})
 		})
 	}
@@ -313,14 +282,11 @@ func TestCancelWhileHanded(t *testing.T) {
 // to cancel.
 func submitPair(t *testing.T, d *dispatcher.Dispatcher[task, int]) (*dispatcher.Future[int], context.CancelFunc) {
 	t.Helper()
-	if _, err := d.Submit(context.Background(), task{"A", 0}); err != nil {
-		t.Fatal(err)
-	}
+	_, err := d.Submit(context.Background(), task{"A", 0})
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	f1, err := d.Submit(ctx, task{"A", 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return f1, cancel
 }
 
@@ -335,9 +301,8 @@ func TestCancelBookedNotHeldByRefund(t *testing.T) {
 		synctest.Wait() // job 1 is booked a second ahead
 		cancel()
 		synctest.Wait()
-		if _, err := f1.Result(); !errors.Is(err, context.Canceled) {
-			t.Errorf("Result at once after cancel = %v, want context.Canceled", err)
-		}
+		_, err := f1.Result()
+		assert.ErrorIs(t, err, context.Canceled, "Result at once after cancel")
 	})
 }
 
@@ -349,16 +314,12 @@ func TestImpossibleJobFreesPlace(t *testing.T) {
 		d, err := dispatcher.NewWithCost(func(_ context.Context, j task) (int, error) { return j.n, nil },
 			taskKey, func(j task) int { return j.n },
 			dispatcher.WithQueue(1), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1))))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer d.Close()
 		stall := make(chan struct{})
 		dispatcher.SetAfterAdmit(d, func() { <-stall })
 		f0, err := d.Submit(context.Background(), task{"A", 10}) // cost 10, burst 1
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		synctest.Wait() // its admission is decided; the queue is full
 		submitted := make(chan error, 1)
 		go func() {
@@ -368,9 +329,8 @@ func TestImpossibleJobFreesPlace(t *testing.T) {
 		synctest.Wait()
 		close(stall)
 		synctest.Wait()
-		if _, err := f0.Result(); !errors.Is(err, bucket.ErrImpossible) {
-			t.Fatalf("the impossible job: %v, want ErrImpossible", err)
-		}
+		_, err = f0.Result()
+		require.ErrorIs(t, err, bucket.ErrImpossible, "the impossible job")
 		wantReturned(t, submitted, "the Submit waiting for the impossible job's place")
 	})
 }
@@ -381,11 +341,9 @@ func wantReturned(t *testing.T, ch <-chan error, what string) {
 	t.Helper()
 	select {
 	case err := <-ch:
-		if err != nil {
-			t.Errorf("%s = %v, want nil", what, err)
-		}
+		assert.NoError(t, err, what)
 	default:
-		t.Errorf("%s still blocks", what)
+		assert.Fail(t, what+" still blocks")
 	}
 }
 
@@ -398,33 +356,27 @@ func TestCancelBeforeStart(t *testing.T) {
 		// t0+1s, the second (t0+2s) is not.
 		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(lim), dispatcher.WithQueue(2),
 			dispatcher.WithBookAhead(1500*time.Millisecond))
-		if _, err := d.Do(context.Background(), 1); err != nil { // uses the burst
-			t.Fatal(err)
-		}
+		_, err := d.Do(context.Background(), 1) // uses the burst
+		require.NoError(t, err)
 		ctx, cancel := context.WithCancel(context.Background())
 		f1, _ := d.Submit(ctx, 2) // booked for t0+1s
 		f2, _ := d.Submit(ctx, 3)
-		if _, err := d.TrySubmit(context.Background(), 4); !errors.Is(err, dispatcher.ErrQueueFull) {
-			t.Fatalf("TrySubmit on a full queue: %v, want ErrQueueFull", err)
-		}
+		_, err = d.TrySubmit(context.Background(), 4)
+		require.ErrorIs(t, err, dispatcher.ErrQueueFull, "TrySubmit on a full queue")
 		synctest.Wait()
 		cancel()
 		for _, f := range []*dispatcher.Future[int]{f1, f2} {
-			if _, err := f.Wait(context.Background()); !errors.Is(err, context.Canceled) {
-				t.Errorf("cancelled job: %v, want context.Canceled", err)
-			}
+			_, err := f.Wait(context.Background())
+			assert.ErrorIs(t, err, context.Canceled, "cancelled job")
 		}
 		// The booking at t0+1s was refunded: the next job takes that slot.
 		begin := time.Now()
-		if _, err := d.Do(context.Background(), 5); err != nil {
-			t.Fatal(err)
-		}
-		if took := time.Since(begin); took > time.Second {
-			t.Errorf("job after a refunded booking waited %v, want at most 1s", took)
-		}
-		if st := d.Stats(); st.Cancelled != 2 || st.Queued != 0 {
-			t.Errorf("Stats = %+v, want 2 cancelled, none queued", st)
-		}
+		_, err = d.Do(context.Background(), 5)
+		require.NoError(t, err)
+		assert.LessOrEqual(t, time.Since(begin), time.Second, "wait of the job after a refunded booking")
+		st := d.Stats()
+		assert.EqualValues(t, 2, st.Cancelled, "Stats.Cancelled")
+		assert.Zero(t, st.Queued, "Stats.Queued")
 	})
 }
 
@@ -442,22 +394,18 @@ func TestCancelFreesPlaceWithoutLimiter(t *testing.T) {
 			}
 			return n, nil
 		}, nil, dispatcher.WithWorkers(1), dispatcher.WithQueue(2))
-		if _, err := d.Submit(context.Background(), 0); err != nil {
-			t.Fatal(err)
-		}
+		_, err := d.Submit(context.Background(), 0)
+		require.NoError(t, err)
 		synctest.Wait() // job 0 runs
 		ctx, cancel := context.WithCancel(context.Background())
 		var cancelled []*dispatcher.Future[int]
 		for i := 1; i <= 2; i++ {
 			f, err := d.Submit(ctx, i)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			cancelled = append(cancelled, f)
 		}
-		if _, err := d.TrySubmit(context.Background(), 3); !errors.Is(err, dispatcher.ErrQueueFull) {
-			t.Fatalf("TrySubmit on a full queue: %v, want ErrQueueFull", err)
-		}
+		_, err = d.TrySubmit(context.Background(), 3)
+		require.ErrorIs(t, err, dispatcher.ErrQueueFull, "TrySubmit on a full queue")
 		blocked := make(chan error, 1)
 		go func() {
 			_, err := d.Submit(context.Background(), 4)
@@ -467,24 +415,18 @@ func TestCancelFreesPlaceWithoutLimiter(t *testing.T) {
 		cancel()
 		synctest.Wait()
 		for _, f := range cancelled {
-			if _, err := f.Result(); !errors.Is(err, context.Canceled) {
-				t.Errorf("cancelled job: %v, want context.Canceled", err)
-			}
+			_, err := f.Result()
+			assert.ErrorIs(t, err, context.Canceled, "cancelled job")
 		}
 		wantReturned(t, blocked, "the Submit blocked until two queued jobs were cancelled")
-		if _, err := d.TrySubmit(context.Background(), 5); err != nil {
-			t.Errorf("TrySubmit with a place free: %v", err)
-		}
+		_, err = d.TrySubmit(context.Background(), 5)
+		assert.NoError(t, err, "TrySubmit with a place free")
 		close(release)
-		if err := d.Shutdown(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		if n := ran.Load(); n != 3 {
-			t.Errorf("the handler ran %d times, want 3 (jobs 0, 4 and 5)", n)
-		}
-		if st := d.Stats(); st.Cancelled != 2 || st.Succeeded != 3 {
-			t.Errorf("Stats = %+v, want 2 cancelled, 3 succeeded", st)
-		}
+		require.NoError(t, d.Shutdown(context.Background()))
+		assert.EqualValues(t, 3, ran.Load(), "handler runs, want jobs 0, 4 and 5")
+		st := d.Stats()
+		assert.EqualValues(t, 2, st.Cancelled, "Stats.Cancelled")
+		assert.EqualValues(t, 3, st.Succeeded, "Stats.Succeeded")
 	})
 }
 
@@ -506,33 +448,26 @@ func TestBackpressure(t *testing.T) {
 					return n, nil
 				}, nil, opts...)
 				for i := range 11 { // one running, ten queued
-					if _, err := d.Submit(context.Background(), i); err != nil {
-						t.Fatal(err)
-					}
+					_, err := d.Submit(context.Background(), i)
+					require.NoError(t, err)
 					synctest.Wait()
 				}
-				if _, err := d.TrySubmit(context.Background(), 11); !errors.Is(err, dispatcher.ErrQueueFull) {
-					t.Fatalf("TrySubmit on a full queue: %v, want ErrQueueFull", err)
-				}
+				_, err := d.TrySubmit(context.Background(), 11)
+				require.ErrorIs(t, err, dispatcher.ErrQueueFull, "TrySubmit on a full queue")
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				defer cancel()
-				if _, err := d.Submit(ctx, 12); !errors.Is(err, context.DeadlineExceeded) {
-					t.Fatalf("Submit on a full queue with a 1s deadline: %v, want DeadlineExceeded", err)
-				}
+				_, err = d.Submit(ctx, 12)
+				require.ErrorIs(t, err, context.DeadlineExceeded, "Submit on a full queue with a 1s deadline")
 				var submitted atomic.Bool
 				go func() {
 					d.Submit(context.Background(), 13)
 					submitted.Store(true)
 				}()
 				synctest.Wait()
-				if submitted.Load() {
-					t.Fatal("Submit on a full queue returned")
-				}
+				require.False(t, submitted.Load(), "Submit on a full queue returned")
 				release <- struct{}{} // one job finishes: room for one
 				synctest.Wait()
-				if !submitted.Load() {
-					t.Fatal("Submit still blocked after room was made")
-				}
+				require.True(t, submitted.Load(), "Submit still blocked after room was made")
 				once.Do(func() { close(release) })
 			})
 		})
@@ -548,24 +483,17 @@ func TestIdleKeysForgotten(t *testing.T) {
 		var fs []*dispatcher.Future[int]
 		for i := range 1000 {
 			f, err := d.Submit(context.Background(), task{fmt.Sprint("tenant-", i), i})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			fs = append(fs, f)
 		}
 		for _, f := range fs {
 			f.Wait(context.Background())
 		}
-		if n := len(d.Stats().Keys); n != 1000 {
-			t.Fatalf("Stats.Keys holds %d keys after 1,000 keys' jobs, want 1000", n)
-		}
+		require.Len(t, d.Stats().Keys, 1000, "Stats.Keys after 1,000 keys' jobs")
 		time.Sleep(2 * time.Minute)
-		if _, err := d.Do(context.Background(), task{"fresh", 0}); err != nil { // wakes the scheduler
-			t.Fatal(err)
-		}
-		if keys := d.Stats().Keys; len(keys) != 1 {
-			t.Errorf("two minutes later Stats.Keys holds %d keys, want only the one in use", len(keys))
-		}
+		_, err := d.Do(context.Background(), task{"fresh", 0}) // wakes the scheduler
+		require.NoError(t, err)
+		assert.Len(t, d.Stats().Keys, 1, "Stats.Keys two minutes later, want only the key in use")
 	})
 }
 
@@ -588,14 +516,10 @@ func (s slowRefund) Refund(ctx context.Context, req driver.Request, d driver.Dec
 func newSlowRefundLimiter(t *testing.T, lim bucket.Limit, delay time.Duration) *bucket.Limiter {
 	t.Helper()
 	store, err := memstore.New(memstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { store.Close() })
 	l, err := bucket.NewLimiter(slowRefund{store, delay}, lim)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return l
 }
 
@@ -622,33 +546,22 @@ func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim))
 		ctx := context.Background()
 		for i := range 64 { // time the handler: then nothing is admitted ahead of the worker
-			if _, err := d.Do(ctx, task{"warm", i}); err != nil {
-				t.Fatal(err)
-			}
+			_, err := d.Do(ctx, task{"warm", i})
+			require.NoError(t, err)
 		}
 		stallOnce(d, 50*time.Millisecond) // A reaches its worker 50 ms late
 		fa, err := d.Submit(ctx, task{"A", 1})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		synctest.Wait() // A's admission is stalled, its worker reserved
 		start := time.Now()
 		fb, err := d.Submit(ctx, task{"B", 2})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := fb.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if took := time.Since(start); took > time.Second {
-			t.Errorf("B took %v: it waited for A's refund", took)
-		}
-		if _, err := fa.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if late := d.Stats().Keys["A"].Late; late != 1 {
-			t.Errorf("A was given back %d times, want 1 (the test did not make it late)", late)
-		}
+		require.NoError(t, err)
+		_, err = fb.Wait(ctx)
+		require.NoError(t, err)
+		assert.LessOrEqual(t, time.Since(start), time.Second, "B's time: it waited for A's refund")
+		_, err = fa.Wait(ctx)
+		require.NoError(t, err)
+		assert.EqualValues(t, 1, d.Stats().Keys["A"].Late, "A's give-backs: the test did not make it late")
 	})
 }
 
@@ -661,34 +574,23 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
 		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		ctx := context.Background()
 		stallOnce(d, 50*time.Millisecond)
 		jctx, cancel := context.WithCancel(ctx)
 		f, err := d.Submit(jctx, task{"A", 1})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		time.Sleep(time.Second) // A was late; its refund is under way
 		synctest.Wait()
 		cancel() // A is resolved while its refund still runs
-		if _, err := f.Wait(ctx); !errors.Is(err, context.Canceled) {
-			t.Fatalf("A: %v, want context.Canceled", err)
-		}
+		_, err = f.Wait(ctx)
+		require.ErrorIs(t, err, context.Canceled, "A")
 		sctx, stop := context.WithTimeout(ctx, 200*time.Millisecond)
 		defer stop()
 		start := time.Now()
-		if err := d.Shutdown(sctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if took := time.Since(start); took > 200*time.Millisecond {
-			t.Errorf("Shutdown took %v: it waited for the refund", took)
-		}
-		if late := d.Stats().Keys["A"].Late; late != 1 {
-			t.Errorf("A was given back %d times, want 1 (the test did not make it late)", late)
-		}
+		assert.NoError(t, d.Shutdown(sctx), "Shutdown")
+		assert.LessOrEqual(t, time.Since(start), 200*time.Millisecond, "Shutdown's time: it waited for the refund")
+		assert.EqualValues(t, 1, d.Stats().Keys["A"].Late, "A's give-backs: the test did not make it late")
 	})
 }
 
@@ -704,27 +606,21 @@ func TestCancelledAdmissionRefunded(t *testing.T) {
 		ctx := context.Background()
 		start := time.Now()
 		actx, cancel := context.WithCancel(ctx)
-		if _, err := d.Submit(actx, task{"A", 1}); err != nil {
-			t.Fatal(err)
-		}
+		_, err := d.Submit(actx, task{"A", 1})
+		require.NoError(t, err)
 		synctest.Wait() // A's admission is decided, not yet applied
 		cancel()
 		fb, err := d.Submit(ctx, task{"A", 2})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		// Applied: the refund of A's admission is under way, and another
 		// key's job wakes the scheduler meanwhile.
 		time.Sleep(20 * time.Millisecond)
-		if _, err := d.Submit(ctx, task{"other", 3}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := fb.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if took := time.Since(start); took > 500*time.Millisecond {
-			t.Errorf("A's next job started after %v: the cancelled admission was not refunded first", took)
-		}
+		_, err = d.Submit(ctx, task{"other", 3})
+		require.NoError(t, err)
+		_, err = fb.Wait(ctx)
+		require.NoError(t, err)
+		assert.LessOrEqual(t, time.Since(start), 500*time.Millisecond,
+			"start of A's next job: the cancelled admission was not refunded first")
 	})
 }
 
@@ -737,9 +633,7 @@ func TestLateGiveBackKeepsOrder(t *testing.T) {
 		for _, st := range startsAfterLate(t, bucket.PerSecond(100)) {
 			order = append(order, st.n)
 		}
-		if fmt.Sprint(order) != "[1 2 3]" {
-			t.Errorf("key A started %v, want submission order [1 2 3]", order)
-		}
+		assert.Equal(t, []int{1, 2, 3}, order, "key A's starts, want submission order")
 	})
 }
 
@@ -753,9 +647,9 @@ func TestLateGiveBackReturnsEverySlot(t *testing.T) {
 		// A1 comes back when B ends, at 8ms; then A2 and A3 one interval
 		// apart. Had only the latest booking been given back, A would have
 		// started again after A2's slot, at 20ms.
-		if len(starts) != 3 || starts[2].at > 8*time.Millisecond+2*10*time.Millisecond {
-			t.Errorf("key A started at %v, want the last by 28ms: its given-up slots were lost", starts)
-		}
+		require.Len(t, starts, 3)
+		assert.LessOrEqual(t, starts[2].at, 8*time.Millisecond+2*10*time.Millisecond,
+			"key A's last start, want by 28ms: its given-up slots were lost")
 	})
 }
 
@@ -765,9 +659,9 @@ func TestLateGiveBackReturnsEverySlot(t *testing.T) {
 func TestLateGiveBackReturnsQuota(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		starts := startsAfterLate(t, bucket.PerSecond(100).WithQuota(3, time.Hour))
-		if len(starts) != 3 || starts[2].at > time.Second {
-			t.Errorf("key A started at %v, want all 3 within a second: the given-up quota units were lost", starts)
-		}
+		require.Len(t, starts, 3)
+		assert.LessOrEqual(t, starts[2].at, time.Second,
+			"key A's last start, want all 3 within a second: the given-up quota units were lost")
 	})
 }
 
@@ -794,19 +688,14 @@ func startsAfterLate(t *testing.T, lim bucket.Limit) []jobStart {
 	var fs []*dispatcher.Future[int]
 	for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
 		f, err := d.Submit(ctx, tk)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		fs = append(fs, f)
 	}
 	for _, f := range fs {
-		if _, err := f.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
+		_, err := f.Wait(ctx)
+		require.NoError(t, err)
 	}
-	if late := d.Stats().Keys["A"].Late; late == 0 {
-		t.Fatal("no job of A was late: the test did not make one late")
-	}
+	require.Positive(t, d.Stats().Keys["A"].Late, "late jobs of A: the test did not make one late")
 	return starts
 }
 
@@ -848,9 +737,8 @@ func TestRetryAfterHoldsHandedJob(t *testing.T) {
 		f2, _ := d.Submit(ctx, task{"A", 2})
 		f1.Wait(ctx)
 		f2.Wait(ctx)
-		if starts[1].n != 1 {
-			t.Errorf("A2 started at %v, inside A1's 100ms retry-after pause and before A1's retry", starts[1].at)
-		}
+		require.Len(t, starts, 3)
+		assert.Equal(t, 1, starts[1].n, "job run second, at %v: A2 started inside A1's 100ms retry-after pause and before A1's retry", starts[1].at)
 	})
 }
 
@@ -877,12 +765,9 @@ func TestRetryAfterRefundOffWorker(t *testing.T) {
 		fa2, _ := d.Submit(ctx, task{"A", 2}) // booked at 10ms when A1 answers
 		time.Sleep(2 * time.Millisecond)
 		start := time.Now()
-		if _, err := d.Do(ctx, task{"B", 3}); err != nil {
-			t.Fatal(err)
-		}
-		if took := time.Since(start); took > 100*time.Millisecond {
-			t.Errorf("B took %v: its worker was refunding A's booking", took)
-		}
+		_, err := d.Do(ctx, task{"B", 3})
+		require.NoError(t, err)
+		assert.LessOrEqual(t, time.Since(start), 100*time.Millisecond, "B's time: its worker was refunding A's booking")
 		fa1.Wait(ctx)
 		fa2.Wait(ctx)
 	})

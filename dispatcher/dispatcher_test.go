@@ -2,7 +2,6 @@ package dispatcher_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -10,6 +9,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
@@ -25,9 +26,7 @@ func double(_ context.Context, n int) (int, error) { return 2 * n, nil }
 func newDispatcher[T, R any](t *testing.T, h dispatcher.Handler[T, R], key func(T) string, opts ...dispatcher.Option) *dispatcher.Dispatcher[T, R] {
 	t.Helper()
 	d, err := dispatcher.New(h, key, opts...)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	require.NoError(t, err, "New")
 	t.Cleanup(func() { d.Close() })
 	return d
 }
@@ -36,14 +35,10 @@ func newDispatcher[T, R any](t *testing.T, h dispatcher.Handler[T, R], key func(
 func newLimiter(t *testing.T, lim bucket.Limit, opts ...bucket.Option) *bucket.Limiter {
 	t.Helper()
 	s, err := memstore.New(memstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	l, err := bucket.NewLimiter(s, lim, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return l
 }
 
@@ -57,17 +52,15 @@ func TestDo(t *testing.T) {
 			d := newDispatcher(t, double, func(n int) string { return fmt.Sprint("k", n%7) }, opts...)
 			for i := range 1000 {
 				got, err := d.Do(context.Background(), i)
-				if err != nil || got != 2*i {
-					t.Fatalf("Do(%d) = %d, %v, want %d, nil", i, got, err, 2*i)
-				}
+				require.NoError(t, err, "Do(%d)", i)
+				require.Equal(t, 2*i, got, "Do(%d)", i)
 			}
-			if err := d.Shutdown(context.Background()); err != nil {
-				t.Fatalf("Shutdown: %v", err)
-			}
+			require.NoError(t, d.Shutdown(context.Background()), "Shutdown")
 			st := d.Stats()
-			if st.Submitted != 1000 || st.Succeeded != 1000 || st.Queued != 0 || st.Running != 0 {
-				t.Errorf("Stats = %+v, want 1000 submitted and succeeded", st)
-			}
+			assert.EqualValues(t, 1000, st.Submitted, "Stats.Submitted")
+			assert.EqualValues(t, 1000, st.Succeeded, "Stats.Succeeded")
+			assert.Zero(t, st.Queued, "Stats.Queued")
+			assert.Zero(t, st.Running, "Stats.Running")
 		})
 	}
 }
@@ -85,12 +78,11 @@ func TestDoAllKeepsInputOrder(t *testing.T) {
 	}
 	for i, r := range d.DoAll(context.Background(), jobs) {
 		if i%10 == 3 {
-			if r.Err == nil {
-				t.Errorf("DoAll result %d: err nil, want an error", i)
-			}
-		} else if r.Err != nil || r.Value != i*i {
-			t.Errorf("DoAll result %d = %d, %v, want %d", i, r.Value, r.Err, i*i)
+			assert.Error(t, r.Err, "DoAll result %d", i)
+			continue
 		}
+		assert.NoError(t, r.Err, "DoAll result %d", i)
+		assert.Equal(t, i*i, r.Value, "DoAll result %d", i)
 	}
 }
 
@@ -105,17 +97,12 @@ func TestStream(t *testing.T) {
 	}()
 	seen := make(map[int]bool)
 	for o := range d.Stream(context.Background(), in) {
-		if o.Err != nil || o.Value != 2*o.Job {
-			t.Errorf("outcome for %d = %d, %v", o.Job, o.Value, o.Err)
-		}
-		if seen[o.Job] {
-			t.Errorf("job %d delivered twice", o.Job)
-		}
+		assert.NoError(t, o.Err, "outcome for %d", o.Job)
+		assert.Equal(t, 2*o.Job, o.Value, "outcome for %d", o.Job)
+		assert.False(t, seen[o.Job], "job %d delivered twice", o.Job)
 		seen[o.Job] = true
 	}
-	if len(seen) != 1000 {
-		t.Errorf("Stream delivered %d outcomes, want 1000", len(seen))
-	}
+	assert.Len(t, seen, 1000, "outcomes Stream delivered")
 }
 
 func TestStreamBackpressure(t *testing.T) {
@@ -132,16 +119,12 @@ func TestStreamBackpressure(t *testing.T) {
 		}()
 		out := d.Stream(context.Background(), in)
 		synctest.Wait() // nobody reads out: the pipeline fills and stops pulling
-		if n := pulled.Load(); n > 2+3+1 {
-			t.Errorf("with nobody reading, Stream pulled %d jobs, want at most queue+workers+1", n)
-		}
+		assert.LessOrEqual(t, pulled.Load(), int64(2+3+1), "jobs Stream pulled with nobody reading, want at most queue+workers+1")
 		n := 0
 		for range out {
 			n++
 		}
-		if n != 100 {
-			t.Errorf("got %d outcomes, want 100", n)
-		}
+		assert.Equal(t, 100, n, "outcomes")
 	})
 }
 
@@ -154,21 +137,19 @@ func TestPanicBecomesError(t *testing.T) {
 	}, nil, dispatcher.WithWorkers(1))
 	_, err := d.Do(context.Background(), 1)
 	var pe *dispatcher.PanicError
-	if !errors.As(err, &pe) || pe.Value != "boom" || len(pe.Stack) == 0 {
-		t.Fatalf("Do(panicking job) error = %v, want a *PanicError with the value and a stack", err)
-	}
-	if got, err := d.Do(context.Background(), 2); got != 2 || err != nil {
-		t.Fatalf("after a panic, Do(2) = %d, %v: the worker died", got, err)
-	}
+	require.ErrorAs(t, err, &pe, "Do(panicking job)")
+	assert.Equal(t, "boom", pe.Value)
+	assert.NotEmpty(t, pe.Stack)
+	got, err := d.Do(context.Background(), 2)
+	require.NoError(t, err, "after a panic, Do(2): the worker died")
+	assert.Equal(t, 2, got, "after a panic, Do(2)")
 }
 
 func TestBadInput(t *testing.T) {
-	if _, err := dispatcher.New[int, int](nil, nil); err == nil {
-		t.Error("New(nil handler) succeeded")
-	}
-	if _, err := dispatcher.NewWithCost(double, nil, nil); err == nil {
-		t.Error("NewWithCost(nil cost) succeeded")
-	}
+	_, err := dispatcher.New[int, int](nil, nil)
+	assert.Error(t, err, "New(nil handler)")
+	_, err = dispatcher.NewWithCost(double, nil, nil)
+	assert.Error(t, err, "NewWithCost(nil cost)")
 	for name, opt := range map[string]dispatcher.Option{
 		"workers 0":     dispatcher.WithWorkers(0),
 		"queue -1":      dispatcher.WithQueue(-1),
@@ -177,9 +158,8 @@ func TestBadInput(t *testing.T) {
 		"book ahead -1": dispatcher.WithBookAhead(-time.Second),
 		"batch 0":       dispatcher.WithBatchSize(0),
 	} {
-		if d, err := dispatcher.New(double, nil, opt); err == nil {
+		if d, err := dispatcher.New(double, nil, opt); !assert.Error(t, err, "New with %s", name) {
 			d.Close()
-			t.Errorf("New with %s succeeded, want an error", name)
 		}
 	}
 
@@ -192,35 +172,28 @@ func TestBadInput(t *testing.T) {
 		},
 		func(n int) int { return n },
 		dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10).WithBurst(2))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer d.Close()
-	if _, err := d.Submit(context.Background(), 0); !errors.Is(err, bucket.ErrEmptyKey) {
-		t.Errorf("Submit with an empty key: %v, want bucket.ErrEmptyKey", err)
+	_, err = d.Submit(context.Background(), 0)
+	assert.ErrorIs(t, err, bucket.ErrEmptyKey, "Submit with an empty key")
+	_, err = d.Submit(context.Background(), -1)
+	assert.ErrorIs(t, err, bucket.ErrInvalidCost, "Submit with cost -1")
+	_, err = d.Do(context.Background(), 3)
+	assert.ErrorIs(t, err, bucket.ErrImpossible, "Do with cost 3 above burst 2")
+	got, err := d.Do(context.Background(), 2)
+	if assert.NoError(t, err, "Do(2) after bad jobs") {
+		assert.Equal(t, 4, got, "Do(2) after bad jobs")
 	}
-	if _, err := d.Submit(context.Background(), -1); !errors.Is(err, bucket.ErrInvalidCost) {
-		t.Errorf("Submit with cost -1: %v, want bucket.ErrInvalidCost", err)
-	}
-	if _, err := d.Do(context.Background(), 3); !errors.Is(err, bucket.ErrImpossible) {
-		t.Errorf("Do with cost 3 above burst 2: %v, want bucket.ErrImpossible", err)
-	}
-	if got, err := d.Do(context.Background(), 2); err != nil || got != 4 {
-		t.Errorf("Do(2) = %d, %v after bad jobs, want 4", got, err)
-	}
-	if st := d.Stats(); st.Failed != 1 || st.Succeeded != 1 || st.Submitted != 2 {
-		t.Errorf("Stats = %+v, want 2 submitted, 1 failed, 1 succeeded", st)
-	}
+	st := d.Stats()
+	assert.EqualValues(t, 2, st.Submitted, "Stats.Submitted")
+	assert.EqualValues(t, 1, st.Failed, "Stats.Failed")
+	assert.EqualValues(t, 1, st.Succeeded, "Stats.Succeeded")
 	d.Shutdown(context.Background())
-	if _, err := d.Submit(context.Background(), 1); !errors.Is(err, dispatcher.ErrClosed) {
-		t.Errorf("Submit after Shutdown: %v, want ErrClosed", err)
-	}
-	if _, err := d.TrySubmit(context.Background(), 1); !errors.Is(err, dispatcher.ErrClosed) {
-		t.Errorf("TrySubmit after Shutdown: %v, want ErrClosed", err)
-	}
-	if err := d.Shutdown(context.Background()); err != nil {
-		t.Errorf("second Shutdown: %v", err)
-	}
+	_, err = d.Submit(context.Background(), 1)
+	assert.ErrorIs(t, err, dispatcher.ErrClosed, "Submit after Shutdown")
+	_, err = d.TrySubmit(context.Background(), 1)
+	assert.ErrorIs(t, err, dispatcher.ErrClosed, "TrySubmit after Shutdown")
+	assert.NoError(t, d.Shutdown(context.Background()), "second Shutdown")
 }
 
 // starts records handler start times per key on the dispatcher's clock.
@@ -242,12 +215,8 @@ func (s *starts) check(t *testing.T, key string, lim bucket.Limit, want int) {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if got := len(s.at[key]); got != want {
-		t.Errorf("key %s: %d starts, want %d", key, got, want)
-	}
-	if err := backendtest.Check(lim, s.at[key]); err != nil {
-		t.Errorf("key %s: %v", key, err)
-	}
+	assert.Len(t, s.at[key], want, "starts of key %s", key)
+	assert.NoError(t, backendtest.Check(lim, s.at[key]), "starts of key %s", key)
 }
 
 type ctxKey struct{}
@@ -271,18 +240,16 @@ func TestJobContext(t *testing.T) {
 				return v, nil
 			}, nil, opts...)
 			ctx := context.WithValue(context.Background(), ctxKey{}, 42)
-			if v, err := d.Do(ctx, 1); err != nil || v != 42 {
-				t.Fatalf("Do = %d, %v; want the ctx value 42", v, err)
-			}
+			v, err := d.Do(ctx, 1)
+			require.NoError(t, err)
+			require.Equal(t, 42, v, "Do, want the ctx value")
 			hctx := <-got
 			select {
 			case <-hctx.Done():
 			default:
-				t.Error("the handler's context is not done after the handler returned")
+				assert.Fail(t, "the handler's context is not done after the handler returned")
 			}
-			if !errors.Is(hctx.Err(), context.Canceled) {
-				t.Errorf("handler's context Err = %v after the run, want context.Canceled", hctx.Err())
-			}
+			assert.ErrorIs(t, hctx.Err(), context.Canceled, "handler's context after the run")
 		})
 	}
 }
@@ -295,34 +262,30 @@ func TestStatsAdmissionWait(t *testing.T) {
 		var fs []*dispatcher.Future[int]
 		for i := range 100 {
 			f, err := d.Submit(context.Background(), i)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			fs = append(fs, f)
 		}
 		synctest.Wait()
-		if st := d.Stats(); st.Waiting == 0 || st.Queued == 0 {
-			t.Errorf("with 99 jobs held back by their bucket, Stats = %+v, want Queued and Waiting above 0", st)
-		}
+		st := d.Stats()
+		assert.Positive(t, st.Queued, "Stats.Queued with 99 jobs held back by their bucket")
+		assert.Positive(t, st.Waiting, "Stats.Waiting with 99 jobs held back by their bucket")
 		for _, f := range fs {
 			f.Wait(context.Background())
 		}
-		st := d.Stats()
+		st = d.Stats()
 		w := st.AdmissionWait
 		// Exact waits are 0, 100ms, …, 9.9s; buckets are at most 12.5% wide.
 		check := func(name string, got, want time.Duration) {
-			if got < want || got > want+want/8+time.Millisecond {
-				t.Errorf("AdmissionWait.%s = %v, want %v (+12.5%%)", name, got, want)
-			}
+			assert.GreaterOrEqual(t, got, want, "AdmissionWait.%s", name)
+			assert.LessOrEqual(t, got, want+want/8+time.Millisecond, "AdmissionWait.%s, want %v +12.5%%", name, want)
 		}
 		check("P50", w.P50, 4900*time.Millisecond)
 		check("P90", w.P90, 8900*time.Millisecond)
-		if w.Count != 100 || w.Max != 9900*time.Millisecond {
-			t.Errorf("AdmissionWait = %+v, want 100 waits, the longest 9.9s", w)
-		}
-		if k := st.Keys["default"]; k.Throttled == 0 || k.AdmissionWait.Count != 100 {
-			t.Errorf("Stats.Keys[default] = %+v, want throttled admissions and 100 waits", k)
-		}
+		assert.EqualValues(t, 100, w.Count, "AdmissionWait.Count")
+		assert.Equal(t, 9900*time.Millisecond, w.Max, "AdmissionWait.Max")
+		k := st.Keys["default"]
+		assert.Positive(t, k.Throttled, "Stats.Keys[default].Throttled")
+		assert.EqualValues(t, 100, k.AdmissionWait.Count, "Stats.Keys[default].AdmissionWait.Count")
 	})
 }
 

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/internal/latency"
 )
 
@@ -21,27 +24,21 @@ func TestHistogramShapes(t *testing.T) {
 		{"fine", fine, len(histogram{}.counts), 1.0 / 8},
 		{"coarse", coarse, len(keyHistogram{}.counts), 1.0 / 4},
 	} {
-		if n := tc.sh.Buckets(); n != tc.size {
-			t.Errorf("%s: shape has %d buckets, the array %d", tc.name, n, tc.size)
-		}
+		assert.Equal(t, tc.size, tc.sh.Buckets(), "%s: buckets of the shape, want the array's length", tc.name)
 		rng := rand.New(rand.NewPCG(1, 2))
 		for range 100_000 {
 			v := rng.Int64N(1 << rng.IntN(63))
 			i := tc.sh.Bucket(v)
-			if i < 0 || i >= tc.size {
-				t.Fatalf("%s: bucketOf(%d) = %d, outside [0, %d)", tc.name, v, i, tc.size)
-			}
+			require.True(t, i >= 0 && i < tc.size, "%s: Bucket(%d) = %d, outside [0, %d)", tc.name, v, i, tc.size)
 			up := tc.sh.Upper(i)
 			if v < tc.sh.Lower(0) || v > tc.sh.Upper(tc.size-1) {
 				continue // clamped into the first or last bucket
 			}
-			if up < v || float64(up-v) > tc.within*float64(v)+1 {
-				t.Fatalf("%s: %d is in bucket %d, whose upper bound is %d", tc.name, v, i, up)
-			}
+			require.True(t, up >= v && float64(up-v) <= tc.within*float64(v)+1,
+				"%s: %d is in bucket %d, whose upper bound is %d", tc.name, v, i, up)
 		}
-		if tc.sh.Bucket(0) != 0 || tc.sh.Bucket(math.MaxInt64) != tc.size-1 {
-			t.Errorf("%s: 0 and MaxInt64 do not fall in the first and last buckets", tc.name)
-		}
+		assert.Equal(t, 0, tc.sh.Bucket(0), "%s: bucket of 0", tc.name)
+		assert.Equal(t, tc.size-1, tc.sh.Bucket(math.MaxInt64), "%s: bucket of MaxInt64", tc.name)
 	}
 }
 
@@ -52,15 +49,13 @@ func TestKeyHistogramPercentiles(t *testing.T) {
 	}
 	h.record(50) // below a microsecond: counted in the first bucket
 	p := h.sum().percentiles()
-	if p.Count != 101 || p.Max != 100*time.Millisecond {
-		t.Fatalf("Count %d, Max %v; want 101, 100ms", p.Count, p.Max)
-	}
+	require.EqualValues(t, 101, p.Count, "Count")
+	require.Equal(t, 100*time.Millisecond, p.Max, "Max")
 	for _, c := range []struct {
 		name      string
 		got, want time.Duration
 	}{{"P50", p.P50, 50 * time.Millisecond}, {"P90", p.P90, 90 * time.Millisecond}, {"P99", p.P99, 99 * time.Millisecond}} {
-		if c.got < c.want || float64(c.got) > 1.25*float64(c.want) {
-			t.Errorf("%s = %v, want %v (+25%%)", c.name, c.got, c.want)
-		}
+		assert.GreaterOrEqual(t, c.got, c.want, c.name)
+		assert.LessOrEqual(t, float64(c.got), 1.25*float64(c.want), "%s = %v, want %v +25%%", c.name, c.got, c.want)
 	}
 }

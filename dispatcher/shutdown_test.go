@@ -12,6 +12,9 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/dispatcher"
 )
@@ -60,9 +63,7 @@ func testExactlyOnce(t *testing.T, seed uint64) {
 		}
 		return j.n, nil
 	}, taskKey, dispatcher.WithWorkers(8), dispatcher.WithQueue(2000), dispatcher.WithLimiter(lim))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 
 	const jobs, producers = 100_000, 4
 	var (
@@ -75,9 +76,7 @@ func testExactlyOnce(t *testing.T, seed uint64) {
 	var produced atomic.Int64
 	shutdownDone := make(chan error, 1)
 	for p := range producers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			prng := rand.New(rand.NewPCG(seed, uint64(p)))
 			for i := p; i < jobs; i += producers {
 				if produced.Add(1) == stopAt {
@@ -102,47 +101,39 @@ func testExactlyOnce(t *testing.T, seed uint64) {
 					mu.Unlock()
 				case errors.Is(err, dispatcher.ErrClosed), errors.Is(err, context.DeadlineExceeded):
 				default:
-					t.Errorf("Submit: %v", err)
+					assert.NoError(t, err, "Submit")
 				}
 				if cancel != nil {
 					defer cancel()
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	if err := <-shutdownDone; err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Shutdown: %v", err)
+	if err := <-shutdownDone; !errors.Is(err, context.DeadlineExceeded) {
+		require.NoError(t, err, "Shutdown")
 	}
 	d.Shutdown(context.Background()) // idempotent; waits for the end
 	for i, f := range futures {
 		select {
 		case <-f.Done():
 		default:
-			t.Fatalf("future %d unresolved after Shutdown", i)
+			require.Fail(t, "future unresolved after Shutdown", "future %d", i)
 		}
-		if _, err := f.Result(); errors.Is(err, dispatcher.ErrPending) {
-			t.Fatalf("future %d: %v", i, err)
-		}
+		_, err := f.Result()
+		require.NotErrorIs(t, err, dispatcher.ErrPending, "future %d", i)
 	}
 	st := d.Stats()
-	if st.Submitted != accepted.Load() {
-		t.Errorf("Stats.Submitted = %d, want %d accepted", st.Submitted, accepted.Load())
-	}
-	if sum := st.Succeeded + st.Failed + st.Cancelled; sum != st.Submitted || st.Queued != 0 || st.Running != 0 {
-		t.Errorf("after Shutdown: succeeded %d + failed %d + cancelled %d = %d, want %d submitted (queued %d, running %d)",
-			st.Succeeded, st.Failed, st.Cancelled, sum, st.Submitted, st.Queued, st.Running)
-	}
+	assert.Equal(t, accepted.Load(), st.Submitted, "Stats.Submitted, want the jobs accepted")
+	assert.Equal(t, st.Submitted, st.Succeeded+st.Failed+st.Cancelled, "succeeded + failed + cancelled after Shutdown (%+v)", st)
+	assert.Zero(t, st.Queued, "Stats.Queued after Shutdown")
+	assert.Zero(t, st.Running, "Stats.Running after Shutdown")
 	var keySum int64
-	for _, k := range st.Keys {
+	for key, k := range st.Keys {
 		keySum += k.Succeeded + k.Failed + k.Cancelled
-		if k.Submitted != k.Succeeded+k.Failed+k.Cancelled {
-			t.Errorf("key stats %+v do not add up", k)
-		}
+		assert.Equal(t, k.Submitted, k.Succeeded+k.Failed+k.Cancelled, "key %s: succeeded + failed + cancelled (%+v)", key, k)
 	}
-	if keySum != st.Submitted {
-		t.Errorf("per-key outcomes sum to %d, want %d", keySum, st.Submitted)
-	}
+	assert.Equal(t, st.Submitted, keySum, "per-key outcomes summed")
 	t.Logf("accepted %d of %d; %d succeeded, %d failed, %d cancelled, %d retried", accepted.Load(), jobs, st.Succeeded, st.Failed, st.Cancelled, st.Retried)
 }
 
@@ -155,20 +146,13 @@ func TestShutdownDrains(t *testing.T) {
 		ran.Add(1)
 		return n, nil
 	}, nil, dispatcher.WithLimiter(lim), dispatcher.WithQueue(500))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i := range 500 {
-		if _, err := d.Submit(context.Background(), i); err != nil {
-			t.Fatal(err)
-		}
+		_, err := d.Submit(context.Background(), i)
+		require.NoError(t, err)
 	}
-	if err := d.Shutdown(context.Background()); err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
-	if n := ran.Load(); n != 500 {
-		t.Errorf("Shutdown drained %d jobs, want 500", n)
-	}
+	require.NoError(t, d.Shutdown(context.Background()), "Shutdown")
+	assert.EqualValues(t, 500, ran.Load(), "jobs Shutdown drained")
 }
 
 // TestCloseCancelsRunning: Close cancels running handlers' contexts and
@@ -186,15 +170,11 @@ func TestCloseCancelsRunning(t *testing.T) {
 				<-ctx.Done()
 				return 0, context.Cause(ctx)
 			}, nil, opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			var fs []*dispatcher.Future[int]
 			for i := range 10 {
 				f, err := d.Submit(context.Background(), i)
-				if err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, err)
 				fs = append(fs, f)
 			}
 			<-started
@@ -209,12 +189,11 @@ func TestCloseCancelsRunning(t *testing.T) {
 				case errors.Is(err, context.Canceled):
 					cancelled++
 				default:
-					t.Errorf("job resolved with %v, want ErrClosed or context.Canceled", err)
+					assert.Fail(t, "job resolved with neither ErrClosed nor context.Canceled", "error %v", err)
 				}
 			}
-			if cancelled != 2 || closed != 8 {
-				t.Errorf("Close: %d running jobs cancelled and %d queued closed, want 2 and 8", cancelled, closed)
-			}
+			assert.Equal(t, 2, cancelled, "running jobs Close cancelled")
+			assert.Equal(t, 8, closed, "queued jobs Close resolved with ErrClosed")
 		})
 	}
 }
@@ -243,18 +222,15 @@ func TestMemoryFlat(t *testing.T) {
 			}
 			push := func(n int) {
 				for i := range n {
-					if _, err := d.Submit(context.Background(), i); err != nil {
-						t.Fatal(err)
-					}
+					_, err := d.Submit(context.Background(), i)
+					require.NoError(t, err)
 				}
 			}
 			push(total / 10)
 			before := heap()
 			push(total - total/10)
 			after := heap()
-			if after > before+1<<20 {
-				t.Errorf("heap grew from %d to %d bytes over %d more jobs, want flat", before, after, total-total/10)
-			}
+			assert.LessOrEqual(t, after, before+1<<20, "heap after %d more jobs, want flat from %d bytes", total-total/10, before)
 		})
 	}
 }
@@ -277,14 +253,11 @@ func TestShutdownWakesBlockedSubmit(t *testing.T) {
 					}
 					return n, nil
 				}, nil, opts...)
-				if err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, err)
 				defer close(release)
 				for i := range 2 { // one running, one queued
-					if _, err := d.Submit(context.Background(), i); err != nil {
-						t.Fatal(err)
-					}
+					_, err := d.Submit(context.Background(), i)
+					require.NoError(t, err)
 					synctest.Wait()
 				}
 				blocked := make(chan error, 1)
@@ -296,15 +269,9 @@ func TestShutdownWakesBlockedSubmit(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				defer cancel()
 				begin := time.Now()
-				if err := d.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
-					t.Errorf("Shutdown with a running job that waits for release: %v, want DeadlineExceeded", err)
-				}
-				if took := time.Since(begin); took > time.Second {
-					t.Errorf("Shutdown took %v with a 1s deadline", took)
-				}
-				if err := <-blocked; !errors.Is(err, dispatcher.ErrClosed) {
-					t.Errorf("blocked Submit returned %v, want ErrClosed", err)
-				}
+				assert.ErrorIs(t, d.Shutdown(ctx), context.DeadlineExceeded, "Shutdown with a running job that waits for release")
+				assert.LessOrEqual(t, time.Since(begin), time.Second, "Shutdown's time with a 1s deadline")
+				assert.ErrorIs(t, <-blocked, dispatcher.ErrClosed, "blocked Submit")
 			})
 		})
 	}
@@ -320,9 +287,7 @@ func TestHardStopWhileRequeuing(t *testing.T) {
 		retryErr := &retryAfterError{delay: pause, err: errors.New("429")}
 		d, err := dispatcher.New(func(context.Context, int) (int, error) { return 0, retryErr }, nil,
 			dispatcher.WithWorkers(1), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000))))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		var once atomic.Bool
 		dispatcher.SetRequeuing(d, func() {
 			if once.CompareAndSwap(false, true) {
@@ -332,19 +297,12 @@ func TestHardStopWhileRequeuing(t *testing.T) {
 		})
 		start := time.Now()
 		f, err := d.Submit(context.Background(), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.Wait(context.Background()); !errors.Is(err, retryErr) {
-			t.Errorf("job: %v, want the handler's retry-after error", err)
-		}
+		require.NoError(t, err)
+		_, err = f.Wait(context.Background())
+		assert.ErrorIs(t, err, retryErr, "job, want the handler's retry-after error")
 		d.Close()
-		if !once.Load() {
-			t.Fatal("the job was never about to be queued again: the test exercised nothing")
-		}
-		if took := time.Since(start); took >= pause {
-			t.Errorf("Close took %v: it waited out the retry-after pause", took)
-		}
+		require.True(t, once.Load(), "the job was never about to be queued again: the test exercised nothing")
+		assert.Less(t, time.Since(start), pause, "Close's time: it waited out the retry-after pause")
 	})
 }
 
@@ -358,20 +316,17 @@ func TestHardStopGivesBackBookings(t *testing.T) {
 			<-ctx.Done() // the first job runs until the stop
 			return 0, context.Cause(ctx)
 		}, func(int) string { return "k" }, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithBookAhead(time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		ctx := context.Background()
 		for i := range 5 {
-			if _, err := d.Submit(ctx, i); err != nil {
-				t.Fatal(err)
-			}
+			_, err := d.Submit(ctx, i)
+			require.NoError(t, err)
 		}
 		synctest.Wait() // job 0 runs; jobs 1-4 are booked at 100, 200, 300, 400ms
 		d.Close()
 		time.Sleep(150 * time.Millisecond)
-		if ok, err := lim.Allow(ctx, "k"); err != nil || !ok {
-			t.Errorf("after a hard stop, Allow at 150ms = %v, %v; want true: the bookings of 100-400ms were not all given back", ok, err)
-		}
+		ok, err := lim.Allow(ctx, "k")
+		require.NoError(t, err)
+		assert.True(t, ok, "after a hard stop, Allow at 150ms: the bookings of 100-400ms were not all given back")
 	})
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/leakybucket/leakybucket/internal/redistest"
@@ -66,11 +67,10 @@ func runDemo(t *testing.T, args ...string) demoRun {
 	err := cmd.Run()
 	r := demoRun{args: args, stdout: stdout.String(), stderr: stderr.String()}
 	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &exit):
+	if errors.As(err, &exit) {
 		r.code = exit.ExitCode()
-	case err != nil:
-		t.Fatalf("demo %s: %v", strings.Join(args, " "), err)
+	} else {
+		require.NoError(t, err, "demo %s", strings.Join(args, " "))
 	}
 	return r
 }
@@ -80,18 +80,13 @@ func runDemo(t *testing.T, args ...string) demoRun {
 func runJSON(t *testing.T, want int, args ...string) summary {
 	t.Helper()
 	r := runDemo(t, append(args, "-json")...)
-	if r.code != want {
-		t.Fatalf("demo %s: exit %d, want %d\nstderr: %s\nstdout: %s", strings.Join(r.args, " "), r.code, want, r.stderr, r.stdout)
-	}
+	demo := strings.Join(r.args, " ")
+	require.Equal(t, want, r.code, "demo %s: exit status\nstderr: %s\nstdout: %s", demo, r.stderr, r.stdout)
 	var s summary
 	dec := json.NewDecoder(strings.NewReader(r.stdout))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
-		t.Fatalf("demo %s: stdout is not one JSON summary: %v\n%s", strings.Join(r.args, " "), err, r.stdout)
-	}
-	if dec.More() {
-		t.Fatalf("demo %s: more than one JSON value on stdout:\n%s", strings.Join(r.args, " "), r.stdout)
-	}
+	require.NoError(t, dec.Decode(&s), "demo %s: stdout is not one JSON summary:\n%s", demo, r.stdout)
+	require.False(t, dec.More(), "demo %s: more than one JSON value on stdout:\n%s", demo, r.stdout)
 	checkSpecFields(t, r.stdout)
 	return s
 }
@@ -101,27 +96,16 @@ func runJSON(t *testing.T, want int, args ...string) summary {
 func checkSpecFields(t *testing.T, out string) {
 	t.Helper()
 	var m map[string]any
-	if err := json.Unmarshal([]byte(out), &m); err != nil {
-		t.Fatalf("JSON summary: %v", err)
-	}
+	require.NoError(t, json.Unmarshal([]byte(out), &m), "JSON summary")
 	for _, k := range []string{"requests", "ok", "rejected", "retries", "failed", "elapsed_s"} {
-		if _, ok := m[k].(float64); !ok {
-			t.Errorf("JSON summary field %q = %v, want a number", k, m[k])
-		}
+		assert.IsType(t, 0.0, m[k], "JSON summary field %q, want a number", k)
 	}
-	tenants, ok := m["tenants"].([]any)
-	if !ok {
-		t.Fatalf("JSON summary field \"tenants\" = %v, want a list", m["tenants"])
-	}
-	for _, x := range tenants {
+	require.IsType(t, []any(nil), m["tenants"], "JSON summary field \"tenants\", want a list")
+	for _, x := range m["tenants"].([]any) {
 		tm, _ := x.(map[string]any)
-		if _, ok := tm["tenant"].(string); !ok {
-			t.Errorf("JSON tenant %v: no string \"tenant\"", x)
-		}
+		assert.IsType(t, "", tm["tenant"], "JSON tenant %v: field \"tenant\", want a string", x)
 		for _, k := range []string{"ok", "rejected", "rate"} {
-			if _, ok := tm[k].(float64); !ok {
-				t.Errorf("JSON tenant %v: field %q is not a number", x, k)
-			}
+			assert.IsType(t, 0.0, tm[k], "JSON tenant %v: field %q, want a number", x, k)
 		}
 	}
 }
@@ -130,21 +114,16 @@ func checkSpecFields(t *testing.T, out string) {
 // mock, and each tenant served at its limit, within 5%.
 func checkSynced(t *testing.T, s summary, tenants, jobs, rate int) {
 	t.Helper()
-	if s.Rejected != 0 || s.Failed != 0 || s.OK != int64(tenants*jobs) || s.Interrupted {
-		t.Errorf("summary: ok %d, failed %d, 429s %d, interrupted %v; want ok %d, failed 0, 429s 0, not interrupted (errors: %q)",
-			s.OK, s.Failed, s.Rejected, s.Interrupted, tenants*jobs, s.Errors)
-	}
-	if len(s.Tenants) != tenants {
-		t.Fatalf("summary has %d tenants, want %d", len(s.Tenants), tenants)
-	}
+	assert.EqualValues(t, tenants*jobs, s.OK, "items synced (errors: %q)", s.Errors)
+	assert.Zero(t, s.Failed, "items failed (errors: %q)", s.Errors)
+	assert.Zero(t, s.Rejected, "429s")
+	assert.False(t, s.Interrupted, "interrupted")
+	require.Len(t, s.Tenants, tenants, "tenants in the summary")
 	for _, ts := range s.Tenants {
-		if ts.OK != int64(jobs) || ts.Rejected != 0 {
-			t.Errorf("%s: ok %d, 429s %d; want ok %d, 429s 0", ts.Tenant, ts.OK, ts.Rejected, jobs)
-		}
-		if dev := math.Abs(ts.Rate-float64(rate)) / float64(rate); dev > 0.05 {
-			t.Errorf("%s: observed rate %.2f/s is %.1f%% off the limit %d/s, want within 5%% (dispatcher: %d admissions refused, %d late)",
-				ts.Tenant, ts.Rate, 100*dev, rate, ts.Throttled, ts.Late)
-		}
+		assert.EqualValues(t, jobs, ts.OK, "%s: items synced", ts.Tenant)
+		assert.Zero(t, ts.Rejected, "%s: 429s", ts.Tenant)
+		assert.InDelta(t, float64(rate), ts.Rate, 0.05*float64(rate),
+			"%s: observed rate, want the limit within 5%% (dispatcher: %d admissions refused, %d late)", ts.Tenant, ts.Throttled, ts.Late)
 	}
 }
 
@@ -152,9 +131,10 @@ func TestMemoryBackend(t *testing.T) {
 	plot := filepath.Join(t.TempDir(), "rate.svg")
 	s := runJSON(t, exitOK, "-jobs", "60", "-rate", "30", "-plot", plot)
 	checkSynced(t, s, 4, 60, 30)
-	if s.Backend != "memory" || s.Procs != 1 || s.RateSource != "api" || s.Limit != "30/s" {
-		t.Errorf("summary: backend %q, procs %d, rate source %q, limit %q; want memory, 1, api, 30/s", s.Backend, s.Procs, s.RateSource, s.Limit)
-	}
+	assert.Equal(t, "memory", s.Backend, "backend")
+	assert.Equal(t, 1, s.Procs, "procs")
+	assert.Equal(t, "api", s.RateSource, "rate source")
+	assert.Equal(t, "30/s", s.Limit, "limit")
 	checkChart(t, plot, "<?xml")
 }
 
@@ -163,17 +143,12 @@ func TestMemoryBackend(t *testing.T) {
 func TestInProcess(t *testing.T) {
 	dir := t.TempDir()
 	cfg, err := parseFlags([]string{"-tenants", "3", "-jobs", "15", "-rate", "50", "-burst", "2", "-plot", filepath.Join(dir, "rate.svg")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var stdout, stderr bytes.Buffer
-	if code := runParent(t.Context(), cfg, &stdout, &stderr); code != exitOK {
-		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout.String(), stderr.String())
-	}
+	code := runParent(t.Context(), cfg, &stdout, &stderr)
+	require.Equal(t, exitOK, code, "exit status\nstdout: %s\nstderr: %s", stdout.String(), stderr.String())
 	for _, want := range []string{"tenant-3", "45 of 45 items synced", "0 answered 429", "chart: "} {
-		if !strings.Contains(stdout.String(), want) {
-			t.Errorf("output lacks %q:\n%s", want, stdout.String())
-		}
+		assert.Contains(t, stdout.String(), want)
 	}
 }
 
@@ -183,9 +158,7 @@ func TestSQLiteProcs(t *testing.T) {
 	s := runJSON(t, exitOK, "-backend", "sqlite", "-sqlite", filepath.Join(dir, "buckets.db"), "-procs", "3",
 		"-jobs", "60", "-rate", "30", "-plot", plot)
 	checkSynced(t, s, 4, 60, 30)
-	if s.Procs != 3 {
-		t.Errorf("summary: procs %d, want 3", s.Procs)
-	}
+	assert.Equal(t, 3, s.Procs, "procs")
 	checkChart(t, plot, "\x89PNG")
 }
 
@@ -197,13 +170,12 @@ func TestSQLiteDefaultFile(t *testing.T) {
 	t.Setenv("TMPDIR", tmp)
 	for run := range 2 {
 		s := runJSON(t, exitOK, "-backend", "sqlite", "-tenants", "1", "-jobs", "20", "-quota", "30/1h")
-		if s.OK != 20 || s.Failed != 0 {
-			t.Errorf("run %d: ok %d, failed %d; want 20 ok", run+1, s.OK, s.Failed)
-		}
+		assert.EqualValues(t, 20, s.OK, "run %d: items synced", run+1)
+		assert.Zero(t, s.Failed, "run %d: items failed", run+1)
 	}
-	if left, err := os.ReadDir(tmp); err != nil || len(left) != 0 {
-		t.Errorf("the temp dir holds %d entries after the runs (%v), want none", len(left), err)
-	}
+	left, err := os.ReadDir(tmp)
+	require.NoError(t, err)
+	assert.Empty(t, left, "the temp dir after the runs")
 }
 
 func TestRedisProcs(t *testing.T) {
@@ -215,19 +187,14 @@ func TestRedisProcs(t *testing.T) {
 func checkChart(t *testing.T, path, magic string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("-plot wrote no chart: %v", err)
-	}
-	if !bytes.HasPrefix(b, []byte(magic)) || len(b) < 1000 {
-		t.Errorf("-plot %s: %d bytes starting %q, want a chart starting %q", path, len(b), b[:min(len(b), 8)], magic)
-	}
+	require.NoError(t, err, "-plot wrote no chart")
+	assert.True(t, bytes.HasPrefix(b, []byte(magic)), "-plot %s starts %q, want a chart starting %q", path, b[:min(len(b), 8)], magic)
+	assert.GreaterOrEqual(t, len(b), 1000, "-plot %s: bytes", path)
 }
 
 func TestBadFlags(t *testing.T) {
 	plotDir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(plotDir, "a.svg"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.Mkdir(filepath.Join(plotDir, "a.svg"), 0o755))
 	tests := []struct {
 		args []string
 		want string // in the one line on stderr
@@ -269,11 +236,12 @@ func TestBadFlags(t *testing.T) {
 // line on stderr that names the problem.
 func checkUsageError(t *testing.T, r demoRun, want string) {
 	t.Helper()
+	demo := "demo " + strings.Join(r.args, " ")
 	line := strings.TrimSuffix(r.stderr, "\n")
-	if r.code != exitUsage || r.stdout != "" || strings.Contains(line, "\n") || !strings.Contains(line, want) {
-		t.Errorf("demo %s: exit %d, stdout %q, stderr %q; want exit 2, no stdout, one line containing %q",
-			strings.Join(r.args, " "), r.code, r.stdout, r.stderr, want)
-	}
+	assert.Equal(t, exitUsage, r.code, "%s: exit status (stderr %q)", demo, r.stderr)
+	assert.Empty(t, r.stdout, "%s: stdout", demo)
+	assert.NotContains(t, line, "\n", "%s: stderr, want one line", demo)
+	assert.Contains(t, line, want, "%s: stderr", demo)
 }
 
 func TestUnreachableBackends(t *testing.T) {
@@ -288,22 +256,18 @@ func TestUnreachableBackends(t *testing.T) {
 	})
 	t.Run("sqlite not a database", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "notes.txt")
-		if err := os.WriteFile(path, bytes.Repeat([]byte("not a database\n"), 100), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.WriteFile(path, bytes.Repeat([]byte("not a database\n"), 100), 0o644))
 		checkUsageError(t, runDemo(t, "-backend", "sqlite", "-sqlite", path, "-procs", "2"), "-backend sqlite")
 	})
 }
 
 func TestHelp(t *testing.T) {
 	r := runDemo(t, "-help")
-	if r.code != exitOK || r.stderr != "" {
-		t.Fatalf("demo -help: exit %d, stderr %q; want 0 and nothing", r.code, r.stderr)
-	}
+	require.Equal(t, exitOK, r.code, "demo -help: exit status")
+	require.Empty(t, r.stderr, "demo -help: stderr")
 	for _, f := range []string{"-backend", "-sqlite", "-redis", "-tenants", "-jobs", "-rate", "-burst", "-quota", "-workers", "-procs", "-target", "-json", "-plot"} {
-		if !strings.Contains(r.stdout, "  "+f+" ") && !strings.Contains(r.stdout, "  "+f+"\n") {
-			t.Errorf("demo -help does not document %s:\n%s", f, r.stdout)
-		}
+		assert.True(t, strings.Contains(r.stdout, "  "+f+" ") || strings.Contains(r.stdout, "  "+f+"\n"),
+			"demo -help does not document %s:\n%s", f, r.stdout)
 	}
 }
 
@@ -321,14 +285,10 @@ func TestInterrupt(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cmd := exec.Command(demoBin, append(tt.args, "-jobs", "1000", "-tenants", "2")...)
 			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, cmd.Start())
 			out := readUntil(t, stdout) // jobs are running
 			cmd.Process.Signal(syscall.SIGINT)
 			rest := new(bytes.Buffer)
@@ -336,15 +296,11 @@ func TestInterrupt(t *testing.T) {
 			err = cmd.Wait()
 			out += rest.String()
 			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.ExitCode() != exitInterrupted {
-				t.Fatalf("after SIGINT: %v, want exit %d\nstdout: %s\nstderr: %s", err, exitInterrupted, out, stderr.String())
-			}
-			if !strings.Contains(out, "not synced (interrupted)") || !strings.Contains(out, "tenant-2 ") {
-				t.Errorf("after SIGINT, no summary of what was done:\n%s", out)
-			}
-			if stderr.Len() > 0 {
-				t.Errorf("after SIGINT, stderr: %s", stderr.String())
-			}
+			require.ErrorAs(t, err, &exit, "after SIGINT\nstdout: %s\nstderr: %s", out, stderr.String())
+			require.Equal(t, exitInterrupted, exit.ExitCode(), "exit status after SIGINT\nstdout: %s\nstderr: %s", out, stderr.String())
+			assert.Contains(t, out, "not synced (interrupted)", "after SIGINT, the summary of what was done")
+			assert.Contains(t, out, "tenant-2 ", "after SIGINT, the summary of what was done")
+			assert.Empty(t, stderr.String(), "stderr after SIGINT")
 		})
 	}
 }
@@ -360,7 +316,7 @@ func readUntil(t *testing.T, r io.Reader) string {
 			return b.String()
 		}
 	}
-	t.Fatalf("the demo ended before printing progress:\n%s", b.String())
+	require.FailNow(t, "the demo ended before printing progress", b.String())
 	return ""
 }
 
@@ -368,9 +324,7 @@ func readUntil(t *testing.T, r io.Reader) string {
 func unusedAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
@@ -388,9 +342,7 @@ func TestWorkerKilled(t *testing.T) {
 		"-procs", "2", "-jobs", strconv.Itoa(jobs), "-json")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, cmd.Start())
 	var worker int
 	for deadline := time.Now().Add(30 * time.Second); worker == 0 && time.Now().Before(deadline); {
 		time.Sleep(200 * time.Millisecond)
@@ -398,28 +350,20 @@ func TestWorkerKilled(t *testing.T) {
 	}
 	if worker == 0 {
 		cmd.Process.Kill()
-		t.Fatal("no worker process found")
+		require.FailNow(t, "no worker process found")
 	}
 	time.Sleep(time.Second) // a fifth of the run
-	if err := syscall.Kill(worker, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, syscall.Kill(worker, syscall.SIGKILL))
 	err := cmd.Wait()
 	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-		t.Fatalf("demo with a killed worker: %v, want exit status 1\nstderr: %s", err, stderr.String())
-	}
+	require.ErrorAs(t, err, &exit, "demo with a killed worker\nstderr: %s", stderr.String())
+	require.Equal(t, 1, exit.ExitCode(), "exit status of the demo with a killed worker\nstderr: %s", stderr.String())
 	var s summary
-	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
-		t.Fatalf("stdout is not a JSON summary: %v\n%s", err, stdout.String())
-	}
-	if s.Failed == 0 || s.OK+s.Failed+s.Cancelled != tenants*jobs {
-		t.Errorf("summary: ok %d, failed %d, cancelled %d; want some failed and %d in all", s.OK, s.Failed, s.Cancelled, tenants*jobs)
-	}
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &s), "stdout is not a JSON summary:\n%s", stdout.String())
+	assert.Positive(t, s.Failed, "items failed")
+	assert.EqualValues(t, tenants*jobs, s.OK+s.Failed+s.Cancelled, "items ok %d + failed %d + cancelled %d", s.OK, s.Failed, s.Cancelled)
 	for _, ts := range s.Tenants {
-		if ts.OK+ts.Failed+ts.Cancelled != jobs {
-			t.Errorf("%s: ok %d, failed %d, cancelled %d; want %d in all", ts.Tenant, ts.OK, ts.Failed, ts.Cancelled, jobs)
-		}
+		assert.EqualValues(t, jobs, ts.OK+ts.Failed+ts.Cancelled, "%s: items ok %d + failed %d + cancelled %d", ts.Tenant, ts.OK, ts.Failed, ts.Cancelled)
 	}
 }
 

@@ -6,22 +6,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/bucket"
 )
 
 func get(t *testing.T, url, tenant string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if tenant != "" {
 		req.Header.Set("X-Tenant", tenant)
 	}
 	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	resp.Body.Close()
 	return resp
 }
@@ -31,35 +30,29 @@ func get(t *testing.T, url, tenant string) *http.Response {
 // tenant.
 func TestMockAPILimits(t *testing.T) {
 	api, err := startMockAPI(bucket.PerSecond(1).WithBurst(2))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer api.Close()
 	item := func(tenant string, n int) string {
 		return api.URL() + "/tenants/" + tenant + "/items/" + strconv.Itoa(n)
 	}
 	for n, want := range []int{200, 200, 200, 429, 429} {
 		resp := get(t, item("a", n+1), "a")
-		if resp.StatusCode != want {
-			t.Errorf("request %d of tenant a at once: %s, want %d", n+1, resp.Status, want)
-		}
-		if want == 429 && resp.Header.Get("Retry-After") != "1" {
-			t.Errorf("429 with Retry-After %q, want 1 (second, rounded up)", resp.Header.Get("Retry-After"))
+		assert.Equal(t, want, resp.StatusCode, "request %d of tenant a at once", n+1)
+		if want == 429 {
+			assert.Equal(t, "1", resp.Header.Get("Retry-After"), "Retry-After of a 429, in seconds rounded up")
 		}
 	}
-	if resp := get(t, item("b", 1), "b"); resp.StatusCode != 200 {
-		t.Errorf("tenant b after tenant a ran dry: %s, want 200", resp.Status)
-	}
-	if got := api.Arrivals(); len(got["a"]) != 5 || len(got["b"]) != 1 || got["a"][3].Status != 429 {
-		t.Errorf("arrivals: a %v, b %v; want 5 for a (the 4th refused) and 1 for b", got["a"], got["b"])
+	assert.Equal(t, 200, get(t, item("b", 1), "b").StatusCode, "tenant b after tenant a ran dry")
+	got := api.Arrivals()
+	assert.Len(t, got["b"], 1, "arrivals of tenant b")
+	if assert.Len(t, got["a"], 5, "arrivals of tenant a") {
+		assert.Equal(t, 429, got["a"][3].Status, "status of tenant a's 4th arrival")
 	}
 }
 
 func TestMockAPIQuota(t *testing.T) {
 	api, err := startMockAPI(bucket.PerSecond(1000).WithBurst(10).WithQuota(3, time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer api.Close()
 	for n := 1; n <= 4; n++ {
 		resp := get(t, api.URL()+"/tenants/q/items/"+strconv.Itoa(n), "q")
@@ -67,22 +60,18 @@ func TestMockAPIQuota(t *testing.T) {
 		if n == 4 {
 			want = 429
 		}
-		if resp.StatusCode != want {
-			t.Fatalf("request %d under a quota of 3/1h: %s, want %d", n, resp.Status, want)
-		}
+		require.Equal(t, want, resp.StatusCode, "request %d under a quota of 3/1h", n)
 		if n == 4 {
-			if ra, _ := strconv.Atoi(resp.Header.Get("Retry-After")); ra < 3590 || ra > 3600 {
-				t.Errorf("Retry-After %q under an exhausted hourly quota, want about 3600", resp.Header.Get("Retry-After"))
-			}
+			ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+			assert.GreaterOrEqual(t, ra, 3590, "Retry-After under an exhausted hourly quota")
+			assert.LessOrEqual(t, ra, 3600, "Retry-After under an exhausted hourly quota")
 		}
 	}
 }
 
 func TestMockAPIProtocol(t *testing.T) {
 	api, err := startMockAPI(bucket.PerSecond(100))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer api.Close()
 	tests := []struct {
 		path, tenant string
@@ -96,13 +85,10 @@ func TestMockAPIProtocol(t *testing.T) {
 		{"/tenants/a/items/1", "a", http.StatusOK},
 	}
 	for _, tt := range tests {
-		if resp := get(t, api.URL()+tt.path, tt.tenant); resp.StatusCode != tt.want {
-			t.Errorf("GET %s with X-Tenant %q: %s, want %d", tt.path, tt.tenant, resp.Status, tt.want)
-		}
+		resp := get(t, api.URL()+tt.path, tt.tenant)
+		assert.Equal(t, tt.want, resp.StatusCode, "GET %s with X-Tenant %q", tt.path, tt.tenant)
 	}
-	if got := api.Arrivals(); len(got["a"]) != 1 {
-		t.Errorf("arrivals of tenant a: %v, want only the one valid request", got["a"])
-	}
+	assert.Len(t, api.Arrivals()["a"], 1, "arrivals of tenant a, want only the one valid request")
 }
 
 func TestJitterAllowance(t *testing.T) {
@@ -117,8 +103,6 @@ func TestJitterAllowance(t *testing.T) {
 		{bucket.PerSecond(1000), 101},
 	}
 	for _, tt := range tests {
-		if got := withJitterAllowance(tt.lim).Burst; got != tt.want {
-			t.Errorf("withJitterAllowance(%v).Burst = %d, want %d", tt.lim, got, tt.want)
-		}
+		assert.Equal(t, tt.want, withJitterAllowance(tt.lim).Burst, "withJitterAllowance(%v).Burst", tt.lim)
 	}
 }

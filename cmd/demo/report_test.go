@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/leakybucket/leakybucket/dispatcher"
 )
@@ -37,9 +39,7 @@ func TestObservedRate(t *testing.T) {
 		{"at one instant", ms(7, 7), 1, 0},
 	}
 	for _, tt := range tests {
-		if got := observedRate(tt.times, tt.burst); math.Abs(got-tt.want) > 1e-9 {
-			t.Errorf("%s: observedRate(%v, %d) = %v, want %v", tt.name, tt.times, tt.burst, got, tt.want)
-		}
+		assert.InDelta(t, tt.want, observedRate(tt.times, tt.burst), 1e-9, "%s: observedRate(%v, %d)", tt.name, tt.times, tt.burst)
 	}
 }
 
@@ -51,8 +51,9 @@ func TestShare(t *testing.T) {
 		seen := map[item]int{}
 		for w := range procs {
 			items := share(cfg, w, procs)
-			if len(items) > 0 && (items[0].tenant != "tenant-1" || items[1].tenant != "tenant-2") {
-				t.Errorf("procs %d, worker %d: items start %v, want tenant-1, tenant-2, … interleaved", procs, w, items[:2])
+			if len(items) > 0 {
+				assert.Equal(t, []string{"tenant-1", "tenant-2"}, []string{items[0].tenant, items[1].tenant},
+					"procs %d, worker %d: tenants of the first items, want them interleaved", procs, w)
 			}
 			for _, it := range items {
 				seen[it]++
@@ -60,9 +61,7 @@ func TestShare(t *testing.T) {
 		}
 		for _, tenant := range cfg.tenantNames() {
 			for n := 1; n <= cfg.jobs; n++ {
-				if seen[item{tenant, n}] != 1 {
-					t.Errorf("procs %d: %s item %d in %d shares, want 1", procs, tenant, n, seen[item{tenant, n}])
-				}
+				assert.Equal(t, 1, seen[item{tenant, n}], "procs %d: shares holding %s item %d", procs, tenant, n)
 			}
 		}
 	}
@@ -80,28 +79,25 @@ func TestClassify(t *testing.T) {
 		{errors.New("GET /tenants/a/items/1: 404 Not Found"), resultFailed},
 	}
 	for _, tt := range tests {
-		if got := classify(tt.err); got != tt.want {
-			t.Errorf("classify(%v) = %q, want %q", tt.err, got, tt.want)
-		}
+		assert.Equal(t, tt.want, classify(tt.err), "classify(%v)", tt.err)
 	}
 }
 
 func TestParseFlagsDefaults(t *testing.T) {
 	cfg, err := parseFlags(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.backend != "memory" || cfg.tenants != 4 || cfg.jobs != 100 || cfg.rate != 20 || cfg.burst != 1 ||
-		cfg.workers != 16 || cfg.procs != 1 || cfg.redisAddr != "127.0.0.1:6379" || cfg.limit.String() != "20/s" {
-		t.Errorf("defaults: %+v", cfg)
-	}
+	require.NoError(t, err)
+	assert.Equal(t, "memory", cfg.backend, "default -backend")
+	assert.Equal(t, 4, cfg.tenants, "default -tenants")
+	assert.Equal(t, 100, cfg.jobs, "default -jobs")
+	assert.Equal(t, 20, cfg.rate, "default -rate")
+	assert.Equal(t, 1, cfg.burst, "default -burst")
+	assert.Equal(t, 16, cfg.workers, "default -workers")
+	assert.Equal(t, 1, cfg.procs, "default -procs")
+	assert.Equal(t, "127.0.0.1:6379", cfg.redisAddr, "default -redis")
+	assert.Equal(t, "20/s", cfg.limit.String(), "default limit")
 	cfg, err = parseFlags([]string{"-rate", "5", "-burst", "3", "-quota", "500/1h, 5000/1d"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := cfg.limit.String(), "5/s burst=3 quota=500/h quota=5000/d"; got != want {
-		t.Errorf("limit %q, want %q", got, want)
-	}
+	require.NoError(t, err)
+	assert.Equal(t, "5/s burst=3 quota=500/h quota=5000/d", cfg.limit.String())
 }
 
 func TestWriteTable(t *testing.T) {
@@ -111,9 +107,7 @@ func TestWriteTable(t *testing.T) {
 		Tenants: []tenantSummary{{Tenant: "tenant-1", Requests: 4, OK: 3, Rejected: 1, Rate: 19.5, Limit: 20, WaitP50Ms: 12.5, WaitP99Ms: 2500}},
 	})
 	for _, want := range []string{"tenant-1", "19.50", "97.5%", "12.5ms", "2.50s", "3 of 3 items synced", "1 answered 429"} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("table lacks %q:\n%s", want, b.String())
-		}
+		assert.Contains(t, b.String(), want)
 	}
 }
 
@@ -121,9 +115,7 @@ func TestWriteTable(t *testing.T) {
 // tenant with its count, the requests of its last second and its 429s.
 func TestProgressBars(t *testing.T) {
 	cfg, err := parseFlags([]string{"-tenants", "2", "-jobs", "1"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tl := newTally(cfg)
 	now := time.Now()
 	tl.request("tenant-1", now, http.StatusOK)
@@ -133,19 +125,13 @@ func TestProgressBars(t *testing.T) {
 	tl.done("tenant-2", nil)
 	var b syncBuffer
 	p := startProgress(cfg, tl, &b, true)
-	if _, ok := p.(*bars); !ok {
-		t.Fatalf("startProgress on a terminal = %T, want bars", p)
-	}
+	require.IsType(t, &bars{}, p, "startProgress on a terminal")
 	p.stop()
 	out := b.String()
 	for _, want := range []string{"tenant-1", "tenant-2", "1/1", "req/s", "0 × 429", "1 × 429"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("bars output lacks %q:\n%s", want, out)
-		}
+		assert.Contains(t, out, want, "bars output")
 	}
-	if r := tl.progress()[0].rate; r < 1 {
-		t.Errorf("tenant-1's rate over the last second = %v, want its 1 request counted", r)
-	}
+	assert.GreaterOrEqual(t, tl.progress()[0].rate, 1.0, "tenant-1's rate over the last second, want its 1 request counted")
 }
 
 // syncBuffer is a bytes.Buffer safe for the bars' goroutine and the test.

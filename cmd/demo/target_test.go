@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/bucket"
 )
@@ -67,15 +70,12 @@ func (a *apiRecorder) checkServed(t *testing.T, tenants, jobs int, except map[st
 	t.Helper()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.bad) > 0 {
-		t.Errorf("requests that break the protocol (GET /tenants/<t>/items/<n> with X-Tenant: <t>): %q", a.bad)
-	}
+	assert.Empty(t, a.bad, "requests that break the protocol (GET /tenants/<t>/items/<n> with X-Tenant: <t>)")
 	for i := 1; i <= tenants; i++ {
 		name := "tenant-" + strconv.Itoa(i)
 		for n := 1; n <= jobs; n++ {
-			if want := 1 - min(except[name+"/"+strconv.Itoa(n)], 1); a.served[name][n] != want {
-				t.Errorf("%s item %d served %d times, want %d", name, n, a.served[name][n], want)
-			}
+			want := 1 - min(except[name+"/"+strconv.Itoa(n)], 1)
+			assert.Equal(t, want, a.served[name][n], "times %s item %d was served", name, n)
 		}
 	}
 }
@@ -88,9 +88,8 @@ func TestTarget(t *testing.T) {
 	api, url := startRecorder(t, okAnswer)
 	s := runJSON(t, exitOK, "-target", url, "-tenants", "3", "-jobs", "40", "-rate", "20", "-burst", "2")
 	checkSynced(t, s, 3, 40, 20)
-	if s.RateSource != "client" || s.Target != url {
-		t.Errorf("summary: rate source %q, target %q; want client, %s", s.RateSource, s.Target, url)
-	}
+	assert.Equal(t, "client", s.RateSource, "rate source")
+	assert.Equal(t, url, s.Target, "target")
 	api.checkServed(t, 3, 40, nil)
 	// Arrivals lag the starts the dispatcher paced by a varying delay; the
 	// checker forgives as much of it as the mock API does. Without the
@@ -99,9 +98,7 @@ func TestTarget(t *testing.T) {
 	api.mu.Lock()
 	defer api.mu.Unlock()
 	for tenant, times := range api.arrivals {
-		if err := backendtest.Check(lim, starts(times)); err != nil {
-			t.Errorf("%s: arrivals at the API: %v", tenant, err)
-		}
+		assert.NoError(t, backendtest.Check(lim, starts(times)), "%s: arrivals at the API", tenant)
 	}
 }
 
@@ -123,26 +120,24 @@ func TestTargetRetryAfter(t *testing.T) {
 		return http.StatusOK
 	})
 	s := runJSON(t, exitOK, "-target", url, "-tenants", "2", "-jobs", "40", "-rate", "20")
-	if s.Rejected != 1 || s.OK != 80 || s.Failed != 0 || s.Tenants[1].Rejected != 1 || s.Tenants[1].Retries < 1 {
-		t.Errorf("summary: ok %d, failed %d, 429s %d (tenant-2: %d, retries %d); want 80, 0, 1 (1, ≥ 1)",
-			s.OK, s.Failed, s.Rejected, s.Tenants[1].Rejected, s.Tenants[1].Retries)
-	}
+	assert.EqualValues(t, 80, s.OK, "items synced")
+	assert.Zero(t, s.Failed, "items failed")
+	assert.EqualValues(t, 1, s.Rejected, "429s")
+	require.Len(t, s.Tenants, 2, "tenants in the summary")
+	assert.EqualValues(t, 1, s.Tenants[1].Rejected, "tenant-2's 429s")
+	assert.Positive(t, s.Tenants[1].Retries, "tenant-2's retries")
 	api.checkServed(t, 2, 40, nil)
 	api.mu.Lock()
 	defer api.mu.Unlock()
 	paused := api.arrivals["tenant-2"][4]
-	if next := api.arrivals["tenant-2"][5]; next.Sub(paused) < time.Second {
-		t.Errorf("tenant-2 sent again %v after a 429 with Retry-After: 1", next.Sub(paused))
-	}
+	assert.GreaterOrEqual(t, api.arrivals["tenant-2"][5].Sub(paused), time.Second, "time before tenant-2 sent again after a 429 with Retry-After: 1")
 	var during int
 	for _, at := range api.arrivals["tenant-1"] {
 		if at.After(paused) && at.Before(paused.Add(time.Second)) {
 			during++
 		}
 	}
-	if during < 10 {
-		t.Errorf("tenant-1 sent %d requests during tenant-2's pause of 1s, want about 20: a paused tenant holds up the others", during)
-	}
+	assert.GreaterOrEqual(t, during, 10, "requests tenant-1 sent during tenant-2's pause of 1s, want about 20: a paused tenant holds up the others")
 }
 
 // TestTargetFailures: a 503 is retried, a 404 fails its item (only) and
@@ -158,16 +153,16 @@ func TestTargetFailures(t *testing.T) {
 		return http.StatusOK
 	})
 	s := runJSON(t, exitFailed, "-target", url, "-tenants", "2", "-jobs", "10", "-rate", "50")
-	if s.OK != 19 || s.Failed != 1 || s.Tenants[0].Failed != 1 || s.Tenants[1].Retries < 1 {
-		t.Errorf("summary: ok %d, failed %d (tenant-1: %d), tenant-2 retries %d; want 19, 1 (1), ≥ 1", s.OK, s.Failed, s.Tenants[0].Failed, s.Tenants[1].Retries)
-	}
-	if len(s.Errors) != 1 || !strings.Contains(s.Errors[0], "/tenants/tenant-1/items/3: 404") {
-		t.Errorf("summary errors %q, want the 404 of tenant-1 item 3", s.Errors)
+	assert.EqualValues(t, 19, s.OK, "items synced")
+	assert.EqualValues(t, 1, s.Failed, "items failed")
+	require.Len(t, s.Tenants, 2, "tenants in the summary")
+	assert.EqualValues(t, 1, s.Tenants[0].Failed, "tenant-1's items failed")
+	assert.Positive(t, s.Tenants[1].Retries, "tenant-2's retries")
+	if assert.Len(t, s.Errors, 1, "summary errors, want the 404 of tenant-1 item 3") {
+		assert.Contains(t, s.Errors[0], "/tenants/tenant-1/items/3: 404")
 	}
 	api.checkServed(t, 2, 10, map[string]int{"tenant-1/3": 1})
 	api.mu.Lock()
 	defer api.mu.Unlock()
-	if n := len(api.arrivals["tenant-1"]); n != 10 {
-		t.Errorf("tenant-1 sent %d requests, want 10: a 404 is not worth retrying", n)
-	}
+	assert.Len(t, api.arrivals["tenant-1"], 10, "requests tenant-1 sent: a 404 is not worth retrying")
 }
