@@ -11,10 +11,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestKeyTypeChecked: a key function of the wrong type is a compile error,
-// not a run-time one. testdata/keytype compiles with a key function that
-// returns a string, and fails, naming that function's type, with one that
-// returns an int (build tag wrongkey).
+// TestKeyTypeChecked: a key or cost function of the wrong type is a
+// compile error, not a run-time one. testdata/keytype compiles with a key
+// function that returns a string, and fails, naming that function's type,
+// with one that returns an int (build tag wrongkey) and with a cost
+// function of another job type (build tag wrongjob).
 func TestKeyTypeChecked(t *testing.T) {
 	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(gobin); runtime.GOROOT() == "" || err != nil {
@@ -30,4 +31,7 @@ func TestKeyTypeChecked(t *testing.T) {
 	require.Error(t, err, "go build with an int key")
 	assert.Contains(t, out, "func(j job) int", "the compiler's error names the key function's type")
 	assert.Contains(t, out, "func(T) string", "the compiler's error names the type New wants")
+	out, err = build("wrongjob")
+	require.Error(t, err, "go build with a cost function of strings")
+	assert.Contains(t, out, "func(s string) int", "the compiler's error names the cost function's type")
 }

@@ -1,4 +1,4 @@
-//go:build !wrongkey
+//go:build !wrongkey && !wrongjob
 
 package keytype
 
