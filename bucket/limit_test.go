@@ -1,42 +1,40 @@
 package bucket_test
 
 import (
-	"errors"
 	"math"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+
 	"github.com/leakybucket/leakybucket/bucket"
 )
 
-// sameLimit reports whether a and b are the same limit; a nil and an empty
-// quota list are the same.
-func sameLimit(a, b bucket.Limit) bool {
-	return a.IsUnlimited() == b.IsUnlimited() && a.Rate == b.Rate && a.Period == b.Period &&
-		a.Burst == b.Burst && slices.Equal(a.Quotas, b.Quotas)
+// canon returns l with an empty quota list as nil, so that limits compare
+// equal whichever of the two they carry.
+func canon(l bucket.Limit) bucket.Limit {
+	if len(l.Quotas) == 0 {
+		l.Quotas = nil
+	}
+	return l
 }
 
-// wantLimitError fails t unless err is a *LimitError naming field and
-// matching ErrInvalidLimit.
-func wantLimitError(t *testing.T, what string, err error, field string) {
+// assertLimitError checks that err is a *LimitError matching
+// ErrInvalidLimit that names field, in a message that starts with
+// "bucket: " and names it too.
+func assertLimitError(t *testing.T, err error, field string, msgAndArgs ...any) {
 	t.Helper()
-	if !errors.Is(err, bucket.ErrInvalidLimit) {
-		t.Errorf("%s = %v, want an error matching ErrInvalidLimit", what, err)
+	if !assert.ErrorIs(t, err, bucket.ErrInvalidLimit, msgAndArgs...) {
 		return
 	}
 	var le *bucket.LimitError
-	if !errors.As(err, &le) {
-		t.Errorf("%s = %v (%T), want a *bucket.LimitError", what, err, err)
+	if !assert.ErrorAs(t, err, &le, msgAndArgs...) {
 		return
 	}
-	if le.Field != field {
-		t.Errorf("%s names field %q (%v), want %q", what, le.Field, err, field)
-	}
-	if !strings.HasPrefix(err.Error(), "bucket: ") || !strings.Contains(err.Error(), field) {
-		t.Errorf("%s message %q, want it to start with \"bucket: \" and name %s", what, err, field)
-	}
+	assert.Equal(t, field, le.Field, msgAndArgs...)
+	assert.True(t, strings.HasPrefix(err.Error(), "bucket: "), "message %q does not start with \"bucket: \"", err)
+	assert.Contains(t, err.Error(), field, msgAndArgs...)
 }
 
 func quotas(n int) bucket.Limit {
@@ -64,9 +62,7 @@ func TestValidate(t *testing.T) {
 		{"quota max MaxInt64", bucket.PerSecond(1).WithQuota(math.MaxInt64, time.Hour)},
 	}
 	for _, tt := range valid {
-		if err := tt.lim.Validate(); err != nil {
-			t.Errorf("%s: %v.Validate() = %v, want nil", tt.name, tt.lim, err)
-		}
+		assert.NoError(t, tt.lim.Validate(), "%s: %v.Validate()", tt.name, tt.lim)
 	}
 
 	invalid := []struct {
@@ -102,7 +98,7 @@ func TestValidate(t *testing.T) {
 		{"repeated window, not adjacent", bucket.PerSecond(1).WithQuota(5, time.Hour).WithQuota(50, 24*time.Hour).WithQuota(6, time.Hour), "Quotas[2].Window"},
 	}
 	for _, tt := range invalid {
-		wantLimitError(t, tt.name+": "+tt.lim.String()+".Validate()", tt.lim.Validate(), tt.field)
+		assertLimitError(t, tt.lim.Validate(), tt.field, "%s: %v.Validate()", tt.name, tt.lim)
 	}
 }
 
@@ -121,24 +117,15 @@ func TestConstructors(t *testing.T) {
 			bucket.Limit{Rate: 5, Period: time.Second, Burst: 1, Quotas: []bucket.Quota{{Max: 1000, Window: time.Hour}, {Max: 50000, Window: 24 * time.Hour}}}},
 	}
 	for _, tt := range tests {
-		if !sameLimit(tt.got, tt.want) {
-			t.Errorf("%s = %+v, want %+v", tt.name, tt.got, tt.want)
-		}
-		if err := tt.got.Validate(); err != nil {
-			t.Errorf("%s.Validate() = %v, want nil", tt.name, err)
-		}
-		if tt.got.IsUnlimited() {
-			t.Errorf("%s.IsUnlimited() = true", tt.name)
-		}
+		assert.Equal(t, canon(tt.want), canon(tt.got), tt.name)
+		assert.NoError(t, tt.got.Validate(), "%s.Validate()", tt.name)
+		assert.False(t, tt.got.IsUnlimited(), "%s.IsUnlimited()", tt.name)
 	}
-	if !bucket.Unlimited.IsUnlimited() {
-		t.Error("Unlimited.IsUnlimited() = false")
-	}
+	assert.True(t, bucket.Unlimited.IsUnlimited(), "Unlimited.IsUnlimited()")
 
 	base := bucket.PerSecond(5).WithBurst(3)
-	if b := base.WithBurst(7); base.Burst != 3 || b.Burst != 7 {
-		t.Errorf("WithBurst(7) changed the original's burst to %d or returned %d", base.Burst, b.Burst)
-	}
+	assert.Equal(t, int64(7), base.WithBurst(7).Burst, "WithBurst(7).Burst")
+	assert.Equal(t, int64(3), base.Burst, "the original's burst after WithBurst(7)")
 
 	// WithQuota copies: neither the original nor siblings built from it
 	// share quota storage.
@@ -146,25 +133,20 @@ func TestConstructors(t *testing.T) {
 	two := one.WithQuota(20, 2*time.Hour)
 	other := one.WithQuota(30, 3*time.Hour)
 	two.Quotas[0].Max = 99
-	if one.Quotas[0].Max != 10 || other.Quotas[0].Max != 10 {
-		t.Errorf("changing a derived limit's quota changed the original's to %d and a sibling's to %d, want 10",
-			one.Quotas[0].Max, other.Quotas[0].Max)
-	}
-	if len(one.Quotas) != 1 || two.Quotas[1].Window != 2*time.Hour || other.Quotas[1].Window != 3*time.Hour {
-		t.Errorf("siblings from one limit share storage: %v, %v, %v", one, two, other)
-	}
-	if len(base.Quotas) != 0 {
-		t.Errorf("WithQuota changed the original: %v", base)
-	}
+	assert.Equal(t, int64(10), one.Quotas[0].Max, "the original's quota after changing a derived limit's")
+	assert.Equal(t, int64(10), other.Quotas[0].Max, "a sibling's quota after changing a derived limit's")
+	assert.Len(t, one.Quotas, 1, "siblings from one limit share storage: %v, %v, %v", one, two, other)
+	assert.Equal(t, 2*time.Hour, two.Quotas[1].Window, "siblings from one limit share storage: %v, %v, %v", one, two, other)
+	assert.Equal(t, 3*time.Hour, other.Quotas[1].Window, "siblings from one limit share storage: %v, %v, %v", one, two, other)
+	assert.Empty(t, base.Quotas, "WithQuota changed the original")
 	// Even an original with spare capacity is not written through.
 	spare := bucket.PerSecond(1)
 	spare.Quotas = make([]bucket.Quota, 1, 4)
 	spare.Quotas[0] = bucket.Quota{Max: 1, Window: time.Hour}
 	a := spare.WithQuota(2, 2*time.Hour)
 	b := spare.WithQuota(3, 3*time.Hour)
-	if a.Quotas[1].Window != 2*time.Hour || b.Quotas[1].Window != 3*time.Hour {
-		t.Errorf("WithQuota wrote into the original's spare capacity: %v, %v", a, b)
-	}
+	assert.Equal(t, 2*time.Hour, a.Quotas[1].Window, "WithQuota wrote into the original's spare capacity: %v, %v", a, b)
+	assert.Equal(t, 3*time.Hour, b.Quotas[1].Window, "WithQuota wrote into the original's spare capacity: %v, %v", a, b)
 }
 
 func TestParse(t *testing.T) {
@@ -190,12 +172,8 @@ func TestParse(t *testing.T) {
 	}
 	for _, tt := range good {
 		got, err := bucket.Parse(tt.in)
-		if err != nil {
-			t.Errorf("Parse(%q) error %v, want %v", tt.in, err, tt.want)
-			continue
-		}
-		if !sameLimit(got, tt.want) {
-			t.Errorf("Parse(%q) = %+v, want %+v", tt.in, got, tt.want)
+		if assert.NoError(t, err, "Parse(%q)", tt.in) {
+			assert.Equal(t, canon(tt.want), canon(got), "Parse(%q)", tt.in)
 		}
 	}
 
@@ -238,22 +216,12 @@ func TestParse(t *testing.T) {
 	}
 	for _, tt := range bad {
 		l, err := bucket.Parse(tt.in)
-		if err == nil {
-			t.Errorf("Parse(%q) = %v, want an error naming %s", tt.in, l, tt.field)
+		if !assert.Error(t, err, "Parse(%.40q) = %v, want an error naming %s", tt.in, l, tt.field) {
 			continue
 		}
-		wantLimitError(t, "Parse("+strconvQuote(tt.in)+")", err, tt.field)
-		if !strings.Contains(err.Error(), tt.says) {
-			t.Errorf("Parse(%q) = %v, want the message to say %s", tt.in, err, tt.says)
-		}
+		assertLimitError(t, err, tt.field, "Parse(%.40q)", tt.in)
+		assert.Contains(t, err.Error(), tt.says, "Parse(%.40q): the message names the offending text", tt.in)
 	}
-}
-
-func strconvQuote(s string) string {
-	if len(s) > 40 {
-		s = s[:40] + "…"
-	}
-	return `"` + s + `"`
 }
 
 func TestStringRoundTrip(t *testing.T) {
@@ -283,16 +251,10 @@ func TestStringRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		s := tt.lim.String()
-		if s != tt.want {
-			t.Errorf("%+v.String() = %q, want %q", tt.lim, s, tt.want)
-		}
+		assert.Equal(t, tt.want, s, "%+v.String()", tt.lim)
 		got, err := bucket.Parse(s)
-		if err != nil {
-			t.Errorf("Parse(%q) error %v, want %+v", s, err, tt.lim)
-			continue
-		}
-		if !sameLimit(got, tt.lim) {
-			t.Errorf("Parse(%q) = %+v, want %+v", s, got, tt.lim)
+		if assert.NoError(t, err, "Parse(%q)", s) {
+			assert.Equal(t, canon(tt.lim), canon(got), "Parse(%q)", s)
 		}
 	}
 }

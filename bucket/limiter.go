@@ -1,8 +1,9 @@
 // Package bucket defines rate limits — a leaky bucket per key, with
 // rolling quotas — and the Limiter that callers wait on. A Limiter keeps
-// its buckets in a backend (backend/memstore, backend/sqlitestore,
-// backend/redisstore), which every process sharing it sees alike; what a
-// backend implements is in package bucket/driver.
+// its buckets in a backend: backend/memstore for one process, or
+// backend/sqlitestore and backend/redisstore, whose buckets every process
+// on the same file or server shares. What a backend implements is in
+// package bucket/driver.
 package bucket
 
 import (
@@ -20,7 +21,8 @@ import (
 // WithKeyLimit, whatever the key function returns at each admission, so
 // limits can change at runtime. A Limiter is safe for concurrent use; each
 // call costs one backend call (a map lookup in memory, a round trip for
-// SQLite or Redis), except for Unlimited keys, which no backend sees.
+// SQLite or Redis), and a refund more when a Wait's ctx ends before its
+// slot, except for Unlimited keys, which no backend sees.
 type Limiter struct {
 	backend  driver.Backend
 	limit    Limit

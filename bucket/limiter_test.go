@@ -2,12 +2,14 @@ package bucket_test
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/leakybucket/leakybucket/backend/memstore"
@@ -43,9 +45,7 @@ func newStore(t *testing.T, clock *fakeClock) *memstore.Store {
 		opts.Now = clock.Now
 	}
 	s, err := memstore.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	return s
 }
@@ -53,11 +53,20 @@ func newStore(t *testing.T, clock *fakeClock) *memstore.Store {
 func newLimiter(t *testing.T, b driver.Backend, lim bucket.Limit, opts ...bucket.Option) *bucket.Limiter {
 	t.Helper()
 	l, err := bucket.NewLimiter(b, lim, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return l
 }
+
+// okDelay and okAfter describe a reservation's outcome, so that a failed
+// comparison prints the wanted and the actual one whole.
+func okDelay(r bucket.Reservation) string {
+	if !r.OK {
+		return fmt.Sprintf("refused, admissible in %v", r.Delay)
+	}
+	return okAfter(r.Delay)
+}
+
+func okAfter(d time.Duration) string { return fmt.Sprintf("OK after %v", d) }
 
 // countingBackend counts the calls that reach its backend.
 type countingBackend struct {
@@ -75,22 +84,18 @@ func (c *countingBackend) Admit(ctx context.Context, req driver.Request) (driver
 
 func TestNewLimiter(t *testing.T) {
 	s := newStore(t, nil)
-	if _, err := bucket.NewLimiter(nil, bucket.PerSecond(1)); err == nil {
-		t.Error("NewLimiter(nil backend) succeeded, want an error")
-	}
-	_, err := bucket.NewLimiter(s, bucket.PerSecond(1).WithBurst(0))
-	wantLimitError(t, "NewLimiter(burst 0)", err, "Burst")
-	if _, err := bucket.NewLimiter(s, bucket.PerSecond(1), bucket.WithKeyLimit(nil)); err == nil {
-		t.Error("NewLimiter(WithKeyLimit(nil)) succeeded, want an error")
-	}
+	_, err := bucket.NewLimiter(nil, bucket.PerSecond(1))
+	assert.Error(t, err, "NewLimiter(nil backend)")
+	_, err = bucket.NewLimiter(s, bucket.PerSecond(1).WithBurst(0))
+	assertLimitError(t, err, "Burst", "NewLimiter(burst 0)")
+	_, err = bucket.NewLimiter(s, bucket.PerSecond(1), bucket.WithKeyLimit(nil))
+	assert.Error(t, err, "NewLimiter(WithKeyLimit(nil))")
 
 	// The limiter keeps a copy of the caller's quotas.
 	lim := bucket.PerSecond(1).WithQuota(5, time.Hour)
 	l := newLimiter(t, s, lim)
 	lim.Quotas[0].Max = 1
-	if got := l.Limit("k").Quotas[0].Max; got != 5 {
-		t.Errorf("after the caller changed its limit's quota, the limiter's is %d, want 5", got)
-	}
+	assert.Equal(t, int64(5), l.Limit("k").Quotas[0].Max, "the limiter's quota after the caller changed its own")
 }
 
 func TestLimiterAllow(t *testing.T) {
@@ -100,9 +105,8 @@ func TestLimiterAllow(t *testing.T) {
 	allow := func(key string, n int, want bool) {
 		t.Helper()
 		ok, err := l.AllowN(ctx, key, n)
-		if err != nil || ok != want {
-			t.Fatalf("AllowN(%q, %d) = %v, %v; want %v", key, n, ok, err, want)
-		}
+		require.NoError(t, err, "AllowN(%q, %d)", key, n)
+		require.Equal(t, want, ok, "AllowN(%q, %d)", key, n)
 	}
 	allow("a", 1, true)
 	allow("a", 2, true)
@@ -125,9 +129,9 @@ func TestLimiterAllow(t *testing.T) {
 		{"a", 4, bucket.ErrImpossible},
 	}
 	for _, tt := range tests {
-		if ok, err := l.AllowN(ctx, tt.key, tt.n); ok || !errors.Is(err, tt.want) {
-			t.Errorf("AllowN(%q, %d) = %v, %v; want false, %v", tt.key, tt.n, ok, err, tt.want)
-		}
+		ok, err := l.AllowN(ctx, tt.key, tt.n)
+		assert.ErrorIs(t, err, tt.want, "AllowN(%q, %d)", tt.key, tt.n)
+		assert.False(t, ok, "AllowN(%q, %d)", tt.key, tt.n)
 	}
 }
 
@@ -152,32 +156,22 @@ func TestLimiterKeyLimit(t *testing.T) {
 		n := 0
 		for range 10 {
 			ok, err := l.Allow(ctx, key)
-			if err != nil {
-				t.Fatalf("Allow(%q): %v", key, err)
-			}
+			require.NoError(t, err, "Allow(%q)", key)
 			if ok {
 				n++
 			}
 		}
 		return n
 	}
-	if n := count("k"); n != 2 {
-		t.Errorf("key limit with burst 2 admitted %d, want 2", n)
-	}
+	assert.Equal(t, 2, count("k"), "admitted under a key limit of burst 2")
 	mu.Lock()
 	burst = 5
 	mu.Unlock()
-	if n := count("k"); n != 3 {
-		t.Errorf("after raising the key's burst to 5, admitted %d more, want 3", n)
-	}
-	if n := count("free"); n != 10 {
-		t.Errorf("an unlimited key admitted %d of 10", n)
-	}
+	assert.Equal(t, 3, count("k"), "admitted after raising the key's burst to 5")
+	assert.Equal(t, 10, count("free"), "admitted of 10 for an unlimited key")
 	_, err := l.Allow(ctx, "bad")
-	wantLimitError(t, `Allow("bad") with an invalid key limit`, err, "Rate")
-	if lim := l.Limit("k"); lim.Burst != 5 {
-		t.Errorf("Limit(%q) = %v, want burst 5", "k", lim)
-	}
+	assertLimitError(t, err, "Rate", `Allow("bad") with an invalid key limit`)
+	assert.Equal(t, int64(5), l.Limit("k").Burst, `Limit("k").Burst`)
 }
 
 func TestLimiterUnlimitedSkipsBackend(t *testing.T) {
@@ -185,28 +179,23 @@ func TestLimiterUnlimitedSkipsBackend(t *testing.T) {
 	l := newLimiter(t, b, bucket.Unlimited)
 	ctx := context.Background()
 	for range 5 {
-		if ok, err := l.AllowN(ctx, "k", 1_000_000); !ok || err != nil {
-			t.Fatalf("Unlimited: AllowN = %v, %v; want true, nil", ok, err)
-		}
-		if err := l.Wait(ctx, "k"); err != nil {
-			t.Fatal(err)
-		}
+		ok, err := l.AllowN(ctx, "k", 1_000_000)
+		require.NoError(t, err, "Unlimited: AllowN")
+		require.True(t, ok, "Unlimited: AllowN refused")
+		require.NoError(t, l.Wait(ctx, "k"))
 	}
-	if b.calls != 0 {
-		t.Errorf("Unlimited asked the backend %d times, want never", b.calls)
-	}
-	if _, err := l.Reserve(ctx, "", 1, 0); !errors.Is(err, bucket.ErrEmptyKey) {
-		t.Errorf("Unlimited: Reserve with an empty key = %v, want ErrEmptyKey", err)
-	}
+	assert.Zero(t, b.calls, "Unlimited asked the backend")
+	_, err := l.Reserve(ctx, "", 1, 0)
+	assert.ErrorIs(t, err, bucket.ErrEmptyKey, "Unlimited: Reserve with an empty key")
 	// An invalid request is refused under every limit, Unlimited too.
 	for _, tt := range []struct {
 		key  string
 		n    int
 		want error
 	}{{"", 1, bucket.ErrEmptyKey}, {"k", 0, bucket.ErrInvalidCost}} {
-		if ok, err := l.AllowN(ctx, tt.key, tt.n); ok || !errors.Is(err, tt.want) {
-			t.Errorf("Unlimited: AllowN(%q, %d) = %v, %v; want false, %v", tt.key, tt.n, ok, err, tt.want)
-		}
+		ok, err := l.AllowN(ctx, tt.key, tt.n)
+		assert.ErrorIs(t, err, tt.want, "Unlimited: AllowN(%q, %d)", tt.key, tt.n)
+		assert.False(t, ok, "Unlimited: AllowN(%q, %d)", tt.key, tt.n)
 	}
 }
 
@@ -216,40 +205,33 @@ func TestLimiterWait(t *testing.T) {
 		ctx := context.Background()
 		start := time.Now()
 		for i := range 5 {
-			if err := l.Wait(ctx, "k"); err != nil {
-				t.Fatal(err)
-			}
-			if got, want := time.Since(start), time.Duration(i)*100*time.Millisecond; got != want {
-				t.Errorf("Wait %d returned after %v, want %v", i+1, got, want)
-			}
+			require.NoError(t, l.Wait(ctx, "k"))
+			assert.Equal(t, time.Duration(i)*100*time.Millisecond, time.Since(start), "Wait %d returned after", i+1)
 		}
-		if err := l.WaitN(ctx, "k", 2); !errors.Is(err, bucket.ErrImpossible) || time.Since(start) != 400*time.Millisecond {
-			t.Errorf("WaitN(2) over burst 1 = %v after %v, want ErrImpossible at once", err, time.Since(start)-400*time.Millisecond)
-		}
+		assert.ErrorIs(t, l.WaitN(ctx, "k", 2), bucket.ErrImpossible, "WaitN(2) over burst 1")
+		assert.Equal(t, 400*time.Millisecond, time.Since(start), "WaitN(2) over burst 1 returned after, want at once")
 	})
 }
 
 func TestLimiterWaitDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newLimiter(t, newStore(t, nil), bucket.PerSecond(1))
-		if err := l.Wait(context.Background(), "k"); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, l.Wait(context.Background(), "k"))
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		start := time.Now()
 		err := l.Wait(ctx, "k")
+		const what = "Wait with the next slot 1s away and a deadline in 500ms"
+		require.ErrorIs(t, err, context.DeadlineExceeded, what)
 		var we *bucket.WaitError
-		if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &we) || we.Delay != time.Second || we.Key != "k" {
-			t.Fatalf("Wait with the next slot 1s away and a deadline in 500ms = %v, want a *WaitError for 1s matching DeadlineExceeded", err)
-		}
-		if d := time.Since(start); d != 0 {
-			t.Errorf("Wait beyond the deadline returned after %v, want at once", d)
-		}
+		require.ErrorAs(t, err, &we, what)
+		require.Equal(t, time.Second, we.Delay, what)
+		require.Equal(t, "k", we.Key, what)
+		assert.Zero(t, time.Since(start), "Wait beyond the deadline returned after, want at once")
 		// Nothing was charged: the next slot is still 1s away.
 		r, err := l.Reserve(context.Background(), "k", 1, 2*time.Second)
-		if err != nil || !r.OK || r.Delay != time.Second {
-			t.Errorf("after a Wait refused by its deadline, Reserve = %+v, %v; want OK after 1s", r, err)
+		if assert.NoError(t, err) {
+			assert.Equal(t, okAfter(time.Second), okDelay(r), "Reserve after a Wait refused by its deadline")
 		}
 	})
 }
@@ -257,19 +239,16 @@ func TestLimiterWaitDeadline(t *testing.T) {
 func TestLimiterWaitCancelRefunds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newLimiter(t, newStore(t, nil), bucket.PerSecond(1))
-		if err := l.Wait(context.Background(), "k"); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, l.Wait(context.Background(), "k"))
 		ctx, cancel := context.WithCancel(context.Background())
 		time.AfterFunc(300*time.Millisecond, cancel)
 		start := time.Now()
-		if err := l.Wait(ctx, "k"); !errors.Is(err, context.Canceled) || time.Since(start) != 300*time.Millisecond {
-			t.Fatalf("Wait cancelled after 300ms = %v after %v, want context.Canceled after 300ms", err, time.Since(start))
-		}
+		require.ErrorIs(t, l.Wait(ctx, "k"), context.Canceled, "Wait cancelled after 300ms")
+		require.Equal(t, 300*time.Millisecond, time.Since(start), "Wait cancelled after 300ms returned after")
 		// The cancelled booking was given back: its slot, 700ms away, is free.
 		r, err := l.Reserve(context.Background(), "k", 1, 2*time.Second)
-		if err != nil || !r.OK || r.Delay != 700*time.Millisecond {
-			t.Errorf("after a cancelled Wait, Reserve = %+v, %v; want OK after 700ms", r, err)
+		if assert.NoError(t, err) {
+			assert.Equal(t, okAfter(700*time.Millisecond), okDelay(r), "Reserve after a cancelled Wait")
 		}
 	})
 }
@@ -281,55 +260,34 @@ func TestReservationCancel(t *testing.T) {
 	reserve := func(maxWait time.Duration) bucket.Reservation {
 		t.Helper()
 		r, err := l.Reserve(ctx, "k", 1, maxWait)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err, "Reserve(maxWait %v)", maxWait)
 		return r
 	}
 	reserve(0)
 	r := reserve(10 * time.Second)
-	if !r.OK || r.Delay != time.Second {
-		t.Fatalf("second Reserve = %+v, want OK after 1s", r)
-	}
+	require.Equal(t, okAfter(time.Second), okDelay(r), "second Reserve")
 	for range 2 { // cancelling twice is harmless
-		if err := r.Cancel(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, r.Cancel(ctx))
 	}
 	r2 := reserve(10 * time.Second)
 	r3 := reserve(10 * time.Second)
-	if !r2.OK || r2.Delay != time.Second || !r3.OK || r3.Delay != 2*time.Second {
-		t.Errorf("after a cancel, Reserve = %+v then %+v, want OK after 1s then 2s", r2, r3)
-	}
+	assert.Equal(t, []string{okAfter(time.Second), okAfter(2 * time.Second)}, []string{okDelay(r2), okDelay(r3)}, "two Reserves after a cancel")
 	refused := reserve(10 * time.Second) // quota 3/h used up
-	if refused.OK {
-		t.Fatalf("fourth Reserve of quota 3/h = %+v, want refused", refused)
-	}
-	if err := refused.Cancel(ctx); err != nil {
-		t.Errorf("Cancel of a refused reservation = %v, want nil", err)
-	}
-	if err := (&bucket.Reservation{}).Cancel(ctx); err != nil {
-		t.Errorf("Cancel of a zero Reservation = %v, want nil", err)
-	}
+	require.False(t, refused.OK, "fourth Reserve of quota 3/h = %+v", refused)
+	assert.NoError(t, refused.Cancel(ctx), "Cancel of a refused reservation")
+	assert.NoError(t, (&bucket.Reservation{}).Cancel(ctx), "Cancel of a zero Reservation")
 	// r2 is not the latest booking: cancelling it gives nothing back.
-	if err := r2.Cancel(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if r := reserve(time.Hour); r.OK {
-		t.Errorf("after cancelling a booking a later one depends on, Reserve = %+v, want refused", r)
-	}
+	require.NoError(t, r2.Cancel(ctx))
+	r = reserve(time.Hour)
+	assert.False(t, r.OK, "after cancelling a booking a later one depends on, Reserve = %+v", r)
 }
 
 func TestLimiterPause(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	l := newLimiter(t, newStore(t, clock), bucket.PerSecond(100).WithBurst(5))
 	ctx := context.Background()
-	if err := l.Pause(ctx, "k", 2*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Pause(ctx, "k", time.Second); err != nil { // does not shorten it
-		t.Fatal(err)
-	}
+	require.NoError(t, l.Pause(ctx, "k", 2*time.Second))
+	require.NoError(t, l.Pause(ctx, "k", time.Second)) // does not shorten it
 	for _, tt := range []struct {
 		advance time.Duration
 		key     string
@@ -341,20 +299,16 @@ func TestLimiterPause(t *testing.T) {
 		{1, "k", true},
 	} {
 		clock.Advance(tt.advance)
-		if ok, err := l.Allow(ctx, tt.key); err != nil || ok != tt.want {
-			t.Errorf("Allow(%q) %v after Pause(2s) = %v, %v; want %v",
-				tt.key, clock.Now().Sub(time.Unix(1_700_000_000, 0)), ok, err, tt.want)
+		ok, err := l.Allow(ctx, tt.key)
+		since := clock.Now().Sub(time.Unix(1_700_000_000, 0))
+		if assert.NoError(t, err, "Allow(%q) %v after Pause(2s)", tt.key, since) {
+			assert.Equal(t, tt.want, ok, "Allow(%q) %v after Pause(2s)", tt.key, since)
 		}
 	}
-	if err := l.Pause(ctx, "", time.Second); !errors.Is(err, bucket.ErrEmptyKey) {
-		t.Errorf("Pause(\"\") = %v, want ErrEmptyKey", err)
-	}
-	if err := l.Pause(ctx, "k", -time.Second); err != nil {
-		t.Errorf("Pause(-1s) = %v, want nil", err)
-	}
-	if ok, _ := l.Allow(ctx, "k"); !ok {
-		t.Error("a negative Pause paused the key")
-	}
+	assert.ErrorIs(t, l.Pause(ctx, "", time.Second), bucket.ErrEmptyKey, `Pause("")`)
+	assert.NoError(t, l.Pause(ctx, "k", -time.Second), "Pause(-1s)")
+	ok, _ := l.Allow(ctx, "k")
+	assert.True(t, ok, "a negative Pause paused the key")
 }
 
 func TestLimiterPauseWait(t *testing.T) {
@@ -362,15 +316,9 @@ func TestLimiterPauseWait(t *testing.T) {
 		l := newLimiter(t, newStore(t, nil), bucket.PerSecond(100))
 		ctx := context.Background()
 		start := time.Now()
-		if err := l.Pause(ctx, "k", 3*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.Wait(ctx, "k"); err != nil {
-			t.Fatal(err)
-		}
-		if d := time.Since(start); d != 3*time.Second {
-			t.Errorf("Wait during Pause(3s) returned after %v, want 3s", d)
-		}
+		require.NoError(t, l.Pause(ctx, "k", 3*time.Second))
+		require.NoError(t, l.Wait(ctx, "k"))
+		assert.Equal(t, 3*time.Second, time.Since(start), "Wait during Pause(3s) returned after")
 	})
 }
 
@@ -379,15 +327,11 @@ func TestLimiterClosedBackend(t *testing.T) {
 	l := newLimiter(t, s, bucket.PerSecond(1))
 	s.Close()
 	ctx := context.Background()
-	if ok, err := l.Allow(ctx, "k"); ok || !errors.Is(err, bucket.ErrClosed) {
-		t.Errorf("Allow on a closed store = %v, %v; want false, ErrClosed", ok, err)
-	}
-	if err := l.Wait(ctx, "k"); !errors.Is(err, bucket.ErrClosed) {
-		t.Errorf("Wait on a closed store = %v, want ErrClosed", err)
-	}
-	if err := l.Pause(ctx, "k", time.Second); !errors.Is(err, bucket.ErrClosed) {
-		t.Errorf("Pause on a closed store = %v, want ErrClosed", err)
-	}
+	ok, err := l.Allow(ctx, "k")
+	assert.ErrorIs(t, err, bucket.ErrClosed, "Allow on a closed store")
+	assert.False(t, ok, "Allow on a closed store")
+	assert.ErrorIs(t, l.Wait(ctx, "k"), bucket.ErrClosed, "Wait on a closed store")
+	assert.ErrorIs(t, l.Pause(ctx, "k", time.Second), bucket.ErrClosed, "Pause on a closed store")
 }
 
 // TestWaitOnEndedContext: Wait with a context that has ended already, by
@@ -397,17 +341,13 @@ func TestWaitOnEndedContext(t *testing.T) {
 	l := newLimiter(t, newStore(t, nil), bucket.PerSecond(1))
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := l.Wait(cancelled, "k"); !errors.Is(err, context.Canceled) {
-		t.Errorf("Wait on a cancelled context = %v, want context.Canceled", err)
-	}
+	assert.ErrorIs(t, l.Wait(cancelled, "k"), context.Canceled, "Wait on a cancelled context")
 	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
-	if err := l.Wait(expired, "k"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Wait on an expired context = %v, want context.DeadlineExceeded", err)
-	}
-	if ok, err := l.Allow(context.Background(), "k"); !ok || err != nil {
-		t.Errorf("Allow after two Waits that ended at once = %v, %v: they charged the bucket", ok, err)
-	}
+	assert.ErrorIs(t, l.Wait(expired, "k"), context.DeadlineExceeded, "Wait on an expired context")
+	ok, err := l.Allow(context.Background(), "k")
+	assert.NoError(t, err)
+	assert.True(t, ok, "Allow after two Waits that ended at once refused: they charged the bucket")
 }
 
 // slowAdmit is a backend whose admissions take a round trip of rtt.
@@ -428,24 +368,19 @@ func (s slowAdmit) Admit(ctx context.Context, req driver.Request) (driver.Decisi
 func TestWaitDeadlinePassedInRoundTrip(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newLimiter(t, slowAdmit{newStore(t, nil), 400 * time.Millisecond}, bucket.PerSecond(1))
-		if err := l.Wait(context.Background(), "k"); err != nil { // booked at 0.4s: the next slot is 1.4s
-			t.Fatal(err)
-		}
+		require.NoError(t, l.Wait(context.Background(), "k"))                          // booked at 0.4s: the next slot is 1.4s
 		ctx, cancel := context.WithTimeout(context.Background(), 900*time.Millisecond) // at 1.3s
 		defer cancel()
 		start := time.Now()
 		err := l.Wait(ctx, "k") // decided at 0.8s: admitted 0.6s ahead, within the 0.9s asked
 		var we *bucket.WaitError
-		if !errors.As(err, &we) {
-			t.Fatalf("Wait whose slot the round trip pushed past the deadline = %v, want a *WaitError", err)
-		}
-		if d := time.Since(start); d != 400*time.Millisecond {
-			t.Errorf("Wait returned %v after it began, want at the backend's answer (400ms)", d)
-		}
+		require.ErrorAs(t, err, &we, "Wait whose slot the round trip pushed past the deadline")
+		assert.Equal(t, 400*time.Millisecond, time.Since(start), "Wait returned after it began, want at the backend's answer")
 		// The slot was given back: it is the next one still.
 		r, err := l.Reserve(context.Background(), "k", 1, time.Second)
-		if err != nil || !r.OK || r.Delay != 200*time.Millisecond {
-			t.Errorf("Reserve after it = %+v, %v; want OK for the slot at 1.4s (200ms after the 1.2s it is decided at)", r, err)
+		if assert.NoError(t, err) {
+			assert.Equal(t, okAfter(200*time.Millisecond), okDelay(r),
+				"Reserve after it, decided at 1.2s: the slot at 1.4s")
 		}
 	})
 }

@@ -1,9 +1,9 @@
 package bucket_test
 
 import (
-	"errors"
-	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/leakybucket/leakybucket/bucket"
 )
@@ -20,24 +20,16 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		l, err := bucket.Parse(s)
 		if err != nil {
-			if !errors.Is(err, bucket.ErrInvalidLimit) || !strings.HasPrefix(err.Error(), "bucket: invalid limit: ") {
-				t.Fatalf("Parse(%q) error %v, want one matching ErrInvalidLimit", s, err)
-			}
+			require.ErrorIs(t, err, bucket.ErrInvalidLimit, "Parse(%q)", s)
+			require.Regexp(t, "^bucket: invalid limit: ", err.Error(), "Parse(%q)", s)
 			var le *bucket.LimitError
-			if !errors.As(err, &le) || le.Field == "" {
-				t.Fatalf("Parse(%q) error %v names no field", s, err)
-			}
+			require.ErrorAs(t, err, &le, "Parse(%q)", s)
+			require.NotEmpty(t, le.Field, "Parse(%q) error %v names no field", s, err)
 			return
 		}
-		if err := l.Validate(); err != nil {
-			t.Fatalf("Parse(%q) = %v, which does not validate: %v", s, l, err)
-		}
+		require.NoError(t, l.Validate(), "Parse(%q) = %v, which does not validate", s, l)
 		again, err := bucket.Parse(l.String())
-		if err != nil {
-			t.Fatalf("Parse(%q) = %v, but Parse(%q) fails: %v", s, l, l.String(), err)
-		}
-		if !sameLimit(again, l) {
-			t.Fatalf("Parse(%q) = %+v, but Parse(its String %q) = %+v", s, l, l.String(), again)
-		}
+		require.NoError(t, err, "Parse(%q) = %v, then Parse of its String %q", s, l, l.String())
+		require.Equal(t, canon(l), canon(again), "Parse(%q), then Parse of its String %q", s, l.String())
 	})
 }

@@ -4,10 +4,13 @@ import (
 	"math"
 	"math/big"
 	"math/rand/v2"
+	"regexp"
 	"slices"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/leakybucket/leakybucket/bucket"
 )
@@ -115,27 +118,24 @@ func TestCheck(t *testing.T) {
 			[]Start{{0, math.MaxInt64}, {1, math.MaxInt64}}, "quota"},
 	}
 	for _, tt := range tests {
-		err := Check(tt.lim, tt.starts)
-		switch {
-		case tt.bad == "" && err != nil:
-			t.Errorf("%s: Check(%v, %v) = %v, want nil", tt.name, tt.lim, tt.starts, err)
-		case tt.bad != "" && err == nil:
-			t.Errorf("%s: Check(%v, %v) = nil, want a %s violation", tt.name, tt.lim, tt.starts, tt.bad)
-		case tt.bad != "" && !strings.HasPrefix(err.Error(), tt.bad):
-			t.Errorf("%s: Check(%v, %v) = %v, want a %s violation", tt.name, tt.lim, tt.starts, err, tt.bad)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			err := Check(tt.lim, tt.starts)
+			if tt.bad == "" {
+				assert.NoError(t, err, "Check(%v, %v)", tt.lim, tt.starts)
+				return
+			}
+			if assert.Error(t, err, "Check(%v, %v), want a %s violation", tt.lim, tt.starts, tt.bad) {
+				assert.Regexp(t, "^"+regexp.QuoteMeta(tt.bad), err.Error(), "Check(%v, %v)", tt.lim, tt.starts)
+			}
+		})
 	}
 }
 
 func TestCheckDoesNotModifyStarts(t *testing.T) {
 	starts := at(0, 3*time.Second, time.Second, 2*time.Second)
 	want := slices.Clone(starts)
-	if err := Check(bucket.PerSecond(1), starts); err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(starts, want) {
-		t.Errorf("Check reordered its input: %v, want %v", starts, want)
-	}
+	require.NoError(t, Check(bucket.PerSecond(1), starts))
+	assert.Equal(t, want, starts, "Check reordered its input")
 }
 
 // TestCheckAgainstBruteForce compares Check with the definition on small
@@ -154,18 +154,15 @@ func TestCheckAgainstBruteForce(t *testing.T) {
 			starts[i] = Start{At: int64(rng.IntN(20)), Cost: int64(1 + rng.IntN(3))}
 		}
 		want := bruteForce(lim, starts)
-		if got := Check(lim, starts) == nil; got != want {
-			t.Fatalf("Check(%v, %v) conforms = %v, brute force says %v", lim, starts, got, want)
-		}
+		require.Equal(t, want, Check(lim, starts) == nil, "Check(%v, %v) conforms, as brute force says", lim, starts)
 		if want {
 			good++
 		} else {
 			bad++
 		}
 	}
-	if good < 1000 || bad < 1000 {
-		t.Errorf("%d conforming and %d violating cases: too few of one kind", good, bad)
-	}
+	assert.GreaterOrEqual(t, good, 1000, "conforming cases: too few to mean anything")
+	assert.GreaterOrEqual(t, bad, 1000, "violating cases: too few to mean anything")
 }
 
 // TestCheckHugeCosts: costs whose sums overflow 64 bits, under a limit
@@ -185,18 +182,15 @@ func TestCheckHugeCosts(t *testing.T) {
 			starts[i] = Start{At: unixNow + int64(rng.IntN(6)), Cost: []int64{1, m / 2, m/3 + 1, m}[rng.IntN(4)]}
 		}
 		want := bruteForce(lim, starts)
-		if got := Check(lim, starts) == nil; got != want {
-			t.Fatalf("Check(%v, %v) conforms = %v, brute force says %v", lim, starts, got, want)
-		}
+		require.Equal(t, want, Check(lim, starts) == nil, "Check(%v, %v) conforms, as brute force says", lim, starts)
 		if want {
 			good++
 		} else {
 			bad++
 		}
 	}
-	if good < 1000 || bad < 1000 {
-		t.Errorf("%d conforming and %d violating cases: too few of one kind", good, bad)
-	}
+	assert.GreaterOrEqual(t, good, 1000, "conforming cases: too few to mean anything")
+	assert.GreaterOrEqual(t, bad, 1000, "violating cases: too few to mean anything")
 }
 
 // bruteForce applies the definition in arbitrary precision.

@@ -1,6 +1,9 @@
-// Package memstore keeps bucket state in process memory: the backend for
-// one process. It is sharded (no global lock), allocation-free once a key
-// exists, and forgets idle keys.
+// Package memstore keeps bucket state in process memory: the
+// driver.Backend for one process. Its calls never block on anything but a
+// shard's lock, held for one decision; they are safe for concurrent use,
+// take constant time, and allocate nothing once a key exists (a key costs
+// one 128-byte entry, plus its quota slots). A background sweeper forgets
+// keys whose buckets have become fresh, one shard at a time.
 package memstore
 
 import (
@@ -23,7 +26,8 @@ type Options struct {
 	Shards int
 	// SweepInterval is how often a background sweep forgets keys whose
 	// buckets have become fresh (guarantee 8). Default one minute; a
-	// negative value disables the sweep (call Sweep yourself).
+	// negative value disables the sweep, and keys are then kept until
+	// the Store is dropped.
 	SweepInterval time.Duration
 	// Now returns the current time. Default: the monotonic clock. Set it
 	// to drive the store from a fake clock in tests; it must never go
@@ -33,9 +37,9 @@ type Options struct {
 
 // A Store is an in-process driver.Backend. Its clock is monotonic
 // nanoseconds since New. It is safe for concurrent use; Close stops its
-// sweeper. An admission costs about 85–130 ns, a third of it reading the
-// clock; decided in batches (AdmitBatch), which read the clock once, about
-// 55 ns each (docs/benchmarks.md).
+// sweeper. An admission costs one clock reading, one hash and one shard
+// lock; AdmitBatch reads the clock once for the whole batch
+// (docs/benchmarks.md has the figures).
 type Store struct {
 	shards []shard
 	mask   uint64
@@ -79,17 +83,6 @@ func (sh *shard) get(h uint64, key string) *entry {
 func (sh *shard) put(h uint64, e *entry) {
 	e.next = sh.m[h]
 	sh.m[h] = e
-}
-
-// len returns the number of keys the shard holds.
-func (sh *shard) len() int {
-	n := 0
-	for _, e := range sh.m {
-		for ; e != nil; e = e.next {
-			n++
-		}
-	}
-	return n
 }
 
 // drop removes key's entry, e, from the chain that starts at first.
@@ -246,30 +239,9 @@ func (s *Store) Pause(_ context.Context, key string, d time.Duration) error {
 	return nil
 }
 
-// Has reports whether the store holds state for key.
-func (s *Store) Has(key string) bool {
-	sh, h := s.shard(key)
-	sh.mu.Lock()
-	ok := sh.get(h, key) != nil
-	sh.mu.Unlock()
-	return ok
-}
-
-// Len returns the number of keys the store holds state for.
-func (s *Store) Len() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += sh.len()
-		sh.mu.Unlock()
-	}
-	return n
-}
-
-// Sweep forgets every key whose bucket is equivalent to a fresh one. It
+// sweep forgets every key whose bucket is equivalent to a fresh one. It
 // locks one shard at a time.
-func (s *Store) Sweep() {
+func (s *Store) sweep() {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
@@ -294,7 +266,7 @@ func (s *Store) sweepEvery(d time.Duration) {
 	for {
 		select {
 		case <-t.C:
-			s.Sweep()
+			s.sweep()
 		case <-s.stop:
 			return
 		}

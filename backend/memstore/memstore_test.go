@@ -3,6 +3,7 @@ package memstore_test
 import (
 	"testing"
 
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
@@ -16,9 +17,7 @@ func TestConformance(t *testing.T) {
 	backendtest.Run(t, backendtest.Config{
 		New: func(t *testing.T) driver.Backend {
 			s, err := memstore.New(memstore.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			t.Cleanup(func() { s.Close() })
 			return s
 		},

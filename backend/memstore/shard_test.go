@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
@@ -18,45 +21,33 @@ func TestShardCollisions(t *testing.T) {
 	const h = 42
 	a, b, c := &entry{key: "a"}, &entry{key: "b"}, &entry{key: "c"}
 	for _, e := range []*entry{a, b, c} {
-		if sh.get(h, e.key) != nil {
-			t.Fatalf("get(%q) before put: found", e.key)
-		}
+		require.Nil(t, sh.get(h, e.key), "get(%q) before put", e.key)
 		sh.put(h, e)
 	}
 	sh.put(h+1, &entry{key: "d"})
 	for _, e := range []*entry{a, b, c} {
-		if got := sh.get(h, e.key); got != e {
-			t.Fatalf("get(%q) = %p, want %p", e.key, got, e)
-		}
+		require.Same(t, e, sh.get(h, e.key), "get(%q)", e.key)
 	}
-	if sh.get(h, "d") != nil || sh.get(h+1, "a") != nil {
-		t.Fatal("get found a key under another key's hash")
-	}
+	require.Nil(t, sh.get(h, "d"), "get found d under another key's hash")
+	require.Nil(t, sh.get(h+1, "a"), "get found a under another key's hash")
 	for _, tc := range []struct {
 		drop *entry
 		left []*entry
 	}{{b, []*entry{a, c}}, {c, []*entry{a}}, {a, nil}} { // middle, head, last
 		sh.drop(h, sh.m[h], tc.drop)
-		if sh.get(h, tc.drop.key) != nil {
-			t.Fatalf("get(%q) after drop: found", tc.drop.key)
-		}
+		require.Nil(t, sh.get(h, tc.drop.key), "get(%q) after drop", tc.drop.key)
 		for _, e := range tc.left {
-			if sh.get(h, e.key) != e {
-				t.Fatalf("after dropping %q, get(%q) lost it", tc.drop.key, e.key)
-			}
+			require.Same(t, e, sh.get(h, e.key), "after dropping %q, get(%q)", tc.drop.key, e.key)
 		}
 	}
-	if _, ok := sh.m[h]; ok || sh.len() != 1 {
-		t.Fatalf("after dropping the whole chain: chain present %v, %d keys, want absent and 1", ok, sh.len())
-	}
+	require.NotContains(t, sh.m, uint64(h), "the dropped chain is still mapped")
+	require.Equal(t, 1, sh.len(), "keys left after dropping the whole chain")
 }
 
 // Sweep forgets fresh buckets anywhere in a chain and keeps the rest.
 func TestSweepCollisions(t *testing.T) {
 	s, err := New(Options{Shards: 1, SweepInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	sh := &s.shards[0]
 	const h = 7
@@ -66,13 +57,10 @@ func TestSweepCollisions(t *testing.T) {
 		sh.put(h, e)
 	}
 	s.Sweep()
-	if s.Len() != 1 || sh.get(h, "busy") != busy {
-		t.Fatalf("after Sweep: Len = %d, busy kept = %v; want 1, true", s.Len(), sh.get(h, "busy") == busy)
-	}
+	require.Equal(t, 1, s.Len(), "keys after Sweep")
+	require.Same(t, busy, sh.get(h, "busy"), "busy key after Sweep")
 	for _, k := range []string{"a", "c", "d"} {
-		if sh.get(h, k) != nil {
-			t.Errorf("after Sweep: fresh %q kept", k)
-		}
+		assert.Nil(t, sh.get(h, k), "after Sweep: fresh %q kept", k)
 	}
 }
 
@@ -81,28 +69,22 @@ func TestSweepCollisions(t *testing.T) {
 // quota slots the later decision forgot must not be missed.
 func TestAdmitClockNeverGoesBack(t *testing.T) {
 	s, err := New(Options{SweepInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	lim := bucket.PerSecond(1e9).WithBurst(1e9).WithQuota(2, time.Microsecond)
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
 	var starts []backendtest.Start
 	for _, now := range []int64{0, 900, 2000, 500} {
 		var d driver.Decision
-		if err := s.admit(&req, now, &d); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, s.admit(&req, now, &d))
 		if d.Allowed {
 			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
 		}
-		if now == 500 && d.Now != 2000 {
-			t.Errorf("decision asked at %d made at %d, before the key's latest (2000)", now, d.Now)
+		if now == 500 {
+			assert.Equal(t, int64(2000), d.Now, "decision asked at 500 made before the key's latest (2000)")
 		}
 	}
-	if err := backendtest.Check(lim, starts); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, backendtest.Check(lim, starts))
 }
 
 // TestSweepKeepsClockClamp: a batch that read the clock, then waited for
@@ -123,29 +105,22 @@ func TestSweepKeepsClockClamp(t *testing.T) {
 			stall = false
 			cur = cur.Add(500 * time.Microsecond)
 			d, err := s.Admit(context.Background(), driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1})
-			if err != nil || !d.Allowed {
-				t.Fatalf("the other caller's admission: %+v, %v", d, err)
-			}
+			require.NoError(t, err)
+			require.True(t, d.Allowed, "the other caller's admission refused")
 			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
 			cur = cur.Add(time.Millisecond) // its bucket is fresh again
-			s.Sweep()
+			s.sweep()
 		}
 		return read
 	}
 	s, err := New(Options{SweepInterval: -1, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.Close()
 	stall = true
 	batch := []driver.Admission{{Request: driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}}}
 	s.AdmitBatch(context.Background(), batch)
-	if a := batch[0]; a.Err != nil || !a.Decision.Allowed {
-		t.Fatalf("the batch's admission: %+v, %v", a.Decision, a.Err)
-	} else {
-		starts = append(starts, backendtest.Start{At: a.Decision.Start(), Cost: 1})
-	}
-	if err := backendtest.Check(lim, starts); err != nil {
-		t.Errorf("starts %v: %v", starts, err)
-	}
+	require.NoError(t, batch[0].Err)
+	require.True(t, batch[0].Decision.Allowed, "the batch's admission refused")
+	starts = append(starts, backendtest.Start{At: batch[0].Decision.Start(), Cost: 1})
+	assert.NoError(t, backendtest.Check(lim, starts), "starts %v", starts)
 }

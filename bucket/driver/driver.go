@@ -2,9 +2,12 @@
 // database/sql/driver is to database/sql: the Backend contract that
 // bucket.Limiter and the dispatcher call, the requests and decisions that
 // cross it, and the mathematics every backend decides with (Decide,
-// Refund, Pause, FreshAt on a State), so that the semantics are identical
-// everywhere by construction. Users of the module need none of it;
-// backend/backendtest checks an implementation against it.
+// Refund, Pause and FreshAt on a State, Unbook on bookings), so that the
+// semantics are identical everywhere by construction. A backend that
+// decides elsewhere, in a Redis script, takes its numbers from Terms and
+// Ticks. The mathematics does no I/O and takes no locks; a State is
+// guarded by the backend that stores it. Users of the module need none of
+// it; backend/backendtest checks an implementation against it.
 package driver
 
 import (
@@ -17,10 +20,10 @@ import (
 // call is atomic: a request's rate and quotas are checked and charged
 // together, or not at all. Implementations are safe for concurrent use,
 // and implementations sharing storage (processes on one SQLite file, hosts
-// on one Redis) behave as one backend.
-//
-// Backends decide with the mathematics of this package (Decide, Refund,
-// Pause); backend/backendtest checks an implementation against it.
+// on one Redis) behave as one backend. No call waits for a slot: Admit
+// books one and returns, and a call blocks only for the backend's own work
+// (a lock in memory, a round trip to SQLite or Redis). A backend that can
+// be closed returns ErrClosed from every call after Close.
 type Backend interface {
 	// Admit decides req at the backend's current time. A refused request
 	// charges nothing. Invalid requests return the errors of
@@ -28,15 +31,18 @@ type Backend interface {
 	Admit(ctx context.Context, req Request) (Decision, error)
 	// Refund gives back the admission d of req that will not be used, if
 	// it is still the key's latest admission and nothing was refunded
-	// since (no later admission depends on it). Otherwise, and for an
-	// admission refunded already or forgotten, it does nothing. req must
-	// be the request that was admitted: its cost and quotas are given
-	// back as they are. A refund that applies sets the state's TAT back
-	// to d.Booking.Prev and adds one to its generation, as package
-	// Refund does: Booking.Join and Booking.Unwound rely on it.
+	// since (no later admission depends on it). Otherwise it does
+	// nothing, as for an admission refunded already or forgotten, and
+	// for a refusal. req must be the request that was admitted: its cost
+	// and quotas are given back as they are. A refund that applies sets
+	// the state's TAT back to d.Booking.Prev and adds one to its
+	// generation, as the function Refund does: Booking.Join and
+	// Booking.Unwound rely on it.
 	Refund(ctx context.Context, req Request, d Decision) error
-	// Pause admits nothing for key until d from the backend's current time.
-	// A shorter pause never shortens a longer one already in force.
+	// Pause admits nothing for key until d from the backend's current
+	// time; the empty key returns ErrEmptyKey. A shorter pause never
+	// shortens a longer one already in force. A d ≤ 0 pauses nothing;
+	// a d beyond MaxDuration pauses for MaxDuration.
 	Pause(ctx context.Context, key string, d time.Duration) error
 }
 
@@ -75,7 +81,7 @@ type Request struct {
 	Key     string
 	Limit   Limit
 	Cost    int64
-	MaxWait time.Duration // 0: now or never
+	MaxWait time.Duration // 0 or less: now or never
 }
 
 // Validate reports why no backend could decide r: ErrEmptyKey,

@@ -2,10 +2,12 @@ package driver_test
 
 import (
 	"context"
-	"errors"
 	"math"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/memstore"
@@ -29,12 +31,12 @@ func TestAdmitBatch(t *testing.T) {
 		driver.AdmitBatch(context.Background(), b, batch)
 		want := []bool{true, false, true, false, false}
 		for i, a := range batch {
-			if a.Decision.Allowed != want[i] || (i == 1) != (a.Err != nil) {
-				t.Errorf("%T: batch[%d] = allowed %v, err %v; want allowed %v", b, i, a.Decision.Allowed, a.Err, want[i])
+			assert.Equal(t, want[i], a.Decision.Allowed, "%T: batch[%d] allowed", b, i)
+			if i == 1 {
+				assert.ErrorIs(t, a.Err, driver.ErrEmptyKey, "%T: batch[1], with an empty key", b)
+			} else {
+				assert.NoError(t, a.Err, "%T: batch[%d]", b, i)
 			}
-		}
-		if !errors.Is(batch[1].Err, driver.ErrEmptyKey) {
-			t.Errorf("%T: batch[1] with an empty key: err %v, want ErrEmptyKey", b, batch[1].Err)
 		}
 	}
 }
@@ -42,9 +44,7 @@ func TestAdmitBatch(t *testing.T) {
 func newStore(t *testing.T) *memstore.Store {
 	t.Helper()
 	s, err := memstore.New(memstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	return s
 }
@@ -61,8 +61,6 @@ func TestInterval(t *testing.T) {
 		{driver.Limit{}, 0},
 	}
 	for _, tt := range tests {
-		if got := tt.lim.Interval(); got != tt.want {
-			t.Errorf("%v.Interval() = %v, want %v", tt.lim, got, tt.want)
-		}
+		assert.Equal(t, tt.want, tt.lim.Interval(), "%v.Interval()", tt.lim)
 	}
 }

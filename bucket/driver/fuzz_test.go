@@ -2,12 +2,14 @@ package driver_test
 
 import (
 	"encoding/binary"
-	"errors"
+	"fmt"
 	"math"
 	"math/big"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/bucket"
@@ -175,7 +177,7 @@ type admitted struct {
 
 // replay plays c against one State, checking every decision, and checks
 // the admitted starts that were not refunded against the reference
-// checker. It reports whether the case was worth running.
+// checker.
 func replay(t testing.TB, c fuzzCase) {
 	t.Helper()
 	u := int64(c.unit)
@@ -209,44 +211,36 @@ func replay(t testing.TB, c fuzzCase) {
 			req := driver.Request{Key: "k", Limit: c.lim, Cost: op.cost, MaxWait: op.maxWait}
 			before := cloneState(&st)
 			d, err := driver.Decide(&st, &req, c.unit, now)
+			what := fmt.Sprintf("op %d: Decide(%v, cost %d, maxWait %v) at %d ticks of %v", i, c.lim, op.cost, op.maxWait, now, c.unit)
 			if want := wantErr(c.lim, op.cost); want != nil || err != nil {
-				if !errors.Is(err, want) || want == nil {
-					t.Fatalf("op %d: Decide(%v, cost %d) error %v, want %v", i, c.lim, op.cost, err, want)
-				}
-				if d.Allowed || !statesEqual(&st, before) {
-					t.Fatalf("op %d: Decide(%v, cost %d) failed with %v but allowed %v or changed the state", i, c.lim, op.cost, err, d.Allowed)
-				}
+				require.NotNil(t, want, "%s: unexpected error %v", what, err)
+				require.ErrorIs(t, err, want, what)
+				require.False(t, d.Allowed, "%s failed with %v but allowed", what, err)
+				require.True(t, statesEqual(&st, before), "%s failed with %v but changed the state", what, err)
 				continue
 			}
-			if d.Now != now*u || d.Wait%c.unit != 0 {
-				t.Fatalf("op %d: Decide at %d ticks of %v: Now %d, Wait %v; want Now %d and a whole number of ticks", i, now, c.unit, d.Now, d.Wait, now*u)
-			}
+			require.Equal(t, now*u, d.Now, "%s: Now", what)
+			require.Zero(t, d.Wait%c.unit, "%s: Wait %v, want a whole number of ticks", what, d.Wait)
 			// Nothing is booked further ahead than MaxDuration.
 			maxWait := min(max(op.maxWait, 0), driver.MaxDuration)
 			if !d.Allowed {
-				if d.Wait <= maxWait {
-					t.Fatalf("op %d: Decide(%v, cost %d, maxWait %v) refused with retry-after %v, want more than maxWait", i, c.lim, op.cost, op.maxWait, d.Wait)
-				}
+				require.Greater(t, d.Wait, maxWait, "%s refused: retry-after, want more than maxWait", what)
 				// A refusal charges nothing: the bucket's level and
 				// pause are unchanged; quota slots may only be pruned.
-				if st.TAT != before.TAT || st.Paused != before.Paused || !onlyPruned(&st, before) {
-					t.Fatalf("op %d: a refusal charged the state: %+v, was %+v", i, st, *before)
-				}
+				require.Equal(t, before.TAT, st.TAT, "%s: a refusal charged the TAT", what)
+				require.Equal(t, before.Paused, st.Paused, "%s: a refusal changed the pause", what)
+				require.True(t, onlyPruned(&st, before), "%s: a refusal charged the quotas: %+v, were %+v", what, st.Quotas, before.Quotas)
 				checkRetryAfter(t, before, req, c.unit, now, d)
 				continue
 			}
-			if d.Wait < 0 || d.Wait > maxWait {
-				t.Fatalf("op %d: Decide(%v, cost %d, maxWait %v) admitted after %v, want within [0, maxWait]", i, c.lim, op.cost, op.maxWait, d.Wait)
-			}
-			if d.Start() < pausedTill {
-				t.Fatalf("op %d: admitted at %d during a pause until %d", i, d.Start(), pausedTill)
-			}
+			require.GreaterOrEqual(t, d.Wait, time.Duration(0), "%s admitted in the past", what)
+			require.LessOrEqual(t, d.Wait, maxWait, "%s admitted beyond maxWait", what)
+			require.GreaterOrEqual(t, d.Start(), pausedTill, "%s admitted during a pause", what)
 			if d.Wait > 0 { // booked at the earliest: not one tick earlier
 				early := req
 				early.MaxWait = d.Wait - c.unit
-				if d2, _ := driver.Decide(cloneState(before), &early, c.unit, now); d2.Allowed {
-					t.Fatalf("op %d: Decide(%v, cost %d) booked %v ahead, but with maxWait %v it is admitted after %v", i, c.lim, op.cost, d.Wait, early.MaxWait, d2.Wait)
-				}
+				d2, _ := driver.Decide(cloneState(before), &early, c.unit, now)
+				require.False(t, d2.Allowed, "%s booked %v ahead, but with maxWait %v it is admitted after %v", what, d.Wait, early.MaxWait, d2.Wait)
 			}
 			adm = append(adm, admitted{req: req, d: d})
 		}
@@ -258,20 +252,19 @@ func replay(t testing.TB, c fuzzCase) {
 			starts = append(starts, backendtest.Start{At: a.d.Start(), Cost: a.req.Cost})
 		}
 	}
-	if err := backendtest.Check(userLimit(c.lim), starts); err != nil {
-		t.Fatalf("%v at %v from %d: %v", c.lim, c.unit, c.base, err)
-	}
+	require.NoError(t, backendtest.Check(userLimit(c.lim), starts), "%v at %v from %d", c.lim, c.unit, c.base)
 
 	// From FreshAt on, the state decides as a zero State.
 	if c.lim.Validate() == nil && wantErr(c.lim, 1) == nil {
 		at := max(driver.FreshAt(&st), now)
 		var zero driver.State
 		req := driver.Request{Key: "k", Limit: c.lim, Cost: 1, MaxWait: c.lim.Interval()}
-		d1, err1 := driver.Decide(&st, &req, c.unit, at)
-		d2, err2 := driver.Decide(&zero, &req, c.unit, at)
-		if err1 != nil || err2 != nil || d1.Allowed != d2.Allowed || d1.Wait != d2.Wait || d1.Booking.TAT != d2.Booking.TAT {
-			t.Fatalf("at FreshAt %d: decision %+v (%v), a zero State's %+v (%v)", at, d1, err1, d2, err2)
-		}
+		d1, err := driver.Decide(&st, &req, c.unit, at)
+		require.NoError(t, err, "at FreshAt %d", at)
+		d2, err := driver.Decide(&zero, &req, c.unit, at)
+		require.NoError(t, err, "at FreshAt %d, on a zero State", at)
+		require.Equal(t, outcomeOf(d2), outcomeOf(d1), "at FreshAt %d: decision %+v, against a zero State's %+v", at, d1, d2)
+		require.Equal(t, d2.Booking.TAT, d1.Booking.TAT, "at FreshAt %d: decision %+v, against a zero State's %+v", at, d1, d2)
 	}
 }
 

@@ -18,7 +18,9 @@ const QuotaSlots = 100
 
 // State is one key's bucket state, in a backend's clock ticks (nanoseconds
 // for memory, microseconds for SQLite and Redis). The zero State is a fresh
-// bucket. Backends store it; Decide, Refund and Pause change it.
+// bucket. Backends store it; Decide, Refund and Pause change it. It is not
+// safe for concurrent use: a backend changes it under its own lock or
+// transaction.
 type State struct {
 	TAT    int64 // theoretical arrival time: the bucket's level is max(0, TAT-now)/T
 	Paused int64 // nothing starts before this time
@@ -41,15 +43,17 @@ type Slot struct {
 
 // Terms are a request's numbers in ticks of a backend's clock, as Decide
 // computes with them. A backend that decides elsewhere (a Redis script)
-// takes them from here, so that it only adds and compares.
+// takes them from here, so that it only adds and compares. Each is at
+// most MaxDuration in ticks.
 type Terms struct {
-	// Charge is what the cost adds to the TAT: Cost × T, T = Period/Rate
-	// rounded up to a tick.
+	// Charge is what the cost adds to the TAT: Cost × T, with T the
+	// period in ticks, rounded up, over Rate, rounded up again.
 	Charge int64
 	// Capacity is how far ahead of now the TAT may lie for the request to
-	// pass: (Burst − Cost) × T.
+	// pass: (Burst − Cost) × T, less if Charge was clamped.
 	Capacity int64
-	// MaxWait is how far ahead the request may be booked.
+	// MaxWait is how far ahead the request may be booked: the request's
+	// MaxWait in ticks, rounded down, and 0 if it is negative.
 	MaxWait int64
 }
 
@@ -85,7 +89,8 @@ func SlotWidth(windowTicks int64) int64 { return ceilDiv(windowTicks, QuotaSlots
 // Decide decides req against st at time now, both in ticks of unit, and
 // charges st if the request is admitted. It is the mathematics every
 // backend implements: a leaky bucket as a meter (GCRA) with rolling quotas
-// and a pause. It allocates only when a key's quotas change shape.
+// and a pause. It allocates only when a key's quotas change shape or
+// need more slots than they held before.
 //
 // The request is admissible at the earliest t ≥ now such that the level
 // plus the cost fits the burst, t is past the pause, and every quota has
@@ -155,7 +160,8 @@ func Refund(st *State, req *Request, d Decision, unit time.Duration) {
 	}
 }
 
-// Pause makes st admit nothing before until (in ticks).
+// Pause makes st admit nothing before until (in ticks). A pause never
+// shortens one already in force.
 func Pause(st *State, until int64) {
 	st.Paused = max(st.Paused, until)
 }

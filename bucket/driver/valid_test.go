@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // plainValid never vouches for a request that check (Validate in full)
@@ -23,12 +25,8 @@ func TestPlainValidImpliesValid(t *testing.T) {
 		}
 		if r.plainValid() {
 			vouched++
-			if err := r.check(); err != nil {
-				t.Fatalf("plainValid(%+v) but check: %v", r, err)
-			}
+			require.NoError(t, r.check(), "plainValid(%+v), but check", r)
 		}
 	}
-	if vouched == 0 {
-		t.Fatal("plainValid vouched for no request: the test exercised nothing")
-	}
+	require.NotZero(t, vouched, "plainValid vouched for no request: the test exercised nothing")
 }
