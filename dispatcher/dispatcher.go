@@ -14,6 +14,11 @@
 //
 // Every accepted job is resolved exactly once. Submit blocks while the
 // queue is full; Shutdown drains what is queued as the limits admit it.
+// Each handler's context carries its job's key and attempt
+// (jobinfo.FromContext). A handler error with a method
+// RetryAfter() time.Duration (middleware.RetryAfterError has one) pauses
+// the job's key in the limiter's backend, for every process sharing it,
+// and puts the job back at the head of its key's queue.
 package dispatcher
 
 import (
