@@ -3,21 +3,18 @@
 // It works with a single Redis, Sentinel and Redis Cluster; see
 // docs/redis.md for deploying it.
 //
-// An admission is decided by a Lua script that runs the mathematics of
-// package bucket atomically on the bucket's one key, on the Redis server's
-// clock (TIME, integer microseconds): a GET and a SET of the key, and a
-// round trip that concurrent callers share: Admit calls that arrive while
-// round trips are in flight go out together as one pipeline, and
-// AdmitBatch sends one pipeline. On a single server one script call
-// decides up to 64 requests, which cuts Redis's time per admission from
-// about 11 µs to under 4; in a Cluster each request is a call of its own.
-// A key's state is 34 bytes plus 2 to 3 bytes per quota slot in use, and
-// the key expires in the second after the bucket becomes fresh (Redis 6.2
-// or later). On a 2-core machine with Redis on loopback, 16 concurrent
-// callers got 1.6 (1,000 keys) to 2.1 (one key) times the admissions per
-// second of go-redis/redis_rate with a p99 2 times lower, one caller as
-// many, and a Dispatcher over 1,000 keys 4.8 times pond with redis_rate in
-// its task (docs/benchmarks.md).
+// An admission is decided by a Lua script that runs driver.Decide
+// atomically on the bucket's one key, on the Redis server's clock (TIME,
+// integer microseconds): a GET and a SET of the key, and one round trip.
+// Admit calls that arrive while round trips are in flight go out together
+// as one pipeline, and AdmitBatch sends one pipeline; on a single server
+// one script call decides up to 64 requests, in a Cluster each request is
+// a call of its own. A call blocks for its round trip, which no caller's
+// context cancels: a caller whose context ends returns at once, and what
+// Redis admitted for it is given back. A key's state is 34 bytes plus 2 to
+// 3 bytes per quota slot in use, and the key expires in the second after
+// the bucket becomes fresh (Redis 6.2 or later). docs/benchmarks.md has
+// the figures.
 package redisstore
 
 import (

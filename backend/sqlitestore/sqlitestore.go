@@ -2,14 +2,15 @@
 // of processes on one host share, through modernc.org/sqlite (no cgo).
 //
 // Each admission is decided in a BEGIN IMMEDIATE transaction: read the
-// key's row, decide with the mathematics of package bucket, write the row.
-// Alone, an admission is one transaction and costs about 35 µs of CPU on a
-// 2-core cloud VM: about 25,000 admissions/s from one process, and
-// 21,000–23,000/s from four processes on one file together, since SQLite
-// has one writer at a time. Concurrent Admit calls of a process share
-// transactions (about 75,000/s from 8 goroutines), and AdmitBatch decides a
-// whole batch in one (about 1,500,000/s in batches of 64 on one key). See
-// docs/sqlite.md for when to choose this backend and how to run it.
+// key's row, decide with driver.Decide, write the row. A Store is safe for
+// concurrent use; its calls block while the file's one writer is busy:
+// other calls of the process take turns in arrival order, and other
+// processes hold the file's write lock for up to Options.BusyTimeout.
+// Concurrent Admit calls of a process share transactions, and AdmitBatch
+// decides a whole batch in one, so that the cost of a transaction is paid
+// once for many admissions. A Store owns one goroutine, the background
+// sweep, until Close. See docs/sqlite.md for when to choose this backend
+// and how to run it, and docs/benchmarks.md for its figures.
 package sqlitestore
 
 import (
@@ -258,7 +259,7 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
-	ticks := (int64(min(d, bucket.MaxDuration)) + int64(unit) - 1) / int64(unit)
+	ticks := driver.Ticks(min(d, bucket.MaxDuration), unit)
 	return s.txn(ctx, "pause", func(host int64) error {
 		e := &s.one
 		if err := s.load(e, key, host); err != nil {
