@@ -60,6 +60,19 @@ func (s *server) giveBack(calls []*coalesce.Call[int, int]) {
 	}
 }
 
+// newBatcher returns a Batcher running its round trips on s, detached
+// from callers' contexts or not, closed at the end of the test.
+func newBatcher(t *testing.T, s *server, trips, maxBatch int, detached bool) *coalesce.Batcher[int, int] {
+	t.Helper()
+	cfg := coalesce.Config[int, int]{Trips: trips, MaxBatch: maxBatch, Run: s.run}
+	if detached {
+		cfg.GiveBack = s.giveBack
+	}
+	b := coalesce.New(cfg)
+	t.Cleanup(b.Close)
+	return b
+}
+
 type answer struct{ ans, err any }
 
 // do calls b.Do(ctx, req) on a goroutine and returns where its answer
@@ -80,12 +93,7 @@ func TestCallsShareRoundTrips(t *testing.T) {
 	for _, detached := range []bool{false, true} {
 		synctest.Test(t, func(t *testing.T) {
 			s := &server{gate: make(chan struct{})}
-			cfg := coalesce.Config[int, int]{Trips: 1, MaxBatch: 3, Run: s.run}
-			if detached {
-				cfg.GiveBack = s.giveBack
-			}
-			b := coalesce.New(cfg)
-			defer b.Close()
+			b := newBatcher(t, s, 1, 3, detached)
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			var answers []chan answer
@@ -112,12 +120,7 @@ func TestQueuedCallerLeaves(t *testing.T) {
 	for _, detached := range []bool{false, true} {
 		synctest.Test(t, func(t *testing.T) {
 			s := &server{gate: make(chan struct{})}
-			cfg := coalesce.Config[int, int]{Trips: 1, MaxBatch: 10, Run: s.run}
-			if detached {
-				cfg.GiveBack = s.giveBack
-			}
-			b := coalesce.New(cfg)
-			defer b.Close()
+			b := newBatcher(t, s, 1, 10, detached)
 			first := do(b, t.Context(), 1)
 			synctest.Wait()
 			ctx, cancel := context.WithCancel(t.Context())
@@ -144,8 +147,7 @@ func TestQueuedCallerLeaves(t *testing.T) {
 func TestAttachedRoundTripRunsUnderCallersContext(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &server{gate: make(chan struct{}), takeLate: true}
-		b := coalesce.New(coalesce.Config[int, int]{Trips: 1, MaxBatch: 10, Run: s.run})
-		defer b.Close()
+		b := newBatcher(t, s, 1, 10, false)
 		ctx, cancel := context.WithCancel(t.Context())
 		leader := do(b, ctx, 1)
 		synctest.Wait()
@@ -174,8 +176,7 @@ func TestAttachedRoundTripRunsUnderCallersContext(t *testing.T) {
 func TestDetachedCallerLeavesInFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &server{gate: make(chan struct{})}
-		b := coalesce.New(coalesce.Config[int, int]{Trips: 1, MaxBatch: 10, Run: s.run, GiveBack: s.giveBack})
-		defer b.Close()
+		b := newBatcher(t, s, 1, 10, true)
 		ctx, cancel := context.WithCancel(t.Context())
 		leaving := do(b, ctx, 1)
 		synctest.Wait()
@@ -194,8 +195,7 @@ func TestDetachedCallerLeavesInFlight(t *testing.T) {
 func TestOwnRoundTrip(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &server{gate: make(chan struct{})}
-		b := coalesce.New(coalesce.Config[int, int]{Trips: 1, MaxBatch: 10, Run: s.run, GiveBack: s.giveBack})
-		defer b.Close()
+		b := newBatcher(t, s, 1, 10, true)
 		own := do(b, context.Background(), 1)
 		synctest.Wait()
 		queued := []chan answer{do(b, context.Background(), 2)}
@@ -221,8 +221,7 @@ func TestTripsBoundRoundTrips(t *testing.T) {
 	} {
 		synctest.Test(t, func(t *testing.T) {
 			s := &server{gate: make(chan struct{})}
-			b := coalesce.New(coalesce.Config[int, int]{Trips: tt.trips, MaxBatch: 10, Run: s.run, GiveBack: s.giveBack})
-			defer b.Close()
+			b := newBatcher(t, s, tt.trips, 10, true)
 			var answers []chan answer
 			for req := 1; req <= 4; req++ {
 				answers = append(answers, do(b, t.Context(), req))
