@@ -81,8 +81,6 @@ type Store struct {
 	calls  sync.RWMutex // held for reading by the calls begin starts
 	closed atomic.Bool
 	group  int // most requests per script call: 1 unless one server holds every key
-
-	clock func() int64 // tests: the script's time in µs, instead of TIME
 }
 
 // New returns a Store keeping its buckets in client's Redis. It does not

@@ -93,9 +93,6 @@ func (s *Store) cmd(ctx context.Context, ops []op) *redis.Cmd {
 		reqs = all
 	}
 	args = append(args, reqs)
-	if s.clock != nil {
-		args = append(args, s.clock())
-	}
 	cmd := redis.NewCmd(ctx, args...)
 	cmd.SetFirstKeyPos(3)
 	return cmd
