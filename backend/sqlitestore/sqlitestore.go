@@ -275,7 +275,8 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 func (s *Store) Path() string { return s.path }
 
 // Close stops the background sweep, waits for the operation in progress
-// and closes the file. Later calls return bucket.ErrClosed. It is
+// and closes the file. Calls waiting for the write lock or queued for a
+// transaction, and later calls, return bucket.ErrClosed. It is
 // idempotent.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
