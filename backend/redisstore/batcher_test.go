@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
@@ -26,16 +28,12 @@ func TestAbandoned(t *testing.T) {
 	s := newStore(t, c, redisstore.Options{Pipelines: 1, RetryInterval: -1})
 	ctx := context.Background()
 	lim := bucket.PerHour(1)
-	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Ping(ctx).Err())
 	for c.PoolStats().IdleConns < 4 {
 		time.Sleep(time.Millisecond) // the pool dials its idle connections in the background
 	}
 
-	if err := srv.Freeze(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Freeze())
 	type result struct {
 		d   driver.Decision
 		err error
@@ -60,46 +58,34 @@ func TestAbandoned(t *testing.T) {
 	abandoned := admit("abandoned", 2500*time.Millisecond)
 	early := admit("early", 500*time.Millisecond)
 
-	if r := <-early; !errors.Is(r.err, context.DeadlineExceeded) {
-		t.Errorf("caller waiting to be sent, ctx ended: %+v, %v; want context.DeadlineExceeded", r.d, r.err)
-	}
-	if r := <-first; !errors.Is(r.err, redisstore.ErrUnavailable) {
-		t.Errorf("caller whose read timed out: %+v, %v; want ErrUnavailable", r.d, r.err)
-	}
+	r := <-early
+	assert.ErrorIs(t, r.err, context.DeadlineExceeded, "caller waiting to be sent, ctx ended: %+v", r.d)
+	r = <-first
+	assert.ErrorIs(t, r.err, redisstore.ErrUnavailable, "caller whose read timed out: %+v", r.d)
 	t0 := time.Now()
-	if r := <-abandoned; !errors.Is(r.err, context.DeadlineExceeded) {
-		t.Errorf("caller in flight, ctx ended: %+v, %v; want context.DeadlineExceeded", r.d, r.err)
-	}
-	if waited := time.Since(t0); waited > 1500*time.Millisecond {
-		t.Errorf("caller in flight returned %v after its ctx ended, want at once", waited)
-	}
-	if err := srv.Thaw(); err != nil {
-		t.Fatal(err)
-	}
-	if r := <-kept; r.err != nil || !r.d.Allowed {
-		t.Fatalf("caller in the same pipeline: %+v, %v; want allowed", r.d, r.err)
-	}
-	if d, err := s.Admit(ctx, driver.Request{Key: "kept", Limit: backendtest.Limit(lim), Cost: 1}); err != nil || d.Allowed {
-		t.Errorf("second admission of \"kept\" = %+v, %v; want refused", d, err)
+	r = <-abandoned
+	assert.ErrorIs(t, r.err, context.DeadlineExceeded, "caller in flight, ctx ended: %+v", r.d)
+	assert.LessOrEqual(t, time.Since(t0), 1500*time.Millisecond, "caller in flight returned this long after its ctx ended, want at once")
+	require.NoError(t, srv.Thaw())
+	r = <-kept
+	require.NoError(t, r.err, "caller in the same pipeline")
+	require.True(t, r.d.Allowed, "caller in the same pipeline: %+v", r.d)
+	d, err := s.Admit(ctx, driver.Request{Key: "kept", Limit: backendtest.Limit(lim), Cost: 1})
+	if assert.NoError(t, err, "second admission of \"kept\"") {
+		assert.False(t, d.Allowed, "second admission of \"kept\" = %+v, want refused", d)
 	}
 	// The refund follows the answer; give it a moment.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		d, err := s.Admit(ctx, driver.Request{Key: "abandoned", Limit: backendtest.Limit(lim), Cost: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if d.Allowed {
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the abandoned admission was never refunded")
-		}
+		require.False(t, time.Now().After(deadline), "the abandoned admission was never refunded")
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := c.Exists(ctx, s.RedisKey("early")).Val(); n != 0 {
-		t.Error("the admission abandoned before it was sent reached Redis")
-	}
+	assert.Zero(t, c.Exists(ctx, s.RedisKey("early")).Val(), "the admission abandoned before it was sent reached Redis")
 }
 
 // TestOwnRoundTrip: a caller whose ctx cannot end sends its round trip
@@ -112,13 +98,9 @@ func TestOwnRoundTrip(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 	s := newStore(t, c, redisstore.Options{Pipelines: 1, RetryInterval: -1})
 	lim := bucket.PerHour(1)
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Ping(context.Background()).Err())
 
-	if err := srv.Freeze(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Freeze())
 	admit := func(ctx context.Context, key string) chan error {
 		ch := make(chan error, 1)
 		go func() {
@@ -136,17 +118,13 @@ func TestOwnRoundTrip(t *testing.T) {
 	defer cancel()
 	queued := []chan error{admit(context.Background(), "queued-1"), admit(ctx, "queued-2")}
 	time.Sleep(100 * time.Millisecond)
-	if err := srv.Thaw(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Thaw())
 	for i, ch := range append(queued, own) {
 		select {
 		case err := <-ch:
-			if err != nil {
-				t.Errorf("caller %d: %v; want allowed", i, err)
-			}
+			assert.NoError(t, err, "caller %d: want allowed", i)
 		case <-time.After(5 * time.Second):
-			t.Fatalf("caller %d was never answered", i)
+			require.Failf(t, "caller never answered", "caller %d was never answered", i)
 		}
 	}
 }

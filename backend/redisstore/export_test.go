@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket/driver"
@@ -9,8 +10,48 @@ import (
 )
 
 // SetClock makes s send now() as the script's time (ARGV[2]) instead of
-// letting it read TIME: the parity test drives Redis on a fake clock.
-func SetClock(s *Store, now func() int64) { s.clock = now }
+// letting it read TIME: the parity test drives Redis on a fake clock. It
+// hooks s's client, which must serve s alone.
+func SetClock(s *Store, now func() int64) { s.client.AddHook(clockHook(now)) }
+
+// A clockHook appends the time it returns to every script call a client
+// sends.
+type clockHook func() int64
+
+func (clockHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h clockHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		return h.timed(ctx, []redis.Cmder{cmd}, func(ctx context.Context, cmds []redis.Cmder) error {
+			return next(ctx, cmds[0])
+		})
+	}
+}
+
+func (h clockHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { return h.timed(ctx, cmds, next) }
+}
+
+// timed sends cmds through next, each script call with the time as its
+// last argument, and copies the replies back into cmds.
+func (h clockHook) timed(ctx context.Context, cmds []redis.Cmder, next redis.ProcessPipelineHook) error {
+	sent := slices.Clone(cmds)
+	for i, c := range cmds {
+		if name := c.Name(); name == "evalsha" || name == "eval" {
+			timed := redis.NewCmd(ctx, append(slices.Clone(c.Args()), h())...)
+			timed.SetFirstKeyPos(3)
+			sent[i] = timed
+		}
+	}
+	err := next(ctx, sent)
+	for i, c := range cmds {
+		if sent[i] != c {
+			c.(*redis.Cmd).SetVal(sent[i].(*redis.Cmd).Val())
+			c.SetErr(sent[i].Err())
+		}
+	}
+	return err
+}
 
 // IsLocal reports whether an admission was decided by the FailLocal
 // fallback.

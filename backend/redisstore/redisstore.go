@@ -3,29 +3,24 @@
 // It works with a single Redis, Sentinel and Redis Cluster; see
 // docs/redis.md for deploying it.
 //
-// An admission is decided by a Lua script that runs the mathematics of
-// package bucket atomically on the bucket's one key, on the Redis server's
-// clock (TIME, integer microseconds): a GET and a SET of the key, and a
-// round trip that concurrent callers share: Admit calls that arrive while
-// round trips are in flight go out together as one pipeline, and
-// AdmitBatch sends one pipeline. On a single server one script call
-// decides up to 64 requests, which cuts Redis's time per admission from
-// about 11 µs to under 4; in a Cluster each request is a call of its own.
-// A key's state is 34 bytes plus 2 to 3 bytes per quota slot in use, and
-// the key expires in the second after the bucket becomes fresh (Redis 6.2
-// or later). On a 2-core machine with Redis on loopback, 16 concurrent
-// callers got 1.6 (1,000 keys) to 2.1 (one key) times the admissions per
-// second of go-redis/redis_rate with a p99 2 times lower, one caller as
-// many, and a Dispatcher over 1,000 keys 4.8 times pond with redis_rate in
-// its task (docs/benchmarks.md).
+// An admission is decided by a Lua script that runs driver.Decide
+// atomically on the bucket's one key, on the Redis server's clock (TIME,
+// integer microseconds): a GET and a SET of the key, and one round trip.
+// Admit calls that arrive while round trips are in flight go out together
+// as one pipeline, and AdmitBatch sends one pipeline; on a single server
+// one script call decides up to 64 requests, in a Cluster each request is
+// a call of its own. A call blocks for its round trip, which no caller's
+// context cancels: a caller whose context ends returns at once, and what
+// Redis admitted for it is given back. A key's state is 34 bytes plus 2 to
+// 3 bytes per quota slot in use, and the key expires in the second after
+// the bucket becomes fresh (Redis 6.2 or later). docs/benchmarks.md has
+// the figures.
 package redisstore
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,43 +28,9 @@ import (
 	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/coalesce"
 	"github.com/redis/go-redis/v9"
 )
-
-// ErrUnavailable matches every error that reports Redis as unreachable or
-// unable to serve (a network error, a timeout, LOADING, CLUSTERDOWN,
-// READONLY, OOM...). It wraps the cause. Errors Redis returns for one key
-// (a foreign value of another type under the prefix) do not match it.
-var ErrUnavailable = errors.New("redisstore: redis unavailable")
-
-// A FailurePolicy says what a Store answers while Redis is unavailable.
-type FailurePolicy int
-
-const (
-	// FailClosed returns an error matching ErrUnavailable and admits
-	// nothing. The caller (a dispatcher) retries later.
-	FailClosed FailurePolicy = iota
-	// FailOpen admits every request at once, without limit.
-	FailOpen
-	// FailLocal decides with an in-process bucket per key (memstore) with
-	// the same limit until Redis answers again. Each process then admits
-	// up to the limit on its own; the local buckets know nothing of what
-	// Redis admitted before the failure, nor Redis of what they admitted,
-	// so a key can pass its burst and quotas again once Redis is back.
-	FailLocal
-)
-
-func (p FailurePolicy) String() string {
-	switch p {
-	case FailClosed:
-		return "FailClosed"
-	case FailOpen:
-		return "FailOpen"
-	case FailLocal:
-		return "FailLocal"
-	}
-	return fmt.Sprintf("FailurePolicy(%d)", int(p))
-}
 
 // Options configures a Store. The zero Options is ready to use.
 type Options struct {
@@ -116,12 +77,10 @@ type Store struct {
 	probing   atomic.Bool
 	lastErr   atomic.Pointer[error]
 
-	batch  *batcher
+	admits *coalesce.Batcher[admission, reply]
 	calls  sync.RWMutex // held for reading by the calls begin starts
 	closed atomic.Bool
 	group  int // most requests per script call: 1 unless one server holds every key
-
-	clock func() int64 // tests: the script's time in µs, instead of TIME
 }
 
 // New returns a Store keeping its buckets in client's Redis. It does not
@@ -173,7 +132,12 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	if maxBatch == 0 {
 		maxBatch = 128
 	}
-	s.batch = newBatcher(s, pipelines, maxBatch)
+	s.admits = coalesce.New(coalesce.Config[admission, reply]{
+		Trips:    pipelines,
+		MaxBatch: maxBatch,
+		Run:      s.sendAdmits,
+		GiveBack: s.giveBackAdmits,
+	})
 	return s, nil
 }
 
@@ -206,107 +170,13 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 		return s.fallback(ctx, req, nil)
 	}
 	var r reply
-	r, err = s.batch.admit(ctx, req, s.prefix+req.Key, args)
+	r, err = s.admits.Do(ctx, admission{req, args})
 	s.settle(err, probe)
 	if err != nil {
 		return s.errAnswer(ctx, req, err)
 	}
 	return r.decision(), nil
 }
-
-// giveBack refunds admissions Redis made for callers that gave up, given
-// in the order Redis made them, in one round trip: those of one key
-// latest first (driver.Unbook), so that consecutive ones all come back.
-// It asks Redis even while the Store counts it as down: the admissions
-// were made there.
-func (s *Store) giveBack(ctx context.Context, admitted []driver.Admission) {
-	byKey := slices.Clone(admitted)
-	slices.SortStableFunc(byKey, func(a, b driver.Admission) int { return strings.Compare(a.Key, b.Key) })
-	var ops []op
-	for len(byKey) > 0 {
-		n := 1
-		for n < len(byKey) && byKey[n].Key == byKey[0].Key {
-			n++
-		}
-		latestFirst := byKey[:n]
-		slices.Reverse(latestFirst)
-		for _, a := range driver.Unbook(latestFirst) {
-			ops = append(ops, op{s.prefix + a.Key, appendRefund(nil, &a.Request, a.Decision)})
-		}
-		byKey = byKey[n:]
-	}
-	s.run(ctx, ops, make([]result, len(ops)))
-}
-
-// An op is one request of the script: a Redis key and its arguments.
-type op struct {
-	key  string
-	args []byte
-}
-
-// A result is an op's reply, or why there is none.
-type result struct {
-	r   reply
-	err error
-}
-
-// maxGroup is the most requests sent in one script call. A call's own
-// cost in Redis (and its TIME) is about as much as a request's, so
-// grouping nearly halves Redis's time per admission; a group of 64 holds
-// Redis for about half a millisecond.
-const maxGroup = 64
-
-// runOne runs the script's request args on key alone.
-func (s *Store) runOne(ctx context.Context, key string, args []byte) result {
-	var out [1]result
-	s.run(ctx, []op{{key, args}}, out[:])
-	return out[0]
-}
-
-// run sends ops as one pipeline, up to s.group of them per script call,
-// and sets out[i] to the result of ops[i].
-func (s *Store) run(ctx context.Context, ops []op, out []result) {
-	cmds := make([]*redis.Cmd, 0, (len(ops)+s.group-1)/s.group)
-	for i := 0; i < len(ops); i += s.group {
-		cmds = append(cmds, s.cmd(ctx, ops[i:min(i+s.group, len(ops))]))
-	}
-	s.pipeline(ctx, cmds)
-	for k, cmd := range cmds {
-		parseReplies(cmd, out[k*s.group:min((k+1)*s.group, len(ops))])
-	}
-}
-
-// cmd returns an EVALSHA of the script on ops' keys, their requests one
-// after another in one argument.
-func (s *Store) cmd(ctx context.Context, ops []op) *redis.Cmd {
-	args := make([]any, 0, 5+len(ops))
-	args = append(args, "evalsha", scriptSHA, len(ops))
-	for _, o := range ops {
-		args = append(args, o.key)
-	}
-	reqs := ops[0].args
-	if len(ops) > 1 {
-		n := 0
-		for _, o := range ops {
-			n += len(o.args)
-		}
-		all := make([]byte, 0, n)
-		for _, o := range ops {
-			all = append(all, o.args...)
-		}
-		reqs = all
-	}
-	args = append(args, reqs)
-	if s.clock != nil {
-		args = append(args, s.clock())
-	}
-	cmd := redis.NewCmd(ctx, args...)
-	cmd.SetFirstKeyPos(3)
-	return cmd
-}
-
-// The script's digest, boxed once rather than per command.
-var scriptSHA any = gcra.Hash()
 
 // AdmitBatch implements driver.BatchBackend: it sends the batch as one
 // pipeline (one per Cluster node), a single round trip. Admissions of one
@@ -387,39 +257,6 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 	if len(refunds) > 0 {
 		s.giveBack(context.WithoutCancel(ctx), refunds)
 	}
-}
-
-// pipeline sends cmds as one pipeline (or a lone command), and again with
-// EVAL those that found the script missing (after a restart or SCRIPT
-// FLUSH).
-func (s *Store) pipeline(ctx context.Context, cmds []*redis.Cmd) {
-	if len(cmds) == 1 {
-		s.client.Process(ctx, cmds[0])
-	} else {
-		pipe := s.client.Pipeline()
-		for _, c := range cmds {
-			pipe.Process(ctx, c)
-		}
-		pipe.Exec(ctx)
-	}
-	var again []int
-	for i, c := range cmds {
-		if isNoScript(c.Err()) {
-			again = append(again, i)
-		}
-	}
-	if len(again) == 0 {
-		return
-	}
-	pipe := s.client.Pipeline()
-	for _, i := range again {
-		args := cmds[i].Args()
-		c := redis.NewCmd(ctx, append([]any{"eval", gcraSource}, args[2:]...)...)
-		c.SetFirstKeyPos(3)
-		cmds[i] = c
-		pipe.Process(ctx, c)
-	}
-	pipe.Exec(ctx)
 }
 
 // Refund implements driver.Backend. Refunding an admission Redis has
@@ -509,7 +346,7 @@ func (s *Store) Close() error {
 	}
 	s.calls.Lock() // the calls in flight outside the batcher have ended
 	s.calls.Unlock()
-	s.batch.close()
+	s.admits.Close()
 	if s.local != nil {
 		s.local.Close()
 	}
@@ -529,127 +366,6 @@ func (s *Store) begin() bool {
 }
 
 func (s *Store) end() { s.calls.RUnlock() }
-
-// ask reports whether to send a call to Redis: always while it answers;
-// after a failure, not until RetryInterval has passed, and then for one
-// probing call at a time.
-func (s *Store) ask() (ask, probe bool) {
-	until := s.downUntil.Load()
-	if until == 0 || s.retry < 0 {
-		return true, false
-	}
-	if time.Now().UnixNano() < until {
-		return false, false
-	}
-	if s.probing.CompareAndSwap(false, true) {
-		return true, true
-	}
-	return false, false
-}
-
-// settle updates what the Store knows of Redis after a call that ended
-// with err: Redis's answer or failure, or, from the batcher, a caller's
-// ctx error or ErrClosed, which say nothing about Redis. Those are told
-// apart by identity: round trips never depend on a caller's ctx, and a
-// network error may match context.DeadlineExceeded (net's dial timeout
-// does).
-func (s *Store) settle(err error, probe bool) {
-	switch {
-	case err == nil || !isUnavailable(err):
-		// Redis answered, perhaps with an error about this key.
-		if s.downUntil.Load() != 0 {
-			s.downUntil.Store(0)
-		}
-	case err != context.Canceled && err != context.DeadlineExceeded && err != bucket.ErrClosed:
-		e := err
-		s.lastErr.Store(&e)
-		s.downUntil.Store(time.Now().Add(s.retry).UnixNano())
-	}
-	if probe {
-		s.probing.Store(false)
-	}
-}
-
-// errAnswer answers an admission that failed with err: ctx's error if ctx
-// ended, the failure policy's answer if Redis is unavailable, and the
-// error itself otherwise.
-func (s *Store) errAnswer(ctx context.Context, req driver.Request, err error) (driver.Decision, error) {
-	switch {
-	case ctx.Err() != nil:
-		return driver.Decision{}, ctx.Err()
-	case errors.Is(err, bucket.ErrClosed):
-		return driver.Decision{}, err
-	case !isUnavailable(err):
-		return driver.Decision{}, fmt.Errorf("redisstore: key %q: %w", req.Key, err)
-	}
-	return s.fallback(ctx, req, err)
-}
-
-// fallback answers req by the failure policy; cause is the failure, or nil
-// if Redis was not asked.
-func (s *Store) fallback(ctx context.Context, req driver.Request, cause error) (driver.Decision, error) {
-	switch s.policy {
-	case FailOpen:
-		return unlimited(), nil
-	case FailLocal:
-		d, err := s.local.Admit(ctx, req)
-		return s.toLocal(d), err
-	}
-	return driver.Decision{}, s.unavailable(cause)
-}
-
-// unlimited is the decision for a request Redis is not asked about, which
-// admits it at once: on the host's clock, Redis's nearest.
-func unlimited() driver.Decision {
-	return driver.Decision{Allowed: true, Now: time.Now().UnixNano()}
-}
-
-func (s *Store) unavailable(cause error) error {
-	if cause == nil {
-		if p := s.lastErr.Load(); p != nil {
-			cause = *p
-		} else {
-			return ErrUnavailable
-		}
-	}
-	return fmt.Errorf("%w: %w", ErrUnavailable, cause)
-}
-
-// toLocal turns a decision of the local fallback into one of the Store:
-// its clock is moved to Unix time, like Redis's, and its booking negated
-// so that Refund knows where it belongs.
-func (s *Store) toLocal(d driver.Decision) driver.Decision {
-	d.Now += s.localBase
-	d.Booking.TAT, d.Booking.Prev = -d.Booking.TAT, -d.Booking.Prev
-	return d
-}
-
-func (s *Store) fromLocal(d driver.Decision) driver.Decision {
-	d.Now -= s.localBase
-	d.Booking.TAT, d.Booking.Prev = -d.Booking.TAT, -d.Booking.Prev
-	return d
-}
-
-func isNoScript(err error) bool {
-	return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT")
-}
-
-// isUnavailable reports whether err says Redis cannot serve at all, as
-// opposed to an error about one key or script.
-func isUnavailable(err error) bool {
-	var rerr redis.Error
-	if !errors.As(err, &rerr) {
-		return true // network, timeout, pool, closed client
-	}
-	for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
-		"BUSY", "NOREPLICAS", "OOM", "MISCONF", "NOSCRIPT", "MOVED", "ASK",
-		"max number of clients"} { // HasErrorPrefix drops an "ERR " prefix
-		if redis.HasErrorPrefix(err, p) {
-			return true
-		}
-	}
-	return false
-}
 
 var (
 	_ driver.BatchBackend = (*Store)(nil)

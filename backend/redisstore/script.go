@@ -4,7 +4,6 @@ import (
 	_ "embed"
 	"encoding/binary"
 	"fmt"
-	"math/bits"
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
@@ -24,10 +23,6 @@ var gcra = redis.NewScript(gcraSource)
 // microseconds, exact in a Lua double (nanoseconds since 1970 are not).
 const tick = time.Microsecond
 
-// span is bucket.MaxDuration in ticks: no interval the script handles is
-// longer, so every time it computes stays below 2^53.
-const span = int64(bucket.MaxDuration / tick)
-
 // MaxQuotaUnits is the largest quota the script counts exactly: slot
 // counts are Lua doubles, exact below 2^53. A quota's Max above it is
 // lowered to it, which can only under-admit, and only a quota of more
@@ -44,25 +39,25 @@ const (
 // The script's request is seven int64s, op and its fields, then n pairs;
 // see the comment at the top of gcra.lua.
 
-// appendAdmit appends the script's request for req, a valid request under
-// a limit that is not Unlimited: the integers of driver.Decide in ticks,
-// computed here so that the script only adds and compares.
+// appendAdmit appends the script's request for req, a valid request: the
+// integers of driver.Decide in ticks (driver.Request.Terms), computed here
+// so that the script only adds and compares. Terms clamps every interval
+// to MaxDuration, so every time the script computes stays below 2^53.
 func appendAdmit(b []byte, req *driver.Request) ([]byte, error) {
 	lim := &req.Limit
 	if len(lim.Quotas) > 0 && lim.Burst > MaxQuotaUnits {
 		return nil, &bucket.LimitError{Field: "Burst", Reason: fmt.Sprintf("%d exceeds %d, the most redisstore counts exactly in a quota", lim.Burst, int64(MaxQuotaUnits))}
 	}
-	t := ceilDiv(ceilDiv(int64(lim.Period), int64(tick)), lim.Rate)
-	charge := mulClamp(req.Cost, t, span)
+	tm := req.Terms(tick)
 	b = appendInt(b, opAdmit)
-	b = appendInt(b, min(mulClamp(lim.Burst-req.Cost, t, span), span-charge)) // capacity
-	b = appendInt(b, charge)
+	b = appendInt(b, tm.Capacity)
+	b = appendInt(b, tm.Charge)
 	b = appendInt(b, req.Cost)
-	b = appendInt(b, min(max(int64(req.MaxWait)/int64(tick), 0), span))
+	b = appendInt(b, tm.MaxWait)
 	b = appendInt(b, 0)
 	b = appendInt(b, int64(len(lim.Quotas)))
 	for _, q := range lim.Quotas {
-		b = appendInt(b, ceilDiv(int64(q.Window), int64(tick)))
+		b = appendInt(b, driver.Ticks(q.Window, tick))
 		b = appendInt(b, min(q.Max, MaxQuotaUnits))
 	}
 	return b, nil
@@ -79,7 +74,7 @@ func appendRefund(b []byte, req *driver.Request, d driver.Decision) []byte {
 	b = appendInt(b, req.Cost)
 	b = appendInt(b, int64(len(req.Limit.Quotas)))
 	for _, q := range req.Limit.Quotas {
-		b = appendInt(b, ceilDiv(int64(q.Window), int64(tick)))
+		b = appendInt(b, driver.Ticks(q.Window, tick))
 		b = appendInt(b, 0)
 	}
 	return b
@@ -89,7 +84,7 @@ func appendRefund(b []byte, req *driver.Request, d driver.Decision) []byte {
 // rounded up to a tick so that the pause is never shorter than asked.
 func appendPause(b []byte, d time.Duration) []byte {
 	b = appendInt(b, opPause)
-	b = appendInt(b, ceilDiv(int64(min(max(d, 0), bucket.MaxDuration)), int64(tick)))
+	b = appendInt(b, driver.Ticks(min(max(d, 0), bucket.MaxDuration), tick))
 	for range 5 {
 		b = appendInt(b, 0)
 	}
@@ -165,20 +160,3 @@ type requestError string
 
 func (e requestError) Error() string { return string(e) }
 func (requestError) RedisError()     {}
-
-// ceilDiv returns ⌈a/b⌉ for a ≥ 0, b > 0.
-func ceilDiv(a, b int64) int64 {
-	if a == 0 {
-		return 0
-	}
-	return (a-1)/b + 1
-}
-
-// mulClamp returns min(a×b, limit) for a, b ≥ 0, without overflow.
-func mulClamp(a, b, limit int64) int64 {
-	hi, lo := bits.Mul64(uint64(a), uint64(b))
-	if hi != 0 || lo > uint64(limit) {
-		return limit
-	}
-	return int64(lo)
-}

@@ -1,5 +1,11 @@
 package sqlitestore
 
+import (
+	"context"
+
+	"github.com/leakybucket/leakybucket/bucket"
+)
+
 // SetCheckpointEvery makes s checkpoint the WAL every n rows written
 // instead of every 1,000, so that a test sees many checkpoints.
 func SetCheckpointEvery(s *Store, n int) {
@@ -9,16 +15,35 @@ func SetCheckpointEvery(s *Store, n int) {
 }
 
 // QueueLen returns how many Admit calls wait to join a transaction.
-func QueueLen(s *Store) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.queue)
-}
+func QueueLen(s *Store) int { return s.admits.Len() }
 
 // Leading reports whether an Admit call is running a transaction for the
 // calls queued.
-func Leading(s *Store) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.leading
+func Leading(s *Store) bool { return s.admits.Running() > 0 }
+
+// Sweep deletes the rows of every key whose bucket is fresh, as the
+// background sweep does.
+func (s *Store) Sweep(ctx context.Context) error { return s.sweep(ctx) }
+
+// Has reports whether the file holds a row for key.
+func (s *Store) Has(ctx context.Context, key string) (bool, error) {
+	n, err := s.count(ctx, "has", `SELECT count(*) FROM buckets WHERE key = ?1`, []byte(key))
+	return n > 0, err
+}
+
+// Len returns the number of keys the file holds rows for.
+func (s *Store) Len(ctx context.Context) (int, error) {
+	n, err := s.count(ctx, "len", `SELECT count(*) FROM buckets`)
+	return int(n), err
+}
+
+func (s *Store) count(ctx context.Context, op, query string, args ...any) (int64, error) {
+	if s.closed.Load() {
+		return 0, bucket.ErrClosed
+	}
+	var n int64
+	err := s.txn(ctx, op, func(int64) error {
+		return s.conn.QueryRowContext(context.Background(), query, args...).Scan(&n)
+	})
+	return n, err
 }
