@@ -250,6 +250,7 @@ func TestOptions(t *testing.T) {
 		{"empty path", "", sqlitestore.Options{}},
 		{"negative busy timeout", filepath.Join(dir, "a.db"), sqlitestore.Options{BusyTimeout: -time.Second}},
 		{"huge busy timeout", filepath.Join(dir, "a.db"), sqlitestore.Options{BusyTimeout: 1000 * time.Hour}},
+		{"negative checkpoint interval", filepath.Join(dir, "a.db"), sqlitestore.Options{CheckpointEvery: -1}},
 	} {
 		s, err := sqlitestore.Open(tt.path, tt.opts)
 		if !assert.Error(t, err, "Open with %s", tt.name) {

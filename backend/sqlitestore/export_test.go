@@ -6,14 +6,6 @@ import (
 	"github.com/leakybucket/leakybucket/bucket"
 )
 
-// SetCheckpointEvery makes s checkpoint the WAL every n rows written
-// instead of every 1,000, so that a test sees many checkpoints.
-func SetCheckpointEvery(s *Store, n int) {
-	s.sem <- struct{}{}
-	s.checkpointEvery = n
-	<-s.sem
-}
-
 // QueueLen returns how many Admit calls wait to join a transaction.
 func QueueLen(s *Store) int { return s.admits.Len() }
 

@@ -34,6 +34,13 @@ func Open(path string, opts Options) (*Store, error) {
 	if busy < 0 || busy > math.MaxInt32*time.Millisecond {
 		return nil, fmt.Errorf("sqlitestore: Options.BusyTimeout must be between 0 and %v, got %v", math.MaxInt32*time.Millisecond, opts.BusyTimeout)
 	}
+	checkpoints := opts.CheckpointEvery
+	if checkpoints == 0 {
+		checkpoints = DefaultCheckpointEvery
+	}
+	if checkpoints < 0 {
+		return nil, fmt.Errorf("sqlitestore: Options.CheckpointEvery must not be negative, got %d", checkpoints)
+	}
 	every := opts.SweepInterval
 	if every == 0 {
 		every = time.Minute
@@ -63,7 +70,7 @@ func Open(path string, opts Options) (*Store, error) {
 		done:  make(chan struct{}),
 		index: make(map[string]int),
 
-		checkpointEvery: checkpointEvery,
+		checkpointEvery: checkpoints,
 	}
 	if s.now == nil {
 		s.now = time.Now

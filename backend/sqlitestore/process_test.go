@@ -369,10 +369,7 @@ func gaps(starts []backendtest.Start, first, killedAt int64) string {
 
 // benchChild is the body of a bench helper.
 func benchChild(t *testing.T, spec helperSpec) {
-	s := open(t, spec.Path, sqlitestore.Options{})
-	if spec.CheckpointEvery > 0 {
-		sqlitestore.SetCheckpointEvery(s, spec.CheckpointEvery)
-	}
+	s := open(t, spec.Path, sqlitestore.Options{CheckpointEvery: spec.CheckpointEvery})
 	fmt.Println("ready")
 	stdin := bufio.NewReader(os.Stdin)
 	_, err := stdin.ReadString('\n')

@@ -48,6 +48,12 @@ type Options struct {
 	// matters only for keys that nothing writes near. Default one minute; a
 	// negative value disables it.
 	SweepInterval time.Duration
+	// CheckpointEvery is how many rows the Store writes between the
+	// checkpoints it runs, which copy the WAL into the database file and
+	// have the next writer start it over (see docs/sqlite.md): about as
+	// many pages of WAL. Default DefaultCheckpointEvery; negative is
+	// invalid.
+	CheckpointEvery int
 	// Now returns the current time; the store counts Unix microseconds of
 	// it. Default time.Now, the host clock, which every process sharing a
 	// file reads alike. Set it to drive a store from a fake clock in tests.
@@ -56,6 +62,9 @@ type Options struct {
 
 // DefaultBusyTimeout is the BusyTimeout of the zero Options.
 const DefaultBusyTimeout = 5 * time.Second
+
+// DefaultCheckpointEvery is the CheckpointEvery of the zero Options.
+const DefaultCheckpointEvery = 1000
 
 // A Store is a driver.Backend and driver.BatchBackend on one SQLite file.
 // It is safe for concurrent use. Stores on the same file, in this process
@@ -93,7 +102,7 @@ type Store struct {
 	written int            // rows written since the last incremental sweep
 	pages   int            // rows written since the last checkpoint
 
-	checkpointEvery int      // checkpointEvery, but for tests
+	checkpointEvery int      // Options.CheckpointEvery
 	cursor          []byte   // the key the incremental sweep stopped at, nil at the start
 	doomed          [][]byte // keys a sweep step found fresh
 	last            []byte   // the last key a sweep step examined

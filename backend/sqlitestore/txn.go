@@ -69,10 +69,6 @@ func (s *Store) txn(ctx context.Context, op string, fn func(host int64) error) e
 	return nil
 }
 
-// checkpointEvery is how many rows a store writes between the checkpoints
-// it runs, about as many pages of WAL.
-const checkpointEvery = 1000
-
 // checkpoint copies the WAL into the database file and has the next
 // writer start the WAL over, so that it stays small.
 //
