@@ -87,7 +87,17 @@ func (l *Limiter) Allow(ctx context.Context, key string) (bool, error) {
 
 // AllowN reports whether n units for key may pass now, charging them if so.
 func (l *Limiter) AllowN(ctx context.Context, key string, n int) (bool, error) {
-	d, err := l.decide(ctx, key, n, 0)
+	lim := l.limit
+	if l.limitFor != nil {
+		lim = l.limitFor(key)
+	}
+	if lim.unlimited {
+		err := checkUnlimited(key, n)
+		return err == nil, err
+	}
+	// Built in the call, as Reserve does: a request returned from a helper
+	// costs a copy of its nine words on the hot path.
+	d, err := l.backend.Admit(ctx, driver.Request{Key: key, Limit: lim.driver(), Cost: int64(n)})
 	return d.Allowed && err == nil, err
 }
 
@@ -143,43 +153,38 @@ func (l *Limiter) WaitN(ctx context.Context, key string, n int) error {
 // if not, when it would be admissible). Cancel it to give back a booking
 // that will not be used.
 func (l *Limiter) Reserve(ctx context.Context, key string, n int, maxWait time.Duration) (Reservation, error) {
-	d, err := l.decide(ctx, key, n, maxWait)
-	if err != nil {
-		return Reservation{}, err
-	}
-	r := Reservation{OK: d.Allowed, Delay: d.Wait}
-	if d.Allowed && d.req.Key != "" {
-		r.l, r.req, r.d = l, d.req, d.Decision
-	}
-	return r, nil
-}
-
-// A decision is a backend's answer to req; req is zero for an Unlimited
-// key, which no backend is asked about.
-type decision struct {
-	driver.Decision
-	req driver.Request
-}
-
-// decide asks the backend for n units of key within maxWait, answering
-// Unlimited keys itself.
-func (l *Limiter) decide(ctx context.Context, key string, n int, maxWait time.Duration) (decision, error) {
 	lim := l.limit
 	if l.limitFor != nil {
 		lim = l.limitFor(key)
 	}
 	if lim.unlimited {
-		if key == "" {
-			return decision{}, ErrEmptyKey
+		if err := checkUnlimited(key, n); err != nil {
+			return Reservation{}, err
 		}
-		if n < 1 {
-			return decision{}, fmt.Errorf("%w, got %d", ErrInvalidCost, n)
-		}
-		return decision{Decision: driver.Decision{Allowed: true}}, nil
+		return Reservation{OK: true}, nil
 	}
 	req := driver.Request{Key: key, Limit: lim.driver(), Cost: int64(n), MaxWait: maxWait}
 	d, err := l.backend.Admit(ctx, req)
-	return decision{Decision: d, req: req}, err
+	if err != nil {
+		return Reservation{}, err
+	}
+	r := Reservation{OK: d.Allowed, Delay: d.Wait}
+	if d.Allowed {
+		r.l, r.req, r.d = l, req, d
+	}
+	return r, nil
+}
+
+// checkUnlimited reports what no backend is asked to check of a request
+// under Unlimited: its key and cost.
+func checkUnlimited(key string, n int) error {
+	switch {
+	case key == "":
+		return ErrEmptyKey
+	case n < 1:
+		return fmt.Errorf("%w, got %d", ErrInvalidCost, n)
+	}
+	return nil
 }
 
 // Pause admits nothing for key during d, in every process sharing the

@@ -99,10 +99,11 @@ func BenchmarkAdmitBatch(b *testing.B) {
 	ctx := context.Background()
 	s := newStore(b)
 	batch := make([]driver.Admission, 64)
+	lim := backendtest.Limit(open)
 	b.ReportAllocs()
 	for n := 0; n < b.N; n += len(batch) {
 		for i := range batch {
-			batch[i] = driver.Admission{Request: driver.Request{Key: "tenant-1", Limit: backendtest.Limit(open), Cost: 1}}
+			batch[i] = driver.Admission{Request: driver.Request{Key: "tenant-1", Limit: lim, Cost: 1}}
 		}
 		s.AdmitBatch(ctx, batch)
 		if d := batch[len(batch)-1]; !d.Decision.Allowed || d.Err != nil {
