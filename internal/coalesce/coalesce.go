@@ -15,7 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // Config configures a Batcher.
@@ -99,7 +99,7 @@ func (b *Batcher[Q, A]) detached() bool { return b.cfg.GiveBack != nil }
 
 // Do runs req in a round trip and returns its answer, or ctx's error if
 // ctx ends first (see Config.GiveBack for when it can), or
-// bucket.ErrClosed once the Batcher is closed.
+// driver.ErrClosed once the Batcher is closed.
 func (b *Batcher[Q, A]) Do(ctx context.Context, req Q) (A, error) {
 	c := b.newCall(req)
 	b.mu.Lock()
@@ -107,7 +107,7 @@ func (b *Batcher[Q, A]) Do(ctx context.Context, req Q) (A, error) {
 		b.mu.Unlock()
 		b.release(c)
 		var zero A
-		return zero, bucket.ErrClosed
+		return zero, driver.ErrClosed
 	}
 	if b.cfg.Trips > 0 {
 		// Callers a round trip just answered tend to come straight back:
@@ -296,7 +296,7 @@ func (r *Round[Q, A]) Take() {
 }
 
 // Close waits for the round trips running, and answers the calls still
-// queued with bucket.ErrClosed; later calls get it too. A round trip that
+// queued with driver.ErrClosed; later calls get it too. A round trip that
 // is not detached must be able to end: its caller's context, or whatever
 // the round trip waits for, ends it.
 func (b *Batcher[Q, A]) Close() {
@@ -310,7 +310,7 @@ func (b *Batcher[Q, A]) Close() {
 	b.mu.Unlock()
 	for _, c := range queue {
 		if c.state.CompareAndSwap(queued, answered) {
-			c.Err = bucket.ErrClosed
+			c.Err = driver.ErrClosed
 			c.done <- true
 		}
 	}
