@@ -21,10 +21,6 @@ type config struct {
 	bookAhead   time.Duration
 	lateness    time.Duration
 	batch       int
-
-	// Hooks that only tests set, through export_test.go.
-	afterAdmit func() // stalls the scheduler after a batch is decided; guarded by the scheduler's mu
-	requeuing  func() // runs as a worker is about to queue a retry-after job again
 }
 
 func defaults() config {

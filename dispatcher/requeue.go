@@ -44,9 +44,6 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	j.info.Attempt++
 	j.slot = 0
 	j.resetContext()
-	if s.d.cfg.requeuing != nil {
-		s.d.cfg.requeuing()
-	}
 	s.mu.Lock()
 	if s.stopped {
 		// A hard stop resolved the queues since the check above: queued

@@ -26,12 +26,6 @@ func (s *scheduler[T, R]) decide(r *round[T, R]) {
 	// Track the round trip: a job may start that much after the backend
 	// decided without being late.
 	s.rtt.Store(s.rtt.Load() + (after-before-s.rtt.Load())/8)
-	s.mu.Lock()
-	stall := s.d.cfg.afterAdmit
-	s.mu.Unlock()
-	if stall != nil {
-		stall()
-	}
 	s.apply(r.batch, r.asked, before, after)
 	clear(r.batch) // drop the limits' quota slices
 	clear(r.asked)
