@@ -59,7 +59,10 @@ func NewLimiter(b driver.Backend, lim Limit, opts ...Option) (*Limiter, error) {
 	}
 	lim.Quotas = slices.Clone(lim.Quotas)
 	l := &Limiter{backend: b, limit: lim}
-	for _, opt := range opts {
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("bucket: NewLimiter: option %d is nil", i)
+		}
 		if err := opt(l); err != nil {
 			return nil, err
 		}

@@ -90,6 +90,8 @@ func TestNewLimiter(t *testing.T) {
 	assertLimitError(t, err, "Burst", "NewLimiter(burst 0)")
 	_, err = bucket.NewLimiter(s, bucket.PerSecond(1), bucket.WithKeyLimit(nil))
 	assert.Error(t, err, "NewLimiter(WithKeyLimit(nil))")
+	_, err = bucket.NewLimiter(s, bucket.PerSecond(1), nil)
+	assert.EqualError(t, err, "bucket: NewLimiter: option 0 is nil")
 
 	// The limiter keeps a copy of the caller's quotas.
 	lim := bucket.PerSecond(1).WithQuota(5, time.Hour)

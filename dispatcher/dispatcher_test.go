@@ -154,6 +154,7 @@ func TestBadInput(t *testing.T) {
 		"workers 0":     dispatcher.WithWorkers(0),
 		"queue -1":      dispatcher.WithQueue(-1),
 		"nil limiter":   dispatcher.WithLimiter(nil),
+		"nil option":    nil,
 		"requeues -1":   dispatcher.WithMaxRequeues(-1),
 		"book ahead -1": dispatcher.WithBookAhead(-time.Second),
 		"batch 0":       dispatcher.WithBatchSize(0),

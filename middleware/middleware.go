@@ -106,6 +106,11 @@ func Wrap[T, R any](h Handler[T, R], mws ...Middleware) Handler[T, R] {
 	if h == nil {
 		panic("middleware: Wrap: nil handler")
 	}
+	for i, m := range mws {
+		if m == nil {
+			panic(fmt.Sprintf("middleware: Wrap: middleware %d is nil", i))
+		}
+	}
 	if len(mws) == 0 {
 		return h
 	}

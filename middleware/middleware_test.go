@@ -129,7 +129,7 @@ func TestNilHandler(t *testing.T) {
 		assert.PanicsWithValue(t, "middleware: Wrap: nil handler", func() { middleware.Wrap[int, int](nil, m) }, name)
 	}
 	assert.PanicsWithValue(t, "middleware: Wrap: nil handler", func() { middleware.Wrap[int, int](nil) })
-	assert.PanicsWithValue(t, "middleware: Chain: middleware 0 is nil", func() {
+	assert.PanicsWithValue(t, "middleware: Wrap: middleware 0 is nil", func() {
 		middleware.Wrap(func(context.Context, int) (int, error) { return 0, nil }, nil)
 	})
 }

@@ -31,9 +31,12 @@ func RateLimit(lim *bucket.Limiter) Middleware {
 	}
 	return func(next Next) Next {
 		return func(ctx context.Context) error {
-			info, _ := jobinfo.FromContext(ctx)
-			if info.Key == "" {
+			info, ok := jobinfo.FromContext(ctx)
+			switch {
+			case !ok:
 				return fmt.Errorf("middleware: RateLimit: the call's context carries no key (use Keyed): %w", bucket.ErrEmptyKey)
+			case info.Key == "":
+				return fmt.Errorf("middleware: RateLimit: the call's key is empty: %w", bucket.ErrEmptyKey)
 			}
 			if err := lim.Wait(ctx, info.Key); err != nil {
 				return fmt.Errorf("middleware: rate limit of key %q: %w", info.Key, err)

@@ -137,19 +137,21 @@ func TestRateLimitErrors(t *testing.T) {
 	lim := newLimiter(t, bucket.PerSecond(1))
 	called := false
 	h := func(ctx context.Context, j job) (int, error) { called = true; return 0, nil }
-	const msg = "middleware: RateLimit: the call's context carries no key (use Keyed): bucket: empty key"
 	tests := []struct {
 		name string
 		h    middleware.Handler[job, int]
+		msg  string
 	}{
-		{"without a key", middleware.Wrap(h, middleware.RateLimit(lim))},
-		{"with an empty key", rateLimited(lim, h)},
+		{"without a key", middleware.Wrap(h, middleware.RateLimit(lim)),
+			"middleware: RateLimit: the call's context carries no key (use Keyed): bucket: empty key"},
+		{"with an empty key", rateLimited(lim, h),
+			"middleware: RateLimit: the call's key is empty: bucket: empty key"},
 	}
 	for _, tt := range tests {
 		called = false
 		_, err := tt.h(context.Background(), job{"", 1})
 		assert.ErrorIs(t, err, bucket.ErrEmptyKey, tt.name)
-		assert.EqualError(t, err, msg, tt.name)
+		assert.EqualError(t, err, tt.msg, tt.name)
 		assert.False(t, called, "%s: handler called", tt.name)
 	}
 }

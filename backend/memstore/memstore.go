@@ -15,7 +15,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
@@ -157,7 +156,7 @@ func (s *Store) shard(key string) (*shard, uint64) {
 // Admit implements driver.Backend.
 func (s *Store) Admit(_ context.Context, req driver.Request) (driver.Decision, error) {
 	if s.closed.Load() {
-		return driver.Decision{}, bucket.ErrClosed
+		return driver.Decision{}, driver.ErrClosed
 	}
 	var d driver.Decision
 	err := s.admit(&req, s.ticks(), &d)
@@ -172,7 +171,7 @@ func (s *Store) AdmitBatch(_ context.Context, batch []driver.Admission) {
 	for i := range batch {
 		a := &batch[i]
 		if closed {
-			a.Decision, a.Err = driver.Decision{}, bucket.ErrClosed
+			a.Decision, a.Err = driver.Decision{}, driver.ErrClosed
 			continue
 		}
 		a.Err = s.admit(&a.Request, now, &a.Decision)
@@ -208,7 +207,7 @@ func (s *Store) admit(req *driver.Request, now int64, d *driver.Decision) (err e
 // Refund implements driver.Backend.
 func (s *Store) Refund(_ context.Context, req driver.Request, d driver.Decision) error {
 	if s.closed.Load() {
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	sh, h := s.shard(req.Key)
 	sh.mu.Lock()
@@ -222,10 +221,10 @@ func (s *Store) Refund(_ context.Context, req driver.Request, d driver.Decision)
 // Pause implements driver.Backend.
 func (s *Store) Pause(_ context.Context, key string, d time.Duration) error {
 	if s.closed.Load() {
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	if key == "" {
-		return bucket.ErrEmptyKey
+		return driver.ErrEmptyKey
 	}
 	sh, h := s.shard(key)
 	sh.mu.Lock()
@@ -234,7 +233,7 @@ func (s *Store) Pause(_ context.Context, key string, d time.Duration) error {
 		e = &entry{key: key, seen: sh.swept}
 		sh.put(h, e)
 	}
-	driver.Pause(&e.State, s.ticks()+int64(min(max(d, 0), bucket.MaxDuration)))
+	driver.Pause(&e.State, s.ticks()+int64(min(max(d, 0), driver.MaxDuration)))
 	sh.mu.Unlock()
 	return nil
 }
@@ -273,7 +272,7 @@ func (s *Store) sweepEvery(d time.Duration) {
 	}
 }
 
-// Close stops the sweeper and makes later calls return bucket.ErrClosed.
+// Close stops the sweeper and makes later calls return driver.ErrClosed.
 // It is idempotent.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {

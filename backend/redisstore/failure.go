@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/redis/go-redis/v9"
 )
@@ -76,7 +75,7 @@ func (s *Store) settle(err error, probe bool) {
 		if s.downUntil.Load() != 0 {
 			s.downUntil.Store(0)
 		}
-	case err != context.Canceled && err != context.DeadlineExceeded && err != bucket.ErrClosed:
+	case err != context.Canceled && err != context.DeadlineExceeded && err != driver.ErrClosed:
 		e := err
 		s.lastErr.Store(&e)
 		s.downUntil.Store(time.Now().Add(s.retry).UnixNano())
@@ -93,7 +92,7 @@ func (s *Store) errAnswer(ctx context.Context, req driver.Request, err error) (d
 	switch {
 	case ctx.Err() != nil:
 		return driver.Decision{}, ctx.Err()
-	case errors.Is(err, bucket.ErrClosed):
+	case errors.Is(err, driver.ErrClosed):
 		return driver.Decision{}, err
 	case !isUnavailable(err):
 		return driver.Decision{}, fmt.Errorf("redisstore: key %q: %w", req.Key, err)

@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/leakybucket/leakybucket/backend/memstore"
-	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/coalesce"
 	"github.com/redis/go-redis/v9"
@@ -156,7 +155,7 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 		return driver.Decision{}, err
 	}
 	if s.closed.Load() {
-		return driver.Decision{}, bucket.ErrClosed
+		return driver.Decision{}, driver.ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
 		return driver.Decision{}, err
@@ -196,7 +195,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 		case a.Err != nil:
 			continue
 		case s.closed.Load():
-			a.Err = bucket.ErrClosed
+			a.Err = driver.ErrClosed
 			continue
 		case ctx.Err() != nil:
 			a.Err = ctx.Err()
@@ -214,7 +213,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 	}
 	if !s.begin() {
 		for _, i := range idx {
-			batch[i].Err = bucket.ErrClosed
+			batch[i].Err = driver.ErrClosed
 		}
 		return
 	}
@@ -269,7 +268,7 @@ func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decisio
 		return err
 	}
 	if s.closed.Load() {
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -291,10 +290,10 @@ func (s *Store) refund(ctx context.Context, req driver.Request, d driver.Decisio
 // the local bucket, so that it outlives a failure of Redis.
 func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	if key == "" {
-		return bucket.ErrEmptyKey
+		return driver.ErrEmptyKey
 	}
 	if s.closed.Load() {
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -310,7 +309,7 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 // one to tell, and it returns nil.
 func (s *Store) write(ctx context.Context, key string, args []byte) error {
 	if !s.begin() {
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	defer s.end()
 	ask, probe := s.ask()
@@ -337,7 +336,7 @@ func (s *Store) write(ctx context.Context, key string, args []byte) error {
 }
 
 // Close stops the Store's goroutines and makes later calls return
-// bucket.ErrClosed; calls waiting for Redis get their answers first (the
+// driver.ErrClosed; calls waiting for Redis get their answers first (the
 // client's timeouts bound the wait). It does not close the client. It is
 // idempotent.
 func (s *Store) Close() error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/redis/go-redis/v9"
 )
@@ -46,7 +45,7 @@ const (
 func appendAdmit(b []byte, req *driver.Request) ([]byte, error) {
 	lim := &req.Limit
 	if len(lim.Quotas) > 0 && lim.Burst > MaxQuotaUnits {
-		return nil, &bucket.LimitError{Field: "Burst", Reason: fmt.Sprintf("%d exceeds %d, the most redisstore counts exactly in a quota", lim.Burst, int64(MaxQuotaUnits))}
+		return nil, &driver.LimitError{Field: "Burst", Reason: fmt.Sprintf("%d exceeds %d, the most redisstore counts exactly in a quota", lim.Burst, int64(MaxQuotaUnits))}
 	}
 	tm := req.Terms(tick)
 	b = appendInt(b, opAdmit)
@@ -84,7 +83,7 @@ func appendRefund(b []byte, req *driver.Request, d driver.Decision) []byte {
 // rounded up to a tick so that the pause is never shorter than asked.
 func appendPause(b []byte, d time.Duration) []byte {
 	b = appendInt(b, opPause)
-	b = appendInt(b, driver.Ticks(min(max(d, 0), bucket.MaxDuration), tick))
+	b = appendInt(b, driver.Ticks(min(max(d, 0), driver.MaxDuration), tick))
 	for range 5 {
 		b = appendInt(b, 0)
 	}

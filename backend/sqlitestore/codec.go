@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 
-	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
@@ -58,11 +57,11 @@ func decodeQuotas(b []byte, qs []driver.QuotaState) ([]driver.QuotaState, error)
 	}
 	b = b[1:]
 	for len(b) > 0 {
-		if len(qs) == bucket.MaxQuotas {
+		if len(qs) == driver.MaxQuotas {
 			return qs, errBadQuotas
 		}
 		window, ok := uvarint(&b)
-		if !ok || window < 1 || window > uint64(bucket.MaxDuration) {
+		if !ok || window < 1 || window > uint64(driver.MaxDuration) {
 			return qs, errBadQuotas
 		}
 		n, ok := uvarint(&b)

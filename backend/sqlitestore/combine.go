@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 
-	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/coalesce"
 )
@@ -22,7 +21,7 @@ import (
 // transaction; among many, it costs a fraction of one.
 func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision, error) {
 	if s.closed.Load() {
-		return driver.Decision{}, bucket.ErrClosed
+		return driver.Decision{}, driver.ErrClosed
 	}
 	if err := req.Validate(); err != nil {
 		return driver.Decision{}, err

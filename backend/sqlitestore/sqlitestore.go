@@ -25,7 +25,6 @@ import (
 
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 
-	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/coalesce"
 )
@@ -77,7 +76,7 @@ const DefaultCheckpointEvery = 1000
 // Unix microseconds (Decision.Now is in Unix nanoseconds), kept from
 // running backwards per key: see docs/sqlite.md.
 //
-// Close it to release the file; calls after Close return bucket.ErrClosed.
+// Close it to release the file; calls after Close return driver.ErrClosed.
 type Store struct {
 	path string
 	busy time.Duration
@@ -135,6 +134,8 @@ type entry struct {
 // for the next batch.
 const maxKept = 1024
 
+// AdmitBatch implements driver.BatchBackend: it decides the whole batch in
+// one transaction, in order, at one instant, reading and writing each key
 // once. Invalid requests get their error without touching the file; if the
 // transaction fails, every other admission gets its error and none is
 // charged.
@@ -145,7 +146,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 		a.Decision, a.Err = driver.Decision{}, nil
 		switch {
 		case s.closed.Load():
-			a.Err = bucket.ErrClosed
+			a.Err = driver.ErrClosed
 		default:
 			if a.Err = a.Request.Validate(); a.Err == nil {
 				pending++
@@ -236,7 +237,7 @@ func (s *Store) entry(key string, host int64) (*entry, error) {
 // Refund implements driver.Backend.
 func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decision) error {
 	if s.closed.Load() {
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	if !d.Allowed {
 		return nil
@@ -260,15 +261,15 @@ func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decisio
 // clock and rounded up to a microsecond; d ≤ 0 does nothing.
 func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	if s.closed.Load() {
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	if key == "" {
-		return bucket.ErrEmptyKey
+		return driver.ErrEmptyKey
 	}
 	if d <= 0 {
 		return nil
 	}
-	ticks := driver.Ticks(min(d, bucket.MaxDuration), unit)
+	ticks := driver.Ticks(min(d, driver.MaxDuration), unit)
 	return s.txn(ctx, "pause", func(host int64) error {
 		e := &s.one
 		if err := s.load(e, key, host); err != nil {
@@ -285,7 +286,7 @@ func (s *Store) Path() string { return s.path }
 
 // Close stops the background sweep, waits for the operation in progress
 // and closes the file. Calls waiting for the write lock or queued for a
-// transaction, and later calls, return bucket.ErrClosed. It is
+// transaction, and later calls, return driver.ErrClosed. It is
 // idempotent.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // clock returns the host clock in ticks.
@@ -17,11 +17,11 @@ func (s *Store) acquire(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-s.done:
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	if s.closed.Load() {
 		<-s.sem
-		return bucket.ErrClosed
+		return driver.ErrClosed
 	}
 	return nil
 }
@@ -149,7 +149,7 @@ func (s *Store) begin(ctx context.Context) error {
 			return ctx.Err()
 		case <-s.done:
 			s.timer.Stop()
-			return bucket.ErrClosed
+			return driver.ErrClosed
 		}
 		sleep = min(2*sleep, retryMost)
 	}

@@ -6,8 +6,9 @@
 // semantics are identical everywhere by construction. A backend that
 // decides elsewhere, in a Redis script, takes its numbers from Terms and
 // Ticks. The mathematics does no I/O and takes no locks; a State is
-// guarded by the backend that stores it. Users of the module need none of
-// it; backend/backendtest checks an implementation against it.
+// guarded by the backend that stores it. Users of the module need only
+// its Backend, to hold a store whose kind is chosen at run time;
+// backend/backendtest checks an implementation against the rest.
 package driver
 
 import (
