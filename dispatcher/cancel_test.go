@@ -66,3 +66,50 @@ func TestCancelledBookingFreesItsSlot(t *testing.T) {
 		}
 	})
 }
+
+// TestCancelledBookingsAllFreeTheirSlots: two bookings of one key whose
+// shared context ends give both their slots back: the key's next job
+// starts in the first freed slot, not the second.
+func TestCancelledBookingsAllFreeTheirSlots(t *testing.T) {
+	for _, immediate := range []bool{false, true} {
+		t.Run(map[bool]string{false: "settled", true: "submit-at-once"}[immediate], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				lim := newLimiter(t, bucket.PerSecond(10)) // one start per 100ms
+				var (
+					mu     sync.Mutex
+					starts []time.Duration
+				)
+				begin := time.Now()
+				d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+					mu.Lock()
+					starts = append(starts, time.Since(begin))
+					mu.Unlock()
+					return j.n, nil
+				}, taskKey, dispatcher.WithWorkers(4),
+					dispatcher.WithLimiter(lim), dispatcher.WithBookAhead(time.Second))
+				ctx := context.Background()
+				_, err := d.Submit(ctx, task{"A", 0}) // starts at once
+				require.NoError(t, err)
+				cctx, cancel := context.WithCancel(ctx)
+				f1, err := d.Submit(cctx, task{"A", 1}) // booked for 100ms
+				require.NoError(t, err)
+				f2, err := d.Submit(cctx, task{"A", 2}) // booked for 200ms
+				require.NoError(t, err)
+				synctest.Wait()
+				cancel()
+				if !immediate {
+					synctest.Wait()
+				}
+				_, err = d.Submit(ctx, task{"A", 3})
+				require.NoError(t, err)
+				require.NoError(t, d.Shutdown(ctx))
+				for _, f := range []*dispatcher.Future[int]{f1, f2} {
+					_, err := f.Result()
+					assert.ErrorIs(t, err, context.Canceled)
+				}
+				assert.Equal(t, []time.Duration{0, 100 * time.Millisecond}, starts,
+					"starts of A: the job after the cancelled bookings must take the first freed slot")
+			})
+		})
+	}
+}
