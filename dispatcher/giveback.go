@@ -65,16 +65,38 @@ func (s *scheduler[T, R]) giveBack(k *keyState[T, R], as []driver.Admission, hel
 // meanwhile (see hold): an admission made first would make the refund
 // find a later one and do nothing, and the slot would be lost. Neither j's
 // future nor a Submit waiting for its place waits for the round trip.
-// Called with s.mu held.
+// If j is among k's latest bookings whose contexts have all ended (jobs
+// submitted with one context that ended), they all go together, in one
+// refund of their joined booking (driver.Unbook): given back one at a time,
+// each refund after the first would find its booking superseded by the
+// previous refund and do nothing, and only the latest slot would come
+// back. Called with s.mu held.
 func (s *scheduler[T, R]) cancelBooked(k *keyState[T, R], j *job[T, R]) {
-	k.booked.remove(j)
-	s.slots.remove(j)
-	s.idle.Add(1)
+	var gone []*job[T, R] // latest first
+	in := false
+	for b := k.booked.tail; b != nil && b.watched && b.parent.Err() != nil; b = b.prev {
+		gone = append(gone, b)
+		in = in || b == j
+	}
+	if !in {
+		// A later booking stands: j's slot cannot come back (see
+		// driver.Backend.Refund), but its refund costs nothing.
+		gone = append(gone[:0], j)
+	}
+	latestFirst := make([]driver.Admission, len(gone))
+	for i, b := range gone {
+		latestFirst[i] = b.admission()
+	}
 	// Counted while j is unresolved: Shutdown waits on wg only once every
 	// job is resolved.
 	s.d.wg.Add(1)
-	s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
-	go s.giveBack(k, []driver.Admission{j.admission()}, s.hold(k))
+	for _, b := range gone {
+		k.booked.remove(b)
+		s.slots.remove(b)
+		s.idle.Add(1)
+		s.resolveWaiting(b, b.parent.Err(), outcomeCancelled)
+	}
+	go s.giveBack(k, driver.Unbook(latestFirst), s.hold(k))
 }
 
 // cancelledBooking returns k's latest booking if its job's context has

@@ -2,9 +2,14 @@ package coalesce_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -271,4 +276,101 @@ func TestClose(t *testing.T) {
 			assert.ErrorIs(t, err, bucket.ErrClosed)
 		})
 	}
+}
+
+// TestCallsAccountedUnderChurn: many callers, a third of whose contexts
+// end at random moments, through attached and detached Batchers: every
+// request a round trip carries is answered to its caller or given back,
+// never both, never twice, and never carried twice; a caller gets its own
+// answer (a Call reused while held would carry another's request).
+func TestCallsAccountedUnderChurn(t *testing.T) {
+	for _, detached := range []bool{false, true} {
+		for _, trips := range []int{1, 2, -1} {
+			t.Run(fmt.Sprintf("detached=%v/trips=%d", detached, trips), func(t *testing.T) {
+				testChurn(t, detached, trips)
+			})
+		}
+	}
+}
+
+func testChurn(t *testing.T, detached bool, trips int) {
+	var (
+		mu       sync.Mutex
+		carried  = map[int]int{}
+		answered = map[int]int{}
+		gone     = map[int]int{}
+	)
+	cfg := coalesce.Config[int, int]{
+		Trips:    trips,
+		MaxBatch: 7,
+		Run: func(ctx context.Context, r *coalesce.Round[int, int]) {
+			runtime.Gosched()
+			r.Take()
+			runtime.Gosched()
+			mu.Lock()
+			for _, c := range r.Calls {
+				carried[c.Req]++
+			}
+			mu.Unlock()
+			for _, c := range r.Calls {
+				c.Ans = 2 * c.Req
+			}
+			runtime.Gosched()
+		},
+	}
+	if detached {
+		cfg.GiveBack = func(calls []*coalesce.Call[int, int]) {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range calls {
+				assert.Equal(t, 2*c.Req, c.Ans, "given back unanswered")
+				gone[c.Req]++
+			}
+		}
+	}
+	b := coalesce.New(cfg)
+	const callers, calls = 16, 400
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 3))
+			for i := range calls {
+				req := g*calls + i
+				ctx, cancel := context.Background(), context.CancelFunc(func() {})
+				if rng.IntN(3) == 0 {
+					ctx, cancel = context.WithTimeout(ctx, time.Duration(rng.IntN(50))*time.Microsecond)
+				}
+				ans, err := b.Do(ctx, req)
+				cancel()
+				switch {
+				case err == nil:
+					assert.Equal(t, 2*req, ans, "answer of %d", req)
+					mu.Lock()
+					answered[req]++
+					mu.Unlock()
+				case errors.Is(err, context.DeadlineExceeded):
+				default:
+					assert.NoError(t, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	for req, n := range carried {
+		require.Equal(t, 1, n, "request %d carried %d times", req, n)
+		// Attached, a caller whose call is taken waits for its answer.
+		require.Equal(t, 1, answered[req]+gone[req], "request %d: answered %d, given back %d", req, answered[req], gone[req])
+	}
+	for req := range answered {
+		require.Equal(t, 1, carried[req], "request %d answered but carried %d times", req, carried[req])
+	}
+	for req := range gone {
+		require.Equal(t, 1, carried[req], "request %d given back but carried %d times", req, carried[req])
+	}
+	assert.Zero(t, b.Len(), "calls queued after Close")
+	assert.Zero(t, b.Running(), "round trips running after Close")
+	t.Logf("carried %d, answered %d, given back %d", len(carried), len(answered), len(gone))
 }
