@@ -15,7 +15,8 @@
 // interleaved with its anchor's, with the range of the repetitions as its
 // spread. Redis comparisons use REDIS_ADDR, else 127.0.0.1:6379, else a
 // redis-server from PATH on a free port, else they are skipped with a note.
-// The whole run takes about three minutes on a 2-core machine.
+// The whole run takes about seven minutes on a 2-core machine, half of
+// it in the comparisons of a million keys.
 //
 // It lives in its own module so that the main module never depends on the
 // libraries it is compared with.
@@ -53,13 +54,21 @@ var comparisons = []comparison{
 	{"dispatcher/limiter=memstore/keys=1000", poolThroughput(true)},
 	{"dispatcher/queued-job-memory", queuedMemory},
 	{"dispatcher/key-memory", keyMemory},
+	{"scale/keys=10000", scale(10_000)},
+	{"scale/keys=100000", scale(100_000)},
+	{"scale/keys=1000000", scale(1_000_000)},
 	{"redis/admit/callers=1/keys=1", redisAdmit(1, 1)},
 	{"redis/admit/callers=1/keys=1000", redisAdmit(1, 1000)},
 	{"redis/admit/callers=16/keys=1", redisAdmit(16, 1)},
 	{"redis/admit/callers=16/keys=1000", redisAdmit(16, 1000)},
 	{"redis/dispatcher/keys=1000", redisDispatcher},
+	{"redis/scale/keys=10000", redisScale(10_000)},
+	{"redis/scale/keys=100000", redisScale(100_000)},
+	{"redis/scale/keys=1000000", redisScale(1_000_000)},
 	{"sqlite/procs=1", sqliteProcs(1)},
 	{"sqlite/procs=4", sqliteProcs(4)},
+	{"sqlite/scale/keys=100000", sqliteScale(100_000)},
+	{"sqlite/scale/keys=1000000", sqliteScale(1_000_000)},
 	{"pacing/rate=1000/waiters=16", pacingWaiters},
 	{"pacing/stall=20ms/waiter", pacingStall},
 	{"pacing/rate=10000/burst=1", pacingHigh},
