@@ -15,8 +15,8 @@
 // interleaved with its anchor's, with the range of the repetitions as its
 // spread. Redis comparisons use REDIS_ADDR, else 127.0.0.1:6379, else a
 // redis-server from PATH on a free port, else they are skipped with a note.
-// The whole run takes about seven minutes on a 2-core machine, half of
-// it in the comparisons of a million keys.
+// The whole run takes about six minutes on a 2-core machine, two of them
+// in the comparisons of a million keys.
 //
 // It lives in its own module so that the main module never depends on the
 // libraries it is compared with.
