@@ -11,7 +11,7 @@
 // m1 sees the call first and its error last. The order matters, and this
 // one suits most handlers that call a rate-limited service:
 //
-//	fetch = middleware.Keyed(middleware.Wrap(fetch, logging, retry, rateLimit, timeout), key)
+//	handler := middleware.Keyed(middleware.Wrap(fetch, logging, retry, rateLimit, timeout), key)
 //
 // Keyed gives each call its job's key; the chain logs one record per job
 // (not per attempt), retries the whole of an attempt, waits for the key's
