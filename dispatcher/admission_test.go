@@ -163,7 +163,7 @@ func TestRetryAfterPausesKey(t *testing.T) {
 				return 0, &retryAfterError{delay: 200 * time.Millisecond, err: errors.New("429")}
 			}
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))))
+		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKeyStats())
 		var fs []*dispatcher.Future[int]
 		for i := range 20 {
 			for _, k := range []string{"A", "B"} {
@@ -192,8 +192,10 @@ func TestRetryAfterPausesKey(t *testing.T) {
 			}
 		}
 		assert.Positive(t, bDuringPause, "B jobs started during A's pause")
-		assert.EqualValues(t, 1, st.Keys["A"].Retried, "Stats.Keys[A].Retried")
-		assert.Zero(t, st.Keys["A"].Failed, "Stats.Keys[A].Failed")
+		a, ok := d.KeyStats("A")
+		require.True(t, ok, "KeyStats(A)")
+		assert.EqualValues(t, 1, a.Retried, "KeyStats(A).Retried")
+		assert.Zero(t, a.Failed, "KeyStats(A).Failed")
 	})
 }
 
@@ -489,11 +491,11 @@ func TestIdleKeysForgotten(t *testing.T) {
 		for _, f := range fs {
 			f.Wait(context.Background())
 		}
-		require.Len(t, d.Stats().Keys, 1000, "Stats.Keys after 1,000 keys' jobs")
+		require.Equal(t, 1000, dispatcher.KeyCount(d), "keys known after 1,000 keys' jobs")
 		time.Sleep(2 * time.Minute)
 		_, err := d.Do(context.Background(), task{"fresh", 0}) // wakes the scheduler
 		require.NoError(t, err)
-		assert.Len(t, d.Stats().Keys, 1, "Stats.Keys two minutes later, want only the key in use")
+		assert.Equal(t, 1, dispatcher.KeyCount(d), "keys known two minutes later, want only the key in use")
 	})
 }
 
@@ -543,7 +545,7 @@ func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim))
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats())
 		ctx := context.Background()
 		for i := range 64 { // time the handler: then nothing is admitted ahead of the worker
 			_, err := d.Do(ctx, task{"warm", i})
@@ -561,7 +563,7 @@ func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 		assert.LessOrEqual(t, time.Since(start), time.Second, "B's time: it waited for A's refund")
 		_, err = fa.Wait(ctx)
 		require.NoError(t, err)
-		assert.EqualValues(t, 1, d.Stats().Keys["A"].Late, "A's give-backs: the test did not make it late")
+		assert.EqualValues(t, 1, keyStats(t, d, "A").Late, "A's give-backs: the test did not make it late")
 	})
 }
 
@@ -573,7 +575,7 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 		d, err := dispatcher.New(func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim))
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats())
 		require.NoError(t, err)
 		ctx := context.Background()
 		stallOnce(d, 50*time.Millisecond)
@@ -590,7 +592,7 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 		start := time.Now()
 		assert.NoError(t, d.Shutdown(sctx), "Shutdown")
 		assert.LessOrEqual(t, time.Since(start), 200*time.Millisecond, "Shutdown's time: it waited for the refund")
-		assert.EqualValues(t, 1, d.Stats().Keys["A"].Late, "A's give-backs: the test did not make it late")
+		assert.EqualValues(t, 1, keyStats(t, d, "A").Late, "A's give-backs: the test did not make it late")
 	})
 }
 
@@ -683,7 +685,7 @@ func startsAfterLate(t *testing.T, lim bucket.Limit) []jobStart {
 		mu.Unlock()
 		return 0, nil
 	}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
-		dispatcher.WithLimiter(newLimiter(t, lim)))
+		dispatcher.WithLimiter(newLimiter(t, lim)), dispatcher.WithKeyStats())
 	ctx := context.Background()
 	var fs []*dispatcher.Future[int]
 	for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
@@ -695,7 +697,7 @@ func startsAfterLate(t *testing.T, lim bucket.Limit) []jobStart {
 		_, err := f.Wait(ctx)
 		require.NoError(t, err)
 	}
-	require.Positive(t, d.Stats().Keys["A"].Late, "late jobs of A: the test did not make one late")
+	require.Positive(t, keyStats(t, d, "A").Late, "late jobs of A: the test did not make one late")
 	return starts
 }
 

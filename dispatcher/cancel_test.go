@@ -185,6 +185,8 @@ func testCancelStress(t *testing.T, seed uint64) {
 			require.NoError(t, d.Close())
 			stopped = true
 		}
+		synctest.Wait()
+		require.Equal(t, dispatcher.RecountWaiting(d), d.Stats().Waiting, "Stats.Waiting against a count over every key")
 	}
 	require.NoError(t, d.Shutdown(ctx))
 	for i, f := range futures {
@@ -193,4 +195,5 @@ func testCancelStress(t *testing.T, seed uint64) {
 	}
 	st := d.Stats()
 	assert.Equal(t, st.Submitted, st.Succeeded+st.Failed+st.Cancelled, "%+v", st)
+	assert.Zero(t, st.Waiting, "Stats.Waiting after Shutdown")
 }

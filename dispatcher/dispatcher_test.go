@@ -259,7 +259,7 @@ func TestJobContext(t *testing.T) {
 // waits n×100ms from Submit to start; the percentiles say so.
 func TestStatsAdmissionWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1))
+		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1), dispatcher.WithKeyStats())
 		var fs []*dispatcher.Future[int]
 		for i := range 100 {
 			f, err := d.Submit(context.Background(), i)
@@ -270,6 +270,7 @@ func TestStatsAdmissionWait(t *testing.T) {
 		st := d.Stats()
 		assert.Positive(t, st.Queued, "Stats.Queued with 99 jobs held back by their bucket")
 		assert.Positive(t, st.Waiting, "Stats.Waiting with 99 jobs held back by their bucket")
+		assert.Equal(t, dispatcher.RecountWaiting(d), st.Waiting, "Stats.Waiting against a count over every key")
 		for _, f := range fs {
 			f.Wait(context.Background())
 		}
@@ -284,9 +285,9 @@ func TestStatsAdmissionWait(t *testing.T) {
 		check("P90", w.P90, 8900*time.Millisecond)
 		assert.EqualValues(t, 100, w.Count, "AdmissionWait.Count")
 		assert.Equal(t, 9900*time.Millisecond, w.Max, "AdmissionWait.Max")
-		k := st.Keys["default"]
-		assert.Positive(t, k.Throttled, "Stats.Keys[default].Throttled")
-		assert.EqualValues(t, 100, k.AdmissionWait.Count, "Stats.Keys[default].AdmissionWait.Count")
+		k := keyStats(t, d, "default")
+		assert.Positive(t, k.Throttled, "KeyStats(default).Throttled")
+		assert.EqualValues(t, 100, k.AdmissionWait.Count, "KeyStats(default).AdmissionWait.Count")
 	})
 }
 
@@ -300,3 +301,11 @@ type retryAfterError struct {
 func (e *retryAfterError) Error() string             { return fmt.Sprintf("%v (retry after %v)", e.err, e.delay) }
 func (e *retryAfterError) Unwrap() error             { return e.err }
 func (e *retryAfterError) RetryAfter() time.Duration { return e.delay }
+
+// keyStats returns d's figures of key, which it must keep.
+func keyStats[T, R any](t *testing.T, d *dispatcher.Dispatcher[T, R], key string) dispatcher.KeyStats {
+	t.Helper()
+	k, ok := d.KeyStats(key)
+	require.True(t, ok, "KeyStats(%q)", key)
+	return k
+}

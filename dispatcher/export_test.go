@@ -48,3 +48,26 @@ func (h hooked) Pause(ctx context.Context, key string, d time.Duration) error {
 	}
 	return err
 }
+
+// KeyCount returns how many keys d's scheduler holds state for.
+func KeyCount[T, R any](d *Dispatcher[T, R]) int {
+	d.sched.mu.Lock()
+	defer d.sched.mu.Unlock()
+	return len(d.sched.keys)
+}
+
+// RecountWaiting counts, over every key, the jobs Stats.Waiting counts:
+// those booked ahead, and those queued in keys that wait.
+func RecountWaiting[T, R any](d *Dispatcher[T, R]) int64 {
+	s := d.sched
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, k := range s.keys {
+		n += int64(k.booked.n)
+		if k.phase == keyWaiting {
+			n += int64(k.jobs.n)
+		}
+	}
+	return n
+}

@@ -11,7 +11,7 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 	s.mu.Lock()
 	switch j.getState() {
 	case queued:
-		s.keys[j.info.Key].jobs.remove(j)
+		s.removeJob(s.keys[j.info.Key], j)
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	case booked:
 		s.cancelBooked(s.keys[j.info.Key], j)
@@ -40,7 +40,7 @@ func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []driver.Admis
 		s.slots.remove(b)
 		b.setState(queued)
 		b.slot = 0
-		k.jobs.insert(b)
+		s.insertJob(k, b)
 		s.idle.Add(1)
 	}
 	return driver.Unbook(latestFirst)
@@ -121,7 +121,7 @@ func (s *scheduler[T, R]) hold(k *keyState[T, R]) bool {
 		return false
 	}
 	s.timers.remove(k)
-	k.phase = keyRefunding
+	s.setPhase(k, keyRefunding)
 	return true
 }
 

@@ -93,10 +93,12 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	} else {
 		k.returned.Add(1)
 		if lateness > tolerance {
-			k.stats.late.Add(1)
+			if k.stats != nil {
+				k.stats.late.Add(1)
+			}
 		}
 		j.setState(queued)
-		k.jobs.insert(j)
+		s.insertJob(k, j)
 		// The key's bookings go back behind it, so that its jobs still
 		// start in order; their admissions and j's are given back.
 		refund = s.unbook(k, j)

@@ -54,12 +54,14 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	k := s.key(j.info.Key)
 	k.paused = max(k.paused, until)
 	k.returned.Add(1)
-	k.stats.retried.Add(1)
+	if k.stats != nil {
+		k.stats.retried.Add(1)
+	}
 	s.d.stats.retried.Add(1)
 	// Its booked jobs must not start during the pause.
 	refund := s.unbook(k, nil) // j's request was made: its admission stays
 	j.setState(queued)
-	k.jobs.insert(j)
+	s.insertJob(k, j)
 	s.waiting.Add(1)
 	s.idle.Add(1)
 	switch k.phase {

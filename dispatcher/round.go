@@ -64,9 +64,9 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 			s.cancelBooked(k, b) // k asks again once the booking is back
 			continue
 		}
-		j := k.jobs.popFront()
+		j := s.popJob(k)
 		if j == nil {
-			k.phase = keyIdle
+			s.setPhase(k, keyIdle)
 			continue
 		}
 		s.idle.Add(-1)
@@ -117,7 +117,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			}
 			s.idle.Add(1)
 			if allowed && !s.stopped {
-				k.phase = keyRefunding // held (see hold) until the refund is done
+				s.setPhase(k, keyRefunding) // held (see hold) until the refund is done
 				held = append(held, k)
 			} else {
 				s.settle(k, now)
@@ -155,7 +155,9 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			// that the next admission books the slot itself: asking when
 			// it opens would start late by the timer's latency and lose
 			// that much of the rate at every step.
-			k.stats.throttled.Add(1)
+			if k.stats != nil {
+				k.stats.throttled.Add(1)
+			}
 			s.putBack(k, j, now+int64(a.Decision.Wait)-int64(s.window()/2))
 		}
 	}
@@ -177,7 +179,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 // k wait until the given time.
 func (s *scheduler[T, R]) putBack(k *keyState[T, R], j *job[T, R], until int64) {
 	j.setState(queued)
-	k.jobs.insert(j)
+	s.insertJob(k, j)
 	s.idle.Add(1)
 	s.wait(k, until)
 }

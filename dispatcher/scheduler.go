@@ -35,6 +35,7 @@ type scheduler[T, R any] struct {
 	stopped bool
 	swept   int64
 	seq     uint64
+	held    int64 // jobs queued in keys that wait (keyWaiting): Stats.Waiting, with the booked
 
 	// idle and waiting change under mu, except that workers give back
 	// their place and their reservation without it. Workers write both
@@ -104,7 +105,10 @@ func (s *scheduler[T, R]) signal() {
 func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
 	k := s.keys[name]
 	if k == nil {
-		k = &keyState[T, R]{name: name, heapIdx: -1, stats: new(keyCounters)}
+		k = &keyState[T, R]{name: name, heapIdx: -1}
+		if s.d.cfg.keyStats {
+			k.stats = new(keyCounters)
+		}
 		s.keys[name] = k
 	}
 	return k
@@ -136,12 +140,14 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 	s.d.pending.Add(1)
 	s.d.stats.submitted.Add(1)
 	k := s.key(j.info.Key)
-	k.stats.submitted.Add(1)
+	if k.stats != nil {
+		k.stats.submitted.Add(1)
+	}
 	j.ks = k
 	s.seq++
 	j.seq = s.seq
 	j.setState(queued)
-	k.jobs.pushBack(j)
+	s.pushJob(k, j)
 	if k.phase == keyIdle {
 		s.makeReady(k)
 	}
@@ -157,8 +163,51 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 }
 
 func (s *scheduler[T, R]) makeReady(k *keyState[T, R]) {
-	k.phase = keyReady
+	s.setPhase(k, keyReady)
 	s.ready.push(k)
+}
+
+// setPhase moves k to phase p, keeping count of the jobs queued in
+// waiting keys (Stats.Waiting) as k enters or leaves keyWaiting.
+func (s *scheduler[T, R]) setPhase(k *keyState[T, R], p phase) {
+	switch {
+	case k.phase == keyWaiting && p != keyWaiting:
+		s.held -= int64(k.jobs.n)
+	case k.phase != keyWaiting && p == keyWaiting:
+		s.held += int64(k.jobs.n)
+	}
+	k.phase = p
+}
+
+// pushJob, insertJob, removeJob and popJob change k's queue, keeping count
+// of the jobs queued in waiting keys.
+func (s *scheduler[T, R]) pushJob(k *keyState[T, R], j *job[T, R]) {
+	k.jobs.pushBack(j)
+	s.countHeld(k, 1)
+}
+
+func (s *scheduler[T, R]) insertJob(k *keyState[T, R], j *job[T, R]) {
+	k.jobs.insert(j)
+	s.countHeld(k, 1)
+}
+
+func (s *scheduler[T, R]) removeJob(k *keyState[T, R], j *job[T, R]) {
+	k.jobs.remove(j)
+	s.countHeld(k, -1)
+}
+
+func (s *scheduler[T, R]) popJob(k *keyState[T, R]) *job[T, R] {
+	j := k.jobs.popFront()
+	if j != nil {
+		s.countHeld(k, -1)
+	}
+	return j
+}
+
+func (s *scheduler[T, R]) countHeld(k *keyState[T, R], n int64) {
+	if k.phase == keyWaiting {
+		s.held += n
+	}
 }
 
 // settle gives k its phase, at now, after its head left it.
@@ -166,7 +215,7 @@ func (s *scheduler[T, R]) settle(k *keyState[T, R], now int64) {
 	k.asking = nil
 	k.lastUsed = now
 	if k.jobs.n == 0 {
-		k.phase = keyIdle
+		s.setPhase(k, keyIdle)
 		return
 	}
 	if k.paused > k.lastUsed {
@@ -177,7 +226,7 @@ func (s *scheduler[T, R]) settle(k *keyState[T, R], now int64) {
 }
 
 func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
-	k.phase = keyWaiting
+	s.setPhase(k, keyWaiting)
 	k.wakeAt = until
 	s.timers.set(k)
 }
@@ -322,11 +371,11 @@ func (s *scheduler[T, R]) stop() {
 	for _, k := range s.keys {
 		refunds = append(refunds, s.unbook(k, nil)...) // its bookings are resolved with the queue
 		s.timers.remove(k)
-		for j := k.jobs.popFront(); j != nil; j = k.jobs.popFront() {
+		for j := s.popJob(k); j != nil; j = s.popJob(k) {
 			s.resolveWaiting(j, ErrClosed, outcomeCancelled)
 		}
 		if k.phase != keyAsking {
-			k.phase = keyIdle
+			s.setPhase(k, keyIdle)
 		}
 	}
 	s.mu.Unlock()

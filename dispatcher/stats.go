@@ -26,13 +26,9 @@ type Stats struct {
 
 	// AdmissionWait is the time from Submit to the handler's start.
 	AdmissionWait Percentiles
-	// Keys has per-key figures for the keys used within the last minute
-	// (a key's figures are forgotten with its queue); it is filled in with
-	// a limiter only.
-	Keys map[string]KeyStats
 }
 
-// KeyStats are one key's figures.
+// KeyStats are one key's figures (Dispatcher.KeyStats).
 type KeyStats struct {
 	Submitted, Succeeded, Failed, Cancelled, Retried int64
 	Throttled                                        int64 // admissions its bucket refused
@@ -51,8 +47,9 @@ type Percentiles struct {
 	Max           time.Duration
 }
 
-// Stats returns a snapshot of the dispatcher's figures. It is safe to call
-// at any time; its cost grows with the number of keys.
+// Stats returns a snapshot of the dispatcher's totals. It is safe to call
+// at any time, and costs the same with one key or a million: a key's own
+// figures are read with KeyStats.
 func (d *Dispatcher[T, R]) Stats() Stats {
 	c := &d.stats
 	st := Stats{
@@ -81,27 +78,38 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 	c.mu.Unlock()
 	if s := d.sched; s != nil {
 		s.mu.Lock()
-		st.Keys = make(map[string]KeyStats, len(s.keys))
-		for name, k := range s.keys {
-			c := k.stats
-			st.Keys[name] = KeyStats{
-				Submitted:     c.submitted.Load(),
-				Succeeded:     c.outcome(outcomeSucceeded).Load(),
-				Failed:        c.outcome(outcomeFailed).Load(),
-				Cancelled:     c.outcome(outcomeCancelled).Load(),
-				Retried:       c.retried.Load(),
-				Throttled:     c.throttled.Load(),
-				Late:          c.late.Load(),
-				AdmissionWait: c.wait.sum().percentiles(),
-			}
-			st.Waiting += int64(k.booked.n)
-			if k.phase == keyWaiting {
-				st.Waiting += int64(k.jobs.n)
-			}
-		}
+		st.Waiting = int64(s.slots.Len()) + s.held
 		s.mu.Unlock()
 	}
 	return st
+}
+
+// KeyStats returns the figures of key, if the Dispatcher keeps figures
+// per key (WithKeyStats) and key was used within the last minute: a key's
+// figures are forgotten with its queue. It costs a map lookup under the
+// scheduler's lock and the read of the key's histogram.
+func (d *Dispatcher[T, R]) KeyStats(key string) (KeyStats, bool) {
+	s := d.sched
+	if s == nil {
+		return KeyStats{}, false
+	}
+	s.mu.Lock()
+	k := s.keys[key]
+	s.mu.Unlock()
+	if k == nil || k.stats == nil {
+		return KeyStats{}, false
+	}
+	c := k.stats
+	return KeyStats{
+		Submitted:     c.submitted.Load(),
+		Succeeded:     c.outcome(outcomeSucceeded).Load(),
+		Failed:        c.outcome(outcomeFailed).Load(),
+		Cancelled:     c.outcome(outcomeCancelled).Load(),
+		Retried:       c.retried.Load(),
+		Throttled:     c.throttled.Load(),
+		Late:          c.late.Load(),
+		AdmissionWait: c.wait.sum().percentiles(),
+	}, true
 }
 
 // jobCounters count jobs, for the dispatcher and for each key.

@@ -44,7 +44,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	}
 	wait := start - j.submitted
 	wk.wait.record(wait)
-	if j.ks != nil {
+	if j.ks != nil && j.ks.stats != nil {
 		j.ks.stats.wait.record(wait)
 	}
 	wk.current.Store(j)

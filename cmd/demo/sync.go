@@ -81,7 +81,7 @@ func syncItems(ctx context.Context, cfg *config, be driver.Backend, base string,
 		return err
 	}
 	s.run(ctx, d, items)
-	rec.finish(s.figures(d.Stats()))
+	rec.finish(s.figures(d))
 	return nil
 }
 
@@ -107,7 +107,8 @@ func (s *syncer) dispatcher(cfg *config, lim *bucket.Limiter) (*dispatcher.Dispa
 		middleware.Timeout(10*time.Second))
 	return dispatcher.New(fetch, func(it item) string { return it.tenant },
 		dispatcher.WithWorkers(cfg.workers),
-		dispatcher.WithLimiter(lim))
+		dispatcher.WithLimiter(lim),
+		dispatcher.WithKeyStats()) // the summary's per-tenant figures
 }
 
 func (s *syncer) countRetry(ctx context.Context, _ error, _ time.Duration) {
@@ -190,10 +191,10 @@ func feed(ctx context.Context, in chan<- item, items []item) {
 }
 
 // figures reads each tenant's retries and admission waits.
-func (s *syncer) figures(st dispatcher.Stats) map[string]keyFigures {
+func (s *syncer) figures(d *dispatcher.Dispatcher[item, struct{}]) map[string]keyFigures {
 	out := make(map[string]keyFigures, len(s.retries))
 	for t, n := range s.retries {
-		ks := st.Keys[t]
+		ks, _ := d.KeyStats(t)
 		out[t] = keyFigures{
 			Retries:   ks.Retried + n.Load(),
 			Throttled: ks.Throttled,
