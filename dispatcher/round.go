@@ -78,7 +78,8 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 			continue
 		}
 		j.setState(asking)
-		k.phase, k.asking = keyAsking, j
+		s.setPhase(k, keyAsking)
+		k.asking = j
 		batch = append(batch, driver.Admission{Request: driver.Request{
 			Key: k.name, Limit: driverLimit(lim), Cost: j.cost, MaxWait: s.window(),
 		}})
