@@ -115,6 +115,31 @@ func newRedisClient(addr string) *redis.Client {
 	return redis.NewClient(&redis.Options{Addr: addr})
 }
 
+// A redisPair is the two sides of a Redis comparison, each on a client of
+// its own: our Store, its keys under keyPrefix, and redis_rate's limiter.
+type redisPair struct {
+	oc, ac *redis.Client
+	store  *redisstore.Store
+	rr     *redis_rate.Limiter
+}
+
+func newRedisPair(addr, keyPrefix string) *redisPair {
+	p := &redisPair{oc: newRedisClient(addr), ac: newRedisClient(addr)}
+	store, err := redisstore.New(p.oc, redisstore.Options{Prefix: keyPrefix})
+	if err != nil {
+		panic(err)
+	}
+	p.store, p.rr = store, redis_rate.NewLimiter(p.ac)
+	return p
+}
+
+// Close closes the Store, then both clients.
+func (p *redisPair) Close() {
+	p.store.Close()
+	p.ac.Close()
+	p.oc.Close()
+}
+
 // The limit of the Redis comparisons, on both sides: it never binds at
 // these rates, yet every admission moves its bucket, so that both write
 // their key each time, as under a limit that binds. (At 10^9/s
@@ -187,15 +212,9 @@ func redisAdmit(callers, nkeys int) func(r *reporter) {
 			return
 		}
 		ks := keys(nkeys)
-		oc, ac := newRedisClient(addr), newRedisClient(addr)
-		defer oc.Close()
-		defer ac.Close()
-		store, err := redisstore.New(oc, redisstore.Options{Prefix: prefix})
-		if err != nil {
-			panic(err)
-		}
-		defer store.Close()
-		rr := redis_rate.NewLimiter(ac)
+		p := newRedisPair(addr, prefix)
+		defer p.Close()
+		store, rr := p.store, p.rr
 		res := repeat(r.reps,
 			contender{"ours", func() sample {
 				return redisLoop(callers, ks, redisTime, func(ctx context.Context, k string) error {
@@ -241,19 +260,13 @@ func redisDispatcher(r *reporter) {
 	}
 	const workers = 16
 	ks := keys(1000)
-	oc, ac := newRedisClient(addr), newRedisClient(addr)
-	defer oc.Close()
-	defer ac.Close()
-	store, err := redisstore.New(oc, redisstore.Options{Prefix: prefix + "d:"})
+	p := newRedisPair(addr, prefix+"d:")
+	defer p.Close()
+	rr := p.rr
+	lim, err := bucket.NewLimiter(p.store, redisLimit)
 	if err != nil {
 		panic(err)
 	}
-	defer store.Close()
-	lim, err := bucket.NewLimiter(store, redisLimit)
-	if err != nil {
-		panic(err)
-	}
-	rr := redis_rate.NewLimiter(ac)
 	ours := func(n int) int {
 		res := results
 		d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { res[i] = i; return i, nil }, func(i int) string { return ks[i%len(ks)] },

@@ -12,7 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/leakybucket/leakybucket/backend/backendtest"
-	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 )
@@ -136,15 +135,9 @@ func redisScale(n int) func(r *reporter) {
 			return
 		}
 		ks := scaleKeys(n)
-		oc, ac := newRedisClient(addr), newRedisClient(addr)
-		defer oc.Close()
-		defer ac.Close()
-		store, err := redisstore.New(oc, redisstore.Options{Prefix: prefix + "s:"})
-		if err != nil {
-			panic(err)
-		}
-		defer store.Close()
-		rr := redis_rate.NewLimiter(ac)
+		p := newRedisPair(addr, prefix+"s:")
+		defer p.Close()
+		oc, ac, store, rr := p.oc, p.ac, p.store, p.rr
 		anchorKey := func(k string) string { return "rate:" + prefix + "s:" + k } // redis_rate's prefix, then ours
 		req := driver.Request{Limit: backendtest.Limit(redisScaleLimit), Cost: 1}
 		// A million keys take about 20 s a side to fill: one repetition.

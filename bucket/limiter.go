@@ -90,10 +90,7 @@ func (l *Limiter) Allow(ctx context.Context, key string) (bool, error) {
 
 // AllowN reports whether n units for key may pass now, charging them if so.
 func (l *Limiter) AllowN(ctx context.Context, key string, n int) (bool, error) {
-	lim := l.limit
-	if l.limitFor != nil {
-		lim = l.limitFor(key)
-	}
+	lim := l.Limit(key)
 	if lim.unlimited {
 		err := checkUnlimited(key, n)
 		return err == nil, err
@@ -156,10 +153,7 @@ func (l *Limiter) WaitN(ctx context.Context, key string, n int) error {
 // if not, when it would be admissible). Cancel it to give back a booking
 // that will not be used.
 func (l *Limiter) Reserve(ctx context.Context, key string, n int, maxWait time.Duration) (Reservation, error) {
-	lim := l.limit
-	if l.limitFor != nil {
-		lim = l.limitFor(key)
-	}
+	lim := l.Limit(key)
 	if lim.unlimited {
 		if err := checkUnlimited(key, n); err != nil {
 			return Reservation{}, err

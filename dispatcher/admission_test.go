@@ -199,6 +199,36 @@ func TestRetryAfterPausesKey(t *testing.T) {
 	})
 }
 
+// TestRetryAfterPausesBackend: a retry-after pauses its key in the
+// limiter's backend, where every process sharing it sees the pause (here
+// through the limiter itself, as another process's would), and no other
+// key.
+func TestRetryAfterPausesBackend(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := newLimiter(t, bucket.PerSecond(1000).WithBurst(10))
+		var once atomic.Bool
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			if once.CompareAndSwap(false, true) {
+				return 0, &retryAfterError{delay: time.Second}
+			}
+			return j.n, nil
+		}, taskKey, dispatcher.WithLimiter(lim))
+		ctx := context.Background()
+		f, err := d.Submit(ctx, task{"A", 1})
+		require.NoError(t, err)
+		synctest.Wait() // the handler answered; the job waits out the pause
+		time.Sleep(500 * time.Millisecond)
+		ok, err := lim.Allow(ctx, "A")
+		require.NoError(t, err)
+		assert.False(t, ok, "Allow(A) half way through the retry-after: the backend was not paused")
+		ok, err = lim.Allow(ctx, "B")
+		require.NoError(t, err)
+		assert.True(t, ok, "Allow(B) during A's pause")
+		_, err = f.Wait(ctx)
+		assert.NoError(t, err)
+	})
+}
+
 // TestRequeueBound: a handler that always asks for a retry fails after
 // WithMaxRequeues requeues, with an error matching ErrTooManyRequeues.
 func TestRequeueBound(t *testing.T) {
