@@ -506,26 +506,96 @@ func TestBackpressure(t *testing.T) {
 	}
 }
 
-// TestIdleKeysForgotten: the scheduler forgets a key, and its figures, a
-// minute after its last job; memory follows the keys in use.
+// TestIdleKeysForgotten: the scheduler holds a key only while it has jobs
+// waiting: memory follows the keys in use, not the keys ever seen. With
+// WithKeyStats a key's figures are kept a minute after its last job.
 func TestIdleKeysForgotten(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  []dispatcher.Option
+		after int // keys known once the jobs are done
+	}{
+		{"plain", nil, 0},
+		{"WithKeyStats", []dispatcher.Option{dispatcher.WithKeyStats()}, 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				gate := make(chan struct{})
+				opts := append([]dispatcher.Option{dispatcher.WithWorkers(4),
+					dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100)))}, tc.opts...)
+				d := newDispatcher(t, func(_ context.Context, j task) (int, error) { <-gate; return j.n, nil }, taskKey, opts...)
+				var fs []*dispatcher.Future[int]
+				for i := range 1000 {
+					f, err := d.Submit(context.Background(), task{fmt.Sprint("tenant-", i), i})
+					require.NoError(t, err)
+					fs = append(fs, f)
+				}
+				synctest.Wait()
+				// 4 jobs run and up to a batch more are booked for the
+				// workers; the others wait in their keys' queues.
+				assert.Greater(t, dispatcher.KeyCount(d), 900, "keys known while their jobs wait")
+				close(gate)
+				for _, f := range fs {
+					_, err := f.Wait(context.Background())
+					require.NoError(t, err)
+				}
+				synctest.Wait()
+				assert.Equal(t, tc.after, dispatcher.KeyCount(d), "keys known after 1,000 keys' jobs")
+				time.Sleep(2 * time.Minute)
+				_, err := d.Do(context.Background(), task{"fresh", 0}) // wakes the scheduler, which sweeps
+				require.NoError(t, err)
+				assert.LessOrEqual(t, dispatcher.KeyCount(d), 1, "keys known two minutes later, want at most the key in use")
+			})
+		})
+	}
+}
+
+// noPause is a memory backend whose pauses fail: only the dispatcher's
+// own record of a retry-after holds the key.
+type noPause struct{ *memstore.Store }
+
+func (noPause) Pause(context.Context, string, time.Duration) error {
+	return errors.New("pause lost")
+}
+
+// TestIdlePausedKeyKept: a retry-after holds its key in this process even
+// when the key's queue empties meanwhile (here its job is cancelled
+// during the pause), so that a job submitted later still waits for the
+// pause's end, even if the backend lost the pause. The key is forgotten
+// once the pause is over.
+func TestIdlePausedKeyKept(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil }, taskKey,
-			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))))
-		var fs []*dispatcher.Future[int]
-		for i := range 1000 {
-			f, err := d.Submit(context.Background(), task{fmt.Sprint("tenant-", i), i})
-			require.NoError(t, err)
-			fs = append(fs, f)
-		}
-		for _, f := range fs {
-			f.Wait(context.Background())
-		}
-		require.Equal(t, 1000, dispatcher.KeyCount(d), "keys known after 1,000 keys' jobs")
-		time.Sleep(2 * time.Minute)
-		_, err := d.Do(context.Background(), task{"fresh", 0}) // wakes the scheduler
+		store, err := memstore.New(memstore.Options{})
 		require.NoError(t, err)
-		assert.Equal(t, 1, dispatcher.KeyCount(d), "keys known two minutes later, want only the key in use")
+		t.Cleanup(func() { store.Close() })
+		lim, err := bucket.NewLimiter(noPause{store}, bucket.PerSecond(100))
+		require.NoError(t, err)
+		begin := time.Now()
+		var once atomic.Bool
+		var startedAt atomic.Int64
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			if once.CompareAndSwap(false, true) {
+				return 0, &retryAfterError{delay: 30 * time.Second}
+			}
+			startedAt.Store(int64(time.Since(begin)))
+			return j.n, nil
+		}, taskKey, dispatcher.WithLimiter(lim))
+		ctx, cancel := context.WithCancel(context.Background())
+		f, err := d.Submit(ctx, task{"A", 1})
+		require.NoError(t, err)
+		synctest.Wait() // answered retry-after: back in A's queue for the pause
+		time.Sleep(time.Second)
+		cancel()
+		_, err = f.Wait(context.Background())
+		require.ErrorIs(t, err, context.Canceled)
+		synctest.Wait()
+		assert.Equal(t, 1, dispatcher.KeyCount(d), "keys known during A's pause with its queue empty")
+		_, err = d.Do(context.Background(), task{"A", 2})
+		require.NoError(t, err)
+		assert.GreaterOrEqual(t, time.Duration(startedAt.Load()), 30*time.Second,
+			"A's next job started during the pause")
+		synctest.Wait()
+		assert.Zero(t, dispatcher.KeyCount(d), "keys known once A's pause is over and its job done")
 	})
 }
 

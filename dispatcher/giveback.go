@@ -133,7 +133,10 @@ func (s *scheduler[T, R]) resume(k *keyState[T, R]) {
 	}
 }
 
-// admission returns the admission j was given.
+// admission returns the admission j was given, as a refund needs it.
 func (j *job[T, R]) admission() driver.Admission {
-	return driver.Admission{Request: driver.Request{Key: j.info.Key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
+	return driver.Admission{
+		Request:  driver.Request{Key: j.info.Key, Limit: *j.lim, Cost: j.cost},
+		Decision: driver.Decision{Allowed: true, Now: j.start, Booking: j.booking},
+	}
 }

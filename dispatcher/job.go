@@ -34,27 +34,38 @@ type job[T, R any] struct {
 	in        T
 	info      jobinfo.Info // its key and attempt, which its handler context answers for
 	cost      int64
-	submitted int64           // dispatcher clock
-	seq       uint64          // submission order, with a limiter
-	ks        *keyState[T, R] // its key, with a limiter
-	handedAt  uint64          // ks.returned when it was handed to a worker
-	state     jobState
-	watched   bool // parent can end, so the job is watched while it waits
+	submitted int64        // dispatcher clock
+	seq       uint64       // submission order, with a limiter
+	stats     *keyCounters // its key's figures, WithKeyStats
 	prev      *job[T, R]
 	next      *job[T, R]
 	unwatch   func() bool // stops the watch on parent while the job waits; guarded by Future.mu
 	then      func(*Future[R])
 
-	// The admission, from when it is decided until the job runs.
-	lim       driver.Limit
-	dec       driver.Decision
+	// The admission, from when it is decided until the job runs: what a
+	// refund needs (driver.Decision's start and booking, and the limit,
+	// shared with the key's other jobs), and when the job may start.
+	lim       *driver.Limit
+	booking   driver.Booking
+	start     int64 // the admitted start, in the backend's time base
 	slot      int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
 	releaseAt int64 // when a booked job is handed to a worker
-	heapIdx   int   // in the scheduler's heap of booked jobs
 
-	// Handler context, guarded by Future.mu.
-	ctxDone    chan struct{}
-	ctxErr     error
+	// Handler context, guarded by Future.mu: its error, and what only a
+	// handler that asks for Done needs, made then.
+	ctxErr error
+	ctx    *handlerContext
+
+	state    jobState
+	heapIdx  int32  // in the scheduler's heap of booked jobs
+	handedAt uint32 // the scheduler's setBack count when it was handed to a worker
+	watched  bool   // parent can end, so the job is watched while it waits
+}
+
+// A handlerContext is what a job's context needs once its handler asks for
+// Done: most handlers never do, and their jobs are smaller without it.
+type handlerContext struct {
+	done       chan struct{}
 	stopParent func() bool
 	afterFuncs map[*afterFunc]struct{}
 }
@@ -77,26 +88,26 @@ func (j *job[T, R]) Value(key any) any {
 func (j *job[T, R]) Done() <-chan struct{} {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.ctxDone != nil {
-		return j.ctxDone
+	if j.ctx != nil {
+		return j.ctx.done
 	}
 	if j.ctxErr != nil {
 		return closedChan
 	}
-	j.ctxDone = make(chan struct{})
+	j.ctx = &handlerContext{done: make(chan struct{})}
 	if err := j.parent.Err(); err != nil {
 		j.ctxErr = err
-		close(j.ctxDone)
+		close(j.ctx.done)
 	} else if j.parent.Done() != nil {
-		j.stopParent = context.AfterFunc(j.parent, func() { j.cancel(j.parent.Err()) })
+		j.ctx.stopParent = context.AfterFunc(j.parent, func() { j.cancel(j.parent.Err()) })
 	}
-	return j.ctxDone
+	return j.ctx.done
 }
 
 func (j *job[T, R]) Err() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.ctxErr != nil || j.ctxDone != nil {
+	if j.ctxErr != nil || j.ctx != nil {
 		return j.ctxErr
 	}
 	return j.parent.Err()
@@ -113,15 +124,20 @@ func (j *job[T, R]) AfterFunc(f func()) (stop func() bool) {
 		go f()
 		return func() bool { return false }
 	}
-	if j.afterFuncs == nil {
-		j.afterFuncs = make(map[*afterFunc]struct{})
+	c := j.ctx // made by Done above, unless a requeue reset it since
+	if c == nil {
+		c = &handlerContext{done: make(chan struct{})}
+		j.ctx = c
 	}
-	j.afterFuncs[a] = struct{}{}
+	if c.afterFuncs == nil {
+		c.afterFuncs = make(map[*afterFunc]struct{})
+	}
+	c.afterFuncs[a] = struct{}{}
 	return func() bool {
 		j.mu.Lock()
 		defer j.mu.Unlock()
-		_, ok := j.afterFuncs[a]
-		delete(j.afterFuncs, a)
+		_, ok := c.afterFuncs[a]
+		delete(c.afterFuncs, a)
 		return ok
 	}
 }
@@ -134,11 +150,15 @@ func (j *job[T, R]) cancel(err error) {
 		return
 	}
 	j.ctxErr = err
-	if j.ctxDone != nil {
-		close(j.ctxDone)
+	var (
+		stop func() bool
+		fns  map[*afterFunc]struct{}
+	)
+	if c := j.ctx; c != nil {
+		close(c.done)
+		stop, fns = c.stopParent, c.afterFuncs
+		c.stopParent, c.afterFuncs = nil, nil
 	}
-	stop, fns := j.stopParent, j.afterFuncs
-	j.stopParent, j.afterFuncs = nil, nil
 	j.mu.Unlock()
 	if stop != nil {
 		stop()
@@ -177,7 +197,7 @@ func (j *job[T, R]) unwatchCtx() {
 // resetContext readies the handler context for another run.
 func (j *job[T, R]) resetContext() {
 	j.mu.Lock()
-	j.ctxDone, j.ctxErr, j.stopParent, j.afterFuncs = nil, nil, nil, nil
+	j.ctx, j.ctxErr = nil, nil
 	j.mu.Unlock()
 }
 

@@ -106,8 +106,9 @@ func WithBookAhead(d time.Duration) Option {
 
 // WithKeyStats keeps figures per key (KeyStats): its counters and a
 // histogram of its admission waits, about 1.3 KiB for each key used within
-// the last minute. Without it a key costs only its queue, and
-// KeyStats reports nothing. Stats' totals are kept either way.
+// the last minute. Without it a key costs only its queue, and only while
+// it has jobs waiting, and KeyStats reports nothing. Stats' totals are
+// kept either way.
 func WithKeyStats() Option {
 	return func(c *config) error {
 		c.keyStats = true

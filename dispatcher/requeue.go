@@ -53,7 +53,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	}
 	k := s.key(j.info.Key)
 	k.paused = max(k.paused, until)
-	k.returned.Add(1)
+	s.setBack.Add(1)
 	if k.stats != nil {
 		k.stats.retried.Add(1)
 	}

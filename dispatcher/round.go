@@ -38,7 +38,8 @@ func (s *scheduler[T, R]) releaseDue(now int64) {
 		j := heap.Pop(&s.slots).(*job[T, R])
 		k := s.keys[j.info.Key]
 		k.booked.remove(j)
-		s.hand(k, j)
+		s.hand(j)
+		s.dropIdle(k, now)
 	}
 	for at, ok := s.timers.next(); ok && at <= now; at, ok = s.timers.next() {
 		k := heap.Pop(&s.timers).(*keyState[T, R])
@@ -67,21 +68,23 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 		j := s.popJob(k)
 		if j == nil {
 			s.setPhase(k, keyIdle)
+			s.dropIdle(k, now)
 			continue
 		}
 		s.idle.Add(-1)
 		lim := s.d.lim.Limit(k.name)
 		if lim.IsUnlimited() {
 			j.slot = 0
-			s.hand(k, j)
+			s.hand(j)
 			s.settle(k, now)
 			continue
 		}
 		j.setState(asking)
 		s.setPhase(k, keyAsking)
 		k.asking = j
+		j.lim = s.limits.intern(lim)
 		batch = append(batch, driver.Admission{Request: driver.Request{
-			Key: k.name, Limit: driverLimit(lim), Cost: j.cost, MaxWait: s.window(),
+			Key: k.name, Limit: *j.lim, Cost: j.cost, MaxWait: s.window(),
 		}})
 		asked = append(asked, k)
 	}
@@ -140,10 +143,10 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			s.putBack(k, j, now)
 		case allowed:
 			k.backoff = 0
-			j.lim, j.dec = a.Limit, a.Decision
+			j.start, j.booking = a.Decision.Start(), a.Decision.Booking
 			j.slot = before + int64(a.Decision.Wait)
 			if a.Decision.Wait <= 0 {
-				s.hand(k, j)
+				s.hand(j)
 			} else {
 				j.setState(booked)
 				j.releaseAt = after + int64(a.Decision.Wait)
@@ -190,11 +193,6 @@ func (s *scheduler[T, R]) refund(as []driver.Admission) {
 		// A failed refund only under-admits: the booking stays charged.
 		_ = s.backend.Refund(s.d.base, a.Request, a.Decision)
 	}
-}
-
-// driverLimit returns lim as the backend sees it.
-func driverLimit(lim bucket.Limit) driver.Limit {
-	return driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas}
 }
 
 func permanent(err error) bool {

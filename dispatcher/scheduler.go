@@ -48,10 +48,25 @@ type scheduler[T, R any] struct {
 	room    roomSignal   // Submit calls waiting for a place
 	_       [32]byte
 
-	rtt atomic.Int64 // moving average of an admission batch's round trip
-	lag atomic.Int64 // moving average of how late jobs reach their workers
-	run atomic.Int64 // moving average of a handler's run
+	rtt   atomic.Int64 // moving average of an admission batch's round trip
+	lag   atomic.Int64 // moving average of how late jobs reach their workers
+	run   atomic.Int64 // moving average of a handler's run
+	ahead atomic.Int64 // overbook's answer for run, computed as run changes
+
+	// setBack counts the times a key was paused or had a job go back to
+	// its queue. Workers read it for every job and it changes rarely, so
+	// it has a line of its own: a handed job that sees it changed since it
+	// was handed checks, under mu, that it still comes first (see late).
+	_       [64]byte
+	setBack atomic.Uint32
+	_       [60]byte
+
+	limits limits            // guarded by mu
+	spare  []*keyState[T, R] // dropped keys, for new ones: a key idle between its jobs allocates nothing
 }
+
+// maxSpare bounds the dropped keys kept for reuse.
+const maxSpare = 256
 
 type phase uint8
 
@@ -63,22 +78,21 @@ const (
 	keyRefunding              // giving back a booking: asks nothing until the refund is done
 )
 
+// A keyState is a key's queue and phase. The scheduler holds one only
+// while the key has jobs queued or booked, or is paused, or keeps figures
+// (WithKeyStats): a key that goes idle costs nothing more (see dropIdle).
 type keyState[T, R any] struct {
 	name     string
 	jobs     jobList[T, R] // queued, in submission order
 	booked   jobList[T, R] // admitted ahead, in slot order
-	phase    phase
 	asking   *job[T, R]
 	wakeAt   int64
-	heapIdx  int
 	paused   int64 // a retry-after seen by this process: admit nothing before
 	backoff  time.Duration
 	lastUsed int64
 	stats    *keyCounters
-	// returned counts the times the key was paused or had a job go back to
-	// its queue: a handed job that sees it changed since it was handed
-	// checks, under mu, that it still comes first (see late).
-	returned atomic.Uint64
+	heapIdx  int32
+	phase    phase
 }
 
 func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
@@ -91,7 +105,7 @@ func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
 	s.idle.Store(int64(d.cfg.workers))
 	// Until handlers have been timed, assume they take an eighth of the
 	// tolerance: two jobs per worker ahead, not a batch.
-	s.run.Store(int64(d.cfg.lateness) / 8)
+	s.ran(int64(d.cfg.lateness) / 8)
 	return s
 }
 
@@ -105,7 +119,12 @@ func (s *scheduler[T, R]) signal() {
 func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
 	k := s.keys[name]
 	if k == nil {
-		k = &keyState[T, R]{name: name, heapIdx: -1}
+		if n := len(s.spare); n > 0 {
+			k, s.spare = s.spare[n-1], s.spare[:n-1]
+			*k = keyState[T, R]{name: name, heapIdx: -1}
+		} else {
+			k = &keyState[T, R]{name: name, heapIdx: -1}
+		}
 		if s.d.cfg.keyStats {
 			k.stats = new(keyCounters)
 		}
@@ -143,7 +162,7 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 	if k.stats != nil {
 		k.stats.submitted.Add(1)
 	}
-	j.ks = k
+	j.stats = k.stats
 	s.seq++
 	j.seq = s.seq
 	j.setState(queued)
@@ -216,6 +235,7 @@ func (s *scheduler[T, R]) settle(k *keyState[T, R], now int64) {
 	k.lastUsed = now
 	if k.jobs.n == 0 {
 		s.setPhase(k, keyIdle)
+		s.dropIdle(k, now)
 		return
 	}
 	if k.paused > k.lastUsed {
@@ -235,10 +255,26 @@ func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
 // mu (see takeHanded): sending can wake a worker, which should not keep
 // submitters out of mu meanwhile. It still counts in the queue until the
 // worker starts it.
-func (s *scheduler[T, R]) hand(k *keyState[T, R], j *job[T, R]) {
+func (s *scheduler[T, R]) hand(j *job[T, R]) {
 	j.setState(running)
-	j.ks, j.handedAt = k, k.returned.Load()
+	j.handedAt = s.setBack.Load()
 	s.handed = append(s.handed, j)
+}
+
+// dropIdle forgets k, idle at now, unless it still holds something: jobs
+// booked ahead, a pause, figures. k may then serve another key. Nothing
+// else refers to an idle key but the ready ring, where a key that left
+// the ring's phase stays until collect skips it: if it serves another key
+// meanwhile, that key is merely ready twice, which collect tolerates (as
+// it does a key held and resumed while in the ring). A job handed to a
+// worker keeps its own admission (see late). Called with s.mu held.
+func (s *scheduler[T, R]) dropIdle(k *keyState[T, R], now int64) {
+	if k.phase == keyIdle && k.booked.n == 0 && k.heapIdx < 0 && k.paused <= now && k.stats == nil && s.keys[k.name] == k {
+		delete(s.keys, k.name)
+		if len(s.spare) < maxSpare {
+			s.spare = append(s.spare, k)
+		}
+	}
 }
 
 // takeHanded returns the jobs handed since it was last called, for the
@@ -382,11 +418,12 @@ func (s *scheduler[T, R]) stop() {
 	s.refund(refunds)
 }
 
-// sweep forgets keys idle for a minute.
+// sweep forgets keys idle for a minute whose pause has ended: those
+// dropIdle kept for their figures or their pause.
 func (s *scheduler[T, R]) sweep(now int64) {
 	s.swept = now
 	for name, k := range s.keys {
-		if k.phase == keyIdle && now-k.lastUsed > int64(time.Minute) {
+		if k.phase == keyIdle && k.booked.n == 0 && k.paused <= now && now-k.lastUsed > int64(time.Minute) {
 			delete(s.keys, name)
 		}
 	}

@@ -44,8 +44,8 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	}
 	wait := start - j.submitted
 	wk.wait.record(wait)
-	if j.ks != nil && j.ks.stats != nil {
-		j.ks.stats.wait.record(wait)
+	if j.stats != nil {
+		j.stats.wait.record(wait)
 	}
 	wk.current.Store(j)
 	if d.stopped.Load() { // a hard stop that missed current
