@@ -153,6 +153,7 @@ func TestBadInput(t *testing.T) {
 	for name, opt := range map[string]dispatcher.Option{
 		"workers 0":     dispatcher.WithWorkers(0),
 		"queue -1":      dispatcher.WithQueue(-1),
+		"queue 2^30+1":  dispatcher.WithQueue(1<<30 + 1),
 		"nil limiter":   dispatcher.WithLimiter(nil),
 		"nil option":    nil,
 		"requeues -1":   dispatcher.WithMaxRequeues(-1),

@@ -17,6 +17,11 @@ const (
 	booked                  // admitted, waiting for its slot
 	running                 // handed to a worker
 	done                    // resolved
+
+	// watchedBit, beside the state, marks a job whose parent context can
+	// end: it is watched while it waits. Set when the job is made, never
+	// changed.
+	watchedBit jobState = 1 << 31
 )
 
 // A job is one submitted job: its future, its place in its key's queue,
@@ -35,12 +40,10 @@ type job[T, R any] struct {
 	info      jobinfo.Info // its key and attempt, which its handler context answers for
 	cost      int64
 	submitted int64        // dispatcher clock
-	seq       uint64       // submission order, with a limiter
 	stats     *keyCounters // its key's figures, WithKeyStats
 	prev      *job[T, R]
 	next      *job[T, R]
 	unwatch   func() bool // stops the watch on parent while the job waits; guarded by Future.mu
-	then      func(*Future[R])
 
 	// The admission, from when it is decided until the job runs: what a
 	// refund needs (driver.Decision's start and booking, and the limit,
@@ -56,10 +59,10 @@ type job[T, R any] struct {
 	ctxErr error
 	ctx    *handlerContext
 
-	state    jobState
-	heapIdx  int32  // in the scheduler's heap of booked jobs
-	handedAt uint32 // the scheduler's setBack count when it was handed to a worker
-	watched  bool   // parent can end, so the job is watched while it waits
+	state    jobState // and watchedBit
+	seq      uint32   // submission order among its key's jobs, with a limiter (see submittedBefore)
+	heapIdx  int32    // in the scheduler's heap of booked jobs
+	handedAt uint32   // the scheduler's setBack count when it was handed to a worker
 }
 
 // A handlerContext is what a job's context needs once its handler asks for
@@ -182,7 +185,7 @@ func (j *job[T, R]) watch(stop func() bool) {
 // unwatchCtx ends the watch on the job's context, if any. From within the
 // watch it does nothing.
 func (j *job[T, R]) unwatchCtx() {
-	if !j.watched {
+	if !j.watched() {
 		return
 	}
 	j.mu.Lock()
@@ -202,11 +205,25 @@ func (j *job[T, R]) resetContext() {
 }
 
 // jobState is read and written atomically: without a limiter a worker and
-// a context watch race for a queued job.
+// a context watch race for a queued job. The watched bit goes along
+// unchanged.
 func (j *job[T, R]) stateCAS(from, to jobState) bool {
-	return atomic.CompareAndSwapUint32((*uint32)(&j.state), uint32(from), uint32(to))
+	w := j.loadState() & watchedBit
+	return atomic.CompareAndSwapUint32((*uint32)(&j.state), uint32(from|w), uint32(to|w))
 }
 
-func (j *job[T, R]) setState(s jobState) { atomic.StoreUint32((*uint32)(&j.state), uint32(s)) }
+func (j *job[T, R]) setState(s jobState) {
+	atomic.StoreUint32((*uint32)(&j.state), uint32(s|j.loadState()&watchedBit))
+}
 
-func (j *job[T, R]) getState() jobState { return jobState(atomic.LoadUint32((*uint32)(&j.state))) }
+func (j *job[T, R]) getState() jobState { return j.loadState() &^ watchedBit }
+
+// watched reports whether the job's parent context can end.
+func (j *job[T, R]) watched() bool { return j.loadState()&watchedBit != 0 }
+
+func (j *job[T, R]) loadState() jobState { return jobState(atomic.LoadUint32((*uint32)(&j.state))) }
+
+// submittedBefore reports whether a job of sequence a was submitted before one of
+// b, of the same key. Sequences wrap: a key never has 2³¹ jobs waiting
+// (WithQueue allows at most 2³⁰).
+func submittedBefore(a, b uint32) bool { return int32(a-b) < 0 }

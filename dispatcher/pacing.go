@@ -59,17 +59,16 @@ func (s *scheduler[T, R]) tolerance() int64 {
 // job, which would otherwise reach it late too while it waited a backend
 // round trip for the refund. Only a job whose key was paused or set back
 // since it was handed takes the scheduler's lock to decide.
-func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
+func (s *scheduler[T, R]) late(j *job[T, R], now int64, sample bool) bool {
 	if j.slot == 0 || s.d.stopped.Load() {
 		return false
 	}
-	cancelled := j.watched && j.parent.Err() != nil
+	cancelled := j.watched() && j.parent.Err() != nil
 	lateness := now - j.slot
 	tolerance := s.tolerance()
 	// A stall's outlier moves the usual lateness by at most half a
-	// millisecond. A sample of jobs is enough for the average, and spares
-	// the workers' cores from passing its cache line around.
-	if j.seq%8 == 0 {
+	// millisecond.
+	if sample {
 		s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
 	}
 	if !cancelled && lateness <= tolerance && s.setBack.Load() == j.handedAt {
@@ -77,7 +76,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 	}
 	s.mu.Lock()
 	k := s.keys[j.info.Key] // nil if it went idle and was dropped: nothing is ahead of j
-	behind := k != nil && (k.paused > now || k.jobs.head != nil && k.jobs.head.seq < j.seq)
+	behind := k != nil && (k.paused > now || k.jobs.head != nil && submittedBefore(k.jobs.head.seq, j.seq))
 	if !cancelled && !behind && lateness <= tolerance {
 		s.mu.Unlock()
 		return false

@@ -71,7 +71,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	default:
 		s.wait(k, k.paused)
 	}
-	if j.watched {
+	if j.watched() {
 		// Its run ended the watch on its context: waiting again, it is
 		// watched again, so that it does not wait out the pause if its
 		// context ends. Under s.mu, as in enqueue: it is still queued.

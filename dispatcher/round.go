@@ -12,10 +12,12 @@ import (
 // rounds is how many batches may be decided at once.
 const rounds = 2
 
-// A round is a batch of admissions and the keys that asked for them.
+// A round is a batch of admissions and the keys that asked for them, and
+// the jobs it hands to workers.
 type round[T, R any] struct {
-	batch []driver.Admission
-	asked []*keyState[T, R]
+	batch  []driver.Admission
+	asked  []*keyState[T, R]
+	handed []*job[T, R]
 }
 
 // decide has the backend decide r's batch and acts on the decisions.
@@ -26,7 +28,7 @@ func (s *scheduler[T, R]) decide(r *round[T, R]) {
 	// Track the round trip: a job may start that much after the backend
 	// decided without being late.
 	s.rtt.Store(s.rtt.Load() + (after-before-s.rtt.Load())/8)
-	s.apply(r.batch, r.asked, before, after)
+	r.handed = s.apply(r.batch, r.asked, r.handed, before, after)
 	clear(r.batch) // drop the limits' quota slices
 	clear(r.asked)
 }
@@ -92,10 +94,11 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 }
 
 // apply acts on the decisions of a batch sent at before and answered at
-// after. The backend decided somewhere in between, so a slot is released
-// no sooner than after+Wait (never early) and judged late from
-// before+Wait (never lenient).
-func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R], before, after int64) {
+// after, delivering the jobs it hands to workers with handed (see
+// takeHanded), which it returns. The backend decided somewhere in
+// between, so a slot is released no sooner than after+Wait (never early)
+// and judged late from before+Wait (never lenient).
+func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R], handed []*job[T, R], before, after int64) []*job[T, R] {
 	var (
 		refunds []driver.Admission
 		held    []*keyState[T, R] // asking nothing until the refunds are done
@@ -108,7 +111,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		k.asking = nil
 		allowed := a.Err == nil && a.Decision.Allowed
 		switch {
-		case j.getState() != asking || s.stopped || j.watched && j.parent.Err() != nil: // cancelled or stopped meanwhile
+		case j.getState() != asking || s.stopped || j.watched() && j.parent.Err() != nil: // cancelled or stopped meanwhile
 			if allowed {
 				refunds = append(refunds, *a)
 			}
@@ -138,7 +141,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		case allowed && k.paused > now: // a retry-after arrived meanwhile
 			refunds = append(refunds, *a)
 			s.putBack(k, j, k.paused)
-		case allowed && k.jobs.head != nil && k.jobs.head.seq < j.seq: // an earlier job came back meanwhile
+		case allowed && k.jobs.head != nil && submittedBefore(k.jobs.head.seq, j.seq): // an earlier job came back meanwhile
 			refunds = append(refunds, *a)
 			s.putBack(k, j, now)
 		case allowed:
@@ -165,9 +168,9 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			s.putBack(k, j, now+int64(a.Decision.Wait)-int64(s.window()/2))
 		}
 	}
-	handed := s.takeHanded()
+	handed = s.takeHanded(handed)
 	s.mu.Unlock()
-	s.deliver(handed)
+	handed = s.deliver(handed)
 	s.refund(refunds)
 	if len(held) > 0 {
 		s.mu.Lock()
@@ -177,6 +180,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		s.mu.Unlock()
 		s.signal()
 	}
+	return handed
 }
 
 // putBack returns j to the head of k's queue, frees its worker, and makes

@@ -34,7 +34,6 @@ type scheduler[T, R any] struct {
 	wake    chan struct{}
 	stopped bool
 	swept   int64
-	seq     uint64
 	held    int64 // jobs queued in keys that wait (keyWaiting): Stats.Waiting, with the booked
 
 	// idle and waiting change under mu, except that workers give back
@@ -65,8 +64,8 @@ type scheduler[T, R any] struct {
 	spare  []*keyState[T, R] // dropped keys, for new ones: a key idle between its jobs allocates nothing
 }
 
-// maxSpare bounds the dropped keys kept for reuse.
-const maxSpare = 256
+// maxSpare bounds the dropped keys kept for reuse (128 bytes each).
+const maxSpare = 1024
 
 type phase uint8
 
@@ -92,6 +91,7 @@ type keyState[T, R any] struct {
 	lastUsed int64
 	stats    *keyCounters
 	heapIdx  int32
+	seq      uint32 // its last job's sequence
 	phase    phase
 }
 
@@ -163,8 +163,8 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 		k.stats.submitted.Add(1)
 	}
 	j.stats = k.stats
-	s.seq++
-	j.seq = s.seq
+	k.seq++
+	j.seq = k.seq
 	j.setState(queued)
 	s.pushJob(k, j)
 	if k.phase == keyIdle {
@@ -278,19 +278,24 @@ func (s *scheduler[T, R]) dropIdle(k *keyState[T, R], now int64) {
 }
 
 // takeHanded returns the jobs handed since it was last called, for the
-// caller to deliver once it has let go of mu.
-func (s *scheduler[T, R]) takeHanded() []*job[T, R] {
+// caller to deliver once it has let go of mu, and keeps spare, the
+// caller's slice from its last delivery, for the next ones: each caller
+// keeps one slice, so handing allocates nothing.
+func (s *scheduler[T, R]) takeHanded(spare []*job[T, R]) []*job[T, R] {
 	js := s.handed
-	s.handed = nil
+	s.handed = spare[:0]
 	return js
 }
 
-// deliver sends handed jobs to the workers. The run queue has room for
-// every job with a worker reserved, so the sends never block.
-func (s *scheduler[T, R]) deliver(js []*job[T, R]) {
+// deliver sends handed jobs to the workers and returns js emptied, for
+// takeHanded. The run queue has room for every job with a worker
+// reserved, so the sends never block.
+func (s *scheduler[T, R]) deliver(js []*job[T, R]) []*job[T, R] {
 	for _, j := range js {
 		s.d.run <- j
 	}
+	clear(js)
+	return js[:0]
 }
 
 // freed wakes blocked submitters once a sixteenth of the queue (at least
@@ -323,16 +328,26 @@ func (s *scheduler[T, R]) loop() {
 	defer s.d.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	// Up to `rounds` batches are decided at once, each on a goroutine of
+	// Up to `rounds` batches are decided at once, each by a goroutine of
 	// its own: while the backend decides one, the next is collected and
 	// sent, so a remote backend's round trips overlap. A key is in at most
 	// one batch (it is asking), so its admissions stay in order.
 	free := make(chan *round[T, R], rounds)
+	todo := make(chan *round[T, R], rounds)
+	var deciding sync.WaitGroup
 	for range rounds {
 		free <- new(round[T, R])
+		deciding.Go(func() {
+			for r := range todo {
+				s.decide(r)
+				free <- r
+				s.signal()
+			}
+		})
 	}
-	var deciding sync.WaitGroup
 	defer deciding.Wait() // before the run queue closes: apply sends on it
+	defer close(todo)
+	var handed []*job[T, R]
 	for {
 		var r *round[T, R]
 		select {
@@ -354,18 +369,12 @@ func (s *scheduler[T, R]) loop() {
 				next = max(at-now, 0)
 			}
 		}
-		handed := s.takeHanded()
+		handed = s.takeHanded(handed)
 		s.mu.Unlock()
-		s.deliver(handed)
+		handed = s.deliver(handed)
 
 		if r != nil && len(r.batch) > 0 {
-			deciding.Add(1)
-			go func() {
-				defer deciding.Done()
-				s.decide(r)
-				free <- r
-				s.signal()
-			}()
+			todo <- r // never blocks: at most rounds are out
 			continue
 		}
 		if r != nil {
