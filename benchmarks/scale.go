@@ -210,7 +210,7 @@ func statsCost(n int) sample {
 	}
 	d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { return i, nil },
 		func(i int) string { return ks[i] },
-		dispatcher.WithWorkers(poolWorkers), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats())
+		dispatcher.WithWorkers(poolWorkers), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats(n))
 	if err != nil {
 		panic(err)
 	}

@@ -163,7 +163,7 @@ func TestRetryAfterPausesKey(t *testing.T) {
 				return 0, &retryAfterError{delay: 200 * time.Millisecond, err: errors.New("429")}
 			}
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKeyStats())
+		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKeyStats(1000))
 		var fs []*dispatcher.Future[int]
 		for i := range 20 {
 			for _, k := range []string{"A", "B"} {
@@ -516,7 +516,7 @@ func TestIdleKeysForgotten(t *testing.T) {
 		after int // keys known once the jobs are done
 	}{
 		{"plain", nil, 0},
-		{"WithKeyStats", []dispatcher.Option{dispatcher.WithKeyStats()}, 1000},
+		{"WithKeyStats", []dispatcher.Option{dispatcher.WithKeyStats(1000)}, 1000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -645,7 +645,7 @@ func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats())
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats(1000))
 		ctx := context.Background()
 		for i := range 64 { // time the handler: then nothing is admitted ahead of the worker
 			_, err := d.Do(ctx, task{"warm", i})
@@ -675,7 +675,7 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 		d, err := dispatcher.New(func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats())
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats(1000))
 		require.NoError(t, err)
 		ctx := context.Background()
 		stallOnce(d, 50*time.Millisecond)
@@ -785,7 +785,7 @@ func startsAfterLate(t *testing.T, lim bucket.Limit) []jobStart {
 		mu.Unlock()
 		return 0, nil
 	}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
-		dispatcher.WithLimiter(newLimiter(t, lim)), dispatcher.WithKeyStats())
+		dispatcher.WithLimiter(newLimiter(t, lim)), dispatcher.WithKeyStats(1000))
 	ctx := context.Background()
 	var fs []*dispatcher.Future[int]
 	for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
@@ -872,5 +872,43 @@ func TestRetryAfterRefundOffWorker(t *testing.T) {
 		assert.LessOrEqual(t, time.Since(start), 100*time.Millisecond, "B's time: its worker was refunding A's booking")
 		fa1.Wait(ctx)
 		fa2.Wait(ctx)
+	})
+}
+
+// TestKeyStatsBounded: WithKeyStats(max) keeps figures for max keys at a
+// time; a key that arrives while they are all taken has none, and new
+// keys have figures again once the first ones are forgotten.
+func TestKeyStatsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil }, taskKey,
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000))), dispatcher.WithKeyStats(10))
+		ctx := context.Background()
+		for i := range 20 {
+			_, err := d.Do(ctx, task{fmt.Sprint("early-", i), i})
+			require.NoError(t, err)
+		}
+		for i := range 20 {
+			k, ok := d.KeyStats(fmt.Sprint("early-", i))
+			if i < 10 {
+				require.True(t, ok, "KeyStats(early-%d): one of the first 10 keys", i)
+				assert.EqualValues(t, 1, k.Succeeded, "KeyStats(early-%d).Succeeded", i)
+			} else {
+				assert.False(t, ok, "KeyStats(early-%d): beyond the 10 keys with figures", i)
+			}
+		}
+		assert.Equal(t, 10, dispatcher.KeyCount(d), "keys known: those with figures")
+		time.Sleep(2 * time.Minute)
+		// early-0 again: the scheduler wakes and forgets the other early
+		// keys, idle for two minutes, which leaves room for 9 keys.
+		_, err := d.Do(ctx, task{"early-0", 0})
+		require.NoError(t, err)
+		for i := range 10 {
+			_, err := d.Do(ctx, task{fmt.Sprint("late-", i), i})
+			require.NoError(t, err)
+			_, ok := d.KeyStats(fmt.Sprint("late-", i))
+			assert.Equal(t, i < 9, ok, "KeyStats(late-%d) has figures", i)
+		}
+		k := keyStats(t, d, "early-0")
+		assert.EqualValues(t, 2, k.Succeeded, "KeyStats(early-0).Succeeded, kept while in use")
 	})
 }

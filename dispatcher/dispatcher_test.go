@@ -260,7 +260,7 @@ func TestJobContext(t *testing.T) {
 // waits n×100ms from Submit to start; the percentiles say so.
 func TestStatsAdmissionWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1), dispatcher.WithKeyStats())
+		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1), dispatcher.WithKeyStats(1000))
 		var fs []*dispatcher.Future[int]
 		for i := range 100 {
 			f, err := d.Submit(context.Background(), i)

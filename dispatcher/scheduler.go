@@ -60,8 +60,9 @@ type scheduler[T, R any] struct {
 	setBack atomic.Uint32
 	_       [60]byte
 
-	limits limits            // guarded by mu
-	spare  []*keyState[T, R] // dropped keys, for new ones: a key idle between its jobs allocates nothing
+	limits   limits            // guarded by mu
+	statKeys int               // keys with figures (WithKeyStats)
+	spare    []*keyState[T, R] // dropped keys, for new ones: a key idle between its jobs allocates nothing
 }
 
 // maxSpare bounds the dropped keys kept for reuse (128 bytes each).
@@ -125,8 +126,9 @@ func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
 		} else {
 			k = &keyState[T, R]{name: name, heapIdx: -1}
 		}
-		if s.d.cfg.keyStats {
+		if s.statKeys < s.d.cfg.keyStats {
 			k.stats = new(keyCounters)
+			s.statKeys++
 		}
 		s.keys[name] = k
 	}
@@ -434,6 +436,9 @@ func (s *scheduler[T, R]) sweep(now int64) {
 	for name, k := range s.keys {
 		if k.phase == keyIdle && k.booked.n == 0 && k.paused <= now && now-k.lastUsed > int64(time.Minute) {
 			delete(s.keys, name)
+			if k.stats != nil {
+				s.statKeys--
+			}
 		}
 	}
 }
