@@ -60,6 +60,7 @@ type scheduler[T, R any] struct {
 	setBack atomic.Uint32
 	_       [60]byte
 
+	peakKeys int               // most keys held since keys was made: Go's maps never shrink
 	limits   limits            // guarded by mu
 	statKeys int               // keys with figures (WithKeyStats)
 	spare    []*keyState[T, R] // dropped keys, for new ones: a key idle between its jobs allocates nothing
@@ -131,8 +132,24 @@ func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
 			s.statKeys++
 		}
 		s.keys[name] = k
+		s.peakKeys = max(s.peakKeys, len(s.keys))
 	}
 	return k
+}
+
+// shrinkKeys makes the map of keys afresh once it holds a quarter of what
+// it held at its peak, or nothing: a map keeps the room of its peak, so a
+// burst of a million keys would otherwise keep tens of bytes per key
+// after they have all been dropped. Called with s.mu held.
+func (s *scheduler[T, R]) shrinkKeys() {
+	if s.peakKeys < 1024 || len(s.keys) > s.peakKeys/4 {
+		return
+	}
+	m := make(map[string]*keyState[T, R], len(s.keys))
+	for name, k := range s.keys {
+		m[name] = k
+	}
+	s.keys, s.peakKeys = m, len(m)
 }
 
 // enqueue adds j at the tail of its key's queue, waiting for room if block.
@@ -275,6 +292,9 @@ func (s *scheduler[T, R]) dropIdle(k *keyState[T, R], now int64) {
 		delete(s.keys, k.name)
 		if len(s.spare) < maxSpare {
 			s.spare = append(s.spare, k)
+		}
+		if len(s.keys) == 0 {
+			s.shrinkKeys() // at once when a burst is over; otherwise by sweep
 		}
 	}
 }
@@ -441,4 +461,5 @@ func (s *scheduler[T, R]) sweep(now int64) {
 			}
 		}
 	}
+	s.shrinkKeys()
 }

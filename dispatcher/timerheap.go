@@ -47,6 +47,9 @@ func (h *timerHeap[E]) Pop() any {
 	var zero E
 	old[len(old)-1] = zero
 	*h = old[:len(old)-1]
+	if len(*h) == 0 && cap(*h) > 1024 {
+		*h = nil // a burst is over: let its room go
+	}
 	*e.heapIndex() = -1
 	return e
 }
