@@ -912,3 +912,56 @@ func TestKeyStatsBounded(t *testing.T) {
 		assert.EqualValues(t, 2, k.Succeeded, "KeyStats(early-0).Succeeded, kept while in use")
 	})
 }
+
+// TestRetryAfterOrderAfterDrop: a key dropped while its jobs run (none
+// waits) and used again keeps its jobs in submission order: A2, answered
+// retry-after while A3 and A4, submitted after the drop, wait for a
+// worker, runs again before them.
+func TestRetryAfterOrderAfterDrop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release1, release2 := make(chan struct{}), make(chan struct{})
+		var mu sync.Mutex
+		var order []string
+		var once atomic.Bool
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			mu.Lock()
+			order = append(order, fmt.Sprint("A", j.n))
+			mu.Unlock()
+			switch {
+			case j.n == 1:
+				<-release1
+			case j.n == 2 && once.CompareAndSwap(false, true):
+				<-release2
+				return 0, &retryAfterError{delay: 100 * time.Millisecond}
+			}
+			return j.n, nil
+		}, taskKey, dispatcher.WithWorkers(2), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))))
+		ctx := context.Background()
+		var fs []*dispatcher.Future[int]
+		submit := func(n int) {
+			f, err := d.Submit(ctx, task{"A", n})
+			require.NoError(t, err)
+			fs = append(fs, f)
+		}
+		submit(1)
+		submit(2)
+		synctest.Wait()
+		require.Zero(t, dispatcher.KeyCount(d), "keys held while A1 and A2 run and none waits")
+		submit(3)
+		submit(4)
+		synctest.Wait() // admitted, waiting for a worker
+		close(release2)
+		synctest.Wait() // A2 is back at the head of A's queue, for the pause
+		close(release1)
+		for _, f := range fs {
+			_, err := f.Wait(ctx)
+			require.NoError(t, err)
+		}
+		// Two workers: A1 and A2 start together, and so may A3 and A4;
+		// A2's second run comes before both.
+		require.Len(t, order, 5, "starts of A's jobs")
+		assert.ElementsMatch(t, []string{"A1", "A2"}, order[:2], "first starts of A's jobs: %v", order)
+		assert.Equal(t, "A2", order[2], "A's third start, after the retry-after: %v", order)
+		assert.ElementsMatch(t, []string{"A3", "A4"}, order[3:], "last starts of A's jobs: %v", order)
+	})
+}

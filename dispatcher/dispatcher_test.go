@@ -153,7 +153,6 @@ func TestBadInput(t *testing.T) {
 	for name, opt := range map[string]dispatcher.Option{
 		"workers 0":     dispatcher.WithWorkers(0),
 		"queue -1":      dispatcher.WithQueue(-1),
-		"queue 2^30+1":  dispatcher.WithQueue(1<<30 + 1),
 		"nil limiter":   dispatcher.WithLimiter(nil),
 		"nil option":    nil,
 		"requeues -1":   dispatcher.WithMaxRequeues(-1),
@@ -309,4 +308,43 @@ func keyStats[T, R any](t *testing.T, d *dispatcher.Dispatcher[T, R], key string
 	k, ok := d.KeyStats(key)
 	require.True(t, ok, "KeyStats(%q)", key)
 	return k
+}
+
+// TestHandlerContextDeadline: a handler's context ends with its Submit
+// context's error when that context's deadline passes during the run, a
+// context derived from it ends with it, and the first end stays: the run's
+// own end does not turn DeadlineExceeded into Canceled.
+func TestHandlerContextDeadline(t *testing.T) {
+	for _, limited := range []bool{false, true} {
+		t.Run(fmt.Sprintf("limiter=%v", limited), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var hctx, derived context.Context
+				var opts []dispatcher.Option
+				if limited {
+					opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))))
+				}
+				d := newDispatcher(t, func(ctx context.Context, n int) (int, error) {
+					hctx = ctx
+					var cancel context.CancelFunc
+					derived, cancel = context.WithCancel(ctx)
+					defer cancel()
+					<-derived.Done()
+					return 0, ctx.Err()
+				}, nil, opts...)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				f, err := d.Submit(ctx, 1)
+				require.NoError(t, err)
+				_, err = f.Wait(context.Background()) // the job's outcome, not ctx's end
+				require.ErrorIs(t, err, context.DeadlineExceeded, "the handler's error")
+				assert.ErrorIs(t, hctx.Err(), context.DeadlineExceeded, "the handler's context after the run")
+				assert.ErrorIs(t, derived.Err(), context.DeadlineExceeded, "a context derived in the handler")
+				select {
+				case <-hctx.Done():
+				default:
+					assert.Fail(t, "the handler's context is not done after the run")
+				}
+			})
+		})
+	}
 }

@@ -18,9 +18,18 @@ const (
 	running                 // handed to a worker
 	done                    // resolved
 
-	// watchedBit, beside the state, marks a job whose parent context can
-	// end: it is watched while it waits. Set when the job is made, never
-	// changed.
+	stateBits jobState = 1<<ctxShift - 1 // the state proper; above it:
+
+	// ctxBits say how the handler context ended, if it has: ctxCanceled
+	// (its run ended, or a hard stop) or ctxParent (its parent's error,
+	// Canceled or DeadlineExceeded, is its own). Changed under Future.mu.
+	ctxShift             = 29
+	ctxCanceled jobState = 1 << ctxShift
+	ctxParent   jobState = 2 << ctxShift
+	ctxBits     jobState = ctxCanceled | ctxParent
+
+	// watchedBit marks a job whose parent context can end: it is watched
+	// while it waits. Set when the job is made, never changed.
 	watchedBit jobState = 1 << 31
 )
 
@@ -54,13 +63,12 @@ type job[T, R any] struct {
 	slot      int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
 	releaseAt int64 // when a booked job is handed to a worker
 
-	// Handler context, guarded by Future.mu: its error, and what only a
-	// handler that asks for Done needs, made then.
-	ctxErr error
-	ctx    *handlerContext
+	// What only a handler that asks for Done needs, made then; guarded
+	// by Future.mu. How the context ended is in state's ctxBits.
+	ctx *handlerContext
 
-	state    jobState // and watchedBit
-	seq      uint32   // submission order among its key's jobs, with a limiter (see submittedBefore)
+	seq      uint64   // submission order, with a limiter
+	state    jobState // with ctxBits and watchedBit
 	heapIdx  int32    // in the scheduler's heap of booked jobs
 	handedAt uint32   // the scheduler's setBack count when it was handed to a worker
 }
@@ -94,15 +102,15 @@ func (j *job[T, R]) Done() <-chan struct{} {
 	if j.ctx != nil {
 		return j.ctx.done
 	}
-	if j.ctxErr != nil {
+	if j.ended() {
 		return closedChan
 	}
 	j.ctx = &handlerContext{done: make(chan struct{})}
-	if err := j.parent.Err(); err != nil {
-		j.ctxErr = err
+	if j.parent.Err() != nil {
+		j.setEnded(ctxParent)
 		close(j.ctx.done)
 	} else if j.parent.Done() != nil {
-		j.ctx.stopParent = context.AfterFunc(j.parent, func() { j.cancel(j.parent.Err()) })
+		j.ctx.stopParent = context.AfterFunc(j.parent, func() { j.cancel(ctxParent) })
 	}
 	return j.ctx.done
 }
@@ -110,8 +118,14 @@ func (j *job[T, R]) Done() <-chan struct{} {
 func (j *job[T, R]) Err() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.ctxErr != nil || j.ctx != nil {
-		return j.ctxErr
+	switch j.loadState() & ctxBits {
+	case ctxCanceled:
+		return context.Canceled
+	case ctxParent:
+		return j.parent.Err() // which stays once set
+	}
+	if j.ctx != nil {
+		return nil // the context watches its parent: not ended yet
 	}
 	return j.parent.Err()
 }
@@ -123,7 +137,7 @@ func (j *job[T, R]) AfterFunc(f func()) (stop func() bool) {
 	a := &afterFunc{f: f}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.ctxErr != nil {
+	if j.ended() {
 		go f()
 		return func() bool { return false }
 	}
@@ -145,14 +159,15 @@ func (j *job[T, R]) AfterFunc(f func()) (stop func() bool) {
 	}
 }
 
-// cancel ends the handler context with err (the first error wins).
-func (j *job[T, R]) cancel(err error) {
+// cancel ends the handler context, with context.Canceled (ctxCanceled) or
+// its parent's error (ctxParent); the first end wins.
+func (j *job[T, R]) cancel(how jobState) {
 	j.mu.Lock()
-	if j.ctxErr != nil {
+	if j.ended() {
 		j.mu.Unlock()
 		return
 	}
-	j.ctxErr = err
+	j.setEnded(how)
 	var (
 		stop func() bool
 		fns  map[*afterFunc]struct{}
@@ -200,30 +215,51 @@ func (j *job[T, R]) unwatchCtx() {
 // resetContext readies the handler context for another run.
 func (j *job[T, R]) resetContext() {
 	j.mu.Lock()
-	j.ctx, j.ctxErr = nil, nil
+	j.ctx = nil
+	j.setEnded(0)
 	j.mu.Unlock()
 }
 
 // jobState is read and written atomically: without a limiter a worker and
-// a context watch race for a queued job. The watched bit goes along
-// unchanged.
+// a context watch race for a queued job, and the handler context's end
+// shares the word. Each change leaves the other bits as they are.
 func (j *job[T, R]) stateCAS(from, to jobState) bool {
-	w := j.loadState() & watchedBit
-	return atomic.CompareAndSwapUint32((*uint32)(&j.state), uint32(from|w), uint32(to|w))
+	for {
+		old := j.loadState()
+		if old&stateBits != from {
+			return false
+		}
+		if j.casState(old, old&^stateBits|to) {
+			return true
+		}
+	}
 }
 
-func (j *job[T, R]) setState(s jobState) {
-	atomic.StoreUint32((*uint32)(&j.state), uint32(s|j.loadState()&watchedBit))
+func (j *job[T, R]) setState(s jobState) { j.setBits(stateBits, s) }
+
+func (j *job[T, R]) getState() jobState { return j.loadState() & stateBits }
+
+// ended reports whether the handler context has ended; setEnded records
+// how (0: it has not). Both with Future.mu held.
+func (j *job[T, R]) ended() bool { return j.loadState()&ctxBits != 0 }
+
+func (j *job[T, R]) setEnded(how jobState) { j.setBits(ctxBits, how) }
+
+// setBits sets the bits of mask in j's state word to v.
+func (j *job[T, R]) setBits(mask, v jobState) {
+	for {
+		old := j.loadState()
+		if j.casState(old, old&^mask|v) {
+			return
+		}
+	}
 }
 
-func (j *job[T, R]) getState() jobState { return j.loadState() &^ watchedBit }
+func (j *job[T, R]) casState(old, new jobState) bool {
+	return atomic.CompareAndSwapUint32((*uint32)(&j.state), uint32(old), uint32(new))
+}
 
 // watched reports whether the job's parent context can end.
 func (j *job[T, R]) watched() bool { return j.loadState()&watchedBit != 0 }
 
 func (j *job[T, R]) loadState() jobState { return jobState(atomic.LoadUint32((*uint32)(&j.state))) }
-
-// submittedBefore reports whether a job of sequence a was submitted before one of
-// b, of the same key. Sequences wrap: a key never has 2³¹ jobs waiting
-// (WithQueue allows at most 2³⁰).
-func submittedBefore(a, b uint32) bool { return int32(a-b) < 0 }

@@ -36,7 +36,7 @@ func (l *jobList[T, R]) remove(j *job[T, R]) {
 // head, so the walk is short.
 func (l *jobList[T, R]) insert(j *job[T, R]) {
 	at := l.head
-	for at != nil && submittedBefore(at.seq, j.seq) {
+	for at != nil && at.seq < j.seq {
 		at = at.next
 	}
 	if at == nil {

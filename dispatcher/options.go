@@ -47,20 +47,15 @@ func WithWorkers(n int) Option {
 	}
 }
 
-// maxQueue bounds WithQueue: a key's waiting jobs are told apart by 32-bit
-// sequences (see submittedBefore).
-const maxQueue = 1 << 30
-
 // WithQueue sets how many accepted jobs may wait to start; Submit blocks
 // and TrySubmit fails while that many wait. With a limiter, a blocked
 // Submit resumes once a sixteenth of the queue is free (so that a fast
 // producer is woken once per batch, not once per job). A job whose
-// context ends while it waits gives its place back at once. Default 1024,
-// at most 2³⁰.
+// context ends while it waits gives its place back at once. Default 1024.
 func WithQueue(n int) Option {
 	return func(c *config) error {
-		if n < 1 || n > maxQueue {
-			return fmt.Errorf("dispatcher: WithQueue(%d): must be within [1, %d]", n, maxQueue)
+		if n < 1 {
+			return fmt.Errorf("dispatcher: WithQueue(%d): need at least 1", n)
 		}
 		c.queue = n
 		return nil

@@ -76,7 +76,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64, sample bool) bool {
 	}
 	s.mu.Lock()
 	k := s.keys[j.info.Key] // nil if it went idle and was dropped: nothing is ahead of j
-	behind := k != nil && (k.paused > now || k.jobs.head != nil && submittedBefore(k.jobs.head.seq, j.seq))
+	behind := k != nil && (k.paused > now || k.jobs.head != nil && k.jobs.head.seq < j.seq)
 	if !cancelled && !behind && lateness <= tolerance {
 		s.mu.Unlock()
 		return false

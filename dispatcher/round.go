@@ -141,7 +141,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		case allowed && k.paused > now: // a retry-after arrived meanwhile
 			refunds = append(refunds, *a)
 			s.putBack(k, j, k.paused)
-		case allowed && k.jobs.head != nil && submittedBefore(k.jobs.head.seq, j.seq): // an earlier job came back meanwhile
+		case allowed && k.jobs.head != nil && k.jobs.head.seq < j.seq: // an earlier job came back meanwhile
 			refunds = append(refunds, *a)
 			s.putBack(k, j, now)
 		case allowed:

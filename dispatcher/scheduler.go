@@ -34,7 +34,8 @@ type scheduler[T, R any] struct {
 	wake    chan struct{}
 	stopped bool
 	swept   int64
-	held    int64 // jobs queued in keys that wait (keyWaiting): Stats.Waiting, with the booked
+	seq     uint64 // the last job's submission order
+	held    int64  // jobs queued in keys that wait (keyWaiting): Stats.Waiting, with the booked
 
 	// idle and waiting change under mu, except that workers give back
 	// their place and their reservation without it. Workers write both
@@ -93,7 +94,6 @@ type keyState[T, R any] struct {
 	lastUsed int64
 	stats    *keyCounters
 	heapIdx  int32
-	seq      uint32 // its last job's sequence
 	phase    phase
 }
 
@@ -182,8 +182,8 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 		k.stats.submitted.Add(1)
 	}
 	j.stats = k.stats
-	k.seq++
-	j.seq = k.seq
+	s.seq++
+	j.seq = s.seq
 	j.setState(queued)
 	s.pushJob(k, j)
 	if k.phase == keyIdle {

@@ -3,18 +3,17 @@ package dispatcher
 import "container/heap"
 
 // A timed value waits in a timerHeap: it knows when it is due (ties broken
-// by sequence: a key's jobs in order) and keeps its index there, so it can
-// be moved or removed.
+// by sequence) and keeps its index there, so it can be moved or removed.
 type timed interface {
-	due() (at int64, seq uint32)
+	due() (at int64, seq uint64)
 	heapIndex() *int32
 }
 
-func (k *keyState[T, R]) due() (int64, uint32) { return k.wakeAt, 0 }
+func (k *keyState[T, R]) due() (int64, uint64) { return k.wakeAt, 0 }
 
 func (k *keyState[T, R]) heapIndex() *int32 { return &k.heapIdx }
 
-func (j *job[T, R]) due() (int64, uint32) { return j.releaseAt, j.seq }
+func (j *job[T, R]) due() (int64, uint64) { return j.releaseAt, j.seq }
 
 func (j *job[T, R]) heapIndex() *int32 { return &j.heapIdx }
 
@@ -27,7 +26,7 @@ func (h timerHeap[E]) Len() int { return len(h) }
 func (h timerHeap[E]) Less(i, j int) bool {
 	a, as := h[i].due()
 	b, bs := h[j].due()
-	return a < b || a == b && submittedBefore(as, bs)
+	return a < b || a == b && as < bs
 }
 
 func (h timerHeap[E]) Swap(i, j int) {

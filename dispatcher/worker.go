@@ -54,7 +54,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	}
 	wk.current.Store(j)
 	if d.stopped.Load() { // a hard stop that missed current
-		j.cancel(context.Canceled)
+		j.cancel(ctxCanceled)
 	}
 	val, err := d.call(j, j.in)
 	ctxEnded := err != nil && j.Err() != nil // before the run's end ends it
@@ -62,7 +62,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		d.sched.ran(d.now() - start)
 	}
 	wk.current.Store(nil)
-	j.cancel(context.Canceled) // the run is over: so is its context
+	j.cancel(ctxCanceled) // the run is over: so is its context
 
 	if d.sched != nil {
 		var requeued bool
