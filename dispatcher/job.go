@@ -70,7 +70,9 @@ type job[T, R any] struct {
 	seq      uint64   // submission order, with a limiter
 	state    jobState // with ctxBits and watchedBit
 	heapIdx  int32    // in the scheduler's heap of booked jobs
-	handedAt uint32   // the scheduler's setBack count when it was handed to a worker
+	handedAt uint32   // its key's setBack count when it was handed to a worker
+
+	setBackSlot uint8 // its key's setBack counter
 }
 
 // A handlerContext is what a job's context needs once its handler asks for

@@ -71,8 +71,8 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64, sample bool) bool {
 	if sample {
 		s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
 	}
-	if !cancelled && lateness <= tolerance && s.setBack.Load() == j.handedAt {
-		return false // nothing set a key back since it was handed
+	if !cancelled && lateness <= tolerance && s.setBack[j.setBackSlot].Load() == j.handedAt {
+		return false // nothing set its key back since it was handed
 	}
 	s.mu.Lock()
 	k := s.keys[j.info.Key] // nil if it went idle and was dropped: nothing is ahead of j
@@ -94,7 +94,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64, sample bool) bool {
 		refund = []driver.Admission{j.admission()}
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
-		s.setBack.Add(1)
+		s.setBackKey(k)
 		if lateness > tolerance {
 			if k.stats != nil {
 				k.stats.late.Add(1)

@@ -53,7 +53,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	}
 	k := s.key(j.info.Key)
 	k.paused = max(k.paused, until)
-	s.setBack.Add(1)
+	s.setBackKey(k)
 	if k.stats != nil {
 		k.stats.retried.Add(1)
 	}

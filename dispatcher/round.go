@@ -40,7 +40,7 @@ func (s *scheduler[T, R]) releaseDue(now int64) {
 		j := heap.Pop(&s.slots).(*job[T, R])
 		k := s.keys[j.info.Key]
 		k.booked.remove(j)
-		s.hand(j)
+		s.hand(k, j)
 		s.dropIdle(k, now)
 	}
 	for at, ok := s.timers.next(); ok && at <= now; at, ok = s.timers.next() {
@@ -77,7 +77,7 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 		lim := s.d.lim.Limit(k.name)
 		if lim.IsUnlimited() {
 			j.slot = 0
-			s.hand(j)
+			s.hand(k, j)
 			s.settle(k, now)
 			continue
 		}
@@ -149,7 +149,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			j.start, j.booking = a.Decision.Start(), a.Decision.Booking
 			j.slot = before + int64(a.Decision.Wait)
 			if a.Decision.Wait <= 0 {
-				s.hand(j)
+				s.hand(k, j)
 			} else {
 				j.setState(booked)
 				j.releaseAt = after + int64(a.Decision.Wait)

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,19 +54,27 @@ type scheduler[T, R any] struct {
 	run   atomic.Int64 // moving average of a handler's run
 	ahead atomic.Int64 // overbook's answer for run, computed as run changes
 
-	// setBack counts the times a key was paused or had a job go back to
-	// its queue. Workers read it for every job and it changes rarely, so
-	// it has a line of its own: a handed job that sees it changed since it
-	// was handed checks, under mu, that it still comes first (see late).
+	// setBack counts, for the keys whose names hash to each slot, the
+	// times a key was paused or had a job go back to its queue: a handed
+	// job that sees its slot's count changed since it was handed checks,
+	// under mu, that it still comes first (see late). A slot, not the key:
+	// a key's state is dropped when its jobs have started, and a job keeps
+	// no pointer to it; the name's slot is the same for every state of the
+	// key. Workers read it for every job and it changes rarely, so it has
+	// lines of its own.
 	_       [64]byte
-	setBack atomic.Uint32
-	_       [60]byte
+	setBack [setBackSlots]atomic.Uint32
+	seed    maphash.Seed
+	_       [64]byte
 
 	peakKeys int               // most keys held since keys was made: Go's maps never shrink
 	limits   limits            // guarded by mu
 	statKeys int               // keys with figures (WithKeyStats)
 	spare    []*keyState[T, R] // dropped keys, for new ones: a key idle between its jobs allocates nothing
 }
+
+// setBackSlots is how many counters the keys' set-backs are spread over.
+const setBackSlots = 256
 
 // maxSpare bounds the dropped keys kept for reuse (128 bytes each).
 const maxSpare = 1024
@@ -84,17 +93,18 @@ const (
 // while the key has jobs queued or booked, or is paused, or keeps figures
 // (WithKeyStats): a key that goes idle costs nothing more (see dropIdle).
 type keyState[T, R any] struct {
-	name     string
-	jobs     jobList[T, R] // queued, in submission order
-	booked   jobList[T, R] // admitted ahead, in slot order
-	asking   *job[T, R]
-	wakeAt   int64
-	paused   int64 // a retry-after seen by this process: admit nothing before
-	backoff  time.Duration
-	lastUsed int64
-	stats    *keyCounters
-	heapIdx  int32
-	phase    phase
+	name        string
+	jobs        jobList[T, R] // queued, in submission order
+	booked      jobList[T, R] // admitted ahead, in slot order
+	asking      *job[T, R]
+	wakeAt      int64
+	paused      int64 // a retry-after seen by this process: admit nothing before
+	backoff     time.Duration
+	lastUsed    int64
+	stats       *keyCounters
+	heapIdx     int32
+	phase       phase
+	setBackSlot uint8 // its name's among the scheduler's setBack counters
 }
 
 func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
@@ -103,6 +113,7 @@ func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
 		backend: d.lim.Backend(),
 		keys:    make(map[string]*keyState[T, R]),
 		wake:    make(chan struct{}, 1),
+		seed:    maphash.MakeSeed(),
 	}
 	s.idle.Store(int64(d.cfg.workers))
 	// Until handlers have been timed, assume they take an eighth of the
@@ -127,6 +138,7 @@ func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
 		} else {
 			k = &keyState[T, R]{name: name, heapIdx: -1}
 		}
+		k.setBackSlot = uint8(maphash.String(s.seed, name) % setBackSlots)
 		if s.statKeys < s.d.cfg.keyStats {
 			k.stats = new(keyCounters)
 			s.statKeys++
@@ -274,11 +286,16 @@ func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
 // mu (see takeHanded): sending can wake a worker, which should not keep
 // submitters out of mu meanwhile. It still counts in the queue until the
 // worker starts it.
-func (s *scheduler[T, R]) hand(j *job[T, R]) {
+func (s *scheduler[T, R]) hand(k *keyState[T, R], j *job[T, R]) {
 	j.setState(running)
-	j.handedAt = s.setBack.Load()
+	j.setBackSlot = k.setBackSlot
+	j.handedAt = s.setBack[k.setBackSlot].Load()
 	s.handed = append(s.handed, j)
 }
+
+// setBackKey records that k was paused or had a job go back to its queue
+// (see late).
+func (s *scheduler[T, R]) setBackKey(k *keyState[T, R]) { s.setBack[k.setBackSlot].Add(1) }
 
 // dropIdle forgets k, idle at now, unless it still holds something: jobs
 // booked ahead, a pause, figures. k may then serve another key. Nothing
