@@ -1,0 +1,270 @@
+-- The mathematics of bucket/driver (Decide, Refund, Pause, FreshAt), run
+-- inside PostgreSQL on a batch of requests in one statement, in integer
+-- microseconds of the server's clock (clock_timestamp()). @schema is
+-- replaced by the store's schema, quoted.
+--
+-- A request is op (1 admit, 2 refund, 3 pause), five numbers a..e and
+-- qn[i] quota pairs, which follow those of the requests before it in qw
+-- and qm:
+--   op 1 admit:  a capacity, b charge (driver.Terms), c cost, d maxWait;
+--                pairs (window, max) of the limit's quotas
+--   op 2 refund: a the booking's TAT, b its previous TAT, c its Gen,
+--                d its start, e its cost; windows of the limit's quotas
+--   op 3 pause:  a the duration
+-- clock, if not NULL, is the time to decide at instead of the server's
+-- (the parity test's).
+--
+-- Every row the batch names is locked first, in key order, by one
+-- INSERT ... ON CONFLICT DO UPDATE ... WHERE false: it inserts a
+-- placeholder for a key without a row and locks an existing row without
+-- writing it. Two batches therefore always lock their common keys in the
+-- same order and cannot deadlock, and the sweep, which skips locked rows,
+-- never deletes a row a batch holds. The clock is read once the locks are
+-- held.
+--
+-- A row holds tat, paused and gen as in driver.State; seen, the latest
+-- time it was decided at, so that a key's clock never runs backwards (the
+-- server's may step back); fresh_at, driver.FreshAt of the state; quotas,
+-- NULL or per quota window, n, then n pairs (slot index, count), slots
+-- ascending. A state found fresh is a fresh bucket; a row whose state is
+-- fresh after the batch is deleted.
+--
+-- Replies: per request, in order, allowed (0 or 1), wait, now, tat, prev,
+-- gen and fresh (driver.FreshAt after the request, 0 if fresh); refunds
+-- and pauses fill in only now and fresh.
+
+CREATE OR REPLACE FUNCTION @schema.floordiv(x bigint, y bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT x / y - (x % y < 0)::int $$;
+
+-- freshat is driver.FreshAt.
+CREATE OR REPLACE FUNCTION @schema.freshat(tat bigint, paused bigint, q bigint[]) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+  fresh bigint := greatest(tat, paused);
+  p int := 1;
+  n bigint;
+BEGIN
+  WHILE p <= coalesce(cardinality(q), 0) LOOP
+    n := q[p + 1];
+    IF n > 0 THEN
+      fresh := greatest(fresh, (q[p + 2 * n] + 1) * ((q[p] - 1) / 100 + 1) + q[p]);
+    END IF;
+    p := p + 2 + 2 * n;
+  END LOOP;
+  RETURN fresh;
+END $$;
+
+CREATE OR REPLACE FUNCTION @schema.decide_v1(
+  keys bytea[], ops int[], fa bigint[], fb bigint[], fc bigint[], fd bigint[], fe bigint[],
+  qn int[], qw bigint[], qm bigint[], clock bigint,
+  OUT allowed int[], OUT waits bigint[], OUT nows bigint[], OUT tats bigint[],
+  OUT prevs bigint[], OUT gens bigint[], OUT freshs bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+  ukeys bytea[];   -- the batch's keys, distinct, in order
+  kidx int[];      -- request i is on ukeys[kidx[i]]
+  -- Per key: the state, its time, its fresh moment, whether it must be
+  -- written (1 update, 2 delete, 0 neither).
+  kt bigint[] := '{}'; kp bigint[] := '{}'; kg bigint[] := '{}'; kq text[] := '{}';
+  kn bigint[] := '{}'; kf bigint[] := '{}'; kw int[] := '{}';
+  r record;
+  k int := 0;
+  i int;
+  j int;
+  s int;
+  p int;
+  qo int := 0;     -- the request's quota pairs start after qo
+  nq int;
+  tat bigint; paused bigint; gen bigint; q bigint[]; now bigint; fresh bigint; dirty boolean;
+  st bigint; t bigint; w bigint; sw bigint; lo bigint; cnt bigint; idx bigint; cost bigint;
+  used numeric;
+  reshaped boolean;
+  nqa bigint[];
+BEGIN
+  allowed := '{}'; waits := '{}'; nows := '{}'; tats := '{}'; prevs := '{}'; gens := '{}'; freshs := '{}';
+  SELECT array_agg(u.k ORDER BY u.k) INTO ukeys FROM (SELECT DISTINCT x.k FROM unnest(keys) x(k)) u;
+  INSERT INTO @schema.buckets AS b (key, tat, paused, gen, seen, fresh_at)
+    SELECT u.k, 0, 0, 0, 0, 0 FROM unnest(ukeys) WITH ORDINALITY u(k, o) ORDER BY u.o
+    ON CONFLICT (key) DO UPDATE SET tat = b.tat WHERE false;
+  IF clock IS NULL THEN
+    clock := floor(extract(epoch FROM clock_timestamp()) * 1000000);
+  END IF;
+  FOR r IN SELECT b.tat, b.paused, b.gen, b.seen, b.fresh_at, b.quotas
+      FROM @schema.buckets b WHERE b.key = ANY (ukeys) ORDER BY b.key LOOP
+    k := k + 1;
+    kn[k] := greatest(clock, r.seen);
+    IF r.fresh_at <= kn[k] THEN
+      kt[k] := 0; kp[k] := 0; kg[k] := 0; kq[k] := NULL; kf[k] := 0;
+    ELSE
+      kt[k] := r.tat; kp[k] := r.paused; kg[k] := r.gen; kq[k] := r.quotas::text; kf[k] := r.fresh_at;
+    END IF;
+    kw[k] := 0;
+  END LOOP;
+  SELECT array_agg(array_position(ukeys, x.k) ORDER BY x.o) INTO kidx
+    FROM unnest(keys) WITH ORDINALITY x(k, o);
+
+  FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+    k := kidx[i];
+    tat := kt[k]; paused := kp[k]; gen := kg[k]; q := kq[k]::bigint[]; now := kn[k];
+    nq := qn[i];
+    dirty := false;
+    allowed[i] := 0; waits[i] := 0; nows[i] := now; tats[i] := 0; prevs[i] := 0; gens[i] := 0;
+
+    IF ops[i] = 3 THEN
+      paused := greatest(paused, now + fa[i]);
+      dirty := true;
+
+    ELSIF ops[i] = 2 THEN
+      -- Only the latest admission, with nothing refunded since.
+      IF tat = fa[i] AND gen = fc[i] THEN
+        tat := fb[i];
+        gen := gen + 1;
+        dirty := true;
+        FOR j IN 1 .. nq LOOP
+          w := qw[qo + j];
+          p := 1;
+          WHILE p <= coalesce(cardinality(q), 0) LOOP
+            cnt := q[p + 1];
+            IF q[p] = w THEN
+              idx := @schema.floordiv(fd[i], (w - 1) / 100 + 1);
+              FOR s IN 1 .. cnt LOOP
+                IF q[p + 2 * s] = idx THEN
+                  q[p + 2 * s + 1] := q[p + 2 * s + 1] - least(fe[i], q[p + 2 * s + 1]);
+                  IF q[p + 2 * s + 1] = 0 THEN
+                    q := q[1 : p] || (cnt - 1) || q[p + 2 : p + 2 * s - 1] || q[p + 2 * s + 2 :];
+                    cnt := cnt - 1;
+                  END IF;
+                  EXIT;
+                END IF;
+              END LOOP;
+            END IF;
+            p := p + 2 + 2 * cnt;
+          END LOOP;
+        END LOOP;
+      END IF;
+
+    ELSE
+      cost := fc[i];
+      st := greatest(now, tat - fa[i], paused);
+      IF nq > 0 OR q IS NOT NULL THEN
+        -- Line the stored quotas up with the limit's, by window.
+        reshaped := false;
+        p := 1;
+        j := 0;
+        WHILE p <= coalesce(cardinality(q), 0) LOOP
+          j := j + 1;
+          IF j > nq OR q[p] <> qw[qo + j] THEN
+            reshaped := true;
+          END IF;
+          p := p + 2 + 2 * q[p + 1];
+        END LOOP;
+        IF j <> nq THEN
+          reshaped := true;
+        END IF;
+        IF reshaped THEN
+          nqa := '{}';
+          FOR j IN 1 .. nq LOOP
+            w := qw[qo + j];
+            nqa := nqa || w;
+            p := 1;
+            WHILE p <= coalesce(cardinality(q), 0) AND q[p] <> w LOOP
+              p := p + 2 + 2 * q[p + 1];
+            END LOOP;
+            IF p <= coalesce(cardinality(q), 0) THEN
+              nqa := nqa || q[p + 1 : p + 1 + 2 * q[p + 1]];
+            ELSE
+              nqa := nqa || 0::bigint;
+            END IF;
+          END LOOP;
+          q := CASE WHEN nq = 0 THEN NULL ELSE nqa END;
+          dirty := true;
+        END IF;
+        p := 1;
+        FOR j IN 1 .. nq LOOP
+          w := q[p];
+          cnt := q[p + 1];
+          sw := (w - 1) / 100 + 1;
+          -- Prune slots wholly outside every window still to be asked about.
+          lo := @schema.floordiv(now - w, sw);
+          s := 0;
+          WHILE s < cnt AND q[p + 2 + 2 * s] < lo LOOP
+            s := s + 1;
+          END LOOP;
+          IF s > 0 THEN
+            q := q[1 : p] || (cnt - s) || q[p + 2 + 2 * s :];
+            cnt := cnt - s;
+          END IF;
+          -- The first time >= the start at which cost more units fit.
+          t := st;
+          lo := @schema.floordiv(t - w, sw);
+          used := 0;
+          FOR s IN 1 .. cnt LOOP
+            IF q[p + 2 * s] >= lo THEN
+              used := used + q[p + 2 * s + 1];
+            END IF;
+          END LOOP;
+          FOR s IN 1 .. cnt LOOP
+            EXIT WHEN used + cost <= qm[qo + j];
+            IF q[p + 2 * s] >= lo THEN
+              used := used - q[p + 2 * s + 1];
+              t := (q[p + 2 * s] + 1) * sw + w;
+            END IF;
+          END LOOP;
+          st := greatest(st, t);
+          p := p + 2 + 2 * cnt;
+        END LOOP;
+      END IF;
+
+      waits[i] := st - now;
+      IF st - now <= fd[i] THEN
+        allowed[i] := 1;
+        prevs[i] := tat;
+        tat := greatest(tat, st) + fb[i];
+        gen := gen + 1;
+        tats[i] := tat;
+        gens[i] := gen;
+        dirty := true;
+        p := 1;
+        FOR j IN 1 .. nq LOOP
+          w := q[p];
+          cnt := q[p + 1];
+          idx := @schema.floordiv(st, (w - 1) / 100 + 1);
+          s := cnt;
+          WHILE s > 0 AND q[p + 2 * s] > idx LOOP
+            s := s - 1;
+          END LOOP;
+          IF s > 0 AND q[p + 2 * s] = idx THEN
+            q[p + 2 * s + 1] := q[p + 2 * s + 1] + cost;
+          ELSE
+            q := q[1 : p] || (cnt + 1) || q[p + 2 : p + 1 + 2 * s] || ARRAY[idx, cost] || q[p + 2 + 2 * s :];
+            cnt := cnt + 1;
+          END IF;
+          p := p + 2 + 2 * cnt;
+        END LOOP;
+      END IF;
+    END IF;
+
+    qo := qo + nq;
+    IF dirty THEN
+      fresh := @schema.freshat(tat, paused, q);
+      IF fresh <= now THEN
+        tat := 0; paused := 0; gen := 0; q := NULL; fresh := 0;
+      END IF;
+      kt[k] := tat; kp[k] := paused; kg[k] := gen; kq[k] := q::text; kf[k] := fresh;
+      kw[k] := 1;
+    END IF;
+    freshs[i] := kf[k];
+  END LOOP;
+
+  FOR k IN 1 .. coalesce(cardinality(ukeys), 0) LOOP
+    IF kf[k] = 0 THEN
+      kw[k] := 2; -- fresh: the row goes, placeholders and stale rows too
+    END IF;
+  END LOOP;
+  UPDATE @schema.buckets b
+    SET tat = u.tat, paused = u.paused, gen = u.gen, seen = u.seen, fresh_at = u.fresh, quotas = u.q::bigint[]
+    FROM unnest(ukeys, kt, kp, kg, kn, kf, kq, kw) AS u(key, tat, paused, gen, seen, fresh, q, w)
+    WHERE b.key = u.key AND u.w = 1;
+  DELETE FROM @schema.buckets b USING unnest(ukeys, kw) AS u(key, w)
+    WHERE b.key = u.key AND u.w = 2;
+END $$;

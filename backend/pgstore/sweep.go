@@ -1,0 +1,50 @@
+package pgstore
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// sweepChunk is how many rows one statement of the sweep deletes, so that
+// a sweep of many rows holds few locks at a time.
+const sweepChunk = 1000
+
+// sweep deletes the rows of every key whose bucket is fresh (guarantee
+// 8), a chunk per statement, and returns how many it deleted. It skips
+// rows that a batch holds locked: the batch decides them.
+func (s *Store) sweep(ctx context.Context) (int64, error) {
+	var total int64
+	for {
+		ctx, cancel := context.WithTimeout(ctx, s.timeout)
+		err := s.ensureSchema(ctx)
+		var tag pgconn.CommandTag
+		if err == nil {
+			tag, err = s.pool.Exec(ctx, s.sql.sweep, pgx.QueryExecModeExec, sweepChunk)
+		}
+		cancel()
+		if err != nil {
+			return total, err
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < sweepChunk {
+			return total, nil
+		}
+	}
+}
+
+func (s *Store) sweepEvery(ctx context.Context, every time.Duration) {
+	defer s.sweeper.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.sweep(ctx) // a failure (the database is down) is retried at the next tick
+		case <-ctx.Done():
+			return
+		}
+	}
+}
