@@ -12,7 +12,10 @@
 --                d its start, e its cost; windows of the limit's quotas
 --   op 3 pause:  a the duration
 -- clock, if not NULL, is the time to decide at instead of the server's
--- (the parity test's).
+-- (the parity test's). Unless durable, the transaction commits without
+-- waiting for its WAL to reach the disk (synchronous_commit off, for this
+-- transaction only): a crash of the server may lose the last moments'
+-- admissions, and a flush costs more than the rest of a batch.
 --
 -- Every row the batch names is locked first, in key order, by one
 -- INSERT ... ON CONFLICT DO UPDATE ... WHERE false: it inserts a
@@ -56,7 +59,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION @schema.decide_v1(
   keys bytea[], ops int[], fa bigint[], fb bigint[], fc bigint[], fd bigint[], fe bigint[],
-  qn int[], qw bigint[], qm bigint[], clock bigint,
+  qn int[], qw bigint[], qm bigint[], clock bigint, durable boolean,
   OUT allowed int[], OUT waits bigint[], OUT nows bigint[], OUT tats bigint[],
   OUT prevs bigint[], OUT gens bigint[], OUT freshs bigint[])
 LANGUAGE plpgsql AS $$
@@ -67,8 +70,8 @@ DECLARE
   -- written (1 update, 2 delete, 0 neither).
   kt bigint[] := '{}'; kp bigint[] := '{}'; kg bigint[] := '{}'; kq text[] := '{}';
   kn bigint[] := '{}'; kf bigint[] := '{}'; kw int[] := '{}';
-  r record;
   k int := 0;
+  n int;
   i int;
   j int;
   s int;
@@ -80,35 +83,43 @@ DECLARE
   used numeric;
   reshaped boolean;
   nqa bigint[];
+  updates boolean := false;
+  deletes boolean := false;
 BEGIN
-  allowed := '{}'; waits := '{}'; nows := '{}'; tats := '{}'; prevs := '{}'; gens := '{}'; freshs := '{}';
-  SELECT array_agg(u.k ORDER BY u.k) INTO ukeys FROM (SELECT DISTINCT x.k FROM unnest(keys) x(k)) u;
+  IF NOT durable THEN
+    PERFORM set_config('synchronous_commit', 'off', true);
+  END IF;
+  SELECT array_agg(DISTINCT x.k ORDER BY x.k), array_agg(x.r ORDER BY x.o) INTO ukeys, kidx
+    FROM (SELECT u.k, u.o, dense_rank() OVER (ORDER BY u.k) AS r
+      FROM unnest(keys) WITH ORDINALITY u(k, o)) x;
   INSERT INTO @schema.buckets AS b (key, tat, paused, gen, seen, fresh_at)
     SELECT u.k, 0, 0, 0, 0, 0 FROM unnest(ukeys) WITH ORDINALITY u(k, o) ORDER BY u.o
     ON CONFLICT (key) DO UPDATE SET tat = b.tat WHERE false;
   IF clock IS NULL THEN
     clock := floor(extract(epoch FROM clock_timestamp()) * 1000000);
   END IF;
-  FOR r IN SELECT b.tat, b.paused, b.gen, b.seen, b.fresh_at, b.quotas
-      FROM @schema.buckets b WHERE b.key = ANY (ukeys) ORDER BY b.key LOOP
-    k := k + 1;
-    kn[k] := greatest(clock, r.seen);
-    IF r.fresh_at <= kn[k] THEN
-      kt[k] := 0; kp[k] := 0; kg[k] := 0; kq[k] := NULL; kf[k] := 0;
-    ELSE
-      kt[k] := r.tat; kp[k] := r.paused; kg[k] := r.gen; kq[k] := r.quotas::text; kf[k] := r.fresh_at;
-    END IF;
-    kw[k] := 0;
-  END LOOP;
-  SELECT array_agg(array_position(ukeys, x.k) ORDER BY x.o) INTO kidx
-    FROM unnest(keys) WITH ORDINALITY x(k, o);
+  -- A state found fresh at its key's time is a fresh bucket. The rows
+  -- come sorted from the subquery, as ukeys are.
+  SELECT array_agg(CASE WHEN x.f THEN 0 ELSE x.tat END), array_agg(CASE WHEN x.f THEN 0 ELSE x.paused END),
+         array_agg(CASE WHEN x.f THEN 0 ELSE x.gen END), array_agg(CASE WHEN x.f THEN NULL ELSE x.quotas::text END),
+         array_agg(x.t), array_agg(CASE WHEN x.f THEN 0 ELSE x.fresh_at END)
+    INTO kt, kp, kg, kq, kn, kf
+    FROM (SELECT b.tat, b.paused, b.gen, b.quotas, b.fresh_at, c.t, b.fresh_at <= c.t AS f
+      FROM @schema.buckets b, LATERAL (SELECT greatest(clock, b.seen) AS t) c
+      WHERE b.key = ANY (ukeys) ORDER BY b.key) x;
+  kw := array_fill(0, ARRAY[cardinality(ukeys)]);
+  n := coalesce(cardinality(keys), 0);
+  allowed := array_fill(0, ARRAY[n]);
+  waits := array_fill(0::bigint, ARRAY[n]);
+  tats := waits; prevs := waits; gens := waits; nows := waits; freshs := waits;
 
-  FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+  FOR i IN 1 .. n LOOP
     k := kidx[i];
-    tat := kt[k]; paused := kp[k]; gen := kg[k]; q := kq[k]::bigint[]; now := kn[k];
+    tat := kt[k]; paused := kp[k]; gen := kg[k]; now := kn[k];
+    q := CASE WHEN kq[k] IS NULL THEN NULL ELSE kq[k]::bigint[] END;
     nq := qn[i];
     dirty := false;
-    allowed[i] := 0; waits[i] := 0; nows[i] := now; tats[i] := 0; prevs[i] := 0; gens[i] := 0;
+    nows[i] := now;
 
     IF ops[i] = 3 THEN
       paused := greatest(paused, now + fa[i]);
@@ -246,7 +257,11 @@ BEGIN
 
     qo := qo + nq;
     IF dirty THEN
-      fresh := @schema.freshat(tat, paused, q);
+      IF q IS NULL THEN
+        fresh := greatest(tat, paused);
+      ELSE
+        fresh := @schema.freshat(tat, paused, q);
+      END IF;
       IF fresh <= now THEN
         tat := 0; paused := 0; gen := 0; q := NULL; fresh := 0;
       END IF;
@@ -256,15 +271,22 @@ BEGIN
     freshs[i] := kf[k];
   END LOOP;
 
-  FOR k IN 1 .. coalesce(cardinality(ukeys), 0) LOOP
+  FOR k IN 1 .. cardinality(ukeys) LOOP
     IF kf[k] = 0 THEN
       kw[k] := 2; -- fresh: the row goes, placeholders and stale rows too
+      deletes := true;
+    ELSIF kw[k] = 1 THEN
+      updates := true;
     END IF;
   END LOOP;
-  UPDATE @schema.buckets b
-    SET tat = u.tat, paused = u.paused, gen = u.gen, seen = u.seen, fresh_at = u.fresh, quotas = u.q::bigint[]
-    FROM unnest(ukeys, kt, kp, kg, kn, kf, kq, kw) AS u(key, tat, paused, gen, seen, fresh, q, w)
-    WHERE b.key = u.key AND u.w = 1;
-  DELETE FROM @schema.buckets b USING unnest(ukeys, kw) AS u(key, w)
-    WHERE b.key = u.key AND u.w = 2;
+  IF updates THEN
+    UPDATE @schema.buckets b
+      SET tat = u.tat, paused = u.paused, gen = u.gen, seen = u.seen, fresh_at = u.fresh, quotas = u.q::bigint[]
+      FROM unnest(ukeys, kt, kp, kg, kn, kf, kq, kw) AS u(key, tat, paused, gen, seen, fresh, q, w)
+      WHERE b.key = u.key AND u.w = 1;
+  END IF;
+  IF deletes THEN
+    DELETE FROM @schema.buckets b USING unnest(ukeys, kw) AS u(key, w)
+      WHERE b.key = u.key AND u.w = 2;
+  END IF;
 END $$;

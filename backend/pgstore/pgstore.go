@@ -62,6 +62,15 @@ type Options struct {
 	// Timeout bounds every round trip, which no caller's context does.
 	// Default 5s.
 	Timeout time.Duration
+	// Durable makes every admission wait until the database has flushed
+	// it to disk (synchronous_commit on). By default a transaction of the
+	// Store commits without waiting (synchronous_commit off for it alone,
+	// whatever the server's setting): a crash of the server may then lose
+	// the admissions of its last moments (up to three times
+	// wal_writer_delay, 600ms by default), which afterwards only lets
+	// those keys admit again what they admitted then; a restart loses
+	// nothing. Waiting for the flush costs a disk sync per round trip.
+	Durable bool
 	// SweepInterval is how often the Store deletes the rows of keys whose
 	// buckets have become fresh. Default 1 minute; a negative value never
 	// sweeps (another Store on the same schema does).
@@ -77,6 +86,7 @@ type Store struct {
 	schema  string // quoted
 	sql     statements
 	timeout time.Duration
+	durable bool
 	guard   *failover.Guard
 
 	ready   atomic.Bool // the schema is installed
@@ -132,6 +142,7 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 		pool:    pool,
 		schema:  pgx.Identifier{opts.Schema}.Sanitize(),
 		timeout: opts.Timeout,
+		durable: opts.Durable,
 		guard:   guard,
 	}
 	s.sql = newStatements(s.schema)

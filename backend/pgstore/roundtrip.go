@@ -115,7 +115,7 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 		qw, qm = []int64{}, []int64{}
 	}
 	err := s.pool.QueryRow(ctx, s.sql.decide, pgx.QueryExecModeExec,
-		keys, kinds, fa, fb, fc, fd, fe, qn, qw, qm, clock).
+		keys, kinds, fa, fb, fc, fd, fe, qn, qw, qm, clock, s.durable).
 		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
 	if err != nil {
 		return nil, err

@@ -60,7 +60,7 @@ type statements struct {
 
 func newStatements(schema string) statements {
 	return statements{
-		decide: `SELECT * FROM ` + schema + `.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		decide: `SELECT * FROM ` + schema + `.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 		sweep: `DELETE FROM ` + schema + `.buckets b WHERE b.key IN (
 			SELECT key FROM ` + schema + `.buckets
 			WHERE fresh_at <= floor(extract(epoch FROM clock_timestamp()) * 1000000)
