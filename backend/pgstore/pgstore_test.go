@@ -51,7 +51,7 @@ func forgotten(t *testing.T, b driver.Backend, key string) bool {
 	_, err := pgstore.Sweep(ctx, s)
 	require.NoError(t, err, "sweep")
 	var n int
-	err = s.Pool().QueryRow(ctx, "SELECT count(*) FROM "+s.Table()+" WHERE key = $1", []byte(key)).Scan(&n)
+	err = s.Pool().QueryRow(ctx, "SELECT count(*) FROM "+s.Table()+" WHERE key = $1", pgx.QueryExecModeExec, []byte(key)).Scan(&n)
 	require.NoError(t, err, "count the key's rows")
 	return n == 0
 }
