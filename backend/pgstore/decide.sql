@@ -17,20 +17,21 @@
 -- transaction only): a crash of the server may lose the last moments'
 -- admissions, and a flush costs more than the rest of a batch.
 --
--- Every row the batch names is locked first, in key order, by one
--- INSERT ... ON CONFLICT DO UPDATE ... WHERE false: it inserts a
--- placeholder for a key without a row and locks an existing row without
--- writing it. Two batches therefore always lock their common keys in the
--- same order and cannot deadlock, and the sweep, which skips locked rows,
--- never deletes a row a batch holds. The clock is read once the locks are
+-- Batches of one schema are decided one at a time: each takes the
+-- schema's advisory lock (@lock, a number the store derives from the
+-- schema's name) for its transaction, and so does the sweep. Row locks
+-- taken in key order let batches of disjoint keys run at once, but
+-- batches of several processes nearly always share some keys, and their
+-- lock waits formed convoys: four processes admitted a fifth of what one
+-- lock lets them (docs/postgres.md). The clock is read once the lock is
 -- held.
 --
 -- A row holds tat, paused and gen as in driver.State; seen, the latest
 -- time it was decided at, so that a key's clock never runs backwards (the
 -- server's may step back); fresh_at, driver.FreshAt of the state; quotas,
 -- NULL or per quota window, n, then n pairs (slot index, count), slots
--- ascending. A state found fresh is a fresh bucket; a row whose state is
--- fresh after the batch is deleted.
+-- ascending. A key without a row, or whose state is found fresh, has a
+-- fresh bucket; a row whose state is fresh after the batch is deleted.
 --
 -- Replies: per request, in order, allowed (0 or 1), wait, now, tat, prev,
 -- gen and fresh (driver.FreshAt after the request, 0 if fresh); refunds
@@ -92,23 +93,61 @@ BEGIN
   SELECT array_agg(DISTINCT x.k ORDER BY x.k), array_agg(x.r ORDER BY x.o) INTO ukeys, kidx
     FROM (SELECT u.k, u.o, dense_rank() OVER (ORDER BY u.k) AS r
       FROM unnest(keys) WITH ORDINALITY u(k, o)) x;
-  INSERT INTO @schema.buckets AS b (key, tat, paused, gen, seen, fresh_at)
-    SELECT u.k, 0, 0, 0, 0, 0 FROM unnest(ukeys) WITH ORDINALITY u(k, o) ORDER BY u.o
-    ON CONFLICT (key) DO UPDATE SET tat = b.tat WHERE false;
+  PERFORM pg_advisory_xact_lock(@lock);
   IF clock IS NULL THEN
     clock := floor(extract(epoch FROM clock_timestamp()) * 1000000);
   END IF;
+  n := coalesce(cardinality(keys), 0);
+  IF cardinality(ukeys) = n AND 1 = ALL (ops) AND 0 = ALL (qn) THEN
+    -- Admissions without quotas, one per key: decided by one statement,
+    -- the lines of the loop below for this case. A stored quota state is
+    -- dropped, as the loop drops it when the limit has no quotas.
+    WITH d AS (
+      SELECT u.i, u.k, c.now, f.fr, s.hadq, s.tat0, s.paused0, t.st, t.ok, b.fresh_at,
+             CASE WHEN t.ok THEN greatest(s.tat0, t.st) + u.charge ELSE s.tat0 END AS tat1,
+             CASE WHEN t.ok THEN s.gen0 + 1 ELSE s.gen0 END AS gen1
+      FROM unnest(keys, fa, fb, fd) WITH ORDINALITY u(k, cap, charge, maxwait, i)
+        LEFT JOIN @schema.buckets b ON b.key = u.k,
+        LATERAL (SELECT greatest(clock, b.seen) AS now) c,
+        LATERAL (SELECT coalesce(b.fresh_at <= c.now, true) AS fr) f,
+        LATERAL (SELECT CASE WHEN f.fr THEN 0 ELSE b.tat END AS tat0,
+                        CASE WHEN f.fr THEN 0 ELSE b.paused END AS paused0,
+                        CASE WHEN f.fr THEN 0 ELSE b.gen END AS gen0,
+                        NOT f.fr AND b.quotas IS NOT NULL AS hadq) s,
+        LATERAL (SELECT greatest(c.now, s.tat0 - u.cap, s.paused0) AS st) t0,
+        LATERAL (SELECT t0.st, t0.st - c.now <= u.maxwait AS ok) t
+    ), w AS (
+      SELECT d.*, greatest(d.tat1, d.paused0) AS fresh1, d.ok OR d.hadq AS dirty FROM d
+    ), upd AS (
+      INSERT INTO @schema.buckets AS b (key, tat, paused, gen, seen, fresh_at, quotas)
+        SELECT w.k, w.tat1, w.paused0, w.gen1, w.now, w.fresh1, NULL FROM w WHERE w.dirty AND w.fresh1 > w.now
+        ON CONFLICT (key) DO UPDATE SET tat = EXCLUDED.tat, paused = EXCLUDED.paused, gen = EXCLUDED.gen,
+          seen = EXCLUDED.seen, fresh_at = EXCLUDED.fresh_at, quotas = NULL
+    ), del AS (
+      DELETE FROM @schema.buckets b USING w
+        WHERE b.key = w.k AND (w.dirty AND w.fresh1 <= w.now OR NOT w.dirty AND w.fr)
+    )
+    SELECT array_agg(o.ok::int), array_agg(o.st - o.now), array_agg(o.now),
+           array_agg(CASE WHEN o.ok THEN o.tat1 ELSE 0 END), array_agg(CASE WHEN o.ok THEN o.tat0 ELSE 0 END),
+           array_agg(CASE WHEN o.ok THEN o.gen1 ELSE 0 END),
+           array_agg(CASE WHEN o.dirty AND o.fresh1 > o.now THEN o.fresh1 WHEN o.dirty OR o.fr THEN 0 ELSE o.fresh_at END)
+      INTO allowed, waits, nows, tats, prevs, gens, freshs
+      FROM (SELECT * FROM w ORDER BY w.i) o;
+    RETURN;
+  END IF;
+
   -- A state found fresh at its key's time is a fresh bucket. The rows
-  -- come sorted from the subquery, as ukeys are.
+  -- come in the order of ukeys from the subquery.
   SELECT array_agg(CASE WHEN x.f THEN 0 ELSE x.tat END), array_agg(CASE WHEN x.f THEN 0 ELSE x.paused END),
          array_agg(CASE WHEN x.f THEN 0 ELSE x.gen END), array_agg(CASE WHEN x.f THEN NULL ELSE x.quotas::text END),
          array_agg(x.t), array_agg(CASE WHEN x.f THEN 0 ELSE x.fresh_at END)
     INTO kt, kp, kg, kq, kn, kf
-    FROM (SELECT b.tat, b.paused, b.gen, b.quotas, b.fresh_at, c.t, b.fresh_at <= c.t AS f
-      FROM @schema.buckets b, LATERAL (SELECT greatest(clock, b.seen) AS t) c
-      WHERE b.key = ANY (ukeys) ORDER BY b.key) x;
+    FROM (SELECT b.tat, b.paused, b.gen, b.quotas, b.fresh_at, c.t, coalesce(b.fresh_at <= c.t, true) AS f
+      FROM unnest(ukeys) WITH ORDINALITY u(k, o)
+        LEFT JOIN @schema.buckets b ON b.key = u.k,
+        LATERAL (SELECT greatest(clock, b.seen) AS t) c
+      ORDER BY u.o) x;
   kw := array_fill(0, ARRAY[cardinality(ukeys)]);
-  n := coalesce(cardinality(keys), 0);
   allowed := array_fill(0, ARRAY[n]);
   waits := array_fill(0::bigint, ARRAY[n]);
   tats := waits; prevs := waits; gens := waits; nows := waits; freshs := waits;
@@ -273,20 +312,37 @@ BEGIN
 
   FOR k IN 1 .. cardinality(ukeys) LOOP
     IF kf[k] = 0 THEN
-      kw[k] := 2; -- fresh: the row goes, placeholders and stale rows too
+      kw[k] := 2; -- fresh: the row goes, if there is one
       deletes := true;
     ELSIF kw[k] = 1 THEN
       updates := true;
     END IF;
   END LOOP;
   IF updates THEN
-    UPDATE @schema.buckets b
-      SET tat = u.tat, paused = u.paused, gen = u.gen, seen = u.seen, fresh_at = u.fresh, quotas = u.q::bigint[]
+    INSERT INTO @schema.buckets AS b (key, tat, paused, gen, seen, fresh_at, quotas)
+      SELECT u.key, u.tat, u.paused, u.gen, u.seen, u.fresh, u.q::bigint[]
       FROM unnest(ukeys, kt, kp, kg, kn, kf, kq, kw) AS u(key, tat, paused, gen, seen, fresh, q, w)
-      WHERE b.key = u.key AND u.w = 1;
+      WHERE u.w = 1
+      ON CONFLICT (key) DO UPDATE SET tat = EXCLUDED.tat, paused = EXCLUDED.paused, gen = EXCLUDED.gen,
+        seen = EXCLUDED.seen, fresh_at = EXCLUDED.fresh_at, quotas = EXCLUDED.quotas;
   END IF;
   IF deletes THEN
     DELETE FROM @schema.buckets b USING unnest(ukeys, kw) AS u(key, w)
       WHERE b.key = u.key AND u.w = 2;
   END IF;
+END $$;
+
+-- sweep_v1 deletes up to lim rows whose buckets are fresh, under the
+-- schema's lock, and returns how many.
+CREATE OR REPLACE FUNCTION @schema.sweep_v1(lim int) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+  n bigint;
+BEGIN
+  PERFORM pg_advisory_xact_lock(@lock);
+  DELETE FROM @schema.buckets WHERE key IN (
+    SELECT b.key FROM @schema.buckets b
+    WHERE b.fresh_at <= floor(extract(epoch FROM clock_timestamp()) * 1000000) LIMIT lim);
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
 END $$;

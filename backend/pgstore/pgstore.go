@@ -191,7 +191,7 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 	if !ask {
 		return s.guard.Fallback(ctx, req, nil)
 	}
-	r, err := s.admits.Do(ctx, admission{req})
+	r, err := s.admits.Do(ctx, admission{admitOp(&req), req})
 	s.guard.Settle(err, probe)
 	if err != nil {
 		return s.guard.ErrAnswer(ctx, req, err)
@@ -265,8 +265,9 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 	}
 }
 
-// Refund implements driver.Backend. Refunding an admission the database
-// has forgotten (its row was swept) does nothing.
+// Refund implements driver.Backend. Concurrent refunds, pauses and
+// admissions share round trips. Refunding an admission the database has
+// forgotten (its row was swept) does nothing.
 func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decision) error {
 	if !d.Allowed || d.Booking.TAT == 0 {
 		return nil // refused, or admitted by FailOpen: nothing was charged
@@ -302,24 +303,23 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	return s.write(ctx, key, pauseOp(key, d))
 }
 
-// write runs a refund or pause. While PostgreSQL is unavailable it fails
-// with ErrUnavailable under FailClosed; under the other policies there is
-// no one to tell, and it returns nil.
+// write runs a refund or pause, coalesced with concurrent calls as
+// admissions are. While PostgreSQL is unavailable it fails with
+// ErrUnavailable under FailClosed; under the other policies there is no
+// one to tell, and it returns nil.
 func (s *Store) write(ctx context.Context, key string, o op) error {
-	if !s.begin() {
-		return driver.ErrClosed
-	}
-	defer s.end()
 	ask, probe := s.guard.Ask()
 	var err error
 	if ask {
-		_, err = s.run(context.WithoutCancel(ctx), []op{o})
+		_, err = s.admits.Do(ctx, admission{op: o})
 		s.guard.Settle(err, probe)
 		switch {
 		case err == nil:
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()
+		case errors.Is(err, driver.ErrClosed):
+			return err
 		case !isUnavailable(err):
 			return fmt.Errorf("pgstore: key %q: %w", key, err)
 		}
@@ -345,7 +345,7 @@ func (s *Store) Close() error {
 }
 
 // begin starts a call that sends to PostgreSQL outside the batcher
-// (AdmitBatch, Refund, Pause), so that Close waits for it; it reports
+// (AdmitBatch), so that Close waits for it; it reports
 // false once the Store is closed. end ends it.
 func (s *Store) begin() bool {
 	s.calls.RLock()

@@ -154,12 +154,14 @@ func (s *Store) giveBack(ctx context.Context, admitted []driver.Admission) {
 	s.run(ctx, ops)
 }
 
-// An admission is an Admit call's request.
+// An admission is a call of Admit, Refund or Pause: its request to the
+// function, and for an admission the request it decides.
 type admission struct {
+	op  op
 	req driver.Request
 }
 
-// sendAdmits sends the Admit calls queued as one batch.
+// sendAdmits sends the calls queued as one batch.
 func (s *Store) sendAdmits(ctx context.Context, r *coalesce.Round[admission, reply]) {
 	r.Take()
 	if len(r.Calls) == 0 {
@@ -167,7 +169,7 @@ func (s *Store) sendAdmits(ctx context.Context, r *coalesce.Round[admission, rep
 	}
 	ops := make([]op, len(r.Calls))
 	for i, c := range r.Calls {
-		ops[i] = admitOp(&c.Req.req)
+		ops[i] = c.Req.op
 	}
 	replies, err := s.run(ctx, ops)
 	for i, c := range r.Calls {
@@ -180,11 +182,12 @@ func (s *Store) sendAdmits(ctx context.Context, r *coalesce.Round[admission, rep
 }
 
 // giveBackAdmits gives back what the database admitted for Admit calls
-// whose callers gave up while their round trip was in flight.
+// whose callers gave up while their round trip was in flight. A refund or
+// pause whose caller left applied all the same.
 func (s *Store) giveBackAdmits(calls []*coalesce.Call[admission, reply]) {
 	var refunds []driver.Admission
 	for _, c := range calls {
-		if c.Err == nil && c.Ans.allowed {
+		if c.Err == nil && c.Ans.allowed && c.Req.op.op == opAdmit {
 			refunds = append(refunds, driver.Admission{Request: c.Req.req, Decision: c.Ans.decision()})
 		}
 	}

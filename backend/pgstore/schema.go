@@ -5,6 +5,8 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -53,6 +55,14 @@ const SchemaVersion = 1
 // test checks), or more in a test that adds a migration.
 func latestVersion() int { return len(migrations) - 1 }
 
+// lockKey returns the advisory lock under which the functions of schema
+// (quoted) decide and sweep: a hash of its name.
+func lockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("leakybucket/pgstore " + schema))
+	return int64(h.Sum64())
+}
+
 // statements are the Store's SQL, with its schema in place.
 type statements struct {
 	decide, sweep string
@@ -61,10 +71,7 @@ type statements struct {
 func newStatements(schema string) statements {
 	return statements{
 		decide: `SELECT * FROM ` + schema + `.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-		sweep: `DELETE FROM ` + schema + `.buckets b WHERE b.key IN (
-			SELECT key FROM ` + schema + `.buckets
-			WHERE fresh_at <= floor(extract(epoch FROM clock_timestamp()) * 1000000)
-			LIMIT $1 FOR UPDATE SKIP LOCKED)`,
+		sweep:  `SELECT ` + schema + `.sweep_v1($1)`,
 	}
 }
 
@@ -128,7 +135,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		for v := version + 1; v <= latest; v++ {
 			for _, stmt := range migrations[v] {
 				// The simple protocol runs a script of many statements.
-				stmt = strings.ReplaceAll(stmt, "@schema", s.schema)
+				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10)).Replace(stmt)
 				if _, err := tx.Exec(ctx, stmt, pgx.QueryExecModeSimpleProtocol); err != nil {
 					return fmt.Errorf("pgstore: migrating schema %s to version %d: %w", s.schema, v, err)
 				}

@@ -5,31 +5,30 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // sweepChunk is how many rows one statement of the sweep deletes, so that
-// a sweep of many rows holds few locks at a time.
+// a sweep of many rows holds the schema's lock a few milliseconds at a
+// time.
 const sweepChunk = 1000
 
 // sweep deletes the rows of every key whose bucket is fresh (guarantee
-// 8), a chunk per statement, and returns how many it deleted. It skips
-// rows that a batch holds locked: the batch decides them.
+// 8), a chunk per statement, and returns how many it deleted.
 func (s *Store) sweep(ctx context.Context) (int64, error) {
 	var total int64
 	for {
 		ctx, cancel := context.WithTimeout(ctx, s.timeout)
 		err := s.ensureSchema(ctx)
-		var tag pgconn.CommandTag
+		var n int64
 		if err == nil {
-			tag, err = s.pool.Exec(ctx, s.sql.sweep, pgx.QueryExecModeExec, sweepChunk)
+			err = s.pool.QueryRow(ctx, s.sql.sweep, pgx.QueryExecModeExec, sweepChunk).Scan(&n)
 		}
 		cancel()
 		if err != nil {
 			return total, err
 		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < sweepChunk {
+		total += n
+		if n < sweepChunk {
 			return total, nil
 		}
 	}
