@@ -86,19 +86,27 @@ DECLARE
   nqa bigint[];
   updates boolean := false;
   deletes boolean := false;
+  fast boolean;
 BEGIN
   IF NOT durable THEN
     PERFORM set_config('synchronous_commit', 'off', true);
   END IF;
-  SELECT array_agg(DISTINCT x.k ORDER BY x.k), array_agg(x.r ORDER BY x.o) INTO ukeys, kidx
-    FROM (SELECT u.k, u.o, dense_rank() OVER (ORDER BY u.k) AS r
-      FROM unnest(keys) WITH ORDINALITY u(k, o)) x;
+  n := coalesce(cardinality(keys), 0);
+  fast := 1 = ALL (ops) AND 0 = ALL (qn);
+  IF n > 1 THEN
+    SELECT array_agg(DISTINCT x.k ORDER BY x.k), array_agg(x.r ORDER BY x.o) INTO ukeys, kidx
+      FROM (SELECT u.k, u.o, dense_rank() OVER (ORDER BY u.k) AS r
+        FROM unnest(keys) WITH ORDINALITY u(k, o)) x;
+    fast := fast AND cardinality(ukeys) = n;
+  ELSE
+    ukeys := keys;
+    kidx := '{1}';
+  END IF;
   PERFORM pg_advisory_xact_lock(@lock);
   IF clock IS NULL THEN
     clock := floor(extract(epoch FROM clock_timestamp()) * 1000000);
   END IF;
-  n := coalesce(cardinality(keys), 0);
-  IF cardinality(ukeys) = n AND 1 = ALL (ops) AND 0 = ALL (qn) THEN
+  IF fast THEN
     -- Admissions without quotas, one per key: decided by one statement,
     -- the lines of the loop below for this case. A stored quota state is
     -- dropped, as the loop drops it when the limit has no quotas.
