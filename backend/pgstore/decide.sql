@@ -17,13 +17,20 @@
 -- transaction only): a crash of the server may lose the last moments'
 -- admissions, and a flush costs more than the rest of a batch.
 --
--- Batches of one schema are decided one at a time: each takes the
--- schema's advisory lock (@lock, a number the store derives from the
--- schema's name) for its transaction, and so does the sweep. Row locks
--- taken in key order let batches of disjoint keys run at once, but
--- batches of several processes nearly always share some keys, and their
--- lock waits formed convoys: four processes admitted a fifth of what one
--- lock lets them (docs/postgres.md). The clock is read once the lock is
+-- Concurrent batches must not decide a key at once, and must not wait on
+-- each other in convoys. A batch of more than @small distinct keys is
+-- decided alone: it takes the schema's advisory lock (@lock, a number the
+-- store derives from the schema's name) exclusively for its transaction.
+-- Smaller ones take it shared, and run at once, each locking its rows in
+-- key order first (INSERT ... ON CONFLICT DO UPDATE ... WHERE false
+-- inserts a placeholder for a key without a row and locks an existing one
+-- without writing it), so that they cannot deadlock. Row locks alone let
+-- batches of disjoint keys run at once too, but the batches of
+-- Dispatchers in several processes nearly always share some keys, and
+-- their lock waits formed convoys: four processes admitted a fifth of
+-- what the exclusive lock lets them (docs/postgres.md); and one lock for
+-- every batch made lone admissions from many callers wait in line. The
+-- sweep takes the lock exclusively. The clock is read once the locks are
 -- held.
 --
 -- A row holds tat, paused and gen as in driver.State; seen, the latest
@@ -102,7 +109,14 @@ BEGIN
     ukeys := keys;
     kidx := '{1}';
   END IF;
-  PERFORM pg_advisory_xact_lock(@lock);
+  IF cardinality(ukeys) > @small THEN
+    PERFORM pg_advisory_xact_lock(@lock);
+  ELSE
+    PERFORM pg_advisory_xact_lock_shared(@lock);
+    INSERT INTO @schema.buckets AS b (key, tat, paused, gen, seen, fresh_at)
+      SELECT u.k, 0, 0, 0, 0, 0 FROM unnest(ukeys) WITH ORDINALITY u(k, o) ORDER BY u.o
+      ON CONFLICT (key) DO UPDATE SET tat = b.tat WHERE false;
+  END IF;
   IF clock IS NULL THEN
     clock := floor(extract(epoch FROM clock_timestamp()) * 1000000);
   END IF;

@@ -55,6 +55,10 @@ const SchemaVersion = 1
 // test checks), or more in a test that adds a migration.
 func latestVersion() int { return len(migrations) - 1 }
 
+// smallBatch is the most distinct keys of a batch that is decided beside
+// others, under row locks, rather than alone (see decide.sql).
+const smallBatch = 8
+
 // lockKey returns the advisory lock under which the functions of schema
 // (quoted) decide and sweep: a hash of its name.
 func lockKey(schema string) int64 {
@@ -135,7 +139,8 @@ func (s *Store) migrate(ctx context.Context) error {
 		for v := version + 1; v <= latest; v++ {
 			for _, stmt := range migrations[v] {
 				// The simple protocol runs a script of many statements.
-				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10)).Replace(stmt)
+				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10),
+					"@small", strconv.Itoa(smallBatch)).Replace(stmt)
 				if _, err := tx.Exec(ctx, stmt, pgx.QueryExecModeSimpleProtocol); err != nil {
 					return fmt.Errorf("pgstore: migrating schema %s to version %d: %w", s.schema, v, err)
 				}
