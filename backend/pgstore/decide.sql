@@ -77,7 +77,7 @@ DECLARE
   -- Per key: the state, its time, its fresh moment, whether it must be
   -- written (1 update, 2 delete, 0 neither).
   kt bigint[] := '{}'; kp bigint[] := '{}'; kg bigint[] := '{}'; kq text[] := '{}';
-  kn bigint[] := '{}'; kf bigint[] := '{}'; kw int[] := '{}';
+  kn bigint[] := '{}'; kf bigint[] := '{}'; kw int[] := '{}'; kfound boolean[];
   k int := 0;
   n int;
   i int;
@@ -125,7 +125,7 @@ BEGIN
     -- the lines of the loop below for this case. A stored quota state is
     -- dropped, as the loop drops it when the limit has no quotas.
     WITH d AS (
-      SELECT u.i, u.k, c.now, f.fr, s.hadq, s.tat0, s.paused0, t.st, t.ok, b.fresh_at,
+      SELECT u.i, u.k, c.now, f.fr, s.hadq, s.tat0, s.paused0, t.st, t.ok, b.fresh_at, b.key IS NOT NULL AS found,
              CASE WHEN t.ok THEN greatest(s.tat0, t.st) + u.charge ELSE s.tat0 END AS tat1,
              CASE WHEN t.ok THEN s.gen0 + 1 ELSE s.gen0 END AS gen1
       FROM unnest(keys, fa, fb, fd) WITH ORDINALITY u(k, cap, charge, maxwait, i)
@@ -141,10 +141,13 @@ BEGIN
     ), w AS (
       SELECT d.*, greatest(d.tat1, d.paused0) AS fresh1, d.ok OR d.hadq AS dirty FROM d
     ), upd AS (
-      INSERT INTO @schema.buckets AS b (key, tat, paused, gen, seen, fresh_at, quotas)
-        SELECT w.k, w.tat1, w.paused0, w.gen1, w.now, w.fresh1, NULL FROM w WHERE w.dirty AND w.fresh1 > w.now
-        ON CONFLICT (key) DO UPDATE SET tat = EXCLUDED.tat, paused = EXCLUDED.paused, gen = EXCLUDED.gen,
-          seen = EXCLUDED.seen, fresh_at = EXCLUDED.fresh_at, quotas = NULL
+      UPDATE @schema.buckets b
+        SET tat = w.tat1, paused = w.paused0, gen = w.gen1, seen = w.now, fresh_at = w.fresh1, quotas = NULL
+        FROM w WHERE b.key = w.k AND w.found AND w.dirty AND w.fresh1 > w.now
+    ), ins AS (
+      INSERT INTO @schema.buckets (key, tat, paused, gen, seen, fresh_at, quotas)
+        SELECT w.k, w.tat1, w.paused0, w.gen1, w.now, w.fresh1, NULL FROM w
+        WHERE NOT w.found AND w.dirty AND w.fresh1 > w.now
     ), del AS (
       DELETE FROM @schema.buckets b USING w
         WHERE b.key = w.k AND (w.dirty AND w.fresh1 <= w.now OR NOT w.dirty AND w.fr)
@@ -162,9 +165,10 @@ BEGIN
   -- come in the order of ukeys from the subquery.
   SELECT array_agg(CASE WHEN x.f THEN 0 ELSE x.tat END), array_agg(CASE WHEN x.f THEN 0 ELSE x.paused END),
          array_agg(CASE WHEN x.f THEN 0 ELSE x.gen END), array_agg(CASE WHEN x.f THEN NULL ELSE x.quotas::text END),
-         array_agg(x.t), array_agg(CASE WHEN x.f THEN 0 ELSE x.fresh_at END)
-    INTO kt, kp, kg, kq, kn, kf
-    FROM (SELECT b.tat, b.paused, b.gen, b.quotas, b.fresh_at, c.t, coalesce(b.fresh_at <= c.t, true) AS f
+         array_agg(x.t), array_agg(CASE WHEN x.f THEN 0 ELSE x.fresh_at END), array_agg(x.found)
+    INTO kt, kp, kg, kq, kn, kf, kfound
+    FROM (SELECT b.tat, b.paused, b.gen, b.quotas, b.fresh_at, c.t, coalesce(b.fresh_at <= c.t, true) AS f,
+        b.key IS NOT NULL AS found
       FROM unnest(ukeys) WITH ORDINALITY u(k, o)
         LEFT JOIN @schema.buckets b ON b.key = u.k,
         LATERAL (SELECT greatest(clock, b.seen) AS t) c
@@ -340,13 +344,17 @@ BEGIN
       updates := true;
     END IF;
   END LOOP;
+  -- Rows the batch found are updated (a HOT update: no indexed column
+  -- changes), the others inserted; the locks held say which is which.
   IF updates THEN
-    INSERT INTO @schema.buckets AS b (key, tat, paused, gen, seen, fresh_at, quotas)
+    UPDATE @schema.buckets b
+      SET tat = u.tat, paused = u.paused, gen = u.gen, seen = u.seen, fresh_at = u.fresh, quotas = u.q::bigint[]
+      FROM unnest(ukeys, kt, kp, kg, kn, kf, kq, kw, kfound) AS u(key, tat, paused, gen, seen, fresh, q, w, found)
+      WHERE b.key = u.key AND u.w = 1 AND u.found;
+    INSERT INTO @schema.buckets (key, tat, paused, gen, seen, fresh_at, quotas)
       SELECT u.key, u.tat, u.paused, u.gen, u.seen, u.fresh, u.q::bigint[]
-      FROM unnest(ukeys, kt, kp, kg, kn, kf, kq, kw) AS u(key, tat, paused, gen, seen, fresh, q, w)
-      WHERE u.w = 1
-      ON CONFLICT (key) DO UPDATE SET tat = EXCLUDED.tat, paused = EXCLUDED.paused, gen = EXCLUDED.gen,
-        seen = EXCLUDED.seen, fresh_at = EXCLUDED.fresh_at, quotas = EXCLUDED.quotas;
+      FROM unnest(ukeys, kt, kp, kg, kn, kf, kq, kw, kfound) AS u(key, tat, paused, gen, seen, fresh, q, w, found)
+      WHERE u.w = 1 AND NOT u.found;
   END IF;
   IF deletes THEN
     DELETE FROM @schema.buckets b USING unnest(ukeys, kw) AS u(key, w)
