@@ -3,8 +3,10 @@
 -- microseconds of the server's clock (clock_timestamp()). @schema is
 -- replaced by the store's schema, quoted.
 --
--- A request is op (1 admit, 2 refund, 3 pause), five numbers a..e and
--- qn[i] quota pairs, which follow those of the requests before it in qw
+-- The batch's keys come distinct and in byte order in ukeys, and request
+-- i is on ukeys[kidx[i]]: the store sorts them, so that every batch locks
+-- its rows in one order. A request is op (1 admit, 2 refund, 3 pause),
+-- five numbers a..e and qn[i] quota pairs, which follow those of the requests before it in qw
 -- and qm:
 --   op 1 admit:  a capacity, b charge (driver.Terms), c cost, d maxWait;
 --                pairs (window, max) of the limit's quotas
@@ -66,14 +68,12 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION @schema.decide_v1(
-  keys bytea[], ops int[], fa bigint[], fb bigint[], fc bigint[], fd bigint[], fe bigint[],
+  ukeys bytea[], kidx int[], ops int[], fa bigint[], fb bigint[], fc bigint[], fd bigint[], fe bigint[],
   qn int[], qw bigint[], qm bigint[], clock bigint, durable boolean,
   OUT allowed int[], OUT waits bigint[], OUT nows bigint[], OUT tats bigint[],
   OUT prevs bigint[], OUT gens bigint[], OUT freshs bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
-  ukeys bytea[];   -- the batch's keys, distinct, in order
-  kidx int[];      -- request i is on ukeys[kidx[i]]
   -- Per key: the state, its time, its fresh moment, whether it must be
   -- written (1 update, 2 delete, 0 neither).
   kt bigint[] := '{}'; kp bigint[] := '{}'; kg bigint[] := '{}'; kq text[] := '{}';
@@ -98,17 +98,8 @@ BEGIN
   IF NOT durable THEN
     PERFORM set_config('synchronous_commit', 'off', true);
   END IF;
-  n := coalesce(cardinality(keys), 0);
-  fast := 1 = ALL (ops) AND 0 = ALL (qn);
-  IF n > 1 THEN
-    SELECT array_agg(DISTINCT x.k ORDER BY x.k), array_agg(x.r ORDER BY x.o) INTO ukeys, kidx
-      FROM (SELECT u.k, u.o, dense_rank() OVER (ORDER BY u.k) AS r
-        FROM unnest(keys) WITH ORDINALITY u(k, o)) x;
-    fast := fast AND cardinality(ukeys) = n;
-  ELSE
-    ukeys := keys;
-    kidx := '{1}';
-  END IF;
+  n := coalesce(cardinality(kidx), 0);
+  fast := cardinality(ukeys) = n AND 1 = ALL (ops) AND 0 = ALL (qn);
   IF cardinality(ukeys) > @small THEN
     PERFORM pg_advisory_xact_lock(@lock);
   ELSE
@@ -125,11 +116,12 @@ BEGIN
     -- the lines of the loop below for this case. A stored quota state is
     -- dropped, as the loop drops it when the limit has no quotas.
     WITH d AS (
-      SELECT u.i, u.k, c.now, f.fr, s.hadq, s.tat0, s.paused0, t.st, t.ok, b.fresh_at, b.key IS NOT NULL AS found,
+      SELECT u.i, uk.k, c.now, f.fr, s.hadq, s.tat0, s.paused0, t.st, t.ok, b.fresh_at, b.key IS NOT NULL AS found,
              CASE WHEN t.ok THEN greatest(s.tat0, t.st) + u.charge ELSE s.tat0 END AS tat1,
              CASE WHEN t.ok THEN s.gen0 + 1 ELSE s.gen0 END AS gen1
-      FROM unnest(keys, fa, fb, fd) WITH ORDINALITY u(k, cap, charge, maxwait, i)
-        LEFT JOIN @schema.buckets b ON b.key = u.k,
+      FROM unnest(kidx, fa, fb, fd) WITH ORDINALITY u(ki, cap, charge, maxwait, i),
+        LATERAL (SELECT ukeys[u.ki] AS k) uk
+        LEFT JOIN @schema.buckets b ON b.key = uk.k,
         LATERAL (SELECT greatest(clock, b.seen) AS now) c,
         LATERAL (SELECT coalesce(b.fresh_at <= c.now, true) AS fr) f,
         LATERAL (SELECT CASE WHEN f.fr THEN 0 ELSE b.tat END AS tat0,

@@ -90,16 +90,15 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 	}
 	var (
 		n                    = len(ops)
-		keys                 = make([][]byte, n)
-		kinds, qn            = make([]int32, n), make([]int32, n)
+		kidx, kinds, qn      = make([]int32, n), make([]int32, n), make([]int32, n)
 		fa, fb, fc, fd, fe   = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 		qw, qm               []int64
 		allowed              []int32
 		wait, now, tat, prev []int64
 		gen, fresh           []int64
 	)
+	ukeys := sortedKeys(ops, kidx)
 	for i, o := range ops {
-		keys[i] = []byte(o.key)
 		kinds[i], fa[i], fb[i], fc[i], fd[i], fe[i] = o.op, o.a, o.b, o.c, o.d, o.e
 		qn[i] = int32(len(o.quotas))
 		for _, q := range o.quotas {
@@ -115,7 +114,7 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 		qw, qm = []int64{}, []int64{}
 	}
 	err := s.pool.QueryRow(ctx, s.sql.decide, pgx.QueryExecModeExec,
-		keys, kinds, fa, fb, fc, fd, fe, qn, qw, qm, clock, s.durable).
+		ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, clock, s.durable).
 		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
 	if err != nil {
 		return nil, err
@@ -128,6 +127,25 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 		out[i] = reply{allowed: allowed[i] == 1, wait: wait[i], now: now[i], tat: tat[i], prev: prev[i], gen: gen[i], fresh: fresh[i]}
 	}
 	return out, nil
+}
+
+// sortedKeys returns the distinct keys of ops in byte order, which is
+// bytea's, and sets kidx[i] to the 1-based index of ops[i]'s key among
+// them: every batch locks its rows in that order (see decide.sql).
+func sortedKeys(ops []op, kidx []int32) [][]byte {
+	order := make([]int, len(ops))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return strings.Compare(ops[a].key, ops[b].key) })
+	var ukeys [][]byte
+	for j, i := range order {
+		if j == 0 || ops[i].key != ops[order[j-1]].key {
+			ukeys = append(ukeys, []byte(ops[i].key))
+		}
+		kidx[i] = int32(len(ukeys))
+	}
+	return ukeys
 }
 
 // giveBack refunds admissions the database made for callers that gave

@@ -74,7 +74,7 @@ type statements struct {
 
 func newStatements(schema string) statements {
 	return statements{
-		decide: `SELECT * FROM ` + schema + `.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		decide: `SELECT * FROM ` + schema + `.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
 		sweep:  `SELECT ` + schema + `.sweep_v1($1)`,
 	}
 }
