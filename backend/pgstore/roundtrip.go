@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/coalesce"
 )
@@ -113,7 +111,7 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 	if qw == nil {
 		qw, qm = []int64{}, []int64{}
 	}
-	err := s.pool.QueryRow(ctx, s.sql.decide, pgx.QueryExecModeExec,
+	err := s.pool.QueryRow(ctx, s.sql.decide, s.mode,
 		ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, clock, s.durable).
 		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
 	if err != nil {
