@@ -191,3 +191,19 @@ func TestSweep(t *testing.T) {
 	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM "+s.Table()).Scan(&left))
 	assert.Equal(t, 1, left, "rows left")
 }
+
+// TestDurable: a Store that waits for its commits' flush shares the
+// buckets of one that does not.
+func TestDurable(t *testing.T) {
+	p := newPool(t)
+	schema := pgtest.Schema(t, p.Config().ConnString())
+	durable := newStore(t, p, pgstore.Options{Schema: schema, Durable: true})
+	async := newStore(t, p, pgstore.Options{Schema: schema})
+	ctx := context.Background()
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(2).WithBurst(2)), Cost: 1}
+	for i, s := range []*pgstore.Store{durable, async, durable} {
+		d, err := s.Admit(ctx, req)
+		require.NoError(t, err, "Admit %d", i)
+		assert.Equal(t, i < 2, d.Allowed, "Admit %d of a burst of 2, alternately durable", i)
+	}
+}
