@@ -4,14 +4,16 @@
 //
 // Admissions are decided by a PL/pgSQL function, a port of
 // driver.Decide, on the database's clock (clock_timestamp(), integer
-// microseconds): one statement per batch, which locks the batch's rows in
-// key order, decides every request and writes each row once. Admit calls
+// microseconds): one statement per batch, which decides every request
+// and writes each row once. A schema's batches of more than 8 keys are
+// decided one at a time (an advisory lock), smaller ones beside each
+// other under row locks taken in key order. Admit, Refund and Pause calls
 // that arrive while round trips are in flight go out together as one
 // batch, and AdmitBatch sends one. A call blocks for its round trip, which
 // no caller's context cancels (Options.Timeout bounds it): a caller whose
 // context ends returns at once, and what the database admitted for it is
-// given back. A key is one row of about 90 bytes plus 16 bytes per quota
-// slot in use; rows of idle keys are deleted by a periodic sweep. Every
+// given back. A key is one row of about 100 bytes plus the key and 16
+// bytes per quota slot in use; rows of idle keys are deleted by a periodic sweep. Every
 // statement runs without a prepared statement or session state, so the
 // Store works through PgBouncer in transaction mode.
 package pgstore
