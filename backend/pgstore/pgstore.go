@@ -7,7 +7,7 @@
 // microseconds): one statement per batch, which decides every request
 // and writes each row once. A schema's batches of more than 8 keys are
 // decided one at a time (an advisory lock), smaller ones beside each
-// other under row locks taken in key order. Admit, Refund and Pause calls
+// other under advisory locks of their keys. Admit, Refund and Pause calls
 // that arrive while round trips are in flight go out together as one
 // batch, and AdmitBatch sends one. A call blocks for its round trip, which
 // no caller's context cancels (Options.Timeout bounds it): a caller whose

@@ -127,9 +127,8 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 	return out, nil
 }
 
-// sortedKeys returns the distinct keys of ops in byte order, which is
-// bytea's, and sets kidx[i] to the 1-based index of ops[i]'s key among
-// them: every batch locks its rows in that order (see decide.sql).
+// sortedKeys returns the distinct keys of ops, in byte order, and sets
+// kidx[i] to the 1-based index of ops[i]'s key among them.
 func sortedKeys(ops []op, kidx []int32) [][]byte {
 	order := make([]int, len(ops))
 	for i := range order {

@@ -56,7 +56,7 @@ const SchemaVersion = 1
 func latestVersion() int { return len(migrations) - 1 }
 
 // smallBatch is the most distinct keys of a batch that is decided beside
-// others, under row locks, rather than alone (see decide.sql).
+// others, under locks of its keys, rather than alone (see decide.sql).
 const smallBatch = 8
 
 // lockKey returns the advisory lock under which the functions of schema
@@ -140,7 +140,7 @@ func (s *Store) migrate(ctx context.Context) error {
 			for _, stmt := range migrations[v] {
 				// The simple protocol runs a script of many statements.
 				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10),
-					"@small", strconv.Itoa(smallBatch)).Replace(stmt)
+					"@small", strconv.Itoa(smallBatch), "@keyns", strconv.Itoa(int(int32(lockKey(s.schema))))).Replace(stmt)
 				if _, err := tx.Exec(ctx, stmt, pgx.QueryExecModeSimpleProtocol); err != nil {
 					return fmt.Errorf("pgstore: migrating schema %s to version %d: %w", s.schema, v, err)
 				}
