@@ -191,7 +191,7 @@ func (s *Store) Table() string { return s.schema + ".buckets" }
 // answer, Admit returns ctx's error at once, and what the database
 // admitted for it is given back when the answer comes.
 func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision, error) {
-	if err := req.Validate(); err != nil {
+	if err := validate(&req); err != nil {
 		return driver.Decision{}, err
 	}
 	if s.closed.Load() {
@@ -224,7 +224,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 	)
 	for i := range batch {
 		a := &batch[i]
-		a.Decision, a.Err = driver.Decision{}, a.Request.Validate()
+		a.Decision, a.Err = driver.Decision{}, validate(&a.Request)
 		switch {
 		case a.Err != nil:
 			continue
@@ -285,7 +285,7 @@ func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decisio
 	if !d.Allowed || d.Booking.TAT == 0 {
 		return nil // refused, or admitted by FailOpen: nothing was charged
 	}
-	if err := req.Validate(); err != nil {
+	if err := validate(&req); err != nil {
 		return err
 	}
 	if s.closed.Load() {
@@ -305,6 +305,9 @@ func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decisio
 func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	if key == "" {
 		return driver.ErrEmptyKey
+	}
+	if err := checkKey(key); err != nil {
+		return err
 	}
 	if s.closed.Load() {
 		return driver.ErrClosed
@@ -370,5 +373,28 @@ func (s *Store) begin() bool {
 }
 
 func (s *Store) end() { s.calls.RUnlock() }
+
+// MaxKeyLen is the longest key a Store takes, in bytes: the primary key's
+// B-tree holds entries of at most 2,704 bytes, the key's with its row
+// pointer.
+const MaxKeyLen = 2048
+
+// ErrKeyTooLong is the error of a call on a key longer than MaxKeyLen.
+var ErrKeyTooLong = fmt.Errorf("pgstore: key longer than %d bytes", MaxKeyLen)
+
+// validate is req.Validate, and checkKey.
+func validate(req *driver.Request) error {
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	return checkKey(req.Key)
+}
+
+func checkKey(key string) error {
+	if len(key) > MaxKeyLen {
+		return fmt.Errorf("%w: %d", ErrKeyTooLong, len(key))
+	}
+	return nil
+}
 
 var _ driver.BatchBackend = (*Store)(nil)

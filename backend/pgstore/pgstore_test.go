@@ -207,3 +207,30 @@ func TestDurable(t *testing.T) {
 		assert.Equal(t, i < 2, d.Allowed, "Admit %d of a burst of 2, alternately durable", i)
 	}
 }
+
+// TestLongKeys: a key of MaxKeyLen bytes works; a longer one, which the
+// primary key's index could not hold, is refused before any round trip
+// with ErrKeyTooLong, and does not count as an outage.
+func TestLongKeys(t *testing.T) {
+	s := newStore(t, newPool(t), pgstore.Options{FailurePolicy: pgstore.FailOpen})
+	ctx := context.Background()
+	lim := backendtest.Limit(bucket.PerHour(1))
+	long := strings.Repeat("\xff", pgstore.MaxKeyLen)
+	d, err := s.Admit(ctx, driver.Request{Key: long, Limit: lim, Cost: 1})
+	require.NoError(t, err, "Admit of a key of MaxKeyLen bytes")
+	require.True(t, d.Allowed, "Admit of a key of MaxKeyLen bytes")
+	d, err = s.Admit(ctx, driver.Request{Key: long, Limit: lim, Cost: 1})
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "second Admit of burst 1 on the long key")
+
+	tooLong := long + "x"
+	_, err = s.Admit(ctx, driver.Request{Key: tooLong, Limit: lim, Cost: 1})
+	assert.ErrorIs(t, err, pgstore.ErrKeyTooLong, "Admit")
+	assert.ErrorIs(t, s.Pause(ctx, tooLong, time.Second), pgstore.ErrKeyTooLong, "Pause")
+	assert.ErrorIs(t, s.Refund(ctx, driver.Request{Key: tooLong, Limit: lim, Cost: 1}, driver.Decision{Allowed: true, Booking: driver.Booking{TAT: 1}}), pgstore.ErrKeyTooLong, "Refund")
+	batch := []driver.Admission{{Request: driver.Request{Key: tooLong, Limit: lim, Cost: 1}}, {Request: driver.Request{Key: "short", Limit: lim, Cost: 1}}}
+	s.AdmitBatch(ctx, batch)
+	assert.ErrorIs(t, batch[0].Err, pgstore.ErrKeyTooLong, "AdmitBatch[0]")
+	assert.NoError(t, batch[1].Err, "AdmitBatch[1], beside a key too long")
+	assert.True(t, batch[1].Decision.Allowed, "AdmitBatch[1], beside a key too long")
+}
