@@ -2,6 +2,7 @@ package pgstore_test
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -233,4 +234,22 @@ func TestLongKeys(t *testing.T) {
 	assert.ErrorIs(t, batch[0].Err, pgstore.ErrKeyTooLong, "AdmitBatch[0]")
 	assert.NoError(t, batch[1].Err, "AdmitBatch[1], beside a key too long")
 	assert.True(t, batch[1].Decision.Allowed, "AdmitBatch[1], beside a key too long")
+}
+
+// TestExactRange: quota counts are summed in numeric, so no quota or
+// burst is too large to count exactly (redisstore lowers quotas above
+// 2^50).
+func TestExactRange(t *testing.T) {
+	s := newStore(t, newPool(t), pgstore.Options{})
+	ctx := context.Background()
+	huge := bucket.PerSecond(1).WithQuota(math.MaxInt64, time.Hour).WithQuota(math.MaxInt64-1, time.Minute)
+	for i := range 2 {
+		d, err := s.Admit(ctx, driver.Request{Key: "huge-quota", Limit: backendtest.Limit(huge), Cost: 1, MaxWait: 2 * time.Second})
+		require.NoError(t, err, "Admit %d under quotas of MaxInt64", i)
+		assert.True(t, d.Allowed, "Admit %d under quotas of MaxInt64", i)
+	}
+	fast := bucket.Every(time.Second, 1_000_000_000).WithBurst(1<<50 + 1).WithQuota(1<<62, time.Hour)
+	d, err := s.Admit(ctx, driver.Request{Key: "huge-burst", Limit: backendtest.Limit(fast), Cost: 1 << 50})
+	require.NoError(t, err, "Admit of cost 2^50 with a burst of 2^50+1 and a quota")
+	assert.True(t, d.Allowed, "Admit of cost 2^50 with a burst of 2^50+1 and a quota")
 }
