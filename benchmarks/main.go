@@ -57,6 +57,7 @@ var comparisons = []comparison{
 	{"scale/keys=10000", scale(10_000)},
 	{"scale/keys=100000", scale(100_000)},
 	{"scale/keys=1000000", scale(1_000_000)},
+	{"scale/stats", statsScale},
 	{"redis/admit/callers=1/keys=1", redisAdmit(1, 1)},
 	{"redis/admit/callers=1/keys=1000", redisAdmit(1, 1000)},
 	{"redis/admit/callers=16/keys=1", redisAdmit(16, 1)},

@@ -234,7 +234,7 @@ func dispatchPaced(n int64, jobs int) ([]int64, int64) {
 	d, err := dispatcher.New(func(_ context.Context, i int) (int, error) {
 		starts[i] = int64(time.Since(t0))
 		return i, nil
-	}, nil, dispatcher.WithWorkers(16), dispatcher.WithLimiter(l), dispatcher.WithQueue(jobs), dispatcher.WithKeyStats())
+	}, nil, dispatcher.WithWorkers(16), dispatcher.WithLimiter(l), dispatcher.WithQueue(jobs), dispatcher.WithKeyStats(1))
 	if err != nil {
 		panic(err)
 	}

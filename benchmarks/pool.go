@@ -247,11 +247,15 @@ func poolThroughput(limited bool) func(r *reporter) {
 			ours = "Dispatcher + memstore"
 		}
 		tp := metricSpec{key: "jobs/s", label: "throughput", unit: "jobs/s", better: "higher"}
-		// The targets (issue 3): twice pond's throughput without a
-		// limiter, a million jobs/s with one.
+		// The targets: twice pond's throughput without a limiter, a
+		// million jobs/s with one (issue 3), and 1.2× errgroup's with one
+		// (issue 15).
 		for _, a := range []struct{ key, name string }{{"pond", "pond/v2 ResultPool"}, {"ants", "ants/v2 Pool"}, {"errgroup", "errgroup SetLimit"}} {
 			m := tp
 			switch {
+			case a.key == "errgroup" && limited:
+				m.target = &target{"≥ 1.2× errgroup + map", nil}
+				r.compareTarget(m, ours, res["ours"], a.name+suffix, res[a.key], 1.2)
 			case a.key != "pond":
 				r.compare(m, ours, res["ours"], a.name+suffix, res[a.key])
 			case limited:

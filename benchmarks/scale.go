@@ -192,3 +192,83 @@ func scale(n int) func(r *reporter) {
 		}
 	}
 }
+
+// statsCost measures Stats() and KeyStats on a Dispatcher that keeps the
+// figures of n keys (WithKeyStats, after one job for each), and Stats()
+// on one that has seen a single key: the cost must not grow with the keys
+// (issue 15). It returns ns and allocations per call of each.
+func statsCost(n int) sample {
+	ks := scaleKeys(n)
+	store, err := memstore.New(memstore.Options{})
+	if err != nil {
+		panic(err)
+	}
+	defer store.Close()
+	lim, err := bucket.NewLimiter(store, tenantLimit)
+	if err != nil {
+		panic(err)
+	}
+	d, err := dispatcher.New(func(_ context.Context, i int) (int, error) { return i, nil },
+		func(i int) string { return ks[i] },
+		dispatcher.WithWorkers(poolWorkers), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats(n))
+	if err != nil {
+		panic(err)
+	}
+	defer drain(d)
+	ctx := context.Background()
+	var last *dispatcher.Future[int]
+	for i := range n {
+		if last, err = d.Submit(ctx, i); err != nil {
+			panic(err)
+		}
+	}
+	last.Wait(ctx)
+	for d.Stats().Succeeded < int64(n) {
+		time.Sleep(time.Millisecond)
+	}
+	const calls = 2000
+	per := func(f func(i int)) (ns, allocs float64) {
+		runtime.GC()
+		m0 := mallocs()
+		t0 := time.Now()
+		for i := range calls {
+			f(i)
+		}
+		el := time.Since(t0)
+		return float64(el.Nanoseconds()) / calls, float64(mallocs()-m0) / calls
+	}
+	var sink int64
+	statsNs, statsAllocs := per(func(int) { sink += d.Stats().Waiting })
+	keyNs, _ := per(func(i int) {
+		k, _ := d.KeyStats(ks[(i*7919)%n])
+		sink += k.Submitted
+	})
+	runtime.KeepAlive(sink)
+	return sample{"stats-ns": statsNs, "stats-allocs": statsAllocs, "keystats-ns": keyNs}
+}
+
+// statsScale compares Stats() with a million keys' figures kept against
+// Stats() with one key's.
+func statsScale(r *reporter) {
+	const n = 1_000_000
+	warm := false
+	res := repeat(r.reps,
+		contender{"many", func() sample {
+			if !warm {
+				warm = true
+				return statsCost(10_000)
+			}
+			return statsCost(n)
+		}},
+		contender{"one", func() sample { return statsCost(1) }},
+	)
+	note := "Dispatcher WithKeyStats after one job for each key, memstore, 8 workers; mean of 2,000 calls"
+	r.compare(metricSpec{key: "stats-ns", label: "Stats() with 10⁶ keys known", unit: "ns/call", better: "lower",
+		target: atMost(10_000, "< 10 µs"), note: note},
+		"Dispatcher.Stats, 10⁶ keys", res["many"], "Dispatcher.Stats, 1 key", res["one"])
+	r.compare(metricSpec{key: "stats-allocs", label: "Stats() allocations", unit: "allocs/call", better: "lower",
+		target: atMost(res["one"][0]["stats-allocs"], "as many as with 1 key"), note: note},
+		"Dispatcher.Stats, 10⁶ keys", res["many"], "Dispatcher.Stats, 1 key", res["one"])
+	r.compare(metricSpec{key: "keystats-ns", label: "KeyStats(key) with 10⁶ keys known", unit: "ns/call", better: "lower", note: note},
+		"Dispatcher.KeyStats, 10⁶ keys", res["many"], "Dispatcher.KeyStats, 1 key", res["one"])
+}

@@ -163,7 +163,7 @@ func TestRetryAfterPausesKey(t *testing.T) {
 				return 0, &retryAfterError{delay: 200 * time.Millisecond, err: errors.New("429")}
 			}
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKeyStats())
+		}, taskKey, dispatcher.WithWorkers(4), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))), dispatcher.WithKeyStats(1000))
 		var fs []*dispatcher.Future[int]
 		for i := range 20 {
 			for _, k := range []string{"A", "B"} {
@@ -506,26 +506,96 @@ func TestBackpressure(t *testing.T) {
 	}
 }
 
-// TestIdleKeysForgotten: the scheduler forgets a key, and its figures, a
-// minute after its last job; memory follows the keys in use.
+// TestIdleKeysForgotten: the scheduler holds a key only while it has jobs
+// waiting: memory follows the keys in use, not the keys ever seen. With
+// WithKeyStats a key's figures are kept a minute after its last job.
 func TestIdleKeysForgotten(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  []dispatcher.Option
+		after int // keys known once the jobs are done
+	}{
+		{"plain", nil, 0},
+		{"WithKeyStats", []dispatcher.Option{dispatcher.WithKeyStats(1000)}, 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				gate := make(chan struct{})
+				opts := append([]dispatcher.Option{dispatcher.WithWorkers(4),
+					dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100)))}, tc.opts...)
+				d := newDispatcher(t, func(_ context.Context, j task) (int, error) { <-gate; return j.n, nil }, taskKey, opts...)
+				var fs []*dispatcher.Future[int]
+				for i := range 1000 {
+					f, err := d.Submit(context.Background(), task{fmt.Sprint("tenant-", i), i})
+					require.NoError(t, err)
+					fs = append(fs, f)
+				}
+				synctest.Wait()
+				// 4 jobs run and up to a batch more are booked for the
+				// workers; the others wait in their keys' queues.
+				assert.Greater(t, dispatcher.KeyCount(d), 900, "keys known while their jobs wait")
+				close(gate)
+				for _, f := range fs {
+					_, err := f.Wait(context.Background())
+					require.NoError(t, err)
+				}
+				synctest.Wait()
+				assert.Equal(t, tc.after, dispatcher.KeyCount(d), "keys known after 1,000 keys' jobs")
+				time.Sleep(2 * time.Minute)
+				_, err := d.Do(context.Background(), task{"fresh", 0}) // wakes the scheduler, which sweeps
+				require.NoError(t, err)
+				assert.LessOrEqual(t, dispatcher.KeyCount(d), 1, "keys known two minutes later, want at most the key in use")
+			})
+		})
+	}
+}
+
+// noPause is a memory backend whose pauses fail: only the dispatcher's
+// own record of a retry-after holds the key.
+type noPause struct{ *memstore.Store }
+
+func (noPause) Pause(context.Context, string, time.Duration) error {
+	return errors.New("pause lost")
+}
+
+// TestIdlePausedKeyKept: a retry-after holds its key in this process even
+// when the key's queue empties meanwhile (here its job is cancelled
+// during the pause), so that a job submitted later still waits for the
+// pause's end, even if the backend lost the pause. The key is forgotten
+// once the pause is over.
+func TestIdlePausedKeyKept(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil }, taskKey,
-			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))))
-		var fs []*dispatcher.Future[int]
-		for i := range 1000 {
-			f, err := d.Submit(context.Background(), task{fmt.Sprint("tenant-", i), i})
-			require.NoError(t, err)
-			fs = append(fs, f)
-		}
-		for _, f := range fs {
-			f.Wait(context.Background())
-		}
-		require.Equal(t, 1000, dispatcher.KeyCount(d), "keys known after 1,000 keys' jobs")
-		time.Sleep(2 * time.Minute)
-		_, err := d.Do(context.Background(), task{"fresh", 0}) // wakes the scheduler
+		store, err := memstore.New(memstore.Options{})
 		require.NoError(t, err)
-		assert.Equal(t, 1, dispatcher.KeyCount(d), "keys known two minutes later, want only the key in use")
+		t.Cleanup(func() { store.Close() })
+		lim, err := bucket.NewLimiter(noPause{store}, bucket.PerSecond(100))
+		require.NoError(t, err)
+		begin := time.Now()
+		var once atomic.Bool
+		var startedAt atomic.Int64
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			if once.CompareAndSwap(false, true) {
+				return 0, &retryAfterError{delay: 30 * time.Second}
+			}
+			startedAt.Store(int64(time.Since(begin)))
+			return j.n, nil
+		}, taskKey, dispatcher.WithLimiter(lim))
+		ctx, cancel := context.WithCancel(context.Background())
+		f, err := d.Submit(ctx, task{"A", 1})
+		require.NoError(t, err)
+		synctest.Wait() // answered retry-after: back in A's queue for the pause
+		time.Sleep(time.Second)
+		cancel()
+		_, err = f.Wait(context.Background())
+		require.ErrorIs(t, err, context.Canceled)
+		synctest.Wait()
+		assert.Equal(t, 1, dispatcher.KeyCount(d), "keys known during A's pause with its queue empty")
+		_, err = d.Do(context.Background(), task{"A", 2})
+		require.NoError(t, err)
+		assert.GreaterOrEqual(t, time.Duration(startedAt.Load()), 30*time.Second,
+			"A's next job started during the pause")
+		synctest.Wait()
+		assert.Zero(t, dispatcher.KeyCount(d), "keys known once A's pause is over and its job done")
 	})
 }
 
@@ -575,7 +645,7 @@ func TestLateGiveBackHoldsNoOtherKey(t *testing.T) {
 		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats())
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats(1000))
 		ctx := context.Background()
 		for i := range 64 { // time the handler: then nothing is admitted ahead of the worker
 			_, err := d.Do(ctx, task{"warm", i})
@@ -605,7 +675,7 @@ func TestShutdownCutsGiveBackShort(t *testing.T) {
 		d, err := dispatcher.New(func(_ context.Context, j task) (int, error) {
 			time.Sleep(time.Millisecond)
 			return j.n, nil
-		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats())
+		}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats(1000))
 		require.NoError(t, err)
 		ctx := context.Background()
 		stallOnce(d, 50*time.Millisecond)
@@ -715,7 +785,7 @@ func startsAfterLate(t *testing.T, lim bucket.Limit) []jobStart {
 		mu.Unlock()
 		return 0, nil
 	}, taskKey, dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
-		dispatcher.WithLimiter(newLimiter(t, lim)), dispatcher.WithKeyStats())
+		dispatcher.WithLimiter(newLimiter(t, lim)), dispatcher.WithKeyStats(1000))
 	ctx := context.Background()
 	var fs []*dispatcher.Future[int]
 	for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
@@ -802,5 +872,96 @@ func TestRetryAfterRefundOffWorker(t *testing.T) {
 		assert.LessOrEqual(t, time.Since(start), 100*time.Millisecond, "B's time: its worker was refunding A's booking")
 		fa1.Wait(ctx)
 		fa2.Wait(ctx)
+	})
+}
+
+// TestKeyStatsBounded: WithKeyStats(max) keeps figures for max keys at a
+// time; a key that arrives while they are all taken has none, and new
+// keys have figures again once the first ones are forgotten.
+func TestKeyStatsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return j.n, nil }, taskKey,
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000))), dispatcher.WithKeyStats(10))
+		ctx := context.Background()
+		for i := range 20 {
+			_, err := d.Do(ctx, task{fmt.Sprint("early-", i), i})
+			require.NoError(t, err)
+		}
+		for i := range 20 {
+			k, ok := d.KeyStats(fmt.Sprint("early-", i))
+			if i < 10 {
+				require.True(t, ok, "KeyStats(early-%d): one of the first 10 keys", i)
+				assert.EqualValues(t, 1, k.Succeeded, "KeyStats(early-%d).Succeeded", i)
+			} else {
+				assert.False(t, ok, "KeyStats(early-%d): beyond the 10 keys with figures", i)
+			}
+		}
+		assert.Equal(t, 10, dispatcher.KeyCount(d), "keys known: those with figures")
+		time.Sleep(2 * time.Minute)
+		// early-0 again: the scheduler wakes and forgets the other early
+		// keys, idle for two minutes, which leaves room for 9 keys.
+		_, err := d.Do(ctx, task{"early-0", 0})
+		require.NoError(t, err)
+		for i := range 10 {
+			_, err := d.Do(ctx, task{fmt.Sprint("late-", i), i})
+			require.NoError(t, err)
+			_, ok := d.KeyStats(fmt.Sprint("late-", i))
+			assert.Equal(t, i < 9, ok, "KeyStats(late-%d) has figures", i)
+		}
+		k := keyStats(t, d, "early-0")
+		assert.EqualValues(t, 2, k.Succeeded, "KeyStats(early-0).Succeeded, kept while in use")
+	})
+}
+
+// TestRetryAfterOrderAfterDrop: a key dropped while its jobs run (none
+// waits) and used again keeps its jobs in submission order: A2, answered
+// retry-after while A3 and A4, submitted after the drop, wait for a
+// worker, runs again before them.
+func TestRetryAfterOrderAfterDrop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release1, release2 := make(chan struct{}), make(chan struct{})
+		var mu sync.Mutex
+		var order []string
+		var once atomic.Bool
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			mu.Lock()
+			order = append(order, fmt.Sprint("A", j.n))
+			mu.Unlock()
+			switch {
+			case j.n == 1:
+				<-release1
+			case j.n == 2 && once.CompareAndSwap(false, true):
+				<-release2
+				return 0, &retryAfterError{delay: 100 * time.Millisecond}
+			}
+			return j.n, nil
+		}, taskKey, dispatcher.WithWorkers(2), dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(100))))
+		ctx := context.Background()
+		var fs []*dispatcher.Future[int]
+		submit := func(n int) {
+			f, err := d.Submit(ctx, task{"A", n})
+			require.NoError(t, err)
+			fs = append(fs, f)
+		}
+		submit(1)
+		submit(2)
+		synctest.Wait()
+		require.Zero(t, dispatcher.KeyCount(d), "keys held while A1 and A2 run and none waits")
+		submit(3)
+		submit(4)
+		synctest.Wait() // admitted, waiting for a worker
+		close(release2)
+		synctest.Wait() // A2 is back at the head of A's queue, for the pause
+		close(release1)
+		for _, f := range fs {
+			_, err := f.Wait(ctx)
+			require.NoError(t, err)
+		}
+		// Two workers: A1 and A2 start together, and so may A3 and A4;
+		// A2's second run comes before both.
+		require.Len(t, order, 5, "starts of A's jobs")
+		assert.ElementsMatch(t, []string{"A1", "A2"}, order[:2], "first starts of A's jobs: %v", order)
+		assert.Equal(t, "A2", order[2], "A's third start, after the retry-after: %v", order)
+		assert.ElementsMatch(t, []string{"A3", "A4"}, order[3:], "last starts of A's jobs: %v", order)
 	})
 }

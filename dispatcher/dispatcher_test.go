@@ -259,7 +259,7 @@ func TestJobContext(t *testing.T) {
 // waits n×100ms from Submit to start; the percentiles say so.
 func TestStatsAdmissionWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1), dispatcher.WithKeyStats())
+		d := newDispatcher(t, double, nil, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))), dispatcher.WithWorkers(1), dispatcher.WithKeyStats(1000))
 		var fs []*dispatcher.Future[int]
 		for i := range 100 {
 			f, err := d.Submit(context.Background(), i)
@@ -308,4 +308,43 @@ func keyStats[T, R any](t *testing.T, d *dispatcher.Dispatcher[T, R], key string
 	k, ok := d.KeyStats(key)
 	require.True(t, ok, "KeyStats(%q)", key)
 	return k
+}
+
+// TestHandlerContextDeadline: a handler's context ends with its Submit
+// context's error when that context's deadline passes during the run, a
+// context derived from it ends with it, and the first end stays: the run's
+// own end does not turn DeadlineExceeded into Canceled.
+func TestHandlerContextDeadline(t *testing.T) {
+	for _, limited := range []bool{false, true} {
+		t.Run(fmt.Sprintf("limiter=%v", limited), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var hctx, derived context.Context
+				var opts []dispatcher.Option
+				if limited {
+					opts = append(opts, dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(10))))
+				}
+				d := newDispatcher(t, func(ctx context.Context, n int) (int, error) {
+					hctx = ctx
+					var cancel context.CancelFunc
+					derived, cancel = context.WithCancel(ctx)
+					defer cancel()
+					<-derived.Done()
+					return 0, ctx.Err()
+				}, nil, opts...)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				f, err := d.Submit(ctx, 1)
+				require.NoError(t, err)
+				_, err = f.Wait(context.Background()) // the job's outcome, not ctx's end
+				require.ErrorIs(t, err, context.DeadlineExceeded, "the handler's error")
+				assert.ErrorIs(t, hctx.Err(), context.DeadlineExceeded, "the handler's context after the run")
+				assert.ErrorIs(t, derived.Err(), context.DeadlineExceeded, "a context derived in the handler")
+				select {
+				case <-hctx.Done():
+				default:
+					assert.Fail(t, "the handler's context is not done after the run")
+				}
+			})
+		})
+	}
 }

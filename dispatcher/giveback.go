@@ -74,7 +74,7 @@ func (s *scheduler[T, R]) giveBack(k *keyState[T, R], as []driver.Admission, hel
 func (s *scheduler[T, R]) cancelBooked(k *keyState[T, R], j *job[T, R]) {
 	var gone []*job[T, R] // latest first
 	in := false
-	for b := k.booked.tail; b != nil && b.watched && b.parent.Err() != nil; b = b.prev {
+	for b := k.booked.tail; b != nil && b.watched() && b.parent.Err() != nil; b = b.prev {
 		gone = append(gone, b)
 		in = in || b == j
 	}
@@ -106,7 +106,7 @@ func (s *scheduler[T, R]) cancelBooked(k *keyState[T, R], j *job[T, R]) {
 // latest counts: a refund gives back nothing that a later admission
 // depends on.
 func (k *keyState[T, R]) cancelledBooking() *job[T, R] {
-	if b := k.booked.tail; b != nil && b.watched && b.parent.Err() != nil {
+	if b := k.booked.tail; b != nil && b.watched() && b.parent.Err() != nil {
 		return b
 	}
 	return nil
@@ -133,7 +133,10 @@ func (s *scheduler[T, R]) resume(k *keyState[T, R]) {
 	}
 }
 
-// admission returns the admission j was given.
+// admission returns the admission j was given, as a refund needs it.
 func (j *job[T, R]) admission() driver.Admission {
-	return driver.Admission{Request: driver.Request{Key: j.info.Key, Limit: j.lim, Cost: j.cost}, Decision: j.dec}
+	return driver.Admission{
+		Request:  driver.Request{Key: j.info.Key, Limit: *j.lim, Cost: j.cost},
+		Decision: driver.Decision{Allowed: true, Now: j.start, Booking: j.booking},
+	}
 }

@@ -17,6 +17,20 @@ const (
 	booked                  // admitted, waiting for its slot
 	running                 // handed to a worker
 	done                    // resolved
+
+	stateBits jobState = 1<<ctxShift - 1 // the state proper; above it:
+
+	// ctxBits say how the handler context ended, if it has: ctxCanceled
+	// (its run ended, or a hard stop) or ctxParent (its parent's error,
+	// Canceled or DeadlineExceeded, is its own). Changed under Future.mu.
+	ctxShift             = 29
+	ctxCanceled jobState = 1 << ctxShift
+	ctxParent   jobState = 2 << ctxShift
+	ctxBits     jobState = ctxCanceled | ctxParent
+
+	// watchedBit marks a job whose parent context can end: it is watched
+	// while it waits. Set when the job is made, never changed.
+	watchedBit jobState = 1 << 31
 )
 
 // A job is one submitted job: its future, its place in its key's queue,
@@ -34,27 +48,37 @@ type job[T, R any] struct {
 	in        T
 	info      jobinfo.Info // its key and attempt, which its handler context answers for
 	cost      int64
-	submitted int64           // dispatcher clock
-	seq       uint64          // submission order, with a limiter
-	ks        *keyState[T, R] // its key, with a limiter
-	handedAt  uint64          // ks.returned when it was handed to a worker
-	state     jobState
-	watched   bool // parent can end, so the job is watched while it waits
+	submitted int64        // dispatcher clock
+	stats     *keyCounters // its key's figures, WithKeyStats
 	prev      *job[T, R]
 	next      *job[T, R]
 	unwatch   func() bool // stops the watch on parent while the job waits; guarded by Future.mu
-	then      func(*Future[R])
 
-	// The admission, from when it is decided until the job runs.
-	lim       driver.Limit
-	dec       driver.Decision
+	// The admission, from when it is decided until the job runs: what a
+	// refund needs (driver.Decision's start and booking, and the limit,
+	// shared with the key's other jobs), and when the job may start.
+	lim       *driver.Limit
+	booking   driver.Booking
+	start     int64 // the admitted start, in the backend's time base
 	slot      int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
 	releaseAt int64 // when a booked job is handed to a worker
-	heapIdx   int   // in the scheduler's heap of booked jobs
 
-	// Handler context, guarded by Future.mu.
-	ctxDone    chan struct{}
-	ctxErr     error
+	// What only a handler that asks for Done needs, made then; guarded
+	// by Future.mu. How the context ended is in state's ctxBits.
+	ctx *handlerContext
+
+	seq      uint64   // submission order, with a limiter
+	state    jobState // with ctxBits and watchedBit
+	heapIdx  int32    // in the scheduler's heap of booked jobs
+	handedAt uint32   // its key's setBack count when it was handed to a worker
+
+	setBackSlot uint8 // its key's setBack counter
+}
+
+// A handlerContext is what a job's context needs once its handler asks for
+// Done: most handlers never do, and their jobs are smaller without it.
+type handlerContext struct {
+	done       chan struct{}
 	stopParent func() bool
 	afterFuncs map[*afterFunc]struct{}
 }
@@ -77,27 +101,33 @@ func (j *job[T, R]) Value(key any) any {
 func (j *job[T, R]) Done() <-chan struct{} {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.ctxDone != nil {
-		return j.ctxDone
+	if j.ctx != nil {
+		return j.ctx.done
 	}
-	if j.ctxErr != nil {
+	if j.ended() {
 		return closedChan
 	}
-	j.ctxDone = make(chan struct{})
-	if err := j.parent.Err(); err != nil {
-		j.ctxErr = err
-		close(j.ctxDone)
+	j.ctx = &handlerContext{done: make(chan struct{})}
+	if j.parent.Err() != nil {
+		j.setEnded(ctxParent)
+		close(j.ctx.done)
 	} else if j.parent.Done() != nil {
-		j.stopParent = context.AfterFunc(j.parent, func() { j.cancel(j.parent.Err()) })
+		j.ctx.stopParent = context.AfterFunc(j.parent, func() { j.cancel(ctxParent) })
 	}
-	return j.ctxDone
+	return j.ctx.done
 }
 
 func (j *job[T, R]) Err() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.ctxErr != nil || j.ctxDone != nil {
-		return j.ctxErr
+	switch j.loadState() & ctxBits {
+	case ctxCanceled:
+		return context.Canceled
+	case ctxParent:
+		return j.parent.Err() // which stays once set
+	}
+	if j.ctx != nil {
+		return nil // the context watches its parent: not ended yet
 	}
 	return j.parent.Err()
 }
@@ -109,36 +139,46 @@ func (j *job[T, R]) AfterFunc(f func()) (stop func() bool) {
 	a := &afterFunc{f: f}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.ctxErr != nil {
+	if j.ended() {
 		go f()
 		return func() bool { return false }
 	}
-	if j.afterFuncs == nil {
-		j.afterFuncs = make(map[*afterFunc]struct{})
+	c := j.ctx // made by Done above, unless a requeue reset it since
+	if c == nil {
+		c = &handlerContext{done: make(chan struct{})}
+		j.ctx = c
 	}
-	j.afterFuncs[a] = struct{}{}
+	if c.afterFuncs == nil {
+		c.afterFuncs = make(map[*afterFunc]struct{})
+	}
+	c.afterFuncs[a] = struct{}{}
 	return func() bool {
 		j.mu.Lock()
 		defer j.mu.Unlock()
-		_, ok := j.afterFuncs[a]
-		delete(j.afterFuncs, a)
+		_, ok := c.afterFuncs[a]
+		delete(c.afterFuncs, a)
 		return ok
 	}
 }
 
-// cancel ends the handler context with err (the first error wins).
-func (j *job[T, R]) cancel(err error) {
+// cancel ends the handler context, with context.Canceled (ctxCanceled) or
+// its parent's error (ctxParent); the first end wins.
+func (j *job[T, R]) cancel(how jobState) {
 	j.mu.Lock()
-	if j.ctxErr != nil {
+	if j.ended() {
 		j.mu.Unlock()
 		return
 	}
-	j.ctxErr = err
-	if j.ctxDone != nil {
-		close(j.ctxDone)
+	j.setEnded(how)
+	var (
+		stop func() bool
+		fns  map[*afterFunc]struct{}
+	)
+	if c := j.ctx; c != nil {
+		close(c.done)
+		stop, fns = c.stopParent, c.afterFuncs
+		c.stopParent, c.afterFuncs = nil, nil
 	}
-	stop, fns := j.stopParent, j.afterFuncs
-	j.stopParent, j.afterFuncs = nil, nil
 	j.mu.Unlock()
 	if stop != nil {
 		stop()
@@ -162,7 +202,7 @@ func (j *job[T, R]) watch(stop func() bool) {
 // unwatchCtx ends the watch on the job's context, if any. From within the
 // watch it does nothing.
 func (j *job[T, R]) unwatchCtx() {
-	if !j.watched {
+	if !j.watched() {
 		return
 	}
 	j.mu.Lock()
@@ -177,16 +217,51 @@ func (j *job[T, R]) unwatchCtx() {
 // resetContext readies the handler context for another run.
 func (j *job[T, R]) resetContext() {
 	j.mu.Lock()
-	j.ctxDone, j.ctxErr, j.stopParent, j.afterFuncs = nil, nil, nil, nil
+	j.ctx = nil
+	j.setEnded(0)
 	j.mu.Unlock()
 }
 
 // jobState is read and written atomically: without a limiter a worker and
-// a context watch race for a queued job.
+// a context watch race for a queued job, and the handler context's end
+// shares the word. Each change leaves the other bits as they are.
 func (j *job[T, R]) stateCAS(from, to jobState) bool {
-	return atomic.CompareAndSwapUint32((*uint32)(&j.state), uint32(from), uint32(to))
+	for {
+		old := j.loadState()
+		if old&stateBits != from {
+			return false
+		}
+		if j.casState(old, old&^stateBits|to) {
+			return true
+		}
+	}
 }
 
-func (j *job[T, R]) setState(s jobState) { atomic.StoreUint32((*uint32)(&j.state), uint32(s)) }
+func (j *job[T, R]) setState(s jobState) { j.setBits(stateBits, s) }
 
-func (j *job[T, R]) getState() jobState { return jobState(atomic.LoadUint32((*uint32)(&j.state))) }
+func (j *job[T, R]) getState() jobState { return j.loadState() & stateBits }
+
+// ended reports whether the handler context has ended; setEnded records
+// how (0: it has not). Both with Future.mu held.
+func (j *job[T, R]) ended() bool { return j.loadState()&ctxBits != 0 }
+
+func (j *job[T, R]) setEnded(how jobState) { j.setBits(ctxBits, how) }
+
+// setBits sets the bits of mask in j's state word to v.
+func (j *job[T, R]) setBits(mask, v jobState) {
+	for {
+		old := j.loadState()
+		if j.casState(old, old&^mask|v) {
+			return
+		}
+	}
+}
+
+func (j *job[T, R]) casState(old, new jobState) bool {
+	return atomic.CompareAndSwapUint32((*uint32)(&j.state), uint32(old), uint32(new))
+}
+
+// watched reports whether the job's parent context can end.
+func (j *job[T, R]) watched() bool { return j.loadState()&watchedBit != 0 }
+
+func (j *job[T, R]) loadState() jobState { return jobState(atomic.LoadUint32((*uint32)(&j.state))) }

@@ -21,7 +21,7 @@ type config struct {
 	bookAhead   time.Duration
 	lateness    time.Duration
 	batch       int
-	keyStats    bool
+	keyStats    int // keys with figures at most, 0 for none
 }
 
 func defaults() config {
@@ -104,13 +104,19 @@ func WithBookAhead(d time.Duration) Option {
 	}
 }
 
-// WithKeyStats keeps figures per key (KeyStats): its counters and a
-// histogram of its admission waits, about 1.3 KiB for each key used within
-// the last minute. Without it a key costs only its queue, and
-// KeyStats reports nothing. Stats' totals are kept either way.
-func WithKeyStats() Option {
+// WithKeyStats keeps figures per key (KeyStats) for up to max keys at a
+// time: counters and a histogram of admission waits, about 1.3 KiB a key,
+// kept until a minute after the key's last job. A key that arrives while
+// max keys have figures gets none (KeyStats reports false for it) until
+// another's are forgotten, so memory stays bounded whatever the keys.
+// Without it a key costs only its queue, and only while it has jobs
+// waiting. Stats' totals are kept either way.
+func WithKeyStats(max int) Option {
 	return func(c *config) error {
-		c.keyStats = true
+		if max < 1 {
+			return fmt.Errorf("dispatcher: WithKeyStats(%d): need at least 1", max)
+		}
+		c.keyStats = max
 		return nil
 	}
 }

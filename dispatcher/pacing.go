@@ -14,9 +14,11 @@ func (s *scheduler[T, R]) window() time.Duration {
 	return max(s.d.cfg.bookAhead, time.Duration(4*s.rtt.Load()))
 }
 
-// ran records how long a handler ran.
+// ran records how long a handler ran, and how far to overbook for it.
 func (s *scheduler[T, R]) ran(d int64) {
-	s.run.Store(s.run.Load() + (d-s.run.Load())/8)
+	run := s.run.Load() + (d-s.run.Load())/8
+	s.run.Store(run)
+	s.ahead.Store(min(int64(s.d.cfg.workers)*int64(s.d.cfg.lateness)/4/max(run, 1), int64(s.d.cfg.batch)))
 }
 
 // overbook is how many jobs may be admitted beyond the free workers, to
@@ -26,10 +28,9 @@ func (s *scheduler[T, R]) ran(d int64) {
 // batches instead of one job per freed worker; admitting further ahead
 // than that would have jobs reach their workers late, give their
 // admission back and ask again (on SQLite and Redis, a round trip each).
-func (s *scheduler[T, R]) overbook() int64 {
-	run := max(s.run.Load(), 1)
-	return min(int64(s.d.cfg.workers)*int64(s.d.cfg.lateness)/4/run, int64(s.d.cfg.batch))
-}
+// ran computes it as the handlers' run time changes: the submitters, the
+// scheduler and the workers all ask.
+func (s *scheduler[T, R]) overbook() int64 { return s.ahead.Load() }
 
 // tolerance is how late a job may reach its worker: a millisecond, plus
 // twice the usual backend round trip (which no client can see inside),
@@ -58,28 +59,30 @@ func (s *scheduler[T, R]) tolerance() int64 {
 // job, which would otherwise reach it late too while it waited a backend
 // round trip for the refund. Only a job whose key was paused or set back
 // since it was handed takes the scheduler's lock to decide.
-func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
+func (s *scheduler[T, R]) late(j *job[T, R], now int64, sample bool) bool {
 	if j.slot == 0 || s.d.stopped.Load() {
 		return false
 	}
-	cancelled := j.watched && j.parent.Err() != nil
+	cancelled := j.watched() && j.parent.Err() != nil
 	lateness := now - j.slot
 	tolerance := s.tolerance()
 	// A stall's outlier moves the usual lateness by at most half a
-	// millisecond. A sample of jobs is enough for the average, and spares
-	// the workers' cores from passing its cache line around.
-	if j.seq%8 == 0 {
+	// millisecond.
+	if sample {
 		s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
 	}
-	if !cancelled && lateness <= tolerance && j.ks.returned.Load() == j.handedAt {
+	if !cancelled && lateness <= tolerance && s.setBack[j.setBackSlot].Load() == j.handedAt {
 		return false // nothing set its key back since it was handed
 	}
 	s.mu.Lock()
-	k := s.key(j.info.Key)
-	behind := k.paused > now || k.jobs.head != nil && k.jobs.head.seq < j.seq
+	k := s.keys[j.info.Key] // nil if it went idle and was dropped: nothing is ahead of j
+	behind := k != nil && (k.paused > now || k.jobs.head != nil && k.jobs.head.seq < j.seq)
 	if !cancelled && !behind && lateness <= tolerance {
 		s.mu.Unlock()
 		return false
+	}
+	if k == nil {
+		k = s.key(j.info.Key)
 	}
 	// Counted while j is unresolved: Shutdown waits on wg only once every
 	// job is resolved.
@@ -91,7 +94,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64) bool {
 		refund = []driver.Admission{j.admission()}
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
-		k.returned.Add(1)
+		s.setBackKey(k)
 		if lateness > tolerance {
 			if k.stats != nil {
 				k.stats.late.Add(1)

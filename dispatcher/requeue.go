@@ -53,7 +53,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	}
 	k := s.key(j.info.Key)
 	k.paused = max(k.paused, until)
-	k.returned.Add(1)
+	s.setBackKey(k)
 	if k.stats != nil {
 		k.stats.retried.Add(1)
 	}
@@ -71,7 +71,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	default:
 		s.wait(k, k.paused)
 	}
-	if j.watched {
+	if j.watched() {
 		// Its run ended the watch on its context: waiting again, it is
 		// watched again, so that it does not wait out the pause if its
 		// context ends. Under s.mu, as in enqueue: it is still queued.

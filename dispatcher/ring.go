@@ -1,6 +1,7 @@
 package dispatcher
 
-// A ring is a FIFO of values backed by a slice that grows as needed.
+// A ring is a FIFO of values backed by a slice that grows as needed, and
+// is let go once the ring is empty if it grew large.
 type ring[E any] struct {
 	buf  []E
 	head int
@@ -28,5 +29,8 @@ func (r *ring[E]) pop() (E, bool) {
 	r.buf[r.head] = zero
 	r.head = (r.head + 1) % len(r.buf)
 	r.n--
+	if r.n == 0 && len(r.buf) > 1024 {
+		r.buf, r.head = nil, 0
+	}
 	return e, true
 }

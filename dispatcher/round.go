@@ -12,10 +12,12 @@ import (
 // rounds is how many batches may be decided at once.
 const rounds = 2
 
-// A round is a batch of admissions and the keys that asked for them.
+// A round is a batch of admissions and the keys that asked for them, and
+// the jobs it hands to workers.
 type round[T, R any] struct {
-	batch []driver.Admission
-	asked []*keyState[T, R]
+	batch  []driver.Admission
+	asked  []*keyState[T, R]
+	handed []*job[T, R]
 }
 
 // decide has the backend decide r's batch and acts on the decisions.
@@ -26,7 +28,7 @@ func (s *scheduler[T, R]) decide(r *round[T, R]) {
 	// Track the round trip: a job may start that much after the backend
 	// decided without being late.
 	s.rtt.Store(s.rtt.Load() + (after-before-s.rtt.Load())/8)
-	s.apply(r.batch, r.asked, before, after)
+	r.handed = s.apply(r.batch, r.asked, r.handed, before, after)
 	clear(r.batch) // drop the limits' quota slices
 	clear(r.asked)
 }
@@ -39,6 +41,7 @@ func (s *scheduler[T, R]) releaseDue(now int64) {
 		k := s.keys[j.info.Key]
 		k.booked.remove(j)
 		s.hand(k, j)
+		s.dropIdle(k, now)
 	}
 	for at, ok := s.timers.next(); ok && at <= now; at, ok = s.timers.next() {
 		k := heap.Pop(&s.timers).(*keyState[T, R])
@@ -67,6 +70,7 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 		j := s.popJob(k)
 		if j == nil {
 			s.setPhase(k, keyIdle)
+			s.dropIdle(k, now)
 			continue
 		}
 		s.idle.Add(-1)
@@ -80,8 +84,9 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 		j.setState(asking)
 		s.setPhase(k, keyAsking)
 		k.asking = j
+		j.lim = s.limits.intern(lim)
 		batch = append(batch, driver.Admission{Request: driver.Request{
-			Key: k.name, Limit: driverLimit(lim), Cost: j.cost, MaxWait: s.window(),
+			Key: k.name, Limit: *j.lim, Cost: j.cost, MaxWait: s.window(),
 		}})
 		asked = append(asked, k)
 	}
@@ -89,10 +94,11 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 }
 
 // apply acts on the decisions of a batch sent at before and answered at
-// after. The backend decided somewhere in between, so a slot is released
-// no sooner than after+Wait (never early) and judged late from
-// before+Wait (never lenient).
-func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R], before, after int64) {
+// after, delivering the jobs it hands to workers with handed (see
+// takeHanded), which it returns. The backend decided somewhere in
+// between, so a slot is released no sooner than after+Wait (never early)
+// and judged late from before+Wait (never lenient).
+func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R], handed []*job[T, R], before, after int64) []*job[T, R] {
 	var (
 		refunds []driver.Admission
 		held    []*keyState[T, R] // asking nothing until the refunds are done
@@ -105,7 +111,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		k.asking = nil
 		allowed := a.Err == nil && a.Decision.Allowed
 		switch {
-		case j.getState() != asking || s.stopped || j.watched && j.parent.Err() != nil: // cancelled or stopped meanwhile
+		case j.getState() != asking || s.stopped || j.watched() && j.parent.Err() != nil: // cancelled or stopped meanwhile
 			if allowed {
 				refunds = append(refunds, *a)
 			}
@@ -140,7 +146,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			s.putBack(k, j, now)
 		case allowed:
 			k.backoff = 0
-			j.lim, j.dec = a.Limit, a.Decision
+			j.start, j.booking = a.Decision.Start(), a.Decision.Booking
 			j.slot = before + int64(a.Decision.Wait)
 			if a.Decision.Wait <= 0 {
 				s.hand(k, j)
@@ -162,9 +168,9 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			s.putBack(k, j, now+int64(a.Decision.Wait)-int64(s.window()/2))
 		}
 	}
-	handed := s.takeHanded()
+	handed = s.takeHanded(handed)
 	s.mu.Unlock()
-	s.deliver(handed)
+	handed = s.deliver(handed)
 	s.refund(refunds)
 	if len(held) > 0 {
 		s.mu.Lock()
@@ -174,6 +180,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		s.mu.Unlock()
 		s.signal()
 	}
+	return handed
 }
 
 // putBack returns j to the head of k's queue, frees its worker, and makes
@@ -190,11 +197,6 @@ func (s *scheduler[T, R]) refund(as []driver.Admission) {
 		// A failed refund only under-admits: the booking stays charged.
 		_ = s.backend.Refund(s.d.base, a.Request, a.Decision)
 	}
-}
-
-// driverLimit returns lim as the backend sees it.
-func driverLimit(lim bucket.Limit) driver.Limit {
-	return driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas}
 }
 
 func permanent(err error) bool {

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,8 +35,8 @@ type scheduler[T, R any] struct {
 	wake    chan struct{}
 	stopped bool
 	swept   int64
-	seq     uint64
-	held    int64 // jobs queued in keys that wait (keyWaiting): Stats.Waiting, with the booked
+	seq     uint64 // the last job's submission order
+	held    int64  // jobs queued in keys that wait (keyWaiting): Stats.Waiting, with the booked
 
 	// idle and waiting change under mu, except that workers give back
 	// their place and their reservation without it. Workers write both
@@ -48,10 +49,35 @@ type scheduler[T, R any] struct {
 	room    roomSignal   // Submit calls waiting for a place
 	_       [32]byte
 
-	rtt atomic.Int64 // moving average of an admission batch's round trip
-	lag atomic.Int64 // moving average of how late jobs reach their workers
-	run atomic.Int64 // moving average of a handler's run
+	rtt   atomic.Int64 // moving average of an admission batch's round trip
+	lag   atomic.Int64 // moving average of how late jobs reach their workers
+	run   atomic.Int64 // moving average of a handler's run
+	ahead atomic.Int64 // overbook's answer for run, computed as run changes
+
+	// setBack counts, for the keys whose names hash to each slot, the
+	// times a key was paused or had a job go back to its queue: a handed
+	// job that sees its slot's count changed since it was handed checks,
+	// under mu, that it still comes first (see late). A slot, not the key:
+	// a key's state is dropped when its jobs have started, and a job keeps
+	// no pointer to it; the name's slot is the same for every state of the
+	// key. Workers read it for every job and it changes rarely, so it has
+	// lines of its own.
+	_       [64]byte
+	setBack [setBackSlots]atomic.Uint32
+	seed    maphash.Seed
+	_       [64]byte
+
+	peakKeys int               // most keys held since keys was made: Go's maps never shrink
+	limits   limits            // guarded by mu
+	statKeys int               // keys with figures (WithKeyStats)
+	spare    []*keyState[T, R] // dropped keys, for new ones: a key idle between its jobs allocates nothing
 }
+
+// setBackSlots is how many counters the keys' set-backs are spread over.
+const setBackSlots = 256
+
+// maxSpare bounds the dropped keys kept for reuse (128 bytes each).
+const maxSpare = 1024
 
 type phase uint8
 
@@ -63,22 +89,22 @@ const (
 	keyRefunding              // giving back a booking: asks nothing until the refund is done
 )
 
+// A keyState is a key's queue and phase. The scheduler holds one only
+// while the key has jobs queued or booked, or is paused, or keeps figures
+// (WithKeyStats): a key that goes idle costs nothing more (see dropIdle).
 type keyState[T, R any] struct {
-	name     string
-	jobs     jobList[T, R] // queued, in submission order
-	booked   jobList[T, R] // admitted ahead, in slot order
-	phase    phase
-	asking   *job[T, R]
-	wakeAt   int64
-	heapIdx  int
-	paused   int64 // a retry-after seen by this process: admit nothing before
-	backoff  time.Duration
-	lastUsed int64
-	stats    *keyCounters
-	// returned counts the times the key was paused or had a job go back to
-	// its queue: a handed job that sees it changed since it was handed
-	// checks, under mu, that it still comes first (see late).
-	returned atomic.Uint64
+	name        string
+	jobs        jobList[T, R] // queued, in submission order
+	booked      jobList[T, R] // admitted ahead, in slot order
+	asking      *job[T, R]
+	wakeAt      int64
+	paused      int64 // a retry-after seen by this process: admit nothing before
+	backoff     time.Duration
+	lastUsed    int64
+	stats       *keyCounters
+	heapIdx     int32
+	phase       phase
+	setBackSlot uint8 // its name's among the scheduler's setBack counters
 }
 
 func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
@@ -87,11 +113,12 @@ func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
 		backend: d.lim.Backend(),
 		keys:    make(map[string]*keyState[T, R]),
 		wake:    make(chan struct{}, 1),
+		seed:    maphash.MakeSeed(),
 	}
 	s.idle.Store(int64(d.cfg.workers))
 	// Until handlers have been timed, assume they take an eighth of the
 	// tolerance: two jobs per worker ahead, not a batch.
-	s.run.Store(int64(d.cfg.lateness) / 8)
+	s.ran(int64(d.cfg.lateness) / 8)
 	return s
 }
 
@@ -105,13 +132,36 @@ func (s *scheduler[T, R]) signal() {
 func (s *scheduler[T, R]) key(name string) *keyState[T, R] {
 	k := s.keys[name]
 	if k == nil {
-		k = &keyState[T, R]{name: name, heapIdx: -1}
-		if s.d.cfg.keyStats {
+		if n := len(s.spare); n > 0 {
+			k, s.spare = s.spare[n-1], s.spare[:n-1]
+			*k = keyState[T, R]{name: name, heapIdx: -1}
+		} else {
+			k = &keyState[T, R]{name: name, heapIdx: -1}
+		}
+		k.setBackSlot = uint8(maphash.String(s.seed, name) % setBackSlots)
+		if s.statKeys < s.d.cfg.keyStats {
 			k.stats = new(keyCounters)
+			s.statKeys++
 		}
 		s.keys[name] = k
+		s.peakKeys = max(s.peakKeys, len(s.keys))
 	}
 	return k
+}
+
+// shrinkKeys makes the map of keys afresh once it holds a quarter of what
+// it held at its peak, or nothing: a map keeps the room of its peak, so a
+// burst of a million keys would otherwise keep tens of bytes per key
+// after they have all been dropped. Called with s.mu held.
+func (s *scheduler[T, R]) shrinkKeys() {
+	if s.peakKeys < 1024 || len(s.keys) > s.peakKeys/4 {
+		return
+	}
+	m := make(map[string]*keyState[T, R], len(s.keys))
+	for name, k := range s.keys {
+		m[name] = k
+	}
+	s.keys, s.peakKeys = m, len(m)
 }
 
 // enqueue adds j at the tail of its key's queue, waiting for room if block.
@@ -143,7 +193,7 @@ func (s *scheduler[T, R]) enqueue(ctx context.Context, j *job[T, R], block bool)
 	if k.stats != nil {
 		k.stats.submitted.Add(1)
 	}
-	j.ks = k
+	j.stats = k.stats
 	s.seq++
 	j.seq = s.seq
 	j.setState(queued)
@@ -216,6 +266,7 @@ func (s *scheduler[T, R]) settle(k *keyState[T, R], now int64) {
 	k.lastUsed = now
 	if k.jobs.n == 0 {
 		s.setPhase(k, keyIdle)
+		s.dropIdle(k, now)
 		return
 	}
 	if k.paused > k.lastUsed {
@@ -237,24 +288,53 @@ func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
 // worker starts it.
 func (s *scheduler[T, R]) hand(k *keyState[T, R], j *job[T, R]) {
 	j.setState(running)
-	j.ks, j.handedAt = k, k.returned.Load()
+	j.setBackSlot = k.setBackSlot
+	j.handedAt = s.setBack[k.setBackSlot].Load()
 	s.handed = append(s.handed, j)
 }
 
+// setBackKey records that k was paused or had a job go back to its queue
+// (see late).
+func (s *scheduler[T, R]) setBackKey(k *keyState[T, R]) { s.setBack[k.setBackSlot].Add(1) }
+
+// dropIdle forgets k, idle at now, unless it still holds something: jobs
+// booked ahead, a pause, figures. k may then serve another key. Nothing
+// else refers to an idle key but the ready ring, where a key that left
+// the ring's phase stays until collect skips it: if it serves another key
+// meanwhile, that key is merely ready twice, which collect tolerates (as
+// it does a key held and resumed while in the ring). A job handed to a
+// worker keeps its own admission (see late). Called with s.mu held.
+func (s *scheduler[T, R]) dropIdle(k *keyState[T, R], now int64) {
+	if k.phase == keyIdle && k.booked.n == 0 && k.heapIdx < 0 && k.paused <= now && k.stats == nil && s.keys[k.name] == k {
+		delete(s.keys, k.name)
+		if len(s.spare) < maxSpare {
+			s.spare = append(s.spare, k)
+		}
+		if len(s.keys) == 0 {
+			s.shrinkKeys() // at once when a burst is over; otherwise by sweep
+		}
+	}
+}
+
 // takeHanded returns the jobs handed since it was last called, for the
-// caller to deliver once it has let go of mu.
-func (s *scheduler[T, R]) takeHanded() []*job[T, R] {
+// caller to deliver once it has let go of mu, and keeps spare, the
+// caller's slice from its last delivery, for the next ones: each caller
+// keeps one slice, so handing allocates nothing.
+func (s *scheduler[T, R]) takeHanded(spare []*job[T, R]) []*job[T, R] {
 	js := s.handed
-	s.handed = nil
+	s.handed = spare[:0]
 	return js
 }
 
-// deliver sends handed jobs to the workers. The run queue has room for
-// every job with a worker reserved, so the sends never block.
-func (s *scheduler[T, R]) deliver(js []*job[T, R]) {
+// deliver sends handed jobs to the workers and returns js emptied, for
+// takeHanded. The run queue has room for every job with a worker
+// reserved, so the sends never block.
+func (s *scheduler[T, R]) deliver(js []*job[T, R]) []*job[T, R] {
 	for _, j := range js {
 		s.d.run <- j
 	}
+	clear(js)
+	return js[:0]
 }
 
 // freed wakes blocked submitters once a sixteenth of the queue (at least
@@ -287,16 +367,26 @@ func (s *scheduler[T, R]) loop() {
 	defer s.d.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	// Up to `rounds` batches are decided at once, each on a goroutine of
+	// Up to `rounds` batches are decided at once, each by a goroutine of
 	// its own: while the backend decides one, the next is collected and
 	// sent, so a remote backend's round trips overlap. A key is in at most
 	// one batch (it is asking), so its admissions stay in order.
 	free := make(chan *round[T, R], rounds)
+	todo := make(chan *round[T, R], rounds)
+	var deciding sync.WaitGroup
 	for range rounds {
 		free <- new(round[T, R])
+		deciding.Go(func() {
+			for r := range todo {
+				s.decide(r)
+				free <- r
+				s.signal()
+			}
+		})
 	}
-	var deciding sync.WaitGroup
 	defer deciding.Wait() // before the run queue closes: apply sends on it
+	defer close(todo)
+	var handed []*job[T, R]
 	for {
 		var r *round[T, R]
 		select {
@@ -318,18 +408,12 @@ func (s *scheduler[T, R]) loop() {
 				next = max(at-now, 0)
 			}
 		}
-		handed := s.takeHanded()
+		handed = s.takeHanded(handed)
 		s.mu.Unlock()
-		s.deliver(handed)
+		handed = s.deliver(handed)
 
 		if r != nil && len(r.batch) > 0 {
-			deciding.Add(1)
-			go func() {
-				defer deciding.Done()
-				s.decide(r)
-				free <- r
-				s.signal()
-			}()
+			todo <- r // never blocks: at most rounds are out
 			continue
 		}
 		if r != nil {
@@ -382,12 +466,17 @@ func (s *scheduler[T, R]) stop() {
 	s.refund(refunds)
 }
 
-// sweep forgets keys idle for a minute.
+// sweep forgets keys idle for a minute whose pause has ended: those
+// dropIdle kept for their figures or their pause.
 func (s *scheduler[T, R]) sweep(now int64) {
 	s.swept = now
 	for name, k := range s.keys {
-		if k.phase == keyIdle && now-k.lastUsed > int64(time.Minute) {
+		if k.phase == keyIdle && k.booked.n == 0 && k.paused <= now && now-k.lastUsed > int64(time.Minute) {
 			delete(s.keys, name)
+			if k.stats != nil {
+				s.statKeys--
+			}
 		}
 	}
+	s.shrinkKeys()
 }

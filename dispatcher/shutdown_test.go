@@ -62,7 +62,7 @@ func testExactlyOnce(t *testing.T, seed uint64) {
 			}
 		}
 		return j.n, nil
-	}, taskKey, dispatcher.WithWorkers(8), dispatcher.WithQueue(2000), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats())
+	}, taskKey, dispatcher.WithWorkers(8), dispatcher.WithQueue(2000), dispatcher.WithLimiter(lim), dispatcher.WithKeyStats(1000))
 	require.NoError(t, err)
 
 	const jobs, producers = 100_000, 4

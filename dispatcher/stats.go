@@ -85,8 +85,8 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 }
 
 // KeyStats returns the figures of key, if the Dispatcher keeps figures
-// per key (WithKeyStats) and key was used within the last minute: a key's
-// figures are forgotten with its queue. It costs a map lookup under the
+// per key (WithKeyStats), had room for key's, and key was used within the
+// last minute: a key's figures are forgotten with its queue. It costs a map lookup under the
 // scheduler's lock and the read of the key's histogram.
 func (d *Dispatcher[T, R]) KeyStats(key string) (KeyStats, bool) {
 	s := d.sched

@@ -20,7 +20,7 @@ func (d *Dispatcher[T, R]) DoAll(ctx context.Context, jobs []T) []Result[R] {
 	out := make([]Result[R], len(jobs))
 	futures := make([]*Future[R], len(jobs))
 	for i, job := range jobs {
-		f, err := d.submit(ctx, job, true, nil)
+		f, err := d.submit(ctx, job, true)
 		if err != nil {
 			out[i].Err = err
 			continue
@@ -58,6 +58,7 @@ func (d *Dispatcher[T, R]) Stream(ctx context.Context, in <-chan T) <-chan Outco
 	out := make(chan Outcome[T, R])
 	finished := make(chan Outcome[T, R], window) // never blocks: at most window in flight
 	inFlight := semaphore.NewWeighted(int64(window))
+	sctx := &streamContext[T, R]{Context: ctx, out: finished}
 
 	go func() { // the puller: owns finished
 		defer func() {
@@ -80,12 +81,7 @@ func (d *Dispatcher[T, R]) Stream(ctx context.Context, in <-chan T) <-chan Outco
 				inFlight.Release(1)
 				return
 			}
-			_, err := d.submit(ctx, job, true, func(f *Future[R]) {
-				o := Outcome[T, R]{Job: job}
-				o.Value, o.Err = f.Result()
-				finished <- o
-			})
-			if err != nil {
+			if _, err := d.submit(sctx, job, true); err != nil {
 				finished <- Outcome[T, R]{Job: job, Err: err}
 			}
 		}
@@ -102,4 +98,18 @@ func (d *Dispatcher[T, R]) Stream(ctx context.Context, in <-chan T) <-chan Outco
 		}
 	}()
 	return out
+}
+
+// A streamContext is the context of a Stream's jobs: it is ctx, and it
+// carries where their outcomes go, so that a job needs no field for them.
+type streamContext[T, R any] struct {
+	context.Context
+	out chan<- Outcome[T, R]
+}
+
+// finished sends the outcome of j, which has just been resolved.
+func (c *streamContext[T, R]) finished(j *job[T, R]) {
+	o := Outcome[T, R]{Job: j.in}
+	o.Value, o.Err = j.Result()
+	c.out <- o
 }

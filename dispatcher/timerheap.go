@@ -6,16 +6,16 @@ import "container/heap"
 // by sequence) and keeps its index there, so it can be moved or removed.
 type timed interface {
 	due() (at int64, seq uint64)
-	heapIndex() *int
+	heapIndex() *int32
 }
 
 func (k *keyState[T, R]) due() (int64, uint64) { return k.wakeAt, 0 }
 
-func (k *keyState[T, R]) heapIndex() *int { return &k.heapIdx }
+func (k *keyState[T, R]) heapIndex() *int32 { return &k.heapIdx }
 
 func (j *job[T, R]) due() (int64, uint64) { return j.releaseAt, j.seq }
 
-func (j *job[T, R]) heapIndex() *int { return &j.heapIdx }
+func (j *job[T, R]) heapIndex() *int32 { return &j.heapIdx }
 
 // A timerHeap orders values by when they are due: the scheduler keeps one
 // of waiting keys and one of booked jobs.
@@ -31,12 +31,12 @@ func (h timerHeap[E]) Less(i, j int) bool {
 
 func (h timerHeap[E]) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	*h[i].heapIndex(), *h[j].heapIndex() = i, j
+	*h[i].heapIndex(), *h[j].heapIndex() = int32(i), int32(j)
 }
 
 func (h *timerHeap[E]) Push(x any) {
 	e := x.(E)
-	*e.heapIndex() = len(*h)
+	*e.heapIndex() = int32(len(*h))
 	*h = append(*h, e)
 }
 
@@ -46,6 +46,9 @@ func (h *timerHeap[E]) Pop() any {
 	var zero E
 	old[len(old)-1] = zero
 	*h = old[:len(old)-1]
+	if len(*h) == 0 && cap(*h) > 1024 {
+		*h = nil // a burst is over: let its room go
+	}
 	*e.heapIndex() = -1
 	return e
 }
@@ -53,7 +56,7 @@ func (h *timerHeap[E]) Pop() any {
 // set puts e in the heap at its due time, or moves it there.
 func (h *timerHeap[E]) set(e E) {
 	if i := *e.heapIndex(); i >= 0 {
-		heap.Fix(h, i)
+		heap.Fix(h, int(i))
 		return
 	}
 	heap.Push(h, e)
@@ -62,7 +65,7 @@ func (h *timerHeap[E]) set(e E) {
 // remove takes e out of the heap if it is there.
 func (h *timerHeap[E]) remove(e E) {
 	if i := *e.heapIndex(); i >= 0 {
-		heap.Remove(h, i)
+		heap.Remove(h, int(i))
 	}
 }
 

@@ -108,7 +108,7 @@ func (s *syncer) dispatcher(cfg *config, lim *bucket.Limiter) (*dispatcher.Dispa
 	return dispatcher.New(fetch, func(it item) string { return it.tenant },
 		dispatcher.WithWorkers(cfg.workers),
 		dispatcher.WithLimiter(lim),
-		dispatcher.WithKeyStats()) // the summary's per-tenant figures
+		dispatcher.WithKeyStats(cfg.tenants)) // the summary's per-tenant figures
 }
 
 func (s *syncer) countRetry(ctx context.Context, _ error, _ time.Duration) {
