@@ -248,7 +248,7 @@ func TestExactRange(t *testing.T) {
 		require.NoError(t, err, "Admit %d under quotas of MaxInt64", i)
 		assert.True(t, d.Allowed, "Admit %d under quotas of MaxInt64", i)
 	}
-	fast := bucket.Every(time.Second, 1_000_000_000).WithBurst(1<<50 + 1).WithQuota(1<<62, time.Hour)
+	fast := bucket.Every(time.Second, 1_000_000_000).WithBurst(1<<50+1).WithQuota(1<<62, time.Hour)
 	d, err := s.Admit(ctx, driver.Request{Key: "huge-burst", Limit: backendtest.Limit(fast), Cost: 1 << 50})
 	require.NoError(t, err, "Admit of cost 2^50 with a burst of 2^50+1 and a quota")
 	assert.True(t, d.Allowed, "Admit of cost 2^50 with a burst of 2^50+1 and a quota")
