@@ -355,17 +355,25 @@ BEGIN
   END IF;
 END $$;
 
--- sweep_v1 deletes up to lim rows whose buckets are fresh, under the
--- schema's lock, and returns how many.
+-- sweep_v1 deletes up to lim rows whose buckets are fresh, and returns
+-- how many. It looks for them without a lock (a scan of the table, which
+-- admissions need not wait for), then deletes those still fresh under the
+-- schema's lock, by key.
 CREATE OR REPLACE FUNCTION @schema.sweep_v1(lim int) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
+  doomed bytea[];
   n bigint;
 BEGIN
+  SELECT array_agg(b.key) INTO doomed FROM (
+    SELECT key FROM @schema.buckets
+    WHERE fresh_at <= floor(extract(epoch FROM clock_timestamp()) * 1000000) LIMIT lim) b;
+  IF doomed IS NULL THEN
+    RETURN 0;
+  END IF;
   PERFORM pg_advisory_xact_lock(@lock);
-  DELETE FROM @schema.buckets WHERE key IN (
-    SELECT b.key FROM @schema.buckets b
-    WHERE b.fresh_at <= floor(extract(epoch FROM clock_timestamp()) * 1000000) LIMIT lim);
+  DELETE FROM @schema.buckets
+    WHERE key = ANY (doomed) AND fresh_at <= floor(extract(epoch FROM clock_timestamp()) * 1000000);
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;
 END $$;

@@ -9,7 +9,7 @@ import (
 
 // sweepChunk is how many rows one statement of the sweep deletes, so that
 // a sweep of many rows holds the schema's lock a few milliseconds at a
-// time.
+// time (it scans the table for them without it).
 const sweepChunk = 1000
 
 // sweep deletes the rows of every key whose bucket is fresh (guarantee
