@@ -30,6 +30,8 @@ func runChild() {
 	switch childRole {
 	case "sqlite":
 		err = sqliteChild(childPath, os.Stdin, os.Stdout)
+	case "postgres":
+		err = postgresChild(childPath, postgresSchema(os.Getppid()), os.Stdin, os.Stdout)
 	case "stall-ours", "stall-anchor":
 		err = stallChild(childRole == "stall-ours", os.Stdin, os.Stdout)
 	default:

@@ -2,18 +2,12 @@ package redisstore_test
 
 import (
 	"context"
-	"fmt"
-	"math/rand/v2"
-	"slices"
 	"testing"
 	"time"
 
-	"github.com/leakybucket/leakybucket/backend/backendtest"
-
 	"github.com/leakybucket/leakybucket/backend/redisstore"
-	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
-	"github.com/stretchr/testify/require"
+	"github.com/leakybucket/leakybucket/internal/paritytest"
 )
 
 // TestParity feeds the same random sequences of admissions, refunds,
@@ -26,189 +20,39 @@ func TestParity(t *testing.T) {
 	var now int64 // µs, the fake clock both sides share
 	redisstore.SetClock(s, func() int64 { return now })
 	ctx := context.Background()
-
-	count := map[string]int{}
-	defer func() { t.Logf("script calls: %v", count) }()
-	sequences, steps := 200, 120
+	sequences := 200
 	if testing.Short() {
 		sequences = 50
 	}
-	for seq := range sequences {
-		rng := rand.New(rand.NewPCG(uint64(seq), 7))
-		key := fmt.Sprint("parity-", seq)
-		limits := []bucket.Limit{randomLimit(rng), randomLimit(rng), randomLimit(rng)}
-		// Quotas sharing windows across limits exercise matching by window.
-		if len(limits[0].Quotas) > 0 && len(limits[1].Quotas) > 0 {
-			w := limits[0].Quotas[0].Window
-			if !slices.ContainsFunc(limits[1].Quotas, func(q bucket.Quota) bool { return q.Window == w }) {
-				limits[1].Quotas[len(limits[1].Quotas)-1].Window = w
-			}
-		}
-		now = 1_700_000_000_000_000 + rng.Int64N(1e12)
-		var (
-			st      driver.State
-			booked  []booking
-			limitAt = 0
-		)
-		for step := range steps {
-			where := fmt.Sprintf("sequence %d step %d (now %d)", seq, step, now)
-			if rng.IntN(25) == 0 {
-				limitAt = rng.IntN(len(limits))
-			}
-			lim := limits[limitAt]
-			if driver.FreshAt(&st) <= now {
-				st = driver.State{} // forgotten, as Redis forgets it
-			}
-			var goFresh, luaFresh int64
-			switch p := rng.IntN(100); {
-			case p < 70:
-				req := driver.Request{Key: key, Limit: backendtest.Limit(lim), Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
-				want, err := driver.Decide(&st, &req, time.Microsecond, now)
-				require.NoError(t, err, "%s: Decide", where)
-				got, fresh, err := redisstore.RawAdmit(ctx, s, req)
-				require.NoError(t, err, "%s: script admit", where)
-				require.Equal(t, want, got, "%s: Admit(%v, cost %d, maxWait %v): Go's decision (expected), the script's (actual)", where, lim, req.Cost, req.MaxWait)
-				if want.Allowed {
-					booked = append(booked, booking{req, want})
-					count["allowed"]++
-					if want.Wait > 0 {
-						count["booked ahead"]++
-					}
-				} else {
-					count["refused"]++
-				}
-				for _, q := range st.Quotas {
-					if len(q.Slots) > 1 {
-						count["quota slots in use"]++
-						break
-					}
-				}
-				goFresh, luaFresh = driver.FreshAt(&st), fresh
-			case p < 85 && len(booked) > 0:
-				b := booked[rng.IntN(len(booked))]
-				driver.Refund(&st, &b.req, b.d, time.Microsecond)
-				count["refunds"]++
-				fresh, err := redisstore.RawRefund(ctx, s, b.req, b.d)
-				require.NoError(t, err, "%s: script refund", where)
-				goFresh, luaFresh = driver.FreshAt(&st), fresh
-			case p < 92:
-				d := time.Duration(rng.Int64N(int64(2 * time.Second)))
-				driver.Pause(&st, now+(int64(d)+999)/1000)
-				fresh, err := redisstore.RawPause(ctx, s, key, d)
-				require.NoError(t, err, "%s: script pause", where)
-				goFresh, luaFresh = driver.FreshAt(&st), fresh
-			default:
-				goFresh, luaFresh = driver.FreshAt(&st), driver.FreshAt(&st)
-			}
-			// Redis forgets a bucket once it is fresh; so does the Go side.
-			if goFresh <= now {
-				goFresh, st = 0, driver.State{}
-			}
-			if luaFresh <= now {
-				luaFresh = 0
-			}
-			require.Equal(t, goFresh, luaFresh, "%s: state fresh at, in Go (expected) and in the script (actual)", where)
-			now += randomStep(rng, lim)
-		}
-		s.Client().Del(ctx, s.RedisKey(key))
-	}
-}
-
-type booking struct {
-	req driver.Request
-	d   driver.Decision
-}
-
-// randomLimit returns a limit with a rate from 1/10s to 1000/ms, periods
-// that are not whole microseconds, bursts up to 20 and up to 3 quotas.
-func randomLimit(rng *rand.Rand) bucket.Limit {
-	periods := []time.Duration{time.Millisecond, 10 * time.Millisecond, time.Second, 10 * time.Second, 1234567, 999}
-	lim := bucket.Every(periods[rng.IntN(len(periods))], 1+rng.Int64N(1000)).WithBurst(1 + rng.Int64N(20))
-	windows := []time.Duration{time.Millisecond, 50 * time.Millisecond, 250 * time.Millisecond, time.Second, 7 * time.Second, time.Hour, 100_001}
-	rng.Shuffle(len(windows), func(i, j int) { windows[i], windows[j] = windows[j], windows[i] })
-	for i := range rng.IntN(4) {
-		lim = lim.WithQuota(1+rng.Int64N(60), windows[i])
-	}
-	return lim
-}
-
-func maxCost(lim bucket.Limit) int64 {
-	c := lim.Burst
-	for _, q := range lim.Quotas {
-		c = min(c, q.Max)
-	}
-	return min(c, 3)
-}
-
-func randomWait(rng *rand.Rand, lim bucket.Limit) time.Duration {
-	switch rng.IntN(5) {
-	case 0:
-		return 0
-	case 1:
-		return -time.Second
-	case 2:
-		return time.Duration(rng.Int64N(int64(10 * lim.Interval())))
-	}
-	return time.Duration(rng.Int64N(int64(2 * time.Second)))
-}
-
-// randomStep advances the clock by nothing, a fraction of the emission
-// interval, a few intervals, or past the longest window.
-func randomStep(rng *rand.Rand, lim bucket.Limit) int64 {
-	t := max(int64(lim.Interval()/time.Microsecond), 1)
-	switch rng.IntN(10) {
-	case 0:
-		return 0
-	case 1:
-		return rng.Int64N(2 * int64(time.Hour/time.Microsecond))
-	case 2, 3:
-		return rng.Int64N(1000)
-	}
-	return rng.Int64N(3 * t)
+	paritytest.Sequences(t, paritytest.Target{
+		Admit: func(req driver.Request, at int64) (driver.Decision, int64, error) {
+			now = at
+			return redisstore.RawAdmit(ctx, s, req)
+		},
+		Refund: func(req driver.Request, d driver.Decision, at int64) (int64, error) {
+			now = at
+			return redisstore.RawRefund(ctx, s, req, d)
+		},
+		Pause: func(key string, d time.Duration, at int64) (int64, error) {
+			now = at
+			return redisstore.RawPause(ctx, s, key, d)
+		},
+		Forget: func(key string) { s.Client().Del(ctx, s.RedisKey(key)) },
+	}, sequences, 120)
 }
 
 // TestParityBatch: one script call decides many requests, of several keys
 // (each key several times) with quotas of different shapes, so requests
-// of different lengths follow one another in its argument. Every decision
-// matches driver.Decide run on the requests in batch order.
+// of different lengths follow one another in its argument; batches pass
+// one call's group of 64. Every decision matches driver.Decide run on the
+// requests in batch order.
 func TestParityBatch(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
 	var now int64 // µs
 	redisstore.SetClock(s, func() int64 { return now })
-	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(3, 9))
-	keys := []string{"batch-a", "batch-b", "batch-c", "batch-d"}
-	limits := map[string]bucket.Limit{}
-	states := map[string]*driver.State{}
-	for _, k := range keys {
-		limits[k] = randomLimit(rng)
-		states[k] = new(driver.State)
-	}
-	now = 1_700_000_000_000_000
-	var allowed, sized int
-	for round := range 60 {
-		batch := make([]driver.Admission, 1+rng.IntN(150)) // past one call's group of 64
-		for i := range batch {
-			k := keys[rng.IntN(len(keys))]
-			lim := limits[k]
-			batch[i].Request = driver.Request{Key: k, Limit: backendtest.Limit(lim), Cost: 1 + rng.Int64N(maxCost(lim)), MaxWait: randomWait(rng, lim)}
-		}
-		s.AdmitBatch(ctx, batch)
-		for i, a := range batch {
-			st := states[a.Key]
-			if driver.FreshAt(st) <= now {
-				*st = driver.State{}
-			}
-			want, err := driver.Decide(st, &a.Request, time.Microsecond, now)
-			require.NoError(t, err, "round %d batch[%d]: Decide", round, i)
-			require.NoError(t, a.Err, "round %d batch[%d]: AdmitBatch", round, i)
-			require.Equal(t, want, a.Decision, "round %d batch[%d] (%s, %v, cost %d): Go's decision (expected), the batch's (actual)", round, i, a.Key, a.Limit, a.Cost)
-			if want.Allowed {
-				allowed++
-			}
-		}
-		sized += len(batch)
-		now += rng.Int64N(200_000)
-	}
-	require.True(t, allowed > 0 && allowed < sized, "%d of %d admitted: the test exercised only one outcome", allowed, sized)
+	paritytest.Batches(t, func(batch []driver.Admission, at int64) error {
+		now = at
+		s.AdmitBatch(context.Background(), batch)
+		return nil
+	})
 }

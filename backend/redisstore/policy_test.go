@@ -13,6 +13,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/faulttest"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -31,59 +32,19 @@ func deadClient(t *testing.T) *redis.Client {
 }
 
 func TestFailClosed(t *testing.T) {
-	s := newStore(t, deadClient(t), redisstore.Options{})
-	ctx := context.Background()
-	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(10)), Cost: 1}
-	for i := range 3 { // the first asks Redis, the others find it known down
-		_, err := s.Admit(ctx, req)
-		assert.ErrorIs(t, err, redisstore.ErrUnavailable, "Admit %d without Redis", i)
-		var opErr *net.OpError
-		assert.ErrorAs(t, err, &opErr, "Admit %d without Redis: want ErrUnavailable wrapping the *net.OpError", i)
-	}
-	assert.ErrorIs(t, s.Pause(ctx, "k", time.Second), redisstore.ErrUnavailable, "Pause without Redis")
-	batch := []driver.Admission{{Request: req}, {Request: req}}
-	s.AdmitBatch(ctx, batch)
-	for i, a := range batch {
-		assert.ErrorIs(t, a.Err, redisstore.ErrUnavailable, "AdmitBatch[%d] without Redis", i)
-	}
+	faulttest.FailClosed(t, down(t, newStore(t, deadClient(t), redisstore.Options{})))
 }
 
 func TestFailOpen(t *testing.T) {
-	s := newStore(t, deadClient(t), redisstore.Options{FailurePolicy: redisstore.FailOpen, RetryInterval: -1})
-	ctx := context.Background()
-	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
-	for i := range 5 {
-		d, err := s.Admit(ctx, req)
-		require.NoError(t, err, "Admit %d without Redis, FailOpen", i)
-		require.True(t, d.Allowed, "Admit %d without Redis, FailOpen", i)
-		require.Zero(t, d.Wait, "Admit %d without Redis, FailOpen: want allowed at once", i)
-		assert.NoError(t, s.Refund(ctx, req, d), "Refund of an open admission")
-	}
-	assert.NoError(t, s.Pause(ctx, "k", time.Second), "Pause without Redis, FailOpen")
+	faulttest.FailOpen(t, down(t, newStore(t, deadClient(t), redisstore.Options{FailurePolicy: redisstore.FailOpen, RetryInterval: -1})))
 }
 
 func TestFailLocal(t *testing.T) {
-	s := newStore(t, deadClient(t), redisstore.Options{FailurePolicy: redisstore.FailLocal})
-	ctx := context.Background()
-	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1).WithBurst(2)), Cost: 1, MaxWait: 2 * time.Hour}
-	d1, err := s.Admit(ctx, req)
-	require.NoError(t, err, "Admit without Redis, FailLocal")
-	require.True(t, d1.Allowed, "Admit without Redis, FailLocal")
-	require.True(t, redisstore.IsLocal(d1), "Admit without Redis, FailLocal: want allowed locally")
-	now := time.Now()
-	assert.WithinRange(t, time.Unix(0, d1.Now), now.Add(-time.Minute), now, "local decision's Now: want Unix time like Redis's")
-	s.Admit(ctx, req)
-	d3, _ := s.Admit(ctx, req)
-	require.True(t, d3.Allowed, "third admission of burst 2 at 1/h: want booked an hour ahead")
-	require.GreaterOrEqual(t, d3.Wait, 59*time.Minute, "third admission of burst 2 at 1/h: want booked an hour ahead")
-	// Refunding the latest local admission frees its slot.
-	require.NoError(t, s.Refund(ctx, req, d3))
-	d4, _ := s.Admit(ctx, req)
-	assert.Equal(t, d3.Start(), d4.Start(), "next start after refunding the latest booking: want the refunded one's")
-	// A pause holds the local bucket.
-	assert.NoError(t, s.Pause(ctx, "p", time.Hour), "Pause without Redis, FailLocal")
-	d, _ := s.Admit(ctx, driver.Request{Key: "p", Limit: backendtest.Limit(bucket.PerSecond(100)), Cost: 1})
-	assert.False(t, d.Allowed, "local bucket admitted during a pause")
+	faulttest.FailLocal(t, down(t, newStore(t, deadClient(t), redisstore.Options{FailurePolicy: redisstore.FailLocal})))
+}
+
+func down(t *testing.T, s *redisstore.Store) faulttest.Down {
+	return faulttest.Down{Store: s, Unavailable: redisstore.ErrUnavailable, Cause: new(*net.OpError), IsLocal: redisstore.IsLocal}
 }
 
 // serverError is an error as Redis replies it.

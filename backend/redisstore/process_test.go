@@ -1,174 +1,48 @@
 package redisstore_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
 	"os"
-	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/leakybucket/leakybucket/backend/backendtest"
 	"github.com/leakybucket/leakybucket/backend/redisstore"
-	"github.com/leakybucket/leakybucket/bucket"
-	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/proctest"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // childEnv carries a child's orders (JSON) when TestMultiProcess re-executes
-// the test binary. The child then prints "ready" once connected, reads
-// "go UNTIL" on its stdin, admits until Redis's clock reaches UNTIL (Unix
-// ns), and prints "start AT COST" for each admission.
+// the test binary.
 const childEnv = "REDISSTORE_TEST_CHILD"
 
 type childOrders struct {
 	Addr, Prefix, Key string
 }
 
-// processLimit is the limit the processes share: 200/s with a quota that
-// binds only in the first second (burst 10 + 200 > 205).
-var processLimit = bucket.PerSecond(200).WithBurst(10).WithQuota(205, time.Second)
-
 // TestMultiProcess runs 4 processes of 8 goroutines each on one key for 3
-// seconds; their merged starts must conform to the limit and reach at
-// least 97% of its rate.
+// seconds (internal/proctest says what must hold).
 func TestMultiProcess(t *testing.T) {
 	if orders := os.Getenv(childEnv); orders != "" {
-		runChild(t, orders)
+		var o childOrders
+		require.NoError(t, json.Unmarshal([]byte(orders), &o))
+		c := redis.NewClient(&redis.Options{Addr: o.Addr})
+		defer c.Close()
+		s, err := redisstore.New(c, redisstore.Options{Prefix: o.Prefix})
+		require.NoError(t, err)
+		defer s.Close()
+		require.NoError(t, c.Ping(context.Background()).Err())
+		proctest.Child(t, s, o.Key)
 		return
 	}
-	if testing.Short() {
-		t.Skip("takes 4 seconds")
-	}
 	c := newClient(t)
-	ctx := context.Background()
+	t.Setenv(redistest.EnvAddr, c.Options().Addr) // the children's
 	orders, _ := json.Marshal(childOrders{Addr: c.Options().Addr, Prefix: testPrefix(t), Key: "one-key"})
-
-	const procs = 4
-	type child struct {
-		cmd   *exec.Cmd
-		stdin io.WriteCloser
-		lines chan string
-		out   bytes.Buffer // its stderr, for failures
-	}
-	children := make([]*child, procs)
-	for i := range children {
-		ch := &child{lines: make(chan string, 1024)}
-		ch.cmd = exec.Command(os.Args[0], "-test.run=^TestMultiProcess$", "-test.count=1")
-		ch.cmd.Env = append(os.Environ(), childEnv+"="+string(orders), redistest.EnvAddr+"="+c.Options().Addr)
-		ch.cmd.Stderr = &ch.out
-		stdout, err := ch.cmd.StdoutPipe()
-		require.NoError(t, err)
-		ch.stdin, err = ch.cmd.StdinPipe()
-		require.NoError(t, err)
-		require.NoError(t, ch.cmd.Start())
-		go func() {
-			defer close(ch.lines)
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				ch.lines <- sc.Text()
-			}
-		}()
-		t.Cleanup(func() { ch.cmd.Process.Kill(); ch.cmd.Wait() })
-		children[i] = ch
-	}
-	for i, ch := range children {
-		if line, ok := <-ch.lines; !ok || line != "ready" {
-			ch.cmd.Wait()
-			require.FailNow(t, fmt.Sprintf("process %d did not get ready (%q)", i, line), ch.out.String())
-		}
-	}
-	now, err := c.Time(ctx).Result()
-	require.NoError(t, err)
-	const span = 3 * time.Second
-	from, until := now.UnixNano(), now.Add(span).UnixNano()
-	for _, ch := range children {
-		fmt.Fprintf(ch.stdin, "go %d\n", until)
-		ch.stdin.Close()
-	}
-
-	var starts []backendtest.Start
-	for i, ch := range children {
-		n, other := 0, ""
-		for line := range ch.lines {
-			var s backendtest.Start
-			if _, err := fmt.Sscanf(line, "start %d %d", &s.At, &s.Cost); err == nil {
-				starts = append(starts, s)
-				n++
-			} else {
-				other += line + "\n"
-			}
-		}
-		require.NoError(t, ch.cmd.Wait(), "process %d:\n%s%s", i, other, ch.out.String())
-		require.NotZero(t, n, "process %d admissions:\n%s%s", i, other, ch.out.String())
-	}
-	require.NoError(t, backendtest.Check(processLimit, starts), "%d processes on one key", procs)
-	var units int64
-	for _, s := range starts {
-		if s.At >= from && s.At < until {
-			units += s.Cost
-		}
-	}
-	rate := float64(units) / span.Seconds()
-	t.Logf("%d processes × 8 goroutines: %d admissions, %.1f/s over %v (limit %v)", procs, len(starts), rate, span, processLimit)
-	assert.GreaterOrEqual(t, rate, 0.97*200, "admissions per second of 200/s: want at least 97%")
-}
-
-// runChild is a child process of TestMultiProcess: 8 goroutines admit on
-// one key until the time it is told, each sleeping until its admitted
-// start, and print every start.
-func runChild(t *testing.T, ordersJSON string) {
-	var o childOrders
-	require.NoError(t, json.Unmarshal([]byte(ordersJSON), &o))
-	c := redis.NewClient(&redis.Options{Addr: o.Addr})
-	defer c.Close()
-	s, err := redisstore.New(c, redisstore.Options{Prefix: o.Prefix})
-	require.NoError(t, err)
-	defer s.Close()
-	require.NoError(t, c.Ping(context.Background()).Err())
-	fmt.Println("ready")
-	var until int64
-	_, err = fmt.Scanf("go %d\n", &until)
-	require.NoError(t, err)
-	var (
-		mu  sync.Mutex
-		out = bufio.NewWriter(os.Stdout)
-		wg  sync.WaitGroup
-	)
-	defer out.Flush()
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// Booking up to 100ms ahead keeps the bucket busy through
-			// scheduling stalls of the processes.
-			req := driver.Request{Key: o.Key, Limit: backendtest.Limit(processLimit), Cost: 1, MaxWait: 100 * time.Millisecond}
-			for {
-				d, err := s.Admit(context.Background(), req)
-				if !assert.NoError(t, err) {
-					return
-				}
-				if d.Now >= until {
-					return
-				}
-				if !d.Allowed {
-					time.Sleep(min(d.Wait-req.MaxWait, 20*time.Millisecond))
-					continue
-				}
-				mu.Lock()
-				fmt.Fprintf(out, "start %d %d\n", d.Start(), req.Cost)
-				mu.Unlock()
-				time.Sleep(d.Wait)
-			}
-		}()
-	}
-	wg.Wait()
+	proctest.Parent(t, proctest.Config{
+		Env:    childEnv,
+		Orders: string(orders),
+		Now:    func() (time.Time, error) { return c.Time(context.Background()).Result() },
+	})
 }

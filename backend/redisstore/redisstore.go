@@ -25,9 +25,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/leakybucket/leakybucket/backend/memstore"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/coalesce"
+	"github.com/leakybucket/leakybucket/internal/failover"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -66,15 +66,7 @@ type Options struct {
 type Store struct {
 	client redis.UniversalClient
 	prefix string
-	policy FailurePolicy
-	retry  time.Duration
-
-	local     *memstore.Store // FailLocal only
-	localBase int64           // Unix ns of local's clock zero
-
-	downUntil atomic.Int64 // Unix ns; 0 while Redis answers
-	probing   atomic.Bool
-	lastErr   atomic.Pointer[error]
+	guard  *failover.Guard
 
 	admits *coalesce.Batcher[admission, reply]
 	calls  sync.RWMutex // held for reading by the calls begin starts
@@ -89,8 +81,6 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		return nil, errors.New("redisstore: nil client")
 	}
 	switch {
-	case opts.FailurePolicy < FailClosed || opts.FailurePolicy > FailLocal:
-		return nil, fmt.Errorf("redisstore: unknown FailurePolicy %d", int(opts.FailurePolicy))
 	case opts.Pipelines < -1:
 		return nil, fmt.Errorf("redisstore: Pipelines must be -1 or more, got %d", opts.Pipelines)
 	case opts.MaxBatch < 0:
@@ -98,11 +88,23 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	case opts.MaxBatch != 0 && opts.Pipelines == -1:
 		return nil, errors.New("redisstore: MaxBatch has no effect with Pipelines -1 (nothing is coalesced)")
 	}
+	if opts.RetryInterval == 0 {
+		opts.RetryInterval = 500 * time.Millisecond
+	}
+	guard, err := failover.New(failover.Config{
+		Policy:        failover.Policy(opts.FailurePolicy),
+		Retry:         opts.RetryInterval,
+		Unavailable:   ErrUnavailable,
+		IsUnavailable: isUnavailable,
+		Name:          "redisstore",
+	})
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
 		client: client,
 		prefix: opts.Prefix,
-		policy: opts.FailurePolicy,
-		retry:  opts.RetryInterval,
+		guard:  guard,
 		group:  1,
 	}
 	if _, ok := client.(*redis.Client); ok {
@@ -112,17 +114,6 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	}
 	if s.prefix == "" {
 		s.prefix = "leakybucket:"
-	}
-	if s.retry == 0 {
-		s.retry = 500 * time.Millisecond
-	}
-	if s.policy == FailLocal {
-		base := time.Now()
-		local, err := memstore.New(memstore.Options{})
-		if err != nil {
-			return nil, err
-		}
-		s.local, s.localBase = local, base.UnixNano()
 	}
 	pipelines, maxBatch := opts.Pipelines, opts.MaxBatch
 	if pipelines == 0 {
@@ -164,15 +155,15 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 	if err != nil {
 		return driver.Decision{}, err
 	}
-	ask, probe := s.ask()
+	ask, probe := s.guard.Ask()
 	if !ask {
-		return s.fallback(ctx, req, nil)
+		return s.guard.Fallback(ctx, req, nil)
 	}
 	var r reply
 	r, err = s.admits.Do(ctx, admission{req, args})
-	s.settle(err, probe)
+	s.guard.Settle(err, probe)
 	if err != nil {
-		return s.errAnswer(ctx, req, err)
+		return s.guard.ErrAnswer(ctx, req, err)
 	}
 	return r.decision(), nil
 }
@@ -218,10 +209,10 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 		return
 	}
 	defer s.end()
-	ask, probe := s.ask()
+	ask, probe := s.guard.Ask()
 	if !ask {
 		for _, i := range idx {
-			batch[i].Decision, batch[i].Err = s.fallback(ctx, batch[i].Request, nil)
+			batch[i].Decision, batch[i].Err = s.guard.Fallback(ctx, batch[i].Request, nil)
 		}
 		return
 	}
@@ -239,7 +230,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 			if k == 0 {
 				failure = err
 			}
-			a.Decision, a.Err = s.errAnswer(ctx, a.Request, err)
+			a.Decision, a.Err = s.guard.ErrAnswer(ctx, a.Request, err)
 			continue
 		}
 		failure = nil
@@ -252,7 +243,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 		}
 		a.Decision = r.decision()
 	}
-	s.settle(failure, probe)
+	s.guard.Settle(failure, probe)
 	if len(refunds) > 0 {
 		s.giveBack(context.WithoutCancel(ctx), refunds)
 	}
@@ -277,11 +268,8 @@ func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decisio
 }
 
 func (s *Store) refund(ctx context.Context, req driver.Request, d driver.Decision) error {
-	if d.Booking.TAT < 0 { // decided by the local fallback
-		if s.local == nil {
-			return nil
-		}
-		return s.local.Refund(ctx, req, s.fromLocal(d))
+	if failover.IsLocal(d) {
+		return s.guard.Refund(ctx, req, d)
 	}
 	return s.write(ctx, req.Key, appendRefund(nil, &req, d))
 }
@@ -298,9 +286,7 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if s.local != nil {
-		s.local.Pause(ctx, key, d)
-	}
+	s.guard.Pause(ctx, key, d)
 	return s.write(ctx, key, appendPause(nil, d))
 }
 
@@ -312,14 +298,14 @@ func (s *Store) write(ctx context.Context, key string, args []byte) error {
 		return driver.ErrClosed
 	}
 	defer s.end()
-	ask, probe := s.ask()
+	ask, probe := s.guard.Ask()
 	var err error
 	if ask {
 		// The reply, not only the command's error: a request that fails
 		// in the script fails alone, in its reply. The round trip does
 		// not depend on ctx, as in AdmitBatch.
 		err = s.runOne(context.WithoutCancel(ctx), s.prefix+key, args).err
-		s.settle(err, probe)
+		s.guard.Settle(err, probe)
 		switch {
 		case err == nil:
 			return nil
@@ -329,10 +315,7 @@ func (s *Store) write(ctx context.Context, key string, args []byte) error {
 			return fmt.Errorf("redisstore: key %q: %w", key, err)
 		}
 	}
-	if s.policy != FailClosed {
-		return nil
-	}
-	return s.unavailable(err)
+	return s.guard.WriteAnswer(err)
 }
 
 // Close stops the Store's goroutines and makes later calls return
@@ -346,9 +329,7 @@ func (s *Store) Close() error {
 	s.calls.Lock() // the calls in flight outside the batcher have ended
 	s.calls.Unlock()
 	s.admits.Close()
-	if s.local != nil {
-		s.local.Close()
-	}
+	s.guard.Close()
 	return nil
 }
 

@@ -36,6 +36,8 @@ func openBackend(ctx context.Context, cfg *config) (*store, error) {
 		return &store{s, func() { s.Close() }}, nil
 	case "redis":
 		return openRedis(ctx, cfg)
+	case "postgres":
+		return openPostgres(ctx, cfg)
 	}
 	s, err := memstore.New(memstore.Options{})
 	if err != nil {

@@ -14,28 +14,31 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/leakybucket/leakybucket/bucket"
 )
 
 // config is what the flags say, checked.
 type config struct {
-	backend    string // memory, sqlite or redis
-	sqlitePath string
-	redisAddr  string
-	tenants    int
-	jobs       int
-	rate       int
-	burst      int
-	quota      string
-	workers    int
-	procs      int
-	target     string
-	json       bool
-	plot       string
-	verbose    bool
+	backend     string // memory, sqlite, redis or postgres
+	sqlitePath  string
+	redisAddr   string
+	postgresURL string
+	tenants     int
+	jobs        int
+	rate        int
+	burst       int
+	quota       string
+	workers     int
+	procs       int
+	target      string
+	json        bool
+	plot        string
+	verbose     bool
 
 	limit  bucket.Limit // -rate, -burst and -quota together
-	prefix string       // Redis key prefix of this run, shared with its workers
+	prefix string       // Redis key prefix (and PostgreSQL schema) of this run, shared with its workers
 	logger *slog.Logger // to stderr with -v, else nowhere
 }
 
@@ -49,9 +52,10 @@ const (
 
 func newFlagSet(cfg *config) *flag.FlagSet {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.StringVar(&cfg.backend, "backend", "memory", "where bucket state lives, a `kind`: memory, sqlite or redis")
+	fs.StringVar(&cfg.backend, "backend", "memory", "where bucket state lives, a `kind`: memory, sqlite, redis or postgres")
 	fs.StringVar(&cfg.sqlitePath, "sqlite", "", "database `file` for -backend sqlite (default: a new file in the temp dir, removed after the run)")
 	fs.StringVar(&cfg.redisAddr, "redis", "127.0.0.1:6379", "Redis `address` or redis:// URL for -backend redis")
+	fs.StringVar(&cfg.postgresURL, "postgres", defaultPostgresURL, "PostgreSQL connection `URL` for -backend postgres (the run's buckets live in a schema of its own, dropped at its end)")
 	cfg.tenants = 4
 	fs.Var((*count)(&cfg.tenants), "tenants", "number of tenants, named tenant-1 … tenant-`K`")
 	cfg.jobs = 100
@@ -106,7 +110,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	// A backend's flag given with another backend would do nothing.
 	var misplaced error
 	fs.Visit(func(f *flag.Flag) {
-		if (f.Name == "sqlite" || f.Name == "redis") && f.Name != cfg.backend && misplaced == nil {
+		if (f.Name == "sqlite" || f.Name == "redis" || f.Name == "postgres") && f.Name != cfg.backend && misplaced == nil {
 			misplaced = fmt.Errorf("-%s applies only with -backend %s (this run uses -backend %s)", f.Name, f.Name, cfg.backend)
 		}
 	})
@@ -140,6 +144,7 @@ Examples:
   demo                                   memory backend, 4 tenants × 100 items at 20/s
   demo -backend sqlite -procs 3          3 processes sharing one SQLite file
   demo -backend redis -procs 2 -json     2 processes sharing Redis, JSON summary
+  demo -backend postgres -procs 4        4 processes sharing buckets in PostgreSQL
   demo -plot rate.svg                    also chart requests per second per tenant
 
 Exit status: 0 when every item synced, 1 when a job failed, 2 for bad flags or
@@ -161,15 +166,19 @@ func (c *config) checkBackend() error {
 	switch c.backend {
 	case "memory":
 		if c.procs > 1 {
-			return fmt.Errorf("-procs %d needs a backend the processes share, and the memory backend lives inside one process: use -backend sqlite or -backend redis", c.procs)
+			return fmt.Errorf("-procs %d needs a backend the processes share, and the memory backend lives inside one process: use -backend sqlite, redis or postgres", c.procs)
 		}
 	case "sqlite":
 	case "redis":
 		if _, err := redisOptions(c.redisAddr); err != nil {
 			return fmt.Errorf("-redis %q: %v", c.redisAddr, err)
 		}
+	case "postgres":
+		if _, err := pgxpool.ParseConfig(c.postgresURL); err != nil {
+			return fmt.Errorf("-postgres: %v", err)
+		}
 	default:
-		return fmt.Errorf("-backend %q: want memory, sqlite or redis", c.backend)
+		return fmt.Errorf("-backend %q: want memory, sqlite, redis or postgres", c.backend)
 	}
 	return nil
 }

@@ -19,10 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/leakybucket/leakybucket/internal/pgtest"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 )
 
@@ -184,6 +186,21 @@ func TestRedisProcs(t *testing.T) {
 	checkSynced(t, s, 4, 60, 30)
 }
 
+// TestPostgresProcs: two processes share their tenants' buckets in
+// PostgreSQL, in a schema of the run's own that is gone after it.
+func TestPostgresProcs(t *testing.T) {
+	url := pgtest.URL(t)
+	s := runJSON(t, exitOK, "-backend", "postgres", "-postgres", url, "-procs", "2", "-jobs", "60", "-rate", "30")
+	checkSynced(t, s, 4, 60, 30)
+	conn, err := pgx.Connect(context.Background(), url)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	var left []string
+	require.NoError(t, conn.QueryRow(context.Background(),
+		"SELECT coalesce(array_agg(nspname::text), '{}') FROM pg_namespace WHERE nspname LIKE 'leakybucket_demo_%'").Scan(&left))
+	assert.Empty(t, left, "demo schemas left after the run")
+}
+
 func checkChart(t *testing.T, path, magic string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -206,7 +223,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-burst", "0"}, "-burst 0"},
 		{[]string{"-workers", "0"}, "-workers 0"},
 		{[]string{"-procs", "0"}, "-procs 0"},
-		{[]string{"-backend", "postgres"}, `-backend "postgres"`},
+		{[]string{"-backend", "mysql"}, `-backend "mysql"`},
+		{[]string{"-backend", "postgres", "-postgres", "postgres://[::1"}, `-postgres`},
+		{[]string{"-postgres", "postgres://localhost/x"}, "-postgres applies only with -backend postgres"},
 		{[]string{"-quota", "500"}, `-quota: "500" is not of the form N/P`},
 		{[]string{"-quota", "500/fortnight"}, `-quota: "500/fortnight": period "fortnight"`},
 		{[]string{"-quota", "500/1h,500/1h"}, `-quota`},
@@ -250,6 +269,11 @@ func TestUnreachableBackends(t *testing.T) {
 		r := runDemo(t, "-backend", "redis", "-redis", addr)
 		checkUsageError(t, r, "no Redis answers at "+addr)
 	})
+	t.Run("postgres", func(t *testing.T) {
+		addr := unusedAddr(t)
+		r := runDemo(t, "-backend", "postgres", "-postgres", "postgres://postgres@"+addr+"/postgres?sslmode=disable")
+		checkUsageError(t, r, "no PostgreSQL answers at "+addr)
+	})
 	t.Run("sqlite", func(t *testing.T) {
 		r := runDemo(t, "-backend", "sqlite", "-sqlite", filepath.Join(t.TempDir(), "no", "such", "dir", "b.db"))
 		checkUsageError(t, r, "-backend sqlite")
@@ -265,7 +289,7 @@ func TestHelp(t *testing.T) {
 	r := runDemo(t, "-help")
 	require.Equal(t, exitOK, r.code, "demo -help: exit status")
 	require.Empty(t, r.stderr, "demo -help: stderr")
-	for _, f := range []string{"-backend", "-sqlite", "-redis", "-tenants", "-jobs", "-rate", "-burst", "-quota", "-workers", "-procs", "-target", "-json", "-plot"} {
+	for _, f := range []string{"-backend", "-sqlite", "-redis", "-postgres", "-tenants", "-jobs", "-rate", "-burst", "-quota", "-workers", "-procs", "-target", "-json", "-plot"} {
 		assert.True(t, strings.Contains(r.stdout, "  "+f+" ") || strings.Contains(r.stdout, "  "+f+"\n"),
 			"demo -help does not document %s:\n%s", f, r.stdout)
 	}

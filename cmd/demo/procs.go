@@ -147,6 +147,8 @@ func workerCommand(ctx context.Context, exe string, cfg *config, base string, w 
 		args = append(args, "-sqlite", cfg.sqlitePath)
 	case "redis":
 		args = append(args, "-redis", cfg.redisAddr)
+	case "postgres":
+		args = append(args, "-postgres", cfg.postgresURL)
 	}
 	args = append(args,
 		"-tenants", strconv.Itoa(cfg.tenants), "-jobs", strconv.Itoa(cfg.jobs),

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/mattn/go-isatty"
 	"golang.org/x/term"
 )
@@ -33,6 +34,9 @@ func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
 	st, err := openBackend(ctx, cfg)
 	if err != nil {
 		return fail(err)
+	}
+	if cfg.backend == "postgres" {
+		defer dropPostgresSchema(cfg) // after st.close
 	}
 	defer st.close()
 	base, arrivals := cfg.target, func() map[string][]arrival { return nil }
@@ -101,6 +105,11 @@ func writeHeader(w io.Writer, cfg *config, base string) {
 			where += " " + opts.Addr // not the URL: it may hold a password
 		}
 		where += ", keys " + cfg.prefix + "*"
+	case "postgres":
+		if pc, err := pgxpool.ParseConfig(cfg.postgresURL); err == nil {
+			where += fmt.Sprintf(" %s:%d", pc.ConnConfig.Host, pc.ConnConfig.Port) // not the URL: it may hold a password
+		}
+		where += ", schema " + postgresSchema(cfg)
 	}
 	fmt.Fprintf(w, "%s · %s × %d workers\n", where, plural(cfg.procs, "process", "processes"), cfg.workers)
 	if cfg.target == "" {

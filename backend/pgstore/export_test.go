@@ -1,0 +1,69 @@
+package pgstore
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/failover"
+)
+
+// RawAdmit sends one admission straight to the database, decided at clock
+// (µs) unless it is nil, and returns its decision and the moment, in µs,
+// its state becomes fresh (0 if it is).
+func RawAdmit(ctx context.Context, s *Store, req driver.Request, clock *int64) (driver.Decision, int64, error) {
+	r, err := s.runAt(ctx, []op{admitOp(&req)}, clock)
+	if err != nil {
+		return driver.Decision{}, 0, err
+	}
+	return r[0].decision(), r[0].fresh, nil
+}
+
+// RawRefund and RawPause send a refund or a pause straight to the
+// database and return the moment, in µs, the state becomes fresh (0 if
+// it is).
+func RawRefund(ctx context.Context, s *Store, req driver.Request, d driver.Decision, clock *int64) (int64, error) {
+	r, err := s.runAt(ctx, []op{refundOp(&req, d)}, clock)
+	if err != nil {
+		return 0, err
+	}
+	return r[0].fresh, nil
+}
+
+func RawPause(ctx context.Context, s *Store, key string, d time.Duration, clock *int64) (int64, error) {
+	r, err := s.runAt(ctx, []op{pauseOp(key, d)}, clock)
+	if err != nil {
+		return 0, err
+	}
+	return r[0].fresh, nil
+}
+
+// AdmitBatchAt decides batch in one statement at clock (µs).
+func AdmitBatchAt(ctx context.Context, s *Store, batch []driver.Admission, clock int64) error {
+	ops := make([]op, len(batch))
+	for i := range batch {
+		ops[i] = admitOp(&batch[i].Request)
+	}
+	r, err := s.runAt(ctx, ops, &clock)
+	if err != nil {
+		return err
+	}
+	for i := range batch {
+		batch[i].Decision = r[i].decision()
+	}
+	return nil
+}
+
+// Sweep runs a sweep now and returns how many rows it deleted.
+func Sweep(ctx context.Context, s *Store) (int64, error) { return s.sweep(ctx) }
+
+// Pool returns the pool s was made with.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+var IsUnavailable = isUnavailable
+
+// IsLocal reports whether an admission was decided by the FailLocal
+// fallback.
+func IsLocal(d driver.Decision) bool { return failover.IsLocal(d) }

@@ -1,0 +1,57 @@
+package pgstore_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/leakybucket/leakybucket/backend/pgstore"
+	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/pgtest"
+	"github.com/leakybucket/leakybucket/internal/proctest"
+)
+
+// childEnv carries a child's orders (JSON) when TestMultiProcess re-executes
+// the test binary.
+const childEnv = "PGSTORE_TEST_CHILD"
+
+type childOrders struct {
+	URL, Schema, Key string
+}
+
+// TestMultiProcess runs 4 processes of 8 goroutines each on one key for 3
+// seconds (internal/proctest says what must hold).
+func TestMultiProcess(t *testing.T) {
+	if orders := os.Getenv(childEnv); orders != "" {
+		var o childOrders
+		require.NoError(t, json.Unmarshal([]byte(orders), &o))
+		pool, err := pgxpool.New(context.Background(), o.URL)
+		require.NoError(t, err)
+		defer pool.Close()
+		s, err := pgstore.New(pool, pgstore.Options{Schema: o.Schema})
+		require.NoError(t, err)
+		defer s.Close()
+		// The schema exists before the start: processes install it at once.
+		_, err = s.Admit(context.Background(), driver.Request{Key: "warm-up", Limit: backendtest.Limit(proctest.Limit), Cost: 1})
+		require.NoError(t, err)
+		proctest.Child(t, s, o.Key)
+		return
+	}
+	url := pgtest.URL(t)
+	pool := pgtest.Pool(t, url)
+	orders, _ := json.Marshal(childOrders{URL: url, Schema: pgtest.Schema(t, url), Key: "one-key"})
+	proctest.Parent(t, proctest.Config{
+		Env:    childEnv,
+		Orders: string(orders),
+		Now: func() (now time.Time, err error) {
+			err = pool.QueryRow(context.Background(), "SELECT clock_timestamp()").Scan(&now)
+			return now, err
+		},
+	})
+}

@@ -1,0 +1,155 @@
+package pgstore
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// decideSQL creates the functions of schema version 1; see the comment at
+// its top.
+//
+//go:embed decide.sql
+var decideSQL string
+
+// migrations[v] takes the schema from version v-1 to version v; the
+// version table holds the last one applied. Entries are only ever
+// appended, and a version never drops what an earlier one created: a
+// change of the function is a new function (decide_v2) beside the old,
+// so that processes running an earlier version go on working while a
+// rolling upgrade runs, and a Store that finds a later version than its
+// own uses the schema as it is.
+//
+// buckets holds one row per key whose bucket is not fresh (see
+// decide.sql for its columns). It is not indexed but by its key: an index
+// on fresh_at would make every admission update it, where now an update
+// touches no indexed column and stays on its page (a HOT update, helped by
+// the fillfactor); the sweep reads the table instead, once a minute.
+var migrations = [][]string{
+	1: {
+		`CREATE TABLE @schema.buckets (
+			key      bytea  NOT NULL PRIMARY KEY,
+			tat      bigint NOT NULL,
+			paused   bigint NOT NULL,
+			gen      bigint NOT NULL,
+			seen     bigint NOT NULL,
+			fresh_at bigint NOT NULL,
+			quotas   bigint[]
+		) WITH (fillfactor = 80)`,
+		decideSQL,
+	},
+}
+
+// SchemaVersion is the version of the schema this package writes, kept in
+// the schema's table version.
+const SchemaVersion = 1
+
+// latestVersion is the version the migrations lead to: SchemaVersion (a
+// test checks), or more in a test that adds a migration.
+func latestVersion() int { return len(migrations) - 1 }
+
+// smallBatch is the most distinct keys of a batch that is decided beside
+// others, under locks of its keys, rather than alone (see decide.sql).
+const smallBatch = 8
+
+// lockKey returns the advisory lock under which the functions of schema
+// (quoted) decide and sweep: a hash of its name.
+func lockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("leakybucket/pgstore " + schema))
+	return int64(h.Sum64())
+}
+
+// statements are the Store's SQL, with its schema in place.
+type statements struct {
+	decide, sweep string
+}
+
+func newStatements(schema string) statements {
+	return statements{
+		decide: `SELECT * FROM ` + schema + `.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+		sweep:  `SELECT ` + schema + `.sweep_v1($1)`,
+	}
+}
+
+// ensureSchema creates or upgrades the Store's schema once: the first
+// call that finds it at this package's version, or installs it, marks the
+// Store ready.
+func (s *Store) ensureSchema(ctx context.Context) error {
+	if s.ready.Load() {
+		return nil
+	}
+	s.install.Lock()
+	defer s.install.Unlock()
+	if s.ready.Load() {
+		return nil
+	}
+	var version int
+	err := s.pool.QueryRow(ctx, `SELECT version FROM `+s.schema+`.version`, pgx.QueryExecModeExec).Scan(&version)
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil && version >= latestVersion():
+		s.ready.Store(true)
+		return nil
+	case err == nil, errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"):
+		// Older, or absent (undefined table or schema): install.
+	default:
+		return err
+	}
+	if err := s.migrate(ctx); err != nil {
+		return err
+	}
+	s.ready.Store(true)
+	return nil
+}
+
+// migrate brings the schema to latestVersion in one transaction, under an
+// advisory lock on the schema's name, so that Stores starting at once
+// install it once: the later ones find the work done.
+func (s *Store) migrate(ctx context.Context) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		exec := func(sql string, args ...any) error {
+			_, err := tx.Exec(ctx, sql, append([]any{pgx.QueryExecModeExec}, args...)...)
+			return err
+		}
+		if err := exec(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "leakybucket schema "+s.schema); err != nil {
+			return err
+		}
+		if err := exec(`CREATE SCHEMA IF NOT EXISTS ` + s.schema); err != nil {
+			return err
+		}
+		if err := exec(`CREATE TABLE IF NOT EXISTS ` + s.schema + `.version (
+			id      int PRIMARY KEY CHECK (id = 0),
+			version int NOT NULL)`); err != nil {
+			return err
+		}
+		var version int
+		err := tx.QueryRow(ctx, `SELECT version FROM `+s.schema+`.version`, pgx.QueryExecModeExec).Scan(&version)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		latest := latestVersion()
+		for v := version + 1; v <= latest; v++ {
+			for _, stmt := range migrations[v] {
+				// The simple protocol runs a script of many statements.
+				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10),
+					"@small", strconv.Itoa(smallBatch), "@keyns", strconv.Itoa(int(int32(lockKey(s.schema))))).Replace(stmt)
+				if _, err := tx.Exec(ctx, stmt, pgx.QueryExecModeSimpleProtocol); err != nil {
+					return fmt.Errorf("pgstore: migrating schema %s to version %d: %w", s.schema, v, err)
+				}
+			}
+		}
+		if version >= latest {
+			return nil
+		}
+		return exec(`INSERT INTO `+s.schema+`.version (id, version) VALUES (0, $1)
+			ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version`, latest)
+	})
+}

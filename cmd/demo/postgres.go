@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/leakybucket/leakybucket/backend/pgstore"
+)
+
+// defaultPostgresURL is -postgres's default: a local server as Debian's
+// packages set it up, with trust authentication.
+const defaultPostgresURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// postgresSchema is the run's schema: its buckets, shared with its
+// workers, kept apart from other runs' and dropped at its end.
+func postgresSchema(cfg *config) string {
+	return "leakybucket_demo_" + strings.Trim(strings.TrimPrefix(cfg.prefix, "leakybucket-demo:"), ":")
+}
+
+func openPostgres(ctx context.Context, cfg *config) (*store, error) {
+	pc, err := pgxpool.ParseConfig(cfg.postgresURL)
+	if err != nil {
+		return nil, fmt.Errorf("-postgres: %v", err)
+	}
+	if pc.ConnConfig.ConnectTimeout == 0 {
+		pc.ConnConfig.ConnectTimeout = 2 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("-postgres: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		addr := fmt.Sprintf("%s:%d", pc.ConnConfig.Host, pc.ConnConfig.Port)
+		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) {
+			return nil, fmt.Errorf("-backend postgres: PostgreSQL at %s refused us: %v", addr, err)
+		}
+		return nil, fmt.Errorf("-backend postgres: no PostgreSQL answers at %s (%v); start it or point -postgres at one", addr, err)
+	}
+	s, err := pgstore.New(pool, pgstore.Options{Schema: postgresSchema(cfg)})
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &store{s, func() { s.Close(); pool.Close() }}, nil
+}
+
+// dropPostgresSchema drops the run's schema, once its processes are done.
+func dropPostgresSchema(cfg *config) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, cfg.postgresURL)
+	if err != nil {
+		cfg.logger.Debug("postgres: dropping the run's schema", "err", err)
+		return
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{postgresSchema(cfg)}.Sanitize()+" CASCADE"); err != nil {
+		cfg.logger.Debug("postgres: dropping the run's schema", "err", err)
+	}
+}
