@@ -888,6 +888,7 @@ func TestKeyStatsBounded(t *testing.T) {
 			_, err := d.Do(ctx, task{fmt.Sprint("early-", i), i})
 			require.NoError(t, err)
 		}
+		synctest.Wait() // a worker counts a job's outcome after its future resolves
 		for i := range 20 {
 			k, ok := d.KeyStats(fmt.Sprint("early-", i))
 			if i < 10 {
@@ -909,6 +910,7 @@ func TestKeyStatsBounded(t *testing.T) {
 			_, ok := d.KeyStats(fmt.Sprint("late-", i))
 			assert.Equal(t, i < 9, ok, "KeyStats(late-%d) has figures", i)
 		}
+		synctest.Wait()
 		k := keyStats(t, d, "early-0")
 		assert.EqualValues(t, 2, k.Succeeded, "KeyStats(early-0).Succeeded, kept while in use")
 	})
