@@ -280,15 +280,17 @@ func (d *Dispatcher[T, R]) finish(j *job[T, R], val R, err error, o outcome) {
 // jobs it ran in its own counters, which no other core writes.
 func (d *Dispatcher[T, R]) finishRun(j *job[T, R], val R, err error, o outcome, c *jobCounters) {
 	j.unwatchCtx()
+	// Counted first: whoever sees the job resolved (Do returning) then
+	// finds it in Stats and KeyStats.
+	c.outcome(o).Add(1)
+	if j.stats != nil {
+		j.stats.outcome(o).Add(1)
+	}
 	if !j.resolve(val, err) {
 		panic("dispatcher: job resolved twice") // a bug in this package
 	}
 	if sc, ok := j.parent.(*streamContext[T, R]); ok {
 		sc.finished(j)
-	}
-	c.outcome(o).Add(1)
-	if j.stats != nil {
-		j.stats.outcome(o).Add(1)
 	}
 	if d.pending.Add(-1) == 0 {
 		d.checkDrained()
