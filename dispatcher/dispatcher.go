@@ -280,7 +280,8 @@ func (d *Dispatcher[T, R]) finish(j *job[T, R], val R, err error, o outcome) {
 // jobs it ran in its own counters, which no other core writes.
 func (d *Dispatcher[T, R]) finishRun(j *job[T, R], val R, err error, o outcome, c *jobCounters) {
 	j.unwatchCtx()
-	// Counted first: whoever sees the job resolved finds it in Stats.
+	// Counted first: whoever sees the job resolved (Do returning) then
+	// finds it in Stats and KeyStats.
 	c.outcome(o).Add(1)
 	if j.stats != nil {
 		j.stats.outcome(o).Add(1)

@@ -93,13 +93,17 @@ func (d *Dispatcher[T, R]) KeyStats(key string) (KeyStats, bool) {
 	if s == nil {
 		return KeyStats{}, false
 	}
+	// The figures, not the key's state: once the lock is let go, a
+	// dropped state may serve another key (see dropIdle).
+	var c *keyCounters
 	s.mu.Lock()
-	k := s.keys[key]
+	if k := s.keys[key]; k != nil {
+		c = k.stats
+	}
 	s.mu.Unlock()
-	if k == nil || k.stats == nil {
+	if c == nil {
 		return KeyStats{}, false
 	}
-	c := k.stats
 	return KeyStats{
 		Submitted:     c.submitted.Load(),
 		Succeeded:     c.outcome(outcomeSucceeded).Load(),
