@@ -286,6 +286,9 @@ func (d *Dispatcher[T, R]) finishRun(j *job[T, R], val R, err error, o outcome, 
 	if j.stats != nil {
 		j.stats.outcome(o).Add(1)
 	}
+	if j.rerun != nil {
+		j.rerun.cancel() // lets go of the parent
+	}
 	if !j.resolve(val, err) {
 		panic("dispatcher: job resolved twice") // a bug in this package
 	}

@@ -350,23 +350,16 @@ func TestHandlerContextDeadline(t *testing.T) {
 	}
 }
 
-// TestRequeuedContextWatchesParent: a job answered retry-after runs again
-// with the same handler context, reset (resetContext). A goroutine the
-// first run left behind may derive from that context (context.AfterFunc,
-// WithCancel) as the job goes back to its queue: it must not see a
-// context whose Done is closed but whose Err is nil, and the second run's
-// context must still end when the Submit context does.
-//
-// It fails today (since before c27e380): the leftover goroutine's
-// context.AfterFunc finds the first run's Done closed and, the context
-// reset meanwhile, Err nil, and the context package panics ("missing
-// cancel error"), taking the process down. A second run whose Done never
-// closed would deadlock the bubble (suspected, not reproduced: AfterFunc's
-// fallback in job.go makes a handlerContext that does not watch the
-// parent). The fix is a context object per run for the runs after the
-// first; remove the Skip with it.
+// TestRequeuedContextWatchesParent: a job answered retry-after runs again.
+// A goroutine the first run left behind may derive from that run's
+// context (context.AfterFunc, WithCancel) as the job goes back to its
+// queue: it must not see a context whose Done is closed but whose Err is
+// nil, and the second run's context must still end when the Submit
+// context does. Until each run after the first had a context of its own,
+// the first run's context was reset for the second, and the leftover
+// goroutine's context.AfterFunc panicked ("missing cancel error"), taking
+// the process down.
 func TestRequeuedContextWatchesParent(t *testing.T) {
-	t.Skip("known defect, see the comment: a requeued job reuses its handler context")
 	synctest.Test(t, func(t *testing.T) {
 		type started struct{}
 		var (

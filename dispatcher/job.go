@@ -66,6 +66,9 @@ type job[T, R any] struct {
 	// What only a handler that asks for Done needs, made then; guarded
 	// by Future.mu. How the context ended is in state's ctxBits.
 	ctx *handlerContext
+	// The context of the job's latest run if it was run again after a
+	// retry-after: each run after the first has one of its own.
+	rerun *rerunContext
 
 	seq      uint64   // submission order, with a limiter
 	state    jobState // with ctxBits and watchedBit
@@ -73,6 +76,52 @@ type job[T, R any] struct {
 	handedAt uint32   // its key's setBack count when it was handed to a worker
 
 	setBackSlot uint8 // its key's setBack counter
+}
+
+// A rerunContext is the handler context of a job's run after a
+// retry-after. The job is the context of its first run only: a goroutine
+// that run left behind still holds it, and must see it stay ended, so
+// each run after the first has a context of its own, derived from the
+// job's parent, that answers for the job's key and attempt at that run.
+type rerunContext struct {
+	context.Context
+	cancel context.CancelFunc
+	info   jobinfo.Info
+}
+
+func (c *rerunContext) Value(key any) any {
+	if _, ok := key.(jobinfo.ContextKey); ok {
+		return &c.info
+	}
+	return c.Context.Value(key)
+}
+
+// runContext returns the context of j's current (or next) run.
+func (j *job[T, R]) runContext() context.Context {
+	if j.rerun != nil {
+		return j.rerun
+	}
+	return j
+}
+
+// endRun ends the context of j's current run, with context.Canceled
+// unless it ended already.
+func (j *job[T, R]) endRun() {
+	if j.rerun != nil {
+		j.rerun.cancel()
+		return
+	}
+	j.cancel(ctxCanceled)
+}
+
+// runAgain gives j a context of its own for its next run. Called once the
+// previous run has ended.
+func (j *job[T, R]) runAgain() {
+	if j.rerun != nil {
+		j.rerun.cancel() // ended already; lets go of the parent
+	}
+	ctx, cancel := context.WithCancel(j.parent)
+	j.rerun = &rerunContext{Context: ctx, cancel: cancel, info: j.info}
 }
 
 // A handlerContext is what a job's context needs once its handler asks for
@@ -143,11 +192,7 @@ func (j *job[T, R]) AfterFunc(f func()) (stop func() bool) {
 		go f()
 		return func() bool { return false }
 	}
-	c := j.ctx // made by Done above, unless a requeue reset it since
-	if c == nil {
-		c = &handlerContext{done: make(chan struct{})}
-		j.ctx = c
-	}
+	c := j.ctx // made by Done above: it has not ended
 	if c.afterFuncs == nil {
 		c.afterFuncs = make(map[*afterFunc]struct{})
 	}
@@ -212,14 +257,6 @@ func (j *job[T, R]) unwatchCtx() {
 	if stop != nil {
 		stop()
 	}
-}
-
-// resetContext readies the handler context for another run.
-func (j *job[T, R]) resetContext() {
-	j.mu.Lock()
-	j.ctx = nil
-	j.setEnded(0)
-	j.mu.Unlock()
 }
 
 // jobState is read and written atomically: without a limiter a worker and

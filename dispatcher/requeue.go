@@ -41,9 +41,6 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		_ = s.backend.Pause(s.d.base, j.info.Key, min(delay, bucket.MaxDuration))
 	}
 	until := s.d.now() + int64(delay)
-	j.info.Attempt++
-	j.slot = 0
-	j.resetContext()
 	s.mu.Lock()
 	if s.stopped {
 		// A hard stop resolved the queues since the check above: queued
@@ -51,6 +48,9 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		s.mu.Unlock()
 		return false, err
 	}
+	j.info.Attempt++
+	j.slot = 0
+	j.runAgain()
 	k := s.key(j.info.Key)
 	k.paused = max(k.paused, until)
 	s.setBackKey(k)

@@ -83,7 +83,7 @@ func (d *Dispatcher[T, R]) hardStop() {
 		}
 		for w := range d.crew {
 			if j := d.crew[w].current.Load(); j != nil {
-				j.cancel(ctxCanceled)
+				j.endRun()
 			}
 		}
 	})

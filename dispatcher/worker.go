@@ -53,16 +53,17 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		j.stats.wait.record(wait)
 	}
 	wk.current.Store(j)
+	ctx := j.runContext()
 	if d.stopped.Load() { // a hard stop that missed current
-		j.cancel(ctxCanceled)
+		j.endRun()
 	}
-	val, err := d.call(j, j.in)
-	ctxEnded := err != nil && j.Err() != nil // before the run's end ends it
+	val, err := d.call(ctx, j.in)
+	ctxEnded := err != nil && ctx.Err() != nil // before the run's end ends it
 	if d.sched != nil && sample {
 		d.sched.ran(d.now() - start)
 	}
 	wk.current.Store(nil)
-	j.cancel(ctxCanceled) // the run is over: so is its context
+	j.endRun() // the run is over: so is its context
 
 	if d.sched != nil {
 		var requeued bool
