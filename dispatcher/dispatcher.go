@@ -40,11 +40,11 @@ type Handler[T, R any] = func(ctx context.Context, job T) (R, error)
 
 // A Dispatcher runs jobs of type T through a handler that returns R. It
 // is safe for concurrent use. A queued job holds no goroutine and costs
-// about 260 bytes. With a limiter, a key costs about 170 bytes more while
+// about 250 bytes. With a limiter, a key costs about 170 bytes more while
 // it has jobs waiting, and nothing once they have all started (its
-// bucket lives on in the limiter's backend); WithKeyStats keeps 1.6 KiB
-// of figures per key, mostly its admission-wait histogram, until a
-// minute after its last job.
+// bucket lives on in the limiter's backend); WithKeyStats(max) keeps
+// 1.3 KiB of figures for each of up to max keys, mostly an admission-wait
+// histogram, until a minute after the key's last job.
 type Dispatcher[T, R any] struct {
 	handler Handler[T, R]
 	keyOf   func(T) string
