@@ -256,3 +256,26 @@ func promtool(t *testing.T, text []byte) {
 	out, err := cmd.CombinedOutput()
 	assert.NoError(t, err, "promtool check metrics:\n%s\non:\n%s", out, text)
 }
+
+// BenchmarkGather measures a scrape's work apart from HTTP: reading the
+// figures of a Dispatcher with 8 workers that has run jobs, and building
+// the metrics.
+func BenchmarkGather(b *testing.B) {
+	d, err := dispatcher.New(func(_ context.Context, n int) (int, error) { return n, nil }, nil, dispatcher.WithWorkers(8))
+	require.NoError(b, err)
+	defer d.Close()
+	for i := range 10_000 {
+		_, err := d.Submit(context.Background(), i)
+		require.NoError(b, err)
+	}
+	c, err := lbprom.NewCollector(d, lbprom.Options{})
+	require.NoError(b, err)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := reg.Gather(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
