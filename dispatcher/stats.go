@@ -20,7 +20,13 @@ type Stats struct {
 	Failed    int64 // handler returned an error or panicked, or the job's limit can never admit it
 	Cancelled int64 // resolved before starting: the job's context ended, or ErrClosed
 	Retried   int64 // times a job was put back after a retry-after
-	Requeued  int64 // times an admitted job went back to its key's queue for a new admission: it reached its worker late, or its key was paused or set back meanwhile
+	// Requeued counts the times an admitted job went back to its key's
+	// queue to be admitted again: it reached its worker late or behind its
+	// key (paused, or an earlier job back in the queue), or it was booked
+	// ahead when that happened to its key or a retry-after paused it.
+	// Without cancellations, every run under a limit took one admission:
+	// Admitted = runs of limited keys + Requeued.
+	Requeued int64
 
 	// Admissions the backend decided, by its answer. Admitted: allowed,
 	// and the job started or was booked a slot. Throttled: refused, the

@@ -2,7 +2,9 @@ package dispatcher_test
 
 import (
 	"context"
+	"errors"
 	"math"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -51,6 +53,57 @@ func TestStatsForExporters(t *testing.T) {
 		// 1s is in a bucket that reaches past 1s: counted from 10s on.
 		assert.Equal(t, []int64{1, 1, 5, 10, 20, 20}, w.CountsAt(bounds), "CountsAt(%v)", bounds)
 	})
+}
+
+// TestStatsRequeued: a job that reaches its worker late, and bookings
+// put back by a retry-after, count in Requeued, and each run under a
+// limit took one admission: Admitted = runs + Requeued.
+func TestStatsRequeued(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		handler func(j task, once *atomic.Bool) (int, error)
+	}{
+		// B holds the only worker for 8ms while A's jobs are booked: A1
+		// reaches it late.
+		{"late", func(j task, _ *atomic.Bool) (int, error) {
+			if j.key == "B" {
+				time.Sleep(8 * time.Millisecond)
+			}
+			return 0, nil
+		}},
+		// A1 runs for 15ms, then asks for a retry-after: A2 and A3,
+		// booked at 10ms and 20ms meanwhile, go back.
+		{"retry-after", func(j task, once *atomic.Bool) (int, error) {
+			if j.key == "A" && j.n == 1 && once.CompareAndSwap(false, true) {
+				time.Sleep(15 * time.Millisecond)
+				return 0, &retryAfterError{delay: 50 * time.Millisecond, err: errors.New("429")}
+			}
+			return 0, nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var once atomic.Bool
+				d := newDispatcher(t, func(_ context.Context, j task) (int, error) { return tc.handler(j, &once) }, taskKey,
+					dispatcher.WithWorkers(1), dispatcher.WithBookAhead(30*time.Millisecond),
+					dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(100))))
+				var fs []*dispatcher.Future[int]
+				for _, tk := range []task{{"B", 0}, {"A", 1}, {"A", 2}, {"A", 3}} {
+					f, err := d.Submit(context.Background(), tk)
+					require.NoError(t, err)
+					fs = append(fs, f)
+				}
+				for _, f := range fs {
+					_, err := f.Wait(context.Background())
+					require.NoError(t, err)
+				}
+				st := d.Stats()
+				require.Positive(t, st.Requeued, "Stats.Requeued: the test put no job back")
+				runs := d.Histograms().AdmissionWait.Count
+				assert.Equal(t, runs+st.Requeued, st.Admitted, "Stats.Admitted, with %d runs and %d requeued", runs, st.Requeued)
+			})
+		})
+	}
 }
 
 // TestHistogramCountsAtEmpty: an empty histogram counts nothing at any
