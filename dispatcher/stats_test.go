@@ -106,6 +106,43 @@ func TestStatsRequeued(t *testing.T) {
 	}
 }
 
+// TestStatsPaused: an admission the backend allows while a retry-after
+// pauses its key is given back and counts as paused, not admitted. A1
+// runs for 10ms and asks for a retry-after while the scheduler, stalled
+// after the backend allowed A2, has not acted on it.
+func TestStatsPaused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDispatcher(t, func(_ context.Context, j task) (int, error) {
+			if j.n == 1 {
+				time.Sleep(10 * time.Millisecond)
+				return 0, &retryAfterError{delay: 50 * time.Millisecond, err: errors.New("429")}
+			}
+			return 0, nil
+		}, taskKey, dispatcher.WithWorkers(2), dispatcher.WithMaxRequeues(1),
+			dispatcher.WithLimiter(newLimiter(t, bucket.PerSecond(1000).WithBurst(10))))
+		var batches atomic.Int64
+		dispatcher.SetAfterAdmit(d, func() {
+			if batches.Add(1) == 2 { // A2's
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+		var fs []*dispatcher.Future[int]
+		for n := range 2 {
+			f, err := d.Submit(context.Background(), task{"A", n + 1})
+			require.NoError(t, err)
+			fs = append(fs, f)
+		}
+		for _, f := range fs {
+			f.Wait(context.Background())
+		}
+		st := d.Stats()
+		assert.EqualValues(t, 1, st.Paused, "Stats.Paused")
+		assert.EqualValues(t, 1, st.Retried, "Stats.Retried")
+		runs := d.Histograms().AdmissionWait.Count
+		assert.Equal(t, runs+st.Requeued, st.Admitted, "Stats.Admitted, with %d runs and %d requeued", runs, st.Requeued)
+	})
+}
+
 // TestHistogramCountsAtEmpty: an empty histogram counts nothing at any
 // bound.
 func TestHistogramCountsAtEmpty(t *testing.T) {
