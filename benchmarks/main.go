@@ -52,6 +52,7 @@ var comparisons = []comparison{
 	{"limiter/keys=1000/goroutines=8", limiterKeys(8)},
 	{"dispatcher/limiter=none", poolThroughput(false)},
 	{"dispatcher/limiter=memstore/keys=1000", poolThroughput(true)},
+	{"dispatcher/exporter=prometheus/keys=1000", exporterOverhead},
 	{"dispatcher/queued-job-memory", queuedMemory},
 	{"dispatcher/key-memory", keyMemory},
 	{"scale/keys=10000", scale(10_000)},

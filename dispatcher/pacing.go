@@ -94,6 +94,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64, sample bool) bool {
 		refund = []driver.Admission{j.admission()}
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
+		s.d.stats.requeued.Add(1 + int64(k.booked.n)) // j, and the bookings unbook puts back
 		s.setBackKey(k)
 		if lateness > tolerance {
 			if k.stats != nil {

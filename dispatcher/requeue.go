@@ -59,6 +59,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	}
 	s.d.stats.retried.Add(1)
 	// Its booked jobs must not start during the pause.
+	s.d.stats.requeued.Add(int64(k.booked.n))
 	refund := s.unbook(k, nil) // j's request was made: its admission stays
 	j.setState(queued)
 	s.insertJob(k, j)

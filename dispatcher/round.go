@@ -25,6 +25,7 @@ func (s *scheduler[T, R]) decide(r *round[T, R]) {
 	before := s.d.now()
 	driver.AdmitBatch(s.d.base, s.backend, r.batch)
 	after := s.d.now()
+	s.d.stats.roundTrips.record(after - before)
 	// Track the round trip: a job may start that much after the backend
 	// decided without being late.
 	s.rtt.Store(s.rtt.Load() + (after-before-s.rtt.Load())/8)
@@ -100,8 +101,9 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 // and judged late from before+Wait (never lenient).
 func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R], handed []*job[T, R], before, after int64) []*job[T, R] {
 	var (
-		refunds []driver.Admission
-		held    []*keyState[T, R] // asking nothing until the refunds are done
+		refunds                     []driver.Admission
+		held                        []*keyState[T, R] // asking nothing until the refunds are done
+		admitted, throttled, paused int64             // Stats'
 	)
 	now := after
 	s.mu.Lock()
@@ -139,12 +141,14 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			k.backoff = min(max(2*k.backoff, 10*time.Millisecond), time.Second)
 			s.putBack(k, j, now+int64(k.backoff))
 		case allowed && k.paused > now: // a retry-after arrived meanwhile
+			paused++
 			refunds = append(refunds, *a)
 			s.putBack(k, j, k.paused)
 		case allowed && k.jobs.head != nil && k.jobs.head.seq < j.seq: // an earlier job came back meanwhile
 			refunds = append(refunds, *a)
 			s.putBack(k, j, now)
 		case allowed:
+			admitted++
 			k.backoff = 0
 			j.start, j.booking = a.Decision.Start(), a.Decision.Booking
 			j.slot = before + int64(a.Decision.Wait)
@@ -162,6 +166,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			// that the next admission books the slot itself: asking when
 			// it opens would start late by the timer's latency and lose
 			// that much of the rate at every step.
+			throttled++
 			if k.stats != nil {
 				k.stats.throttled.Add(1)
 			}
@@ -171,6 +176,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 	handed = s.takeHanded(handed)
 	s.mu.Unlock()
 	handed = s.deliver(handed)
+	s.d.stats.countAdmissions(admitted, throttled, paused)
 	s.refund(refunds)
 	if len(held) > 0 {
 		s.mu.Lock()

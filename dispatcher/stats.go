@@ -20,7 +20,21 @@ type Stats struct {
 	Failed    int64 // handler returned an error or panicked, or the job's limit can never admit it
 	Cancelled int64 // resolved before starting: the job's context ended, or ErrClosed
 	Retried   int64 // times a job was put back after a retry-after
+	// Requeued counts the times an admitted job went back to its key's
+	// queue to be admitted again: it reached its worker late or behind its
+	// key (paused, or an earlier job back in the queue), or it was booked
+	// ahead when that happened to its key or a retry-after paused it.
+	// Without cancellations, every run under a limit took one admission:
+	// Admitted = runs of limited keys + Requeued.
+	Requeued int64
 
+	// Admissions the backend decided, by its answer. Admitted: allowed,
+	// and the job started or was booked a slot. Throttled: refused, the
+	// key waits for its next slot. Paused: allowed, but given back because
+	// a retry-after paused the key while the backend decided.
+	Admitted, Throttled, Paused int64
+
+	RoundTrips       int64 // admission batches sent to the backend (see Histograms)
 	BackendErrors    int64 // admissions the backend failed to decide (retried later)
 	LastBackendError error
 
@@ -55,9 +69,16 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 	st := Stats{
 		Submitted:     c.submitted.Load(),
 		Retried:       c.retried.Load(),
+		Requeued:      c.requeued.Load(),
+		Admitted:      c.admitted.Load(),
+		Throttled:     c.throttled.Load(),
+		Paused:        c.paused.Load(),
 		BackendErrors: c.backendErrors.Load(),
 	}
-	wait := &histogramSum{shape: fine, counts: make([]int64, len(histogram{}.counts))}
+	for i := range c.roundTrips.counts {
+		st.RoundTrips += c.roundTrips.counts[i].Load()
+	}
+	wait := newHistogramSum(fine, len(histogram{}.counts))
 	tally := func(c *jobCounters) {
 		st.Succeeded += c.outcome(outcomeSucceeded).Load()
 		st.Failed += c.outcome(outcomeFailed).Load()
@@ -66,7 +87,7 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 	tally(&c.jobCounters)
 	for w := range d.crew {
 		tally(&d.crew[w].jobCounters)
-		wait.add(d.crew[w].wait.counts[:], &d.crew[w].wait.max)
+		wait.add(&d.crew[w].wait)
 		if d.crew[w].current.Load() != nil {
 			st.Running++
 		}
@@ -126,10 +147,24 @@ func (c *jobCounters) outcome(o outcome) *atomic.Int64 { return &c.outcomes[o] }
 
 type counters struct {
 	jobCounters
-	backendErrors atomic.Int64
+	requeued, backendErrors     atomic.Int64
+	admitted, throttled, paused atomic.Int64
+	roundTrips                  histogram // by the scheduler's rounds, at most rounds at once
 
 	mu             sync.Mutex
 	lastBackendErr error
+}
+
+// countAdmissions adds a round's admissions, by the backend's answer.
+func (c *counters) countAdmissions(admitted, throttled, paused int64) {
+	for _, n := range [...]struct {
+		c *atomic.Int64
+		n int64
+	}{{&c.admitted, admitted}, {&c.throttled, throttled}, {&c.paused, paused}} {
+		if n.n > 0 {
+			n.c.Add(n.n)
+		}
+	}
 }
 
 func (c *counters) setBackendErr(err error) {
@@ -154,12 +189,12 @@ var (
 )
 
 // A histogram counts durations in the buckets of fine; a keyHistogram in
-// those of coarse (TestHistogramShapes checks the sizes). Recording is
-// lock-free.
+// those of coarse (TestHistogramShapes checks the sizes), and a histogram
+// their sum too. Recording is lock-free.
 type (
 	histogram struct {
-		counts [488]atomic.Int64
-		max    atomic.Int64
+		counts   [488]atomic.Int64
+		max, sum atomic.Int64
 	}
 	keyHistogram struct {
 		counts [148]atomic.Int64
@@ -167,12 +202,16 @@ type (
 	}
 )
 
-func (h *histogram) record(v int64)    { record(fine, h.counts[:], &h.max, v) }
+func (h *histogram) record(v int64) {
+	record(fine, h.counts[:], &h.max, v)
+	h.sum.Add(v)
+}
+
 func (h *keyHistogram) record(v int64) { record(coarse, h.counts[:], &h.max, v) }
 
 func (h *keyHistogram) sum() *histogramSum {
-	s := &histogramSum{shape: coarse, counts: make([]int64, len(h.counts))}
-	s.add(h.counts[:], &h.max)
+	s := newHistogramSum(coarse, len(h.counts))
+	s.addCounts(h.counts[:], &h.max)
 	return s
 }
 
@@ -189,12 +228,21 @@ func record(sh latency.Shape, counts []atomic.Int64, top *atomic.Int64, v int64)
 // A histogramSum adds up histograms of one shape kept apart (by worker)
 // to read them as one.
 type histogramSum struct {
-	shape  latency.Shape
-	counts []int64
-	n, max int64
+	shape         latency.Shape
+	counts        []int64
+	n, max, total int64 // total: the sum of the durations, for histograms
 }
 
-func (s *histogramSum) add(counts []atomic.Int64, top *atomic.Int64) {
+func newHistogramSum(sh latency.Shape, buckets int) *histogramSum {
+	return &histogramSum{shape: sh, counts: make([]int64, buckets)}
+}
+
+func (s *histogramSum) add(h *histogram) {
+	s.addCounts(h.counts[:], &h.max)
+	s.total += h.sum.Load()
+}
+
+func (s *histogramSum) addCounts(counts []atomic.Int64, top *atomic.Int64) {
 	for i := range counts {
 		c := counts[i].Load()
 		s.counts[i] += c
