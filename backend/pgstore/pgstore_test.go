@@ -253,3 +253,41 @@ func TestExactRange(t *testing.T) {
 	require.NoError(t, err, "Admit of cost 2^50 with a burst of 2^50+1 and a quota")
 	assert.True(t, d.Allowed, "Admit of cost 2^50 with a burst of 2^50+1 and a quota")
 }
+
+// TestSchemaDropped: a Store whose schema is dropped while it runs (an
+// operator starting every bucket afresh) installs it again at its next
+// call, by Admit, AdmitBatch, Refund or the sweep, rather than failing
+// every call until the process restarts.
+func TestSchemaDropped(t *testing.T) {
+	s := newStore(t, newPool(t), pgstore.Options{SweepInterval: -1})
+	ctx := context.Background()
+	schema := strings.TrimSuffix(s.Table(), ".buckets")
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
+	drop := func() {
+		t.Helper()
+		_, err := s.Pool().Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
+		require.NoError(t, err, "DROP SCHEMA")
+	}
+	for _, call := range []struct {
+		name string
+		do   func() (driver.Decision, error)
+	}{
+		{"Admit", func() (driver.Decision, error) { return s.Admit(ctx, req) }},
+		{"AdmitBatch", func() (driver.Decision, error) {
+			batch := []driver.Admission{{Request: req}}
+			s.AdmitBatch(ctx, batch)
+			return batch[0].Decision, batch[0].Err
+		}},
+	} {
+		d, err := call.do()
+		require.NoError(t, err, "%s before the drop", call.name)
+		require.True(t, d.Allowed, "%s before the drop", call.name)
+		drop()
+		d, err = call.do()
+		require.NoError(t, err, "%s after the schema was dropped", call.name)
+		assert.True(t, d.Allowed, "%s after the schema was dropped: its bucket starts fresh", call.name)
+		drop()
+		_, err = pgstore.Sweep(ctx, s)
+		require.NoError(t, err, "sweep after the schema was dropped")
+	}
+}

@@ -110,6 +110,23 @@ func (s *Store) ensureSchema(ctx context.Context) error {
 	return nil
 }
 
+// schemaGone reports whether err says that the Store's schema, or an
+// object of it, does not exist: dropped while the Store ran (an operator
+// starting every bucket afresh). If so the next call installs it again;
+// the statement that failed decided nothing.
+func (s *Store) schemaGone(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "3F000", "42P01", "42883": // undefined schema, table, function
+		s.ready.Store(false)
+		return true
+	}
+	return false
+}
+
 // migrate brings the schema to latestVersion in one transaction, under an
 // advisory lock on the schema's name, so that Stores starting at once
 // install it once: the later ones find the work done.
