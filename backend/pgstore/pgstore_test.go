@@ -291,3 +291,31 @@ func TestSchemaDropped(t *testing.T) {
 		require.NoError(t, err, "sweep after the schema was dropped")
 	}
 }
+
+// TestNewerSchema: a Store that finds a later version of its schema than
+// its own (another process was upgraded first) uses the schema as it is,
+// and leaves its version alone: versions only ever add.
+func TestNewerSchema(t *testing.T) {
+	p := newPool(t)
+	schema := pgtest.Schema(t, p.Config().ConnString())
+	ctx := context.Background()
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(2).WithBurst(2)), Cost: 1}
+	first := newStore(t, p, pgstore.Options{Schema: schema, SweepInterval: -1})
+	_, err := first.Admit(ctx, req)
+	require.NoError(t, err, "Admit installing the schema")
+	first.Close()
+	version := pgx.Identifier{schema}.Sanitize() + ".version"
+	_, err = p.Exec(ctx, "UPDATE "+version+" SET version = $1", pgstore.SchemaVersion+1)
+	require.NoError(t, err)
+
+	s := newStore(t, p, pgstore.Options{Schema: schema, SweepInterval: -1})
+	d, err := s.Admit(ctx, req)
+	require.NoError(t, err, "Admit on a schema of version %d", pgstore.SchemaVersion+1)
+	assert.True(t, d.Allowed, "second of a burst of 2, on the newer schema")
+	d, err = s.Admit(ctx, req)
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "third of a burst of 2: the bucket is the first Store's")
+	var v int
+	require.NoError(t, p.QueryRow(ctx, "SELECT version FROM "+version).Scan(&v))
+	assert.Equal(t, pgstore.SchemaVersion+1, v, "the schema's version after an older Store used it")
+}
