@@ -279,6 +279,19 @@ func TestUnreachableBackends(t *testing.T) {
 			assert.Contains(t, r.stderr, "connection refused", "demo -postgres %s: stderr, want the cause", url)
 		}
 	})
+	t.Run("postgres read-only", func(t *testing.T) {
+		// A server that answers but cannot take the run's schema (a
+		// standby; a role without CREATE) is reported at the start,
+		// rather than every job retried in silence until Ctrl-C.
+		url := pgtest.URL(t)
+		if strings.Contains(url, "?") {
+			url += "&"
+		} else {
+			url += "?"
+		}
+		url += "options=-c%20default_transaction_read_only%3Don"
+		checkUsageError(t, runDemo(t, "-backend", "postgres", "-postgres", url), "read-only transaction")
+	})
 	t.Run("sqlite", func(t *testing.T) {
 		r := runDemo(t, "-backend", "sqlite", "-sqlite", filepath.Join(t.TempDir(), "no", "such", "dir", "b.db"))
 		checkUsageError(t, r, "-backend sqlite")

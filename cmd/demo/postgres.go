@@ -39,9 +39,9 @@ func openPostgres(ctx context.Context, cfg *config) (*store, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
+	addr := fmt.Sprintf("%s:%d", pc.ConnConfig.Host, pc.ConnConfig.Port)
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		addr := fmt.Sprintf("%s:%d", pc.ConnConfig.Host, pc.ConnConfig.Port)
 		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) {
 			return nil, fmt.Errorf("-backend postgres: PostgreSQL at %s refused us: %s", addr, connectError(err))
 		}
@@ -51,6 +51,15 @@ func openPostgres(ctx context.Context, cfg *config) (*store, error) {
 	if err != nil {
 		pool.Close()
 		return nil, err
+	}
+	// The first call installs the run's schema. A server that cannot take
+	// it (a standby, a role without CREATE) fails every admission, which
+	// the dispatcher retries, in silence, until Ctrl-C: say so now. A
+	// pause of nothing writes nothing.
+	if err := s.Pause(ctx, "leakybucket-demo-check", 0); err != nil {
+		s.Close()
+		pool.Close()
+		return nil, fmt.Errorf("-backend postgres: cannot use PostgreSQL at %s: %s", addr, connectError(err))
 	}
 	return &store{s, func() { s.Close(); pool.Close() }}, nil
 }
