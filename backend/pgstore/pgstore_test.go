@@ -319,3 +319,20 @@ func TestNewerSchema(t *testing.T) {
 	require.NoError(t, p.QueryRow(ctx, "SELECT version FROM "+version).Scan(&v))
 	assert.Equal(t, pgstore.SchemaVersion+1, v, "the schema's version after an older Store used it")
 }
+
+// TestSchemaInstallRefused: a server that answers but refuses to create
+// the schema says why, naming the schema; a read-only one (a standby)
+// counts as unavailable, so that a failure policy answers.
+func TestSchemaInstallRefused(t *testing.T) {
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	readOnly := url + "?options=-c%20default_transaction_read_only%3Don"
+	if strings.Contains(url, "?") {
+		readOnly = url + "&options=-c%20default_transaction_read_only%3Don"
+	}
+	s := newStore(t, pgtest.Pool(t, readOnly), pgstore.Options{Schema: schema, SweepInterval: -1})
+	_, err := s.Admit(context.Background(), driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1})
+	assert.ErrorIs(t, err, pgstore.ErrUnavailable, "Admit on a read-only server")
+	assert.ErrorContains(t, err, "schema "+pgx.Identifier{schema}.Sanitize()+": installing:", "Admit on a read-only server")
+	assert.ErrorContains(t, err, "read-only transaction", "Admit on a read-only server")
+}

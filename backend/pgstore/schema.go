@@ -101,10 +101,10 @@ func (s *Store) ensureSchema(ctx context.Context) error {
 	case err == nil, errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"):
 		// Older, or absent (undefined table or schema): install.
 	default:
-		return err
+		return fmt.Errorf("pgstore: schema %s: reading its version: %w", s.schema, err)
 	}
 	if err := s.migrate(ctx); err != nil {
-		return err
+		return fmt.Errorf("pgstore: schema %s: installing: %w", s.schema, err)
 	}
 	s.ready.Store(true)
 	return nil
@@ -159,7 +159,7 @@ func (s *Store) migrate(ctx context.Context) error {
 				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10),
 					"@small", strconv.Itoa(smallBatch), "@keyns", strconv.Itoa(int(int32(lockKey(s.schema))))).Replace(stmt)
 				if _, err := tx.Exec(ctx, stmt, pgx.QueryExecModeSimpleProtocol); err != nil {
-					return fmt.Errorf("pgstore: migrating schema %s to version %d: %w", s.schema, v, err)
+					return fmt.Errorf("version %d: %w", v, err)
 				}
 			}
 		}
