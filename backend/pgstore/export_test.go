@@ -67,3 +67,6 @@ var IsUnavailable = isUnavailable
 // IsLocal reports whether an admission was decided by the FailLocal
 // fallback.
 func IsLocal(d driver.Decision) bool { return failover.IsLocal(d) }
+
+// LockKey is the advisory lock that s's batches take, shared or alone.
+func LockKey(s *Store) int64 { return lockKey(s.schema) }

@@ -253,3 +253,86 @@ func TestExactRange(t *testing.T) {
 	require.NoError(t, err, "Admit of cost 2^50 with a burst of 2^50+1 and a quota")
 	assert.True(t, d.Allowed, "Admit of cost 2^50 with a burst of 2^50+1 and a quota")
 }
+
+// TestSchemaDropped: a Store whose schema is dropped while it runs (an
+// operator starting every bucket afresh) installs it again at its next
+// call, by Admit, AdmitBatch, Refund or the sweep, rather than failing
+// every call until the process restarts.
+func TestSchemaDropped(t *testing.T) {
+	s := newStore(t, newPool(t), pgstore.Options{SweepInterval: -1})
+	ctx := context.Background()
+	schema := strings.TrimSuffix(s.Table(), ".buckets")
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
+	drop := func() {
+		t.Helper()
+		_, err := s.Pool().Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
+		require.NoError(t, err, "DROP SCHEMA")
+	}
+	for _, call := range []struct {
+		name string
+		do   func() (driver.Decision, error)
+	}{
+		{"Admit", func() (driver.Decision, error) { return s.Admit(ctx, req) }},
+		{"AdmitBatch", func() (driver.Decision, error) {
+			batch := []driver.Admission{{Request: req}}
+			s.AdmitBatch(ctx, batch)
+			return batch[0].Decision, batch[0].Err
+		}},
+	} {
+		d, err := call.do()
+		require.NoError(t, err, "%s before the drop", call.name)
+		require.True(t, d.Allowed, "%s before the drop", call.name)
+		drop()
+		d, err = call.do()
+		require.NoError(t, err, "%s after the schema was dropped", call.name)
+		assert.True(t, d.Allowed, "%s after the schema was dropped: its bucket starts fresh", call.name)
+		drop()
+		_, err = pgstore.Sweep(ctx, s)
+		require.NoError(t, err, "sweep after the schema was dropped")
+	}
+}
+
+// TestNewerSchema: a Store that finds a later version of its schema than
+// its own (another process was upgraded first) uses the schema as it is,
+// and leaves its version alone: versions only ever add.
+func TestNewerSchema(t *testing.T) {
+	p := newPool(t)
+	schema := pgtest.Schema(t, p.Config().ConnString())
+	ctx := context.Background()
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(2).WithBurst(2)), Cost: 1}
+	first := newStore(t, p, pgstore.Options{Schema: schema, SweepInterval: -1})
+	_, err := first.Admit(ctx, req)
+	require.NoError(t, err, "Admit installing the schema")
+	first.Close()
+	version := pgx.Identifier{schema}.Sanitize() + ".version"
+	_, err = p.Exec(ctx, "UPDATE "+version+" SET version = $1", pgstore.SchemaVersion+1)
+	require.NoError(t, err)
+
+	s := newStore(t, p, pgstore.Options{Schema: schema, SweepInterval: -1})
+	d, err := s.Admit(ctx, req)
+	require.NoError(t, err, "Admit on a schema of version %d", pgstore.SchemaVersion+1)
+	assert.True(t, d.Allowed, "second of a burst of 2, on the newer schema")
+	d, err = s.Admit(ctx, req)
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "third of a burst of 2: the bucket is the first Store's")
+	var v int
+	require.NoError(t, p.QueryRow(ctx, "SELECT version FROM "+version).Scan(&v))
+	assert.Equal(t, pgstore.SchemaVersion+1, v, "the schema's version after an older Store used it")
+}
+
+// TestSchemaInstallRefused: a server that answers but refuses to create
+// the schema says why, naming the schema; a read-only one (a standby)
+// counts as unavailable, so that a failure policy answers.
+func TestSchemaInstallRefused(t *testing.T) {
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	readOnly := url + "?options=-c%20default_transaction_read_only%3Don"
+	if strings.Contains(url, "?") {
+		readOnly = url + "&options=-c%20default_transaction_read_only%3Don"
+	}
+	s := newStore(t, pgtest.Pool(t, readOnly), pgstore.Options{Schema: schema, SweepInterval: -1})
+	_, err := s.Admit(context.Background(), driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1})
+	assert.ErrorIs(t, err, pgstore.ErrUnavailable, "Admit on a read-only server")
+	assert.ErrorContains(t, err, "schema "+pgx.Identifier{schema}.Sanitize()+": installing:", "Admit on a read-only server")
+	assert.ErrorContains(t, err, "read-only transaction", "Admit on a read-only server")
+}

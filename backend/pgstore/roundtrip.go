@@ -83,9 +83,6 @@ func (s *Store) run(ctx context.Context, ops []op) ([]reply, error) {
 func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if err := s.ensureSchema(ctx); err != nil {
-		return nil, err
-	}
 	var (
 		n                    = len(ops)
 		kidx, kinds, qn      = make([]int32, n), make([]int32, n), make([]int32, n)
@@ -111,11 +108,19 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 	if qw == nil {
 		qw, qm = []int64{}, []int64{}
 	}
-	err := s.pool.QueryRow(ctx, s.sql.decide, s.mode,
-		ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, clock, s.durable).
-		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
-	if err != nil {
-		return nil, err
+	for retried := false; ; retried = true {
+		if err := s.ensureSchema(ctx); err != nil {
+			return nil, err
+		}
+		err := s.pool.QueryRow(ctx, s.sql.decide, s.mode,
+			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, clock, s.durable).
+			Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
+		if err == nil {
+			break
+		}
+		if retried || !s.schemaGone(err) {
+			return nil, err
+		}
 	}
 	if len(allowed) != n || len(wait) != n || len(now) != n || len(tat) != n || len(prev) != n || len(gen) != n || len(fresh) != n {
 		return nil, fmt.Errorf("pgstore: the function replied %d decisions for %d requests", len(allowed), n)

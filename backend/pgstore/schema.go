@@ -101,13 +101,30 @@ func (s *Store) ensureSchema(ctx context.Context) error {
 	case err == nil, errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"):
 		// Older, or absent (undefined table or schema): install.
 	default:
-		return err
+		return fmt.Errorf("pgstore: schema %s: reading its version: %w", s.schema, err)
 	}
 	if err := s.migrate(ctx); err != nil {
-		return err
+		return fmt.Errorf("pgstore: schema %s: installing: %w", s.schema, err)
 	}
 	s.ready.Store(true)
 	return nil
+}
+
+// schemaGone reports whether err says that the Store's schema, or an
+// object of it, does not exist: dropped while the Store ran (an operator
+// starting every bucket afresh). If so the next call installs it again;
+// the statement that failed decided nothing.
+func (s *Store) schemaGone(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "3F000", "42P01", "42883": // undefined schema, table, function
+		s.ready.Store(false)
+		return true
+	}
+	return false
 }
 
 // migrate brings the schema to latestVersion in one transaction, under an
@@ -142,7 +159,7 @@ func (s *Store) migrate(ctx context.Context) error {
 				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10),
 					"@small", strconv.Itoa(smallBatch), "@keyns", strconv.Itoa(int(int32(lockKey(s.schema))))).Replace(stmt)
 				if _, err := tx.Exec(ctx, stmt, pgx.QueryExecModeSimpleProtocol); err != nil {
-					return fmt.Errorf("pgstore: migrating schema %s to version %d: %w", s.schema, v, err)
+					return fmt.Errorf("version %d: %w", v, err)
 				}
 			}
 		}

@@ -16,6 +16,7 @@ const sweepChunk = 1000
 // 8), a chunk per statement, and returns how many it deleted.
 func (s *Store) sweep(ctx context.Context) (int64, error) {
 	var total int64
+	retried := false
 	for {
 		ctx, cancel := context.WithTimeout(ctx, s.timeout)
 		err := s.ensureSchema(ctx)
@@ -24,6 +25,10 @@ func (s *Store) sweep(ctx context.Context) (int64, error) {
 			err = s.pool.QueryRow(ctx, s.sql.sweep, pgx.QueryExecModeExec, sweepChunk).Scan(&n)
 		}
 		cancel()
+		if err != nil && !retried && s.schemaGone(err) {
+			retried = true
+			continue
+		}
 		if err != nil {
 			return total, err
 		}

@@ -271,8 +271,26 @@ func TestUnreachableBackends(t *testing.T) {
 	})
 	t.Run("postgres", func(t *testing.T) {
 		addr := unusedAddr(t)
-		r := runDemo(t, "-backend", "postgres", "-postgres", "postgres://postgres@"+addr+"/postgres?sslmode=disable")
-		checkUsageError(t, r, "no PostgreSQL answers at "+addr)
+		// Without sslmode=disable pgx tries twice, TLS then not, and
+		// reports both attempts, a line each: the cause must still show.
+		for _, url := range []string{"postgres://postgres@" + addr + "/postgres?sslmode=disable", "postgres://postgres@" + addr + "/postgres"} {
+			r := runDemo(t, "-backend", "postgres", "-postgres", url)
+			checkUsageError(t, r, "no PostgreSQL answers at "+addr)
+			assert.Contains(t, r.stderr, "connection refused", "demo -postgres %s: stderr, want the cause", url)
+		}
+	})
+	t.Run("postgres read-only", func(t *testing.T) {
+		// A server that answers but cannot take the run's schema (a
+		// standby; a role without CREATE) is reported at the start,
+		// rather than every job retried in silence until Ctrl-C.
+		url := pgtest.URL(t)
+		if strings.Contains(url, "?") {
+			url += "&"
+		} else {
+			url += "?"
+		}
+		url += "options=-c%20default_transaction_read_only%3Don"
+		checkUsageError(t, runDemo(t, "-backend", "postgres", "-postgres", url), "read-only transaction")
 	})
 	t.Run("sqlite", func(t *testing.T) {
 		r := runDemo(t, "-backend", "sqlite", "-sqlite", filepath.Join(t.TempDir(), "no", "such", "dir", "b.db"))

@@ -1,0 +1,61 @@
+package pgstore_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/leakybucket/leakybucket/backend/backendtest"
+	"github.com/leakybucket/leakybucket/backend/pgstore"
+	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
+)
+
+// TestClockStepBack: the server's clock steps back (a failover to a
+// server whose clock is behind, a step of the host's) after an admission
+// at a later time pruned quota slots that the earlier time still counts.
+// The key's clock does not follow it back (each row keeps the time it
+// was decided at): the admitted starts, in the key's time, conform to
+// the limit, as redisstore's and sqlitestore's do. Both of the
+// function's ways are checked: its loop (quotas) and its one statement
+// (one admission per key without quotas).
+func TestClockStepBack(t *testing.T) {
+	s := newStore(t, newPool(t), pgstore.Options{Conns: -1, SweepInterval: -1})
+	ctx := context.Background()
+	t0 := time.Now().UnixMicro()
+	// A burst of 50 at 1/s spans 49s: admissible starts reach back that far.
+	lim := bucket.Every(time.Second, 1).WithBurst(50).WithQuota(50, time.Minute)
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
+	var (
+		starts []backendtest.Start
+		last   int64 // Decision.Now of the last admission
+	)
+	run := func(step string, now int64, n int) {
+		for range n {
+			d, _, err := pgstore.RawAdmit(ctx, s, req, &now)
+			require.NoError(t, err, step)
+			if !d.Allowed {
+				continue
+			}
+			require.GreaterOrEqual(t, d.Now, last, "%s: admitted at a key time earlier than the previous admission", step)
+			last = d.Now
+			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
+		}
+	}
+	run("at t0", t0, 60)               // 50 admitted: the minute's quota is full
+	run("at t0+61s", t0+61_000_000, 1) // prunes t0's slot, admits 1
+	run("back at t0+30s", t0+30_000_000, 10)
+	assert.NoError(t, backendtest.Check(lim, starts), "starts across the clock's step, in the key's time")
+	assert.GreaterOrEqual(t, len(starts), 51, "admitted: too few for a meaningful check")
+
+	rate := driver.Request{Key: "rate", Limit: backendtest.Limit(bucket.PerSecond(1).WithBurst(5)), Cost: 1}
+	later, back := t0+61_000_000, t0+30_000_000
+	_, _, err := pgstore.RawAdmit(ctx, s, rate, &later)
+	require.NoError(t, err)
+	batch := []driver.Admission{{Request: rate}}
+	require.NoError(t, pgstore.AdmitBatchAt(ctx, s, batch, back))
+	assert.Equal(t, later*1000, batch[0].Decision.Now, "key without quotas, clock back 31s: the decision's time: want its last write's")
+}
