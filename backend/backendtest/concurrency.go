@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ func (s *suite) testConcurrentOneKey(t *testing.T) {
 	b := s.cfg.New(t)
 	key := s.key(t, "k")
 	lim := bucket.PerSecond(200).WithBurst(5)
-	starts := s.hammer(t, b, []string{key}, lim, 16, 400*time.Millisecond, 3, 20*time.Millisecond)
+	starts := s.hammer(t, b, []string{key}, lim, 16, 400*time.Millisecond, 3, 20*time.Millisecond, 20)
 	checkStarts(t, lim, key, starts[key], 20)
 }
 
@@ -32,7 +33,7 @@ func (s *suite) testConcurrentQuotas(t *testing.T) {
 	b := s.cfg.New(t)
 	key := s.key(t, "k")
 	lim := bucket.PerSecond(2000).WithBurst(10).WithQuota(40, 100*time.Millisecond).WithQuota(90, 300*time.Millisecond)
-	starts := s.hammer(t, b, []string{key}, lim, 8, 500*time.Millisecond, 2, 10*time.Millisecond)
+	starts := s.hammer(t, b, []string{key}, lim, 8, 500*time.Millisecond, 2, 10*time.Millisecond, 90)
 	checkStarts(t, lim, key, starts[key], 90)
 }
 
@@ -45,7 +46,7 @@ func (s *suite) testConcurrentManyKeys(t *testing.T) {
 		keys[i] = s.key(t, fmt.Sprint("tenant-", i))
 	}
 	lim := bucket.PerSecond(100).WithBurst(2).WithQuota(15, 200*time.Millisecond)
-	starts := s.hammer(t, b, keys, lim, 8, 400*time.Millisecond, 2, 10*time.Millisecond)
+	starts := s.hammer(t, b, keys, lim, 8, 400*time.Millisecond, 2, 10*time.Millisecond, 2)
 	for _, k := range keys {
 		checkStarts(t, lim, k, starts[k], 2)
 	}
@@ -53,16 +54,22 @@ func (s *suite) testConcurrentManyKeys(t *testing.T) {
 
 // hammer runs workers goroutines, half of them on a peer handle, that
 // admit random costs up to maxCost for every key, with random maxWaits up
-// to maxWait, until the backend's clock has advanced by span (or each has
-// made 200,000 attempts), and returns the admitted starts by key. The
-// first error or broken decision stops every worker and fails the test.
-func (s *suite) hammer(t *testing.T, b driver.Backend, keys []string, lim bucket.Limit, workers int, span time.Duration, maxCost int64, maxWait time.Duration) map[string][]Start {
+// to maxWait, until the backend's clock has advanced by span and every
+// key has had atLeast units admitted (or by 20 spans, or each worker has
+// made 200,000 attempts), and returns the admitted starts by key: a slow
+// backend on a busy machine gets the time to admit enough for the check
+// to mean something. The first error or broken decision stops every
+// worker and fails the test.
+func (s *suite) hammer(t *testing.T, b driver.Backend, keys []string, lim bucket.Limit, workers int, span time.Duration, maxCost int64, maxWait time.Duration, atLeast int64) map[string][]Start {
 	t.Helper()
 	peer := s.peer(t, b)
 	var (
 		mu     sync.Mutex
 		starts = make(map[string][]Start)
+		units  = make(map[string]int64)
+		short  atomic.Int64 // keys with fewer than atLeast units
 	)
+	short.Store(int64(len(keys)))
 	clock := s.now(t, b)
 	g, ctx := errgroup.WithContext(context.Background())
 	for w := range workers {
@@ -89,9 +96,13 @@ func (s *suite) hammer(t *testing.T, b driver.Backend, keys []string, lim bucket
 				if d.Allowed {
 					mu.Lock()
 					starts[r.Key] = append(starts[r.Key], Start{At: d.Start(), Cost: r.Cost})
+					if before := units[r.Key]; before < atLeast && before+r.Cost >= atLeast {
+						short.Add(-1)
+					}
+					units[r.Key] += r.Cost
 					mu.Unlock()
 				}
-				if d.Now-clock > int64(span) {
+				if el := d.Now - clock; el > int64(span) && short.Load() == 0 || el > 20*int64(span) {
 					return nil
 				}
 			}
