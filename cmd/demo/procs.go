@@ -21,6 +21,10 @@ import (
 const (
 	envWorker = "LEAKYBUCKET_DEMO_WORKER" // "i/P": worker i of P, from 0
 	envPrefix = "LEAKYBUCKET_DEMO_PREFIX" // the run's Redis key prefix
+	// envServer is the Redis address or PostgreSQL URL: in the
+	// environment, not on the command line, where ps would show a
+	// password in it to every user of the host.
+	envServer = "LEAKYBUCKET_DEMO_SERVER"
 )
 
 type workerID struct{ index, count int }
@@ -53,6 +57,14 @@ type event struct {
 func runWorker(ctx context.Context, cfg *config, w workerID, stdout io.Writer) int {
 	ev := &eventWriter{enc: json.NewEncoder(stdout)}
 	cfg.prefix = os.Getenv(envPrefix)
+	if server, ok := os.LookupEnv(envServer); ok {
+		switch cfg.backend {
+		case "redis":
+			cfg.redisAddr = server
+		case "postgres":
+			cfg.postgresURL = server
+		}
+	}
 	st, err := openBackend(ctx, cfg)
 	if err != nil {
 		ev.write(event{Kind: "error", Err: err.Error()})
@@ -142,13 +154,14 @@ func runWorkers(ctx context.Context, cfg *config, base string, t *tally, stderr 
 
 func workerCommand(ctx context.Context, exe string, cfg *config, base string, w workerID, stderr io.Writer) *exec.Cmd {
 	args := []string{"-backend", cfg.backend}
+	var server string
 	switch cfg.backend {
 	case "sqlite":
 		args = append(args, "-sqlite", cfg.sqlitePath)
 	case "redis":
-		args = append(args, "-redis", cfg.redisAddr)
+		server = cfg.redisAddr
 	case "postgres":
-		args = append(args, "-postgres", cfg.postgresURL)
+		server = cfg.postgresURL
 	}
 	args = append(args,
 		"-tenants", strconv.Itoa(cfg.tenants), "-jobs", strconv.Itoa(cfg.jobs),
@@ -159,7 +172,8 @@ func workerCommand(ctx context.Context, exe string, cfg *config, base string, w 
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = append(os.Environ(),
 		envWorker+"="+strconv.Itoa(w.index)+"/"+strconv.Itoa(w.count),
-		envPrefix+"="+cfg.prefix)
+		envPrefix+"="+cfg.prefix,
+		envServer+"="+server)
 	cmd.Stderr = stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 10 * time.Second // then it is killed

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -150,4 +152,19 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestWorkerCommandHidesServer: a worker process is given the Redis
+// address or PostgreSQL URL in its environment, never on its command
+// line, where ps shows it (and a password in it) to every user.
+func TestWorkerCommandHidesServer(t *testing.T) {
+	for _, tc := range []struct{ backend, server string }{
+		{"redis", "redis://:secret@127.0.0.1:6379/0"},
+		{"postgres", "postgres://app:secret@127.0.0.1:5432/app"},
+	} {
+		cfg := &config{backend: tc.backend, redisAddr: tc.server, postgresURL: tc.server, quota: "none"}
+		cmd := workerCommand(context.Background(), "demo", cfg, "http://127.0.0.1:1", workerID{0, 2}, io.Discard)
+		assert.NotContains(t, strings.Join(cmd.Args, " "), "secret", "%s worker's command line", tc.backend)
+		assert.Contains(t, cmd.Env, envServer+"="+tc.server, "%s worker's environment", tc.backend)
+	}
 }
