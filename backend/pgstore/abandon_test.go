@@ -2,8 +2,11 @@ package pgstore_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -58,12 +61,7 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 				_, err := s.Admit(callCtx, req)
 				done <- err
 			}()
-			for waiting := false; !waiting; {
-				err := conn.QueryRow(ctx, `SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-					AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid`,
-					pgstore.LockKey(s)).Scan(&waiting)
-				require.NoError(t, err, "look for the admission waiting for the lock")
-			}
+			awaitLockWaiters(t, conn, s, 1)
 			cancel()
 			if !tc.batch {
 				assert.ErrorIs(t, <-done, context.Canceled, "Admit whose ctx ended while the database held it")
@@ -79,6 +77,100 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 			d, err := again.Admit(ctx, req)
 			require.NoError(t, err)
 			assert.True(t, d.Allowed, "Admit after the abandoned admission: its slot and quota unit were given back")
+		})
+	}
+}
+
+// awaitLockWaiters returns once n statements wait for s's schema lock.
+func awaitLockWaiters(t *testing.T, conn *pgxpool.Conn, s *pgstore.Store, n int) {
+	t.Helper()
+	for waiting := 0; waiting < n; {
+		err := conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid`,
+			pgstore.LockKey(s)).Scan(&waiting)
+		require.NoError(t, err, "look for statements waiting for the schema's lock")
+	}
+}
+
+// TestCloseWaitsForCalls: Close, called while a call waits in the
+// database for the schema's lock (which the test holds), returns only
+// after the call is answered; it succeeds, and later calls get
+// ErrClosed. An AdmitBatch (outside the batcher), a coalesced Admit and a
+// coalesced Pause are checked. Close returning while the lock is still
+// held fails the test; the lock is released once Close has had 200ms to
+// do so, which bounds only how surely a Close that does not wait is
+// caught, never whether a Close that waits passes.
+func TestCloseWaitsForCalls(t *testing.T) {
+	lim := backendtest.Limit(bucket.PerHour(1))
+	req := driver.Request{Key: "k", Limit: lim, Cost: 1}
+	for _, tc := range []struct {
+		name  string
+		call  func(*pgstore.Store) error
+		pause bool
+	}{
+		{"AdmitBatch", func(s *pgstore.Store) error {
+			b := []driver.Admission{{Request: req}}
+			s.AdmitBatch(context.Background(), b)
+			if b[0].Err == nil && !b[0].Decision.Allowed {
+				return errors.New("AdmitBatch refused")
+			}
+			return b[0].Err
+		}, false},
+		{"Admit", func(s *pgstore.Store) error {
+			d, err := s.Admit(context.Background(), req)
+			if err == nil && !d.Allowed {
+				return errors.New("Admit refused")
+			}
+			return err
+		}, false},
+		{"Pause", func(s *pgstore.Store) error { return s.Pause(context.Background(), req.Key, time.Hour) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPool(t)
+			ctx := context.Background()
+			s := newStore(t, p, pgstore.Options{SweepInterval: -1})
+			_, err := s.Admit(ctx, driver.Request{Key: "warm-up", Limit: lim, Cost: 1})
+			require.NoError(t, err, "Admit installing the schema")
+
+			conn, err := p.Acquire(ctx)
+			require.NoError(t, err)
+			defer conn.Release()
+			_, err = conn.Exec(ctx, "SELECT pg_advisory_lock($1)", pgstore.LockKey(s))
+			require.NoError(t, err, "take the schema's lock")
+			locked := true
+			unlock := func() {
+				if locked {
+					_, err := conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", pgstore.LockKey(s))
+					require.NoError(t, err, "release the schema's lock")
+					locked = false
+				}
+			}
+			defer unlock()
+
+			done := make(chan error, 1)
+			go func() { done <- tc.call(s) }()
+			awaitLockWaiters(t, conn, s, 1) // the call is in flight
+			closed := make(chan struct{})
+			go func() {
+				s.Close()
+				close(closed)
+			}()
+			select {
+			case <-closed:
+				t.Errorf("Close returned while %s waited in the database", tc.name)
+			case <-time.After(200 * time.Millisecond):
+			}
+			_, err = s.Admit(ctx, req)
+			assert.ErrorIs(t, err, bucket.ErrClosed, "Admit after Close")
+			unlock()
+			<-closed
+			assert.NoError(t, <-done, "%s in flight at Close", tc.name)
+			if tc.pause {
+				var n int
+				err = p.QueryRow(ctx, "SELECT count(*) FROM "+s.Table()+" WHERE key = $1", []byte(req.Key)).Scan(&n)
+				require.NoError(t, err)
+				assert.Equal(t, 1, n, "rows of the key Pause in flight at Close paused")
+			}
 		})
 	}
 }
