@@ -59,3 +59,58 @@ func TestClockStepBack(t *testing.T) {
 	require.NoError(t, pgstore.AdmitBatchAt(ctx, s, batch, back))
 	assert.Equal(t, later*1000, batch[0].Decision.Now, "key without quotas, clock back 31s: the decision's time: want its last write's")
 }
+
+// TestClockStepBackAfterSweep: the sweep, on the server's clock, deleted a
+// row that an earlier time would not have judged fresh, and then the
+// server's clock stepped back behind the sweep. The key's admitted
+// starts, in the key's time, must still conform to the limit, as
+// sqlitestore's do. The admissions are decided at chosen times an hour
+// behind the server's clock, so that the sweep (which reads the server's
+// clock) is the step forward and the admissions after it the step back.
+//
+// It fails: a key without a row starts at the server's clock, and
+// nothing records the time the sweep judged rows fresh at (sqlitestore's
+// clock.swept does), so back at t0+1s the key has a fresh bucket and
+// admits 10 more than the minute's quota of 50. Without the sweep the
+// row's seen keeps the key's clock and the test passes.
+func TestClockStepBackAfterSweep(t *testing.T) {
+	t.Skip("known defect: after the sweep forgot a key, a server clock stepped back behind the sweep gives it a fresh bucket (60 admitted in 1s against a quota of 50/min)")
+	s := newStore(t, newPool(t), pgstore.Options{Conns: -1, SweepInterval: -1})
+	ctx := context.Background()
+	t0 := time.Now().Add(-time.Hour).UnixMicro()
+	lim := bucket.PerSecond(1000).WithBurst(50).WithQuota(50, time.Minute)
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1, MaxWait: 50 * time.Millisecond}
+	var (
+		starts []backendtest.Start
+		last   int64 // Decision.Now of the last admission
+	)
+	// run admits once every millisecond for n milliseconds from at (µs).
+	run := func(step string, at int64, n int) {
+		for i := range n {
+			now := at + int64(i)*1000
+			d, _, err := pgstore.RawAdmit(ctx, s, req, &now)
+			require.NoError(t, err, step)
+			if !d.Allowed {
+				continue
+			}
+			require.GreaterOrEqual(t, d.Now, last, "%s: admitted at a key time earlier than the previous admission", step)
+			last = d.Now
+			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
+		}
+	}
+	run("at t0", t0, 60) // 50 admitted: the minute's quota is full
+	_, err := pgstore.Sweep(ctx, s)
+	require.NoError(t, err, "sweep an hour after t0")
+	var rows int
+	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM "+s.Table()).Scan(&rows))
+	require.Zero(t, rows, "rows after the sweep an hour after t0")
+	run("back at t0+1s", t0+1_000_000, 10)
+	assert.NoError(t, backendtest.Check(lim, starts), "starts across the sweep and the clock's step back, in the key's time")
+	assert.GreaterOrEqual(t, len(starts), 50, "admitted: too few for a meaningful check")
+
+	// Once the server's clock has caught up, the key admits at its time.
+	d, _, err := pgstore.RawAdmit(ctx, s, req, nil)
+	require.NoError(t, err, "caught up")
+	assert.True(t, d.Allowed, "once the server's clock caught up")
+	assert.GreaterOrEqual(t, d.Now, (t0+time.Hour.Microseconds())*1000, "once the server's clock caught up, the decision's time: want the server's")
+}
