@@ -43,11 +43,7 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 			_, err := s.Admit(ctx, driver.Request{Key: "warm-up", Limit: req.Limit, Cost: 1})
 			require.NoError(t, err, "Admit installing the schema")
 
-			conn, err := p.Acquire(ctx)
-			require.NoError(t, err)
-			defer conn.Release()
-			_, err = conn.Exec(ctx, "SELECT pg_advisory_lock($1)", pgstore.LockKey(s))
-			require.NoError(t, err, "take the schema's lock")
+			lock := lockSchema(t, p, s)
 			callCtx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			done := make(chan error, 1)
@@ -61,13 +57,12 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 				_, err := s.Admit(callCtx, req)
 				done <- err
 			}()
-			awaitLockWaiters(t, conn, s, 1)
+			lock.await(1)
 			cancel()
 			if !tc.batch {
 				assert.ErrorIs(t, <-done, context.Canceled, "Admit whose ctx ended while the database held it")
 			}
-			_, err = conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", pgstore.LockKey(s))
-			require.NoError(t, err, "release the schema's lock")
+			lock.release()
 			if tc.batch {
 				assert.ErrorIs(t, <-done, context.Canceled, "AdmitBatch whose ctx ended while the database held it")
 			}
@@ -81,14 +76,50 @@ func TestAbandonedAdmissionGivenBack(t *testing.T) {
 	}
 }
 
-// awaitLockWaiters returns once n statements wait for s's schema lock.
-func awaitLockWaiters(t *testing.T, conn *pgxpool.Conn, s *pgstore.Store, n int) {
+// A schemaLock is a Store's schema lock held by the test on a connection
+// of its own, so that the Store's statements wait in the database.
+type schemaLock struct {
+	t    *testing.T
+	conn *pgxpool.Conn
+	s    *pgstore.Store
+	held bool
+}
+
+// lockSchema takes s's schema lock, released at the latest at the end of
+// t (before s is closed).
+func lockSchema(t *testing.T, p *pgxpool.Pool, s *pgstore.Store) *schemaLock {
 	t.Helper()
+	conn, err := p.Acquire(context.Background())
+	require.NoError(t, err)
+	l := &schemaLock{t: t, conn: conn, s: s}
+	t.Cleanup(func() {
+		l.release()
+		conn.Release()
+	})
+	_, err = conn.Exec(context.Background(), "SELECT pg_advisory_lock($1)", pgstore.LockKey(s))
+	require.NoError(t, err, "take the schema's lock")
+	l.held = true
+	return l
+}
+
+// await returns once n statements wait for the lock.
+func (l *schemaLock) await(n int) {
+	l.t.Helper()
 	for waiting := 0; waiting < n; {
-		err := conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+		err := l.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
 			AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid`,
-			pgstore.LockKey(s)).Scan(&waiting)
-		require.NoError(t, err, "look for statements waiting for the schema's lock")
+			pgstore.LockKey(l.s)).Scan(&waiting)
+		require.NoError(l.t, err, "look for statements waiting for the schema's lock")
+	}
+}
+
+// release releases the lock if it is held.
+func (l *schemaLock) release() {
+	l.t.Helper()
+	if l.held {
+		_, err := l.conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1)", pgstore.LockKey(l.s))
+		require.NoError(l.t, err, "release the schema's lock")
+		l.held = false
 	}
 }
 
@@ -132,24 +163,10 @@ func TestCloseWaitsForCalls(t *testing.T) {
 			_, err := s.Admit(ctx, driver.Request{Key: "warm-up", Limit: lim, Cost: 1})
 			require.NoError(t, err, "Admit installing the schema")
 
-			conn, err := p.Acquire(ctx)
-			require.NoError(t, err)
-			defer conn.Release()
-			_, err = conn.Exec(ctx, "SELECT pg_advisory_lock($1)", pgstore.LockKey(s))
-			require.NoError(t, err, "take the schema's lock")
-			locked := true
-			unlock := func() {
-				if locked {
-					_, err := conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", pgstore.LockKey(s))
-					require.NoError(t, err, "release the schema's lock")
-					locked = false
-				}
-			}
-			defer unlock()
-
+			lock := lockSchema(t, p, s)
 			done := make(chan error, 1)
 			go func() { done <- tc.call(s) }()
-			awaitLockWaiters(t, conn, s, 1) // the call is in flight
+			lock.await(1) // the call is in flight
 			closed := make(chan struct{})
 			go func() {
 				s.Close()
@@ -162,7 +179,7 @@ func TestCloseWaitsForCalls(t *testing.T) {
 			}
 			_, err = s.Admit(ctx, req)
 			assert.ErrorIs(t, err, bucket.ErrClosed, "Admit after Close")
-			unlock()
+			lock.release()
 			<-closed
 			assert.NoError(t, <-done, "%s in flight at Close", tc.name)
 			if tc.pause {

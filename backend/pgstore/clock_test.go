@@ -14,6 +14,32 @@ import (
 	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
+// clockHarness admits one key's requests at times the test chooses,
+// recording the admitted starts.
+type clockHarness struct {
+	t      *testing.T
+	s      *pgstore.Store
+	req    driver.Request
+	starts []backendtest.Start
+	last   int64 // Decision.Now of the last admission
+}
+
+// run admits n times from at, every µs apart.
+func (h *clockHarness) run(step string, at int64, n int, every int64) {
+	h.t.Helper()
+	for i := range n {
+		now := at + int64(i)*every
+		d, _, err := pgstore.RawAdmit(context.Background(), h.s, h.req, &now)
+		require.NoError(h.t, err, step)
+		if !d.Allowed {
+			continue
+		}
+		require.GreaterOrEqual(h.t, d.Now, h.last, "%s: admitted at a key time earlier than the previous admission", step)
+		h.last = d.Now
+		h.starts = append(h.starts, backendtest.Start{At: d.Start(), Cost: 1})
+	}
+}
+
 // TestClockStepBack: the server's clock steps back (a failover to a
 // server whose clock is behind, a step of the host's) after an admission
 // at a later time pruned quota slots that the earlier time still counts.
@@ -28,28 +54,12 @@ func TestClockStepBack(t *testing.T) {
 	t0 := time.Now().UnixMicro()
 	// A burst of 50 at 1/s spans 49s: admissible starts reach back that far.
 	lim := bucket.Every(time.Second, 1).WithBurst(50).WithQuota(50, time.Minute)
-	req := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}
-	var (
-		starts []backendtest.Start
-		last   int64 // Decision.Now of the last admission
-	)
-	run := func(step string, now int64, n int) {
-		for range n {
-			d, _, err := pgstore.RawAdmit(ctx, s, req, &now)
-			require.NoError(t, err, step)
-			if !d.Allowed {
-				continue
-			}
-			require.GreaterOrEqual(t, d.Now, last, "%s: admitted at a key time earlier than the previous admission", step)
-			last = d.Now
-			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
-		}
-	}
-	run("at t0", t0, 60)               // 50 admitted: the minute's quota is full
-	run("at t0+61s", t0+61_000_000, 1) // prunes t0's slot, admits 1
-	run("back at t0+30s", t0+30_000_000, 10)
-	assert.NoError(t, backendtest.Check(lim, starts), "starts across the clock's step, in the key's time")
-	assert.GreaterOrEqual(t, len(starts), 51, "admitted: too few for a meaningful check")
+	h := &clockHarness{t: t, s: s, req: driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1}}
+	h.run("at t0", t0, 60, 0)               // 50 admitted: the minute's quota is full
+	h.run("at t0+61s", t0+61_000_000, 1, 0) // prunes t0's slot, admits 1
+	h.run("back at t0+30s", t0+30_000_000, 10, 0)
+	assert.NoError(t, backendtest.Check(lim, h.starts), "starts across the clock's step, in the key's time")
+	assert.GreaterOrEqual(t, len(h.starts), 51, "admitted: too few for a meaningful check")
 
 	rate := driver.Request{Key: "rate", Limit: backendtest.Limit(bucket.PerSecond(1).WithBurst(5)), Cost: 1}
 	later, back := t0+61_000_000, t0+30_000_000
@@ -80,33 +90,16 @@ func TestClockStepBackAfterSweep(t *testing.T) {
 	t0 := time.Now().Add(-time.Hour).UnixMicro()
 	lim := bucket.PerSecond(1000).WithBurst(50).WithQuota(50, time.Minute)
 	req := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1, MaxWait: 50 * time.Millisecond}
-	var (
-		starts []backendtest.Start
-		last   int64 // Decision.Now of the last admission
-	)
-	// run admits once every millisecond for n milliseconds from at (µs).
-	run := func(step string, at int64, n int) {
-		for i := range n {
-			now := at + int64(i)*1000
-			d, _, err := pgstore.RawAdmit(ctx, s, req, &now)
-			require.NoError(t, err, step)
-			if !d.Allowed {
-				continue
-			}
-			require.GreaterOrEqual(t, d.Now, last, "%s: admitted at a key time earlier than the previous admission", step)
-			last = d.Now
-			starts = append(starts, backendtest.Start{At: d.Start(), Cost: 1})
-		}
-	}
-	run("at t0", t0, 60) // 50 admitted: the minute's quota is full
+	h := &clockHarness{t: t, s: s, req: req}
+	h.run("at t0", t0, 60, 1000) // 50 admitted: the minute's quota is full
 	_, err := pgstore.Sweep(ctx, s)
 	require.NoError(t, err, "sweep an hour after t0")
 	var rows int
 	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM "+s.Table()).Scan(&rows))
 	require.Zero(t, rows, "rows after the sweep an hour after t0")
-	run("back at t0+1s", t0+1_000_000, 10)
-	assert.NoError(t, backendtest.Check(lim, starts), "starts across the sweep and the clock's step back, in the key's time")
-	assert.GreaterOrEqual(t, len(starts), 50, "admitted: too few for a meaningful check")
+	h.run("back at t0+1s", t0+1_000_000, 10, 1000)
+	assert.NoError(t, backendtest.Check(lim, h.starts), "starts across the sweep and the clock's step back, in the key's time")
+	assert.GreaterOrEqual(t, len(h.starts), 50, "admitted: too few for a meaningful check")
 
 	// Once the server's clock has caught up, the key admits at its time.
 	d, _, err := pgstore.RawAdmit(ctx, s, req, nil)
