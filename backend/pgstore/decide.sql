@@ -112,6 +112,10 @@ BEGIN
   IF clock IS NULL THEN
     clock := floor(extract(epoch FROM clock_timestamp()) * 1000000);
   END IF;
+  -- Never before the sweep: it deleted rows fresh at its time, which an
+  -- earlier time (a server clock stepped back) would not find fresh; a
+  -- key without a row would then start over with a fresh bucket.
+  clock := greatest(clock, (SELECT w.t FROM @schema.swept w WHERE w.id = 0));
   IF fast THEN
     -- Admissions without quotas, one per key: decided by one statement,
     -- the lines of the loop below for this case. A stored quota state is
@@ -364,6 +368,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
   doomed bytea[];
   n bigint;
+  now bigint;
 BEGIN
   SELECT array_agg(b.key) INTO doomed FROM (
     SELECT key FROM @schema.buckets
@@ -372,8 +377,11 @@ BEGIN
     RETURN 0;
   END IF;
   PERFORM pg_advisory_xact_lock(@lock);
-  DELETE FROM @schema.buckets
-    WHERE key = ANY (doomed) AND fresh_at <= floor(extract(epoch FROM clock_timestamp()) * 1000000);
+  now := floor(extract(epoch FROM clock_timestamp()) * 1000000);
+  DELETE FROM @schema.buckets WHERE key = ANY (doomed) AND fresh_at <= now;
   GET DIAGNOSTICS n = ROW_COUNT;
+  IF n > 0 THEN -- decisions from now on are at least at now (see decide_v1)
+    UPDATE @schema.swept w SET t = greatest(w.t, now) WHERE w.id = 0;
+  END IF;
   RETURN n;
 END $$;

@@ -43,6 +43,13 @@ var migrations = [][]string{
 			fresh_at bigint NOT NULL,
 			quotas   bigint[]
 		) WITH (fillfactor = 80)`,
+		// swept is the latest time the sweep deleted rows at: no key is
+		// decided before it (see decide.sql).
+		`CREATE TABLE @schema.swept (
+			id int    NOT NULL PRIMARY KEY CHECK (id = 0),
+			t  bigint NOT NULL
+		)`,
+		`INSERT INTO @schema.swept (id, t) VALUES (0, 0)`,
 		decideSQL,
 	},
 }
