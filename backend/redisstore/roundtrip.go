@@ -2,8 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"slices"
-	"strings"
 
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/coalesce"
@@ -11,25 +9,13 @@ import (
 )
 
 // giveBack refunds admissions Redis made for callers that gave up, given
-// in the order Redis made them, in one round trip: those of one key
-// latest first (driver.Unbook), so that consecutive ones all come back.
-// It asks Redis even while the Store counts it as down: the admissions
-// were made there.
+// in the order Redis made them, in one round trip (driver.UnbookAll), so
+// that consecutive ones of a key all come back. It asks Redis even while
+// the Store counts it as down: the admissions were made there.
 func (s *Store) giveBack(ctx context.Context, admitted []driver.Admission) {
-	byKey := slices.Clone(admitted)
-	slices.SortStableFunc(byKey, func(a, b driver.Admission) int { return strings.Compare(a.Key, b.Key) })
 	var ops []op
-	for len(byKey) > 0 {
-		n := 1
-		for n < len(byKey) && byKey[n].Key == byKey[0].Key {
-			n++
-		}
-		latestFirst := byKey[:n]
-		slices.Reverse(latestFirst)
-		for _, a := range driver.Unbook(latestFirst) {
-			ops = append(ops, op{s.prefix + a.Key, appendRefund(nil, &a.Request, a.Decision)})
-		}
-		byKey = byKey[n:]
+	for _, a := range driver.UnbookAll(admitted) {
+		ops = append(ops, op{s.prefix + a.Key, appendRefund(nil, &a.Request, a.Decision)})
 	}
 	s.run(ctx, ops, make([]result, len(ops)))
 }

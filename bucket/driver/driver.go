@@ -14,6 +14,8 @@ package driver
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -201,6 +203,28 @@ func Unbook(latestFirst []Admission) []Admission {
 		if !ok {
 			break
 		}
+	}
+	return give
+}
+
+// UnbookAll returns the refunds, to be made in order, that give back
+// admissions of any keys, given in the order they were made: each key's
+// as Unbook gives them back (latest first, joined), keys in the order of
+// their names. A backend gives back this way what it admitted for callers
+// that went away before their answer.
+func UnbookAll(inOrder []Admission) []Admission {
+	byKey := slices.Clone(inOrder)
+	slices.SortStableFunc(byKey, func(a, b Admission) int { return strings.Compare(a.Key, b.Key) })
+	var give []Admission
+	for len(byKey) > 0 {
+		n := 1
+		for n < len(byKey) && byKey[n].Key == byKey[0].Key {
+			n++
+		}
+		latestFirst := byKey[:n]
+		slices.Reverse(latestFirst)
+		give = append(give, Unbook(latestFirst)...)
+		byKey = byKey[n:]
 	}
 	return give
 }

@@ -150,3 +150,36 @@ func TestUnbook(t *testing.T) {
 		})
 	}
 }
+
+// TestUnbookAll: admissions of two keys, made interleaved, are all given
+// back by the refunds UnbookAll returns, each key's state as it was
+// before them, whatever order the keys were admitted in.
+func TestUnbookAll(t *testing.T) {
+	lim := bucket.PerSecond(10).WithBurst(5).WithQuota(4, time.Hour)
+	states := map[string]*driver.State{"b": {}, "a": {}}
+	want := map[string]driver.State{}
+	for k, st := range states {
+		decide(t, st, lim, 0, 1, 0) // stays charged: its quota state is kept
+		want[k] = *cloneState(st)
+	}
+	var made []driver.Admission
+	for _, k := range []string{"b", "a", "b", "a", "b"} {
+		d := decide(t, states[k], lim, 0, 1, 0)
+		require.True(t, d.Allowed, "Decide refused for %s", k)
+		req := request(lim, 1, 0)
+		req.Key = k
+		made = append(made, driver.Admission{Request: req, Decision: d})
+	}
+	give := driver.UnbookAll(made)
+	require.Len(t, give, 5, "refunds of five admissions under a quota")
+	for _, a := range give {
+		driver.Refund(states[a.Key], &a.Request, a.Decision, time.Nanosecond)
+	}
+	for k, st := range states {
+		assert.Equal(t, want[k].TAT, st.TAT, "key %s: TAT after the refunds", k)
+		assert.Equal(t, want[k].Quotas, st.Quotas, "key %s: quotas after the refunds", k)
+	}
+	assert.Len(t, made, 5, "UnbookAll changed its argument's length")
+	assert.Equal(t, "b", made[0].Key, "UnbookAll reordered its argument")
+	assert.Nil(t, driver.UnbookAll(nil))
+}
