@@ -221,7 +221,7 @@ func (d *Dispatcher[T, R]) submit(ctx context.Context, in T, block bool) (*Futur
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	j.submitted = d.now()
+	j.queuedAt(d.now())
 	if d.sched != nil {
 		if err := d.sched.enqueue(ctx, j, block); err != nil {
 			return nil, err

@@ -9,7 +9,8 @@ import (
 // of metrics (see Dispatcher.Histograms).
 type Histograms struct {
 	// AdmissionWait is the time from Submit to the handler's start, one
-	// per run (a job retried after a retry-after counts once per run).
+	// per run: a run after a retry-after counts from when the job was put
+	// back (jobinfo.Info.Waited).
 	AdmissionWait Histogram
 	// RoundTrip is the time the backend took to decide an admission
 	// batch (Stats.RoundTrips), failed batches included.

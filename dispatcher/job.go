@@ -46,9 +46,8 @@ type job[T, R any] struct {
 	Future[R]
 	parent    context.Context
 	in        T
-	info      jobinfo.Info // its key and attempt, which its handler context answers for
+	info      jobinfo.Info // its first run's key, attempt and wait (queuedAt), which its handler context answers for
 	cost      int64
-	submitted int64        // dispatcher clock
 	stats     *keyCounters // its key's figures, WithKeyStats
 	prev      *job[T, R]
 	next      *job[T, R]
@@ -114,14 +113,42 @@ func (j *job[T, R]) endRun() {
 	j.cancel(ctxCanceled)
 }
 
-// runAgain gives j a context of its own for its next run. Called once the
-// previous run has ended.
+// runAgain gives j a context of its own for its next run, with the next
+// attempt. Called once the previous run has ended; the contexts of earlier
+// runs keep their own Info, which goroutines they left behind may read.
 func (j *job[T, R]) runAgain() {
+	attempt := j.attempt() + 1
 	if j.rerun != nil {
 		j.rerun.cancel() // ended already; lets go of the parent
 	}
 	ctx, cancel := context.WithCancel(j.parent)
-	j.rerun = &rerunContext{Context: ctx, cancel: cancel, info: j.info}
+	j.rerun = &rerunContext{Context: ctx, cancel: cancel,
+		info: jobinfo.Info{Key: j.info.Key, Attempt: attempt}}
+}
+
+// runInfo returns the Info of j's current (or next) run: written only
+// before that run starts.
+func (j *job[T, R]) runInfo() *jobinfo.Info {
+	if j.rerun != nil {
+		return &j.rerun.info
+	}
+	return &j.info
+}
+
+// attempt returns the attempt of j's current (or next) run.
+func (j *job[T, R]) attempt() int { return j.runInfo().Attempt }
+
+// queuedAt records that j was queued at now (dispatcher clock): by Submit,
+// or for its next run by a retry-after. Until that run starts, its Info's
+// Waited holds this instant; no handler sees that Info before.
+func (j *job[T, R]) queuedAt(now int64) { j.runInfo().Waited = time.Duration(now) }
+
+// started records that j's run starts at now, and returns how long the job
+// waited for it since queuedAt.
+func (j *job[T, R]) started(now int64) time.Duration {
+	info := j.runInfo()
+	info.Waited = time.Duration(now) - info.Waited
+	return info.Waited
 }
 
 // A handlerContext is what a job's context needs once its handler asks for

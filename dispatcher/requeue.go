@@ -33,7 +33,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 	if !ok || s.d.stopped.Load() || j.parent.Err() != nil {
 		return false, err
 	}
-	if j.info.Attempt > s.d.cfg.maxRequeues {
+	if j.attempt() > s.d.cfg.maxRequeues {
 		return false, fmt.Errorf("%w (%d): %w", ErrTooManyRequeues, s.d.cfg.maxRequeues, err)
 	}
 	if delay > 0 {
@@ -48,9 +48,9 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		s.mu.Unlock()
 		return false, err
 	}
-	j.info.Attempt++
 	j.slot = 0
 	j.runAgain()
+	j.queuedAt(s.d.now())
 	k := s.key(j.info.Key)
 	k.paused = max(k.paused, until)
 	s.setBackKey(k)

@@ -38,7 +38,9 @@ type Stats struct {
 	BackendErrors    int64 // admissions the backend failed to decide (retried later)
 	LastBackendError error
 
-	// AdmissionWait is the time from Submit to the handler's start.
+	// AdmissionWait is the time from Submit to the handler's start, one
+	// per run: a run after a retry-after counts from when the job was
+	// put back (jobinfo.Info.Waited).
 	AdmissionWait Percentiles
 }
 

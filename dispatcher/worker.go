@@ -47,7 +47,7 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 		d.sched.release()
 		return
 	}
-	wait := start - j.submitted
+	wait := int64(j.started(start))
 	wk.wait.record(wait)
 	if j.stats != nil {
 		j.stats.wait.record(wait)

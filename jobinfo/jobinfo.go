@@ -1,11 +1,14 @@
 // Package jobinfo carries which run of which job a handler serves — the
-// job's key and its attempt — in the handler's context. A dispatcher puts
+// job's key, its attempt and how long it waited — in the handler's context. A dispatcher puts
 // it in every handler's context; middleware reads it (Logging logs it,
 // RateLimit waits for the key's bucket) and Retry counts the attempts.
 // Code that calls a handler itself can set it with NewContext.
 package jobinfo
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Info describes one run of a job.
 type Info struct {
@@ -16,6 +19,11 @@ type Info struct {
 	// dispatcher put the job back after a retry-after, plus one for each
 	// retry made by middleware.Retry.
 	Attempt int
+	// Waited is how long the job waited from its Submit to the start of
+	// the dispatcher's run: time in the queue, admission included. A run
+	// after a retry-after counts from the Submit too. Zero when no
+	// dispatcher ran the job.
+	Waited time.Duration
 }
 
 // ContextKey is the key a context carries a *Info under. A context type

@@ -141,7 +141,7 @@ func NewCollector(src Source, opts Options) (*Collector, error) {
 	c.retried = desc("jobs_retried_total", "Times a job was queued again after its handler asked for a retry-after.")
 	c.requeued = desc("jobs_requeued_total", "Times an admitted job went back to its key's queue to be admitted again: it reached its worker late or behind its key, or it was booked ahead when that happened or a retry-after paused the key.")
 	c.admissions = desc("admissions_total", "Admissions the backend decided, by result: admitted, throttled (refused until the key's next slot) or paused (given back because a retry-after paused the key meanwhile).", "result")
-	c.wait = desc("admission_wait_seconds", "Time from Submit to the handler's start, one per run.")
+	c.wait = desc("admission_wait_seconds", "Time from Submit (or from a retry-after's requeue) to the handler's start, one per run.")
 	c.roundTrip = desc("backend_round_trip_seconds", "Time the backend took to decide an admission batch; its count is the round trips.")
 	c.backendErrors = desc("backend_errors_total", "Admissions the backend failed to decide (tried again later).")
 	c.keySubmitted = desc("key_jobs_submitted_total", "A key's jobs accepted by Submit, for the keys configured.", "key")
