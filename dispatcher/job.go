@@ -44,14 +44,14 @@ const (
 // selects on its context costs no allocation for it.
 type job[T, R any] struct {
 	Future[R]
-	parent    context.Context
-	in        T
-	info      jobinfo.Info // its first run's key, attempt and wait (queuedAt), which its handler context answers for
-	cost      int64
-	stats     *keyCounters // its key's figures, WithKeyStats
-	prev      *job[T, R]
-	next      *job[T, R]
-	unwatch   func() bool // stops the watch on parent while the job waits; guarded by Future.mu
+	parent  context.Context
+	in      T
+	info    jobinfo.Info // its first run's key, attempt and wait (queuedAt), which its handler context answers for
+	cost    int64
+	stats   *keyCounters // its key's figures, WithKeyStats
+	prev    *job[T, R]
+	next    *job[T, R]
+	unwatch func() bool // stops the watch on parent while the job waits; guarded by Future.mu
 
 	// The admission, from when it is decided until the job runs: what a
 	// refund needs (driver.Decision's start and booking, and the limit,

@@ -75,7 +75,7 @@ func TestHandlerContextCarriesJobInfo(t *testing.T) {
 				runs = append(runs, got)
 				if len(runs) == 1 {
 					time.Sleep(300 * time.Millisecond) // the pause counts from the run's end
-					go func() { // outlives the run, and reads its context after the next began
+					go func() {                        // outlives the run, and reads its context after the next began
 						<-second
 						got, _ := jobinfo.FromContext(ctx)
 						leftover <- got

@@ -35,6 +35,7 @@ type config struct {
 	target      string
 	json        bool
 	plot        string
+	metrics     string // -metrics: host:port
 	verbose     bool
 
 	limit  bucket.Limit // -rate, -burst and -quota together
@@ -72,6 +73,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.target, "target", "", "base `URL` of a real API to sync against instead of the mock")
 	fs.BoolVar(&cfg.json, "json", false, "no progress; print one JSON summary object on stdout")
 	fs.StringVar(&cfg.plot, "plot", "", "write a chart of requests per second per tenant to `FILE` (.svg or .png)")
+	fs.StringVar(&cfg.metrics, "metrics", "", "serve the dispatcher's Prometheus metrics on http://`ADDR`/metrics while the demo runs (host:port; with -procs P, worker i serves on port+i)")
 	fs.BoolVar(&cfg.verbose, "v", false, "log every request attempt to stderr (no progress bars)")
 	return fs
 }
@@ -146,6 +148,7 @@ Examples:
   demo -backend redis -procs 2 -json     2 processes sharing Redis, JSON summary
   demo -backend postgres -procs 4        4 processes sharing buckets in PostgreSQL
   demo -plot rate.svg                    also chart requests per second per tenant
+  demo -jobs 2000 -metrics :9090         serve Prometheus metrics while it runs
 
 Exit status: 0 when every item synced, 1 when a job failed, 2 for bad flags or
 an unreachable backend, 130 when interrupted.
@@ -153,7 +156,7 @@ an unreachable backend, 130 when interrupted.
 }
 
 func (c *config) check() error {
-	checks := []func() error{c.checkBackend, c.checkCounts, c.checkLimit, c.checkTarget, c.checkPlot}
+	checks := []func() error{c.checkBackend, c.checkCounts, c.checkLimit, c.checkTarget, c.checkPlot, c.checkMetrics}
 	for _, f := range checks {
 		if err := f(); err != nil {
 			return err

@@ -219,6 +219,9 @@ func checkChart(t *testing.T, path, magic string) {
 func TestBadFlags(t *testing.T) {
 	plotDir := t.TempDir()
 	require.NoError(t, os.Mkdir(filepath.Join(plotDir, "a.svg"), 0o755))
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { taken.Close() }) // after the parallel subtests
 	tests := []struct {
 		args []string
 		want string // in the one line on stderr
@@ -247,6 +250,11 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-redis", "127.0.0.1:6379"}, "-redis applies only with -backend redis"},
 		{[]string{"-backend", "redis", "-sqlite", "b.db"}, "-sqlite applies only with -backend sqlite"},
 		{[]string{"-plot", "/proc/rate.svg"}, `-plot "/proc/rate.svg"`},
+		{[]string{"-metrics", "9090"}, `-metrics "9090": want host:port`},
+		{[]string{"-metrics", ":99999"}, `-metrics ":99999": port "99999"`},
+		{[]string{"-backend", "sqlite", "-procs", "2", "-metrics", ":0"}, "give a port"},
+		{[]string{"-backend", "sqlite", "-procs", "3", "-metrics", ":65534"}, "ports up to 65536"},
+		{[]string{"-metrics", taken.Addr().String()}, "-metrics: listen tcp " + taken.Addr().String()},
 		{[]string{"-nosuchflag"}, "-nosuchflag"},
 		{[]string{"extra"}, `"extra"`},
 	}

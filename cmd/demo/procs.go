@@ -25,6 +25,9 @@ const (
 	// environment, not on the command line, where ps would show a
 	// password in it to every user of the host.
 	envServer = "LEAKYBUCKET_DEMO_SERVER"
+	// envMetrics is the worker's own -metrics address: the parent's
+	// port + i.
+	envMetrics = "LEAKYBUCKET_DEMO_METRICS"
 )
 
 type workerID struct{ index, count int }
@@ -71,7 +74,13 @@ func runWorker(ctx context.Context, cfg *config, w workerID, stdout io.Writer) i
 		return exitUsage
 	}
 	defer st.close()
-	if err := syncItems(ctx, cfg, st, cfg.target, share(cfg, w.index, w.count), ev); err != nil {
+	cfg.metrics = os.Getenv(envMetrics) // this worker's own port, if any
+	metrics, err := listenMetrics(cfg)
+	if err != nil {
+		ev.write(event{Kind: "error", Err: err.Error()})
+		return exitUsage
+	}
+	if err := syncItems(ctx, cfg, st, cfg.target, share(cfg, w.index, w.count), ev, metrics); err != nil {
 		ev.write(event{Kind: "error", Err: err.Error()})
 		return exitUsage
 	}
@@ -169,11 +178,15 @@ func workerCommand(ctx context.Context, exe string, cfg *config, base string, w 
 		"-workers", strconv.Itoa(cfg.workers), "-procs", strconv.Itoa(cfg.procs),
 		"-target", base, "-v="+strconv.FormatBool(cfg.verbose),
 	)
+
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = append(os.Environ(),
 		envWorker+"="+strconv.Itoa(w.index)+"/"+strconv.Itoa(w.count),
 		envPrefix+"="+cfg.prefix,
 		envServer+"="+server)
+	if cfg.metrics != "" {
+		cmd.Env = append(cmd.Env, envMetrics+"="+workerMetricsAddr(cfg, w.index))
+	}
 	cmd.Stderr = stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 10 * time.Second // then it is killed

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -48,14 +49,20 @@ func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
 		defer api.Close()
 		base, arrivals = api.URL(), api.Arrivals
 	}
+	var metrics net.Listener
+	if cfg.procs == 1 {
+		if metrics, err = listenMetrics(cfg); err != nil {
+			return fail(err)
+		}
+	}
 	if !cfg.json {
-		writeHeader(stdout, cfg, base)
+		writeHeader(stdout, cfg, base, metrics)
 	}
 
 	t := newTally(cfg)
 	prog := startProgress(cfg, t, stdout, isTerminal(stdout))
 	if cfg.procs == 1 {
-		err = syncItems(ctx, cfg, st, base, share(cfg, 0, 1), t)
+		err = syncItems(ctx, cfg, st, base, share(cfg, 0, 1), t, metrics)
 	} else {
 		err = runWorkers(ctx, cfg, base, t, stderr)
 	}
@@ -93,7 +100,7 @@ func report(cfg *config, s summary, t *tally, arrivals map[string][]arrival, std
 	return code
 }
 
-func writeHeader(w io.Writer, cfg *config, base string) {
+func writeHeader(w io.Writer, cfg *config, base string, metrics net.Listener) {
 	fmt.Fprintf(w, "leakybucket demo: %d tenants × %d items, limit %s per tenant: %s\n",
 		cfg.tenants, cfg.jobs, cfg.limit, aboutDuration(estimate(cfg)))
 	where := cfg.backend + " backend"
@@ -117,6 +124,9 @@ func writeHeader(w io.Writer, cfg *config, base string) {
 			base, cfg.limit, withJitterAllowance(cfg.limit).Burst, jitterAllowance)
 	} else {
 		fmt.Fprintf(w, "target %s\n", base)
+	}
+	if cfg.metrics != "" {
+		fmt.Fprintf(w, "metrics %s\n", metricsURL(cfg, metrics))
 	}
 	fmt.Fprintln(w)
 }

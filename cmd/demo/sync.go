@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -66,10 +67,14 @@ type syncer struct {
 }
 
 // syncItems syncs items against the API at base through a Dispatcher
-// whose buckets live in be, and reports to rec. It returns an error only
-// if it could not start; an interrupt (ctx ending) stops it at once, every
-// job resolved.
-func syncItems(ctx context.Context, cfg *config, be driver.Backend, base string, items []item, rec recorder) error {
+// whose buckets live in be, and reports to rec; if metrics is not nil,
+// it serves the Dispatcher's metrics there while it runs, and closes it.
+// It returns an error only if it could not start; an interrupt (ctx
+// ending) stops it at once, every job resolved.
+func syncItems(ctx context.Context, cfg *config, be driver.Backend, base string, items []item, rec recorder, metrics net.Listener) error {
+	if metrics != nil {
+		defer metrics.Close() // if serving never started
+	}
 	lim, err := bucket.NewLimiter(be, cfg.limit)
 	if err != nil {
 		return err
@@ -79,6 +84,14 @@ func syncItems(ctx context.Context, cfg *config, be driver.Backend, base string,
 	d, err := s.dispatcher(cfg, lim)
 	if err != nil {
 		return err
+	}
+	if metrics != nil {
+		stop, err := serveMetrics(metrics, cfg, d)
+		if err != nil {
+			d.Shutdown(ctx)
+			return err
+		}
+		defer stop()
 	}
 	s.run(ctx, d, items)
 	rec.finish(s.figures(d))
