@@ -30,9 +30,18 @@ type Limit struct {
 	Period time.Duration // > 0
 	Burst  int64         // units that may pass back-to-back, ≥ 1
 	Quotas []Quota       // rolling quotas, at most MaxQuotas, distinct windows
+	// Inflight, if positive, is how many of a key's admissions may hold a
+	// lease at once, across every process sharing the backend: work in
+	// flight, as opposed to work started per period. Limiter.Acquire takes
+	// and gives back leases, and a Dispatcher does for its jobs. 0 caps
+	// nothing; at most MaxInflight.
+	Inflight int64
 
 	unlimited bool
 }
+
+// MaxInflight bounds Limit.Inflight.
+const MaxInflight = driver.MaxInflight
 
 // A Quota admits at most Max units in any rolling Window.
 type Quota = driver.Quota
@@ -70,6 +79,13 @@ func (l Limit) WithQuota(max int64, window time.Duration) Limit {
 	return l
 }
 
+// WithInflight returns a copy of l that lets at most n of a key's
+// admissions hold a lease at once (Limit.Inflight); 0 removes the cap.
+func (l Limit) WithInflight(n int64) Limit {
+	l.Inflight = n
+	return l
+}
+
 // IsUnlimited reports whether l is Unlimited.
 func (l Limit) IsUnlimited() bool { return l.unlimited }
 
@@ -94,11 +110,11 @@ func (l Limit) Validate() error {
 
 // driver returns l as backends see it.
 func (l *Limit) driver() driver.Limit {
-	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas}
+	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas, Inflight: l.Inflight}
 }
 
 // String returns l in the textual form Parse reads, for example
-// "5/s burst=10 quota=1000/1h".
+// "5/s burst=10 quota=1000/1h inflight=4".
 func (l Limit) String() string {
 	if l.unlimited {
 		return "unlimited"
@@ -112,10 +128,12 @@ func (l Limit) String() string {
 //	5/s
 //	100/1m burst=20
 //	5/s burst=10 quota=1000/1h quota=50000/1d
+//	10/s burst=2 inflight=5
 //	unlimited
 //
 // P is a unit (s, m, h, d) or a Go duration with an optional day suffix
-// (100ms, 1h30m, 7d). The burst defaults to 1. Errors match
+// (100ms, 1h30m, 7d). The burst defaults to 1; inflight=N caps the key's
+// admissions in flight (Limit.Inflight). Errors match
 // ErrInvalidLimit and name the offending part.
 func Parse(s string) (Limit, error) {
 	fields := strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' })
@@ -148,8 +166,14 @@ func Parse(s string) (Limit, error) {
 				return Limit{}, &LimitError{Field: "Quotas[" + strconv.Itoa(len(l.Quotas)) + "]", Reason: err.Error()}
 			}
 			l.Quotas = append(l.Quotas, Quota{Max: m, Window: w})
+		case ok && name == "inflight":
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil {
+				return Limit{}, &LimitError{Field: "Inflight", Reason: fmt.Sprintf("%q is not an integer", val)}
+			}
+			l.Inflight = n
 		default:
-			return Limit{}, &LimitError{Field: "Rate", Reason: fmt.Sprintf("unknown field %q (want burst=B or quota=N/P)", f)}
+			return Limit{}, &LimitError{Field: "Rate", Reason: fmt.Sprintf("unknown field %q (want burst=B, quota=N/P or inflight=N)", f)}
 		}
 	}
 	if err := l.Validate(); err != nil {

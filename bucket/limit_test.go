@@ -169,6 +169,8 @@ func TestParse(t *testing.T) {
 		{"1/3650d", bucket.Every(bucket.MaxDuration, 1)},
 		{"5/s burst=1", bucket.PerSecond(5)},
 		{"5/s burst=2 burst=3", bucket.PerSecond(5).WithBurst(3)},
+		{"10/s burst=2 inflight=5", bucket.PerSecond(10).WithBurst(2).WithInflight(5)},
+		{"10/s inflight=0", bucket.PerSecond(10)},
 	}
 	for _, tt := range good {
 		got, err := bucket.Parse(tt.in)
@@ -213,6 +215,9 @@ func TestParse(t *testing.T) {
 		{"5/s quota=10/0s", "Quotas[0].Window", "0s"},
 		{"5/s quota=10/h quota=20/60m", "Quotas[1].Window", "repeats"},
 		{"5/s" + strings.Repeat(" quota=1/1s", bucket.MaxQuotas+1), "Quotas", "at most"},
+		{"5/s inflight=x", "Inflight", `"x"`},
+		{"5/s inflight=-1", "Inflight", "-1"},
+		{"5/s inflight=10001", "Inflight", "10001"},
 	}
 	for _, tt := range bad {
 		l, err := bucket.Parse(tt.in)
@@ -234,6 +239,7 @@ func TestStringRoundTrip(t *testing.T) {
 		{bucket.PerHour(1000), "1000/h"},
 		{bucket.PerSecond(5).WithBurst(10).WithQuota(1000, time.Hour).WithQuota(50000, 24*time.Hour),
 			"5/s burst=10 quota=1000/h quota=50000/d"},
+		{bucket.PerSecond(5).WithQuota(1000, time.Hour).WithInflight(4), "5/s quota=1000/h inflight=4"},
 		{bucket.Unlimited, "unlimited"},
 		{bucket.Every(100*time.Millisecond, 3), "3/100ms"},
 		{bucket.Every(48*time.Hour, 7), "7/2d"},

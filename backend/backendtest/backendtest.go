@@ -40,8 +40,10 @@ type Config struct {
 // Run runs the conformance suite: validation, burst and rate, atomic
 // refusal, booking ahead, rate and quotas under concurrency on one key and
 // on many, pause, refund, limits changing at runtime, keys of any bytes,
-// batches, and idle expiry. A failure names the request and what was
-// wrong with the backend's answer.
+// batches, idle expiry, and for a driver.LeaseBackend the inflight cap's
+// leases (a backend that keeps none must refuse capped requests with
+// driver.ErrNoLeases). A failure names the request and what was wrong
+// with the backend's answer.
 func Run(t *testing.T, cfg Config) {
 	t.Helper()
 	require.NotNil(t, cfg.New, "backendtest: Config.New is nil")
@@ -64,6 +66,14 @@ func Run(t *testing.T, cfg Config) {
 		{"KeysOfAnyBytes", s.testKeys},
 		{"Batch", s.testBatch},
 		{"IdleExpiry", s.testIdleExpiry},
+		{"LeasesUnsupported", s.testLeasesUnsupported},
+		{"LeaseValidation", s.testLeaseValidation},
+		{"LeaseCap", s.testLeaseCap},
+		{"LeaseRateRefusal", s.testLeaseRateRefusal},
+		{"LeaseExpiry", s.testLeaseExpiry},
+		{"LeaseBatch", s.testLeaseBatch},
+		{"LeaseConcurrent", s.testLeaseConcurrent},
+		{"LeaseIdle", s.testLeaseIdle},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.fn)

@@ -15,5 +15,5 @@ func Limit(l bucket.Limit) driver.Limit {
 	if l.IsUnlimited() {
 		panic("backendtest: Limit(bucket.Unlimited): no backend receives an unlimited limit")
 	}
-	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas}
+	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas, Inflight: l.Inflight}
 }

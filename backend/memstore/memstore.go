@@ -2,7 +2,7 @@
 // driver.Backend for one process. Its calls never block on anything but a
 // shard's lock, held for one decision; they are safe for concurrent use,
 // take constant time, and allocate nothing once a key exists (a key costs
-// one 128-byte entry, plus its quota slots). A background sweeper forgets
+// one 128-byte entry, plus its quota slots and leases). A background sweeper forgets
 // keys whose buckets have become fresh, one shard at a time.
 package memstore
 
@@ -62,12 +62,17 @@ type shard struct {
 // An entry is one key's state, padded to cache lines of its own so that
 // cores updating neighbouring keys do not contend.
 type entry struct {
-	key  string
-	next *entry
-	seen int64 // the clock of the key's latest decision
+	key    string
+	next   *entry
+	seen   int64         // the clock of the key's latest decision
+	leases driver.Leases // of a capped limit (Limit.Inflight)
 	driver.State
-	_ [128 - unsafe.Sizeof(driver.State{}) - 32]byte
+	_ [128 - unsafe.Sizeof(driver.State{}) - unsafe.Sizeof(driver.Leases{}) - 32]byte
 }
+
+// freshAt returns when the key may be forgotten: its bucket fresh and no
+// lease held.
+func (e *entry) freshAt() int64 { return max(driver.FreshAt(&e.State), e.leases.FreshAt()) }
 
 // get returns key's entry, or nil.
 func (sh *shard) get(h uint64, key string) *entry {
@@ -196,7 +201,7 @@ func (s *Store) admit(req *driver.Request, now int64, d *driver.Decision) (err e
 		e = &entry{key: req.Key, seen: sh.swept}
 	}
 	e.seen = max(e.seen, now)
-	*d, err = driver.Decide(&e.State, req, time.Nanosecond, e.seen)
+	*d, err = driver.DecideLeased(&e.State, &e.leases, req, time.Nanosecond, e.seen)
 	if d.Allowed && fresh {
 		sh.put(h, e)
 	}
@@ -213,8 +218,47 @@ func (s *Store) Refund(_ context.Context, req driver.Request, d driver.Decision)
 	sh.mu.Lock()
 	if e := sh.get(h, req.Key); e != nil {
 		driver.Refund(&e.State, &req, d, time.Nanosecond)
+		driver.ReleaseLeased(&e.leases, &req)
 	}
 	sh.mu.Unlock()
+	return nil
+}
+
+// Renew implements driver.LeaseBackend.
+func (s *Store) Renew(_ context.Context, leases []driver.LeaseRef, ttl time.Duration) ([]driver.LeaseRef, error) {
+	if s.closed.Load() {
+		return nil, driver.ErrClosed
+	}
+	if err := driver.CheckRenew(ttl); err != nil {
+		return nil, err
+	}
+	var lost []driver.LeaseRef
+	for _, l := range leases {
+		sh, h := s.shard(l.Key)
+		sh.mu.Lock()
+		now := s.ticks()
+		e := sh.get(h, l.Key)
+		if e == nil || !e.leases.Renew(l.ID, now, now+int64(ttl)) {
+			lost = append(lost, l)
+		}
+		sh.mu.Unlock()
+	}
+	return lost, nil
+}
+
+// Release implements driver.LeaseBackend.
+func (s *Store) Release(_ context.Context, leases []driver.LeaseRef) error {
+	if s.closed.Load() {
+		return driver.ErrClosed
+	}
+	for _, l := range leases {
+		sh, h := s.shard(l.Key)
+		sh.mu.Lock()
+		if e := sh.get(h, l.Key); e != nil {
+			e.leases.Release(l.ID)
+		}
+		sh.mu.Unlock()
+	}
 	return nil
 }
 
@@ -248,7 +292,7 @@ func (s *Store) sweep() {
 		sh.swept = max(sh.swept, now)
 		for h, first := range sh.m {
 			for e := first; e != nil; e = e.next {
-				if driver.FreshAt(&e.State) <= now {
+				if e.freshAt() <= now {
 					sh.drop(h, first, e)
 					first = sh.m[h]
 				}
@@ -283,4 +327,7 @@ func (s *Store) Close() error {
 	return nil
 }
 
-var _ driver.BatchBackend = (*Store)(nil)
+var (
+	_ driver.BatchBackend = (*Store)(nil)
+	_ driver.LeaseBackend = (*Store)(nil)
+)

@@ -387,6 +387,9 @@ func validate(req *driver.Request) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
+	if req.Limit.Inflight > 0 {
+		return driver.ErrNoLeases
+	}
 	return checkKey(req.Key)
 }
 

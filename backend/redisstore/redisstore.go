@@ -142,7 +142,7 @@ func (s *Store) RedisKey(key string) string { return s.prefix + key }
 // back when the answer comes, in one round trip after the other callers'
 // answers.
 func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision, error) {
-	if err := req.Validate(); err != nil {
+	if err := validate(&req); err != nil {
 		return driver.Decision{}, err
 	}
 	if s.closed.Load() {
@@ -181,7 +181,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 	)
 	for i := range batch {
 		a := &batch[i]
-		a.Decision, a.Err = driver.Decision{}, a.Request.Validate()
+		a.Decision, a.Err = driver.Decision{}, validate(&a.Request)
 		switch {
 		case a.Err != nil:
 			continue
@@ -350,3 +350,14 @@ func (s *Store) end() { s.calls.RUnlock() }
 var (
 	_ driver.BatchBackend = (*Store)(nil)
 )
+
+// validate is req.Validate, for a store that keeps no leases yet.
+func validate(req *driver.Request) error {
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	if req.Limit.Inflight > 0 {
+		return driver.ErrNoLeases
+	}
+	return nil
+}

@@ -40,7 +40,8 @@ type Backend interface {
 	// and quotas are given back as they are. A refund that applies sets
 	// the state's TAT back to d.Booking.Prev and adds one to its
 	// generation, as the function Refund does: Booking.Join and
-	// Booking.Unwound rely on it.
+	// Booking.Unwound rely on it. A LeaseBackend also releases the
+	// admission's lease, in any case.
 	Refund(ctx context.Context, req Request, d Decision) error
 	// Pause admits nothing for key until d from the backend's current
 	// time; the empty key returns ErrEmptyKey. A shorter pause never
@@ -85,10 +86,16 @@ type Request struct {
 	Limit   Limit
 	Cost    int64
 	MaxWait time.Duration // 0 or less: now or never
+	// Lease names the lease an admission takes when Limit.Inflight is
+	// positive (required then), held LeaseTTL from the decision
+	// (0: DefaultLeaseTTL) unless renewed or released.
+	Lease    LeaseID
+	LeaseTTL time.Duration
 }
 
 // Validate reports why no backend could decide r: ErrEmptyKey,
-// ErrInvalidCost, a *LimitError or a *CostError.
+// ErrInvalidCost, a *LimitError, a *CostError, or for a capped limit
+// ErrNoLease or ErrInvalidLeaseTTL.
 func (r *Request) Validate() error {
 	if r.plainValid() {
 		return nil // the common case, without check's error-building code
@@ -115,7 +122,7 @@ func (r *Request) check() error {
 			return &CostError{Cost: r.Cost, Max: q.Max, Bound: "quota " + rateString(q.Max, q.Window)}
 		}
 	}
-	return nil
+	return r.checkLease()
 }
 
 // plainValid reports, cheaply, whether r is a valid request under a limit
@@ -123,7 +130,7 @@ func (r *Request) check() error {
 // when it reports false, check decides.
 func (r *Request) plainValid() bool {
 	l := &r.Limit
-	return r.Key != "" && r.Cost >= 1 && l.Burst >= r.Cost && len(l.Quotas) == 0 &&
+	return r.Key != "" && r.Cost >= 1 && l.Burst >= r.Cost && len(l.Quotas) == 0 && l.Inflight == 0 &&
 		l.Rate >= 1 && l.Period > 0 && l.Period <= MaxDuration && burstFits(l.Burst, l.Period, l.Rate)
 }
 
@@ -141,6 +148,10 @@ type Decision struct {
 	Now int64
 	// Booking identifies the admission for Refund; zero when refused.
 	Booking Booking
+	// AtCap reports a refusal because the key's limit caps its leases
+	// (Limit.Inflight) and as many are held; Wait is then the time until
+	// the first of them expires, unless its holder releases it sooner.
+	AtCap bool
 }
 
 // Start returns the admitted start time in the backend's time base.

@@ -20,6 +20,15 @@ var (
 	ErrEmptyKey = errors.New("bucket: empty key")
 	// ErrClosed is returned by a backend after Close.
 	ErrClosed = errors.New("bucket: backend closed")
+	// ErrNoLease is returned for a request of a capped limit
+	// (Limit.Inflight) that names no lease.
+	ErrNoLease = errors.New("bucket: a limit with an inflight cap needs a lease ID")
+	// ErrInvalidLeaseTTL is returned for a lease time to live out of
+	// range.
+	ErrInvalidLeaseTTL = errors.New("bucket: invalid lease TTL")
+	// ErrNoLeases is returned by a backend that keeps no leases (not a
+	// LeaseBackend) for a request of a capped limit.
+	ErrNoLeases = errors.New("bucket: backend keeps no leases: it cannot apply an inflight cap")
 )
 
 // A LimitError reports an invalid Limit, naming the field.

@@ -104,10 +104,21 @@ func SlotWidth(windowTicks int64) int64 { return ceilDiv(windowTicks, QuotaSlots
 // room; it is admitted if that t is no later than now+MaxWait. Intervals
 // are rounded up to whole ticks, so rounding never over-admits. For one
 // state, now must never go backwards: slots of quotas are forgotten by it.
+//
+// A request of a capped limit (Limit.Inflight) returns ErrNoLeases: a
+// backend that keeps leases decides it with DecideLeased.
 func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, error) {
 	if err := req.Validate(); err != nil {
 		return Decision{}, err
 	}
+	if req.Limit.Inflight > 0 {
+		return Decision{}, ErrNoLeases
+	}
+	return decide(st, req, unit, now), nil
+}
+
+// decide is Decide for a valid request, its cap checked by the caller.
+func decide(st *State, req *Request, unit time.Duration, now int64) Decision {
 	u := int64(unit)
 	lim := &req.Limit
 	c := req.Cost
@@ -127,7 +138,7 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 	// Decisions are built whole at return: filling one in field by field
 	// costs store-forwarding stalls on the hot path.
 	if start-now > maxWait {
-		return Decision{Wait: time.Duration((start - now) * u), Now: now * u}, nil
+		return Decision{Wait: time.Duration((start - now) * u), Now: now * u}
 	}
 	prev := st.TAT
 	st.TAT = max(st.TAT, start) + charge
@@ -141,7 +152,7 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 		Wait:    time.Duration((start - now) * u),
 		Now:     now * u,
 		Booking: Booking{TAT: st.TAT, Prev: prev, Gen: st.Gen},
-	}, nil
+	}
 }
 
 // Refund gives back the admission d of req, with the semantics of

@@ -25,7 +25,14 @@ type Limit struct {
 	Period time.Duration
 	Burst  int64
 	Quotas []Quota
+	// Inflight, if positive, caps the key's admissions holding a lease at
+	// once (LeaseBackend); 0 caps nothing.
+	Inflight int64
 }
+
+// MaxInflight bounds Limit.Inflight: each held lease is state the backend
+// keeps and walks.
+const MaxInflight = 10_000
 
 // A Quota admits at most Max units in any rolling Window.
 type Quota struct {
@@ -56,6 +63,8 @@ func (l Limit) Validate() error {
 		return &LimitError{Field: "Burst", Reason: fmt.Sprintf("must be at least 1, got %d", l.Burst)}
 	case !burstFits(l.Burst, l.Period, l.Rate):
 		return &LimitError{Field: "Burst", Reason: fmt.Sprintf("%d × interval %v exceeds MaxDuration", l.Burst, l.Interval())}
+	case l.Inflight < 0 || l.Inflight > MaxInflight:
+		return &LimitError{Field: "Inflight", Reason: fmt.Sprintf("must be from 0 (no cap) to %d, got %d", MaxInflight, l.Inflight)}
 	case len(l.Quotas) > MaxQuotas:
 		return &LimitError{Field: "Quotas", Reason: fmt.Sprintf("at most %d, got %d", MaxQuotas, len(l.Quotas))}
 	}
@@ -87,7 +96,7 @@ func burstFits(burst int64, period time.Duration, rate int64) bool {
 }
 
 // String returns l in the textual form bucket.Parse reads, for example
-// "5/s burst=10 quota=1000/1h".
+// "5/s burst=10 quota=1000/1h inflight=4".
 func (l Limit) String() string {
 	var b strings.Builder
 	b.WriteString(rateString(l.Rate, l.Period))
@@ -98,6 +107,10 @@ func (l Limit) String() string {
 	for _, q := range l.Quotas {
 		b.WriteString(" quota=")
 		b.WriteString(rateString(q.Max, q.Window))
+	}
+	if l.Inflight > 0 {
+		b.WriteString(" inflight=")
+		b.WriteString(strconv.FormatInt(l.Inflight, 10))
 	}
 	return b.String()
 }
