@@ -25,7 +25,7 @@ func RawAdmit(ctx context.Context, s *Store, req driver.Request, clock *int64) (
 // database and return the moment, in µs, the state becomes fresh (0 if
 // it is).
 func RawRefund(ctx context.Context, s *Store, req driver.Request, d driver.Decision, clock *int64) (int64, error) {
-	r, err := s.runAt(ctx, []op{refundOp(&req, d)}, clock)
+	r, err := s.runAt(ctx, []op{refundOp(&req, d, true)}, clock)
 	if err != nil {
 		return 0, err
 	}
@@ -59,6 +59,10 @@ func AdmitBatchAt(ctx context.Context, s *Store, batch []driver.Admission, clock
 // Sweep runs a sweep now and returns how many rows it deleted.
 func Sweep(ctx context.Context, s *Store) (int64, error) { return s.sweep(ctx) }
 
+// LeaseTable returns the quoted, schema-qualified name of s's table of
+// leases.
+func LeaseTable(s *Store) string { return s.schema + ".leases" }
+
 // Pool returns the pool s was made with.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
@@ -70,3 +74,37 @@ func IsLocal(d driver.Decision) bool { return failover.IsLocal(d) }
 
 // LockKey is the advisory lock that s's batches take, shared or alone.
 func LockKey(s *Store) int64 { return lockKey(s.schema) }
+
+// A RawOp is one request of a statement of the function: an admission,
+// a refund (releasing its lease), a pause, a renewal or a release.
+type RawOp struct{ o op }
+
+func AdmitOp(req driver.Request) RawOp                     { return RawOp{admitOp(&req)} }
+func RefundOp(req driver.Request, d driver.Decision) RawOp { return RawOp{refundOp(&req, d, true)} }
+func PauseOp(key string, d time.Duration) RawOp            { return RawOp{pauseOp(key, d)} }
+func ReleaseOp(l driver.LeaseRef) RawOp                    { return RawOp{releaseOp(l)} }
+func RenewOp(l driver.LeaseRef, ttl time.Duration) RawOp {
+	return RawOp{renewOp(l, driver.Ticks(ttl, tick))}
+}
+
+// RunAt decides ops in one statement at clock (µs), and returns each
+// one's decision (a renewal's or release's Allowed: it applied) and the
+// moment, in µs, its key's state becomes fresh after it (0 if it is).
+func RunAt(ctx context.Context, s *Store, ops []RawOp, clock int64) ([]driver.Decision, []int64, error) {
+	raw := make([]op, len(ops))
+	for i, o := range ops {
+		raw[i] = o.o
+	}
+	r, err := s.runAt(ctx, raw, &clock)
+	if err != nil {
+		return nil, nil, err
+	}
+	ds, fresh := make([]driver.Decision, len(r)), make([]int64, len(r))
+	for i := range r {
+		ds[i], fresh[i] = r[i].decision(), r[i].fresh
+		if o := raw[i].op; o == opRenew || o == opRelease {
+			ds[i] = driver.Decision{Allowed: r[i].code == codeAllowed}
+		}
+	}
+	return ds, fresh, nil
+}

@@ -265,7 +265,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 		case err != nil:
 			a.Decision, a.Err = s.guard.ErrAnswer(ctx, a.Request, err)
 		case ended != nil:
-			if replies[k].allowed {
+			if replies[k].code == codeAllowed {
 				refunds = append(refunds, driver.Admission{Request: a.Request, Decision: replies[k].decision()})
 			}
 			a.Err = ended
@@ -297,7 +297,7 @@ func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decisio
 	if failover.IsLocal(d) {
 		return s.guard.Refund(ctx, req, d)
 	}
-	return s.write(ctx, req.Key, refundOp(&req, d))
+	return s.write(ctx, req.Key, refundOp(&req, d, true))
 }
 
 // Pause implements driver.Backend. With FailLocal the pause also holds
@@ -382,15 +382,18 @@ const MaxKeyLen = 2048
 // ErrKeyTooLong is the error of a call on a key longer than MaxKeyLen.
 var ErrKeyTooLong = fmt.Errorf("pgstore: key longer than %d bytes", MaxKeyLen)
 
-// validate is req.Validate, and checkKey.
+// validate is req.Validate, checkKey, and for a capped limit checkLease.
 func validate(req *driver.Request) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
-	if req.Limit.Inflight > 0 {
-		return driver.ErrNoLeases
+	if err := checkKey(req.Key); err != nil {
+		return err
 	}
-	return checkKey(req.Key)
+	if req.Limit.Inflight > 0 {
+		return checkLease(req.Lease)
+	}
+	return nil
 }
 
 func checkKey(key string) error {
@@ -400,4 +403,7 @@ func checkKey(key string) error {
 	return nil
 }
 
-var _ driver.BatchBackend = (*Store)(nil)
+var (
+	_ driver.BatchBackend = (*Store)(nil)
+	_ driver.LeaseBackend = (*Store)(nil)
+)

@@ -45,14 +45,16 @@ func newStore(t testing.TB, p *pgxpool.Pool, opts pgstore.Options) *pgstore.Stor
 	return s
 }
 
-// forgotten reports whether s holds no row for key, after a sweep.
+// forgotten reports whether s holds no row for key, of its bucket or of
+// a lease, after a sweep.
 func forgotten(t *testing.T, b driver.Backend, key string) bool {
 	s := b.(*pgstore.Store)
 	ctx := context.Background()
 	_, err := pgstore.Sweep(ctx, s)
 	require.NoError(t, err, "sweep")
 	var n int
-	err = s.Pool().QueryRow(ctx, "SELECT count(*) FROM "+s.Table()+" WHERE key = $1", pgx.QueryExecModeExec, []byte(key)).Scan(&n)
+	err = s.Pool().QueryRow(ctx, "SELECT (SELECT count(*) FROM "+s.Table()+" WHERE key = $1) + (SELECT count(*) FROM "+pgstore.LeaseTable(s)+" WHERE key = $1)",
+		pgx.QueryExecModeExec, []byte(key)).Scan(&n)
 	require.NoError(t, err, "count the key's rows")
 	return n == 0
 }

@@ -16,35 +16,67 @@ import (
 const tick = time.Microsecond
 
 const (
-	opAdmit  = 1
-	opRefund = 2
-	opPause  = 3
+	opAdmit   = 1
+	opRefund  = 2
+	opPause   = 3
+	opRenew   = 4
+	opRelease = 5
 )
 
-// An op is one request of the function decide_v1: its key, op, its five
-// numbers and its quotas' pairs (see decide.sql).
+// The function's answers, reply.code.
+const (
+	codeRefused = 0
+	codeAllowed = 1 // a renewal: renewed; a release: released
+	codeAtCap   = 2 // refused at the inflight cap
+)
+
+// An op is one request of the function decide_v2: its key, op, its five
+// numbers, its quotas' pairs, and its lease and the lease's time to live
+// (see decide.sql and leases.sql).
 type op struct {
 	key           string
 	op            int32
 	a, b, c, d, e int64
 	quotas        []driver.Quota
-	refund        bool // quotas carry windows only
+	refund        bool   // quotas carry windows only
+	lease         []byte // nil: none
+	ttl           int64  // ticks
 }
 
 // admitOp returns the request for req, a valid request: the integers of
 // driver.Decide in ticks (driver.Request.Terms), computed here so that
-// the function only adds and compares.
+// the function only adds and compares; for a capped limit, the cap and
+// the lease to take.
 func admitOp(req *driver.Request) op {
 	tm := req.Terms(tick)
-	return op{key: req.Key, op: opAdmit, a: tm.Capacity, b: tm.Charge, c: req.Cost, d: tm.MaxWait, quotas: req.Limit.Quotas}
+	o := op{key: req.Key, op: opAdmit, a: tm.Capacity, b: tm.Charge, c: req.Cost, d: tm.MaxWait, quotas: req.Limit.Quotas}
+	if req.Limit.Inflight > 0 {
+		o.e, o.lease, o.ttl = req.Limit.Inflight, []byte(req.Lease), req.LeaseTTLTicks(tick)
+	}
+	return o
 }
 
 // refundOp returns the request to refund d, an admission of req that the
-// database decided.
-func refundOp(req *driver.Request, d driver.Decision) op {
+// database decided, and to release its lease if release is set and req
+// took one.
+func refundOp(req *driver.Request, d driver.Decision, release bool) op {
 	b := d.Booking
-	return op{key: req.Key, op: opRefund, a: b.TAT, b: b.Prev, c: b.Gen, d: d.Start() / int64(tick), e: req.Cost,
+	o := op{key: req.Key, op: opRefund, a: b.TAT, b: b.Prev, c: b.Gen, d: d.Start() / int64(tick), e: req.Cost,
 		quotas: req.Limit.Quotas, refund: true}
+	if release && req.Limit.Inflight > 0 {
+		o.lease = []byte(req.Lease)
+	}
+	return o
+}
+
+// renewOp returns the request to renew l for ttl ticks, and releaseOp
+// the request to release it.
+func renewOp(l driver.LeaseRef, ttl int64) op {
+	return op{key: l.Key, op: opRenew, lease: []byte(l.ID), ttl: ttl}
+}
+
+func releaseOp(l driver.LeaseRef) op {
+	return op{key: l.Key, op: opRelease, lease: []byte(l.ID)}
 }
 
 // pauseOp returns the request to pause key for d, rounded up to a tick so
@@ -55,7 +87,7 @@ func pauseOp(key string, d time.Duration) op {
 
 // reply is the function's answer to a request.
 type reply struct {
-	allowed   bool
+	code      int32 // codeRefused, codeAllowed or codeAtCap
 	wait, now int64 // ticks
 	tat, prev int64 // ticks; the booking
 	gen       int64
@@ -64,11 +96,12 @@ type reply struct {
 
 func (r reply) decision() driver.Decision {
 	d := driver.Decision{
-		Allowed: r.allowed,
+		Allowed: r.code == codeAllowed,
 		Wait:    time.Duration(r.wait) * tick,
 		Now:     r.now * int64(tick),
+		AtCap:   r.code == codeAtCap,
 	}
-	if r.allowed {
+	if d.Allowed {
 		d.Booking = driver.Booking{TAT: r.tat, Prev: r.prev, Gen: r.gen}
 	}
 	return d
@@ -88,13 +121,15 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 		kidx, kinds, qn      = make([]int32, n), make([]int32, n), make([]int32, n)
 		fa, fb, fc, fd, fe   = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 		qw, qm               []int64
-		allowed              []int32
+		lids, lttls          = make([][]byte, n), make([]int64, n)
+		codes                []int32
 		wait, now, tat, prev []int64
 		gen, fresh           []int64
 	)
 	ukeys := sortedKeys(ops, kidx)
 	for i, o := range ops {
 		kinds[i], fa[i], fb[i], fc[i], fd[i], fe[i] = o.op, o.a, o.b, o.c, o.d, o.e
+		lids[i], lttls[i] = o.lease, o.ttl
 		qn[i] = int32(len(o.quotas))
 		for _, q := range o.quotas {
 			qw = append(qw, driver.Ticks(q.Window, tick))
@@ -113,8 +148,8 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 			return nil, err
 		}
 		err := s.pool.QueryRow(ctx, s.sql.decide, s.mode,
-			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, clock, s.durable).
-			Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
+			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, lids, lttls, clock, s.durable).
+			Scan(&codes, &wait, &now, &tat, &prev, &gen, &fresh)
 		if err == nil {
 			break
 		}
@@ -122,12 +157,12 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 			return nil, err
 		}
 	}
-	if len(allowed) != n || len(wait) != n || len(now) != n || len(tat) != n || len(prev) != n || len(gen) != n || len(fresh) != n {
-		return nil, fmt.Errorf("pgstore: the function replied %d decisions for %d requests", len(allowed), n)
+	if len(codes) != n || len(wait) != n || len(now) != n || len(tat) != n || len(prev) != n || len(gen) != n || len(fresh) != n {
+		return nil, fmt.Errorf("pgstore: the function replied %d decisions for %d requests", len(codes), n)
 	}
 	out := make([]reply, n)
 	for i := range out {
-		out[i] = reply{allowed: allowed[i] == 1, wait: wait[i], now: now[i], tat: tat[i], prev: prev[i], gen: gen[i], fresh: fresh[i]}
+		out[i] = reply{code: codes[i], wait: wait[i], now: now[i], tat: tat[i], prev: prev[i], gen: gen[i], fresh: fresh[i]}
 	}
 	return out, nil
 }
@@ -152,13 +187,19 @@ func sortedKeys(ops []op, kidx []int32) [][]byte {
 
 // giveBack refunds admissions the database made for callers that gave
 // up, given in the order it made them, in one round trip
-// (driver.UnbookAll), so that consecutive ones of a key all come back.
-// It asks the database even while the Store counts it as down: the
-// admissions were made there.
+// (driver.UnbookAll), so that consecutive ones of a key all come back,
+// and releases the leases they took, every one: UnbookAll leaves out
+// admissions whose rate cannot come back. It asks the database even
+// while the Store counts it as down: the admissions were made there.
 func (s *Store) giveBack(ctx context.Context, admitted []driver.Admission) {
 	var ops []op
 	for _, a := range driver.UnbookAll(admitted) {
-		ops = append(ops, refundOp(&a.Request, a.Decision))
+		ops = append(ops, refundOp(&a.Request, a.Decision, false))
+	}
+	for _, a := range admitted {
+		if a.Limit.Inflight > 0 {
+			ops = append(ops, releaseOp(driver.LeaseRef{Key: a.Key, ID: a.Lease}))
+		}
 	}
 	s.run(ctx, ops)
 }
@@ -196,7 +237,7 @@ func (s *Store) sendAdmits(ctx context.Context, r *coalesce.Round[admission, rep
 func (s *Store) giveBackAdmits(calls []*coalesce.Call[admission, reply]) {
 	var refunds []driver.Admission
 	for _, c := range calls {
-		if c.Err == nil && c.Ans.allowed && c.Req.op.op == opAdmit {
+		if c.Err == nil && c.Ans.code == codeAllowed && c.Req.op.op == opAdmit {
 			refunds = append(refunds, driver.Admission{Request: c.Req.req, Decision: c.Ans.decision()})
 		}
 	}

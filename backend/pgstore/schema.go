@@ -13,11 +13,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// decideSQL creates the functions of schema version 1; see the comment at
-// its top.
-//
-//go:embed decide.sql
-var decideSQL string
+// decideSQL creates the functions of schema version 1, leasesSQL those
+// of version 2; see the comments at their tops.
+var (
+	//go:embed decide.sql
+	decideSQL string
+	//go:embed leases.sql
+	leasesSQL string
+)
 
 // migrations[v] takes the schema from version v-1 to version v; the
 // version table holds the last one applied. Entries are only ever
@@ -27,8 +30,8 @@ var decideSQL string
 // rolling upgrade runs, and a Store that finds a later version than its
 // own uses the schema as it is.
 //
-// buckets holds one row per key whose bucket is not fresh (see
-// decide.sql for its columns). It is not indexed but by its key: an index
+// buckets holds one row per key whose bucket is not fresh or that holds
+// leases (see decide.sql and leases.sql for its columns). It is not indexed but by its key: an index
 // on fresh_at would make every admission update it, where now an update
 // touches no indexed column and stays on its page (a HOT update, helped by
 // the fillfactor); the sweep reads the table instead, once a minute.
@@ -52,11 +55,24 @@ var migrations = [][]string{
 		`INSERT INTO @schema.swept (id, t) VALUES (0, 0)`,
 		decideSQL,
 	},
+	// Leases (issue 17). A row's fresh_at is at least its held_until, so
+	// that version 1's functions too keep a key's row while its leases
+	// are held.
+	2: {
+		`ALTER TABLE @schema.buckets ADD COLUMN held_until bigint NOT NULL DEFAULT 0`,
+		`CREATE TABLE @schema.leases (
+			key     bytea  NOT NULL,
+			id      bytea  NOT NULL,
+			expires bigint NOT NULL,
+			PRIMARY KEY (key, id)
+		)`,
+		leasesSQL,
+	},
 }
 
 // SchemaVersion is the version of the schema this package writes, kept in
 // the schema's table version.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // latestVersion is the version the migrations lead to: SchemaVersion (a
 // test checks), or more in a test that adds a migration.
@@ -81,8 +97,8 @@ type statements struct {
 
 func newStatements(schema string) statements {
 	return statements{
-		decide: `SELECT * FROM ` + schema + `.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-		sweep:  `SELECT ` + schema + `.sweep_v1($1)`,
+		decide: `SELECT * FROM ` + schema + `.decide_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+		sweep:  `SELECT ` + schema + `.sweep_v2($1)`,
 	}
 }
 
