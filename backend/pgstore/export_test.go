@@ -108,3 +108,37 @@ func RunAt(ctx context.Context, s *Store, ops []RawOp, clock int64) ([]driver.De
 	}
 	return ds, fresh, nil
 }
+
+// MigrateTo installs s's schema up to version v only, as a Store of an
+// earlier release would.
+func MigrateTo(ctx context.Context, s *Store, v int) error { return s.migrate(ctx, v) }
+
+// AdmitV1 decides req, uncapped, by decide_v1 at clock (µs) unless it is
+// nil, as a process of schema version 1 does.
+func AdmitV1(ctx context.Context, s *Store, req driver.Request, clock *int64) (driver.Decision, error) {
+	o := admitOp(&req)
+	qw, qm := []int64{}, []int64{}
+	for _, q := range o.quotas {
+		qw, qm = append(qw, driver.Ticks(q.Window, tick)), append(qm, q.Max)
+	}
+	var allowed []int32
+	var wait, now, tat, prev, gen, fresh []int64
+	err := s.pool.QueryRow(ctx, `SELECT * FROM `+s.schema+`.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+		[][]byte{[]byte(o.key)}, []int32{1}, []int32{o.op}, []int64{o.a}, []int64{o.b}, []int64{o.c}, []int64{o.d}, []int64{0},
+		[]int32{int32(len(o.quotas))}, qw, qm, clock, false).
+		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
+	if err != nil {
+		return driver.Decision{}, err
+	}
+	code := int32(codeRefused)
+	if allowed[0] == 1 {
+		code = codeAllowed
+	}
+	return reply{code: code, wait: wait[0], now: now[0], tat: tat[0], prev: prev[0], gen: gen[0]}.decision(), nil
+}
+
+// SweepV1 runs version 1's sweep, as a process of that version does.
+func SweepV1(ctx context.Context, s *Store) (n int64, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT `+s.schema+`.sweep_v1($1)`, sweepChunk).Scan(&n)
+	return n, err
+}

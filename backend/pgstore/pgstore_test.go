@@ -135,6 +135,9 @@ func TestClosed(t *testing.T) {
 	batch := []driver.Admission{{Request: req}}
 	s.AdmitBatch(ctx, batch)
 	assert.ErrorIs(t, batch[0].Err, bucket.ErrClosed, "AdmitBatch after Close")
+	_, err = s.Renew(ctx, []driver.LeaseRef{{Key: "k", ID: "a"}}, time.Second)
+	assert.ErrorIs(t, err, bucket.ErrClosed, "Renew after Close")
+	assert.ErrorIs(t, s.Release(ctx, []driver.LeaseRef{{Key: "k", ID: "a"}}), bucket.ErrClosed, "Release after Close")
 }
 
 func TestCancelledContext(t *testing.T) {

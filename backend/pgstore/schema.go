@@ -126,7 +126,7 @@ func (s *Store) ensureSchema(ctx context.Context) error {
 	default:
 		return fmt.Errorf("pgstore: schema %s: reading its version: %w", s.schema, err)
 	}
-	if err := s.migrate(ctx); err != nil {
+	if err := s.migrate(ctx, latestVersion()); err != nil {
 		return fmt.Errorf("pgstore: schema %s: installing: %w", s.schema, err)
 	}
 	s.ready.Store(true)
@@ -150,10 +150,10 @@ func (s *Store) schemaGone(err error) bool {
 	return false
 }
 
-// migrate brings the schema to latestVersion in one transaction, under an
-// advisory lock on the schema's name, so that Stores starting at once
+// migrate brings the schema to version latest in one transaction, under
+// an advisory lock on the schema's name, so that Stores starting at once
 // install it once: the later ones find the work done.
-func (s *Store) migrate(ctx context.Context) error {
+func (s *Store) migrate(ctx context.Context, latest int) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		exec := func(sql string, args ...any) error {
 			_, err := tx.Exec(ctx, sql, append([]any{pgx.QueryExecModeExec}, args...)...)
@@ -175,7 +175,6 @@ func (s *Store) migrate(ctx context.Context) error {
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		latest := latestVersion()
 		for v := version + 1; v <= latest; v++ {
 			for _, stmt := range migrations[v] {
 				// The simple protocol runs a script of many statements.
