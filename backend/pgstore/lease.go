@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,14 +31,17 @@ func storable(l driver.LeaseRef) bool {
 	return l.Key != "" && l.ID != "" && checkKey(l.Key) == nil && checkLease(l.ID) == nil
 }
 
-// Renew implements driver.LeaseBackend: one statement renews every lease
-// of leases that is still held, to ttl from the database's clock, under
-// the locks admissions of their keys take, and returns the others, in
-// the order given. It blocks for that round trip, which ctx does not
-// cancel (Options.Timeout bounds it). While PostgreSQL is unavailable,
-// under FailLocal the local buckets answer (they hold the leases taken
-// while it was down, and report the others lost); under FailClosed and
-// FailOpen Renew returns an error matching ErrUnavailable.
+// Renew implements driver.LeaseBackend: it renews every lease of leases
+// that is still held, to ttl from the database's clock, and returns the
+// others, in the order given. One statement renews the whole slice, in
+// a round trip shared with concurrent calls (as Admit's), under the
+// locks admissions of their keys take. It blocks for that round trip,
+// which ctx does not cancel (Options.Timeout bounds it): if ctx ends
+// first Renew returns ctx's error at once, and the leases may have been
+// renewed. While PostgreSQL is unavailable, under FailLocal the local
+// buckets answer (they hold the leases taken while it was down, and
+// report the others lost); under FailClosed and FailOpen Renew returns
+// an error matching ErrUnavailable.
 func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Duration) ([]driver.LeaseRef, error) {
 	if s.closed.Load() {
 		return nil, driver.ErrClosed
@@ -61,27 +65,25 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 	}
 	held := make([]bool, len(leases))
 	if len(ops) > 0 {
-		if !s.begin() {
-			return nil, driver.ErrClosed
-		}
-		defer s.end()
 		ask, probe := s.guard.Ask()
 		if !ask {
 			return s.guard.RenewAnswer(ctx, leases, ttl, nil)
 		}
-		replies, err := s.run(context.WithoutCancel(ctx), ops)
+		a, err := s.admits.Do(ctx, admission{many: ops})
 		s.guard.Settle(err, probe)
 		switch {
 		case err == nil:
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
+		case errors.Is(err, driver.ErrClosed):
+			return nil, err
 		case !isUnavailable(err):
 			return nil, fmt.Errorf("pgstore: renewing %d leases: %w", len(ops), err)
 		default:
 			return s.guard.RenewAnswer(ctx, leases, ttl, err)
 		}
 		for k, i := range idx {
-			held[i] = replies[k].code == codeAllowed
+			held[i] = a.many[k].code == codeAllowed
 		}
 	}
 	var lost []driver.LeaseRef
@@ -94,12 +96,15 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 }
 
 // Release implements driver.LeaseBackend: one statement deletes every
-// lease of leases, under the locks admissions of their keys take. It
-// blocks for that round trip, which ctx does not cancel (Options.Timeout
-// bounds it). Under FailLocal the local buckets release them too. While
-// PostgreSQL is unavailable the leases stay held there until they
-// expire: Release returns an error matching ErrUnavailable under
-// FailClosed, and nil under the other policies, as Refund does.
+// lease of leases, in a round trip shared with concurrent calls (as
+// Admit's), under the locks admissions of their keys take. It blocks for
+// that round trip, which ctx does not cancel (Options.Timeout bounds
+// it): if ctx ends first Release returns ctx's error at once, and the
+// leases may have been released. Under FailLocal the local buckets
+// release them too. While PostgreSQL is unavailable the leases stay
+// held there until they expire: Release returns an error matching
+// ErrUnavailable under FailClosed, and nil under the other policies, as
+// Refund does.
 func (s *Store) Release(ctx context.Context, leases []driver.LeaseRef) error {
 	if s.closed.Load() {
 		return driver.ErrClosed
@@ -116,24 +121,6 @@ func (s *Store) Release(ctx context.Context, leases []driver.LeaseRef) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	if !s.begin() {
-		return driver.ErrClosed
-	}
-	defer s.end()
 	s.guard.Release(ctx, leases)
-	ask, probe := s.guard.Ask()
-	var err error
-	if ask {
-		_, err = s.run(context.WithoutCancel(ctx), ops)
-		s.guard.Settle(err, probe)
-		switch {
-		case err == nil:
-			return nil
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case !isUnavailable(err):
-			return fmt.Errorf("pgstore: releasing %d leases: %w", len(ops), err)
-		}
-	}
-	return s.guard.WriteAnswer(err)
+	return s.write(ctx, "", admission{many: ops})
 }

@@ -95,7 +95,7 @@ type Store struct {
 	ready   atomic.Bool // the schema is installed
 	install sync.Mutex
 
-	admits *coalesce.Batcher[admission, reply]
+	admits *coalesce.Batcher[admission, answer]
 	calls  sync.RWMutex // held for reading by the calls begin starts
 	closed atomic.Bool
 
@@ -166,7 +166,7 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 	if maxBatch == 0 {
 		maxBatch = 128
 	}
-	s.admits = coalesce.New(coalesce.Config[admission, reply]{
+	s.admits = coalesce.New(coalesce.Config[admission, answer]{
 		Trips:    conns,
 		MaxBatch: maxBatch,
 		Run:      s.sendAdmits,
@@ -204,7 +204,7 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 	if !ask {
 		return s.guard.Fallback(ctx, req, nil)
 	}
-	r, err := s.admits.Do(ctx, admission{admitOp(&req), req})
+	r, err := s.admits.Do(ctx, admission{op: admitOp(&req), req: req})
 	s.guard.Settle(err, probe)
 	if err != nil {
 		return s.guard.ErrAnswer(ctx, req, err)
@@ -297,7 +297,7 @@ func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decisio
 	if failover.IsLocal(d) {
 		return s.guard.Refund(ctx, req, d)
 	}
-	return s.write(ctx, req.Key, refundOp(&req, d, true))
+	return s.write(ctx, req.Key, admission{op: refundOp(&req, d, true)})
 }
 
 // Pause implements driver.Backend. With FailLocal the pause also holds
@@ -316,18 +316,19 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 		return err
 	}
 	s.guard.Pause(ctx, key, d)
-	return s.write(ctx, key, pauseOp(key, d))
+	return s.write(ctx, key, admission{op: pauseOp(key, d)})
 }
 
-// write runs a refund or pause, coalesced with concurrent calls as
-// admissions are. While PostgreSQL is unavailable it fails with
-// ErrUnavailable under FailClosed; under the other policies there is no
-// one to tell, and it returns nil.
-func (s *Store) write(ctx context.Context, key string, o op) error {
+// write runs a refund, pause or release (of key, or of leases of any
+// keys if key is ""), coalesced with concurrent calls as admissions are.
+// While PostgreSQL is unavailable it fails with ErrUnavailable under
+// FailClosed; under the other policies there is no one to tell, and it
+// returns nil.
+func (s *Store) write(ctx context.Context, key string, a admission) error {
 	ask, probe := s.guard.Ask()
 	var err error
 	if ask {
-		_, err = s.admits.Do(ctx, admission{op: o})
+		_, err = s.admits.Do(ctx, a)
 		s.guard.Settle(err, probe)
 		switch {
 		case err == nil:
@@ -336,6 +337,8 @@ func (s *Store) write(ctx context.Context, key string, o op) error {
 			return ctx.Err()
 		case errors.Is(err, driver.ErrClosed):
 			return err
+		case key == "" && !isUnavailable(err):
+			return fmt.Errorf("pgstore: releasing %d leases: %w", len(a.many), err)
 		case !isUnavailable(err):
 			return fmt.Errorf("pgstore: key %q: %w", key, err)
 		}

@@ -204,40 +204,56 @@ func (s *Store) giveBack(ctx context.Context, admitted []driver.Admission) {
 	s.run(ctx, ops)
 }
 
-// An admission is a call of Admit, Refund or Pause: its request to the
-// function, and for an admission the request it decides.
+// An admission is a call of Admit, Refund, Pause, Renew or Release: its
+// request to the function, or for Renew and Release its requests, one a
+// lease; and for an admission the request it decides.
 type admission struct {
-	op  op
-	req driver.Request
+	op   op
+	many []op // Renew and Release: instead of op
+	req  driver.Request
+}
+
+// An answer is the function's reply to a call: to its one request, or
+// to each of many.
+type answer struct {
+	reply
+	many []reply
 }
 
 // sendAdmits sends the calls queued as one batch.
-func (s *Store) sendAdmits(ctx context.Context, r *coalesce.Round[admission, reply]) {
+func (s *Store) sendAdmits(ctx context.Context, r *coalesce.Round[admission, answer]) {
 	r.Take()
 	if len(r.Calls) == 0 {
 		return
 	}
-	ops := make([]op, len(r.Calls))
-	for i, c := range r.Calls {
-		ops[i] = c.Req.op
+	ops := make([]op, 0, len(r.Calls))
+	for _, c := range r.Calls {
+		if c.Req.many != nil {
+			ops = append(ops, c.Req.many...)
+		} else {
+			ops = append(ops, c.Req.op)
+		}
 	}
 	replies, err := s.run(ctx, ops)
-	for i, c := range r.Calls {
-		if err != nil {
+	for _, c := range r.Calls {
+		switch {
+		case err != nil:
 			c.Err = err
-		} else {
-			c.Ans = replies[i]
+		case c.Req.many != nil:
+			c.Ans.many, replies = replies[:len(c.Req.many):len(c.Req.many)], replies[len(c.Req.many):]
+		default:
+			c.Ans.reply, replies = replies[0], replies[1:]
 		}
 	}
 }
 
 // giveBackAdmits gives back what the database admitted for Admit calls
-// whose callers gave up while their round trip was in flight. A refund or
-// pause whose caller left applied all the same.
-func (s *Store) giveBackAdmits(calls []*coalesce.Call[admission, reply]) {
+// whose callers gave up while their round trip was in flight. A refund,
+// pause, renewal or release whose caller left applied all the same.
+func (s *Store) giveBackAdmits(calls []*coalesce.Call[admission, answer]) {
 	var refunds []driver.Admission
 	for _, c := range calls {
-		if c.Err == nil && c.Ans.code == codeAllowed && c.Req.op.op == opAdmit {
+		if c.Err == nil && c.Req.many == nil && c.Ans.code == codeAllowed && c.Req.op.op == opAdmit {
 			refunds = append(refunds, driver.Admission{Request: c.Req.req, Decision: c.Ans.decision()})
 		}
 	}
