@@ -16,6 +16,13 @@
 // bytes per quota slot in use; rows of idle keys are deleted by a periodic sweep. Every
 // statement runs without a prepared statement or session state, so the
 // Store works through PgBouncer in transaction mode.
+//
+// The Store is a driver.LeaseBackend: a limit's inflight cap is decided
+// by the same function call as its rate, under the same locks, with the
+// key's leases in a table of their own (a row of about 160 bytes with
+// its index entry, per lease held), expiring by the database's clock;
+// Renew and Release are one statement for a whole slice, and a key is
+// kept while one of its leases is held.
 package pgstore
 
 import (
@@ -79,7 +86,7 @@ type Options struct {
 	SweepInterval time.Duration
 }
 
-// A Store is a driver.Backend on PostgreSQL. It is safe for concurrent use
+// A Store is a driver.LeaseBackend on PostgreSQL. It is safe for concurrent use
 // and owns goroutines (the round trips, the sweeper, a local fallback's
 // sweeper) until Close. It does not own the pool: close it after the
 // Store.
@@ -182,7 +189,7 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 }
 
 // Table returns the quoted, schema-qualified name of the table that holds
-// the buckets, one row per key whose bucket is not fresh.
+// the buckets, one row per key whose bucket is not fresh or that holds leases.
 func (s *Store) Table() string { return s.schema + ".buckets" }
 
 // Admit implements driver.Backend. It blocks for a round trip to
