@@ -55,3 +55,39 @@ func TestMultiProcess(t *testing.T) {
 		},
 	})
 }
+
+// leaseChildEnv carries a child's orders (JSON) when TestLeaseProcesses
+// re-executes the test binary.
+const leaseChildEnv = "PGSTORE_TEST_LEASE_CHILD"
+
+// TestLeaseProcesses runs the multi-process lease tests on one schema:
+// 4 processes × 8 goroutines on one capped key, and one of them killed
+// with SIGKILL holding leases (internal/proctest says what must hold).
+func TestLeaseProcesses(t *testing.T) {
+	if orders := os.Getenv(leaseChildEnv); orders != "" {
+		var o childOrders
+		require.NoError(t, json.Unmarshal([]byte(orders), &o))
+		pool, err := pgxpool.New(context.Background(), o.URL)
+		require.NoError(t, err)
+		defer pool.Close()
+		s, err := pgstore.New(pool, pgstore.Options{Schema: o.Schema})
+		require.NoError(t, err)
+		defer s.Close()
+		// The schema exists before the start: processes install it at once.
+		_, err = s.Admit(context.Background(), driver.Request{Key: "warm-up", Limit: backendtest.Limit(proctest.Limit), Cost: 1})
+		require.NoError(t, err)
+		proctest.LeaseChild(t, s)
+		return
+	}
+	url := pgtest.URL(t)
+	pool := pgtest.Pool(t, url)
+	orders, _ := json.Marshal(childOrders{URL: url, Schema: pgtest.Schema(t, url)})
+	proctest.Leases(t, proctest.Config{
+		Env:    leaseChildEnv,
+		Orders: string(orders),
+		Now: func() (now time.Time, err error) {
+			err = pool.QueryRow(context.Background(), "SELECT clock_timestamp()").Scan(&now)
+			return now, err
+		},
+	})
+}
