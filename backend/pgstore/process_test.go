@@ -29,31 +29,11 @@ type childOrders struct {
 // seconds (internal/proctest says what must hold).
 func TestMultiProcess(t *testing.T) {
 	if orders := os.Getenv(childEnv); orders != "" {
-		var o childOrders
-		require.NoError(t, json.Unmarshal([]byte(orders), &o))
-		pool, err := pgxpool.New(context.Background(), o.URL)
-		require.NoError(t, err)
-		defer pool.Close()
-		s, err := pgstore.New(pool, pgstore.Options{Schema: o.Schema})
-		require.NoError(t, err)
-		defer s.Close()
-		// The schema exists before the start: processes install it at once.
-		_, err = s.Admit(context.Background(), driver.Request{Key: "warm-up", Limit: backendtest.Limit(proctest.Limit), Cost: 1})
-		require.NoError(t, err)
+		s, o := childStore(t, orders)
 		proctest.Child(t, s, o.Key)
 		return
 	}
-	url := pgtest.URL(t)
-	pool := pgtest.Pool(t, url)
-	orders, _ := json.Marshal(childOrders{URL: url, Schema: pgtest.Schema(t, url), Key: "one-key"})
-	proctest.Parent(t, proctest.Config{
-		Env:    childEnv,
-		Orders: string(orders),
-		Now: func() (now time.Time, err error) {
-			err = pool.QueryRow(context.Background(), "SELECT clock_timestamp()").Scan(&now)
-			return now, err
-		},
-	})
+	proctest.Parent(t, parentConfig(t, childEnv, "one-key"))
 }
 
 // leaseChildEnv carries a child's orders (JSON) when TestLeaseProcesses
@@ -65,29 +45,42 @@ const leaseChildEnv = "PGSTORE_TEST_LEASE_CHILD"
 // with SIGKILL holding leases (internal/proctest says what must hold).
 func TestLeaseProcesses(t *testing.T) {
 	if orders := os.Getenv(leaseChildEnv); orders != "" {
-		var o childOrders
-		require.NoError(t, json.Unmarshal([]byte(orders), &o))
-		pool, err := pgxpool.New(context.Background(), o.URL)
-		require.NoError(t, err)
-		defer pool.Close()
-		s, err := pgstore.New(pool, pgstore.Options{Schema: o.Schema})
-		require.NoError(t, err)
-		defer s.Close()
-		// The schema exists before the start: processes install it at once.
-		_, err = s.Admit(context.Background(), driver.Request{Key: "warm-up", Limit: backendtest.Limit(proctest.Limit), Cost: 1})
-		require.NoError(t, err)
+		s, _ := childStore(t, orders)
 		proctest.LeaseChild(t, s)
 		return
 	}
+	proctest.Leases(t, parentConfig(t, leaseChildEnv, ""))
+}
+
+// parentConfig returns the configuration of a parent whose children find
+// their orders (a schema of t's own, and key) in env.
+func parentConfig(t *testing.T, env, key string) proctest.Config {
 	url := pgtest.URL(t)
 	pool := pgtest.Pool(t, url)
-	orders, _ := json.Marshal(childOrders{URL: url, Schema: pgtest.Schema(t, url)})
-	proctest.Leases(t, proctest.Config{
-		Env:    leaseChildEnv,
+	orders, _ := json.Marshal(childOrders{URL: url, Schema: pgtest.Schema(t, url), Key: key})
+	return proctest.Config{
+		Env:    env,
 		Orders: string(orders),
 		Now: func() (now time.Time, err error) {
 			err = pool.QueryRow(context.Background(), "SELECT clock_timestamp()").Scan(&now)
 			return now, err
 		},
-	})
+	}
+}
+
+// childStore returns a child's Store on the schema of its orders, with
+// the schema installed, closed at the end of t.
+func childStore(t *testing.T, orders string) (*pgstore.Store, childOrders) {
+	var o childOrders
+	require.NoError(t, json.Unmarshal([]byte(orders), &o))
+	pool, err := pgxpool.New(context.Background(), o.URL)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	s, err := pgstore.New(pool, pgstore.Options{Schema: o.Schema})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	// The schema exists before the start: processes install it at once.
+	_, err = s.Admit(context.Background(), driver.Request{Key: "warm-up", Limit: backendtest.Limit(proctest.Limit), Cost: 1})
+	require.NoError(t, err)
+	return s, o
 }
