@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -55,6 +56,61 @@ func TestParityLeasesBatch(t *testing.T) {
 	for round := range 60 {
 		p.batch(fmt.Sprintf("round %d", round), 1+rng.IntN(40))
 		p.now += rng.Int64N(300_000)
+	}
+	t.Logf("calls: %v", count)
+	p.exercised(t)
+}
+
+// TestParityLeasesDistinct: batches of admissions without quotas, one per
+// key, capped or not, which the function decides in one statement rather
+// than its loop, match the Go model too, between statements of
+// renewals, releases and refunds.
+func TestParityLeasesDistinct(t *testing.T) {
+	s := newStore(t, newPool(t), pgstore.Options{Conns: -1, SweepInterval: -1})
+	rng := rand.New(rand.NewPCG(5, 29))
+	keys := make([]string, 60)
+	for i := range keys {
+		keys[i] = fmt.Sprint("lease-distinct-", i)
+	}
+	count := map[string]int{}
+	p := newLeaseParity(t, s, rng, keys, count)
+	for _, k := range keys {
+		// Two capped limits without quotas, and one uncapped with a quota,
+		// which leaves a state with quotas that the others drop, but not
+		// when refused at the cap.
+		for i := range p.limits[k] {
+			lim := paritytest.RandomLimit(rng)
+			lim.Quotas = nil
+			if i < 2 {
+				lim = lim.WithInflight(1 + rng.Int64N(3))
+			} else {
+				lim = lim.WithQuota(100, time.Hour)
+			}
+			p.limits[k][i] = lim
+		}
+	}
+	for round := range 80 {
+		ks := slices.Clone(keys)
+		rng.Shuffle(len(ks), func(i, j int) { ks[i], ks[j] = ks[j], ks[i] })
+		calls := make([]leaseCall, 1+rng.IntN(len(ks)))
+		for i := range calls {
+			lim := p.limits[ks[i]][0]
+			req := driver.Request{Key: ks[i], Limit: backendtest.Limit(lim), Cost: 1 + rng.Int64N(paritytest.MaxCost(lim)), MaxWait: paritytest.RandomWait(rng, lim)}
+			if lim.Inflight > 0 {
+				req.Lease = driver.LeaseID(fmt.Sprint("l", rng.IntN(4)))
+				req.LeaseTTL = []time.Duration{0, driver.MinLeaseTTL, 300 * time.Millisecond}[rng.IntN(3)]
+			}
+			calls[i] = p.admit(req)
+		}
+		p.check(fmt.Sprintf("round %d", round), calls...)
+		if rng.IntN(2) == 0 {
+			p.batch(fmt.Sprintf("round %d, mixed", round), 1+rng.IntN(10))
+		}
+		for _, k := range ks[:rng.IntN(4)] { // limits change
+			lims := p.limits[k]
+			lims[0], lims[1+rng.IntN(2)] = lims[1+rng.IntN(2)], lims[0]
+		}
+		p.now += rng.Int64N(200_000)
 	}
 	t.Logf("calls: %v", count)
 	p.exercised(t)

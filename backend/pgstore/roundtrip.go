@@ -122,6 +122,8 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 		fa, fb, fc, fd, fe   = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 		qw, qm               []int64
 		lids, lttls          = make([][]byte, n), make([]int64, n)
+		lprev                = make([]int32, n)
+		last                 map[leaseKey]int32 // the latest request on each lease
 		codes                []int32
 		wait, now, tat, prev []int64
 		gen, fresh           []int64
@@ -130,6 +132,13 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 	for i, o := range ops {
 		kinds[i], fa[i], fb[i], fc[i], fd[i], fe[i] = o.op, o.a, o.b, o.c, o.d, o.e
 		lids[i], lttls[i] = o.lease, o.ttl
+		if o.lease != nil {
+			if last == nil {
+				last = make(map[leaseKey]int32)
+			}
+			lk := leaseKey{o.key, string(o.lease)}
+			lprev[i], last[lk] = last[lk], int32(i+1)
+		}
 		qn[i] = int32(len(o.quotas))
 		for _, q := range o.quotas {
 			qw = append(qw, driver.Ticks(q.Window, tick))
@@ -148,7 +157,7 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 			return nil, err
 		}
 		err := s.pool.QueryRow(ctx, s.sql.decide, s.mode,
-			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, lids, lttls, clock, s.durable).
+			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, lids, lttls, lprev, clock, s.durable).
 			Scan(&codes, &wait, &now, &tat, &prev, &gen, &fresh)
 		if err == nil {
 			break
@@ -166,6 +175,9 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 	}
 	return out, nil
 }
+
+// A leaseKey names a lease in a batch: its key and ID.
+type leaseKey struct{ key, id string }
 
 // sortedKeys returns the distinct keys of ops, in byte order, and sets
 // kidx[i] to the 1-based index of ops[i]'s key among them.

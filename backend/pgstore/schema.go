@@ -97,7 +97,7 @@ type statements struct {
 
 func newStatements(schema string) statements {
 	return statements{
-		decide: `SELECT * FROM ` + schema + `.decide_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+		decide: `SELECT * FROM ` + schema + `.decide_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
 		sweep:  `SELECT ` + schema + `.sweep_v2($1)`,
 	}
 }
