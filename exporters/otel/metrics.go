@@ -156,11 +156,12 @@ type collector struct {
 
 	plain    []metric.ObserveOption    // the dispatcher's name, if any
 	outcomes [3][]metric.ObserveOption // and each job outcome
-	results  [3][]metric.ObserveOption // and each admission result
+	results  [4][]metric.ObserveOption // and each admission result
 	perKey   []keyAttributes           // by Options.Keys
 
 	submitted, completed, retried, requeued metric.Int64ObservableCounter
 	admissions, roundTrips, backendErrors   metric.Int64ObservableCounter
+	leasesLost                              metric.Int64ObservableCounter
 	roundTripTime                           metric.Float64ObservableCounter
 	queued, waiting, running                metric.Int64ObservableUpDownCounter
 	keySubmitted, keyCompleted, keyRetried  metric.Int64ObservableCounter
@@ -188,7 +189,7 @@ func (c *collector) attributes(name string) {
 	for o := range c.outcomes {
 		c.outcomes[o] = with(OutcomeKey.String(outcomeNames[o]))
 	}
-	for r, result := range []string{"admitted", "throttled", "paused"} {
+	for r, result := range []string{"admitted", "throttled", "paused", "at_cap"} {
 		c.results[r] = with(AdmissionResultKey.String(result))
 	}
 	c.perKey = make([]keyAttributes, len(c.keys))
@@ -227,7 +228,7 @@ func (c *collector) instruments(meter metric.Meter) ([]metric.Observable, error)
 	c.running = upDown("leakybucket.running_jobs", "{job}", "Handlers running.")
 	c.retried = counter("leakybucket.job.retries", "{retry}", "Times a job was queued again after its handler asked for a retry-after.")
 	c.requeued = counter("leakybucket.job.requeues", "{requeue}", "Times an admitted job went back to its key's queue to be admitted again: it reached its worker late or behind its key, or it was booked ahead when that happened or a retry-after paused the key.")
-	c.admissions = counter("leakybucket.admissions", "{admission}", "Admissions the backend decided, by result: admitted, throttled (refused until the key's next slot) or paused (given back because a retry-after paused the key meanwhile).")
+	c.admissions = counter("leakybucket.admissions", "{admission}", "Admissions the backend decided, by result: admitted, throttled (refused until the key's next slot), paused (given back because a retry-after paused the key meanwhile) or at_cap (refused because the key's leases for work in flight were all held).")
 	c.roundTrips = counter("leakybucket.backend.round_trips", "{round_trip}", "Admission batches sent to the backend, failed ones included.")
 	roundTripTime, err := meter.Float64ObservableCounter("leakybucket.backend.round_trip.time", metric.WithUnit("s"),
 		metric.WithDescription("Time the backend took to decide the admission batches counted by leakybucket.backend.round_trips."))
@@ -235,6 +236,7 @@ func (c *collector) instruments(meter metric.Meter) ([]metric.Observable, error)
 	all = append(all, roundTripTime)
 	c.roundTripTime = roundTripTime
 	c.backendErrors = counter("leakybucket.backend.errors", "{error}", "Admissions the backend failed to decide (tried again later).")
+	c.leasesLost = counter("leakybucket.leases_lost", "{lease}", "Leases of running handlers a renewal found gone: another holder may have taken the place.")
 	if len(c.keys) > 0 {
 		c.keySubmitted = counter("leakybucket.per_key.submitted_jobs", "{job}", "A key's jobs accepted by Submit, for the keys configured.")
 		c.keyCompleted = counter("leakybucket.per_key.completed_jobs", "{job}", "A key's jobs resolved, by outcome, for the keys configured.")
@@ -260,12 +262,13 @@ func (c *collector) observe(_ context.Context, o metric.Observer) error {
 	o.ObserveInt64(c.running, st.Running, c.plain...)
 	o.ObserveInt64(c.retried, st.Retried, c.plain...)
 	o.ObserveInt64(c.requeued, st.Requeued, c.plain...)
-	for r, n := range [...]int64{st.Admitted, st.Throttled, st.Paused} {
+	for r, n := range [...]int64{st.Admitted, st.Throttled, st.Paused, st.AtCap} {
 		o.ObserveInt64(c.admissions, n, c.results[r]...)
 	}
 	o.ObserveInt64(c.roundTrips, rt.Count, c.plain...)
 	o.ObserveFloat64(c.roundTripTime, rt.Sum.Seconds(), c.plain...)
 	o.ObserveInt64(c.backendErrors, st.BackendErrors, c.plain...)
+	o.ObserveInt64(c.leasesLost, st.LeasesLost, c.plain...)
 
 	for i, key := range c.keys {
 		ks, ok := c.src.KeyStats(key)
