@@ -258,3 +258,53 @@ func (b *decideOnly) Admit(_ context.Context, req driver.Request) (driver.Decisi
 func (b *decideOnly) Refund(context.Context, driver.Request, driver.Decision) error { return nil }
 
 func (b *decideOnly) Pause(context.Context, string, time.Duration) error { return nil }
+
+// TestInflightAndRate: a key with both a rate and a cap exceeds neither,
+// and runs at the tighter of the two: 10/s with 2 in flight runs 2/s when
+// each run takes a second (the cap binds), and 10/s when each takes 10ms
+// (the rate binds).
+func TestInflightAndRate(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		run  time.Duration
+		want int // runs started in the first 10s
+	}{
+		{"cap binds", time.Second, 20},
+		{"rate binds", 10 * time.Millisecond, 100},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				limit := bucket.PerSecond(10).WithInflight(2)
+				var (
+					mu      sync.Mutex
+					running int
+					peak    int
+				)
+				st := newStarts()
+				d := newDispatcher(t, func(ctx context.Context, tk task) (int, error) {
+					st.record(tk.key)
+					mu.Lock()
+					running++
+					peak = max(peak, running)
+					mu.Unlock()
+					time.Sleep(tt.run)
+					mu.Lock()
+					running--
+					mu.Unlock()
+					return tk.n, nil
+				}, taskKey, dispatcher.WithLimiter(newLimiter(t, limit)), dispatcher.WithWorkers(8))
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second-time.Nanosecond)
+				defer cancel()
+				jobs := make([]task, 200)
+				for i := range jobs {
+					jobs[i] = task{"A", i}
+				}
+				d.DoAll(ctx, jobs)
+				st.check(t, "A", limit, tt.want)
+				mu.Lock()
+				defer mu.Unlock()
+				assert.LessOrEqual(t, peak, 2, "handlers at once, cap 2")
+			})
+		})
+	}
+}
