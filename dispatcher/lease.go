@@ -64,10 +64,12 @@ func unbookAll(latestFirst []driver.Admission) giving {
 	return giving{refunds: driver.Unbook(latestFirst), leases: leasesOf(nil, latestFirst)}
 }
 
-// refunding returns the giving of single admissions, each refunded (and
-// its lease released) on its own.
+// refunding returns the giving of single admissions, each refunded on its
+// own. Their leases are listed too: a refund releases its lease, but not
+// when it fails, as every call does once a hard stop ended the base
+// context.
 func refunding(as []driver.Admission) giving {
-	return giving{refunds: as}
+	return giving{refunds: as, leases: leasesOf(nil, as)}
 }
 
 func (g *giving) add(o giving) {
