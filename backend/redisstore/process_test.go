@@ -46,3 +46,33 @@ func TestMultiProcess(t *testing.T) {
 		Now:    func() (time.Time, error) { return c.Time(context.Background()).Result() },
 	})
 }
+
+// leaseChildEnv carries a child's orders (JSON) when TestLeaseProcesses
+// re-executes the test binary.
+const leaseChildEnv = "REDISSTORE_TEST_LEASE_CHILD"
+
+// TestLeaseProcesses runs the multi-process lease tests on one Redis:
+// 4 processes × 8 goroutines on one capped key, and one of them killed
+// with SIGKILL holding leases (internal/proctest says what must hold).
+func TestLeaseProcesses(t *testing.T) {
+	if orders := os.Getenv(leaseChildEnv); orders != "" {
+		var o childOrders
+		require.NoError(t, json.Unmarshal([]byte(orders), &o))
+		c := redis.NewClient(&redis.Options{Addr: o.Addr})
+		defer c.Close()
+		s, err := redisstore.New(c, redisstore.Options{Prefix: o.Prefix})
+		require.NoError(t, err)
+		defer s.Close()
+		require.NoError(t, c.Ping(context.Background()).Err())
+		proctest.LeaseChild(t, s)
+		return
+	}
+	c := newClient(t)
+	t.Setenv(redistest.EnvAddr, c.Options().Addr) // the children's
+	orders, _ := json.Marshal(childOrders{Addr: c.Options().Addr, Prefix: testPrefix(t)})
+	proctest.Leases(t, proctest.Config{
+		Env:    leaseChildEnv,
+		Orders: string(orders),
+		Now:    func() (time.Time, error) { return c.Time(context.Background()).Result() },
+	})
+}
