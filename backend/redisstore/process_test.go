@@ -22,18 +22,23 @@ type childOrders struct {
 	Addr, Prefix, Key string
 }
 
+// childStore returns a child's store, connected, on the Redis its orders
+// name; it and its client close at the end of t.
+func childStore(t *testing.T, orders string) (*redisstore.Store, childOrders) {
+	var o childOrders
+	require.NoError(t, json.Unmarshal([]byte(orders), &o))
+	c := redis.NewClient(&redis.Options{Addr: o.Addr})
+	t.Cleanup(func() { c.Close() })
+	s := newStore(t, c, redisstore.Options{Prefix: o.Prefix})
+	require.NoError(t, c.Ping(context.Background()).Err())
+	return s, o
+}
+
 // TestMultiProcess runs 4 processes of 8 goroutines each on one key for 3
 // seconds (internal/proctest says what must hold).
 func TestMultiProcess(t *testing.T) {
 	if orders := os.Getenv(childEnv); orders != "" {
-		var o childOrders
-		require.NoError(t, json.Unmarshal([]byte(orders), &o))
-		c := redis.NewClient(&redis.Options{Addr: o.Addr})
-		defer c.Close()
-		s, err := redisstore.New(c, redisstore.Options{Prefix: o.Prefix})
-		require.NoError(t, err)
-		defer s.Close()
-		require.NoError(t, c.Ping(context.Background()).Err())
+		s, o := childStore(t, orders)
 		proctest.Child(t, s, o.Key)
 		return
 	}
@@ -56,14 +61,7 @@ const leaseChildEnv = "REDISSTORE_TEST_LEASE_CHILD"
 // with SIGKILL holding leases (internal/proctest says what must hold).
 func TestLeaseProcesses(t *testing.T) {
 	if orders := os.Getenv(leaseChildEnv); orders != "" {
-		var o childOrders
-		require.NoError(t, json.Unmarshal([]byte(orders), &o))
-		c := redis.NewClient(&redis.Options{Addr: o.Addr})
-		defer c.Close()
-		s, err := redisstore.New(c, redisstore.Options{Prefix: o.Prefix})
-		require.NoError(t, err)
-		defer s.Close()
-		require.NoError(t, c.Ping(context.Background()).Err())
+		s, _ := childStore(t, orders)
 		proctest.LeaseChild(t, s)
 		return
 	}
