@@ -240,9 +240,10 @@ end
 -- hold makes lease id of the set lkey expire at e, unless it expires later
 -- already, and keeps the set until its latest lease expires. top, the
 -- latest expiry before, tells whether the set's own expiry must move:
--- only if its second moves later.
-local function hold(lkey, id, e)
-  local top = call('ZRANGE', lkey, -1, -1, 'WITHSCORES')[2]
+-- only if its second moves later. empty says the set is known empty (not
+-- read again).
+local function hold(lkey, id, e, empty)
+  local top = not empty and call('ZRANGE', lkey, -1, -1, 'WITHSCORES')[2]
   call('ZADD', lkey, 'GT', e, id)
   top = top and tonumber(top)
   if ARGV[2] then
@@ -272,7 +273,7 @@ end
 local function decide(at)
   local op, a, b, c, d, e, nq, pos = unpack8('<i8i8i8i8i8i8i8', req, at)
   local raw, next = exists, pos + 16 * nq
-  local lkey, ttl, id
+  local lkey, ttl, id, held
   if op >= 4 then
     local k, n
     k, ttl, n, next = unpack8('<i8i8i8', req, next)
@@ -285,7 +286,8 @@ local function decide(at)
     else
       -- The cap first: at it, nothing else is decided, nor charged.
       call('ZREMRANGEBYSCORE', lkey, '-inf', now)
-      if call('ZCARD', lkey) >= e and not call('ZSCORE', lkey, id) then
+      held = call('ZCARD', lkey)
+      if held >= e and not call('ZSCORE', lkey, id) then
         local first = tonumber(call('ZRANGE', lkey, 0, 0, 'WITHSCORES')[2])
         return pack(REPLY, 2, first - now, now, 0, 0, 0, raw and freshat() or 0), next
       end
@@ -429,7 +431,7 @@ local function decide(at)
     end
   end
   if lkey then
-    hold(lkey, id, now + ttl)
+    hold(lkey, id, now + ttl, held == 0)
   end
   return pack(REPLY, 1, wait, now, tat, prev, gen, save()), next
 end
