@@ -15,6 +15,16 @@
 // 3 bytes per quota slot in use, and the key expires in the second after
 // the bucket becomes fresh (Redis 6.2 or later). docs/benchmarks.md has
 // the figures.
+//
+// A Store is a driver.LeaseBackend: a limit's inflight cap is decided in
+// the same script call as its rate, against the bucket's lease set, a
+// sorted set in the bucket key's Cluster slot (Store.LeaseKey) whose
+// members are the held leases, scored with their expiry on the server's
+// clock. Expired leases are removed before the set is counted, and the
+// set expires with its latest lease. Renew and Release take one round
+// trip for any number of leases. A lease costs its set about 40 bytes
+// (the set itself about 100); docs/redis.md says what each failure
+// policy does with a capped request.
 package redisstore
 
 import (
