@@ -52,13 +52,17 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 // in the local buckets only (a lease Redis holds stays held there until
 // it expires); under FailClosed and FailOpen it returns an error matching
 // ErrUnavailable. Under FailLocal the local buckets release the leases
-// whether Redis answers or not.
+// whatever Redis answers.
 func (s *Store) Release(ctx context.Context, leases []driver.LeaseRef) error {
 	_, err := s.leaseTrip(ctx, leases, func(b []byte, l driver.LeaseRef) []byte {
 		return appendLeaseOp(b, opRelease, 0, l.ID)
 	})
-	if s.guard.Local() && (err == nil || errors.Is(err, ErrUnavailable)) {
-		return s.guard.Release(ctx, leases)
+	if !s.guard.Local() || errors.Is(err, driver.ErrClosed) {
+		return err
+	}
+	local := s.guard.Release(ctx, leases)
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		return local
 	}
 	return err
 }
