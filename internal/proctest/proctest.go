@@ -1,7 +1,9 @@
-// Package proctest is the multi-process test of the stores that share
+// Package proctest is the multi-process tests of the stores that share
 // buckets between processes: the test binary runs again as 4 processes
 // of 8 goroutines admitting on one key for 3 seconds, and
-// backendtest.Check judges their merged starts.
+// backendtest.Check judges their merged starts (Parent); or taking and
+// releasing leases of one capped key, and one of them killed holding
+// leases (Leases).
 package proctest
 
 import (
@@ -12,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -50,39 +53,7 @@ func Parent(t *testing.T, cfg Config) {
 	}
 
 	const procs = 4
-	type child struct {
-		cmd   *exec.Cmd
-		stdin io.WriteCloser
-		lines chan string
-		out   bytes.Buffer // its stderr, for failures
-	}
-	children := make([]*child, procs)
-	for i := range children {
-		ch := &child{lines: make(chan string, 1024)}
-		ch.cmd = exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
-		ch.cmd.Env = append(os.Environ(), cfg.Env+"="+cfg.Orders)
-		ch.cmd.Stderr = &ch.out
-		stdout, err := ch.cmd.StdoutPipe()
-		require.NoError(t, err)
-		ch.stdin, err = ch.cmd.StdinPipe()
-		require.NoError(t, err)
-		require.NoError(t, ch.cmd.Start())
-		go func() {
-			defer close(ch.lines)
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				ch.lines <- sc.Text()
-			}
-		}()
-		t.Cleanup(func() { ch.cmd.Process.Kill(); ch.cmd.Wait() })
-		children[i] = ch
-	}
-	for i, ch := range children {
-		if line, ok := <-ch.lines; !ok || line != "ready" {
-			ch.cmd.Wait()
-			require.FailNow(t, fmt.Sprintf("process %d did not get ready (%q)", i, line), ch.out.String())
-		}
-	}
+	children := startChildren(t, cfg, t.Name(), procs)
 	now, err := cfg.Now()
 	require.NoError(t, err, "the server's clock")
 	const span = 3 * time.Second
@@ -117,6 +88,50 @@ func Parent(t *testing.T, cfg Config) {
 	rate := float64(units) / span.Seconds()
 	t.Logf("%d processes × 8 goroutines: %d admissions, %.1f/s over %v (limit %v)", procs, len(starts), rate, span, Limit)
 	assert.GreaterOrEqual(t, rate, 0.97*200, "admissions per second of 200/s: want at least 97%")
+}
+
+// A child is a re-execution of the test binary, running one test with
+// Config.Env set.
+type child struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string  // its stdout, line by line, closed at its end
+	out   bytes.Buffer // its stderr, for failures
+}
+
+// startChildren starts n children running the top-level test named test,
+// and waits until each has printed "ready". They are killed, if still
+// running, when t ends.
+func startChildren(t *testing.T, cfg Config, test string, n int) []*child {
+	t.Helper()
+	children := make([]*child, n)
+	for i := range children {
+		ch := &child{lines: make(chan string, 1024)}
+		ch.cmd = exec.Command(os.Args[0], "-test.run=^"+regexp.QuoteMeta(test)+"$", "-test.count=1")
+		ch.cmd.Env = append(os.Environ(), cfg.Env+"="+cfg.Orders)
+		ch.cmd.Stderr = &ch.out
+		stdout, err := ch.cmd.StdoutPipe()
+		require.NoError(t, err)
+		ch.stdin, err = ch.cmd.StdinPipe()
+		require.NoError(t, err)
+		require.NoError(t, ch.cmd.Start())
+		go func() {
+			defer close(ch.lines)
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				ch.lines <- sc.Text()
+			}
+		}()
+		t.Cleanup(func() { ch.cmd.Process.Kill(); ch.cmd.Wait() })
+		children[i] = ch
+	}
+	for i, ch := range children {
+		if line, ok := <-ch.lines; !ok || line != "ready" {
+			ch.cmd.Wait()
+			require.FailNow(t, fmt.Sprintf("process %d did not get ready (%q)", i, line), ch.out.String())
+		}
+	}
+	return children
 }
 
 // Child is the body of a child process, on s, a store of the storage its
