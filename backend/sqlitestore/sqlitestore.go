@@ -9,11 +9,12 @@
 // expire on the host clock. A Store is safe for concurrent use; its calls
 // block while the file's one writer is busy: other calls of the process
 // take turns in arrival order, and other processes hold the file's write
-// lock for up to Options.BusyTimeout. Concurrent Admit calls of a process share transactions, and AdmitBatch
-// decides a whole batch in one, so that the cost of a transaction is paid
-// once for many admissions. A Store owns one goroutine, the background
-// sweep, until Close. See docs/sqlite.md for when to choose this backend
-// and how to run it, and docs/benchmarks.md for its figures.
+// lock for up to Options.BusyTimeout. Concurrent Admit calls of a process
+// share transactions, and AdmitBatch decides a whole batch in one, so
+// that the cost of a transaction is paid once for many admissions. A
+// Store owns one goroutine, the background sweep, until Close. See
+// docs/sqlite.md for when to choose this backend and how to run it, and
+// docs/benchmarks.md for its figures.
 package sqlitestore
 
 import (
@@ -69,9 +70,9 @@ const DefaultBusyTimeout = 5 * time.Second
 const DefaultCheckpointEvery = 1000
 
 // A Store is a driver.BatchBackend and driver.LeaseBackend on one SQLite
-// file.
-// It is safe for concurrent use. Stores on the same file, in this process
-// or in others on the same host, share every bucket exactly.
+// file. It is safe for concurrent use. Stores on the same file, in this
+// process or in others on the same host, share every bucket and every
+// lease exactly.
 //
 // A Store holds one connection, SQLite having one writer at a time: its
 // operations take turns on it, in arrival order, with those of the other
