@@ -157,9 +157,11 @@ func leaseCrash(t *testing.T, cfg Config, test, key string) {
 	require.Len(t, grants, LeaseCap, "leases the survivors got back within LeaseTTL + LeaseSlack (%v) of the killed ones", LeaseTTL+LeaseSlack)
 	last := grants[len(grants)-1]
 	assert.LessOrEqual(t, last, back, "the last place came back %v after the last killed lease expired, want within %v", time.Duration(last-expiries[len(expiries)-1]), LeaseSlack)
-	t.Logf("killed leases expired at +%v..+%v of the first; the survivors took their places at +%v..+%v (backend clock)",
-		time.Duration(expiries[0]-held[0]), time.Duration(expiries[len(expiries)-1]-held[0]),
-		time.Duration(grants[0]-held[0]), time.Duration(last-held[0]))
+	late := make([]time.Duration, len(grants))
+	for i := range grants {
+		late[i] = time.Duration(grants[i] - expiries[i])
+	}
+	t.Logf("%d leases of %v killed with their holder: the survivors took each place %v after it expired (backend clock)", len(held), LeaseTTL, late)
 }
 
 // LeaseChild is the body of a child of Leases, on s, a store of the
