@@ -81,6 +81,9 @@ var comparisons = []comparison{
 	{"pacing/dispatcher/rate=1000", pacingDispatcher(1000)},
 	{"pacing/dispatcher/rate=10000", pacingDispatcher(10000)},
 	{"pacing/dispatcher/stall=20ms", pacingDispatcherStall},
+	{"inflight/memstore/dispatchers=1", inflightMem(1)},
+	{"inflight/memstore/dispatchers=4", inflightMem(4)},
+	{"inflight/redis/procs=4", inflightRedis(4)},
 }
 
 // A Measurement is one figure of ours beside the anchor's.
