@@ -11,7 +11,8 @@ import (
 )
 
 // Some comparisons run in child processes: several processes sharing one
-// SQLite file, and a process stopped with SIGSTOP. The children are this
+// SQLite file or one key's cap in Redis, and a process stopped with
+// SIGSTOP. The children are this
 // program again, run with the hidden flag -child.
 var (
 	childRole string
@@ -32,6 +33,8 @@ func runChild() {
 		err = sqliteChild(childPath, os.Stdin, os.Stdout)
 	case "postgres":
 		err = postgresChild(childPath, postgresSchema(os.Getppid()), os.Stdin, os.Stdout)
+	case "inflight-redis":
+		err = inflightRedisChild(childPath, os.Stdin, os.Stdout)
 	case "stall-ours", "stall-anchor":
 		err = stallChild(childRole == "stall-ours", os.Stdin, os.Stdout)
 	default:
@@ -94,4 +97,30 @@ func (c *child) stop() {
 	if err := c.cmd.Wait(); err != nil {
 		fmt.Fprintf(os.Stderr, "child %v: %v\n%s", c.cmd.Args, err, c.stderr.String())
 	}
+}
+
+// startChildren starts n children with args and waits until each has
+// said "ready", panicking with its stderr if one says anything else; stop
+// ends them all.
+func startChildren(n int, args ...string) (children []*child, stop func()) {
+	stop = func() {
+		for _, c := range children {
+			c.stop()
+		}
+	}
+	for range n {
+		c, err := startChild(args...)
+		if err != nil {
+			stop()
+			panic(err)
+		}
+		children = append(children, c)
+	}
+	for _, c := range children {
+		if l := c.line(); l != "ready" {
+			stop()
+			panic(fmt.Sprintf("child said %q\n%s", l, c.stderr.String()))
+		}
+	}
+	return children, stop
 }

@@ -52,7 +52,8 @@ var comparisons = []comparison{
 	{"limiter/keys=1000/goroutines=8", limiterKeys(8)},
 	{"dispatcher/limiter=none", poolThroughput(false)},
 	{"dispatcher/limiter=memstore/keys=1000", poolThroughput(true)},
-	{"dispatcher/exporter=prometheus/keys=1000", exporterOverhead},
+	{"dispatcher/exporter=prometheus/keys=1000", exporterOverhead("Prometheus exporter", "a scrape through promhttp", prometheusExporter)},
+	{"dispatcher/exporter=otel/keys=1000", exporterOverhead("OpenTelemetry metrics", "a ManualReader's collection", otelExporter)},
 	{"dispatcher/queued-job-memory", queuedMemory},
 	{"dispatcher/key-memory", keyMemory},
 	{"scale/keys=10000", scale(10_000)},
@@ -80,6 +81,9 @@ var comparisons = []comparison{
 	{"pacing/dispatcher/rate=1000", pacingDispatcher(1000)},
 	{"pacing/dispatcher/rate=10000", pacingDispatcher(10000)},
 	{"pacing/dispatcher/stall=20ms", pacingDispatcherStall},
+	{"inflight/memstore/dispatchers=1", inflightMem(1)},
+	{"inflight/memstore/dispatchers=4", inflightMem(4)},
+	{"inflight/redis/procs=4", inflightRedis(4)},
 }
 
 // A Measurement is one figure of ours beside the anchor's.

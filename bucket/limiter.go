@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket/driver"
@@ -27,6 +28,10 @@ type Limiter struct {
 	backend  driver.Backend
 	limit    Limit
 	limitFor func(key string) Limit
+	leaseTTL time.Duration // 0: driver.DefaultLeaseTTL
+
+	mu       sync.Mutex
+	released map[string]chan struct{} // by key: closed when a Lease of it is released
 }
 
 // An Option configures a Limiter.
@@ -56,6 +61,9 @@ func NewLimiter(b driver.Backend, lim Limit, opts ...Option) (*Limiter, error) {
 	}
 	if err := lim.Validate(); err != nil {
 		return nil, err
+	}
+	if _, ok := b.(driver.LeaseBackend); lim.Inflight > 0 && !ok {
+		return nil, fmt.Errorf("bucket: NewLimiter: limit %v: %w", lim, ErrNoLeases)
 	}
 	lim.Quotas = slices.Clone(lim.Quotas)
 	l := &Limiter{backend: b, limit: lim}
@@ -89,11 +97,16 @@ func (l *Limiter) Allow(ctx context.Context, key string) (bool, error) {
 }
 
 // AllowN reports whether n units for key may pass now, charging them if so.
+// A key whose limit caps its work in flight returns ErrNoLease: Acquire
+// admits it. So do Wait, WaitN and Reserve.
 func (l *Limiter) AllowN(ctx context.Context, key string, n int) (bool, error) {
 	lim := l.Limit(key)
 	if lim.unlimited {
 		err := checkUnlimited(key, n)
 		return err == nil, err
+	}
+	if lim.Inflight > 0 {
+		return false, errNoLeaseFor(key, lim)
 	}
 	// Built in the call, as Reserve does: a request returned from a helper
 	// costs a copy of its nine words on the hot path.
@@ -113,6 +126,11 @@ func (l *Limiter) Wait(ctx context.Context, key string) error {
 // pass returns a *CostError at once. A ctx that has ended already books
 // nothing and returns its error.
 func (l *Limiter) WaitN(ctx context.Context, key string, n int) error {
+	return l.waitN(ctx, key, n, l.Limit(key))
+}
+
+// waitN is WaitN under lim, key's limit.
+func (l *Limiter) waitN(ctx context.Context, key string, n int, lim Limit) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -121,7 +139,7 @@ func (l *Limiter) WaitN(ctx context.Context, key string, n int) error {
 	if hasDeadline {
 		maxWait = time.Until(dl)
 	}
-	r, err := l.Reserve(ctx, key, n, maxWait)
+	r, err := l.reserve(ctx, key, n, maxWait, lim)
 	if err != nil {
 		return err
 	}
@@ -153,7 +171,14 @@ func (l *Limiter) WaitN(ctx context.Context, key string, n int) error {
 // if not, when it would be admissible). Cancel it to give back a booking
 // that will not be used.
 func (l *Limiter) Reserve(ctx context.Context, key string, n int, maxWait time.Duration) (Reservation, error) {
-	lim := l.Limit(key)
+	return l.reserve(ctx, key, n, maxWait, l.Limit(key))
+}
+
+// reserve is Reserve under lim, key's limit.
+func (l *Limiter) reserve(ctx context.Context, key string, n int, maxWait time.Duration, lim Limit) (Reservation, error) {
+	if lim.Inflight > 0 {
+		return Reservation{}, errNoLeaseFor(key, lim)
+	}
 	if lim.unlimited {
 		if err := checkUnlimited(key, n); err != nil {
 			return Reservation{}, err

@@ -149,6 +149,10 @@ func newDispatcher[T, R any](h Handler[T, R], key func(T) string, cost func(T) i
 		d.sched = newScheduler(d)
 		d.wg.Add(1)
 		go d.sched.loop()
+		if d.sched.leases != nil {
+			d.wg.Add(1)
+			go d.sched.renewLeases()
+		}
 	} else {
 		// The channel is the queue, but its places are counted by pending,
 		// not by its capacity: a job whose context ends while it waits is

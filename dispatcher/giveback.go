@@ -28,13 +28,13 @@ func (s *scheduler[T, R]) cancelWaiting(j *job[T, R]) {
 // together with those of the bookings, and then of j (a job of k going
 // back to the queue after it was handed; nil if none), made right before
 // it (driver.Unbook). Called with s.mu held.
-func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []driver.Admission {
+func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) giving {
 	var latestFirst []driver.Admission
 	for b := k.booked.tail; b != nil; b = b.prev {
-		latestFirst = append(latestFirst, b.admission())
+		latestFirst = append(latestFirst, s.admission(b))
 	}
 	if j != nil {
-		latestFirst = append(latestFirst, j.admission())
+		latestFirst = append(latestFirst, s.admission(j))
 	}
 	for b := k.booked.popFront(); b != nil; b = k.booked.popFront() {
 		s.slots.remove(b)
@@ -43,14 +43,14 @@ func (s *scheduler[T, R]) unbook(k *keyState[T, R], j *job[T, R]) []driver.Admis
 		s.insertJob(k, b)
 		s.idle.Add(1)
 	}
-	return driver.Unbook(latestFirst)
+	return unbookAll(latestFirst)
 }
 
 // giveBack refunds admissions of k, in order; if k was held for them, k
 // may then ask again.
-func (s *scheduler[T, R]) giveBack(k *keyState[T, R], as []driver.Admission, held bool) {
+func (s *scheduler[T, R]) giveBack(k *keyState[T, R], g giving, held bool) {
 	defer s.d.wg.Done()
-	s.refund(as)
+	s.refund(g)
 	if !held {
 		return
 	}
@@ -85,7 +85,7 @@ func (s *scheduler[T, R]) cancelBooked(k *keyState[T, R], j *job[T, R]) {
 	}
 	latestFirst := make([]driver.Admission, len(gone))
 	for i, b := range gone {
-		latestFirst[i] = b.admission()
+		latestFirst[i] = s.admission(b)
 	}
 	// Counted while j is unresolved: Shutdown waits on wg only once every
 	// job is resolved.
@@ -96,7 +96,7 @@ func (s *scheduler[T, R]) cancelBooked(k *keyState[T, R], j *job[T, R]) {
 		s.idle.Add(1)
 		s.resolveWaiting(b, b.parent.Err(), outcomeCancelled)
 	}
-	go s.giveBack(k, driver.Unbook(latestFirst), s.hold(k))
+	go s.giveBack(k, unbookAll(latestFirst), s.hold(k))
 }
 
 // cancelledBooking returns k's latest booking if its job's context has
@@ -134,9 +134,9 @@ func (s *scheduler[T, R]) resume(k *keyState[T, R]) {
 }
 
 // admission returns the admission j was given, as a refund needs it.
-func (j *job[T, R]) admission() driver.Admission {
+func (s *scheduler[T, R]) admission(j *job[T, R]) driver.Admission {
 	return driver.Admission{
-		Request:  driver.Request{Key: j.info.Key, Limit: *j.lim, Cost: j.cost},
+		Request:  s.request(j),
 		Decision: driver.Decision{Allowed: true, Now: j.start, Booking: j.booking},
 	}
 }

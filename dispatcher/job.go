@@ -69,12 +69,17 @@ type job[T, R any] struct {
 	// retry-after: each run after the first has one of its own.
 	rerun *rerunContext
 
-	seq      uint64   // submission order, with a limiter
-	state    jobState // with ctxBits and watchedBit
-	heapIdx  int32    // in the scheduler's heap of booked jobs
-	handedAt uint32   // its key's setBack count when it was handed to a worker
-
-	setBackSlot uint8 // its key's setBack counter
+	seq     uint64   // submission order, with a limiter
+	state   jobState // with ctxBits and watchedBit
+	heapIdx int32    // in the scheduler's heap of booked jobs
+	// handed is its key's setBack slot (the top 8 bits) and that slot's
+	// count when the job was handed to a worker (the low 24: a count 2²⁴
+	// set-backs later looks the same, which no handoff lasts).
+	handed uint32
+	// lease numbers the job's admissions, for the lease ID of each under
+	// an inflight cap (see leaseID): a give-back of an earlier admission's
+	// lease can never release a later one's.
+	lease uint32
 }
 
 // A rerunContext is the handler context of a job's run after a

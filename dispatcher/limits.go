@@ -24,15 +24,15 @@ type limits struct {
 }
 
 type limitKey struct {
-	rate, burst int64
-	period      time.Duration
-	quotas      *driver.Quota
-	n           int
+	rate, burst, inflight int64
+	period                time.Duration
+	quotas                *driver.Quota
+	n                     int
 }
 
 // intern returns the driver.Limit of lim, which is not unlimited.
 func (l *limits) intern(lim bucket.Limit) *driver.Limit {
-	k := limitKey{rate: lim.Rate, burst: lim.Burst, period: lim.Period, n: len(lim.Quotas)}
+	k := limitKey{rate: lim.Rate, burst: lim.Burst, inflight: lim.Inflight, period: lim.Period, n: len(lim.Quotas)}
 	if k.n > 0 {
 		k.quotas = &lim.Quotas[0]
 	}
@@ -44,7 +44,7 @@ func (l *limits) intern(lim bucket.Limit) *driver.Limit {
 		if l.seen == nil || len(l.seen) >= maxLimits {
 			l.seen = make(map[limitKey]*driver.Limit)
 		}
-		p = &driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas}
+		p = &driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas, Inflight: lim.Inflight}
 		l.seen[k] = p
 	}
 	l.last, l.lastSeen = k, p

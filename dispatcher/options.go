@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
 // An Option configures a Dispatcher. An invalid option makes New return
@@ -22,6 +23,7 @@ type config struct {
 	lateness    time.Duration
 	batch       int
 	keyStats    int // keys with figures at most, 0 for none
+	leaseTTL    time.Duration
 }
 
 func defaults() config {
@@ -32,6 +34,7 @@ func defaults() config {
 		bookAhead:   5 * time.Millisecond,
 		lateness:    time.Millisecond,
 		batch:       256,
+		leaseTTL:    driver.DefaultLeaseTTL,
 	}
 }
 
@@ -129,6 +132,21 @@ func WithBatchSize(n int) Option {
 			return fmt.Errorf("dispatcher: WithBatchSize(%d): need at least 1", n)
 		}
 		c.batch = n
+		return nil
+	}
+}
+
+// WithLeaseTTL sets the time to live of the leases the dispatcher takes
+// for keys whose limit caps their work in flight (bucket.Limit.Inflight):
+// it renews those of running handlers every third of it, so the leases of
+// a process that dies come back within it. From driver.MinLeaseTTL;
+// default driver.DefaultLeaseTTL (10s).
+func WithLeaseTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if err := driver.CheckRenew(d); err != nil {
+			return fmt.Errorf("dispatcher: WithLeaseTTL: %w", err)
+		}
+		c.leaseTTL = d
 		return nil
 	}
 }

@@ -71,7 +71,7 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64, sample bool) bool {
 	if sample {
 		s.lag.Store(s.lag.Load() + (min(max(lateness, 0), 4*int64(time.Millisecond))-s.lag.Load())/8)
 	}
-	if !cancelled && lateness <= tolerance && s.setBack[j.setBackSlot].Load() == j.handedAt {
+	if !cancelled && lateness <= tolerance && s.setBack[j.handed>>24].Load()&setBackMask == j.handed&setBackMask {
 		return false // nothing set its key back since it was handed
 	}
 	s.mu.Lock()
@@ -87,11 +87,11 @@ func (s *scheduler[T, R]) late(j *job[T, R], now int64, sample bool) bool {
 	// Counted while j is unresolved: Shutdown waits on wg only once every
 	// job is resolved.
 	s.d.wg.Add(1)
-	var refund []driver.Admission
+	var refund giving
 	j.slot = 0
 	s.idle.Add(1) // j's worker reservation
 	if cancelled {
-		refund = []driver.Admission{j.admission()}
+		refund = refunding([]driver.Admission{s.admission(j)})
 		s.resolveWaiting(j, j.parent.Err(), outcomeCancelled)
 	} else {
 		s.d.stats.requeued.Add(1 + int64(k.booked.n)) // j, and the bookings unbook puts back

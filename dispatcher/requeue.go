@@ -78,7 +78,7 @@ func (s *scheduler[T, R]) requeue(j *job[T, R], err error) (bool, error) {
 		// context ends. Under s.mu, as in enqueue: it is still queued.
 		j.watch(context.AfterFunc(j.parent, func() { s.cancelWaiting(j) }))
 	}
-	if len(refund) > 0 {
+	if !refund.empty() {
 		s.d.wg.Add(1)
 		go s.giveBack(k, refund, s.hold(k))
 	}

@@ -86,9 +86,12 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 		s.setPhase(k, keyAsking)
 		k.asking = j
 		j.lim = s.limits.intern(lim)
-		batch = append(batch, driver.Admission{Request: driver.Request{
-			Key: k.name, Limit: *j.lim, Cost: j.cost, MaxWait: s.window(),
-		}})
+		if j.lim.Inflight > 0 {
+			j.lease++ // a lease ID of this admission's own
+		}
+		r := s.request(j)
+		r.MaxWait = s.window()
+		batch = append(batch, driver.Admission{Request: r})
 		asked = append(asked, k)
 	}
 	return batch, asked
@@ -104,6 +107,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		refunds                     []driver.Admission
 		held                        []*keyState[T, R] // asking nothing until the refunds are done
 		admitted, throttled, paused int64             // Stats'
+		atCap                       int64
 	)
 	now := after
 	s.mu.Lock()
@@ -147,9 +151,12 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		case allowed && k.jobs.head != nil && k.jobs.head.seq < j.seq: // an earlier job came back meanwhile
 			refunds = append(refunds, *a)
 			s.putBack(k, j, now)
+		case a.Err == nil && a.Decision.AtCap:
+			atCap++
+			s.atCap(k, j, a.Decision, now)
 		case allowed:
 			admitted++
-			k.backoff = 0
+			k.backoff, k.atCap = 0, false
 			j.start, j.booking = a.Decision.Start(), a.Decision.Booking
 			j.slot = before + int64(a.Decision.Wait)
 			if a.Decision.Wait <= 0 {
@@ -176,8 +183,8 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 	handed = s.takeHanded(handed)
 	s.mu.Unlock()
 	handed = s.deliver(handed)
-	s.d.stats.countAdmissions(admitted, throttled, paused)
-	s.refund(refunds)
+	s.d.stats.countAdmissions(admitted, throttled, paused, atCap)
+	s.refund(refunding(refunds))
 	if len(held) > 0 {
 		s.mu.Lock()
 		for _, k := range held {
@@ -198,14 +205,8 @@ func (s *scheduler[T, R]) putBack(k *keyState[T, R], j *job[T, R], until int64) 
 	s.wait(k, until)
 }
 
-func (s *scheduler[T, R]) refund(as []driver.Admission) {
-	for _, a := range as {
-		// A failed refund only under-admits: the booking stays charged.
-		_ = s.backend.Refund(s.d.base, a.Request, a.Decision)
-	}
-}
-
 func permanent(err error) bool {
 	return errors.Is(err, bucket.ErrInvalidLimit) || errors.Is(err, bucket.ErrImpossible) ||
-		errors.Is(err, bucket.ErrInvalidCost) || errors.Is(err, bucket.ErrEmptyKey)
+		errors.Is(err, bucket.ErrInvalidCost) || errors.Is(err, bucket.ErrEmptyKey) ||
+		errors.Is(err, bucket.ErrNoLeases) || errors.Is(err, bucket.ErrNoLease) || errors.Is(err, driver.ErrInvalidLeaseTTL)
 }

@@ -24,7 +24,11 @@ import (
 // up any other key.
 type scheduler[T, R any] struct {
 	d       *Dispatcher[T, R]
-	backend driver.Backend // the limiter's
+	backend driver.Backend      // the limiter's
+	leases  driver.LeaseBackend // the backend, if it keeps leases
+	// leasePrefix starts the IDs of the leases this dispatcher takes
+	// (leaseID): random, so that no other process's collide with them.
+	leasePrefix string
 
 	mu      sync.Mutex // before any Future's mutex, never after
 	keys    map[string]*keyState[T, R]
@@ -73,8 +77,12 @@ type scheduler[T, R any] struct {
 	spare    []*keyState[T, R] // dropped keys, for new ones: a key idle between its jobs allocates nothing
 }
 
-// setBackSlots is how many counters the keys' set-backs are spread over.
-const setBackSlots = 256
+// setBackSlots is how many counters the keys' set-backs are spread over,
+// and setBackMask the bits of a count a job keeps (job.handed).
+const (
+	setBackSlots = 256
+	setBackMask  = 1<<24 - 1
+)
 
 // maxSpare bounds the dropped keys kept for reuse (128 bytes each).
 const maxSpare = 1024
@@ -105,6 +113,7 @@ type keyState[T, R any] struct {
 	heapIdx     int32
 	phase       phase
 	setBackSlot uint8 // its name's among the scheduler's setBack counters
+	atCap       bool  // waiting because its leases were all held: a release here wakes it
 }
 
 func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
@@ -115,6 +124,8 @@ func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
 		wake:    make(chan struct{}, 1),
 		seed:    maphash.MakeSeed(),
 	}
+	s.leases, _ = s.backend.(driver.LeaseBackend)
+	s.leasePrefix = string(driver.NewLeaseID()) + "."
 	s.idle.Store(int64(d.cfg.workers))
 	// Until handlers have been timed, assume they take an eighth of the
 	// tolerance: two jobs per worker ahead, not a batch.
@@ -288,8 +299,7 @@ func (s *scheduler[T, R]) wait(k *keyState[T, R], until int64) {
 // worker starts it.
 func (s *scheduler[T, R]) hand(k *keyState[T, R], j *job[T, R]) {
 	j.setState(running)
-	j.setBackSlot = k.setBackSlot
-	j.handedAt = s.setBack[k.setBackSlot].Load()
+	j.handed = uint32(k.setBackSlot)<<24 | s.setBack[k.setBackSlot].Load()&setBackMask
 	s.handed = append(s.handed, j)
 }
 
@@ -449,11 +459,11 @@ func (s *scheduler[T, R]) release() {
 
 // stop resolves every job that has not started with ErrClosed (a hard stop).
 func (s *scheduler[T, R]) stop() {
-	var refunds []driver.Admission
+	var refunds giving
 	s.mu.Lock()
 	s.stopped = true
 	for _, k := range s.keys {
-		refunds = append(refunds, s.unbook(k, nil)...) // its bookings are resolved with the queue
+		refunds.add(s.unbook(k, nil)) // its bookings are resolved with the queue
 		s.timers.remove(k)
 		for j := s.popJob(k); j != nil; j = s.popJob(k) {
 			s.resolveWaiting(j, ErrClosed, outcomeCancelled)

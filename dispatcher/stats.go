@@ -31,8 +31,15 @@ type Stats struct {
 	// Admissions the backend decided, by its answer. Admitted: allowed,
 	// and the job started or was booked a slot. Throttled: refused, the
 	// key waits for its next slot. Paused: allowed, but given back because
-	// a retry-after paused the key while the backend decided.
-	Admitted, Throttled, Paused int64
+	// a retry-after paused the key while the backend decided. AtCap:
+	// refused because the key's limit caps its work in flight
+	// (bucket.Limit.Inflight) and its leases were all held.
+	Admitted, Throttled, Paused, AtCap int64
+	// LeasesLost counts the leases of running handlers that a renewal
+	// found gone: they expired (the process stalled longer than the lease
+	// TTL, or the backend lost them), and another holder may have taken
+	// the place while the handler ran.
+	LeasesLost int64
 
 	RoundTrips       int64 // admission batches sent to the backend (see Histograms)
 	BackendErrors    int64 // admissions the backend failed to decide (retried later)
@@ -75,6 +82,8 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 		Admitted:      c.admitted.Load(),
 		Throttled:     c.throttled.Load(),
 		Paused:        c.paused.Load(),
+		AtCap:         c.atCap.Load(),
+		LeasesLost:    c.leasesLost.Load(),
 		BackendErrors: c.backendErrors.Load(),
 	}
 	for i := range c.roundTrips.counts {
@@ -151,6 +160,7 @@ type counters struct {
 	jobCounters
 	requeued, backendErrors     atomic.Int64
 	admitted, throttled, paused atomic.Int64
+	atCap, leasesLost           atomic.Int64
 	roundTrips                  histogram // by the scheduler's rounds, at most rounds at once
 
 	mu             sync.Mutex
@@ -158,11 +168,11 @@ type counters struct {
 }
 
 // countAdmissions adds a round's admissions, by the backend's answer.
-func (c *counters) countAdmissions(admitted, throttled, paused int64) {
+func (c *counters) countAdmissions(admitted, throttled, paused, atCap int64) {
 	for _, n := range [...]struct {
 		c *atomic.Int64
 		n int64
-	}{{&c.admitted, admitted}, {&c.throttled, throttled}, {&c.paused, paused}} {
+	}{{&c.admitted, admitted}, {&c.throttled, throttled}, {&c.paused, paused}, {&c.atCap, atCap}} {
 		if n.n > 0 {
 			n.c.Add(n.n)
 		}

@@ -43,6 +43,9 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	}
 	j.unwatchCtx()
 	if d.stopped.Load() {
+		if d.sched != nil {
+			d.sched.ranOut(j) // its admission's lease, if any
+		}
 		d.finish(j, *new(R), ErrClosed, outcomeCancelled)
 		d.sched.release()
 		return
@@ -64,6 +67,9 @@ func (d *Dispatcher[T, R]) runJob(w int, j *job[T, R]) {
 	}
 	wk.current.Store(nil)
 	j.endRun() // the run is over: so is its context
+	if d.sched != nil {
+		d.sched.ranOut(j)
+	}
 
 	if d.sched != nil {
 		var requeued bool

@@ -19,9 +19,9 @@ type Info struct {
 	// dispatcher put the job back after a retry-after, plus one for each
 	// retry made by middleware.Retry.
 	Attempt int
-	// Waited is how long the job waited from its Submit to the start of
-	// the dispatcher's run: time in the queue, admission included. A run
-	// after a retry-after counts from the Submit too. Zero when no
+	// Waited is how long the job waited for this run of a dispatcher's:
+	// time in the queue, admission included, from its Submit or, for a
+	// run after a retry-after, from when it was put back. Zero when no
 	// dispatcher ran the job.
 	Waited time.Duration
 }

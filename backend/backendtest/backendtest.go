@@ -118,17 +118,25 @@ func admit(t *testing.T, b driver.Backend, r driver.Request) driver.Decision {
 }
 
 // checkDecision fails the test if d, the answer to r, is an admission
-// booked outside [0, maxWait] or a refusal whose retry-after is within
-// maxWait (the request would have been booked).
+// booked outside [0, maxWait], a refusal on the rate whose retry-after is
+// within maxWait (the request would have been booked), or a refusal at
+// the cap whose Wait (until a lease expires) is negative or beyond the
+// lease's time to live.
 func checkDecision(t *testing.T, r driver.Request, d driver.Decision) {
 	t.Helper()
 	maxWait := max(r.MaxWait, 0)
-	if d.Allowed {
+	switch {
+	case d.Allowed:
+		require.False(t, d.AtCap, "%s allowed and at the cap", call(r))
 		require.GreaterOrEqual(t, d.Wait, time.Duration(0), "%s booked in the past", call(r))
 		require.LessOrEqual(t, d.Wait, maxWait, "%s booked beyond maxWait", call(r))
-		return
+	case d.AtCap:
+		require.Positive(t, r.Limit.Inflight, "%s refused at the cap of a limit without one", call(r))
+		require.GreaterOrEqual(t, d.Wait, time.Duration(0), "%s refused at the cap, a lease expiring in the past", call(r))
+		require.LessOrEqual(t, d.Wait, driver.MaxDuration, "%s refused at the cap beyond MaxDuration", call(r))
+	default:
+		require.Greater(t, d.Wait, maxWait, "%s refused with a retry-after within maxWait", call(r))
 	}
-	require.Greater(t, d.Wait, maxWait, "%s refused with a retry-after within maxWait", call(r))
 }
 
 // verdict is what the suite compares of a decision.

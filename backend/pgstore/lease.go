@@ -38,18 +38,16 @@ func storable(l driver.LeaseRef) bool {
 // locks admissions of their keys take. It blocks for that round trip,
 // which ctx does not cancel (Options.Timeout bounds it): if ctx ends
 // first Renew returns ctx's error at once, and the leases may have been
-// renewed. While PostgreSQL is unavailable, under FailLocal the local
-// buckets answer (they hold the leases taken while it was down, and
-// report the others lost); under FailClosed and FailOpen Renew returns
-// an error matching ErrUnavailable.
+// renewed.
+//
+// While PostgreSQL is unavailable, Renew under FailLocal renews the
+// leases the local buckets hold and reports the others lost; under
+// FailClosed and FailOpen it returns an error matching ErrUnavailable,
+// since nothing says whether the leases are still held. Under FailLocal,
+// a lease the database does not hold is renewed in the local buckets if
+// they took it, during an outage. (redisstore's Renew does the same.)
 func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Duration) ([]driver.LeaseRef, error) {
-	if s.closed.Load() {
-		return nil, driver.ErrClosed
-	}
 	if err := driver.CheckRenew(ttl); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	var (
@@ -63,28 +61,16 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 			ops = append(ops, renewOp(l, ticks))
 		}
 	}
+	a, err := s.leaseTrip(ctx, "renewing", ops)
+	if errors.Is(err, ErrUnavailable) && s.guard.Local() {
+		return s.guard.Renew(ctx, leases, ttl)
+	}
+	if err != nil {
+		return nil, err
+	}
 	held := make([]bool, len(leases))
-	if len(ops) > 0 {
-		ask, probe := s.guard.Ask()
-		if !ask {
-			return s.guard.RenewAnswer(ctx, leases, ttl, nil)
-		}
-		a, err := s.admits.Do(ctx, admission{many: ops})
-		s.guard.Settle(err, probe)
-		switch {
-		case err == nil:
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
-		case errors.Is(err, driver.ErrClosed):
-			return nil, err
-		case !isUnavailable(err):
-			return nil, fmt.Errorf("pgstore: renewing %d leases: %w", len(ops), err)
-		default:
-			return s.guard.RenewAnswer(ctx, leases, ttl, err)
-		}
-		for k, i := range idx {
-			held[i] = a.many[k].code == codeAllowed
-		}
+	for k, i := range idx {
+		held[i] = a.many[k].code == codeAllowed
 	}
 	var lost []driver.LeaseRef
 	for i, l := range leases {
@@ -92,7 +78,7 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 			lost = append(lost, l)
 		}
 	}
-	return lost, nil
+	return s.guard.Renew(ctx, lost, ttl)
 }
 
 // Release implements driver.LeaseBackend: one statement deletes every
@@ -100,27 +86,65 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 // Admit's), under the locks admissions of their keys take. It blocks for
 // that round trip, which ctx does not cancel (Options.Timeout bounds
 // it): if ctx ends first Release returns ctx's error at once, and the
-// leases may have been released. Under FailLocal the local buckets
-// release them too. While PostgreSQL is unavailable the leases stay
-// held there until they expire: Release returns an error matching
-// ErrUnavailable under FailClosed, and nil under the other policies, as
-// Refund does.
+// leases may have been released. A lease that is not held is left
+// alone: its ID is its holder's own, so no other holder's lease is ever
+// freed.
+//
+// While PostgreSQL is unavailable, Release under FailLocal releases the
+// leases in the local buckets only (a lease the database holds stays
+// held there until it expires); under FailClosed and FailOpen it returns
+// an error matching ErrUnavailable. Under FailLocal the local buckets
+// release the leases whatever the database answers. (redisstore's
+// Release does the same.)
 func (s *Store) Release(ctx context.Context, leases []driver.LeaseRef) error {
-	if s.closed.Load() {
-		return driver.ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	var ops []op
 	for _, l := range leases {
 		if storable(l) {
 			ops = append(ops, releaseOp(l))
 		}
 	}
-	if len(ops) == 0 {
-		return nil
+	_, err := s.leaseTrip(ctx, "releasing", ops)
+	if !s.guard.Local() || errors.Is(err, driver.ErrClosed) {
+		return err
 	}
-	s.guard.Release(ctx, leases)
-	return s.write(ctx, "", admission{many: ops})
+	local := s.guard.Release(ctx, leases)
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		return local
+	}
+	return err
+}
+
+// leaseTrip runs ops, the requests of a Renew or Release (what it is
+// doing, for errors), as one call of the batcher: one statement, in a
+// round trip shared with concurrent calls. It returns an error matching
+// ErrUnavailable while PostgreSQL is unavailable, driver.ErrClosed once
+// the Store is closed, ctx's error if ctx ended, and otherwise the
+// database's error.
+func (s *Store) leaseTrip(ctx context.Context, what string, ops []op) (answer, error) {
+	if s.closed.Load() {
+		return answer{}, driver.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return answer{}, err
+	}
+	if len(ops) == 0 {
+		return answer{}, nil
+	}
+	ask, probe := s.guard.Ask()
+	if !ask {
+		return answer{}, s.guard.Unavailable(nil)
+	}
+	a, err := s.admits.Do(ctx, admission{many: ops})
+	s.guard.Settle(err, probe)
+	switch {
+	case err == nil:
+		return a, nil
+	case ctx.Err() != nil:
+		return answer{}, ctx.Err()
+	case errors.Is(err, driver.ErrClosed):
+		return answer{}, err
+	case isUnavailable(err):
+		return answer{}, s.guard.Unavailable(err)
+	}
+	return answer{}, fmt.Errorf("pgstore: %s %d leases: %w", what, len(ops), err)
 }

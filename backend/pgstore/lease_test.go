@@ -198,10 +198,11 @@ func TestLeaseIDs(t *testing.T) {
 }
 
 // TestLeasesWhileDown: what each failure policy answers for leases
-// while PostgreSQL is unavailable. FailClosed: errors. FailOpen: capped
-// requests admitted without a lease (the cap is lost), renewals an error
-// (no policy makes a lease held that is not), releases nothing.
-// FailLocal: the local buckets keep the leases, cap included.
+// while PostgreSQL is unavailable, as redisstore's do. FailClosed:
+// errors. FailOpen: capped requests admitted without a lease (the cap is
+// lost), renewals and releases errors (no policy makes a lease held that
+// is not, or says one was released that was not). FailLocal: the local
+// buckets keep the leases, cap included.
 func TestLeasesWhileDown(t *testing.T) {
 	ctx := context.Background()
 	lim := bucket.PerSecond(100).WithBurst(100).WithInflight(1)
@@ -222,7 +223,7 @@ func TestLeasesWhileDown(t *testing.T) {
 		}
 		_, err := s.Renew(ctx, refs("k", "a"), time.Second)
 		assert.ErrorIs(t, err, pgstore.ErrUnavailable, "Renew")
-		assert.NoError(t, s.Release(ctx, refs("k", "a")), "Release")
+		assert.ErrorIs(t, s.Release(ctx, refs("k", "a")), pgstore.ErrUnavailable, "Release")
 	})
 	t.Run("FailLocal", func(t *testing.T) {
 		s := newStore(t, deadPool(t), pgstore.Options{Schema: "unused", FailurePolicy: pgstore.FailLocal})

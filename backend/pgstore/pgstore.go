@@ -326,11 +326,10 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 	return s.write(ctx, key, admission{op: pauseOp(key, d)})
 }
 
-// write runs a refund, pause or release (of key, or of leases of any
-// keys if key is ""), coalesced with concurrent calls as admissions are.
-// While PostgreSQL is unavailable it fails with ErrUnavailable under
-// FailClosed; under the other policies there is no one to tell, and it
-// returns nil.
+// write runs a refund or pause of key, coalesced with concurrent calls as
+// admissions are. While PostgreSQL is unavailable it fails with
+// ErrUnavailable under FailClosed; under the other policies there is no
+// one to tell, and it returns nil.
 func (s *Store) write(ctx context.Context, key string, a admission) error {
 	ask, probe := s.guard.Ask()
 	var err error
@@ -344,8 +343,6 @@ func (s *Store) write(ctx context.Context, key string, a admission) error {
 			return ctx.Err()
 		case errors.Is(err, driver.ErrClosed):
 			return err
-		case key == "" && !isUnavailable(err):
-			return fmt.Errorf("pgstore: releasing %d leases: %w", len(a.many), err)
 		case !isUnavailable(err):
 			return fmt.Errorf("pgstore: key %q: %w", key, err)
 		}

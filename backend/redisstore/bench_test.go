@@ -44,30 +44,63 @@ func BenchmarkAdmit(b *testing.B) {
 			for _, nkeys := range []int{1, 1000} {
 				b.Run(fmt.Sprintf("%s/callers=%d/keys=%d", mode.name, callers, nkeys), func(b *testing.B) {
 					s := newStore(b, newClient(b), mode.opts)
-					benchAdmit(b, s, callers, benchKeys(nkeys))
+					benchAdmit(b, s, callers, benchKeys(nkeys), uncapped)
 				})
 			}
 		}
 	}
 }
 
-func benchAdmit(b *testing.B, s *redisstore.Store, callers int, keys []string) {
+// What the admissions of benchAdmit ask for.
+type capMode int
+
+const (
+	uncapped       capMode = iota // benchLimit
+	capped                        // benchLimit with an inflight cap, each admission a lease of its own
+	cappedReleased                // the same, each lease released after its admission: two round trips
+)
+
+func (m capMode) String() string { return [...]string{"uncapped", "capped", "capped+release"}[m] }
+
+// benchCap is the inflight cap of capped admissions: the most a key may
+// hold, so that it never binds.
+const benchCap = driver.MaxInflight
+
+func benchAdmit(b *testing.B, s *redisstore.Store, callers int, keys []string, mode capMode) {
 	ctx := context.Background()
 	var (
 		mu  sync.Mutex
 		all latency.Histogram
+		ids = driver.NewLeaseIDs()
 	)
+	lim := benchLimit
+	if mode != uncapped {
+		lim = lim.WithInflight(benchCap)
+	}
 	work := func(next func() bool, i int) {
 		var h latency.Histogram
-		req := driver.Request{Limit: backendtest.Limit(benchLimit), Cost: 1}
+		req := driver.Request{Limit: backendtest.Limit(lim), Cost: 1}
+		if mode == capped {
+			// Leases no one releases: the shortest time to live keeps
+			// a key's set at what 10ms of admissions took.
+			req.LeaseTTL = driver.MinLeaseTTL
+		}
 		for next() {
 			req.Key = keys[i%len(keys)]
 			i++
+			if mode != uncapped {
+				req.Lease = ids.Next()
+			}
 			t0 := time.Now()
 			d, err := s.Admit(ctx, req)
 			h.Add(time.Since(t0))
 			if err != nil || !d.Allowed {
 				b.Fatalf("Admit = %+v, %v", d, err)
+			}
+			if mode == cappedReleased {
+				if err := s.Release(ctx, []driver.LeaseRef{{Key: req.Key, ID: req.Lease}}); err != nil {
+					b.Fatalf("Release: %v", err)
+				}
 			}
 		}
 		mu.Lock()
@@ -91,6 +124,24 @@ func benchAdmit(b *testing.B, s *redisstore.Store, callers int, keys []string) {
 		})
 	}
 	report(b, b.N, time.Since(start), &all)
+}
+
+// BenchmarkAdmitCapped measures Store.Admit of requests under an
+// inflight cap that does not bind, each taking a lease of its own, beside
+// the same requests uncapped, with 1 and 16 concurrent callers on 1 and
+// 1,000 keys: what the lease costs an admission (capped), and an
+// admission with its release (capped+release, which adds a round trip).
+func BenchmarkAdmitCapped(b *testing.B) {
+	for _, mode := range []capMode{uncapped, capped, cappedReleased} {
+		for _, callers := range []int{1, 16} {
+			for _, nkeys := range []int{1, 1000} {
+				b.Run(fmt.Sprintf("%v/callers=%d/keys=%d", mode, callers, nkeys), func(b *testing.B) {
+					s := newStore(b, newClient(b), redisstore.Options{})
+					benchAdmit(b, s, callers, benchKeys(nkeys), mode)
+				})
+			}
+		}
+	}
 }
 
 // BenchmarkAdmitBatch measures AdmitBatch of 64 admissions over 1,000

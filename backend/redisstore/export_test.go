@@ -64,22 +64,22 @@ func RawAdmit(ctx context.Context, s *Store, req driver.Request) (driver.Decisio
 	if err != nil {
 		return driver.Decision{}, 0, err
 	}
-	res := s.runOne(ctx, s.RedisKey(req.Key), args)
+	res := s.runOne(ctx, s.opOf(req.Key, args))
 	return res.r.decision(), res.r.fresh, res.err
 }
 
 // RawRefund and RawPause send a refund or a pause straight to Redis and
 // return the moment, in µs, the state becomes fresh (0 if it is).
 func RawRefund(ctx context.Context, s *Store, req driver.Request, d driver.Decision) (int64, error) {
-	return s.runFresh(ctx, s.RedisKey(req.Key), appendRefund(nil, &req, d))
+	return s.runFresh(ctx, s.opOf(req.Key, appendRefund(nil, &req, d, true)))
 }
 
 func RawPause(ctx context.Context, s *Store, key string, d time.Duration) (int64, error) {
-	return s.runFresh(ctx, s.RedisKey(key), appendPause(nil, d))
+	return s.runFresh(ctx, s.opOf(key, appendPause(nil, d)))
 }
 
-func (s *Store) runFresh(ctx context.Context, key string, args []byte) (int64, error) {
-	res := s.runOne(ctx, key, args)
+func (s *Store) runFresh(ctx context.Context, o op) (int64, error) {
+	res := s.runOne(ctx, o)
 	return res.r.fresh, res.err
 }
 
@@ -101,3 +101,10 @@ func AdmitWith(ctx context.Context, s *Store, source string, req driver.Request)
 	parseReplies(cmd, out[:])
 	return out[0].r.decision(), out[0].err
 }
+
+// KeySlot is the Redis Cluster slot of a Redis key, as the Store
+// computes it.
+var KeySlot = keySlot
+
+// SlotTag returns the hash tag lease set names carry for slot.
+func SlotTag(slot int) string { return string(slotTags()[slot][:]) }

@@ -8,7 +8,10 @@
 --          a key may appear more than once, and its requests are decided
 --          in order. One call deciding many requests costs Redis less than
 --          a call each: a call's own overhead and TIME are paid once, and
---          consecutive requests on one key read and write it once.
+--          consecutive requests on one key read and write it once. Then
+--          the lease sets the requests name (below), which never share a
+--          name with a bucket (their prefixes are apart), so that a run
+--          of requests on one key always ends before them.
 -- ARGV[1]  the requests, one after another, one per key: each is
 --          little-endian int64s, op, a, b, c, d, e, n, then n pairs (x, y):
 --            op 1 admit:  a capacity, b charge (as in bucket.Decide), c cost,
@@ -16,6 +19,13 @@
 --            op 2 refund: the booking's a TAT, b previous TAT, c Gen, then
 --                         d its start, e its cost; pairs (window, 0)
 --            op 3 pause:  a the duration
+--          and ops on a lease, whose pairs are followed by int64s k, ttl,
+--          len, then len bytes: the lease's ID, KEYS[k] the bucket's lease
+--          set, ttl its time to live:
+--            op 4 admit with a lease: as op 1, e the cap (Limit.Inflight)
+--            op 5 refund and release: as op 2
+--            op 6 renew: all fields 0
+--            op 7 release: all fields 0
 -- ARGV[2]  optional: the time in µs to use instead of TIME. Only tests send
 --          it; with it a key expires no sooner than 10 minutes from now in
 --          real time, so a fake clock cannot lose state to real expiry.
@@ -34,9 +44,17 @@
 -- time still counts may have been pruned), and TIME may step back: a
 -- failover to a master whose clock is behind, or a step of the host's.
 --
+-- Leases: a bucket's lease set is a sorted set of its held leases, member
+-- the lease's ID, score its expiry on the key's clock. Expired leases are
+-- removed before the set is counted, and never count; the set expires in
+-- the second after its latest lease (PEXPIREAT, set again only when that
+-- second moves later), so that it is gone once no lease is held.
+--
 -- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
 -- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now and
--- freshAt. freshAt is 0 for a fresh bucket. A string costs the client less
+-- freshAt. freshAt is 0 for a fresh bucket. allowed is 2 for an admission
+-- refused at its cap (wait: until the first lease expires), and for a
+-- renewal 1 if the lease was held, 0 if not. A string costs the client less
 -- than an array; only if a request failed is the reply an array: that
 -- string, then the error messages (see the end).
 
@@ -219,11 +237,62 @@ local function flush(key)
   end
 end
 
+-- hold makes lease id of the set lkey expire at e, unless it expires later
+-- already, and keeps the set until its latest lease expires. top, the
+-- latest expiry before, tells whether the set's own expiry must move:
+-- only if its second moves later. empty says the set is known empty (not
+-- read again).
+local function hold(lkey, id, e, empty)
+  local top = not empty and call('ZRANGE', lkey, -1, -1, 'WITHSCORES')[2]
+  call('ZADD', lkey, 'GT', e, id)
+  top = top and tonumber(top)
+  if ARGV[2] then
+    call('PEXPIRE', lkey, max(floordiv(max(e, top or 0) - now, 1000) + 1, 600000))
+  elseif not top or expiry(e) > expiry(top) then
+    call('PEXPIREAT', lkey, expiry(e) / 1000)
+  end
+end
+
+-- lease runs a renewal (op 6) or a release (op 7) of lease id of lkey.
+local function lease(op, lkey, id, ttl, raw)
+  local fresh = raw and freshat() or 0
+  if op == 7 then
+    call('ZREM', lkey, id)
+    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh)
+  end
+  local e = call('ZSCORE', lkey, id)
+  if not e or tonumber(e) <= now then
+    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh)
+  end
+  hold(lkey, id, now + ttl)
+  return pack(REPLY, 1, 0, now, 0, 0, 0, fresh)
+end
+
 -- decide runs the request at offset at of req on the loaded state, and
 -- returns its reply and the offset of the next request.
 local function decide(at)
   local op, a, b, c, d, e, nq, pos = unpack8('<i8i8i8i8i8i8i8', req, at)
   local raw, next = exists, pos + 16 * nq
+  local lkey, ttl, id, held
+  if op >= 4 then
+    local k, n
+    k, ttl, n, next = unpack8('<i8i8i8', req, next)
+    lkey, id, next = KEYS[k], string.sub(req, next, next + n - 1), next + n
+    if op >= 6 then
+      return lease(op, lkey, id, ttl, raw), next
+    elseif op == 5 then
+      call('ZREM', lkey, id)
+      op = 2
+    else
+      -- The cap first: at it, nothing else is decided, nor charged.
+      call('ZREMRANGEBYSCORE', lkey, '-inf', now)
+      held = call('ZCARD', lkey)
+      if held >= e and not call('ZSCORE', lkey, id) then
+        local first = tonumber(call('ZRANGE', lkey, 0, 0, 'WITHSCORES')[2])
+        return pack(REPLY, 2, first - now, now, 0, 0, 0, raw and freshat() or 0), next
+      end
+    end
+  end
 
   if op == 3 then
     paused = max(paused, now + a)
@@ -361,7 +430,20 @@ local function decide(at)
       table.insert(q.cnt, j + 1, cost)
     end
   end
+  if lkey then
+    hold(lkey, id, now + ttl, held == 0)
+  end
   return pack(REPLY, 1, wait, now, tat, prev, gen, save()), next
+end
+
+-- skip returns the offset of the request after the one at offset at.
+local function skip(at)
+  local op, nq = unpack8('<i8', req, at), unpack8('<i8', req, at + 6 * 8)
+  local next = at + 7 * 8 + 16 * nq
+  if op >= 4 then
+    next = next + 3 * 8 + unpack8('<i8', req, next + 2 * 8)
+  end
+  return next
 end
 
 -- Each key's request follows the previous one's; so do the replies, in
@@ -379,14 +461,16 @@ local function decideAll(key, first, last)
 end
 
 -- Consecutive requests on one key are decided together. Requests that fail
--- (a key holding something else, a write refused) changed nothing, and
--- fail alone, with the other requests on their key: their reply is
--- allowed = -1 and wait = the index of their error among those that follow
--- the replies.
+-- (a key holding something else, a write refused) changed nothing but the
+-- leases they took (held by no one until they expire: that only
+-- under-admits), and fail alone, with the other requests on their key:
+-- their reply is allowed = -1 and wait = the index of their error among
+-- those that follow the replies. KEYS after the requests' are lease sets,
+-- never equal to a bucket's key: a run of one key ends before them.
 local i = 1
-while i <= #KEYS do
+while at <= #req do
   local key, last = KEYS[i], i
-  while last < #KEYS and KEYS[last + 1] == key do
+  while KEYS[last + 1] == key do
     last = last + 1
   end
   local n, from = #out, at
@@ -399,7 +483,7 @@ while i <= #KEYS do
     at = from
     for _ = i, last do
       out[#out + 1] = pack(REPLY, -1, #errs, now, 0, 0, 0, 0)
-      at = at + 7 * 8 + 16 * unpack8('<i8', req, at + 6 * 8)
+      at = skip(at)
     end
   end
   i = last + 1

@@ -15,12 +15,23 @@
 // 3 bytes per quota slot in use, and the key expires in the second after
 // the bucket becomes fresh (Redis 6.2 or later). docs/benchmarks.md has
 // the figures.
+//
+// A Store is a driver.LeaseBackend: a limit's inflight cap is decided in
+// the same script call as its rate, against the bucket's lease set, a
+// sorted set in the bucket key's Cluster slot (Store.LeaseKey) whose
+// members are the held leases, scored with their expiry on the server's
+// clock. Expired leases are removed before the set is counted, and the
+// set expires with its latest lease. Renew and Release take one round
+// trip for any number of leases. A lease costs its set about 40 bytes
+// (the set itself about 100); docs/redis.md says what each failure
+// policy does with a capped request.
 package redisstore
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +50,13 @@ type Options struct {
 	// begins the other. A prefix with a hash tag ("{lb}:") puts every
 	// bucket in one Cluster slot.
 	Prefix string
+	// LeasePrefix starts the Redis key of every bucket's lease set, which
+	// holds the leases of limits with an inflight cap: it, a hash tag
+	// that puts the set in its bucket's Cluster slot, and the bucket's
+	// Redis key. Default "leakybucket-leases:". It may not hold '{', and
+	// neither it nor Prefix may begin the other. Stores that share
+	// buckets share it too.
+	LeasePrefix string
 	// FailurePolicy says what to answer while Redis is unavailable.
 	// Default FailClosed.
 	FailurePolicy FailurePolicy
@@ -64,9 +82,10 @@ type Options struct {
 // owns goroutines (the pipelines, a local fallback's sweeper) until Close.
 // It does not own the client: close it after the Store.
 type Store struct {
-	client redis.UniversalClient
-	prefix string
-	guard  *failover.Guard
+	client      redis.UniversalClient
+	prefix      string
+	leasePrefix string
+	guard       *failover.Guard
 
 	admits *coalesce.Batcher[admission, reply]
 	calls  sync.RWMutex // held for reading by the calls begin starts
@@ -88,6 +107,18 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	case opts.MaxBatch != 0 && opts.Pipelines == -1:
 		return nil, errors.New("redisstore: MaxBatch has no effect with Pipelines -1 (nothing is coalesced)")
 	}
+	if opts.Prefix == "" {
+		opts.Prefix = "leakybucket:"
+	}
+	if opts.LeasePrefix == "" {
+		opts.LeasePrefix = "leakybucket-leases:"
+	}
+	switch {
+	case strings.Contains(opts.LeasePrefix, "{"):
+		return nil, fmt.Errorf("redisstore: LeasePrefix %q holds a '{': it would replace the hash tag that keeps a lease set in its bucket's slot", opts.LeasePrefix)
+	case strings.HasPrefix(opts.LeasePrefix, opts.Prefix) || strings.HasPrefix(opts.Prefix, opts.LeasePrefix):
+		return nil, fmt.Errorf("redisstore: Prefix %q and LeasePrefix %q: one begins the other, so that a lease set could take a bucket's name", opts.Prefix, opts.LeasePrefix)
+	}
 	if opts.RetryInterval == 0 {
 		opts.RetryInterval = 500 * time.Millisecond
 	}
@@ -102,18 +133,16 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		client: client,
-		prefix: opts.Prefix,
-		guard:  guard,
-		group:  1,
+		client:      client,
+		prefix:      opts.Prefix,
+		leasePrefix: opts.LeasePrefix,
+		guard:       guard,
+		group:       1,
 	}
 	if _, ok := client.(*redis.Client); ok {
 		// One server (a failover client too): a script call may take
 		// keys of any slot. A Cluster or a Ring may not.
 		s.group = maxGroup
-	}
-	if s.prefix == "" {
-		s.prefix = "leakybucket:"
 	}
 	pipelines, maxBatch := opts.Pipelines, opts.MaxBatch
 	if pipelines == 0 {
@@ -135,6 +164,10 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 // the prefix followed by key's bytes.
 func (s *Store) RedisKey(key string) string { return s.prefix + key }
 
+// LeaseKey returns the Redis key of the sorted set that holds the leases
+// of key's bucket (Options.LeasePrefix): it lies in the slot of RedisKey.
+func (s *Store) LeaseKey(key string) string { return leaseKey(s.leasePrefix, s.prefix+key) }
+
 // Admit implements driver.Backend. It blocks for a round trip to Redis,
 // shared with concurrent calls. The round trip does not depend on ctx: if
 // ctx ends while the admission waits to be sent or for its answer, Admit
@@ -142,7 +175,7 @@ func (s *Store) RedisKey(key string) string { return s.prefix + key }
 // back when the answer comes, in one round trip after the other callers'
 // answers.
 func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision, error) {
-	if err := validate(&req); err != nil {
+	if err := req.Validate(); err != nil {
 		return driver.Decision{}, err
 	}
 	if s.closed.Load() {
@@ -160,7 +193,7 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 		return s.guard.Fallback(ctx, req, nil)
 	}
 	var r reply
-	r, err = s.admits.Do(ctx, admission{req, args})
+	r, err = s.admits.Do(ctx, admission{req, s.opOf(req.Key, args)})
 	s.guard.Settle(err, probe)
 	if err != nil {
 		return s.guard.ErrAnswer(ctx, req, err)
@@ -181,7 +214,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 	)
 	for i := range batch {
 		a := &batch[i]
-		a.Decision, a.Err = driver.Decision{}, validate(&a.Request)
+		a.Decision, a.Err = driver.Decision{}, a.Request.Validate()
 		switch {
 		case a.Err != nil:
 			continue
@@ -197,7 +230,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 			continue
 		}
 		idx = append(idx, i)
-		ops = append(ops, op{s.prefix + a.Key, args[start:len(args):len(args)]})
+		ops = append(ops, s.opOf(a.Key, args[start:len(args):len(args)]))
 	}
 	if len(ops) == 0 {
 		return
@@ -250,10 +283,11 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 }
 
 // Refund implements driver.Backend. Refunding an admission Redis has
-// forgotten (it expired, or Redis restarted) does nothing.
+// forgotten (it expired, or Redis restarted) does nothing. The refund of
+// a capped admission releases its lease in the same call.
 func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decision) error {
 	if !d.Allowed || d.Booking.TAT == 0 {
-		return nil // refused, or admitted by FailOpen: nothing was charged
+		return nil // refused, or admitted by FailOpen: nothing was charged, no lease taken
 	}
 	if err := req.Validate(); err != nil {
 		return err
@@ -271,7 +305,7 @@ func (s *Store) refund(ctx context.Context, req driver.Request, d driver.Decisio
 	if failover.IsLocal(d) {
 		return s.guard.Refund(ctx, req, d)
 	}
-	return s.write(ctx, req.Key, appendRefund(nil, &req, d))
+	return s.write(ctx, s.opOf(req.Key, appendRefund(nil, &req, d, true)))
 }
 
 // Pause implements driver.Backend. With FailLocal the pause also holds
@@ -287,13 +321,13 @@ func (s *Store) Pause(ctx context.Context, key string, d time.Duration) error {
 		return err
 	}
 	s.guard.Pause(ctx, key, d)
-	return s.write(ctx, key, appendPause(nil, d))
+	return s.write(ctx, s.opOf(key, appendPause(nil, d)))
 }
 
-// write runs a refund or pause. While Redis is unavailable it fails with
-// ErrUnavailable under FailClosed; under the other policies there is no
-// one to tell, and it returns nil.
-func (s *Store) write(ctx context.Context, key string, args []byte) error {
+// write runs a refund or pause, o. While Redis is unavailable it fails
+// with ErrUnavailable under FailClosed; under the other policies there is
+// no one to tell, and it returns nil.
+func (s *Store) write(ctx context.Context, o op) error {
 	if !s.begin() {
 		return driver.ErrClosed
 	}
@@ -304,7 +338,7 @@ func (s *Store) write(ctx context.Context, key string, args []byte) error {
 		// The reply, not only the command's error: a request that fails
 		// in the script fails alone, in its reply. The round trip does
 		// not depend on ctx, as in AdmitBatch.
-		err = s.runOne(context.WithoutCancel(ctx), s.prefix+key, args).err
+		err = s.runOne(context.WithoutCancel(ctx), o).err
 		s.guard.Settle(err, probe)
 		switch {
 		case err == nil:
@@ -312,7 +346,7 @@ func (s *Store) write(ctx context.Context, key string, args []byte) error {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case !isUnavailable(err):
-			return fmt.Errorf("redisstore: key %q: %w", key, err)
+			return fmt.Errorf("redisstore: key %q: %w", o.key[len(s.prefix):], err)
 		}
 	}
 	return s.guard.WriteAnswer(err)
@@ -349,15 +383,5 @@ func (s *Store) end() { s.calls.RUnlock() }
 
 var (
 	_ driver.BatchBackend = (*Store)(nil)
+	_ driver.LeaseBackend = (*Store)(nil)
 )
-
-// validate is req.Validate, for a store that keeps no leases yet.
-func validate(req *driver.Request) error {
-	if err := req.Validate(); err != nil {
-		return err
-	}
-	if req.Limit.Inflight > 0 {
-		return driver.ErrNoLeases
-	}
-	return nil
-}

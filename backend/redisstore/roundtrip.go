@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"encoding/binary"
 
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/internal/coalesce"
@@ -15,15 +16,37 @@ import (
 func (s *Store) giveBack(ctx context.Context, admitted []driver.Admission) {
 	var ops []op
 	for _, a := range driver.UnbookAll(admitted) {
-		ops = append(ops, op{s.prefix + a.Key, appendRefund(nil, &a.Request, a.Decision)})
+		ops = append(ops, op{key: s.prefix + a.Key, args: appendRefund(nil, &a.Request, a.Decision, false)})
+	}
+	// Every admission's lease, joined into a refund or not.
+	for _, a := range admitted {
+		if a.Limit.Inflight > 0 {
+			ops = append(ops, s.leaseOp(a.Key, appendLeaseOp(nil, opRelease, 0, a.Lease)))
+		}
 	}
 	s.run(ctx, ops, make([]result, len(ops)))
 }
 
-// An op is one request of the script: a Redis key and its arguments.
+// An op is one request of the script: a bucket's Redis key, its lease
+// set's for an op on a lease (else ""), and the request's arguments.
 type op struct {
-	key  string
-	args []byte
+	key, lease string
+	args       []byte
+}
+
+// opOf returns the op of args, a request of the script about key's
+// bucket.
+func (s *Store) opOf(key string, args []byte) op {
+	if leaseAt(args) >= 0 {
+		return s.leaseOp(key, args)
+	}
+	return op{key: s.prefix + key, args: args}
+}
+
+// leaseOp returns the op of args, a request of an op on a lease of key.
+func (s *Store) leaseOp(key string, args []byte) op {
+	k := s.prefix + key
+	return op{key: k, lease: leaseKey(s.leasePrefix, k), args: args}
 }
 
 // A result is an op's reply, or why there is none.
@@ -38,10 +61,10 @@ type result struct {
 // Redis for about half a millisecond.
 const maxGroup = 64
 
-// runOne runs the script's request args on key alone.
-func (s *Store) runOne(ctx context.Context, key string, args []byte) result {
+// runOne runs o alone.
+func (s *Store) runOne(ctx context.Context, o op) result {
 	var out [1]result
-	s.run(ctx, []op{{key, args}}, out[:])
+	s.run(ctx, []op{o}, out[:])
 	return out[0]
 }
 
@@ -59,10 +82,12 @@ func (s *Store) run(ctx context.Context, ops []op, out []result) {
 }
 
 // cmd returns an EVALSHA of the script on ops' keys, their requests one
-// after another in one argument.
+// after another in one argument. The keys of the buckets come first, one
+// per request, then the lease sets of the requests on leases, each named
+// once for a run of requests on one set, the requests renumbered to them.
 func (s *Store) cmd(ctx context.Context, ops []op) *redis.Cmd {
-	args := make([]any, 0, 5+len(ops))
-	args = append(args, "evalsha", scriptSHA, len(ops))
+	args := make([]any, 3, 5+len(ops))
+	args[0], args[1] = "evalsha", scriptSHA
 	for _, o := range ops {
 		args = append(args, o.key)
 	}
@@ -74,10 +99,23 @@ func (s *Store) cmd(ctx context.Context, ops []op) *redis.Cmd {
 		}
 		all := make([]byte, 0, n)
 		for _, o := range ops {
+			start := len(all)
 			all = append(all, o.args...)
+			if o.lease == "" {
+				continue
+			}
+			if args[len(args)-1] != o.lease {
+				args = append(args, o.lease)
+			}
+			// The set's index in KEYS: its place among args, less the
+			// three before the keys.
+			binary.LittleEndian.PutUint64(all[start+leaseAt(o.args):], uint64(len(args)-3))
 		}
 		reqs = all
+	} else if ops[0].lease != "" {
+		args = append(args, ops[0].lease) // KEYS[2], as appendLease has it
 	}
+	args[2] = len(args) - 3
 	args = append(args, reqs)
 	cmd := redis.NewCmd(ctx, args...)
 	cmd.SetFirstKeyPos(3)
@@ -120,11 +158,10 @@ func (s *Store) pipeline(ctx context.Context, cmds []*redis.Cmd) {
 	pipe.Exec(ctx)
 }
 
-// An admission is an Admit call's request and the script's arguments for
-// it.
+// An admission is an Admit call's request and the script's op for it.
 type admission struct {
-	req  driver.Request
-	args []byte
+	req driver.Request
+	op  op
 }
 
 // sendAdmits sends the Admit calls queued as one pipeline.
@@ -135,7 +172,7 @@ func (s *Store) sendAdmits(ctx context.Context, r *coalesce.Round[admission, rep
 	}
 	ops := make([]op, len(r.Calls))
 	for i, c := range r.Calls {
-		ops[i] = op{s.prefix + c.Req.req.Key, c.Req.args}
+		ops[i] = c.Req.op
 	}
 	res := make([]result, len(ops))
 	s.run(ctx, ops, res)

@@ -33,10 +33,16 @@ const (
 	opAdmit  = 1
 	opRefund = 2
 	opPause  = 3
+	// Ops on a lease: their requests end with the lease (appendLease).
+	opAdmitLeased  = 4
+	opRefundLeased = 5
+	opRenew        = 6
+	opRelease      = 7
 )
 
-// The script's request is seven int64s, op and its fields, then n pairs;
-// see the comment at the top of gcra.lua.
+// The script's request is seven int64s, op and its fields, then n pairs,
+// then for ops on a lease the lease; see the comment at the top of
+// gcra.lua.
 
 // appendAdmit appends the script's request for req, a valid request: the
 // integers of driver.Decide in ticks (driver.Request.Terms), computed here
@@ -48,24 +54,37 @@ func appendAdmit(b []byte, req *driver.Request) ([]byte, error) {
 		return nil, &driver.LimitError{Field: "Burst", Reason: fmt.Sprintf("%d exceeds %d, the most redisstore counts exactly in a quota", lim.Burst, int64(MaxQuotaUnits))}
 	}
 	tm := req.Terms(tick)
-	b = appendInt(b, opAdmit)
+	op := int64(opAdmit)
+	if lim.Inflight > 0 {
+		op = opAdmitLeased
+	}
+	b = appendInt(b, op)
 	b = appendInt(b, tm.Capacity)
 	b = appendInt(b, tm.Charge)
 	b = appendInt(b, req.Cost)
 	b = appendInt(b, tm.MaxWait)
-	b = appendInt(b, 0)
+	b = appendInt(b, lim.Inflight)
 	b = appendInt(b, int64(len(lim.Quotas)))
 	for _, q := range lim.Quotas {
 		b = appendInt(b, driver.Ticks(q.Window, tick))
 		b = appendInt(b, min(q.Max, MaxQuotaUnits))
 	}
+	if op == opAdmitLeased {
+		b = appendLease(b, req.LeaseTTLTicks(tick), req.Lease)
+	}
 	return b, nil
 }
 
 // appendRefund appends the script's request to refund d, an admission of
-// req that Redis decided.
-func appendRefund(b []byte, req *driver.Request, d driver.Decision) []byte {
-	b = appendInt(b, opRefund)
+// req that Redis decided; with release, and a capped limit, it releases
+// the admission's lease too, whether or not the refund applies.
+func appendRefund(b []byte, req *driver.Request, d driver.Decision, release bool) []byte {
+	release = release && req.Limit.Inflight > 0
+	if release {
+		b = appendInt(b, opRefundLeased)
+	} else {
+		b = appendInt(b, opRefund)
+	}
 	b = appendInt(b, d.Booking.TAT)
 	b = appendInt(b, d.Booking.Prev)
 	b = appendInt(b, d.Booking.Gen)
@@ -76,8 +95,43 @@ func appendRefund(b []byte, req *driver.Request, d driver.Decision) []byte {
 		b = appendInt(b, driver.Ticks(q.Window, tick))
 		b = appendInt(b, 0)
 	}
+	if release {
+		b = appendLease(b, 0, req.Lease)
+	}
 	return b
 }
+
+// appendLeaseOp appends the script's request to renew lease id for ttl
+// ticks (opRenew) or to release it (opRelease, ttl 0).
+func appendLeaseOp(b []byte, op, ttl int64, id driver.LeaseID) []byte {
+	b = appendInt(b, op)
+	for range 6 {
+		b = appendInt(b, 0)
+	}
+	return appendLease(b, ttl, id)
+}
+
+// appendLease appends the lease that ends a request of an op on a lease:
+// the index in KEYS of the bucket's lease set, its time to live in ticks,
+// and its ID. The index is 2, where a call of this one request has the
+// set; cmd renumbers it in calls of several.
+func appendLease(b []byte, ttl int64, id driver.LeaseID) []byte {
+	b = appendInt(b, 2)
+	b = appendInt(b, ttl)
+	b = appendInt(b, int64(len(id)))
+	return append(b, id...)
+}
+
+// leaseAt returns the offset in args, a request of an op on a lease, of
+// its lease set's index in KEYS, or -1 for a request of another op.
+func leaseAt(args []byte) int {
+	if op := readInt(args, 0); op < opAdmitLeased {
+		return -1
+	}
+	return 7*8 + 16*int(readInt(args, 6*8))
+}
+
+func readInt(b []byte, at int) int64 { return int64(binary.LittleEndian.Uint64(b[at:])) }
 
 // appendPause appends the script's request to pause a bucket for d,
 // rounded up to a tick so that the pause is never shorter than asked.
@@ -99,6 +153,7 @@ type reply struct {
 	tat, prev int64 // ticks; the booking
 	gen       int64
 	fresh     int64 // ticks; when the state becomes fresh, 0 if it is
+	atCap     bool  // refused at the cap of the limit's leases
 }
 
 func (r reply) decision() driver.Decision {
@@ -106,6 +161,7 @@ func (r reply) decision() driver.Decision {
 		Allowed: r.allowed,
 		Wait:    time.Duration(r.wait) * tick,
 		Now:     r.now * int64(tick),
+		AtCap:   r.atCap,
 	}
 	if r.allowed {
 		d.Booking = driver.Booking{TAT: r.tat, Prev: r.prev, Gen: r.gen}
@@ -148,7 +204,7 @@ func parseReplies(cmd *redis.Cmd, out []result) {
 			out[k] = result{err: requestError(msg)}
 			continue
 		}
-		out[k] = result{r: reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6)}}
+		out[k] = result{r: reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6), atCap: n(0) == 2}}
 	}
 }
 

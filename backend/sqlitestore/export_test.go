@@ -17,9 +17,11 @@ func Leading(s *Store) bool { return s.admits.Running() > 0 }
 // background sweep does.
 func (s *Store) Sweep(ctx context.Context) error { return s.sweep(ctx) }
 
-// Has reports whether the file holds a row for key.
+// Has reports whether the file holds a row for key: its bucket's or a
+// lease's.
 func (s *Store) Has(ctx context.Context, key string) (bool, error) {
-	n, err := s.count(ctx, "has", `SELECT count(*) FROM buckets WHERE key = ?1`, []byte(key))
+	n, err := s.count(ctx, "has", `SELECT (SELECT count(*) FROM buckets WHERE key = ?1)
+		+ (SELECT count(*) FROM leases WHERE key = ?1)`, []byte(key))
 	return n > 0, err
 }
 

@@ -175,16 +175,30 @@ func (s *Store) init(ctx context.Context) error {
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)`},
 		{&s.stmt.update, `UPDATE buckets SET tat = ?2, paused = ?3, gen = ?4, seen = ?5, fresh_at = ?6, quotas = ?7
 			WHERE key = ?1`},
-		{&s.stmt.scanFirst, `SELECT key, fresh_at FROM buckets ORDER BY key LIMIT ?1`},
-		{&s.stmt.scanNext, `SELECT key, fresh_at FROM buckets WHERE key > ?1 ORDER BY key LIMIT ?2`},
+		{&s.stmt.scanFirst, `SELECT key, fresh_at, ` + leasedUntil("?2") + ` FROM buckets ORDER BY key LIMIT ?1`},
+		{&s.stmt.scanNext, `SELECT key, fresh_at, ` + leasedUntil("?3") + ` FROM buckets WHERE key > ?1 ORDER BY key LIMIT ?2`},
 		{&s.stmt.remove, `DELETE FROM buckets WHERE key = ?1 AND fresh_at <= ?2`},
 		{&s.stmt.mark, `UPDATE clock SET swept = max(swept, ?1) WHERE id = 0`},
+		{&s.stmt.leases, `SELECT id, expires FROM leases WHERE key = ?1`},
+		{&s.stmt.putLease, `INSERT INTO leases (key, id, expires) VALUES (?1, ?2, ?3)
+			ON CONFLICT (key, id) DO UPDATE SET expires = max(expires, excluded.expires)`},
+		{&s.stmt.prune, `DELETE FROM leases WHERE key = ?1 AND expires <= ?2`},
+		{&s.stmt.renew, `UPDATE leases SET expires = max(expires, ?4) WHERE key = ?1 AND id = ?2 AND expires > ?3`},
+		{&s.stmt.release, `DELETE FROM leases WHERE key = ?1 AND id = ?2`},
+		{&s.stmt.expire, `DELETE FROM leases WHERE expires <= ?1`},
 	} {
 		if *q.stmt, err = c.PrepareContext(ctx, q.sql); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// leasedUntil returns the column of the sweep's scans that gives, for a
+// row fresh at the parameter now, the latest expiry of its key's leases
+// (NULL if it has none); for other rows NULL, looked up for nothing.
+func leasedUntil(now string) string {
+	return `CASE WHEN fresh_at <= ` + now + ` THEN (SELECT max(expires) FROM leases WHERE leases.key = buckets.key) END`
 }
 
 // prepareFile brings the file's schema up to date, then puts it in WAL

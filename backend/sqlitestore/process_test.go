@@ -173,7 +173,7 @@ func hammer(t *testing.T, spec helperSpec) {
 
 // holdMidTransaction takes the write lock of the file at path on a
 // connection of its own and writes garbage: key's state far in the future,
-// a row of a key 0xdead, and rows enough to overflow a tiny page cache
+// a bucket row and a lease row of a key 0xdead, and rows enough to overflow a tiny page cache
 // into the WAL file as frames of a transaction never committed. It returns
 // with the transaction open.
 func holdMidTransaction(path, key string) error {
@@ -188,6 +188,7 @@ func holdMidTransaction(path, key string) error {
 	for _, q := range []string{
 		"BEGIN IMMEDIATE",
 		"INSERT INTO buckets (key, tat, paused, gen, seen, fresh_at) VALUES (x'dead', 0, 0, 0, 0, 9000000000000000000)",
+		"INSERT INTO leases (key, id, expires) VALUES (x'dead', x'dead', 9000000000000000000)",
 		"UPDATE buckets SET tat = 9000000000000000000, fresh_at = 9000000000000000000 WHERE key = CAST('" + key + "' AS BLOB)",
 		`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 32)
 		INSERT INTO buckets (key, tat, paused, gen, seen, fresh_at, quotas)
@@ -349,6 +350,8 @@ func runProcesses(t *testing.T, crash bool) {
 	var garbage int
 	assert.NoError(t, db.QueryRow("SELECT count(*) FROM buckets WHERE tat = 9000000000000000000 OR key = x'dead'").Scan(&garbage))
 	assert.Zero(t, garbage, "rows of the killed transaction's garbage that survive")
+	assert.NoError(t, db.QueryRow("SELECT count(*) FROM leases WHERE key = x'dead'").Scan(&garbage))
+	assert.Zero(t, garbage, "lease rows of the killed transaction's garbage that survive")
 }
 
 // gaps describes the gaps of more than 20ms between starts.

@@ -11,7 +11,7 @@ import (
 
 // load reads key's row into e, at host time host.
 func (s *Store) load(e *entry, key string, host int64) error {
-	e.key, e.dirty = key, false
+	e.key, e.dirty, e.leased = key, false, false
 	bg := context.Background()
 	rows, err := s.stmt.load.QueryContext(bg, []byte(key))
 	if err != nil {
@@ -56,14 +56,16 @@ func (s *Store) load(e *entry, key string, host int64) error {
 }
 
 // save writes e's row if its state changed. A key without a row whose
-// state is fresh needs none. A row that has become fresh is still written:
-// deleting it is the sweep's, which records the time it judged by.
+// state is fresh needs none, unless it holds a lease: a key's row stays
+// while a lease of it is held (see sweepStep). A row that has become
+// fresh is still written: deleting it is the sweep's, which records the
+// time it judged by.
 func (s *Store) save(e *entry) error {
 	if !e.dirty {
 		return nil
 	}
 	fresh := driver.FreshAt(&e.st)
-	if !e.exists && fresh <= e.now {
+	if !e.exists && fresh <= e.now && (!e.leased || e.ls.Count(e.now) == 0) {
 		return nil
 	}
 	var quotas any // NULL

@@ -27,6 +27,12 @@ const applicationID = 0x4c6b4274
 // clock holds swept, the latest time at which rows were deleted as fresh.
 // Together seen and swept keep the store's clock from running backwards
 // (see Store).
+//
+// Version 2 adds leases: one row per lease of a capped limit
+// (driver.Limit.Inflight), by key and lease ID, with the tick at which it
+// expires. A key's bucket row is kept while a lease of it is held (see
+// sweepStep); a lease row goes when it is released, or once expired
+// (pruned by the next capped admission of its key, and by sweeps).
 var migrations = [][]string{
 	1: {
 		`CREATE TABLE buckets (
@@ -44,11 +50,19 @@ var migrations = [][]string{
 		)`,
 		`INSERT INTO clock (id, swept) VALUES (0, 0)`,
 	},
+	2: {
+		`CREATE TABLE leases (
+			key     BLOB    NOT NULL,
+			id      BLOB    NOT NULL,
+			expires INTEGER NOT NULL,
+			PRIMARY KEY (key, id)
+		) WITHOUT ROWID`,
+	},
 }
 
 // SchemaVersion is the version of the schema this package writes, kept in
 // the file's PRAGMA user_version.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // latestVersion is the version the migrations lead to: SchemaVersion (a
 // test checks), or more in a test that adds a migration.

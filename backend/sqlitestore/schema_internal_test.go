@@ -2,7 +2,9 @@ package sqlitestore
 
 import (
 	"context"
+	"database/sql"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -72,4 +74,45 @@ func TestMigrateUpgrade(t *testing.T) {
 	next, err := s.Admit(ctx, req)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, time.Duration(next.Start()-first.Start()), time.Second, "next start after the upgrade, from the first: the bucket restarted")
+}
+
+// TestMigrateLeases: a file of schema version 1, written before leases,
+// gains the leases table when opened, keeps its buckets, and takes
+// leases.
+func TestMigrateLeases(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v1.db")
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	ctx := context.Background()
+	for _, stmt := range migrations[1] {
+		_, err := db.ExecContext(ctx, stmt)
+		require.NoError(t, err, stmt)
+	}
+	busy := time.Now().Add(time.Hour).UnixMicro()
+	for _, stmt := range []string{
+		"PRAGMA application_id = " + strconv.Itoa(applicationID),
+		"PRAGMA user_version = 1",
+		"INSERT INTO buckets (key, tat, paused, gen, seen, fresh_at) VALUES (CAST('k' AS BLOB), " +
+			strconv.FormatInt(busy, 10) + ", 0, 0, 0, " + strconv.FormatInt(busy, 10) + ")",
+	} {
+		_, err := db.ExecContext(ctx, stmt)
+		require.NoError(t, err, stmt)
+	}
+	require.NoError(t, db.Close())
+
+	s, err := Open(path, Options{SweepInterval: -1})
+	require.NoError(t, err, "Open of a version 1 file")
+	defer s.Close()
+	var version, leases int
+	require.NoError(t, s.conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version))
+	require.NoError(t, s.conn.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema WHERE name = 'leases'").Scan(&leases))
+	assert.Equal(t, SchemaVersion, version, "user_version after the upgrade")
+	assert.Equal(t, 1, leases, "leases tables after the upgrade")
+	lim := backendtest.Limit(bucket.PerSecond(1).WithInflight(1))
+	d, err := s.Admit(ctx, driver.Request{Key: "k", Limit: lim, Cost: 1, Lease: "a"})
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "the bucket booked an hour ahead in the version 1 file admitted at once")
+	d, err = s.Admit(ctx, driver.Request{Key: "other", Limit: lim, Cost: 1, Lease: "a"})
+	require.NoError(t, err)
+	assert.True(t, d.Allowed, "a lease after the upgrade")
 }

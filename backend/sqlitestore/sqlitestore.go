@@ -2,15 +2,19 @@
 // of processes on one host share, through modernc.org/sqlite (no cgo).
 //
 // Each admission is decided in a BEGIN IMMEDIATE transaction: read the
-// key's row, decide with driver.Decide, write the row. A Store is safe for
-// concurrent use; its calls block while the file's one writer is busy:
-// other calls of the process take turns in arrival order, and other
-// processes hold the file's write lock for up to Options.BusyTimeout.
-// Concurrent Admit calls of a process share transactions, and AdmitBatch
-// decides a whole batch in one, so that the cost of a transaction is paid
-// once for many admissions. A Store owns one goroutine, the background
-// sweep, until Close. See docs/sqlite.md for when to choose this backend
-// and how to run it, and docs/benchmarks.md for its figures.
+// key's row, decide with driver.Decide, write the row. An admission of a
+// limit with an inflight cap also reads the key's leases, a table of
+// their own, and writes the lease it takes, in the same transaction
+// (driver.DecideLeased): a Store is a driver.LeaseBackend, whose leases
+// expire on the host clock. A Store is safe for concurrent use; its calls
+// block while the file's one writer is busy: other calls of the process
+// take turns in arrival order, and other processes hold the file's write
+// lock for up to Options.BusyTimeout. Concurrent Admit calls of a process
+// share transactions, and AdmitBatch decides a whole batch in one, so
+// that the cost of a transaction is paid once for many admissions. A
+// Store owns one goroutine, the background sweep, until Close. See
+// docs/sqlite.md for when to choose this backend and how to run it, and
+// docs/benchmarks.md for its figures.
 package sqlitestore
 
 import (
@@ -65,9 +69,10 @@ const DefaultBusyTimeout = 5 * time.Second
 // DefaultCheckpointEvery is the CheckpointEvery of the zero Options.
 const DefaultCheckpointEvery = 1000
 
-// A Store is a driver.Backend and driver.BatchBackend on one SQLite file.
-// It is safe for concurrent use. Stores on the same file, in this process
-// or in others on the same host, share every bucket exactly.
+// A Store is a driver.BatchBackend and driver.LeaseBackend on one SQLite
+// file. It is safe for concurrent use. Stores on the same file, in this
+// process or in others on the same host, share every bucket and every
+// lease exactly.
 //
 // A Store holds one connection, SQLite having one writer at a time: its
 // operations take turns on it, in arrival order, with those of the other
@@ -101,10 +106,10 @@ type Store struct {
 	written int            // rows written since the last incremental sweep
 	pages   int            // rows written since the last checkpoint
 
-	checkpointEvery int      // Options.CheckpointEvery
-	cursor          []byte   // the key the incremental sweep stopped at, nil at the start
-	doomed          [][]byte // keys a sweep step found fresh
-	last            []byte   // the last key a sweep step examined
+	checkpointEvery int         // Options.CheckpointEvery
+	cursor          []byte      // the key the incremental sweep stopped at, nil at the start
+	doomed          []doomedRow // rows a sweep step found fresh
+	last            []byte      // the last key a sweep step examined
 
 	stopSweep context.CancelFunc
 	sweeper   sync.WaitGroup
@@ -116,6 +121,8 @@ type statements struct {
 	insert, update          *sql.Stmt
 	scanFirst, scanNext     *sql.Stmt
 	remove, mark            *sql.Stmt
+	leases, putLease, prune *sql.Stmt
+	renew, release, expire  *sql.Stmt
 }
 
 // unit is the store's tick: its clock counts Unix microseconds.
@@ -125,9 +132,11 @@ const unit = time.Microsecond
 type entry struct {
 	key    string
 	st     driver.State
-	now    int64 // the key's clock: the host's, or later if the key has seen later
-	exists bool  // the key has a row
-	dirty  bool  // st changed
+	ls     driver.Leases // the key's held leases, once leased
+	now    int64         // the key's clock: the host's, or later if the key has seen later
+	exists bool          // the key has a row
+	dirty  bool          // st changed
+	leased bool          // ls was read from the file (loadLeases)
 }
 
 // maxKept is the most keys of a batch whose scratch memory a store keeps
@@ -198,12 +207,23 @@ func (s *Store) decide(host int64, batch []driver.Admission) error {
 		if err != nil {
 			return err
 		}
-		d, err := driver.Decide(&e.st, &a.Request, unit, e.now)
+		capped := a.Limit.Inflight > 0
+		if capped && !e.leased {
+			if err := s.loadLeases(e); err != nil {
+				return err
+			}
+		}
+		d, err := driver.DecideLeased(&e.st, &e.ls, &a.Request, unit, e.now)
 		if err != nil {
 			return err
 		}
 		a.Decision = d
 		e.dirty = e.dirty || d.Allowed // a refusal changes nothing worth writing
+		if capped && d.Allowed {
+			if err := s.putLease(e, a.Lease); err != nil {
+				return err
+			}
+		}
 	}
 	for i := range s.entries {
 		if err := s.save(&s.entries[i]); err != nil {
@@ -234,18 +254,29 @@ func (s *Store) entry(key string, host int64) (*entry, error) {
 	return e, nil
 }
 
-// Refund implements driver.Backend.
+// Refund implements driver.Backend. For a request of a capped limit it
+// also releases req.Lease, in the same transaction, whether or not the
+// rate is given back (as driver.LeaseBackend requires).
 func (s *Store) Refund(ctx context.Context, req driver.Request, d driver.Decision) error {
 	if s.closed.Load() {
 		return driver.ErrClosed
 	}
-	if !d.Allowed {
+	capped := req.Limit.Inflight > 0
+	if !d.Allowed && !capped {
 		return nil
 	}
 	if err := req.Validate(); err != nil {
 		return err
 	}
 	return s.txn(ctx, "refund", func(host int64) error {
+		if capped {
+			if err := s.releaseLease(req.Key, req.Lease); err != nil {
+				return err
+			}
+		}
+		if !d.Allowed {
+			return nil
+		}
 		e := &s.one
 		if err := s.load(e, req.Key, host); err != nil || !e.exists {
 			return err // a forgotten key has nothing to give back
@@ -308,6 +339,7 @@ func (s *Store) closeDB() error {
 	for _, st := range []*sql.Stmt{
 		s.stmt.begin, s.stmt.commit, s.stmt.rollback, s.stmt.load, s.stmt.swept, s.stmt.insert,
 		s.stmt.update, s.stmt.scanFirst, s.stmt.scanNext, s.stmt.remove, s.stmt.mark,
+		s.stmt.leases, s.stmt.putLease, s.stmt.prune, s.stmt.renew, s.stmt.release, s.stmt.expire,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())
@@ -330,5 +362,6 @@ func quoteKey(key string) string {
 
 var (
 	_ driver.BatchBackend = (*Store)(nil)
+	_ driver.LeaseBackend = (*Store)(nil)
 	_ io.Closer           = (*Store)(nil)
 )

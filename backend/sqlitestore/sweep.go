@@ -33,17 +33,23 @@ func (s *Store) sweepDue(host int64) error {
 }
 
 // sweepStep examines up to n rows in key order after cursor (from the
-// first if cursor is nil), deletes those fresh at now, and returns the
-// cursor to continue from, nil once the last row was examined, and how
-// many rows it deleted. The cursor's memory is reused.
+// first if cursor is nil), deletes those fresh at now whose keys hold no
+// lease, with their expired lease rows, and returns the cursor to
+// continue from, nil once the last row was examined, and how many rows it
+// deleted. The cursor's memory is reused.
+//
+// A fresh row stays while a lease of its key is held, so that the key is
+// not forgotten under its holder. The scan itself looks up the leases of
+// the fresh rows it returns (an index probe each), so that a key holding
+// leases costs a sweep no statement of its own.
 func (s *Store) sweepStep(cursor []byte, now int64, n int) ([]byte, int, error) {
 	bg := context.Background()
 	var rows *sql.Rows
 	var err error
 	if cursor == nil {
-		rows, err = s.stmt.scanFirst.QueryContext(bg, n)
+		rows, err = s.stmt.scanFirst.QueryContext(bg, n, now)
 	} else {
-		rows, err = s.stmt.scanNext.QueryContext(bg, cursor, n)
+		rows, err = s.stmt.scanNext.QueryContext(bg, cursor, n, now)
 	}
 	if err != nil {
 		return cursor, 0, err
@@ -53,22 +59,24 @@ func (s *Store) sweepStep(cursor []byte, now int64, n int) ([]byte, int, error) 
 	s.doomed = s.doomed[:0]
 	for rows.Next() {
 		var (
-			key   sql.RawBytes
-			fresh int64
+			key    sql.RawBytes
+			fresh  int64
+			leased sql.NullInt64 // the latest expiry of the key's leases, for a fresh row
 		)
-		if err := rows.Scan(&key, &fresh); err != nil {
+		if err := rows.Scan(&key, &fresh, &leased); err != nil {
 			return cursor, 0, err
 		}
 		examined++
 		s.last = append(s.last[:0], key...)
-		if fresh <= now {
+		if fresh <= now && (!leased.Valid || leased.Int64 <= now) {
 			i := len(s.doomed)
 			if i < cap(s.doomed) {
 				s.doomed = s.doomed[:i+1]
 			} else {
-				s.doomed = append(s.doomed, nil)
+				s.doomed = append(s.doomed, doomedRow{})
 			}
-			s.doomed[i] = append(s.doomed[i][:0], key...)
+			d := &s.doomed[i]
+			d.key, d.leases = append(d.key[:0], key...), leased.Valid
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -82,9 +90,14 @@ func (s *Store) sweepStep(cursor []byte, now int64, n int) ([]byte, int, error) 
 	if err := rows.Close(); err != nil {
 		return cursor, 0, err
 	}
-	for _, key := range s.doomed {
-		if _, err := s.stmt.remove.ExecContext(bg, key, now); err != nil {
+	for _, d := range s.doomed {
+		if _, err := s.stmt.remove.ExecContext(bg, d.key, now); err != nil {
 			return cursor, 0, err
+		}
+		if d.leases {
+			if _, err := s.stmt.prune.ExecContext(bg, d.key, now); err != nil {
+				return cursor, 0, err
+			}
 		}
 	}
 	if len(s.doomed) > 0 {
@@ -97,18 +110,33 @@ func (s *Store) sweepStep(cursor []byte, now int64, n int) ([]byte, int, error) 
 	return cursor, len(s.doomed), nil
 }
 
-// sweep deletes the rows of every key whose bucket is fresh (guarantee 8).
-// It examines every row, a chunk of rows per transaction so that
-// admissions run in between; the background sweep (Options.SweepInterval)
-// calls it.
+// A doomedRow is a row a sweep step found fresh, its key holding no lease.
+type doomedRow struct {
+	key    []byte
+	leases bool // the key has lease rows, all expired
+}
+
+// sweep deletes the rows of every key whose bucket is fresh and holds no
+// lease (guarantee 8), and every expired lease. It examines every bucket
+// row, a chunk of rows per transaction so that admissions run in
+// between, and in the first reads the whole leases table, which holds
+// about as many rows as leases are held; the background sweep
+// (Options.SweepInterval) calls it.
 func (s *Store) sweep(ctx context.Context) error {
 	var cursor []byte
+	first := true
 	for {
 		err := s.txn(ctx, "sweep", func(host int64) error {
+			if first {
+				if _, err := s.stmt.expire.ExecContext(context.Background(), host); err != nil {
+					return err
+				}
+			}
 			var err error
 			cursor, _, err = s.sweepStep(cursor, host, sweepChunk)
 			return err
 		})
+		first = false
 		if err != nil || cursor == nil {
 			return err
 		}

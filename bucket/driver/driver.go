@@ -40,8 +40,9 @@ type Backend interface {
 	// and quotas are given back as they are. A refund that applies sets
 	// the state's TAT back to d.Booking.Prev and adds one to its
 	// generation, as the function Refund does: Booking.Join and
-	// Booking.Unwound rely on it. A LeaseBackend also releases the
-	// admission's lease, in any case.
+	// Booking.Unwound rely on it. A LeaseBackend also releases req.Lease
+	// whether or not the rate comes back, even for a refusal: refund only
+	// what was admitted.
 	Refund(ctx context.Context, req Request, d Decision) error
 	// Pause admits nothing for key until d from the backend's current
 	// time; the empty key returns ErrEmptyKey. A shorter pause never

@@ -18,7 +18,9 @@ import (
 	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
-// A store is an open backend and how to release it.
+// A store is an open backend and how to release it. Hand the Backend on,
+// not the store: a *store has only driver.Backend's methods, and would
+// hide those of a driver.LeaseBackend, which -inflight needs.
 type store struct {
 	driver.Backend
 	close func()

@@ -30,6 +30,9 @@ type config struct {
 	rate        int
 	burst       int
 	quota       string
+	inflight    int    // -inflight: 0, or each tenant's cap on requests in flight
+	latency     spread // -latency: how long the mock takes to answer
+	latencySet  bool
 	workers     int
 	procs       int
 	target      string
@@ -38,7 +41,7 @@ type config struct {
 	metrics     string // -metrics: host:port
 	verbose     bool
 
-	limit  bucket.Limit // -rate, -burst and -quota together
+	limit  bucket.Limit // -rate, -burst, -quota and -inflight together
 	prefix string       // Redis key prefix (and PostgreSQL schema) of this run, shared with its workers
 	logger *slog.Logger // to stderr with -v, else nowhere
 }
@@ -66,6 +69,8 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	cfg.burst = 1
 	fs.Var((*count)(&cfg.burst), "burst", "bucket burst: `N` requests may go back-to-back after idle")
 	fs.StringVar(&cfg.quota, "quota", "", "optional rolling quota per tenant, `N/P` such as 500/1h (several: 500/1h,5000/1d)")
+	fs.Var((*count)(&cfg.inflight), "inflight", "at most `N` requests of a tenant in flight at once, across all processes (0: no cap); the mock API answers 429 to one more")
+	fs.Var(&cfg.latency, "latency", "how long the mock API takes to answer a request, drawn uniformly from `MIN-MAX` such as 10ms-30ms (default 20ms-80ms with -inflight, else at once)")
 	cfg.workers = 16
 	fs.Var((*count)(&cfg.workers), "workers", "`N` workers per process")
 	cfg.procs = 1
@@ -112,6 +117,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	// A backend's flag given with another backend would do nothing.
 	var misplaced error
 	fs.Visit(func(f *flag.Flag) {
+		cfg.latencySet = cfg.latencySet || f.Name == "latency"
 		if (f.Name == "sqlite" || f.Name == "redis" || f.Name == "postgres") && f.Name != cfg.backend && misplaced == nil {
 			misplaced = fmt.Errorf("-%s applies only with -backend %s (this run uses -backend %s)", f.Name, f.Name, cfg.backend)
 		}
@@ -147,16 +153,18 @@ Examples:
   demo -backend sqlite -procs 3          3 processes sharing one SQLite file
   demo -backend redis -procs 2 -json     2 processes sharing Redis, JSON summary
   demo -backend postgres -procs 4        4 processes sharing buckets in PostgreSQL
+  demo -inflight 3 -rate 100             at most 3 requests of a tenant in flight: the cap binds
   demo -plot rate.svg                    also chart requests per second per tenant
   demo -jobs 2000 -metrics :9090         serve Prometheus metrics while it runs
 
-Exit status: 0 when every item synced, 1 when a job failed, 2 for bad flags or
-an unreachable backend, 130 when interrupted.
+Exit status: 0 when every item synced, 1 when a job failed or the mock API saw
+a tenant over -inflight, 2 for bad flags or an unreachable backend, 130 when
+interrupted.
 `)
 }
 
 func (c *config) check() error {
-	checks := []func() error{c.checkBackend, c.checkCounts, c.checkLimit, c.checkTarget, c.checkPlot, c.checkMetrics}
+	checks := []func() error{c.checkBackend, c.checkCounts, c.checkTarget, c.checkInflight, c.checkLimit, c.checkPlot, c.checkMetrics}
 	for _, f := range checks {
 		if err := f(); err != nil {
 			return err
@@ -206,7 +214,7 @@ func (c *config) checkCounts() error {
 }
 
 func (c *config) checkLimit() error {
-	lim := bucket.PerSecond(int64(c.rate)).WithBurst(int64(c.burst))
+	lim := bucket.PerSecond(int64(c.rate)).WithBurst(int64(c.burst)).WithInflight(int64(c.inflight))
 	if c.quota != "" {
 		for q := range strings.SplitSeq(c.quota, ",") {
 			q = strings.TrimSpace(q)

@@ -81,7 +81,13 @@ func runDemo(t *testing.T, args ...string) demoRun {
 // test unless it exited with want.
 func runJSON(t *testing.T, want int, args ...string) summary {
 	t.Helper()
-	r := runDemo(t, append(args, "-json")...)
+	return jsonSummary(t, runDemo(t, append(args, "-json")...), want)
+}
+
+// jsonSummary returns the summary a run with -json printed, failing the
+// test unless it exited with want.
+func jsonSummary(t *testing.T, r demoRun, want int) summary {
+	t.Helper()
 	demo := strings.Join(r.args, " ")
 	require.Equal(t, want, r.code, "demo %s: exit status\nstderr: %s\nstdout: %s", demo, r.stderr, r.stdout)
 	var s summary
@@ -233,6 +239,13 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-burst", "0"}, "-burst 0"},
 		{[]string{"-workers", "0"}, "-workers 0"},
 		{[]string{"-procs", "0"}, "-procs 0"},
+		{[]string{"-inflight", "-1"}, "-inflight -1: want a whole number from 0 (no cap) to 10000"},
+		{[]string{"-inflight", "10001"}, "-inflight 10001: want a whole number from 0 (no cap) to 10000"},
+		{[]string{"-inflight", "two"}, `invalid value "two" for flag -inflight: want a whole number`},
+		{[]string{"-latency", "80ms-20ms"}, `-latency "80ms-20ms": want MIN-MAX with 0 ≤ MIN ≤ MAX ≤ 10s`},
+		{[]string{"-latency", "1m"}, `-latency "1m0s": want MIN-MAX`},
+		{[]string{"-latency", "slow"}, `invalid value "slow" for flag -latency: want MIN-MAX`},
+		{[]string{"-latency", "5ms", "-target", "http://127.0.0.1:1"}, `-latency "5ms" applies only to the mock API`},
 		{[]string{"-backend", "mysql"}, `-backend "mysql"`},
 		{[]string{"-backend", "postgres", "-postgres", "postgres://[::1"}, `-postgres`},
 		{[]string{"-postgres", "postgres://localhost/x"}, "-postgres applies only with -backend postgres"},
@@ -322,7 +335,7 @@ func TestHelp(t *testing.T) {
 	r := runDemo(t, "-help")
 	require.Equal(t, exitOK, r.code, "demo -help: exit status")
 	require.Empty(t, r.stderr, "demo -help: stderr")
-	for _, f := range []string{"-backend", "-sqlite", "-redis", "-postgres", "-tenants", "-jobs", "-rate", "-burst", "-quota", "-workers", "-procs", "-target", "-json", "-plot"} {
+	for _, f := range []string{"-backend", "-sqlite", "-redis", "-postgres", "-tenants", "-jobs", "-rate", "-burst", "-quota", "-workers", "-procs", "-inflight", "-latency", "-target", "-json", "-plot"} {
 		assert.True(t, strings.Contains(r.stdout, "  "+f+" ") || strings.Contains(r.stdout, "  "+f+"\n"),
 			"demo -help does not document %s:\n%s", f, r.stdout)
 	}

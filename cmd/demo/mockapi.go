@@ -30,8 +30,16 @@ import (
 // stall, runs that allowance dry within a few intervals and gets 429s.
 // Quotas get no allowance: the dispatcher's rolling windows under-admit by
 // up to 1% of the window, far more than any jitter.
+//
+// A limit with an Inflight cap is judged on the API's side too: it counts
+// each tenant's requests from their arrival until their answer is written
+// and answers 429 to one that would make more than Inflight. This needs no
+// allowance: a request is sent after its lease was taken, and the client
+// reads its answer, and releases the lease, only after the API stopped
+// counting it.
 type mockAPI struct {
 	limit bucket.Limit
+	hold  func(ctx context.Context) // before each answer, if not nil: the API's time to answer
 	start time.Time
 	srv   *http.Server
 	ln    net.Listener
@@ -46,6 +54,8 @@ type mockTenant struct {
 	rate     *rate.Limiter
 	quotas   []slidingLog
 	arrivals []arrival
+	inflight int // requests admitted and not yet answered
+	peak     int // the most requests in flight at once, counting one refused for going over the cap
 }
 
 // An arrival is one request as the API saw it.
@@ -71,13 +81,15 @@ func withJitterAllowance(lim bucket.Limit) bucket.Limit {
 	return lim.WithBurst(lim.Burst + max(int64((jitterAllowance+t-1)/t), 1))
 }
 
-// startMockAPI serves the API on a free loopback port until Close.
-func startMockAPI(lim bucket.Limit) (*mockAPI, error) {
+// startMockAPI serves the API on a free loopback port until Close. hold,
+// if not nil, is called before each answer and returns when it is to be
+// written (or when its context ends): randomLatency's, or a test's gate.
+func startMockAPI(lim bucket.Limit, hold func(ctx context.Context)) (*mockAPI, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	m := &mockAPI{limit: lim, start: time.Now(), ln: ln, done: make(chan struct{}), tenants: make(map[string]*mockTenant)}
+	m := &mockAPI{limit: lim, hold: hold, start: time.Now(), ln: ln, done: make(chan struct{}), tenants: make(map[string]*mockTenant)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /tenants/{tenant}/items/{n}", m.serveItem)
 	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -114,6 +126,21 @@ func (m *mockAPI) Arrivals() map[string][]arrival {
 	return out
 }
 
+// Peak returns the most requests of tenant the API has had in flight at
+// once, counting one it refused for going over the cap: above the limit's
+// Inflight, the cap was broken.
+func (m *mockAPI) Peak(tenant string) int {
+	m.mu.Lock()
+	t := m.tenants[tenant]
+	m.mu.Unlock()
+	if t == nil {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.peak
+}
+
 func (m *mockAPI) tenant(name string) *mockTenant {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -141,23 +168,41 @@ func (m *mockAPI) serveItem(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "X-Tenant does not match the path", http.StatusBadRequest)
 		return
 	}
-	if wait, ok := m.tenant(name).admit(m.start); !ok {
+	t := m.tenant(name)
+	wait, ok := t.admit(m.start, int(m.limit.Inflight))
+	if !ok {
 		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(wait.Seconds())), 10))
 		http.Error(w, "rate limit exceeded", http.StatusTooManyRequests)
 		return
 	}
+	if m.hold != nil {
+		m.hold(r.Context())
+	}
+	// Before the answer is written, so that the client cannot see it, and
+	// send its next request, while this one still counts.
+	t.answered()
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{"tenant": name, "item": n})
 }
 
 // admit decides one request arriving now: ok, or refused with how long
-// until it would be allowed. Refusals use up nothing.
-func (t *mockTenant) admit(start time.Time) (time.Duration, bool) {
+// until it would be allowed. Refusals use up nothing. A request refused
+// because inflight (0: no cap) of the tenant's are in flight already is
+// told to come back in a second. An admitted request counts as in flight
+// until answered is called.
+func (t *mockTenant) admit(start time.Time, inflight int) (time.Duration, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := time.Now()
 	at := now.Sub(start)
-	wait := t.quotaWait(at)
+	t.peak = max(t.peak, t.inflight+1)
+	var wait time.Duration
+	if inflight > 0 && t.inflight >= inflight {
+		wait = time.Second
+	}
+	if wait == 0 {
+		wait = t.quotaWait(at)
+	}
 	if wait == 0 && !t.rate.AllowN(now, 1) {
 		wait = time.Duration((1 - t.rate.TokensAt(now)) / float64(t.rate.Limit()) * float64(time.Second))
 		wait = max(wait, time.Nanosecond)
@@ -170,7 +215,15 @@ func (t *mockTenant) admit(start time.Time) (time.Duration, bool) {
 		t.quotas[i].times = append(t.quotas[i].times, at)
 	}
 	t.arrivals = append(t.arrivals, arrival{at, http.StatusOK})
+	t.inflight++
 	return 0, true
+}
+
+// answered counts an admitted request as no longer in flight.
+func (t *mockTenant) answered() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.inflight--
 }
 
 // quotaWait returns how long until every quota has room at at, 0 if they

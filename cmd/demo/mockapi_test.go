@@ -29,7 +29,7 @@ func get(t *testing.T, url, tenant string) *http.Response {
 // (its jitter allowance at 1/s), then answers 429 with a Retry-After, per
 // tenant.
 func TestMockAPILimits(t *testing.T) {
-	api, err := startMockAPI(bucket.PerSecond(1).WithBurst(2))
+	api, err := startMockAPI(bucket.PerSecond(1).WithBurst(2), nil)
 	require.NoError(t, err)
 	defer api.Close()
 	item := func(tenant string, n int) string {
@@ -51,7 +51,7 @@ func TestMockAPILimits(t *testing.T) {
 }
 
 func TestMockAPIQuota(t *testing.T) {
-	api, err := startMockAPI(bucket.PerSecond(1000).WithBurst(10).WithQuota(3, time.Hour))
+	api, err := startMockAPI(bucket.PerSecond(1000).WithBurst(10).WithQuota(3, time.Hour), nil)
 	require.NoError(t, err)
 	defer api.Close()
 	for n := 1; n <= 4; n++ {
@@ -70,7 +70,7 @@ func TestMockAPIQuota(t *testing.T) {
 }
 
 func TestMockAPIProtocol(t *testing.T) {
-	api, err := startMockAPI(bucket.PerSecond(100))
+	api, err := startMockAPI(bucket.PerSecond(100), nil)
 	require.NoError(t, err)
 	defer api.Close()
 	tests := []struct {

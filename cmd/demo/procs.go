@@ -80,7 +80,7 @@ func runWorker(ctx context.Context, cfg *config, w workerID, stdout io.Writer) i
 		ev.write(event{Kind: "error", Err: err.Error()})
 		return exitUsage
 	}
-	if err := syncItems(ctx, cfg, st, cfg.target, share(cfg, w.index, w.count), ev, metrics); err != nil {
+	if err := syncItems(ctx, cfg, st.Backend, cfg.target, share(cfg, w.index, w.count), ev, metrics); err != nil {
 		ev.write(event{Kind: "error", Err: err.Error()})
 		return exitUsage
 	}
@@ -174,7 +174,7 @@ func workerCommand(ctx context.Context, exe string, cfg *config, base string, w 
 	}
 	args = append(args,
 		"-tenants", strconv.Itoa(cfg.tenants), "-jobs", strconv.Itoa(cfg.jobs),
-		"-rate", strconv.Itoa(cfg.rate), "-burst", strconv.Itoa(cfg.burst), "-quota", cfg.quota,
+		"-rate", strconv.Itoa(cfg.rate), "-burst", strconv.Itoa(cfg.burst), "-quota", cfg.quota, "-inflight", strconv.Itoa(cfg.inflight),
 		"-workers", strconv.Itoa(cfg.workers), "-procs", strconv.Itoa(cfg.procs),
 		"-target", base, "-v="+strconv.FormatBool(cfg.verbose),
 	)

@@ -21,15 +21,29 @@ type progress interface {
 const maxBars = 12
 
 // startProgress shows the tally's progress on w: bars on a terminal,
-// a line a second otherwise, nothing with -json.
-func startProgress(cfg *config, t *tally, w io.Writer, terminal bool) progress {
+// a line a second otherwise, nothing with -json. Under -inflight it shows
+// each tenant's peak in flight as peak reports it (the mock API's; nil
+// against a -target).
+func startProgress(cfg *config, t *tally, peak func(tenant string) int, w io.Writer, terminal bool) progress {
+	if cfg.inflight == 0 {
+		peak = nil
+	}
 	switch {
 	case cfg.json:
 		return nopProgress{}
 	case terminal && !cfg.verbose: // -v logs to the same terminal; bars would garble it
-		return startBars(cfg, t, w)
+		return startBars(cfg, t, peak, w)
 	}
-	return startLines(cfg, t, w)
+	return startLines(cfg, t, peak, w)
+}
+
+// peakOf returns the largest peak in flight among tenants.
+func peakOf(peak func(tenant string) int, tenants []string) int {
+	most := 0
+	for _, name := range tenants {
+		most = max(most, peak(name))
+	}
+	return most
 }
 
 type nopProgress struct{}
@@ -38,19 +52,21 @@ func (nopProgress) stop() {}
 
 // bars are mpb progress bars, one per tenant, polled from the tally.
 type bars struct {
-	t    *tally
-	p    *mpb.Progress
-	bars []*mpb.Bar
-	all  bool // one bar for every tenant
-	quit chan struct{}
-	wg   sync.WaitGroup
+	t        *tally
+	peak     func(tenant string) int // nil: no cap to show
+	inflight int
+	p        *mpb.Progress
+	bars     []*mpb.Bar
+	all      bool // one bar for every tenant
+	quit     chan struct{}
+	wg       sync.WaitGroup
 }
 
 // startBars draws on w, which isTerminal found to be a terminal (mpb's
 // auto refresh is forced on: mpb does not draw on writers it cannot tell
 // are terminals, such as a test's buffer).
-func startBars(cfg *config, t *tally, w io.Writer) *bars {
-	b := &bars{t: t, p: mpb.New(mpb.WithOutput(w), mpb.WithAutoRefresh(), mpb.WithWidth(40), mpb.WithRefreshRate(100*time.Millisecond)), quit: make(chan struct{})}
+func startBars(cfg *config, t *tally, peak func(tenant string) int, w io.Writer) *bars {
+	b := &bars{t: t, peak: peak, inflight: cfg.inflight, p: mpb.New(mpb.WithOutput(w), mpb.WithAutoRefresh(), mpb.WithWidth(40), mpb.WithRefreshRate(100*time.Millisecond)), quit: make(chan struct{})}
 	names := cfg.tenantNames()
 	total := int64(cfg.jobs)
 	if b.all = len(names) > maxBars; b.all {
@@ -67,19 +83,26 @@ func startBars(cfg *config, t *tally, w io.Writer) *bars {
 	return b
 }
 
-// rate shows bar i's requests in the last second and its 429s.
+// rate shows bar i's requests in the last second and its 429s, and under
+// a cap its peak in flight.
 func (b *bars) rate(i int) decor.DecorFunc {
 	return func(decor.Statistics) string {
 		snap := b.t.progress()
 		var rate float64
 		var rejected int64
+		var names []string
 		for j, s := range snap {
 			if b.all || i == j {
 				rate += s.rate
 				rejected += s.rejected
+				names = append(names, s.name)
 			}
 		}
-		return fmt.Sprintf("%5.1f req/s  %d × 429", rate, rejected)
+		text := fmt.Sprintf("%5.1f req/s  %d × 429", rate, rejected)
+		if b.peak != nil {
+			text += fmt.Sprintf("  peak %d/%d in flight", peakOf(b.peak, names), b.inflight)
+		}
+		return text
 	}
 }
 
@@ -124,15 +147,17 @@ func (b *bars) stop() {
 
 // lines prints a progress line a second, for logs and pipes.
 type lines struct {
-	t    *tally
-	w    io.Writer
-	jobs int
-	quit chan struct{}
-	wg   sync.WaitGroup
+	t        *tally
+	peak     func(tenant string) int // nil: no cap to show
+	inflight int
+	w        io.Writer
+	jobs     int
+	quit     chan struct{}
+	wg       sync.WaitGroup
 }
 
-func startLines(cfg *config, t *tally, w io.Writer) *lines {
-	l := &lines{t: t, w: w, jobs: cfg.jobs, quit: make(chan struct{})}
+func startLines(cfg *config, t *tally, peak func(tenant string) int, w io.Writer) *lines {
+	l := &lines{t: t, peak: peak, inflight: cfg.inflight, w: w, jobs: cfg.jobs, quit: make(chan struct{})}
 	l.wg.Go(l.loop)
 	return l
 }
@@ -165,7 +190,15 @@ func (l *lines) print() {
 	if len(snap) > 8 {
 		fmt.Fprintf(&b, "  … all %d/%d", done, int64(l.jobs)*int64(len(snap)))
 	}
-	fmt.Fprintf(&b, "  429s %d\n", rejected)
+	fmt.Fprintf(&b, "  429s %d", rejected)
+	if l.peak != nil {
+		names := make([]string, len(snap))
+		for i, s := range snap {
+			names[i] = s.name
+		}
+		fmt.Fprintf(&b, "  peak in flight %d/%d", peakOf(l.peak, names), l.inflight)
+	}
+	b.WriteString("\n")
 	io.WriteString(l.w, b.String())
 }
 

@@ -14,7 +14,8 @@ type summary struct {
 	Backend     string          `json:"backend"`
 	Procs       int             `json:"procs"`
 	Workers     int             `json:"workers"`
-	Limit       string          `json:"limit"` // per tenant, in bucket.Parse syntax
+	Limit       string          `json:"limit"`    // per tenant, in bucket.Parse syntax
+	Inflight    int             `json:"inflight"` // -inflight: each tenant's cap on requests in flight, 0 for none
 	Target      string          `json:"target,omitempty"`
 	Requests    int64           `json:"requests"` // HTTP requests sent, retries included
 	OK          int64           `json:"ok"`       // items synced
@@ -22,6 +23,7 @@ type summary struct {
 	Retries     int64           `json:"retries"`
 	Failed      int64           `json:"failed"`    // items that finally failed
 	Cancelled   int64           `json:"cancelled"` // items not synced because of an interrupt
+	OverCap     int             `json:"over_cap"`  // tenants the mock saw with more than -inflight requests in flight
 	ElapsedS    float64         `json:"elapsed_s"`
 	Interrupted bool            `json:"interrupted"`
 	RateSource  string          `json:"rate_source"` // "api": arrivals the mock recorded; "client": when requests were sent
@@ -43,13 +45,17 @@ type tenantSummary struct {
 	WaitP99Ms float64 `json:"wait_p99_ms"`
 	Throttled int64   `json:"throttled"` // admissions the dispatcher's bucket refused
 	Late      int64   `json:"late"`      // admissions given back because the job reached a worker late
+	// PeakInflight is the most requests of the tenant the mock API had
+	// in flight at once (0 against a -target, where it is not known).
+	PeakInflight int `json:"peak_inflight"`
 }
 
-// summarize reads the tally. arrivals are what the mock API recorded, nil
+// summarize reads the tally. arrivals are what the mock API recorded, and
+// peak the most requests of a tenant it had in flight at once; both nil
 // against a -target: then rates are measured from when requests were sent.
-func summarize(cfg *config, t *tally, arrivals map[string][]arrival, elapsed time.Duration, interrupted bool) summary {
+func summarize(cfg *config, t *tally, arrivals map[string][]arrival, peak func(tenant string) int, elapsed time.Duration, interrupted bool) summary {
 	s := summary{
-		Backend: cfg.backend, Procs: cfg.procs, Workers: cfg.workers, Limit: cfg.limit.String(),
+		Backend: cfg.backend, Procs: cfg.procs, Workers: cfg.workers, Limit: cfg.limit.String(), Inflight: cfg.inflight,
 		Target: cfg.target, ElapsedS: elapsed.Seconds(), Interrupted: interrupted, RateSource: "api",
 	}
 	if arrivals == nil {
@@ -69,6 +75,12 @@ func summarize(cfg *config, t *tally, arrivals map[string][]arrival, elapsed tim
 			Tenant: name, Requests: tt.requests, OK: tt.ok, Rejected: tt.rejected, Retries: tt.retries,
 			Failed: tt.failed, Cancelled: tt.cancelled, Rate: observedRate(times, cfg.burst), Limit: limit,
 			WaitP50Ms: ms(tt.waitP50), WaitP99Ms: ms(tt.waitP99), Throttled: tt.throttled, Late: tt.late,
+		}
+		if peak != nil {
+			ts.PeakInflight = peak(name)
+		}
+		if cfg.inflight > 0 && ts.PeakInflight > cfg.inflight {
+			s.OverCap++
 		}
 		s.Tenants = append(s.Tenants, ts)
 		s.Requests += ts.Requests
@@ -123,18 +135,29 @@ func writeTable(w io.Writer, s summary) {
 	for _, t := range s.Tenants {
 		width = max(width, len(t.Tenant))
 	}
-	row := func(name, requests, ok, failed, rejected, retries, rate, of, p50, p99 string) {
+	// The peak in flight has a column under a cap, seen by the mock.
+	showPeak := s.Inflight > 0 && s.RateSource == "api"
+	row := func(name, requests, ok, failed, rejected, retries, rate, of, p50, p99, peak string) {
 		line := fmt.Sprintf("%-*s %9s %7s %7s %6s %8s %8s %9s %9s %9s", width, name, requests, ok, failed, rejected, retries, rate, of, p50, p99)
+		if showPeak {
+			line += fmt.Sprintf(" %6s", peak)
+		}
 		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 	fmt.Fprintln(w)
-	row("tenant", "requests", "ok", "failed", "429s", "retries", "rate/s", "of limit", "wait p50", "wait p99")
+	row("tenant", "requests", "ok", "failed", "429s", "retries", "rate/s", "of limit", "wait p50", "wait p99", "peak")
+	maxPeak := 0
 	for _, t := range s.Tenants {
+		peak := num(int64(t.PeakInflight))
+		if t.PeakInflight > s.Inflight {
+			peak += "!"
+		}
+		maxPeak = max(maxPeak, t.PeakInflight)
 		row(t.Tenant, num(t.Requests), num(t.OK), num(t.Failed), num(t.Rejected), num(t.Retries),
 			fmt.Sprintf("%.2f", t.Rate), fmt.Sprintf("%.1f%%", 100*t.Rate/t.Limit),
-			fmtMs(t.WaitP50Ms), fmtMs(t.WaitP99Ms))
+			fmtMs(t.WaitP50Ms), fmtMs(t.WaitP99Ms), peak)
 	}
-	row("all", num(s.Requests), num(s.OK), num(s.Failed), num(s.Rejected), num(s.Retries), "", "", "", "")
+	row("all", num(s.Requests), num(s.OK), num(s.Failed), num(s.Rejected), num(s.Retries), "", "", "", "", num(int64(maxPeak)))
 	fmt.Fprintln(w)
 	writeFooter(w, s)
 }
@@ -146,6 +169,10 @@ func writeFooter(w io.Writer, s summary) {
 		fmt.Fprintf(w, ", %d not synced (interrupted)", s.Cancelled)
 	}
 	fmt.Fprintf(w, ", %d answered 429.\n", s.Rejected)
+	if s.OverCap > 0 {
+		fmt.Fprintf(w, "FAILED: the mock API saw %s with more than %d requests in flight (peak marked !).\n",
+			plural(s.OverCap, "tenant", "tenants"), s.Inflight)
+	}
 	for _, e := range s.Errors {
 		fmt.Fprintf(w, "  error: %s\n", oneLine(e))
 	}
@@ -159,6 +186,9 @@ func writeFooter(w io.Writer, s summary) {
 		wait = "wait: admission wait, Submit to start (dispatcher Stats; the largest of the processes')"
 	}
 	fmt.Fprintln(w, wait)
+	if s.Inflight > 0 && s.RateSource == "api" {
+		fmt.Fprintf(w, "peak: the most requests of a tenant in flight at once at the mock API (cap: -inflight %d)\n", s.Inflight)
+	}
 }
 
 func num(n int64) string { return fmt.Sprint(n) }

@@ -126,7 +126,7 @@ func TestProgressBars(t *testing.T) {
 	tl.request("tenant-2", now, http.StatusOK)
 	tl.done("tenant-2", nil)
 	var b syncBuffer
-	p := startProgress(cfg, tl, &b, true)
+	p := startProgress(cfg, tl, nil, &b, true)
 	require.IsType(t, &bars{}, p, "startProgress on a terminal")
 	p.stop()
 	out := b.String()

@@ -40,14 +40,18 @@ func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
 		defer dropPostgresSchema(cfg) // after st.close
 	}
 	defer st.close()
+	if err := checkLeases(cfg, st); err != nil {
+		return fail(err)
+	}
 	base, arrivals := cfg.target, func() map[string][]arrival { return nil }
+	var peak func(tenant string) int // what the mock saw in flight; nil against a -target
 	if base == "" {
-		api, err := startMockAPI(cfg.limit)
+		api, err := startMockAPI(cfg.limit, randomLatency(cfg.latency))
 		if err != nil {
 			return fail(fmt.Errorf("mock API: %v", err))
 		}
 		defer api.Close()
-		base, arrivals = api.URL(), api.Arrivals
+		base, arrivals, peak = api.URL(), api.Arrivals, api.Peak
 	}
 	var metrics net.Listener
 	if cfg.procs == 1 {
@@ -60,9 +64,9 @@ func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
 	}
 
 	t := newTally(cfg)
-	prog := startProgress(cfg, t, stdout, isTerminal(stdout))
+	prog := startProgress(cfg, t, peak, stdout, isTerminal(stdout))
 	if cfg.procs == 1 {
-		err = syncItems(ctx, cfg, st, base, share(cfg, 0, 1), t, metrics)
+		err = syncItems(ctx, cfg, st.Backend, base, share(cfg, 0, 1), t, metrics)
 	} else {
 		err = runWorkers(ctx, cfg, base, t, stderr)
 	}
@@ -71,7 +75,7 @@ func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	s := summarize(cfg, t, arrivals(), elapsed, ctx.Err() != nil)
+	s := summarize(cfg, t, arrivals(), peak, elapsed, ctx.Err() != nil)
 	return report(cfg, s, t, arrivals(), stdout, stderr)
 }
 
@@ -94,7 +98,7 @@ func report(cfg *config, s summary, t *tally, arrivals map[string][]arrival, std
 	switch {
 	case s.Interrupted:
 		return exitInterrupted
-	case s.Failed > 0:
+	case s.Failed > 0 || s.OverCap > 0:
 		return exitFailed
 	}
 	return code
@@ -120,8 +124,16 @@ func writeHeader(w io.Writer, cfg *config, base string, metrics net.Listener) {
 	}
 	fmt.Fprintf(w, "%s · %s × %d workers\n", where, plural(cfg.procs, "process", "processes"), cfg.workers)
 	if cfg.target == "" {
-		fmt.Fprintf(w, "mock API %s: 429 to a tenant over %s (x/time/rate, burst %d: %v of jitter forgiven)\n",
-			base, cfg.limit, withJitterAllowance(cfg.limit).Burst, jitterAllowance)
+		rate := cfg.limit.WithInflight(0)
+		fmt.Fprintf(w, "mock API %s: 429 to a tenant over %s (x/time/rate, burst %d: %v of jitter forgiven)",
+			base, rate, withJitterAllowance(rate).Burst, jitterAllowance)
+		if cfg.inflight > 0 {
+			fmt.Fprintf(w, " or over %d in flight", cfg.inflight)
+		}
+		if cfg.latency.max > 0 {
+			fmt.Fprintf(w, "; answers in %s", cfg.latency.String())
+		}
+		fmt.Fprintln(w)
 	} else {
 		fmt.Fprintf(w, "target %s\n", base)
 	}
@@ -132,12 +144,17 @@ func writeHeader(w io.Writer, cfg *config, base string, metrics net.Listener) {
 }
 
 // estimate is how long a tenant's items take at its limit: the burst at
-// once, then one per interval, and a whole window for each quota's worth.
+// once, then one per interval, and a whole window for each quota's worth;
+// under a cap, at least the mock's mean time to answer for every
+// -inflight of them.
 func estimate(cfg *config) time.Duration {
 	n := int64(cfg.jobs)
 	d := time.Duration(max(n-int64(cfg.burst), 0)) * cfg.limit.Interval()
 	for _, q := range cfg.limit.Quotas {
 		d = max(d, time.Duration((n-1)/q.Max)*q.Window)
+	}
+	if cfg.inflight > 0 {
+		d = max(d, time.Duration((n+int64(cfg.inflight)-1)/int64(cfg.inflight))*cfg.latency.mean())
 	}
 	return d
 }

@@ -86,6 +86,7 @@ type Collector struct {
 	wait            *prometheus.Desc
 	roundTrip       *prometheus.Desc
 	backendErrors   *prometheus.Desc
+	leasesLost      *prometheus.Desc
 	keySubmitted    *prometheus.Desc
 	keyCompleted    *prometheus.Desc
 	keyRetried      *prometheus.Desc
@@ -140,10 +141,11 @@ func NewCollector(src Source, opts Options) (*Collector, error) {
 	c.running = desc("jobs_running", "Handlers running.")
 	c.retried = desc("jobs_retried_total", "Times a job was queued again after its handler asked for a retry-after.")
 	c.requeued = desc("jobs_requeued_total", "Times an admitted job went back to its key's queue to be admitted again: it reached its worker late or behind its key, or it was booked ahead when that happened or a retry-after paused the key.")
-	c.admissions = desc("admissions_total", "Admissions the backend decided, by result: admitted, throttled (refused until the key's next slot) or paused (given back because a retry-after paused the key meanwhile).", "result")
+	c.admissions = desc("admissions_total", "Admissions the backend decided, by result: admitted, throttled (refused until the key's next slot), paused (given back because a retry-after paused the key meanwhile) or at_cap (refused because the key's leases for work in flight were all held).", "result")
 	c.wait = desc("admission_wait_seconds", "Time from Submit (or from a retry-after's requeue) to the handler's start, one per run.")
 	c.roundTrip = desc("backend_round_trip_seconds", "Time the backend took to decide an admission batch; its count is the round trips.")
 	c.backendErrors = desc("backend_errors_total", "Admissions the backend failed to decide (tried again later).")
+	c.leasesLost = desc("leases_lost_total", "Leases of running handlers a renewal found gone: another holder may have taken the place.")
 	c.keySubmitted = desc("key_jobs_submitted_total", "A key's jobs accepted by Submit, for the keys configured.", "key")
 	c.keyCompleted = desc("key_jobs_completed_total", "A key's jobs resolved, by outcome, for the keys configured.", "key", "outcome")
 	c.keyRetried = desc("key_jobs_retried_total", "Times a key's job was queued again after a retry-after, for the keys configured.", "key")
@@ -175,7 +177,7 @@ func bounds(name string, upper, defaults []float64) ([]float64, []time.Duration,
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.submitted, c.completed, c.queued, c.waiting, c.running, c.retried, c.requeued,
-		c.admissions, c.wait, c.roundTrip, c.backendErrors,
+		c.admissions, c.wait, c.roundTrip, c.backendErrors, c.leasesLost,
 	} {
 		ch <- d
 	}
@@ -209,7 +211,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.admissions, st.Admitted, "admitted")
 	counter(c.admissions, st.Throttled, "throttled")
 	counter(c.admissions, st.Paused, "paused")
+	counter(c.admissions, st.AtCap, "at_cap")
 	counter(c.backendErrors, st.BackendErrors)
+	counter(c.leasesLost, st.LeasesLost)
 	ch <- histogram(c.wait, hs.AdmissionWait, c.waitUpper, c.waitBounds)
 	ch <- histogram(c.roundTrip, hs.RoundTrip, c.roundTripUpper, c.roundTripBounds)
 

@@ -7,30 +7,28 @@ import (
 	"github.com/leakybucket/leakybucket/bucket/driver"
 )
 
-// What a Guard answers about leases (driver.LeaseBackend) while the
-// server is unavailable. Admissions of capped limits follow the policy as
-// others do: FailClosed refuses them with the error, FailOpen admits them
-// without a lease (the cap is not applied), FailLocal's memstore keeps
-// their leases.
+// Leases under each policy: the local buckets of FailLocal keep the
+// leases of the capped requests they admit, as memstore does; FailOpen
+// admits a capped request without a lease (its cap is lost while the
+// server is down); FailClosed admits nothing. A store renews and releases
+// on the local buckets too, under FailLocal, for the leases they took.
 
-// RenewAnswer answers a renewal the server could not take (cause, nil if
-// it was not asked): under FailLocal the local buckets renew the leases
-// they hold, taken while the server was unavailable, and report the
-// others lost, those held on the server among them (they cannot be
-// renewed there); under FailClosed and FailOpen, the error of
-// Unavailable, for no policy makes a lease held that is not.
-func (g *Guard) RenewAnswer(ctx context.Context, leases []driver.LeaseRef, ttl time.Duration, cause error) ([]driver.LeaseRef, error) {
-	if g.local != nil {
-		return g.local.Renew(ctx, leases, ttl)
+// Local reports whether the Guard keeps local buckets (FailLocal).
+func (g *Guard) Local() bool { return g.local != nil }
+
+// Renew renews the leases the local buckets hold and returns the others;
+// without local buckets it returns leases as they are.
+func (g *Guard) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Duration) ([]driver.LeaseRef, error) {
+	if g.local == nil || len(leases) == 0 {
+		return leases, nil
 	}
-	return nil, g.Unavailable(cause)
+	return g.local.Renew(ctx, leases, ttl)
 }
 
-// Release releases leases in the local buckets too, under FailLocal, so
-// that those taken there while the server was unavailable come back at
-// once, whether or not the server answers now.
-func (g *Guard) Release(ctx context.Context, leases []driver.LeaseRef) {
-	if g.local != nil {
-		g.local.Release(ctx, leases)
+// Release releases leases in the local buckets, if there are any.
+func (g *Guard) Release(ctx context.Context, leases []driver.LeaseRef) error {
+	if g.local == nil {
+		return nil
 	}
+	return g.local.Release(ctx, leases)
 }
