@@ -243,3 +243,42 @@ func TestLeasesWhileDown(t *testing.T) {
 		assert.True(t, d.Allowed, "Admit(b) after a was released locally")
 	})
 }
+
+// TestFailLocalLeasesAcrossOutage: under FailLocal, a lease taken while
+// PostgreSQL is down is the local buckets', which renew it then and once
+// the database is back (the database does not hold it), and release it;
+// a lease the database holds is reported lost while it is down, since
+// it cannot be renewed there. A cluster of the test's own is stopped
+// (at once, as in a crash: the Store is Durable, so that the database's
+// lease outlives it) and started.
+func TestFailLocalLeasesAcrossOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts and stops a PostgreSQL cluster")
+	}
+	srv := pgtest.Start(t)
+	pool := pgtest.Pool(t, srv.URL()+"&connect_timeout=1")
+	s := newStore(t, pool, pgstore.Options{FailurePolicy: pgstore.FailLocal, RetryInterval: -1, Timeout: time.Second, Durable: true})
+	ctx := context.Background()
+	lim := bucket.PerHour(100).WithBurst(100).WithInflight(2)
+	d, err := s.Admit(ctx, leasedReq("k", lim, "db", 0))
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	require.False(t, pgstore.IsLocal(d), "lease taken with the database up: want decided by it")
+
+	require.NoError(t, srv.Stop())
+	d, err = s.Admit(ctx, leasedReq("k", lim, "local", 0))
+	require.NoError(t, err)
+	require.True(t, pgstore.IsLocal(d), "lease taken with the database down: want decided locally")
+	lost, err := s.Renew(ctx, refs("k", "db", "local"), time.Minute)
+	require.NoError(t, err, "Renew with the database down")
+	assert.Equal(t, refs("k", "db"), lost, "Renew with the database down: the local buckets hold only their own")
+
+	require.NoError(t, srv.Start())
+	lost, err = s.Renew(ctx, refs("k", "local", "db"), time.Minute)
+	require.NoError(t, err, "Renew with the database back")
+	assert.Empty(t, lost, "Renew with the database back, of the lease the local buckets took and of the database's")
+	require.NoError(t, s.Release(ctx, refs("k", "local", "db")))
+	lost, err = s.Renew(ctx, refs("k", "local", "db"), time.Minute)
+	require.NoError(t, err)
+	assert.Equal(t, refs("k", "local", "db"), lost, "Renew of both leases after their release")
+}
