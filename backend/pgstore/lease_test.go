@@ -14,6 +14,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/pgstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/faulttest"
 	"github.com/leakybucket/leakybucket/internal/pgtest"
 )
 
@@ -197,51 +198,19 @@ func TestLeaseIDs(t *testing.T) {
 	assert.NoError(t, s.Release(ctx, bad), "Release of leases that cannot exist")
 }
 
-// TestLeasesWhileDown: what each failure policy answers for leases
-// while PostgreSQL is unavailable, as redisstore's do. FailClosed:
-// errors. FailOpen: capped requests admitted without a lease (the cap is
-// lost), renewals and releases errors (no policy makes a lease held that
-// is not, or says one was released that was not). FailLocal: the local
-// buckets keep the leases, cap included.
+// TestLeasesWhileDown: what each failure policy does with capped
+// requests and their leases while PostgreSQL is unavailable
+// (internal/faulttest says what must hold): as redisstore's policies do.
 func TestLeasesWhileDown(t *testing.T) {
-	ctx := context.Background()
-	lim := bucket.PerSecond(100).WithBurst(100).WithInflight(1)
-	t.Run("FailClosed", func(t *testing.T) {
-		s := newStore(t, deadPool(t), pgstore.Options{Schema: "unused"})
-		_, err := s.Admit(ctx, leasedReq("k", lim, "a", 0))
-		assert.ErrorIs(t, err, pgstore.ErrUnavailable, "Admit")
-		_, err = s.Renew(ctx, refs("k", "a"), time.Second)
-		assert.ErrorIs(t, err, pgstore.ErrUnavailable, "Renew")
-		assert.ErrorIs(t, s.Release(ctx, refs("k", "a")), pgstore.ErrUnavailable, "Release")
-	})
-	t.Run("FailOpen", func(t *testing.T) {
-		s := newStore(t, deadPool(t), pgstore.Options{Schema: "unused", FailurePolicy: pgstore.FailOpen, RetryInterval: -1})
-		for _, id := range []string{"a", "b"} {
-			d, err := s.Admit(ctx, leasedReq("k", lim, id, 0))
-			require.NoError(t, err, "Admit(%s)", id)
-			assert.True(t, d.Allowed, "Admit(%s) of inflight=1 while down, FailOpen", id)
-		}
-		_, err := s.Renew(ctx, refs("k", "a"), time.Second)
-		assert.ErrorIs(t, err, pgstore.ErrUnavailable, "Renew")
-		assert.ErrorIs(t, s.Release(ctx, refs("k", "a")), pgstore.ErrUnavailable, "Release")
-	})
-	t.Run("FailLocal", func(t *testing.T) {
-		s := newStore(t, deadPool(t), pgstore.Options{Schema: "unused", FailurePolicy: pgstore.FailLocal})
-		d, err := s.Admit(ctx, leasedReq("k", lim, "a", 0))
-		require.NoError(t, err)
-		require.True(t, d.Allowed, "Admit(a) while down, FailLocal")
-		assert.True(t, pgstore.IsLocal(d), "Admit(a) while down, FailLocal: want decided locally")
-		d, err = s.Admit(ctx, leasedReq("k", lim, "b", 0))
-		require.NoError(t, err)
-		assert.True(t, d.AtCap, "Admit(b) of inflight=1 while a is held locally: want refused at the cap")
-		lost, err := s.Renew(ctx, refs("k", "a", "b"), time.Second)
-		require.NoError(t, err, "Renew")
-		assert.Equal(t, refs("k", "b"), lost, "Renew of a lease held locally and one not held")
-		require.NoError(t, s.Release(ctx, refs("k", "a")), "Release")
-		d, err = s.Admit(ctx, leasedReq("k", lim, "b", 0))
-		require.NoError(t, err)
-		assert.True(t, d.Allowed, "Admit(b) after a was released locally")
-	})
+	for _, policy := range []pgstore.FailurePolicy{pgstore.FailClosed, pgstore.FailOpen, pgstore.FailLocal} {
+		t.Run(policy.String(), func(t *testing.T) {
+			opts := pgstore.Options{Schema: "unused", FailurePolicy: policy}
+			if policy == pgstore.FailOpen {
+				opts.RetryInterval = -1
+			}
+			faulttest.LeasesWhileDown(t, policy.String(), down(t, newStore(t, deadPool(t), opts)))
+		})
+	}
 }
 
 // TestFailLocalLeasesAcrossOutage: under FailLocal, a lease taken while
