@@ -12,6 +12,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/faulttest"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -405,48 +406,21 @@ func TestAbandonedLeasedAdmissionReleased(t *testing.T) {
 	}
 }
 
-// TestLeasePolicies: while Redis is unavailable a capped request is
-// refused under FailClosed, admitted without a lease under FailOpen (its
-// cap is lost), and decided by the local buckets under FailLocal, which
-// keep leases; Renew and Release fail with ErrUnavailable but under
-// FailLocal, where the local buckets answer.
+// TestLeasePolicies: what each failure policy does with capped requests
+// and their leases while Redis is down (faulttest.LeasesWhileDown).
 func TestLeasePolicies(t *testing.T) {
-	ctx := context.Background()
-	lim := bucket.PerHour(100).WithBurst(100).WithInflight(1)
-
-	closed := newStore(t, deadClient(t), redisstore.Options{})
-	_, err := closed.Admit(ctx, leased("k", lim, "a", 0))
-	assert.ErrorIs(t, err, redisstore.ErrUnavailable, "FailClosed: Admit")
-	_, err = closed.Renew(ctx, refs("k", "a"), time.Second)
-	assert.ErrorIs(t, err, redisstore.ErrUnavailable, "FailClosed: Renew")
-	assert.ErrorIs(t, closed.Release(ctx, refs("k", "a")), redisstore.ErrUnavailable, "FailClosed: Release")
-
-	open := newStore(t, deadClient(t), redisstore.Options{FailurePolicy: redisstore.FailOpen, RetryInterval: -1})
-	for _, id := range []string{"a", "b"} {
-		d, err := open.Admit(ctx, leased("k", lim, id, 0))
-		require.NoError(t, err, "FailOpen: Admit of lease %q", id)
-		assert.True(t, d.Allowed, "FailOpen: Admit of lease %q with inflight=1: want allowed, the cap lost", id)
-		assert.NoError(t, open.Refund(ctx, leased("k", lim, id, 0), d), "FailOpen: Refund of lease %q", id)
+	for _, tt := range []struct {
+		policy string
+		opts   redisstore.Options
+	}{
+		{"FailClosed", redisstore.Options{}},
+		{"FailOpen", redisstore.Options{FailurePolicy: redisstore.FailOpen, RetryInterval: -1}},
+		{"FailLocal", redisstore.Options{FailurePolicy: redisstore.FailLocal}},
+	} {
+		t.Run(tt.policy, func(t *testing.T) {
+			faulttest.LeasesWhileDown(t, tt.policy, down(t, newStore(t, deadClient(t), tt.opts)))
+		})
 	}
-	_, err = open.Renew(ctx, refs("k", "a"), time.Second)
-	assert.ErrorIs(t, err, redisstore.ErrUnavailable, "FailOpen: Renew")
-	assert.ErrorIs(t, open.Release(ctx, refs("k", "a")), redisstore.ErrUnavailable, "FailOpen: Release")
-
-	local := newStore(t, deadClient(t), redisstore.Options{FailurePolicy: redisstore.FailLocal})
-	d, err := local.Admit(ctx, leased("k", lim, "a", 0))
-	require.NoError(t, err)
-	require.True(t, d.Allowed, "FailLocal: first lease")
-	assert.True(t, redisstore.IsLocal(d), "FailLocal: first lease decided locally")
-	d, err = local.Admit(ctx, leased("k", lim, "b", 0))
-	require.NoError(t, err)
-	assert.True(t, d.AtCap, "FailLocal: second lease of inflight=1: want refused at the cap")
-	lost, err := local.Renew(ctx, refs("k", "a", "b"), time.Second)
-	require.NoError(t, err, "FailLocal: Renew")
-	assert.Equal(t, refs("k", "b"), lost, "FailLocal: Renew of a local lease and of one never taken")
-	require.NoError(t, local.Release(ctx, refs("k", "a")), "FailLocal: Release")
-	d, err = local.Admit(ctx, leased("k", lim, "b", 0))
-	require.NoError(t, err)
-	assert.True(t, d.Allowed, "FailLocal: lease after the local one was released")
 }
 
 // TestFailLocalLeasesAcrossOutage: under FailLocal a lease taken by the
