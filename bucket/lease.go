@@ -67,6 +67,9 @@ func (l *Limiter) Acquire(ctx context.Context, key string, n int) (*Lease, error
 		return nil, fmt.Errorf("%w: key %q, limit %v", ErrNoLeases, key, lim)
 	}
 	req := driver.Request{Key: key, Limit: lim.driver(), Cost: int64(n), Lease: driver.NewLeaseID(), LeaseTTL: l.leaseTTL}
+	ref := []driver.LeaseRef{{Key: key, ID: req.Lease}}
+	l.waiterIn(key)
+	defer l.waiterOut(key)
 	poll := time.Millisecond
 	for {
 		if err := ctx.Err(); err != nil {
@@ -80,14 +83,22 @@ func (l *Limiter) Acquire(ctx context.Context, key string, n int) (*Lease, error
 		woken := l.waiting(key) // before asking: a release after the answer still wakes us
 		d, err := lb.Admit(ctx, req)
 		if err != nil {
+			// The backend may have admitted it before the error (a
+			// timeout after the script ran): the lease must not stay.
+			lb.Release(context.WithoutCancel(ctx), ref)
 			return nil, err
 		}
 		if d.Allowed {
+			// Renewed from now: a wait for the rate longer than the TTL
+			// must not cost the lease.
+			ls := l.held(lb, req)
 			if err := sleep(ctx, d.Wait); err != nil {
+				ls.stopRenewing()
 				lb.Refund(context.WithoutCancel(ctx), req, d)
+				l.wake(key)
 				return nil, err
 			}
-			return l.held(lb, req), nil
+			return ls, nil
 		}
 		if !d.AtCap {
 			return nil, &WaitError{Key: key, Delay: d.Wait}
@@ -118,29 +129,55 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// waiting returns a channel closed at the next release of one of key's
-// leases in this Limiter.
-func (l *Limiter) waiting(key string) <-chan struct{} {
+// A waitList is the Acquire calls waiting at a key's cap: its channel is
+// closed at the next release of one of the key's leases in this Limiter.
+type waitList struct {
+	ch chan struct{}
+	n  int // Acquire calls of the key under way
+}
+
+// waiterIn and waiterOut count an Acquire of key in and out: the key's
+// entry goes when the last leaves, so that keys no one waits for cost
+// nothing.
+func (l *Limiter) waiterIn(key string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.released == nil {
-		l.released = make(map[string]chan struct{})
+		l.released = make(map[string]*waitList)
 	}
-	ch := l.released[key]
-	if ch == nil {
-		ch = make(chan struct{})
-		l.released[key] = ch
+	w := l.released[key]
+	if w == nil {
+		w = &waitList{ch: make(chan struct{})}
+		l.released[key] = w
 	}
-	return ch
+	w.n++
 }
 
-// wake wakes the waiters at key's cap.
+func (l *Limiter) waiterOut(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w := l.released[key]; w != nil {
+		if w.n--; w.n == 0 {
+			delete(l.released, key)
+		}
+	}
+}
+
+// waiting returns a channel closed at the next release of one of key's
+// leases; the caller is counted in (waiterIn).
+func (l *Limiter) waiting(key string) <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.released[key].ch
+}
+
+// wake wakes the Acquire calls waiting at key's cap.
 func (l *Limiter) wake(key string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ch := l.released[key]; ch != nil {
-		close(ch)
-		delete(l.released, key)
+	if w := l.released[key]; w != nil {
+		close(w.ch)
+		w.ch = make(chan struct{})
 	}
 }
 
@@ -211,12 +248,21 @@ func (ls *Lease) Release(ctx context.Context) error {
 	}
 	var err error
 	ls.once.Do(func() {
-		close(ls.stop)
-		<-ls.done
+		ls.stopRenewing()
 		err = ls.lb.Release(ctx, []driver.LeaseRef{ls.ref})
 		ls.l.wake(ls.ref.Key)
 	})
 	return err
+}
+
+// stopRenewing stops the renewer and waits for it.
+func (ls *Lease) stopRenewing() {
+	select {
+	case <-ls.stop:
+	default:
+		close(ls.stop)
+	}
+	<-ls.done
 }
 
 // errNoLeaseFor reports a capped key asked of Allow, Wait or Reserve.

@@ -31,7 +31,7 @@ type Limiter struct {
 	leaseTTL time.Duration // 0: driver.DefaultLeaseTTL
 
 	mu       sync.Mutex
-	released map[string]chan struct{} // by key: closed when a Lease of it is released
+	released map[string]*waitList // by key: the Acquire calls waiting at its cap
 }
 
 // An Option configures a Limiter.

@@ -150,8 +150,7 @@ func newDispatcher[T, R any](h Handler[T, R], key func(T) string, cost func(T) i
 		d.wg.Add(1)
 		go d.sched.loop()
 		if d.sched.leases != nil {
-			d.wg.Add(1)
-			go d.sched.renewLeases()
+			go d.sched.renewLeases() // stopped by Shutdown after the workers (stopRenewing)
 		}
 	} else {
 		// The channel is the queue, but its places are counted by pending,

@@ -93,6 +93,7 @@ func (s *scheduler[T, R]) cancelBooked(k *keyState[T, R], j *job[T, R]) {
 	for _, b := range gone {
 		k.booked.remove(b)
 		s.slots.remove(b)
+		b.slot = 0 // its lease goes with the give-back
 		s.idle.Add(1)
 		s.resolveWaiting(b, b.parent.Err(), outcomeCancelled)
 	}

@@ -125,11 +125,14 @@ func (s *scheduler[T, R]) ranOut(j *job[T, R]) {
 	}
 	s.mu.Lock()
 	j.slot = 0 // it holds no lease now
+	delete(s.leased, j)
 	k := s.keys[j.info.Key]
 	woke := k != nil && k.atCap && k.phase == keyWaiting
 	if woke {
 		s.timers.remove(k)
 		s.settle(k, s.d.now())
+	} else if k != nil && k.phase == keyAsking {
+		k.freed = true // its answer may predate the release (see apply)
 	}
 	s.mu.Unlock()
 	if woke {
@@ -138,43 +141,84 @@ func (s *scheduler[T, R]) ranOut(j *job[T, R]) {
 }
 
 // atCap puts j back at the head of k's queue after a refusal at k's cap,
-// to ask again when a lease of k is released in this process, or after a
-// poll interval that doubles from 1ms to atCapPoll (never later than the
-// first held lease expires). Called with s.mu held.
-func (s *scheduler[T, R]) atCap(k *keyState[T, R], j *job[T, R], d driver.Decision, now int64) {
+// to ask again when a lease of k is released in this process (at once if
+// one was, freed, while it asked), or after a poll interval that doubles
+// from 1ms to atCapPoll (never later than the first held lease expires).
+// Called with s.mu held.
+func (s *scheduler[T, R]) atCap(k *keyState[T, R], j *job[T, R], d driver.Decision, now int64, freed bool) {
 	k.atCap = true
 	k.backoff = min(max(2*k.backoff, time.Millisecond), atCapPoll)
-	s.putBack(k, j, now+int64(min(k.backoff, max(d.Wait, time.Millisecond))))
+	until := now + int64(min(k.backoff, max(d.Wait, time.Millisecond)))
+	if freed {
+		until = now
+	}
+	s.putBack(k, j, until)
 }
 
-// renewLeases renews the leases of running handlers every third of the
-// lease TTL, until the dispatcher quits. Booked jobs hold theirs for less
-// than a booking window, far less than a TTL.
+// renewLeases renews the leases the dispatcher's jobs hold — booked,
+// handed to a worker, running — every third of the lease TTL, until
+// stopRenewing: after the workers have returned, so that a handler
+// running on past a hard stop keeps its place. A renewal outlives the
+// base context for the same reason.
 func (s *scheduler[T, R]) renewLeases() {
-	defer s.d.wg.Done()
+	defer close(s.renewDone)
 	t := time.NewTicker(s.d.cfg.leaseTTL / 3)
 	defer t.Stop()
-	var refs []driver.LeaseRef
+	type held struct {
+		j *job[T, R]
+		n uint32 // its admission, as leaseID names it
+	}
+	var (
+		refs []driver.LeaseRef
+		jobs = make(map[driver.LeaseID]held)
+	)
 	for {
 		select {
-		case <-s.d.quit:
+		case <-s.renewStop:
 			return
 		case <-t.C:
 		}
 		refs = refs[:0]
+		clear(jobs)
 		s.mu.Lock()
-		for w := range s.d.crew {
-			if j := s.d.crew[w].current.Load(); j != nil && j.holdsLease() {
-				refs = append(refs, driver.LeaseRef{Key: j.info.Key, ID: s.leaseID(j)})
+		for j := range s.leased {
+			if !j.holdsLease() {
+				delete(s.leased, j) // given back
+				continue
 			}
+			id := s.leaseID(j)
+			refs = append(refs, driver.LeaseRef{Key: j.info.Key, ID: id})
+			jobs[id] = held{j, j.lease}
 		}
 		s.mu.Unlock()
 		if len(refs) == 0 {
 			continue
 		}
-		lost, err := s.leases.Renew(s.d.base, refs, s.d.cfg.leaseTTL)
-		if err == nil {
-			s.d.stats.leasesLost.Add(int64(len(lost)))
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.d.base), s.d.cfg.leaseTTL/3)
+		lost, err := s.leases.Renew(ctx, refs, s.d.cfg.leaseTTL)
+		cancel()
+		if err != nil || len(lost) == 0 {
+			continue // a failed renewal is tried again at the next tick
 		}
+		// A lease given back since it was listed is not lost.
+		var n int64
+		s.mu.Lock()
+		for _, l := range lost {
+			if h, ok := jobs[l.ID]; ok && h.j.holdsLease() && h.j.lease == h.n {
+				n++
+			}
+		}
+		s.mu.Unlock()
+		s.d.stats.leasesLost.Add(n)
 	}
+}
+
+// stopRenewing stops renewLeases and waits for it. Shutdown calls it once
+// the workers have returned.
+func (s *scheduler[T, R]) stopRenewing() {
+	if s.leases == nil {
+		return
+	}
+	close(s.renewStop)
+	<-s.renewDone
 }

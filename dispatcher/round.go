@@ -108,6 +108,7 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		held                        []*keyState[T, R] // asking nothing until the refunds are done
 		admitted, throttled, paused int64             // Stats'
 		atCap                       int64
+		unknown                     []driver.LeaseRef // leases of admissions whose outcome an error hid
 	)
 	now := after
 	s.mu.Lock()
@@ -116,6 +117,10 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 		j := k.asking
 		k.asking = nil
 		allowed := a.Err == nil && a.Decision.Allowed
+		// A lease of k released here while it asked: at its cap, it asks
+		// again at once rather than after its poll interval.
+		freed := k.freed
+		k.atCap, k.freed = false, false
 		switch {
 		case j.getState() != asking || s.stopped || j.watched() && j.parent.Err() != nil: // cancelled or stopped meanwhile
 			if allowed {
@@ -140,6 +145,11 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			s.resolveWaiting(j, a.Err, outcomeFailed)
 			s.settle(k, now)
 		case a.Err != nil: // the backend failed: keep the job, try again later
+			if a.Lease != "" {
+				// It may have taken the lease before the error (a timeout
+				// after the script ran): give it back, whoever holds it.
+				unknown = append(unknown, driver.LeaseRef{Key: a.Key, ID: a.Lease})
+			}
 			s.d.stats.backendErrors.Add(1)
 			s.d.stats.setBackendErr(a.Err)
 			k.backoff = min(max(2*k.backoff, 10*time.Millisecond), time.Second)
@@ -153,10 +163,13 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 			s.putBack(k, j, now)
 		case a.Err == nil && a.Decision.AtCap:
 			atCap++
-			s.atCap(k, j, a.Decision, now)
+			s.atCap(k, j, a.Decision, now, freed)
 		case allowed:
 			admitted++
-			k.backoff, k.atCap = 0, false
+			k.backoff = 0
+			if j.lim.Inflight > 0 {
+				s.leased[j] = struct{}{} // renewed until it runs out (renewLeases)
+			}
 			j.start, j.booking = a.Decision.Start(), a.Decision.Booking
 			j.slot = before + int64(a.Decision.Wait)
 			if a.Decision.Wait <= 0 {
@@ -184,7 +197,9 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 	s.mu.Unlock()
 	handed = s.deliver(handed)
 	s.d.stats.countAdmissions(admitted, throttled, paused, atCap)
-	s.refund(refunding(refunds))
+	g := refunding(refunds)
+	g.leases = append(g.leases, unknown...)
+	s.refund(g)
 	if len(held) > 0 {
 		s.mu.Lock()
 		for _, k := range held {

@@ -29,6 +29,9 @@ type scheduler[T, R any] struct {
 	// leasePrefix starts the IDs of the leases this dispatcher takes
 	// (leaseID): random, so that no other process's collide with them.
 	leasePrefix string
+	leased      map[*job[T, R]]struct{} // jobs admitted with a lease, until given back or run out; guarded by mu
+	renewStop   chan struct{}           // closed by stopRenewing
+	renewDone   chan struct{}           // closed when renewLeases returns
 
 	mu      sync.Mutex // before any Future's mutex, never after
 	keys    map[string]*keyState[T, R]
@@ -114,6 +117,7 @@ type keyState[T, R any] struct {
 	phase       phase
 	setBackSlot uint8 // its name's among the scheduler's setBack counters
 	atCap       bool  // waiting because its leases were all held: a release here wakes it
+	freed       bool  // one of its leases was released here while it asked
 }
 
 func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
@@ -126,6 +130,8 @@ func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
 	}
 	s.leases, _ = s.backend.(driver.LeaseBackend)
 	s.leasePrefix = string(driver.NewLeaseID()) + "."
+	s.leased = make(map[*job[T, R]]struct{})
+	s.renewStop, s.renewDone = make(chan struct{}), make(chan struct{})
 	s.idle.Store(int64(d.cfg.workers))
 	// Until handlers have been timed, assume they take an eighth of the
 	// tolerance: two jobs per worker ahead, not a batch.

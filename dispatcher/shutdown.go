@@ -33,6 +33,9 @@ func (d *Dispatcher[T, R]) Shutdown(ctx context.Context) error {
 		d.wg.Wait() // the scheduler and its give-backs: nothing sends on run now
 		close(d.run)
 		d.workers.Wait()
+		if d.sched != nil {
+			d.sched.stopRenewing() // the leases of handlers that ran past a hard stop, too
+		}
 	})
 	return err
 }

@@ -41,7 +41,9 @@ func storable(l driver.LeaseRef) bool {
 // renewed.
 //
 // While PostgreSQL is unavailable, Renew under FailLocal renews the
-// leases the local buckets hold and reports the others lost; under
+// leases the local buckets hold, and returns an error matching
+// ErrUnavailable if others were asked (the database may hold them: their
+// holders try again); under
 // FailClosed and FailOpen it returns an error matching ErrUnavailable,
 // since nothing says whether the leases are still held. Under FailLocal,
 // a lease the database does not hold is renewed in the local buckets if
@@ -63,7 +65,7 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 	}
 	a, err := s.leaseTrip(ctx, "renewing", ops)
 	if errors.Is(err, ErrUnavailable) && s.guard.Local() {
-		return s.guard.Renew(ctx, leases, ttl)
+		return s.guard.RenewDown(ctx, leases, ttl, err)
 	}
 	if err != nil {
 		return nil, err

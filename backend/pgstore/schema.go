@@ -55,9 +55,11 @@ var migrations = [][]string{
 		`INSERT INTO @schema.swept (id, t) VALUES (0, 0)`,
 		decideSQL,
 	},
-	// Leases (issue 17). A row's fresh_at is at least its held_until, so
-	// that version 1's functions too keep a key's row while its leases
-	// are held.
+	// Leases (issue 17). decide_v2 keeps a row's fresh_at at least its
+	// held_until, so that sweeps keep a key's row while its leases are
+	// held. A version-1 process admitting the key without a cap rewrites
+	// fresh_at without it, and sweep_v1 may then delete the row: only the
+	// key's clock (seen) is lost, since the cap counts the leases table.
 	2: {
 		`ALTER TABLE @schema.buckets ADD COLUMN held_until bigint NOT NULL DEFAULT 0`,
 		`CREATE TABLE @schema.leases (

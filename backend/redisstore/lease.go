@@ -16,7 +16,9 @@ import (
 // from that clock, unless it expired later already.
 //
 // While Redis is unavailable, Renew under FailLocal renews the leases the
-// local buckets hold and reports the others lost; under FailClosed and
+// local buckets hold, and returns an error matching ErrUnavailable if
+// others were asked (Redis may hold them: their holders try again);
+// under FailClosed and
 // FailOpen it returns an error matching ErrUnavailable, since nothing says
 // whether the leases are still held. Under FailLocal, a lease Redis does
 // not hold is renewed in the local buckets if they took it, during an
@@ -30,7 +32,7 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 		return appendLeaseOp(b, opRenew, ticks, l.ID)
 	})
 	if errors.Is(err, ErrUnavailable) && s.guard.Local() {
-		return s.guard.Renew(ctx, leases, ttl)
+		return s.guard.RenewDown(ctx, leases, ttl, err)
 	}
 	if err != nil {
 		return nil, err

@@ -16,6 +16,24 @@ import (
 // Local reports whether the Guard keeps local buckets (FailLocal).
 func (g *Guard) Local() bool { return g.local != nil }
 
+// RenewDown renews leases while the server is down (err says how): the
+// local buckets renew those they took; if any other is among leases, the
+// server may hold it, and RenewDown returns err, so that its holder tries
+// again rather than believe it lost.
+func (g *Guard) RenewDown(ctx context.Context, leases []driver.LeaseRef, ttl time.Duration, err error) ([]driver.LeaseRef, error) {
+	if g.local == nil {
+		return nil, err
+	}
+	others, lerr := g.local.Renew(ctx, leases, ttl)
+	if lerr != nil {
+		return nil, lerr
+	}
+	if len(others) > 0 {
+		return nil, err
+	}
+	return nil, nil
+}
+
 // Renew renews the leases the local buckets hold and returns the others;
 // without local buckets it returns leases as they are.
 func (g *Guard) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Duration) ([]driver.LeaseRef, error) {
