@@ -201,7 +201,11 @@ func (s *Store) admit(req *driver.Request, now int64, d *driver.Decision) (err e
 		e = &entry{key: req.Key, seen: sh.swept}
 	}
 	e.seen = max(e.seen, now)
-	*d, err = driver.DecideLeased(&e.State, &e.leases, req, time.Nanosecond, e.seen)
+	if req.Limit.Inflight > 0 {
+		*d, err = driver.DecideLeased(&e.State, &e.leases, req, time.Nanosecond, e.seen)
+	} else {
+		*d, err = driver.Decide(&e.State, req, time.Nanosecond, e.seen)
+	}
 	if d.Allowed && fresh {
 		sh.put(h, e)
 	}

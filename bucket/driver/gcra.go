@@ -114,11 +114,6 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 	if req.Limit.Inflight > 0 {
 		return Decision{}, ErrNoLeases
 	}
-	return decide(st, req, unit, now), nil
-}
-
-// decide is Decide for a valid request, its cap checked by the caller.
-func decide(st *State, req *Request, unit time.Duration, now int64) Decision {
 	u := int64(unit)
 	lim := &req.Limit
 	c := req.Cost
@@ -138,7 +133,7 @@ func decide(st *State, req *Request, unit time.Duration, now int64) Decision {
 	// Decisions are built whole at return: filling one in field by field
 	// costs store-forwarding stalls on the hot path.
 	if start-now > maxWait {
-		return Decision{Wait: time.Duration((start - now) * u), Now: now * u}
+		return Decision{Wait: time.Duration((start - now) * u), Now: now * u}, nil
 	}
 	prev := st.TAT
 	st.TAT = max(st.TAT, start) + charge
@@ -152,7 +147,7 @@ func decide(st *State, req *Request, unit time.Duration, now int64) Decision {
 		Wait:    time.Duration((start - now) * u),
 		Now:     now * u,
 		Booking: Booking{TAT: st.TAT, Prev: prev, Gen: st.Gen},
-	}
+	}, nil
 }
 
 // Refund gives back the admission d of req, with the semantics of

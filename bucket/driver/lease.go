@@ -173,11 +173,15 @@ func DecideLeased(st *State, ls *Leases, req *Request, unit time.Duration, now i
 		u := int64(unit)
 		return Decision{AtCap: true, Wait: time.Duration((ls.NextExpiry(now) - now) * u), Now: now * u}, nil
 	}
-	d := decide(st, req, unit, now)
-	if d.Allowed {
+	// The rate as Decide decides it, on a copy without the cap: Decide
+	// keeps the uncapped path, every admission's, free of lease checks.
+	rate := *req
+	rate.Limit.Inflight = 0
+	d, err := Decide(st, &rate, unit, now)
+	if err == nil && d.Allowed {
 		ls.Take(req.Lease, now+Ticks(req.leaseTTL(), unit))
 	}
-	return d, nil
+	return d, err
 }
 
 // ReleaseLeased gives back a refunded admission's lease: the refund of the
