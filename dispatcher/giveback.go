@@ -136,8 +136,7 @@ func (s *scheduler[T, R]) resume(k *keyState[T, R]) {
 
 // admission returns the admission j was given, as a refund needs it.
 func (s *scheduler[T, R]) admission(j *job[T, R]) driver.Admission {
-	return driver.Admission{
-		Request:  s.request(j),
-		Decision: driver.Decision{Allowed: true, Now: j.start, Booking: j.booking},
-	}
+	a := driver.Admission{Decision: driver.Decision{Allowed: true, Now: j.start, Booking: j.booking}}
+	s.fillRequest(&a.Request, j)
+	return a
 }

@@ -35,13 +35,13 @@ func (s *scheduler[T, R]) leaseID(j *job[T, R]) driver.LeaseID {
 	return driver.LeaseID(s.leasePrefix + strconv.FormatUint(j.seq, 36) + "." + strconv.FormatUint(uint64(j.lease), 36))
 }
 
-// request returns the request of j's latest admission, its limit j.lim.
-func (s *scheduler[T, R]) request(j *job[T, R]) driver.Request {
-	r := driver.Request{Key: j.info.Key, Limit: *j.lim, Cost: j.cost}
+// fillRequest writes the request of j's latest admission, under its
+// limit j.lim, to r, a zero Request.
+func (s *scheduler[T, R]) fillRequest(r *driver.Request, j *job[T, R]) {
+	r.Key, r.Limit, r.Cost = j.info.Key, *j.lim, j.cost
 	if j.lim.Inflight > 0 {
 		r.Lease, r.LeaseTTL = s.leaseID(j), s.d.cfg.leaseTTL
 	}
-	return r
 }
 
 // holdsLease reports whether j, running or handed to a worker, holds a

@@ -89,9 +89,12 @@ func (s *scheduler[T, R]) collect(batch []driver.Admission, asked []*keyState[T,
 		if j.lim.Inflight > 0 {
 			j.lease++ // a lease ID of this admission's own
 		}
-		r := s.request(j)
+		// Filled in place: a Request returned by value costs a copy of
+		// its dozen words on every admission.
+		batch = append(batch, driver.Admission{})
+		r := &batch[len(batch)-1].Request
+		s.fillRequest(r, j)
 		r.MaxWait = s.window()
-		batch = append(batch, driver.Admission{Request: r})
 		asked = append(asked, k)
 	}
 	return batch, asked
