@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,6 +15,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/redisstore"
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/cmdflag"
 )
 
 // A store is an open backend and how to release it. Hand the Backend on,
@@ -49,7 +49,7 @@ func openBackend(ctx context.Context, cfg *config) (*store, error) {
 }
 
 func openRedis(ctx context.Context, cfg *config) (*store, error) {
-	opts, err := redisOptions(cfg.redisAddr)
+	opts, err := cmdflag.RedisOptions(cfg.redisAddr)
 	if err != nil {
 		return nil, fmt.Errorf("-redis %q: %v", cfg.redisAddr, err)
 	}
@@ -70,18 +70,6 @@ func openRedis(ctx context.Context, cfg *config) (*store, error) {
 		return nil, err
 	}
 	return &store{s, func() { s.Close(); client.Close() }}, nil
-}
-
-// redisOptions reads -redis: a redis:// or rediss:// URL, or host[:port].
-func redisOptions(addr string) (*redis.Options, error) {
-	if strings.Contains(addr, "://") {
-		return redis.ParseURL(addr)
-	}
-	hostport, err := withDefaultPort(addr, "6379")
-	if err != nil {
-		return nil, err
-	}
-	return &redis.Options{Addr: hostport, DialTimeout: 2 * time.Second}, nil
 }
 
 // newPrefix returns a Redis key prefix of its own for one run, so that

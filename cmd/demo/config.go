@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,9 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/leakybucket/leakybucket/bucket"
+	"github.com/leakybucket/leakybucket/internal/cmdflag"
 )
 
 // config is what the flags say, checked.
@@ -56,25 +54,22 @@ const (
 
 func newFlagSet(cfg *config) *flag.FlagSet {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.StringVar(&cfg.backend, "backend", "memory", "where bucket state lives, a `kind`: memory, sqlite, redis or postgres")
-	fs.StringVar(&cfg.sqlitePath, "sqlite", "", "database `file` for -backend sqlite (default: a new file in the temp dir, removed after the run)")
-	fs.StringVar(&cfg.redisAddr, "redis", "127.0.0.1:6379", "Redis `address` or redis:// URL for -backend redis")
-	fs.StringVar(&cfg.postgresURL, "postgres", defaultPostgresURL, "PostgreSQL connection `URL` for -backend postgres (the run's buckets live in a schema of its own, dropped at its end)")
+	cmdflag.BackendFlags(fs, &cfg.backend, &cfg.sqlitePath, &cfg.redisAddr, &cfg.postgresURL)
 	cfg.tenants = 4
-	fs.Var((*count)(&cfg.tenants), "tenants", "number of tenants, named tenant-1 … tenant-`K`")
+	fs.Var((*cmdflag.Int)(&cfg.tenants), "tenants", "number of tenants, named tenant-1 … tenant-`K`")
 	cfg.jobs = 100
-	fs.Var((*count)(&cfg.jobs), "jobs", "`N` items to sync per tenant")
+	fs.Var((*cmdflag.Int)(&cfg.jobs), "jobs", "`N` items to sync per tenant")
 	cfg.rate = 20
-	fs.Var((*count)(&cfg.rate), "rate", "`N` requests per second allowed per tenant")
+	fs.Var((*cmdflag.Int)(&cfg.rate), "rate", "`N` requests per second allowed per tenant")
 	cfg.burst = 1
-	fs.Var((*count)(&cfg.burst), "burst", "bucket burst: `N` requests may go back-to-back after idle")
+	fs.Var((*cmdflag.Int)(&cfg.burst), "burst", "bucket burst: `N` requests may go back-to-back after idle")
 	fs.StringVar(&cfg.quota, "quota", "", "optional rolling quota per tenant, `N/P` such as 500/1h (several: 500/1h,5000/1d)")
-	fs.Var((*count)(&cfg.inflight), "inflight", "at most `N` requests of a tenant in flight at once, across all processes (0: no cap); the mock API answers 429 to one more")
+	fs.Var((*cmdflag.Int)(&cfg.inflight), "inflight", "at most `N` requests of a tenant in flight at once, across all processes (0: no cap); the mock API answers 429 to one more")
 	fs.Var(&cfg.latency, "latency", "how long the mock API takes to answer a request, drawn uniformly from `MIN-MAX` such as 10ms-30ms (default 20ms-80ms with -inflight, else at once)")
 	cfg.workers = 16
-	fs.Var((*count)(&cfg.workers), "workers", "`N` workers per process")
+	fs.Var((*cmdflag.Int)(&cfg.workers), "workers", "`N` workers per process")
 	cfg.procs = 1
-	fs.Var((*count)(&cfg.procs), "procs", "`N` worker processes sharing the backend (copies of this program)")
+	fs.Var((*cmdflag.Int)(&cfg.procs), "procs", "`N` worker processes sharing the backend (copies of this program)")
 	fs.StringVar(&cfg.target, "target", "", "base `URL` of a real API to sync against instead of the mock")
 	fs.BoolVar(&cfg.json, "json", false, "no progress; print one JSON summary object on stdout")
 	fs.StringVar(&cfg.plot, "plot", "", "write a chart of requests per second per tenant to `FILE` (.svg or .png)")
@@ -83,48 +78,15 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	return fs
 }
 
-// A count is a flag holding a whole number.
-type count int
-
-func (c *count) String() string { return strconv.Itoa(int(*c)) }
-
-func (c *count) Set(s string) error {
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		return errors.New("want a whole number")
-	}
-	*c = count(n)
-	return nil
-}
-
 // parseFlags reads args. -help prints the usage to stdout and returns
 // flag.ErrHelp; any other error is one line naming the flag.
 func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	cfg := new(config)
-	fs := newFlagSet(cfg)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			usage(fs, stdout)
-			return nil, err
-		}
-		return nil, fmt.Errorf("%v (run demo -help for the flags)", err)
+	set, err := cmdflag.Parse(newFlagSet(cfg), args, usage, stdout)
+	if err != nil {
+		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q: the demo takes flags only (run demo -help)", fs.Arg(0))
-	}
-	// A backend's flag given with another backend would do nothing.
-	var misplaced error
-	fs.Visit(func(f *flag.Flag) {
-		cfg.latencySet = cfg.latencySet || f.Name == "latency"
-		if (f.Name == "sqlite" || f.Name == "redis" || f.Name == "postgres") && f.Name != cfg.backend && misplaced == nil {
-			misplaced = fmt.Errorf("-%s applies only with -backend %s (this run uses -backend %s)", f.Name, f.Name, cfg.backend)
-		}
-	})
-	if misplaced != nil {
-		return nil, misplaced
-	}
+	cfg.latencySet = set["latency"]
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
@@ -173,23 +135,11 @@ func (c *config) check() error {
 	return nil
 }
 
+// checkBackend refuses -procs with the memory backend; cmdflag.Parse
+// has checked the rest.
 func (c *config) checkBackend() error {
-	switch c.backend {
-	case "memory":
-		if c.procs > 1 {
-			return fmt.Errorf("-procs %d needs a backend the processes share, and the memory backend lives inside one process: use -backend sqlite, redis or postgres", c.procs)
-		}
-	case "sqlite":
-	case "redis":
-		if _, err := redisOptions(c.redisAddr); err != nil {
-			return fmt.Errorf("-redis %q: %v", c.redisAddr, err)
-		}
-	case "postgres":
-		if _, err := pgxpool.ParseConfig(c.postgresURL); err != nil {
-			return fmt.Errorf("-postgres: %v", err)
-		}
-	default:
-		return fmt.Errorf("-backend %q: want memory, sqlite, redis or postgres", c.backend)
+	if c.backend == "memory" && c.procs > 1 {
+		return fmt.Errorf("-procs %d needs a backend the processes share, and the memory backend lives inside one process: use -backend sqlite, redis or postgres", c.procs)
 	}
 	return nil
 }
@@ -304,15 +254,4 @@ func (c *config) tenantNames() []string {
 		names[i] = fmt.Sprintf("tenant-%d", i+1)
 	}
 	return names
-}
-
-// withDefaultPort accepts host or host:port, and fills in port.
-func withDefaultPort(addr, port string) (string, error) {
-	if _, _, err := net.SplitHostPort(addr); err == nil {
-		return addr, nil
-	}
-	if addr == "" || strings.Contains(addr, "/") {
-		return "", errors.New("want host:port or a redis:// URL")
-	}
-	return net.JoinHostPort(strings.Trim(addr, "[]"), port), nil
 }

@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -22,59 +20,22 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
+	"github.com/leakybucket/leakybucket/internal/cmdtest"
 	"github.com/leakybucket/leakybucket/internal/pgtest"
 	"github.com/leakybucket/leakybucket/internal/redistest"
 )
 
 // demoBin is the demo, built once by TestMain; the end-to-end tests run it
-// as a user would. It is built without the race detector even under
-// go test -race: they time what users run, and an instrumented binary runs
-// several times slower. TestInProcess covers the same code under -race.
+// as a user would, without the race detector (they time what users run).
+// TestInProcess covers the same code under -race.
 var demoBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "leakybucket-demo-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	demoBin = filepath.Join(dir, "demo")
-	if out, err := exec.Command("go", "build", "-o", demoBin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the demo: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		os.RemoveAll(dir)
-		redistest.Exit(code)
-	}))
-}
+func TestMain(m *testing.M) { cmdtest.Main(m, "demo", &demoBin, redistest.Exit) }
 
-// A demoRun is what one run of the demo printed and how it exited.
-type demoRun struct {
-	args           []string
-	stdout, stderr string
-	code           int
-}
-
-func runDemo(t *testing.T, args ...string) demoRun {
+func runDemo(t *testing.T, args ...string) cmdtest.Run {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, demoBin, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	r := demoRun{args: args, stdout: stdout.String(), stderr: stderr.String()}
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		r.code = exit.ExitCode()
-	} else {
-		require.NoError(t, err, "demo %s", strings.Join(args, " "))
-	}
-	return r
+	return cmdtest.Exec(t, 90*time.Second, demoBin, args...)
 }
 
 // runJSON runs the demo with -json and returns its summary, failing the
@@ -86,16 +47,16 @@ func runJSON(t *testing.T, want int, args ...string) summary {
 
 // jsonSummary returns the summary a run with -json printed, failing the
 // test unless it exited with want.
-func jsonSummary(t *testing.T, r demoRun, want int) summary {
+func jsonSummary(t *testing.T, r cmdtest.Run, want int) summary {
 	t.Helper()
-	demo := strings.Join(r.args, " ")
-	require.Equal(t, want, r.code, "demo %s: exit status\nstderr: %s\nstdout: %s", demo, r.stderr, r.stdout)
+	demo := strings.Join(r.Args, " ")
+	require.Equal(t, want, r.Code, "demo %s: exit status\nstderr: %s\nstdout: %s", demo, r.Stderr, r.Stdout)
 	var s summary
-	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	dec := json.NewDecoder(strings.NewReader(r.Stdout))
 	dec.DisallowUnknownFields()
-	require.NoError(t, dec.Decode(&s), "demo %s: stdout is not one JSON summary:\n%s", demo, r.stdout)
-	require.False(t, dec.More(), "demo %s: more than one JSON value on stdout:\n%s", demo, r.stdout)
-	checkSpecFields(t, r.stdout)
+	require.NoError(t, dec.Decode(&s), "demo %s: stdout is not one JSON summary:\n%s", demo, r.Stdout)
+	require.False(t, dec.More(), "demo %s: more than one JSON value on stdout:\n%s", demo, r.Stdout)
+	checkSpecFields(t, r.Stdout)
 	return s
 }
 
@@ -281,14 +242,9 @@ func TestBadFlags(t *testing.T) {
 
 // checkUsageError checks that r exited 2 with nothing on stdout and one
 // line on stderr that names the problem.
-func checkUsageError(t *testing.T, r demoRun, want string) {
+func checkUsageError(t *testing.T, r cmdtest.Run, want string) {
 	t.Helper()
-	demo := "demo " + strings.Join(r.args, " ")
-	line := strings.TrimSuffix(r.stderr, "\n")
-	assert.Equal(t, exitUsage, r.code, "%s: exit status (stderr %q)", demo, r.stderr)
-	assert.Empty(t, r.stdout, "%s: stdout", demo)
-	assert.NotContains(t, line, "\n", "%s: stderr, want one line", demo)
-	assert.Contains(t, line, want, "%s: stderr", demo)
+	cmdtest.CheckUsageError(t, r, exitUsage, want)
 }
 
 func TestUnreachableBackends(t *testing.T) {
@@ -304,7 +260,7 @@ func TestUnreachableBackends(t *testing.T) {
 		for _, url := range []string{"postgres://postgres@" + addr + "/postgres?sslmode=disable", "postgres://postgres@" + addr + "/postgres"} {
 			r := runDemo(t, "-backend", "postgres", "-postgres", url)
 			checkUsageError(t, r, "no PostgreSQL answers at "+addr)
-			assert.Contains(t, r.stderr, "connection refused", "demo -postgres %s: stderr, want the cause", url)
+			assert.Contains(t, r.Stderr, "connection refused", "demo -postgres %s: stderr, want the cause", url)
 		}
 	})
 	t.Run("postgres read-only", func(t *testing.T) {
@@ -333,11 +289,11 @@ func TestUnreachableBackends(t *testing.T) {
 
 func TestHelp(t *testing.T) {
 	r := runDemo(t, "-help")
-	require.Equal(t, exitOK, r.code, "demo -help: exit status")
-	require.Empty(t, r.stderr, "demo -help: stderr")
+	require.Equal(t, exitOK, r.Code, "demo -help: exit status")
+	require.Empty(t, r.Stderr, "demo -help: stderr")
 	for _, f := range []string{"-backend", "-sqlite", "-redis", "-postgres", "-tenants", "-jobs", "-rate", "-burst", "-quota", "-workers", "-procs", "-inflight", "-latency", "-target", "-json", "-plot"} {
-		assert.True(t, strings.Contains(r.stdout, "  "+f+" ") || strings.Contains(r.stdout, "  "+f+"\n"),
-			"demo -help does not document %s:\n%s", f, r.stdout)
+		assert.True(t, strings.Contains(r.Stdout, "  "+f+" ") || strings.Contains(r.Stdout, "  "+f+"\n"),
+			"demo -help does not document %s:\n%s", f, r.Stdout)
 	}
 }
 

@@ -90,9 +90,9 @@ func TestInflightProcs(t *testing.T) {
 			args := append(tt.args(t), "-tenants", strconv.Itoa(tenants), "-jobs", strconv.Itoa(jobs),
 				"-inflight", strconv.Itoa(n), "-rate", strconv.Itoa(rate), "-json")
 			r := runDemo(t, args...)
-			if r.code == exitUsage && strings.Contains(r.stderr, bucket.ErrNoLeases.Error()) {
+			if r.Code == exitUsage && strings.Contains(r.Stderr, bucket.ErrNoLeases.Error()) {
 				t.Skipf("-backend %s keeps no leases yet (bucket.ErrNoLeases): this test runs once it does; the demo said: %s",
-					tt.name, strings.TrimSpace(r.stderr))
+					tt.name, strings.TrimSpace(r.Stderr))
 			}
 			checkCapped(t, jsonSummary(t, r, exitOK), tenants, jobs, n, rate, 0.5)
 		})

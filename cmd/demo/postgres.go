@@ -15,10 +15,6 @@ import (
 	"github.com/leakybucket/leakybucket/backend/pgstore"
 )
 
-// defaultPostgresURL is -postgres's default: a local server as Debian's
-// packages set it up, with trust authentication.
-const defaultPostgresURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-
 // postgresSchema is the run's schema: its buckets, shared with its
 // workers, kept apart from other runs' and dropped at its end.
 func postgresSchema(cfg *config) string {

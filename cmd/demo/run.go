@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/leakybucket/leakybucket/internal/cmdflag"
 	"github.com/mattn/go-isatty"
 	"golang.org/x/term"
 )
@@ -112,7 +113,7 @@ func writeHeader(w io.Writer, cfg *config, base string, metrics net.Listener) {
 	case "sqlite":
 		where += " " + cfg.sqlitePath
 	case "redis":
-		if opts, err := redisOptions(cfg.redisAddr); err == nil {
+		if opts, err := cmdflag.RedisOptions(cfg.redisAddr); err == nil {
 			where += " " + opts.Addr // not the URL: it may hold a password
 		}
 		where += ", keys " + cfg.prefix + "*"
