@@ -86,15 +86,17 @@ func keyLimit(m map[byte]bucket.Limit) func(string) bucket.Limit {
 
 // A generator draws jobs. Key number n is born n/keysPerMinute minutes
 // after a key's life before the run (so that the run starts with a key's
-// life worth of keys), and lives for -key-life, until key n+window is
-// born: each key gets its first job as soon as it is born, then every job
-// goes to a key picked uniformly among the live ones, unless that key has
-// had its budget of jobs. A key's budget is what half its limit admits in
-// its life, so that no key is given more than its limit can drain: the
-// queue holds no backlog that lasts, and the dispatcher runs as fast as
-// the machine and the backend let it (up to keys a second × budgets, 120k
-// jobs a second at 10⁵ keys a minute). Not safe for concurrent use: one
-// producer draws.
+// life worth of keys) and dies a key's life (-key-life) later, when key
+// n+window is born. It gets a job when it is born and one when it dies,
+// first of all, so that every key is kept by the backend for as long,
+// however fast the run goes: the rows and keys the soak judges would
+// otherwise follow the throughput. Between them every job goes to a key
+// picked uniformly among the live ones, unless that key has had its
+// budget of jobs: what half its limit admits in its life, so that no key
+// is given more than its limit can drain and the queue holds no backlog
+// that lasts. The dispatcher runs as fast as the machine and the backend
+// let it (up to keys a second × budgets, 120k jobs a second at 10⁵ keys a
+// minute). Not safe for concurrent use: one producer draws.
 type generator struct {
 	rng        *rand.Rand
 	start      time.Time
@@ -104,6 +106,7 @@ type generator struct {
 	budget     [256]uint16   // by class letter
 	retryAfter float64
 	firsts     int64 // keys given their first job: keys 0 … firsts-1
+	lasts      int64 // keys given their last job: keys 0 … lasts-1
 }
 
 // meanCost is the mean cost a job draws (see next).
@@ -131,16 +134,21 @@ func newGenerator(cfg *config, start time.Time, lims map[byte]bucket.Limit) *gen
 // next draws the job to submit at now. It returns false if every key it
 // tried had had its budget: the producer waits for the next birth.
 func (g *generator) next(now time.Time) (job, bool) {
-	born := g.window + int64(now.Sub(g.start)/g.perKey)
+	dead := int64(now.Sub(g.start) / g.perKey) // keys 0 … dead-1 have died
 	var n int64
-	if g.firsts < born {
+	switch {
+	case g.lasts < min(dead, g.firsts):
+		n = g.lasts
+		g.lasts++
+	case g.firsts < g.window+dead:
 		n = g.firsts
 		g.firsts++
 		g.given[n%g.window] = 1
-	} else {
+	default:
 		found := false
+		from := max(g.lasts, g.firsts-g.window)
 		for range 8 {
-			n = g.firsts - 1 - g.rng.Int64N(min(g.window, g.firsts))
+			n = from + g.rng.Int64N(g.firsts-from)
 			if slot := &g.given[n%g.window]; *slot < g.budget[classOf(n)] {
 				*slot++
 				found = true
@@ -169,7 +177,7 @@ func (g *generator) next(now time.Time) (job, bool) {
 	return j, true
 }
 
-// nextBirth returns when the next key is born.
+// nextBirth returns when the next key is born (and one dies).
 func (g *generator) nextBirth() time.Time {
 	return g.start.Add(time.Duration(g.firsts-g.window+1) * g.perKey)
 }
