@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -115,6 +116,7 @@ func panel(j judgement, warmup time.Duration, x func(time.Duration) float64, uni
 		p.Title.Text += " (not judged)"
 	}
 	p.X.Label.Text = unit
+	p.X.Tick.Marker, p.Y.Tick.Marker = plainTicks{}, plainTicks{}
 	p.Y.Min = 0
 	xys := make(plotter.XYs, 0, len(j.points))
 	top := 0.0
@@ -173,4 +175,18 @@ func verdictLine(js []judgement) string {
 		return "grew: " + strings.Join(grew, ", ")
 	}
 	return "nothing grew after warm-up"
+}
+
+// plainTicks are gonum's default ticks, labelled without trailing zeros
+// (25000, not 25000.00).
+type plainTicks struct{}
+
+func (plainTicks) Ticks(min, max float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(min, max)
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = strconv.FormatFloat(ts[i].Value, 'g', 6, 64)
+		}
+	}
+	return ts
 }
