@@ -52,7 +52,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.DurationVar(&cfg.sample, "sample", 0, "the `interval` between samples (default: 10s, or less so that 30 samples fall after the warm-up)")
 	cfg.keysPerMinute = 100_000
 	fs.Var((*cmdflag.Int)(&cfg.keysPerMinute), "keys-per-minute", "`N` new keys a minute")
-	fs.DurationVar(&cfg.keyLife, "key-life", 5*time.Second, "how long after its first job a key is given more (then never again)")
+	fs.DurationVar(&cfg.keyLife, "key-life", 5*time.Second, "how long a key lives: a job when it is born, one when it dies, some between, and none after")
 	cfg.workers = 64
 	fs.Var((*cmdflag.Int)(&cfg.workers), "workers", "`N` workers")
 	cfg.queue = 4096
@@ -165,7 +165,11 @@ func (c *config) checkTimes(set map[string]bool) error {
 		return fmt.Errorf("-sample %v: want 10ms or more", c.sample)
 	}
 	if n := judgedSamples(c.duration, c.warmup, c.sample); n < minJudged {
-		return fmt.Errorf("-duration %v, -warmup %v and -sample %v leave %d samples after warm-up: want at least %d", c.duration, c.warmup, c.sample, n, minJudged)
+		samples := "samples"
+		if n == 1 {
+			samples = "sample"
+		}
+		return fmt.Errorf("-duration %v, -warmup %v and -sample %v leave %d %s after the warm-up: want at least %d", c.duration, c.warmup, c.sample, n, samples, minJudged)
 	}
 	return nil
 }

@@ -153,7 +153,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-duration", "500ms"}, "-duration 500ms: want 1s or more"},
 		{[]string{"-duration", "10s", "-warmup", "10s"}, "-warmup 10s: want at least 0 and less than -duration 10s"},
 		{[]string{"-duration", "10s", "-warmup", "-1s"}, "-warmup -1s"},
-		{[]string{"-duration", "60s", "-sample", "10s"}, "leave 5 samples after warm-up: want at least 6"},
+		{[]string{"-duration", "60s", "-sample", "10s"}, "leave 5 samples after the warm-up: want at least 6"},
 		{[]string{"-sample", "1ms"}, "-sample 1ms: want 10ms or more"},
 		{[]string{"-keys-per-minute", "0"}, "-keys-per-minute 0: want a whole number from 1"},
 		{[]string{"-keys-per-minute", "many"}, `invalid value "many" for flag -keys-per-minute: want a whole number`},
