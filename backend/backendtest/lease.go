@@ -31,20 +31,26 @@ func leaseBackend(t *testing.T, b driver.Backend) driver.LeaseBackend {
 	return lb
 }
 
-// leased returns a request of key under lim that takes lease id.
-func leased(key string, lim bucket.Limit, id string, ttl time.Duration) driver.Request {
+// Leased returns a request of cost 1 for key under lim that takes the
+// lease id for ttl (0: driver.DefaultLeaseTTL), for backends' lease tests.
+func Leased(key string, lim bucket.Limit, id string, ttl time.Duration) driver.Request {
 	r := req(key, lim, 1, 0)
 	r.Lease, r.LeaseTTL = driver.LeaseID(id), ttl
 	return r
 }
 
-func release(t *testing.T, b driver.LeaseBackend, key string, ids ...string) {
-	t.Helper()
+// LeaseRefs returns the leases ids of key, for Renew and Release.
+func LeaseRefs(key string, ids ...string) []driver.LeaseRef {
 	refs := make([]driver.LeaseRef, len(ids))
 	for i, id := range ids {
 		refs[i] = driver.LeaseRef{Key: key, ID: driver.LeaseID(id)}
 	}
-	require.NoError(t, b.Release(context.Background(), refs), "Release(%q, %v)", key, ids)
+	return refs
+}
+
+func release(t *testing.T, b driver.LeaseBackend, key string, ids ...string) {
+	t.Helper()
+	require.NoError(t, b.Release(context.Background(), LeaseRefs(key, ids...)), "Release(%q, %v)", key, ids)
 }
 
 // testLeasesUnsupported: a backend that keeps no leases refuses a capped
@@ -54,7 +60,7 @@ func (s *suite) testLeasesUnsupported(t *testing.T) {
 	if _, ok := b.(driver.LeaseBackend); ok {
 		t.Skip("backend implements driver.LeaseBackend")
 	}
-	r := leased(s.key(t, "k"), bucket.PerSecond(10).WithInflight(1), "a", 0)
+	r := Leased(s.key(t, "k"), bucket.PerSecond(10).WithInflight(1), "a", 0)
 	_, err := b.Admit(context.Background(), r)
 	assert.ErrorIs(t, err, driver.ErrNoLeases, call(r))
 }
@@ -69,11 +75,11 @@ func (s *suite) testLeaseValidation(t *testing.T) {
 		r    driver.Request
 		want error
 	}{
-		{leased(key, lim, "", 0), driver.ErrNoLease},
-		{leased(key, lim, "a", time.Millisecond), driver.ErrInvalidLeaseTTL},
-		{leased(key, lim, "a", -time.Second), driver.ErrInvalidLeaseTTL},
-		{leased(key, bucket.PerSecond(10).WithInflight(-1), "a", 0), driver.ErrInvalidLimit},
-		{leased(key, bucket.PerSecond(10).WithInflight(driver.MaxInflight+1), "a", 0), driver.ErrInvalidLimit},
+		{Leased(key, lim, "", 0), driver.ErrNoLease},
+		{Leased(key, lim, "a", time.Millisecond), driver.ErrInvalidLeaseTTL},
+		{Leased(key, lim, "a", -time.Second), driver.ErrInvalidLeaseTTL},
+		{Leased(key, bucket.PerSecond(10).WithInflight(-1), "a", 0), driver.ErrInvalidLimit},
+		{Leased(key, bucket.PerSecond(10).WithInflight(driver.MaxInflight+1), "a", 0), driver.ErrInvalidLimit},
 	} {
 		_, err := b.Admit(context.Background(), tt.r)
 		assert.ErrorIs(t, err, tt.want, "%s, lease %q, ttl %v", call(tt.r), tt.r.Lease, tt.r.LeaseTTL)
@@ -93,26 +99,26 @@ func (s *suite) testLeaseCap(t *testing.T) {
 	lim := bucket.PerHour(1).WithBurst(4).WithInflight(2)
 
 	for _, id := range []string{"a", "b"} {
-		require.True(t, admit(t, b, leased(key, lim, id, 0)).Allowed, "lease %q under the cap refused", id)
+		require.True(t, admit(t, b, Leased(key, lim, id, 0)).Allowed, "lease %q under the cap refused", id)
 	}
-	d := admit(t, peer, leased(key, lim, "c", 0))
+	d := admit(t, peer, Leased(key, lim, "c", 0))
 	require.False(t, d.Allowed, "third lease with inflight=2 allowed")
 	assert.True(t, d.AtCap, "refusal at the cap: AtCap")
 	assert.Positive(t, d.Wait, "refusal at the cap: Wait")
 	assert.LessOrEqual(t, d.Wait, driver.DefaultLeaseTTL, "refusal at the cap: Wait, at most the leases' time to live")
-	assert.True(t, admit(t, b, leased(other, lim, "c", 0)).Allowed, "another key's first lease")
+	assert.True(t, admit(t, b, Leased(other, lim, "c", 0)).Allowed, "another key's first lease")
 
 	release(t, peer, key, "a")
-	require.True(t, admit(t, b, leased(key, lim, "c", 0)).Allowed, "lease after a release refused")
+	require.True(t, admit(t, b, Leased(key, lim, "c", 0)).Allowed, "lease after a release refused")
 	release(t, b, key, "a") // again: frees nothing
-	d = admit(t, b, leased(key, lim, "d", 0))
+	d = admit(t, b, Leased(key, lim, "d", 0))
 	require.False(t, d.Allowed, "lease allowed after a second release of the same lease")
 	assert.True(t, d.AtCap, "refusal at the cap after a second release: AtCap")
 
 	release(t, b, key, "b")
-	require.True(t, admit(t, b, leased(key, lim, "d", 0)).Allowed, "fourth admission (burst 4) refused: a refusal at the cap charged the rate")
+	require.True(t, admit(t, b, Leased(key, lim, "d", 0)).Allowed, "fourth admission (burst 4) refused: a refusal at the cap charged the rate")
 	release(t, b, key, "c")
-	d = admit(t, b, leased(key, lim, "e", 0))
+	d = admit(t, b, Leased(key, lim, "e", 0))
 	assert.False(t, d.Allowed, "fifth admission of burst 4 within the hour")
 	assert.False(t, d.AtCap, "refusal on the rate with a place free: AtCap")
 }
@@ -123,13 +129,13 @@ func (s *suite) testLeaseRateRefusal(t *testing.T) {
 	b := leaseBackend(t, s.cfg.New(t))
 	key := s.key(t, "k")
 	lim := bucket.PerSecond(1).WithInflight(1)
-	a := admit(t, b, leased(key, lim, "a", 0))
+	a := admit(t, b, Leased(key, lim, "a", 0))
 	require.True(t, a.Allowed)
 	release(t, b, key, "a")
-	d := admit(t, b, leased(key, lim, "b", 0))
+	d := admit(t, b, Leased(key, lim, "b", 0))
 	require.False(t, d.Allowed, "second admission of 1/s at once")
 	require.False(t, d.AtCap, "refusal on the rate: AtCap")
-	r := leased(key, lim, "c", 0)
+	r := Leased(key, lim, "c", 0)
 	r.MaxWait = 5 * time.Second
 	c := admit(t, b, r)
 	require.True(t, c.Allowed, "booked admission refused: the rate refusal took the only lease")
@@ -152,25 +158,25 @@ func (s *suite) testLeaseExpiry(t *testing.T) {
 
 	// r before a: r's lease is checked after a's expired, so after r's
 	// first time to live whatever the admissions took.
-	r := admit(t, b, leased(renewed, lim, "r", ttl))
+	r := admit(t, b, Leased(renewed, lim, "r", ttl))
 	require.True(t, r.Allowed)
-	a := admit(t, b, leased(key, lim, "a", ttl))
+	a := admit(t, b, Leased(key, lim, "a", ttl))
 	require.True(t, a.Allowed)
 	lost, err := b.Renew(context.Background(), []driver.LeaseRef{{Key: renewed, ID: "r"}}, time.Hour)
 	require.NoError(t, err)
 	require.Empty(t, lost, "Renew of a held lease")
 
-	d := pollAdmit(t, peer, leased(key, lim, "b", ttl))
+	d := pollAdmit(t, peer, Leased(key, lim, "b", ttl))
 	assert.GreaterOrEqual(t, time.Duration(d.Now-a.Now), ttl, "a lease of %v taken at %d let another in at %d (backend clock)", ttl, a.Now, d.Now)
 
 	release(t, b, key, "a") // expired, and its place taken: frees nothing
-	c := admit(t, b, leased(key, lim, "c", ttl))
+	c := admit(t, b, Leased(key, lim, "c", ttl))
 	assert.False(t, c.Allowed, "lease allowed after the expired holder released its lease: it freed the new holder's")
 	lost, err = b.Renew(context.Background(), []driver.LeaseRef{{Key: key, ID: "a"}, {Key: key, ID: "b"}}, ttl)
 	require.NoError(t, err)
 	assert.Equal(t, []driver.LeaseRef{{Key: key, ID: "a"}}, lost, "Renew of an expired lease and of a held one")
 
-	x := admit(t, b, leased(renewed, lim, "x", ttl))
+	x := admit(t, b, Leased(renewed, lim, "x", ttl))
 	assert.False(t, x.Allowed, "lease renewed for an hour let another in %v after it was taken", time.Duration(x.Now-r.Now))
 	assert.GreaterOrEqual(t, time.Duration(x.Now-r.Now), ttl, "the renewed lease was checked after its first time to live")
 }
@@ -203,7 +209,7 @@ func (s *suite) testLeaseBatch(t *testing.T) {
 	lim := bucket.PerHour(100).WithBurst(100).WithInflight(3)
 	batch := make([]driver.Admission, 6)
 	for i := range batch {
-		batch[i].Request = leased(key, lim, fmt.Sprint("l", i), 0)
+		batch[i].Request = Leased(key, lim, fmt.Sprint("l", i), 0)
 	}
 	bb.AdmitBatch(context.Background(), batch)
 	var allowed, atCap []int
@@ -252,7 +258,7 @@ func (s *suite) testLeaseConcurrent(t *testing.T) {
 				if done || time.Now().After(deadline) {
 					return nil
 				}
-				r := leased(key, lim, fmt.Sprintf("h%d.%d", h, n), 0)
+				r := Leased(key, lim, fmt.Sprintf("h%d.%d", h, n), 0)
 				d, err := be.Admit(ctx, r)
 				if err != nil {
 					return fmt.Errorf("%s: %w", call(r), err)
@@ -326,8 +332,8 @@ func (s *suite) testLeaseIdle(t *testing.T) {
 	b := leaseBackend(t, s.cfg.New(t))
 	held, released := s.key(t, "held"), s.key(t, "released")
 	lim := bucket.Every(10*time.Millisecond, 1).WithInflight(1)
-	require.True(t, admit(t, b, leased(held, lim, "a", time.Hour)).Allowed)
-	require.True(t, admit(t, b, leased(released, lim, "a", time.Hour)).Allowed)
+	require.True(t, admit(t, b, Leased(held, lim, "a", time.Hour)).Allowed)
+	require.True(t, admit(t, b, Leased(released, lim, "a", time.Hour)).Allowed)
 	release(t, b, released, "a")
 	deadline := time.Now().Add(10 * time.Second)
 	for !s.cfg.Forgotten(t, b, released) {
@@ -335,6 +341,6 @@ func (s *suite) testLeaseIdle(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	assert.False(t, s.cfg.Forgotten(t, b, held), "key with a lease held for an hour was forgotten")
-	d := admit(t, b, leased(held, lim, "b", time.Hour))
+	d := admit(t, b, Leased(held, lim, "b", time.Hour))
 	assert.True(t, d.AtCap, "the held key's lease was lost: another was admitted")
 }

@@ -53,7 +53,7 @@ func benchAdmit(b *testing.B, lim driver.Limit, keys int) {
 			i := n.Add(1)
 			req := driver.Request{Key: fmt.Sprint("k", i%int64(keys)), Limit: lim, Cost: 1}
 			if lim.Inflight > 0 {
-				req.Lease = ids.For(uint64(i))
+				req.Lease = ids.Next()
 			}
 			d, err := s.Admit(ctx, req)
 			if err != nil {

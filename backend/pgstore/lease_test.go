@@ -18,19 +18,10 @@ import (
 	"github.com/leakybucket/leakybucket/internal/pgtest"
 )
 
-// leasedReq returns a request of key under lim that takes lease id for
-// ttl (0: the default).
-func leasedReq(key string, lim bucket.Limit, id string, ttl time.Duration) driver.Request {
-	return driver.Request{Key: key, Limit: backendtest.Limit(lim), Cost: 1, Lease: driver.LeaseID(id), LeaseTTL: ttl}
-}
-
-func refs(key string, ids ...string) []driver.LeaseRef {
-	out := make([]driver.LeaseRef, len(ids))
-	for i, id := range ids {
-		out[i] = driver.LeaseRef{Key: key, ID: driver.LeaseID(id)}
-	}
-	return out
-}
+var (
+	leasedReq = backendtest.Leased
+	refs      = backendtest.LeaseRefs
+)
 
 // count returns how many rows of table (quoted) hold key.
 func count(t *testing.T, s *pgstore.Store, table, key string) int {

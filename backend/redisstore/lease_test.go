@@ -19,18 +19,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// leased returns a request of key under lim that takes lease id for ttl.
-func leased(key string, lim bucket.Limit, id string, ttl time.Duration) driver.Request {
-	return driver.Request{Key: key, Limit: backendtest.Limit(lim), Cost: 1, Lease: driver.LeaseID(id), LeaseTTL: ttl}
-}
-
-func refs(key string, ids ...string) []driver.LeaseRef {
-	out := make([]driver.LeaseRef, len(ids))
-	for i, id := range ids {
-		out[i] = driver.LeaseRef{Key: key, ID: driver.LeaseID(id)}
-	}
-	return out
-}
+var (
+	leased = backendtest.Leased
+	refs   = backendtest.LeaseRefs
+)
 
 // TestSlotTags: every slot has a tag of three letters or digits whose
 // CRC16 falls in it. Lease set names carry them, so they may never

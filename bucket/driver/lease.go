@@ -238,9 +238,8 @@ func NewLeaseID() LeaseID {
 }
 
 // LeaseIDs makes lease IDs for one holder cheaply: a random prefix of its
-// own and a number, from its counter (Next) or the holder's (For): a
-// generator serves one of the two. The zero value is not usable; call
-// NewLeaseIDs. Safe for concurrent use.
+// own and a counter. The zero value is not usable; call NewLeaseIDs. Safe
+// for concurrent use.
 type LeaseIDs struct {
 	prefix string
 	n      atomic.Uint64
@@ -252,11 +251,6 @@ func NewLeaseIDs() *LeaseIDs {
 }
 
 // Next returns an ID no other call of Next, on any generator, returns.
-func (g *LeaseIDs) Next() LeaseID { return g.For(g.n.Add(1)) }
-
-// For returns the ID of n, for a holder that numbers its leases itself
-// (a dispatcher uses its jobs' sequence numbers): distinct n give
-// distinct IDs.
-func (g *LeaseIDs) For(n uint64) LeaseID {
-	return LeaseID(g.prefix + strconv.FormatUint(n, 36))
+func (g *LeaseIDs) Next() LeaseID {
+	return LeaseID(g.prefix + strconv.FormatUint(g.n.Add(1), 36))
 }
