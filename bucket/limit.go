@@ -36,6 +36,12 @@ type Limit struct {
 	// and gives back leases, and a Dispatcher does for its jobs. 0 caps
 	// nothing; at most MaxInflight.
 	Inflight int64
+	// FloorRate per FloorPeriod, if set, makes the limit learned: Rate per
+	// Period becomes a ceiling, and the key's rate follows what the
+	// service says of its own limit (Feedback), never below this floor.
+	// Both zero: the limit is fixed. WithFloor sets them.
+	FloorRate   int64
+	FloorPeriod time.Duration
 
 	unlimited bool
 }
@@ -86,6 +92,18 @@ func (l Limit) WithInflight(n int64) Limit {
 	return l
 }
 
+// WithFloor returns a copy of l that learns (Limit.FloorRate): its rate
+// is a ceiling, and what the service says of its own limit, fed back
+// with Limiter.Learn or by a Dispatcher, may slow the key down to n units
+// per period, no further. WithFloor(0, 0) makes the limit fixed again.
+func (l Limit) WithFloor(n int64, period time.Duration) Limit {
+	l.FloorRate, l.FloorPeriod = n, period
+	return l
+}
+
+// IsLearned reports whether l learns: whether it has a floor.
+func (l Limit) IsLearned() bool { return l.FloorRate != 0 }
+
 // IsUnlimited reports whether l is Unlimited.
 func (l Limit) IsUnlimited() bool { return l.unlimited }
 
@@ -110,11 +128,12 @@ func (l Limit) Validate() error {
 
 // driver returns l as backends see it.
 func (l *Limit) driver() driver.Limit {
-	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas, Inflight: l.Inflight}
+	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas, Inflight: l.Inflight,
+		FloorRate: l.FloorRate, FloorPeriod: l.FloorPeriod}
 }
 
 // String returns l in the textual form Parse reads, for example
-// "5/s burst=10 quota=1000/1h inflight=4".
+// "5/s burst=10 quota=1000/1h inflight=4 floor=1/s".
 func (l Limit) String() string {
 	if l.unlimited {
 		return "unlimited"
@@ -129,11 +148,13 @@ func (l Limit) String() string {
 //	100/1m burst=20
 //	5/s burst=10 quota=1000/1h quota=50000/1d
 //	10/s burst=2 inflight=5
+//	100/s floor=5/s
 //	unlimited
 //
 // P is a unit (s, m, h, d) or a Go duration with an optional day suffix
 // (100ms, 1h30m, 7d). The burst defaults to 1; inflight=N caps the key's
-// admissions in flight (Limit.Inflight). Errors match
+// admissions in flight (Limit.Inflight); floor=N/P makes the limit learned
+// (Limit.FloorRate). Errors match
 // ErrInvalidLimit and name the offending part.
 func Parse(s string) (Limit, error) {
 	fields := strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' })
@@ -172,8 +193,14 @@ func Parse(s string) (Limit, error) {
 				return Limit{}, &LimitError{Field: "Inflight", Reason: fmt.Sprintf("%q is not an integer", val)}
 			}
 			l.Inflight = n
+		case ok && name == "floor":
+			n, p, err := parseRate(val)
+			if err != nil {
+				return Limit{}, &LimitError{Field: "FloorRate", Reason: err.Error()}
+			}
+			l.FloorRate, l.FloorPeriod = n, p
 		default:
-			return Limit{}, &LimitError{Field: "Rate", Reason: fmt.Sprintf("unknown field %q (want burst=B, quota=N/P or inflight=N)", f)}
+			return Limit{}, &LimitError{Field: "Rate", Reason: fmt.Sprintf("unknown field %q (want burst=B, quota=N/P, inflight=N or floor=N/P)", f)}
 		}
 	}
 	if err := l.Validate(); err != nil {

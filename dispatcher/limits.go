@@ -24,15 +24,16 @@ type limits struct {
 }
 
 type limitKey struct {
-	rate, burst, inflight int64
-	period                time.Duration
-	quotas                *driver.Quota
-	n                     int
+	rate, burst, inflight, floorRate int64
+	period, floorPeriod              time.Duration
+	quotas                           *driver.Quota
+	n                                int
 }
 
 // intern returns the driver.Limit of lim, which is not unlimited.
 func (l *limits) intern(lim bucket.Limit) *driver.Limit {
-	k := limitKey{rate: lim.Rate, burst: lim.Burst, inflight: lim.Inflight, period: lim.Period, n: len(lim.Quotas)}
+	k := limitKey{rate: lim.Rate, burst: lim.Burst, inflight: lim.Inflight, floorRate: lim.FloorRate,
+		period: lim.Period, floorPeriod: lim.FloorPeriod, n: len(lim.Quotas)}
 	if k.n > 0 {
 		k.quotas = &lim.Quotas[0]
 	}
@@ -44,7 +45,8 @@ func (l *limits) intern(lim bucket.Limit) *driver.Limit {
 		if l.seen == nil || len(l.seen) >= maxLimits {
 			l.seen = make(map[limitKey]*driver.Limit)
 		}
-		p = &driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas, Inflight: lim.Inflight}
+		p = &driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas, Inflight: lim.Inflight,
+			FloorRate: lim.FloorRate, FloorPeriod: lim.FloorPeriod}
 		l.seen[k] = p
 	}
 	l.last, l.lastSeen = k, p

@@ -40,9 +40,9 @@ type Config struct {
 // Run runs the conformance suite: validation, burst and rate, atomic
 // refusal, booking ahead, rate and quotas under concurrency on one key and
 // on many, pause, refund, limits changing at runtime, keys of any bytes,
-// batches, idle expiry, and for a driver.LeaseBackend the inflight cap's
+// batches, idle expiry, for a driver.LeaseBackend the inflight cap's
 // leases (a backend that keeps none must refuse capped requests with
-// driver.ErrNoLeases). A failure names the request and what was wrong
+// driver.ErrNoLeases), and for a driver.LearnBackend learned limits. A failure names the request and what was wrong
 // with the backend's answer.
 func Run(t *testing.T, cfg Config) {
 	t.Helper()
@@ -74,6 +74,11 @@ func Run(t *testing.T, cfg Config) {
 		{"LeaseBatch", s.testLeaseBatch},
 		{"LeaseConcurrent", s.testLeaseConcurrent},
 		{"LeaseIdle", s.testLeaseIdle},
+		{"LearnValidation", s.testLearnValidation},
+		{"LearnAnnounced", s.testLearnAnnounced},
+		{"LearnThrottle", s.testLearnThrottle},
+		{"LearnRemaining", s.testLearnRemaining},
+		{"LearnConcurrent", s.testLearnConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.fn)

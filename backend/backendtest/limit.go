@@ -15,5 +15,6 @@ func Limit(l bucket.Limit) driver.Limit {
 	if l.IsUnlimited() {
 		panic("backendtest: Limit(bucket.Unlimited): no backend receives an unlimited limit")
 	}
-	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas, Inflight: l.Inflight}
+	return driver.Limit{Rate: l.Rate, Period: l.Period, Burst: l.Burst, Quotas: l.Quotas, Inflight: l.Inflight,
+		FloorRate: l.FloorRate, FloorPeriod: l.FloorPeriod}
 }

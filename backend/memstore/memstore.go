@@ -286,6 +286,26 @@ func (s *Store) Pause(_ context.Context, key string, d time.Duration) error {
 	return nil
 }
 
+// Learn implements driver.LearnBackend.
+func (s *Store) Learn(_ context.Context, key string, lim driver.Limit, fb driver.Feedback) (time.Duration, error) {
+	if s.closed.Load() {
+		return 0, driver.ErrClosed
+	}
+	if err := driver.CheckLearn(key, &lim, &fb); err != nil {
+		return 0, err
+	}
+	sh, h := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.get(h, key)
+	if e == nil {
+		e = &entry{key: key, seen: sh.swept}
+		sh.put(h, e)
+	}
+	e.seen = max(e.seen, s.ticks())
+	return driver.Learn(&e.State, &lim, &fb, time.Nanosecond, e.seen), nil
+}
+
 // sweep forgets every key whose bucket is equivalent to a fresh one. It
 // locks one shard at a time.
 func (s *Store) sweep() {
@@ -334,4 +354,5 @@ func (s *Store) Close() error {
 var (
 	_ driver.BatchBackend = (*Store)(nil)
 	_ driver.LeaseBackend = (*Store)(nil)
+	_ driver.LearnBackend = (*Store)(nil)
 )

@@ -131,7 +131,7 @@ func (r *Request) check() error {
 // when it reports false, check decides.
 func (r *Request) plainValid() bool {
 	l := &r.Limit
-	return r.Key != "" && r.Cost >= 1 && l.Burst >= r.Cost && len(l.Quotas) == 0 && l.Inflight == 0 &&
+	return r.Key != "" && r.Cost >= 1 && l.Burst >= r.Cost && len(l.Quotas) == 0 && l.Inflight == 0 && l.FloorRate == 0 &&
 		l.Rate >= 1 && l.Period > 0 && l.Period <= MaxDuration && burstFits(l.Burst, l.Period, l.Rate)
 }
 
@@ -149,6 +149,10 @@ type Decision struct {
 	Now int64
 	// Booking identifies the admission for Refund; zero when refused.
 	Booking Booking
+	// Interval is the emission interval the decision applied, in
+	// nanoseconds: the limit's own, or the slower one its key learned
+	// (Limit.FloorRate); 0 in a refusal at the cap.
+	Interval time.Duration
 	// AtCap reports a refusal because the key's limit caps its leases
 	// (Limit.Inflight) and as many are held; Wait is then the time until
 	// the first of them expires, unless its holder releases it sooner.

@@ -29,6 +29,12 @@ var (
 	// ErrNoLeases is returned by a backend that keeps no leases (not a
 	// LeaseBackend) for a request of a capped limit.
 	ErrNoLeases = errors.New("bucket: backend keeps no leases: it cannot apply an inflight cap")
+	// ErrInvalidFeedback is returned for a Feedback with a field out of
+	// range.
+	ErrInvalidFeedback = errors.New("bucket: invalid feedback")
+	// ErrNoLearning is returned by Learn on a backend that keeps no
+	// learned limits (not a LearnBackend).
+	ErrNoLearning = errors.New("bucket: backend keeps no learned limits")
 )
 
 // A LimitError reports an invalid Limit, naming the field.

@@ -26,6 +26,9 @@ type State struct {
 	Paused int64 // nothing starts before this time
 	Gen    int64 // counts admissions and refunds, so that a refund applies once, to the latest admission only
 	Quotas []QuotaState
+	// Learned is what a learned limit's key learned of the service's
+	// limit (Learn); nil: nothing.
+	Learned *Learned
 }
 
 // QuotaState is the per-slot usage of one quota, identified by its window.
@@ -55,6 +58,12 @@ type Terms struct {
 	// MaxWait is how far ahead the request may be booked: the request's
 	// MaxWait in ticks, rounded down, and 0 if it is negative.
 	MaxWait int64
+	// Interval is T, the limit's emission interval, and Floor its floor's
+	// (0 for a fixed limit). A key that learned a slower interval L
+	// (Learned.Effective) is charged Cost × L, at most Span (MaxDuration
+	// in ticks), and its capacity is Capacity, at most Span less that
+	// charge.
+	Interval, Floor, Span int64
 }
 
 // Terms returns req's terms in ticks of unit, for a valid request.
@@ -65,7 +74,11 @@ func (r *Request) Terms(unit time.Duration) Terms {
 	u := int64(unit)
 	t, span, maxWait := r.interval(u)
 	charge, capacity := r.charge(t, span)
-	return Terms{Charge: charge, Capacity: capacity, MaxWait: maxWait}
+	var floor int64
+	if r.Limit.Learned() {
+		_, floor = r.Limit.ticks(u)
+	}
+	return Terms{Charge: charge, Capacity: capacity, MaxWait: maxWait, Interval: t, Floor: floor, Span: span}
 }
 
 // interval returns T, the span (MaxDuration) and the request's MaxWait in
@@ -119,6 +132,15 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 	c := req.Cost
 	t, span, maxWait := req.interval(u)
 	charge, capacity := req.charge(t, span)
+	if st.Learned != nil && lim.Learned() {
+		// A slower interval charges more; the capacity stays the
+		// limit's own, so that the limit's rate is never exceeded and a
+		// slower key is paced rather than let through in bursts.
+		if lt := learned(st, lim, t, now, u); lt != t {
+			t, charge = lt, mulClamp(c, lt, span)
+			capacity = min(capacity, span-charge)
+		}
+	}
 	start := max(now, st.TAT-capacity, st.Paused)
 	if len(st.Quotas)|len(lim.Quotas) != 0 {
 		syncQuotas(st, lim, u)
@@ -133,7 +155,7 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 	// Decisions are built whole at return: filling one in field by field
 	// costs store-forwarding stalls on the hot path.
 	if start-now > maxWait {
-		return Decision{Wait: time.Duration((start - now) * u), Now: now * u}, nil
+		return Decision{Wait: time.Duration((start - now) * u), Now: now * u, Interval: time.Duration(t * u)}, nil
 	}
 	prev := st.TAT
 	st.TAT = max(st.TAT, start) + charge
@@ -143,11 +165,24 @@ func Decide(st *State, req *Request, unit time.Duration, now int64) (Decision, e
 		q.add(floorDiv(start, SlotWidth(q.Window)), c)
 	}
 	return Decision{
-		Allowed: true,
-		Wait:    time.Duration((start - now) * u),
-		Now:     now * u,
-		Booking: Booking{TAT: st.TAT, Prev: prev, Gen: st.Gen},
+		Allowed:  true,
+		Wait:     time.Duration((start - now) * u),
+		Now:      now * u,
+		Booking:  Booking{TAT: st.TAT, Prev: prev, Gen: st.Gen},
+		Interval: time.Duration(t * u),
 	}, nil
+}
+
+// learned returns the interval a decision at now applies to a key of a
+// learned limit that learned something, and forgets it once expired.
+func learned(st *State, lim *Limit, t, now, u int64) int64 {
+	l := st.Learned
+	if now >= l.Until && now >= l.PaceUntil {
+		st.Learned = nil
+		return t
+	}
+	_, floor := lim.ticks(u)
+	return l.Effective(t, floor, now)
 }
 
 // Refund gives back the admission d of req, with the semantics of
@@ -183,6 +218,9 @@ func Pause(st *State, until int64) {
 // backend may forget the key then.
 func FreshAt(st *State) int64 {
 	fresh := max(st.TAT, st.Paused)
+	if l := st.Learned; l != nil {
+		fresh = max(fresh, l.Until, l.PaceUntil)
+	}
 	for _, q := range st.Quotas {
 		if n := len(q.Slots); n > 0 {
 			w := SlotWidth(q.Window)

@@ -81,6 +81,10 @@ func count(t *testing.T, st *driver.State, lim bucket.Limit, tries int) int {
 func cloneState(st *driver.State) *driver.State {
 	c := *st
 	c.Quotas = slices.Clone(st.Quotas)
+	if st.Learned != nil {
+		l := *st.Learned
+		c.Learned = &l
+	}
 	for i := range c.Quotas {
 		c.Quotas[i].Slots = slices.Clone(c.Quotas[i].Slots)
 	}

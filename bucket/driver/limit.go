@@ -28,6 +28,12 @@ type Limit struct {
 	// Inflight, if positive, caps the key's admissions holding a lease at
 	// once (LeaseBackend); 0 caps nothing.
 	Inflight int64
+	// FloorRate per FloorPeriod, if set, makes the limit learned: the
+	// key's rate follows what the service says of its own limit (Learn),
+	// between Rate per Period, the ceiling, and this floor. Both zero: the
+	// limit is fixed, and Learn changes nothing but pauses.
+	FloorRate   int64
+	FloorPeriod time.Duration
 }
 
 // MaxInflight bounds Limit.Inflight: each held lease is state the backend
@@ -68,6 +74,9 @@ func (l Limit) Validate() error {
 	case len(l.Quotas) > MaxQuotas:
 		return &LimitError{Field: "Quotas", Reason: fmt.Sprintf("at most %d, got %d", MaxQuotas, len(l.Quotas))}
 	}
+	if err := l.validFloor(); err != nil {
+		return err
+	}
 	for i, q := range l.Quotas {
 		field := "Quotas[" + strconv.Itoa(i) + "]"
 		switch {
@@ -96,7 +105,7 @@ func burstFits(burst int64, period time.Duration, rate int64) bool {
 }
 
 // String returns l in the textual form bucket.Parse reads, for example
-// "5/s burst=10 quota=1000/1h inflight=4".
+// "5/s burst=10 quota=1000/1h inflight=4 floor=1/s".
 func (l Limit) String() string {
 	var b strings.Builder
 	b.WriteString(rateString(l.Rate, l.Period))
@@ -111,6 +120,10 @@ func (l Limit) String() string {
 	if l.Inflight > 0 {
 		b.WriteString(" inflight=")
 		b.WriteString(strconv.FormatInt(l.Inflight, 10))
+	}
+	if l.Learned() {
+		b.WriteString(" floor=")
+		b.WriteString(rateString(l.FloorRate, l.FloorPeriod))
 	}
 	return b.String()
 }

@@ -25,6 +25,10 @@ type Target struct {
 	Admit  func(req driver.Request, now int64) (driver.Decision, int64, error)
 	Refund func(req driver.Request, d driver.Decision, now int64) (int64, error)
 	Pause  func(key string, d time.Duration, now int64) (int64, error)
+	// Learn, if set, learns fb for key under lim (a driver.LearnBackend)
+	// and returns the interval the key applies from now; Sequences then
+	// gives some limits a floor and learns from random feedback.
+	Learn func(key string, lim driver.Limit, fb driver.Feedback, now int64) (time.Duration, int64, error)
 	// Forget, if set, drops key's state after its sequence.
 	Forget func(key string)
 }
@@ -41,6 +45,11 @@ func Sequences(t *testing.T, tg Target, sequences, steps int) {
 		rng := rand.New(rand.NewPCG(uint64(seq), 7))
 		key := fmt.Sprint("parity-", seq)
 		limits := []bucket.Limit{RandomLimit(rng), RandomLimit(rng), RandomLimit(rng)}
+		if tg.Learn != nil {
+			for i := range 2 {
+				limits[i] = WithRandomFloor(rng, limits[i])
+			}
+		}
 		// Quotas sharing windows across limits exercise matching by window.
 		if len(limits[0].Quotas) > 0 && len(limits[1].Quotas) > 0 {
 			w := limits[0].Quotas[0].Window
@@ -94,6 +103,15 @@ func Sequences(t *testing.T, tg Target, sequences, steps int) {
 				count["refunds"]++
 				fresh, err := tg.Refund(b.req, b.d, now)
 				require.NoError(t, err, "%s: refund", where)
+				goFresh, gotFresh = driver.FreshAt(&st), fresh
+			case tg.Learn != nil && p < 95 && lim.IsLearned():
+				dl := backendtest.Limit(lim)
+				fb := RandomFeedback(rng, st.Gen)
+				want := driver.Learn(&st, &dl, &fb, time.Microsecond, now)
+				got, fresh, err := tg.Learn(key, dl, fb, now)
+				require.NoError(t, err, "%s: learn", where)
+				require.Equal(t, want, got, "%s: Learn(%v, %+v): Go's interval (expected), the backend's (actual)", where, lim, fb)
+				count["learned"]++
 				goFresh, gotFresh = driver.FreshAt(&st), fresh
 			case p < 92:
 				d := time.Duration(rng.Int64N(int64(2 * time.Second)))
@@ -180,6 +198,37 @@ func RandomLimit(rng *rand.Rand) bucket.Limit {
 		lim = lim.WithQuota(1+rng.Int64N(60), windows[i])
 	}
 	return lim
+}
+
+// WithRandomFloor returns lim learning down to a floor from its own rate
+// to a thousand times slower, periods not whole microseconds included.
+func WithRandomFloor(rng *rand.Rand, lim bucket.Limit) bucket.Limit {
+	periods := []time.Duration{lim.Period, 2 * lim.Period, 1000 * lim.Period, lim.Period + 999}
+	p := periods[rng.IntN(len(periods))]
+	return lim.WithFloor(max(1, lim.Rate*int64(lim.Period/time.Nanosecond)/int64(p)/(1+rng.Int64N(4))), p)
+}
+
+// RandomFeedback returns a valid Feedback: a throttle (of an admission
+// whose Gen is up to gen, or unknown), an announced interval, remaining
+// units, or several of them, with TTLs short enough to expire within a
+// sequence.
+func RandomFeedback(rng *rand.Rand, gen int64) driver.Feedback {
+	var fb driver.Feedback
+	switch rng.IntN(4) {
+	case 0:
+		fb.Throttled, fb.Gen = true, rng.Int64N(gen+1)
+	case 1:
+		fb.Interval = time.Duration(1 + rng.Int64N(int64(200*time.Millisecond)))
+	case 2:
+		fb.HasRemaining, fb.Remaining, fb.Reset = true, rng.Int64N(5), time.Duration(rng.Int64N(int64(time.Second)))
+	default:
+		fb.Throttled = true
+		fb.HasRemaining, fb.Remaining, fb.Reset = true, 1+rng.Int64N(50), time.Duration(1+rng.Int64N(int64(time.Second)))
+	}
+	if rng.IntN(2) == 0 {
+		fb.TTL = time.Duration(1 + rng.Int64N(int64(3*time.Second)))
+	}
+	return fb
 }
 
 // MaxCost returns a cost that lim admits: at most 3.
