@@ -22,6 +22,12 @@ var (
 	ErrEmptyKey = driver.ErrEmptyKey
 	// ErrClosed is returned by a backend after Close.
 	ErrClosed = driver.ErrClosed
+	// ErrInvalidFeedback is returned for a Feedback with a field out of
+	// range.
+	ErrInvalidFeedback = driver.ErrInvalidFeedback
+	// ErrNoLearning is returned by Learn when the backend keeps no
+	// learned limits.
+	ErrNoLearning = driver.ErrNoLearning
 )
 
 // A LimitError reports an invalid Limit: its Field ("Rate", "Burst",

@@ -171,6 +171,8 @@ func TestParse(t *testing.T) {
 		{"5/s burst=2 burst=3", bucket.PerSecond(5).WithBurst(3)},
 		{"10/s burst=2 inflight=5", bucket.PerSecond(10).WithBurst(2).WithInflight(5)},
 		{"10/s inflight=0", bucket.PerSecond(10)},
+		{"100/s floor=5/s", bucket.PerSecond(100).WithFloor(5, time.Second)},
+		{"100/s floor=100/s", bucket.PerSecond(100).WithFloor(100, time.Second)},
 	}
 	for _, tt := range good {
 		got, err := bucket.Parse(tt.in)
@@ -218,6 +220,10 @@ func TestParse(t *testing.T) {
 		{"5/s inflight=x", "Inflight", `"x"`},
 		{"5/s inflight=-1", "Inflight", "-1"},
 		{"5/s inflight=10001", "Inflight", "10001"},
+		{"5/s floor=10/s", "FloorRate", "faster than the rate"},
+		{"5/s floor=x", "FloorRate", `"x"`},
+		{"5/s floor=0/s", "FloorRate", "at least 1"},
+		{"5/s floor=1/11y", "FloorRate", "11y"},
 	}
 	for _, tt := range bad {
 		l, err := bucket.Parse(tt.in)
@@ -240,6 +246,7 @@ func TestStringRoundTrip(t *testing.T) {
 		{bucket.PerSecond(5).WithBurst(10).WithQuota(1000, time.Hour).WithQuota(50000, 24*time.Hour),
 			"5/s burst=10 quota=1000/h quota=50000/d"},
 		{bucket.PerSecond(5).WithQuota(1000, time.Hour).WithInflight(4), "5/s quota=1000/h inflight=4"},
+		{bucket.PerSecond(50).WithFloor(1, time.Minute), "50/s floor=1/m"},
 		{bucket.Unlimited, "unlimited"},
 		{bucket.Every(100*time.Millisecond, 3), "3/100ms"},
 		{bucket.Every(48*time.Hour, 7), "7/2d"},

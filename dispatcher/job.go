@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
 	"github.com/leakybucket/leakybucket/jobinfo"
 )
@@ -56,7 +57,7 @@ type job[T, R any] struct {
 	// The admission, from when it is decided until the job runs: what a
 	// refund needs (driver.Decision's start and booking, and the limit,
 	// shared with the key's other jobs), and when the job may start.
-	lim       *driver.Limit
+	lim       *limit
 	booking   driver.Booking
 	start     int64 // the admitted start, in the backend's time base
 	slot      int64 // dispatcher clock at which the job may start; 0 if not admitted by a bucket
@@ -89,13 +90,19 @@ type job[T, R any] struct {
 // job's parent, that answers for the job's key and attempt at that run.
 type rerunContext struct {
 	context.Context
-	cancel context.CancelFunc
-	info   jobinfo.Info
+	cancel   context.CancelFunc
+	info     jobinfo.Info
+	reporter bucket.Reporter // the job, if its limit learns
 }
 
 func (c *rerunContext) Value(key any) any {
-	if _, ok := key.(jobinfo.ContextKey); ok {
+	switch key.(type) {
+	case jobinfo.ContextKey:
 		return &c.info
+	case bucket.ReporterKey:
+		if c.reporter != nil {
+			return c.reporter
+		}
 	}
 	return c.Context.Value(key)
 }
@@ -128,7 +135,7 @@ func (j *job[T, R]) runAgain() {
 	}
 	ctx, cancel := context.WithCancel(j.parent)
 	j.rerun = &rerunContext{Context: ctx, cancel: cancel,
-		info: jobinfo.Info{Key: j.info.Key, Attempt: attempt}}
+		info: jobinfo.Info{Key: j.info.Key, Attempt: attempt}, reporter: j.reporter()}
 }
 
 // runInfo returns the Info of j's current (or next) run: written only
@@ -173,10 +180,35 @@ func (j *job[T, R]) Deadline() (time.Time, bool) { return j.parent.Deadline() }
 // Value answers jobinfo.ContextKey itself, so that a handler's context
 // carries its job's key and attempt without a value of its own.
 func (j *job[T, R]) Value(key any) any {
-	if _, ok := key.(jobinfo.ContextKey); ok {
+	switch key.(type) {
+	case jobinfo.ContextKey:
 		return &j.info
+	case bucket.ReporterKey:
+		if r := j.reporter(); r != nil {
+			return r
+		}
 	}
 	return j.parent.Value(key)
+}
+
+// reporter returns j as the bucket.Reporter of its run if its limit
+// learns, else nil.
+func (j *job[T, R]) reporter() bucket.Reporter {
+	if j.lim == nil || j.lim.learner == nil {
+		return nil
+	}
+	return j
+}
+
+// Report implements bucket.Reporter for j's run: its key's bucket learns
+// fb, for the admission the run had (its booking's generation: answers
+// to admissions decided before the key's last drop drop nothing again).
+// Called by the handler, during its run.
+func (j *job[T, R]) Report(_ context.Context, fb bucket.Feedback) bool {
+	if j.lim == nil || j.lim.learner == nil {
+		return false
+	}
+	return j.lim.learner.learn(j.info.Key, &j.lim.Limit, j.booking.Gen, fb, j.stats)
 }
 
 func (j *job[T, R]) Done() <-chan struct{} {

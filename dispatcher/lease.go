@@ -38,7 +38,7 @@ func (s *scheduler[T, R]) leaseID(j *job[T, R]) driver.LeaseID {
 // fillRequest writes the request of j's latest admission, under its
 // limit j.lim, to r, a zero Request.
 func (s *scheduler[T, R]) fillRequest(r *driver.Request, j *job[T, R]) {
-	r.Key, r.Limit, r.Cost = j.info.Key, *j.lim, j.cost
+	r.Key, r.Limit, r.Cost = j.info.Key, j.lim.Limit, j.cost
 	if j.lim.Inflight > 0 {
 		r.Lease, r.LeaseTTL = s.leaseID(j), s.d.cfg.leaseTTL
 	}

@@ -19,8 +19,18 @@ const maxLimits = 256
 // scheduler's mu.
 type limits struct {
 	last     limitKey
-	lastSeen *driver.Limit
-	seen     map[limitKey]*driver.Limit
+	lastSeen *limit
+	seen     map[limitKey]*limit
+	learner  *learner // nil if the backend keeps no learned limits
+}
+
+// A limit is an interned driver.Limit, with the learner its jobs' handlers
+// report feedback to if it learns (it has a floor and the backend keeps
+// learned limits): a job reaches the dispatcher through it, at no cost to
+// the job's size.
+type limit struct {
+	driver.Limit
+	learner *learner
 }
 
 type limitKey struct {
@@ -31,7 +41,7 @@ type limitKey struct {
 }
 
 // intern returns the driver.Limit of lim, which is not unlimited.
-func (l *limits) intern(lim bucket.Limit) *driver.Limit {
+func (l *limits) intern(lim bucket.Limit) *limit {
 	k := limitKey{rate: lim.Rate, burst: lim.Burst, inflight: lim.Inflight, floorRate: lim.FloorRate,
 		period: lim.Period, floorPeriod: lim.FloorPeriod, n: len(lim.Quotas)}
 	if k.n > 0 {
@@ -43,10 +53,13 @@ func (l *limits) intern(lim bucket.Limit) *driver.Limit {
 	p := l.seen[k]
 	if p == nil {
 		if l.seen == nil || len(l.seen) >= maxLimits {
-			l.seen = make(map[limitKey]*driver.Limit)
+			l.seen = make(map[limitKey]*limit)
 		}
-		p = &driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas, Inflight: lim.Inflight,
-			FloorRate: lim.FloorRate, FloorPeriod: lim.FloorPeriod}
+		p = &limit{Limit: driver.Limit{Rate: lim.Rate, Period: lim.Period, Burst: lim.Burst, Quotas: lim.Quotas, Inflight: lim.Inflight,
+			FloorRate: lim.FloorRate, FloorPeriod: lim.FloorPeriod}}
+		if lim.IsLearned() {
+			p.learner = l.learner
+		}
 		l.seen[k] = p
 	}
 	l.last, l.lastSeen = k, p

@@ -174,6 +174,9 @@ func (s *scheduler[T, R]) apply(batch []driver.Admission, asked []*keyState[T, R
 				s.leased[j] = struct{}{} // renewed until it runs out (renewLeases)
 			}
 			j.start, j.booking = a.Decision.Start(), a.Decision.Booking
+			if k.stats != nil {
+				k.stats.interval.Store(int64(a.Decision.Interval))
+			}
 			j.slot = before + int64(a.Decision.Wait)
 			if a.Decision.Wait <= 0 {
 				s.hand(k, j)

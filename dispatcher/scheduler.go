@@ -129,6 +129,9 @@ func newScheduler[T, R any](d *Dispatcher[T, R]) *scheduler[T, R] {
 		seed:    maphash.MakeSeed(),
 	}
 	s.leases, _ = s.backend.(driver.LeaseBackend)
+	if lb, ok := s.backend.(driver.LearnBackend); ok {
+		s.limits.learner = &learner{backend: lb, base: d.base, stats: &d.stats}
+	}
 	s.leasePrefix = string(driver.NewLeaseID()) + "."
 	s.leased = make(map[*job[T, R]]struct{})
 	s.renewStop, s.renewDone = make(chan struct{}), make(chan struct{})

@@ -40,6 +40,9 @@ type Stats struct {
 	// TTL, or the backend lost them), and another holder may have taken
 	// the place while the handler ran.
 	LeasesLost int64
+	// Learned counts the feedback keys of learned limits took from their
+	// handlers (bucket.Report, middleware.CheckResponse).
+	Learned int64
 
 	RoundTrips       int64 // admission batches sent to the backend (see Histograms)
 	BackendErrors    int64 // admissions the backend failed to decide (retried later)
@@ -56,7 +59,11 @@ type KeyStats struct {
 	Submitted, Succeeded, Failed, Cancelled, Retried int64
 	Throttled                                        int64 // admissions its bucket refused
 	Late                                             int64 // admissions given back because the job reached a worker late
-	AdmissionWait                                    Percentiles
+	// Interval is the emission interval the key's bucket applied at its
+	// latest admission or feedback: its limit's own, or the slower one it
+	// learned (bucket.Limit.WithFloor). 0 before any.
+	Interval      time.Duration
+	AdmissionWait Percentiles
 }
 
 // Percentiles summarise durations. They are read from histograms: the
@@ -84,6 +91,7 @@ func (d *Dispatcher[T, R]) Stats() Stats {
 		Paused:        c.paused.Load(),
 		AtCap:         c.atCap.Load(),
 		LeasesLost:    c.leasesLost.Load(),
+		Learned:       c.learned.Load(),
 		BackendErrors: c.backendErrors.Load(),
 	}
 	for i := range c.roundTrips.counts {
@@ -144,6 +152,7 @@ func (d *Dispatcher[T, R]) KeyStats(key string) (KeyStats, bool) {
 		Retried:       c.retried.Load(),
 		Throttled:     c.throttled.Load(),
 		Late:          c.late.Load(),
+		Interval:      time.Duration(c.interval.Load()),
 		AdmissionWait: c.wait.sum().percentiles(),
 	}, true
 }
@@ -160,7 +169,7 @@ type counters struct {
 	jobCounters
 	requeued, backendErrors     atomic.Int64
 	admitted, throttled, paused atomic.Int64
-	atCap, leasesLost           atomic.Int64
+	atCap, leasesLost, learned  atomic.Int64
 	roundTrips                  histogram // by the scheduler's rounds, at most rounds at once
 
 	mu             sync.Mutex
@@ -188,8 +197,8 @@ func (c *counters) setBackendErr(err error) {
 // keyCounters are one key's figures, kept with its queue: about 1.3 KiB.
 type keyCounters struct {
 	jobCounters
-	throttled, late atomic.Int64
-	wait            keyHistogram
+	throttled, late, interval atomic.Int64
+	wait                      keyHistogram
 }
 
 var (

@@ -59,11 +59,18 @@ func FromResponse(resp *http.Response) error {
 	if resp == nil {
 		return nil
 	}
+	err, _ := fromSignal(resp, limitheader.Parse(resp))
+	return err
+}
+
+// fromSignal is FromResponse on resp's headers read into sig. It reports
+// too whether the delay is DefaultRetryAfter, for want of one in the
+// headers.
+func fromSignal(resp *http.Response, sig limitheader.Signal) (error, bool) {
 	code := resp.StatusCode
 	if code != http.StatusTooManyRequests && code != http.StatusServiceUnavailable && code != http.StatusForbidden {
-		return nil
+		return nil, false
 	}
-	sig := limitheader.Parse(resp)
 	d, ok := retryAfter(sig)
 	switch {
 	case code == http.StatusTooManyRequests, code == http.StatusForbidden && sig.Exhausted():
@@ -74,10 +81,11 @@ func FromResponse(resp *http.Response) error {
 		// Only Retry-After makes a 503 or a 403 a request to come back: the
 		// other headers come with every answer, whatever its reason.
 		d = min(sig.RetryAfter, MaxRetryAfter)
+		ok = true
 	default:
-		return nil
+		return nil, false
 	}
-	return &RetryAfterError{Delay: d, Err: &StatusError{StatusCode: code, Status: resp.Status}}
+	return &RetryAfterError{Delay: d, Err: &StatusError{StatusCode: code, Status: resp.Status}}, !ok
 }
 
 // ParseRetryAfter reads how long h asks the client to wait, measuring

@@ -20,7 +20,9 @@ import (
 // called; other errors from the limiter are returned wrapped, naming the
 // key. Its cost is one Limiter.Wait: a backend round trip plus the wait.
 // It is safe for concurrent use, as the Limiter is. It panics if lim is
-// nil.
+// nil. A call whose key's limit learns (bucket.Limit.WithFloor) gets a
+// context that takes the feedback CheckResponse reports, for
+// Limiter.Learn.
 //
 // A dispatcher admits jobs through its own limiter before they take a
 // worker; do not add RateLimit to a dispatcher's handler for the same
@@ -41,7 +43,22 @@ func RateLimit(lim *bucket.Limiter) Middleware {
 			if err := lim.Wait(ctx, info.Key); err != nil {
 				return fmt.Errorf("middleware: rate limit of key %q: %w", info.Key, err)
 			}
+			if lim.Limit(info.Key).IsLearned() {
+				ctx = bucket.NewReporterContext(ctx, learning{lim, info.Key})
+			}
 			return next(ctx)
 		}
 	}
+}
+
+// learning reports a call's feedback to its key's bucket in a Limiter
+// (Limiter.Learn), for RateLimit.
+type learning struct {
+	lim *bucket.Limiter
+	key string
+}
+
+func (l learning) Report(ctx context.Context, fb bucket.Feedback) bool {
+	_, err := l.lim.Learn(context.WithoutCancel(ctx), l.key, fb)
+	return err == nil
 }
