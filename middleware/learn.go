@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/bits"
 	"net/http"
+	"time"
 
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/limitheader"
@@ -38,13 +39,20 @@ func CheckResponse(ctx context.Context, resp *http.Response) error {
 	return &RetryAfterError{Delay: 0, Err: ra.Err}
 }
 
+// MinPaceReset is the shortest reset by which Feedback paces a key's
+// remaining units. Headers give resets in whole seconds: one second's
+// rounding up of a reset under ten would slow the key by more than 10%.
+// A quota with no units left makes the key wait for its reset, however
+// short.
+const MinPaceReset = 10 * time.Second
+
 // Feedback returns what sig says of the service's limit, for a learned
 // limit to follow: the slowest of its policies that count requests and
 // give a window, and the slowest pace its remaining units set (the fewest
-// units per time left; a quota with none left makes the key wait for its
-// reset). Throttled is left false: whether an answer is a refusal is the
-// status code's to say (CheckResponse sets it for a 429 that gives no
-// delay).
+// units per time left, with resets of at least MinPaceReset; a quota with
+// none left makes the key wait for its reset). Throttled is left false:
+// whether an answer is a refusal is the status code's to say
+// (CheckResponse sets it for a 429 that gives no delay).
 func Feedback(sig limitheader.Signal) bucket.Feedback {
 	var fb bucket.Feedback
 	for _, p := range sig.Policies {
@@ -57,7 +65,7 @@ func Feedback(sig limitheader.Signal) bucket.Feedback {
 		}
 	}
 	for _, r := range sig.Remaining {
-		if !r.HasUnits || !r.HasReset || r.Reset <= 0 {
+		if !r.HasUnits || !r.HasReset || r.Reset <= 0 || r.Units > 0 && r.Reset < MinPaceReset {
 			continue
 		}
 		// Slower: more time per unit left, Reset/Units, none left slowest.

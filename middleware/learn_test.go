@@ -65,7 +65,7 @@ func TestCheckResponse(t *testing.T) {
 	// A success announcing its policy and what is left: reported, no
 	// error.
 	learning.got = nil
-	ok := response(http.StatusOK, "RateLimit-Policy", `"burst";q=100;w=60, "day";q=1000;w=86400`, "RateLimit", `"burst";r=50;t=30`)
+	ok := response(http.StatusOK, "RateLimit-Policy", `"burst";q=100;w=60, "day";q=1000;w=86400`, "RateLimit", `"burst";r=50;t=30, "day";r=900;t=9`)
 	require.NoError(t, middleware.CheckResponse(ctx, ok))
 	assert.Equal(t, []bucket.Feedback{{Quota: 1000, Window: 24 * time.Hour, Remaining: 50, Reset: 30 * time.Second, HasRemaining: true}}, learning.got)
 
