@@ -35,6 +35,8 @@ func runChild() {
 		err = postgresChild(childPath, postgresSchema(os.Getppid()), os.Stdin, os.Stdout)
 	case "inflight-redis":
 		err = inflightRedisChild(childPath, os.Stdin, os.Stdout)
+	case "learn":
+		err = learnChild(childPath, os.Stdin, os.Stdout)
 	case "stall-ours", "stall-anchor":
 		err = stallChild(childRole == "stall-ours", os.Stdin, os.Stdout)
 	default:

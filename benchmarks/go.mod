@@ -10,6 +10,8 @@ replace github.com/leakybucket/leakybucket/exporters/prometheus => ../exporters/
 
 require (
 	github.com/alitto/pond/v2 v2.7.1
+	github.com/aws/aws-sdk-go-v2 v1.48.0
+	github.com/aws/smithy-go v1.28.9
 	github.com/go-redis/redis_rate/v10 v10.0.1
 	github.com/jackc/pgx/v5 v5.13.0
 	github.com/leakybucket/leakybucket v0.0.0

@@ -35,6 +35,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/leakybucket/leakybucket/internal/limitmock"
 )
 
 // A comparison is one line of SPEC §8: it runs its contenders and reports
@@ -84,6 +86,12 @@ var comparisons = []comparison{
 	{"inflight/memstore/dispatchers=1", inflightMem(1)},
 	{"inflight/memstore/dispatchers=4", inflightMem(4)},
 	{"inflight/redis/procs=4", inflightRedis(4)},
+	{"learn/memstore/headers=ietf", learnCompare("memstore", 1, limitmock.IETF)},
+	{"learn/memstore/headers=github", learnCompare("memstore", 1, limitmock.GitHub)},
+	{"learn/memstore/headers=none", learnCompare("memstore", 1, limitmock.None)},
+	{"learn/redis/procs=3/headers=ietf", learnCompare("redis", 3, limitmock.IETF)},
+	{"learn/redis/procs=3/headers=github", learnCompare("redis", 3, limitmock.GitHub)},
+	{"learn/redis/procs=3/headers=none", learnCompare("redis", 3, limitmock.None)},
 }
 
 // A Measurement is one figure of ours beside the anchor's.
