@@ -161,8 +161,9 @@ type collector struct {
 
 	submitted, completed, retried, requeued metric.Int64ObservableCounter
 	admissions, roundTrips, backendErrors   metric.Int64ObservableCounter
-	leasesLost                              metric.Int64ObservableCounter
+	leasesLost, learned                     metric.Int64ObservableCounter
 	roundTripTime                           metric.Float64ObservableCounter
+	keyInterval                             metric.Float64ObservableGauge
 	queued, waiting, running                metric.Int64ObservableUpDownCounter
 	keySubmitted, keyCompleted, keyRetried  metric.Int64ObservableCounter
 	keyThrottled, keyLate                   metric.Int64ObservableCounter
@@ -237,12 +238,18 @@ func (c *collector) instruments(meter metric.Meter) ([]metric.Observable, error)
 	c.roundTripTime = roundTripTime
 	c.backendErrors = counter("leakybucket.backend.errors", "{error}", "Admissions the backend failed to decide (tried again later).")
 	c.leasesLost = counter("leakybucket.leases_lost", "{lease}", "Leases of running handlers a renewal found gone: another holder may have taken the place.")
+	c.learned = counter("leakybucket.learned", "{report}", "Reports of what a service said of its limit that keys of learned limits took from their handlers.")
 	if len(c.keys) > 0 {
 		c.keySubmitted = counter("leakybucket.per_key.submitted_jobs", "{job}", "A key's jobs accepted by Submit, for the keys configured.")
 		c.keyCompleted = counter("leakybucket.per_key.completed_jobs", "{job}", "A key's jobs resolved, by outcome, for the keys configured.")
 		c.keyRetried = counter("leakybucket.per_key.job.retries", "{retry}", "Times a key's job was queued again after a retry-after, for the keys configured.")
 		c.keyThrottled = counter("leakybucket.per_key.throttled_admissions", "{admission}", "A key's admissions its bucket refused, for the keys configured.")
 		c.keyLate = counter("leakybucket.per_key.late_admissions", "{admission}", "A key's admissions given back because the job reached its worker late, for the keys configured.")
+		keyInterval, err := meter.Float64ObservableGauge("leakybucket.per_key.interval", metric.WithUnit("s"),
+			metric.WithDescription("The emission interval a key's bucket applied at its latest admission or report: its limit's own, or the slower one it learned; for the keys configured, once they have one."))
+		errs = append(errs, err)
+		all = append(all, keyInterval)
+		c.keyInterval = keyInterval
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("otel: creating instruments: %w", err)
@@ -269,6 +276,7 @@ func (c *collector) observe(_ context.Context, o metric.Observer) error {
 	o.ObserveFloat64(c.roundTripTime, rt.Sum.Seconds(), c.plain...)
 	o.ObserveInt64(c.backendErrors, st.BackendErrors, c.plain...)
 	o.ObserveInt64(c.leasesLost, st.LeasesLost, c.plain...)
+	o.ObserveInt64(c.learned, st.Learned, c.plain...)
 
 	for i, key := range c.keys {
 		ks, ok := c.src.KeyStats(key)
@@ -283,6 +291,9 @@ func (c *collector) observe(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(c.keyRetried, ks.Retried, a.plain...)
 		o.ObserveInt64(c.keyThrottled, ks.Throttled, a.plain...)
 		o.ObserveInt64(c.keyLate, ks.Late, a.plain...)
+		if ks.Interval > 0 {
+			o.ObserveFloat64(c.keyInterval, ks.Interval.Seconds(), a.plain...)
+		}
 	}
 	return nil
 }

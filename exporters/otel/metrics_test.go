@@ -216,6 +216,10 @@ func TestRegisterMetrics(t *testing.T) {
 		ks, ok := d.KeyStats("a")
 		require.True(t, ok)
 		assert.Equal(t, ks.Late, value[int64](t, ms, "leakybucket.per_key.late_admissions", name, key))
+		gauge := ms["leakybucket.per_key.interval"].Data.(metricdata.Gauge[float64])
+		require.Len(t, gauge.DataPoints, 1, "key a's interval")
+		assert.Equal(t, 0.1, gauge.DataPoints[0].Value, "key a's 10/s")
+		assert.Zero(t, value[int64](t, ms, "leakybucket.learned", name), "a fixed limit learned")
 
 		// Every data point carries the dispatcher's name, and a key only
 		// on the per-key instruments, key a alone.
@@ -242,6 +246,10 @@ func attributeSets(t *testing.T, m metricdata.Metrics) []attribute.Set {
 			sets = append(sets, p.Attributes)
 		}
 	case metricdata.Sum[float64]:
+		for _, p := range data.DataPoints {
+			sets = append(sets, p.Attributes)
+		}
+	case metricdata.Gauge[float64]:
 		for _, p := range data.DataPoints {
 			sets = append(sets, p.Attributes)
 		}

@@ -87,11 +87,13 @@ type Collector struct {
 	roundTrip       *prometheus.Desc
 	backendErrors   *prometheus.Desc
 	leasesLost      *prometheus.Desc
+	learned         *prometheus.Desc
 	keySubmitted    *prometheus.Desc
 	keyCompleted    *prometheus.Desc
 	keyRetried      *prometheus.Desc
 	keyThrottled    *prometheus.Desc
 	keyLate         *prometheus.Desc
+	keyInterval     *prometheus.Desc
 }
 
 // NewCollector returns a Collector of src's figures, to register with a
@@ -146,11 +148,13 @@ func NewCollector(src Source, opts Options) (*Collector, error) {
 	c.roundTrip = desc("backend_round_trip_seconds", "Time the backend took to decide an admission batch; its count is the round trips.")
 	c.backendErrors = desc("backend_errors_total", "Admissions the backend failed to decide (tried again later).")
 	c.leasesLost = desc("leases_lost_total", "Leases of running handlers a renewal found gone: another holder may have taken the place.")
+	c.learned = desc("learned_total", "Reports of what a service said of its limit that keys of learned limits took from their handlers.")
 	c.keySubmitted = desc("key_jobs_submitted_total", "A key's jobs accepted by Submit, for the keys configured.", "key")
 	c.keyCompleted = desc("key_jobs_completed_total", "A key's jobs resolved, by outcome, for the keys configured.", "key", "outcome")
 	c.keyRetried = desc("key_jobs_retried_total", "Times a key's job was queued again after a retry-after, for the keys configured.", "key")
 	c.keyThrottled = desc("key_admissions_throttled_total", "A key's admissions its bucket refused, for the keys configured.", "key")
 	c.keyLate = desc("key_admissions_late_total", "A key's admissions given back because the job reached its worker late, for the keys configured.", "key")
+	c.keyInterval = desc("key_interval_seconds", "The emission interval a key's bucket applied at its latest admission or report: its limit's own, or the slower one it learned; for the keys configured, once they have one.", "key")
 	return c, nil
 }
 
@@ -177,13 +181,13 @@ func bounds(name string, upper, defaults []float64) ([]float64, []time.Duration,
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.submitted, c.completed, c.queued, c.waiting, c.running, c.retried, c.requeued,
-		c.admissions, c.wait, c.roundTrip, c.backendErrors, c.leasesLost,
+		c.admissions, c.wait, c.roundTrip, c.backendErrors, c.leasesLost, c.learned,
 	} {
 		ch <- d
 	}
 	if len(c.keys) > 0 {
 		for _, d := range []*prometheus.Desc{
-			c.keySubmitted, c.keyCompleted, c.keyRetried, c.keyThrottled, c.keyLate,
+			c.keySubmitted, c.keyCompleted, c.keyRetried, c.keyThrottled, c.keyLate, c.keyInterval,
 		} {
 			ch <- d
 		}
@@ -214,6 +218,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.admissions, st.AtCap, "at_cap")
 	counter(c.backendErrors, st.BackendErrors)
 	counter(c.leasesLost, st.LeasesLost)
+	counter(c.learned, st.Learned)
 	ch <- histogram(c.wait, hs.AdmissionWait, c.waitUpper, c.waitBounds)
 	ch <- histogram(c.roundTrip, hs.RoundTrip, c.roundTripUpper, c.roundTripBounds)
 
@@ -229,6 +234,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.keyRetried, ks.Retried, key)
 		counter(c.keyThrottled, ks.Throttled, key)
 		counter(c.keyLate, ks.Late, key)
+		if ks.Interval > 0 {
+			ch <- prometheus.MustNewConstMetric(c.keyInterval, prometheus.GaugeValue, ks.Interval.Seconds(), key)
+		}
 	}
 }
 

@@ -114,6 +114,8 @@ func TestCollectorScrape(t *testing.T) {
 	assert.Positive(t, value("leakybucket_admissions_total", "result", "throttled"), "30 jobs at 100/s with a burst of 1")
 	assert.EqualValues(t, 0, value("leakybucket_admissions_total", "result", "paused"))
 	assert.EqualValues(t, 0, value("leakybucket_backend_errors_total"))
+	assert.EqualValues(t, 0, value("leakybucket_learned_total"), "a fixed limit learned")
+	assert.EqualValues(t, 0.01, value("leakybucket_key_interval_seconds", "key", "a"), "key a's 100/s")
 
 	wait := metric(t, fams, "leakybucket_admission_wait_seconds").GetHistogram()
 	require.NotNil(t, wait, "leakybucket_admission_wait_seconds is a histogram")

@@ -15,8 +15,8 @@
 //     requests that could pass at once, this one included, and T the
 //     whole seconds until the meter is empty; a 429 has r=0.
 //   - GitHub: fixed windows of Window (10 s by default), aligned to whole
-//     Unix seconds, each allowing R × Window requests (R as when the
-//     window began, lowered at once if the limit falls); every answer has
+//     Unix seconds, each allowing R × Window requests (R the limit in
+//     force, so that a change applies at once); every answer has
 //     X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset (the
 //     window's end, Unix seconds); a 429 has Remaining 0. The meter is the
 //     window's count, not the GCRA.
@@ -89,7 +89,7 @@ type tenant struct {
 	tat      time.Duration // the GCRA's theoretical arrival time, since start
 	window   int64         // the GitHub window's index
 	used     int           // in it
-	quota    int           // its quota
+	quota    int           // its quota now
 	answered []Answer
 }
 
@@ -247,11 +247,10 @@ func (t *tenant) gcra(at time.Duration, rate int, slack time.Duration, ietf bool
 // github meters the fixed window at now and writes its headers.
 func (t *tenant) github(now time.Time, rate int, window time.Duration, h http.Header) bool {
 	w := now.UnixNano() / int64(window)
-	quota := rate * int(window/time.Second)
 	if w != t.window {
-		t.window, t.used, t.quota = w, 0, quota
+		t.window, t.used = w, 0
 	}
-	t.quota = min(t.quota, quota)
+	t.quota = rate * int(window/time.Second)
 	ok := t.used < t.quota
 	if ok {
 		t.used++
