@@ -14,11 +14,12 @@ import (
 	"github.com/leakybucket/leakybucket/internal/limitmock"
 )
 
-// The learn comparisons (issue 16) run three clients side by side, each
-// against a mock API of its own (internal/limitmock, the same
-// configuration for all three) whose per-tenant limit is hidden and
-// changes on learnSchedule, for learnTenants tenants, from procs child
-// processes, each with a pool of learnWorkers workers:
+// The learn comparisons (issue 16) run three clients, one after the
+// other (interleaved over the repetitions, as repeat does), each against
+// a fresh mock API (internal/limitmock, the same configuration for all)
+// whose per-tenant limit is hidden and changes on learnSchedule, for
+// learnTenants tenants, from procs child processes, each with a pool of
+// learnWorkers workers:
 //
 //   - ours: a Dispatcher on a learned limit (learnLimit: a ceiling of
 //     100/s, far above the true limit, and a floor of 1/s), its handler
@@ -83,18 +84,21 @@ func learnCompare(backend string, procs int, family limitmock.Family) func(r *re
 		defer stop()
 		res := map[string][]sample{}
 		for rep := range r.reps {
-			s := learnRunOnce(r.comparison, rep, children, family)
-			for k, v := range s {
-				res[k] = append(res[k], v)
+			for _, c := range learnContenders {
+				res[c.key] = append(res[c.key], learnRunOnce(r.comparison, rep, c.key, children, family))
 			}
 		}
 		learnReport(r, procs, family, res)
 	}
 }
 
-// learnRunOnce runs one repetition: three mock servers, the children
-// calling them until the run's end, and each contender's figures.
-func learnRunOnce(name string, rep int, children []*child, family limitmock.Family) map[string]sample {
+// learnRuns counts the runs of this process, so that each run's keys in
+// Redis are its own: what one run learned must not carry into the next.
+var learnRuns int
+
+// learnRunOnce runs one repetition of one contender: a mock server, the
+// children calling it until the run's end, and the contender's figures.
+func learnRunOnce(name string, rep int, contender string, children []*child, family limitmock.Family) sample {
 	start := time.Now()
 	if family == limitmock.GitHub {
 		// Start on a window's edge (the mock aligns its windows to Unix
@@ -103,24 +107,20 @@ func learnRunOnce(name string, rep int, children []*child, family limitmock.Fami
 		start = start.Truncate(learnGHWin).Add(learnGHWin)
 		time.Sleep(time.Until(start))
 	}
-	servers := make([]*limitmock.Server, len(learnContenders))
-	urls := make([]string, len(servers))
-	for i := range servers {
-		s, err := limitmock.Start(limitmock.Config{Schedule: learnSchedule, Headers: family,
-			Window: learnGHWin, Latency: func() time.Duration { return learnLatency }})
-		if err != nil {
-			panic(err)
-		}
-		defer s.Close()
-		servers[i], urls[i] = s, s.URL()
+	server, err := limitmock.Start(limitmock.Config{Schedule: learnSchedule, Headers: family,
+		Window: learnGHWin, Latency: func() time.Duration { return learnLatency }})
+	if err != nil {
+		panic(err)
 	}
-	// The servers' clocks started between start and now: an answer counts
+	defer server.Close()
+	// The server's clock started between start and now: an answer counts
 	// if it came before the run's end by the latest of them.
 	late := time.Since(start)
 	stopAt := start.Add(learnRun)
-	prefix := fmt.Sprintf("lbbench:%d:learn:%d:", os.Getpid(), rep)
+	learnRuns++
+	prefix := fmt.Sprintf("lbbench:%d:learn:%d:", os.Getpid(), learnRuns)
 	for _, c := range children {
-		c.say("run %d %s %s", stopAt.UnixNano(), prefix, strings.Join(urls, " "))
+		c.say("run %s %d %s %s", contender, stopAt.UnixNano(), prefix, server.URL())
 	}
 	var ours []learnOursReport
 	for _, c := range children {
@@ -135,26 +135,24 @@ func learnRunOnce(name string, rep int, children []*child, family limitmock.Fami
 	for _, st := range learnSchedule[1:] {
 		changes = append(changes, st.At)
 	}
-	out := make(map[string]sample, len(servers))
-	series := make([][]learnWindow, len(servers))
-	for i, s := range servers {
-		series[i] = learnSeries(s.Answers(), learnSchedule, learnTenants, learnSlice, learnRun-late)
-		out[learnContenders[i].key] = learnJudge(series[i], learnSlice, changes)
-	}
-	var learned, backendErrs int64
-	for _, o := range ours {
-		learned, backendErrs = learned+o.Learned, backendErrs+o.BackendErrors
-	}
-	out["ours"]["learned"] = float64(learned)
-	if backendErrs > 0 {
-		fmt.Fprintf(os.Stderr, "%s: our side counted %d backend errors\n", name, backendErrs)
+	series := learnSeries(server.Answers(), learnSchedule, learnTenants, learnSlice, learnRun-late)
+	s := learnJudge(series, learnSlice, changes)
+	if contender == "ours" {
+		var learned, backendErrs int64
+		for _, o := range ours {
+			learned, backendErrs = learned+o.Learned, backendErrs+o.BackendErrors
+		}
+		s["learned"] = float64(learned)
+		if backendErrs > 0 {
+			fmt.Fprintf(os.Stderr, "%s: our side counted %d backend errors\n", name, backendErrs)
+		}
 	}
 	if *learnSeriesTo != "" {
-		if err := appendLearnSeries(*learnSeriesTo, name, rep, series, ours[0].Intervals); err != nil {
+		if err := appendLearnSeries(*learnSeriesTo, name, rep, contender, series, ours[0].Intervals); err != nil {
 			fmt.Fprintf(os.Stderr, "benchmarks: -learn-series: %v\n", err)
 		}
 	}
-	return out
+	return s
 }
 
 // learnReport reports a learn comparison's samples: ours against each
@@ -202,31 +200,25 @@ func redisLearns(addr string) error {
 }
 
 // appendLearnSeries appends a run's windows to path as CSV: the
-// comparison, the repetition, the window's start in seconds, then for
-// each contender its 200s, its 429s and what the limit allowed, and our
-// side's learned interval of each tenant in ms, as the first child saw it.
-func appendLearnSeries(path, name string, rep int, series [][]learnWindow, intervals [][]float64) error {
+// comparison, the repetition, the contender, the window's start in
+// seconds, its 200s, its 429s and what the limit allowed, and for our side
+// each tenant's learned interval in ms at the window's end, as the first
+// child saw it.
+func appendLearnSeries(path, name string, rep int, contender string, series []learnWindow, intervals [][]float64) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
 	if st, err := f.Stat(); err == nil && st.Size() == 0 {
-		fmt.Fprint(f, "comparison,rep,t")
-		for _, c := range learnContenders {
-			fmt.Fprintf(f, ",%s_ok,%s_429,%s_allowed", c.key, c.key, c.key)
-		}
+		fmt.Fprint(f, "comparison,rep,contender,t,ok,429,allowed")
 		for i := range learnTenants {
-			fmt.Fprintf(f, ",ours_interval_ms_%d", i)
+			fmt.Fprintf(f, ",interval_ms_%d", i)
 		}
 		fmt.Fprintln(f)
 	}
-	for w := range series[0] {
-		fmt.Fprintf(f, "%s,%d,%.2f", name, rep, (time.Duration(w) * learnSlice).Seconds())
-		for _, s := range series {
-			fmt.Fprintf(f, ",%d,%d,%.2f", s[w].ok, s[w].refused, s[w].allowed)
-		}
+	for w, win := range series {
+		fmt.Fprintf(f, "%s,%d,%s,%.2f,%d,%d,%.2f", name, rep, contender, (time.Duration(w) * learnSlice).Seconds(), win.ok, win.refused, win.allowed)
 		for i := range learnTenants {
-			// The sample taken at the window's end.
 			if w < len(intervals) {
 				fmt.Fprintf(f, ",%.1f", intervals[w][i])
 			} else {

@@ -27,8 +27,8 @@ import (
 )
 
 // The client side of the learn comparisons: each contender's workers
-// calling one mock API for learnTenants tenants until a deadline. A child
-// process runs all three at once, each against a mock server of its own.
+// calling the mock API for learnTenants tenants until a deadline, in a
+// child process told which contender to run.
 
 // learnTenant names tenant i in the mock's URLs and in our keys.
 func learnTenant(i int) string { return fmt.Sprintf("tenant-%d", i) }
@@ -228,24 +228,39 @@ func learnAWS(ctx context.Context, url string) {
 	})
 }
 
-// learnChild serves a parent: for each line "run STOP_NS PREFIX OURS AWS
-// FIXED" it runs the three contenders at once, each against the mock at
-// its URL, until STOP_NS (Unix ns), our side on a fresh store (a memstore,
-// or Redis keys under PREFIX when backend is a Redis address), and
-// answers "done" and our side's report in JSON.
+// learnChild serves a parent: for each line "run CONTENDER STOP_NS PREFIX
+// URL" it runs the contender (ours, aws or fixed) against the mock at URL
+// until STOP_NS (Unix ns), our side on a fresh store (a memstore, or Redis
+// keys under PREFIX when backend is a Redis address), and answers "done"
+// and our side's report in JSON (empty for the others).
 func learnChild(backend string, in io.Reader, out io.Writer) error {
 	fmt.Fprintln(out, "ready")
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		var stop int64
-		if len(f) != 6 || f[0] != "run" {
+		if len(f) != 5 || f[0] != "run" {
 			return fmt.Errorf("bad command %q", sc.Text())
 		}
-		if _, err := fmt.Sscan(f[1], &stop); err != nil {
+		if _, err := fmt.Sscan(f[2], &stop); err != nil {
 			return fmt.Errorf("bad command %q: %v", sc.Text(), err)
 		}
-		rep, err := learnChildRun(backend, f[2], f[3:], time.Unix(0, stop))
+		ctx, cancel := context.WithDeadline(context.Background(), time.Unix(0, stop))
+		var (
+			rep learnOursReport
+			err error
+		)
+		switch url := f[4]; f[1] {
+		case "ours":
+			rep, err = learnOursOn(ctx, backend, f[3], url)
+		case "aws":
+			learnAWS(ctx, url)
+		case "fixed":
+			learnFixed(ctx, url, float64(learnSchedule[0].Rate))
+		default:
+			err = fmt.Errorf("unknown contender %q", f[1])
+		}
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -258,7 +273,11 @@ func learnChild(backend string, in io.Reader, out io.Writer) error {
 	return sc.Err()
 }
 
-func learnChildRun(backend, prefix string, urls []string, stop time.Time) (learnOursReport, error) {
+// learnOursOn runs our side on a fresh store: a memstore, or a redisstore
+// on the Redis at backend with its keys under prefix. One admission of a
+// key of its own first loads the Redis script and dials, so that the run
+// does not start cold.
+func learnOursOn(ctx context.Context, backend, prefix, url string) (learnOursReport, error) {
 	var store driver.Backend
 	if backend == "memstore" {
 		s, err := memstore.New(memstore.Options{})
@@ -281,16 +300,8 @@ func learnChildRun(backend, prefix string, urls []string, stop time.Time) (learn
 	if err != nil {
 		return learnOursReport{}, err
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), stop)
-	defer cancel()
-	var (
-		wg      sync.WaitGroup
-		rep     learnOursReport
-		oursErr error
-	)
-	wg.Go(func() { rep, oursErr = learnOurs(ctx, lim, urls[0]) })
-	wg.Go(func() { learnAWS(ctx, urls[1]) })
-	wg.Go(func() { learnFixed(ctx, urls[2], float64(learnSchedule[0].Rate)) })
-	wg.Wait()
-	return rep, oursErr
+	if _, err := lim.Allow(ctx, "warm-up"); err != nil {
+		return learnOursReport{}, err
+	}
+	return learnOurs(ctx, lim, url)
 }
