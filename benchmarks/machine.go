@@ -23,6 +23,7 @@ var anchors = []string{
 	"github.com/redis/go-redis/v9",
 	"modernc.org/sqlite",
 	"gonum.org/v1/plot",
+	"github.com/aws/aws-sdk-go-v2",
 }
 
 // printMachine writes what the figures depend on: the machine, its load,

@@ -1,8 +1,10 @@
 // Command benchmarks measures leakybucket side by side with the libraries
 // its users would pick instead (SPEC §8): golang.org/x/time/rate,
 // go.uber.org/ratelimit, github.com/alitto/pond/v2,
-// github.com/panjf2000/ants/v2, golang.org/x/sync/errgroup and
-// github.com/go-redis/redis_rate/v10, in one run on one machine.
+// github.com/panjf2000/ants/v2, golang.org/x/sync/errgroup,
+// github.com/go-redis/redis_rate/v10 and the AWS SDK v2's adaptive retry
+// mode (github.com/aws/aws-sdk-go-v2/aws/retry), in one run on one
+// machine.
 //
 //	cd benchmarks && go run .                 # every comparison, as a table
 //	go run . -json                            # one JSON object per measurement
@@ -16,7 +18,9 @@
 // spread. Redis comparisons use REDIS_ADDR, else 127.0.0.1:6379, else a
 // redis-server from PATH on a free port, else they are skipped with a note.
 // The whole run takes about six minutes on a 2-core machine, two of them
-// in the comparisons of a million keys.
+// in the comparisons of a million keys. The learn rows (learned limits
+// against a mock API, 30 s a contender and repetition) run only when -run
+// names them: go run . -run learn/ -reps 3 takes about 30 minutes.
 //
 // It lives in its own module so that the main module never depends on the
 // libraries it is compared with.
@@ -45,6 +49,10 @@ type comparison struct {
 	name string
 	run  func(r *reporter)
 }
+
+// long reports a comparison of minutes, run only when -run names it: the
+// learn rows, 30 s a contender and repetition.
+func (c comparison) long() bool { return strings.HasPrefix(c.name, "learn/") }
 
 // comparisons lists every comparison in the order they run.
 var comparisons = []comparison{
@@ -240,7 +248,11 @@ func main() {
 	}
 	if *list {
 		for _, c := range comparisons {
-			fmt.Println(c.name)
+			if c.long() {
+				fmt.Println(c.name, "(long: only with -run)")
+			} else {
+				fmt.Println(c.name)
+			}
 		}
 		return
 	}
@@ -273,7 +285,7 @@ func main() {
 	}
 	ran := 0
 	for _, c := range comparisons {
-		if !re.MatchString(c.name) {
+		if !re.MatchString(c.name) || c.long() && *runRe == "" {
 			continue
 		}
 		ran++
