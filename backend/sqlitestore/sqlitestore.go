@@ -216,12 +216,16 @@ func (s *Store) decide(host int64, batch []driver.Admission) error {
 				return err
 			}
 		}
+		// A refusal changes nothing worth writing, but for the quotas'
+		// shape when the limit changed at runtime: the usage of windows
+		// the limit no longer has is dropped, as every backend drops it.
+		reshape := len(e.st.Quotas) > 0 && !sameWindows(e.st.Quotas, a.Limit.Quotas)
 		d, err := driver.DecideLeased(&e.st, &e.ls, &a.Request, unit, e.now)
 		if err != nil {
 			return err
 		}
 		a.Decision = d
-		e.dirty = e.dirty || d.Allowed // a refusal changes nothing worth writing
+		e.dirty = e.dirty || d.Allowed || reshape
 		if capped && d.Allowed {
 			if err := s.putLease(e, a.Lease); err != nil {
 				return err
@@ -234,6 +238,21 @@ func (s *Store) decide(host int64, batch []driver.Admission) error {
 		}
 	}
 	return s.sweepDue(host)
+}
+
+// sameWindows reports whether the quota states qs have the windows of
+// the quotas of a limit, in order: whether driver.Decide keeps them as
+// they are.
+func sameWindows(qs []driver.QuotaState, quotas []driver.Quota) bool {
+	if len(qs) != len(quotas) {
+		return false
+	}
+	for i, q := range quotas {
+		if qs[i].Window != driver.Ticks(q.Window, unit) {
+			return false
+		}
+	}
+	return true
 }
 
 // entry returns the entry of key in the current batch, loading it on first
