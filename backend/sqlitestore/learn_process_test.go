@@ -19,6 +19,7 @@ import (
 	"github.com/leakybucket/leakybucket/backend/sqlitestore"
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/bucket/driver"
+	"github.com/leakybucket/leakybucket/internal/proctest"
 )
 
 // learnEnv carries a learnOrder to the child of TestLearnProcesses.
@@ -74,4 +75,25 @@ func TestLearnProcesses(t *testing.T) {
 	again, err := s.Learn(ctx, "k", learnLimit, driver.Feedback{Throttled: true, Gen: first.Booking.Gen})
 	require.NoError(t, err)
 	assert.LessOrEqual(t, again, dropped, "a throttle of the same admission dropped the rate again")
+}
+
+// learnsEnv carries the database file's path to the children of
+// TestLearnsAcrossProcesses.
+const learnsEnv = "SQLITESTORE_TEST_LEARNS"
+
+// TestLearnsAcrossProcesses runs internal/proctest's learned-limit test on
+// one file: 3 processes admit on one key, one of them reports a 429, and
+// the merged starts after it must keep to the dropped rate.
+func TestLearnsAcrossProcesses(t *testing.T) {
+	if path := os.Getenv(learnsEnv); path != "" {
+		proctest.LearnChild(t, open(t, path, sqlitestore.Options{}))
+		return
+	}
+	path := filepath.Join(t.TempDir(), "learns.db")
+	open(t, path, sqlitestore.Options{}).Close() // create the schema once
+	proctest.Learns(t, proctest.Config{
+		Env:    learnsEnv,
+		Orders: path,
+		Now:    func() (time.Time, error) { return time.Now(), nil },
+	})
 }
