@@ -107,3 +107,55 @@ func varint(b *[]byte) (int64, bool) {
 	*b = (*b)[n:]
 	return v, true
 }
+
+// learnedFormat is the first byte of a quotas column that a learned record
+// leads (schema version 3): the record, then the quota state as
+// appendQuotas writes it, or nothing. A program of version 2 finds no
+// quota state of its own format there and reports the row corrupt rather
+// than misread it. As for quotasFormat, a new layout takes a new value and
+// a schema migration.
+const learnedFormat = 2
+
+// maxSpan is driver.MaxDuration in ticks: no interval a key learns is
+// longer.
+var maxSpan = driver.Ticks(driver.MaxDuration, unit)
+
+// appendLearned appends the form of the learned record l to b and returns
+// it: learnedFormat, then l's intervals and instants in the order of
+// driver.Learned's fields, as varints; about 30 to 45 bytes.
+func appendLearned(b []byte, l *driver.Learned) []byte {
+	b = append(b, learnedFormat)
+	for _, v := range [...]int64{l.Interval, l.Recover, l.Drop, l.DropGen, l.Until, l.Pace, l.PaceUntil} {
+		b = binary.AppendVarint(b, v)
+	}
+	return b
+}
+
+var errBadLearned = errors.New("malformed learned record")
+
+// decodeLearned decodes the learned record at the start of b, as written
+// by appendLearned, into l, and returns the rest of b. It never panics: a
+// malformed record, or one whose intervals or generation are out of
+// range, returns errBadLearned.
+func decodeLearned(b []byte, l *driver.Learned) ([]byte, error) {
+	if len(b) == 0 || b[0] != learnedFormat {
+		return b, errBadLearned
+	}
+	b = b[1:]
+	for _, f := range [...]*int64{&l.Interval, &l.Recover, &l.Drop, &l.DropGen, &l.Until, &l.Pace, &l.PaceUntil} {
+		v, ok := varint(&b)
+		if !ok {
+			return b, errBadLearned
+		}
+		*f = v
+	}
+	if l.DropGen < 0 {
+		return b, errBadLearned
+	}
+	for _, v := range [...]int64{l.Interval, l.Recover, l.Pace} {
+		if v < 0 || v > maxSpan {
+			return b, errBadLearned
+		}
+	}
+	return b, nil
+}

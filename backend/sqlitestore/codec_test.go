@@ -77,3 +77,66 @@ func FuzzDecodeQuotas(f *testing.F) {
 		require.True(t, sameQuotas(again, qs), "decode(%x) = %v, which re-decodes to %v", b, qs, again)
 	})
 }
+
+func randomLearned(rng *rand.Rand) driver.Learned {
+	instant := func() int64 { return rng.Int64N(1<<62) - 1<<61 }
+	span := func() int64 { return rng.Int64N(maxSpan + 1) }
+	return driver.Learned{
+		Interval: span(), Recover: span(), Drop: instant(), DropGen: rng.Int64N(1 << 62),
+		Until: instant(), Pace: span(), PaceUntil: instant(),
+	}
+}
+
+func TestLearnedRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var buf []byte
+	for range 1000 {
+		want := randomLearned(rng)
+		buf = appendLearned(buf[:0], &want)
+		var got driver.Learned
+		rest, err := decodeLearned(buf, &got)
+		require.NoError(t, err, "decodeLearned(appendLearned(%+v))", want)
+		require.Equal(t, want, got, "decodeLearned(appendLearned(...))")
+		assert.Empty(t, rest, "decodeLearned(appendLearned(...)): the rest")
+	}
+	// A throttle's record at a Unix µs clock, then quotas.
+	l := driver.Learned{Interval: 14_286, Recover: 2_000_000, Drop: 1_700_000_000_000_000, DropGen: 12_345, Until: 1_700_000_060_000_000}
+	assert.LessOrEqual(t, len(appendLearned(nil, &l)), 32, "bytes of a throttle's record")
+	qs := randomQuotas(rng)
+	rest, err := decodeLearned(appendQuotas(appendLearned(nil, &l), qs), new(driver.Learned))
+	require.NoError(t, err)
+	got, err := decodeQuotas(rest, nil)
+	require.NoError(t, err)
+	assert.True(t, sameQuotas(got, qs), "the quotas after a record")
+	for _, b := range [][]byte{nil, {}, {1}, {2}, {2, 0, 0, 0, 0, 0, 0}, {2, 1, 0, 0, 0, 0, 0, 0}, {2, 0, 0, 0, 1, 0, 0, 0}} {
+		_, err := decodeLearned(b, new(driver.Learned))
+		assert.ErrorIs(t, err, errBadLearned, "decodeLearned(%x)", b)
+	}
+	// A program of version 2 finds no quota state of its format.
+	_, err = decodeQuotas(appendLearned(nil, &l), nil)
+	assert.ErrorIs(t, err, errBadQuotas, "decodeQuotas of a learned record")
+}
+
+func FuzzDecodeLearned(f *testing.F) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for range 8 {
+		l := randomLearned(rng)
+		f.Add(appendLearned(nil, &l))
+	}
+	f.Add([]byte{2, 0x80})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var l driver.Learned
+		rest, err := decodeLearned(b, &l)
+		if err != nil {
+			return
+		}
+		var again driver.Learned
+		rest2, err := decodeLearned(append(appendLearned(nil, &l), rest...), &again)
+		require.NoError(t, err, "re-decoding decode(%x) = %+v", b, l)
+		require.Equal(t, l, again, "decode(%x), re-decoded", b)
+		require.Equal(t, rest, rest2, "decode(%x)'s rest, re-decoded", b)
+		for _, now := range []int64{l.Drop, l.Until, l.PaceUntil} {
+			l.Effective(1, maxSpan, now) // never panics
+		}
+	})
+}

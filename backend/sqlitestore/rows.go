@@ -23,7 +23,7 @@ func (s *Store) load(e *entry, key string, host int64) error {
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		e.st.TAT, e.st.Paused, e.st.Gen, e.st.Quotas = 0, 0, 0, e.st.Quotas[:0]
+		e.st.TAT, e.st.Paused, e.st.Gen, e.st.Quotas, e.st.Learned = 0, 0, 0, e.st.Quotas[:0], nil
 		// A key without a row may have been deleted by a sweep: its
 		// clock must not run back before the sweep's (see below).
 		var swept int64
@@ -37,13 +37,13 @@ func (s *Store) load(e *entry, key string, host int64) error {
 		return nil
 	}
 	var (
-		seen   int64
-		quotas sql.RawBytes
+		seen  int64
+		state sql.RawBytes
 	)
-	if err := rows.Scan(&e.st.TAT, &e.st.Paused, &e.st.Gen, &seen, &quotas); err != nil {
+	if err := rows.Scan(&e.st.TAT, &e.st.Paused, &e.st.Gen, &seen, &state); err != nil {
 		return err
 	}
-	if e.st.Quotas, err = decodeQuotas(quotas, e.st.Quotas); err != nil {
+	if err := e.decode(state); err != nil {
 		return &Error{kind: ErrCorrupt, Err: fmt.Errorf("row of key %s: %w", quoteKey(key), err)}
 	}
 	// The clock of a key never runs backwards: not before the time its row
@@ -68,20 +68,47 @@ func (s *Store) save(e *entry) error {
 	if !e.exists && fresh <= e.now && (!e.leased || e.ls.Count(e.now) == 0) {
 		return nil
 	}
-	var quotas any // NULL
-	if quotasUsed(e.st.Quotas) {
-		s.buf = appendQuotas(s.buf[:0], e.st.Quotas)
-		quotas = s.buf
+	var state any // NULL
+	l := e.st.Learned
+	if l != nil && max(l.Until, l.PaceUntil) <= e.now {
+		l = nil // expired: the key's clock never runs back to where it held
+	}
+	if used := quotasUsed(e.st.Quotas); used || l != nil {
+		b := s.buf[:0]
+		if l != nil {
+			b = appendLearned(b, l)
+		}
+		if used {
+			b = appendQuotas(b, e.st.Quotas)
+		}
+		s.buf, state = b, b
 	}
 	stmt := s.stmt.update
 	if !e.exists {
 		stmt = s.stmt.insert
 	}
-	if _, err := stmt.ExecContext(context.Background(), []byte(e.key), e.st.TAT, e.st.Paused, e.st.Gen, e.now, fresh, quotas); err != nil {
+	if _, err := stmt.ExecContext(context.Background(), []byte(e.key), e.st.TAT, e.st.Paused, e.st.Gen, e.now, fresh, state); err != nil {
 		return err
 	}
 	e.exists, e.dirty = true, false
 	s.written++
 	s.pages++
 	return nil
+}
+
+// decode decodes a row's quotas column into e.st: the learned record
+// that leads it, if any, then the quota state.
+func (e *entry) decode(b []byte) (err error) {
+	e.st.Learned = nil
+	if len(b) > 0 && b[0] == learnedFormat {
+		if e.spare == nil {
+			e.spare = new(driver.Learned)
+		}
+		if b, err = decodeLearned(b, e.spare); err != nil {
+			return err
+		}
+		e.st.Learned = e.spare
+	}
+	e.st.Quotas, err = decodeQuotas(b, e.st.Quotas)
+	return err
 }

@@ -33,6 +33,14 @@ const applicationID = 0x4c6b4274
 // expires. A key's bucket row is kept while a lease of it is held (see
 // sweepStep); a lease row goes when it is released, or once expired
 // (pruned by the next capped admission of its key, and by sweeps).
+//
+// Version 3 keeps in buckets.quotas, ahead of the quota state, what a key
+// of a learned limit learned (driver.State.Learned): a blob that starts
+// with learnedFormat, where version 2 wrote quotasFormat only. No table
+// changes, so a version 2 file is a version 3 file as it is; the version
+// tells a program of version 2 not to open the file, and one that has it
+// open finds such a row corrupt, never misreads it. fresh_at counts the
+// record (driver.FreshAt), so a row stays while its record holds.
 var migrations = [][]string{
 	1: {
 		`CREATE TABLE buckets (
@@ -58,11 +66,12 @@ var migrations = [][]string{
 			PRIMARY KEY (key, id)
 		) WITHOUT ROWID`,
 	},
+	3: {}, // a format of the quotas column (learnedFormat), no table change
 }
 
 // SchemaVersion is the version of the schema this package writes, kept in
 // the file's PRAGMA user_version.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // latestVersion is the version the migrations lead to: SchemaVersion (a
 // test checks), or more in a test that adds a migration.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -115,4 +116,44 @@ func TestMigrateLeases(t *testing.T) {
 	d, err = s.Admit(ctx, driver.Request{Key: "other", Limit: lim, Cost: 1, Lease: "a"})
 	require.NoError(t, err)
 	assert.True(t, d.Allowed, "a lease after the upgrade")
+}
+
+// TestMigrateLearned: a file of schema version 2, written before learned
+// limits, is of version 3 once opened, keeps its buckets and learns; a
+// program of version 2 then refuses to open it.
+func TestMigrateLearned(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v2.db")
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	ctx := context.Background()
+	busy := strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10)
+	for _, stmt := range append(slices.Concat(migrations[1], migrations[2]),
+		"PRAGMA application_id = "+strconv.Itoa(applicationID),
+		"PRAGMA user_version = 2",
+		"INSERT INTO buckets (key, tat, paused, gen, seen, fresh_at) VALUES (CAST('k' AS BLOB), "+busy+", 0, 3, 0, "+busy+")",
+	) {
+		_, err := db.ExecContext(ctx, stmt)
+		require.NoError(t, err, stmt)
+	}
+	require.NoError(t, db.Close())
+
+	s, err := Open(path, Options{SweepInterval: -1})
+	require.NoError(t, err, "Open of a version 2 file")
+	defer s.Close()
+	var version int
+	require.NoError(t, s.conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version))
+	assert.Equal(t, SchemaVersion, version, "user_version after the upgrade")
+	lim := backendtest.Limit(bucket.PerSecond(100).WithFloor(1, time.Second))
+	d, err := s.Admit(ctx, driver.Request{Key: "k", Limit: lim, Cost: 1})
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "the bucket booked an hour ahead in the version 2 file admitted at once")
+	iv, err := s.Learn(ctx, "k", lim, driver.Feedback{Interval: 250 * time.Millisecond, TTL: time.Hour})
+	require.NoError(t, err)
+	assert.Equal(t, 250*time.Millisecond, iv, "Learn after the upgrade")
+
+	saved := migrations
+	t.Cleanup(func() { migrations = saved })
+	migrations = migrations[:3]
+	_, err = Open(path, Options{SweepInterval: -1})
+	assert.ErrorIs(t, err, ErrNewerSchema, "Open by a program of version 2")
 }

@@ -6,14 +6,16 @@
 // limit with an inflight cap also reads the key's leases, a table of
 // their own, and writes the lease it takes, in the same transaction
 // (driver.DecideLeased): a Store is a driver.LeaseBackend, whose leases
-// expire on the host clock. A Store is safe for concurrent use; its calls
-// block while the file's one writer is busy: other calls of the process
-// take turns in arrival order, and other processes hold the file's write
-// lock for up to Options.BusyTimeout. Concurrent Admit calls of a process
-// share transactions, and AdmitBatch decides a whole batch in one, so
-// that the cost of a transaction is paid once for many admissions. A
-// Store owns one goroutine, the background sweep, until Close. See
-// docs/sqlite.md for when to choose this backend and how to run it, and
+// expire on the host clock. It is a driver.LearnBackend too: what a key of
+// a learned limit learned lives in its row, read and written with it. A
+// Store is safe for concurrent use; its calls block while the file's one
+// writer is busy: other calls of the process take turns in arrival order,
+// and other processes hold the file's write lock for up to
+// Options.BusyTimeout. Concurrent Admit calls of a process share
+// transactions, and AdmitBatch decides a whole batch in one, so that the
+// cost of a transaction is paid once for many admissions. A Store owns
+// one goroutine, the background sweep, until Close. See docs/sqlite.md
+// for when to choose this backend and how to run it, and
 // docs/benchmarks.md for its figures.
 package sqlitestore
 
@@ -69,10 +71,10 @@ const DefaultBusyTimeout = 5 * time.Second
 // DefaultCheckpointEvery is the CheckpointEvery of the zero Options.
 const DefaultCheckpointEvery = 1000
 
-// A Store is a driver.BatchBackend and driver.LeaseBackend on one SQLite
-// file. It is safe for concurrent use. Stores on the same file, in this
-// process or in others on the same host, share every bucket and every
-// lease exactly.
+// A Store is a driver.BatchBackend, driver.LeaseBackend and
+// driver.LearnBackend on one SQLite file. It is safe for concurrent use.
+// Stores on the same file, in this process or in others on the same host,
+// share every bucket, every lease and what every key learned exactly.
 //
 // A Store holds one connection, SQLite having one writer at a time: its
 // operations take turns on it, in arrival order, with those of the other
@@ -98,10 +100,10 @@ type Store struct {
 	combined []driver.Admission // scratch space of the transaction of Admit calls
 
 	// Scratch space, owned by the holder of sem.
-	one     entry          // the key of a Refund or Pause
+	one     entry          // the key of a Refund, Pause or Learn
 	entries []entry        // the keys of an AdmitBatch
 	index   map[string]int // key → position in entries
-	buf     []byte         // encoded quotas
+	buf     []byte         // an encoded quotas column
 	timer   *time.Timer    // paces retries of BEGIN IMMEDIATE
 	written int            // rows written since the last incremental sweep
 	pages   int            // rows written since the last checkpoint
@@ -132,11 +134,12 @@ const unit = time.Microsecond
 type entry struct {
 	key    string
 	st     driver.State
-	ls     driver.Leases // the key's held leases, once leased
-	now    int64         // the key's clock: the host's, or later if the key has seen later
-	exists bool          // the key has a row
-	dirty  bool          // st changed
-	leased bool          // ls was read from the file (loadLeases)
+	ls     driver.Leases   // the key's held leases, once leased
+	spare  *driver.Learned // the memory of st.Learned when read from the row
+	now    int64           // the key's clock: the host's, or later if the key has seen later
+	exists bool            // the key has a row
+	dirty  bool            // st changed
+	leased bool            // ls was read from the file (loadLeases)
 }
 
 // maxKept is the most keys of a batch whose scratch memory a store keeps
@@ -213,12 +216,16 @@ func (s *Store) decide(host int64, batch []driver.Admission) error {
 				return err
 			}
 		}
+		// A refusal changes nothing worth writing, but for the quotas'
+		// shape when the limit changed at runtime: the usage of windows
+		// the limit no longer has is dropped, as every backend drops it.
+		reshape := len(e.st.Quotas) > 0 && !sameWindows(e.st.Quotas, a.Limit.Quotas)
 		d, err := driver.DecideLeased(&e.st, &e.ls, &a.Request, unit, e.now)
 		if err != nil {
 			return err
 		}
 		a.Decision = d
-		e.dirty = e.dirty || d.Allowed // a refusal changes nothing worth writing
+		e.dirty = e.dirty || d.Allowed || reshape
 		if capped && d.Allowed {
 			if err := s.putLease(e, a.Lease); err != nil {
 				return err
@@ -231,6 +238,21 @@ func (s *Store) decide(host int64, batch []driver.Admission) error {
 		}
 	}
 	return s.sweepDue(host)
+}
+
+// sameWindows reports whether the quota states qs have the windows of
+// the quotas of a limit, in order: whether driver.Decide keeps them as
+// they are.
+func sameWindows(qs []driver.QuotaState, quotas []driver.Quota) bool {
+	if len(qs) != len(quotas) {
+		return false
+	}
+	for i, q := range quotas {
+		if qs[i].Window != driver.Ticks(q.Window, unit) {
+			return false
+		}
+	}
+	return true
 }
 
 // entry returns the entry of key in the current batch, loading it on first
@@ -363,5 +385,6 @@ func quoteKey(key string) string {
 var (
 	_ driver.BatchBackend = (*Store)(nil)
 	_ driver.LeaseBackend = (*Store)(nil)
+	_ driver.LearnBackend = (*Store)(nil)
 	_ io.Closer           = (*Store)(nil)
 )

@@ -110,3 +110,27 @@ func TestRefusalWritesNothing(t *testing.T) {
 	assert.Equal(t, seen, seen2, "seen after refusals")
 	assert.Equal(t, version, version2, "data_version after refusals")
 }
+
+// TestRefusalKeepsReshape: a refusal under a limit without the quota of
+// an earlier one drops that quota's usage, as driver.Decide does, so that
+// the first limit, back, finds none.
+func TestRefusalKeepsReshape(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s := open(t, filepath.Join(t.TempDir(), "b.db"), sqlitestore.Options{Now: clock.Now, SweepInterval: -1})
+	ctx := context.Background()
+	quota := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerSecond(1).WithQuota(1, time.Hour)), Cost: 1}
+	slow := driver.Request{Key: "k", Limit: backendtest.Limit(bucket.PerHour(1)), Cost: 1}
+	var want driver.State
+	for i, step := range []struct {
+		req   driver.Request
+		after time.Duration
+	}{{quota, 0}, {slow, 0}, {quota, 2 * time.Second}} {
+		clock.Add(step.after)
+		now := clock.Now().UnixMicro()
+		d, err := s.Admit(ctx, step.req)
+		require.NoError(t, err)
+		w, err := driver.Decide(&want, &step.req, time.Microsecond, now)
+		require.NoError(t, err)
+		assert.Equal(t, w, d, "step %d: driver.Decide's decision (expected), the store's (actual)", i)
+	}
+}

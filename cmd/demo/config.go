@@ -15,6 +15,7 @@ import (
 
 	"github.com/leakybucket/leakybucket/bucket"
 	"github.com/leakybucket/leakybucket/internal/cmdflag"
+	"github.com/leakybucket/leakybucket/internal/limitmock"
 )
 
 // config is what the flags say, checked.
@@ -38,6 +39,13 @@ type config struct {
 	plot        string
 	metrics     string // -metrics: host:port
 	verbose     bool
+	learn       bool   // -learn: learned limits, against a mock API whose limit is hidden
+	floor       int    // -floor: the learned rate's floor, requests/s
+	apiHeaders  string // -api-headers: the rate-limit headers of -learn's mock API
+
+	given  map[string]bool  // the flags the command line set
+	family limitmock.Family // -api-headers, checked
+	hidden []limitmock.Step // the hidden limit of -learn's mock API; nil without it
 
 	limit  bucket.Limit // -rate, -burst, -quota and -inflight together
 	prefix string       // Redis key prefix (and PostgreSQL schema) of this run, shared with its workers
@@ -58,9 +66,9 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	cfg.tenants = 4
 	fs.Var((*cmdflag.Int)(&cfg.tenants), "tenants", "number of tenants, named tenant-1 … tenant-`K`")
 	cfg.jobs = 100
-	fs.Var((*cmdflag.Int)(&cfg.jobs), "jobs", "`N` items to sync per tenant")
+	fs.Var((*cmdflag.Int)(&cfg.jobs), "jobs", fmt.Sprintf("`N` items to sync per tenant (with -learn, default %d)", learnJobs))
 	cfg.rate = 20
-	fs.Var((*cmdflag.Int)(&cfg.rate), "rate", "`N` requests per second allowed per tenant")
+	fs.Var((*cmdflag.Int)(&cfg.rate), "rate", fmt.Sprintf("`N` requests per second allowed per tenant; with -learn, the ceiling of what it learns (default %d then)", learnRate))
 	cfg.burst = 1
 	fs.Var((*cmdflag.Int)(&cfg.burst), "burst", "bucket burst: `N` requests may go back-to-back after idle")
 	fs.StringVar(&cfg.quota, "quota", "", "optional rolling quota per tenant, `N/P` such as 500/1h (several: 500/1h,5000/1d)")
@@ -75,6 +83,10 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.plot, "plot", "", "write a chart of requests per second per tenant to `FILE` (.svg or .png)")
 	fs.StringVar(&cfg.metrics, "metrics", "", "serve the dispatcher's Prometheus metrics on http://`ADDR`/metrics while the demo runs (host:port; with -procs P, worker i serves on port+i)")
 	fs.BoolVar(&cfg.verbose, "v", false, "log every request attempt to stderr (no progress bars)")
+	fs.BoolVar(&cfg.learn, "learn", false, "learn each tenant's limit from the API's answers, between -floor and -rate; the mock API hides its limit, which changes mid-run")
+	fs.Var((*cmdflag.Int)(&cfg.floor), "floor", "with -learn, the slowest a tenant's learned rate may go, `N` requests per second (default -rate/100, at least 1)")
+	cfg.apiHeaders = string(limitmock.IETF)
+	fs.StringVar(&cfg.apiHeaders, "api-headers", cfg.apiHeaders, "with -learn, the rate-limit headers the mock API answers with, a `family`: ietf (RateLimit-Policy and RateLimit), github (X-RateLimit-*) or none (a bare 429)")
 	return fs
 }
 
@@ -87,6 +99,13 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		return nil, err
 	}
 	cfg.latencySet = set["latency"]
+	cfg.given = set
+	if cfg.learn && !set["rate"] {
+		cfg.rate = learnRate
+	}
+	if cfg.learn && !set["jobs"] {
+		cfg.jobs = learnJobs
+	}
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
@@ -117,7 +136,15 @@ Examples:
   demo -backend postgres -procs 4        4 processes sharing buckets in PostgreSQL
   demo -inflight 3 -rate 100             at most 3 requests of a tenant in flight: the cap binds
   demo -plot rate.svg                    also chart requests per second per tenant
+  demo -learn                            the API hides its limit and changes it mid-run: each tenant learns it
+  demo -learn -api-headers none          … from 429s alone, no rate-limit headers
   demo -jobs 2000 -metrics :9090         serve Prometheus metrics while it runs
+
+With -learn the mock API's limit per tenant is hidden from the demo: 3/4 of
+-rate, then 1/4 from the run's middle third, then 1/2 (30/s, 10/s, 20/s by
+default), told in the headers of -api-headers; each tenant's limit is
+learned from the answers, -rate its ceiling and -floor its floor, and the
+summary says how much of what the hidden limit allowed the demo used.
 
 Exit status: 0 when every item synced, 1 when a job failed or the mock API saw
 a tenant over -inflight, 2 for bad flags or an unreachable backend, 130 when
@@ -126,7 +153,7 @@ interrupted.
 }
 
 func (c *config) check() error {
-	checks := []func() error{c.checkBackend, c.checkCounts, c.checkTarget, c.checkInflight, c.checkLimit, c.checkPlot, c.checkMetrics}
+	checks := []func() error{c.checkBackend, c.checkCounts, c.checkTarget, c.checkInflight, c.checkLearn, c.checkLimit, c.checkPlot, c.checkMetrics}
 	for _, f := range checks {
 		if err := f(); err != nil {
 			return err
@@ -165,6 +192,9 @@ func (c *config) checkCounts() error {
 
 func (c *config) checkLimit() error {
 	lim := bucket.PerSecond(int64(c.rate)).WithBurst(int64(c.burst)).WithInflight(int64(c.inflight))
+	if c.learn {
+		lim = lim.WithFloor(int64(c.floor), time.Second)
+	}
 	if c.quota != "" {
 		for q := range strings.SplitSeq(c.quota, ",") {
 			q = strings.TrimSpace(q)

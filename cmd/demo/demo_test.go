@@ -291,7 +291,7 @@ func TestHelp(t *testing.T) {
 	r := runDemo(t, "-help")
 	require.Equal(t, exitOK, r.Code, "demo -help: exit status")
 	require.Empty(t, r.Stderr, "demo -help: stderr")
-	for _, f := range []string{"-backend", "-sqlite", "-redis", "-postgres", "-tenants", "-jobs", "-rate", "-burst", "-quota", "-workers", "-procs", "-inflight", "-latency", "-target", "-json", "-plot"} {
+	for _, f := range []string{"-backend", "-sqlite", "-redis", "-postgres", "-tenants", "-jobs", "-rate", "-burst", "-quota", "-workers", "-procs", "-inflight", "-latency", "-target", "-json", "-plot", "-learn", "-floor", "-api-headers"} {
 		assert.True(t, strings.Contains(r.Stdout, "  "+f+" ") || strings.Contains(r.Stdout, "  "+f+"\n"),
 			"demo -help does not document %s:\n%s", f, r.Stdout)
 	}

@@ -93,13 +93,9 @@ func randomLatency(s spread) func(ctx context.Context) {
 	if s.max == 0 {
 		return nil
 	}
-	var mu sync.Mutex
-	rng := rand.New(rand.NewPCG(latencySeed, latencySeed))
+	draw := latencyDraw(s)
 	return func(ctx context.Context) {
-		mu.Lock()
-		d := s.min + time.Duration(rng.Int64N(int64(s.max-s.min)+1))
-		mu.Unlock()
-		t := time.NewTimer(d)
+		t := time.NewTimer(draw())
 		defer t.Stop()
 		select {
 		case <-t.C:
@@ -118,4 +114,16 @@ func checkLeases(cfg *config, st *store) error {
 		return fmt.Errorf("-inflight %d with -backend %s: %w", cfg.inflight, cfg.backend, bucket.ErrNoLeases)
 	}
 	return nil
+}
+
+// latencyDraw returns a function drawing durations from s, seeded with
+// latencySeed; it is safe for concurrent use.
+func latencyDraw(s spread) func() time.Duration {
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(latencySeed, latencySeed))
+	return func() time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		return s.min + time.Duration(rng.Int64N(int64(s.max-s.min)+1))
+	}
 }

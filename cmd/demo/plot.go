@@ -65,14 +65,9 @@ func writePlot(path string, series []chartSeries, s summary) error {
 
 	var rejected []time.Duration
 	for i, cs := range series {
-		l, err := plotter.NewLine(steps(cs.times, t0, span, bin))
-		if err != nil {
+		if err := addTenantLine(p, steps(cs.times, t0, span, bin), i, cs.tenant); err != nil {
 			return err
 		}
-		l.StepStyle = plotter.PostStep
-		l.Color, l.Dashes = plotutil.Color(i), plotutil.Dashes(i)
-		p.Add(l)
-		p.Legend.Add(cs.tenant, l)
 		rejected = append(rejected, cs.rejected...)
 	}
 	top := limit
@@ -166,15 +161,35 @@ func peak(times []time.Duration, t0, span, bin time.Duration) float64 {
 	return top
 }
 
-func addLimit(p *plot.Plot, limit float64, span time.Duration) error {
-	l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: limit}, {X: span.Seconds(), Y: limit}})
+// addTenantLine draws the i-th tenant's step line, in its colour and
+// dashes.
+func addTenantLine(p *plot.Plot, xys plotter.XYs, i int, tenant string) error {
+	l, err := plotter.NewLine(xys)
 	if err != nil {
 		return err
 	}
-	l.Color = color.Gray{Y: 96}
-	l.Dashes = []vg.Length{vg.Points(2), vg.Points(3)}
+	l.StepStyle = plotter.PostStep
+	l.Color, l.Dashes = plotutil.Color(i), plotutil.Dashes(i)
 	p.Add(l)
-	p.Legend.Add(fmt.Sprintf("limit %g/s", limit), l)
+	p.Legend.Add(tenant, l)
+	return nil
+}
+
+func addLimit(p *plot.Plot, limit float64, span time.Duration) error {
+	return addLevel(p, limit, span, fmt.Sprintf("limit %g/s", limit), color.Gray{Y: 96}, vg.Points(2))
+}
+
+// addLevel draws a dashed horizontal line at y over the run, dashes
+// long with gaps of 3 points.
+func addLevel(p *plot.Plot, y float64, span time.Duration, label string, c color.Color, dash vg.Length) error {
+	l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: y}, {X: span.Seconds(), Y: y}})
+	if err != nil {
+		return err
+	}
+	l.Color = c
+	l.Dashes = []vg.Length{dash, vg.Points(3)}
+	p.Add(l)
+	p.Legend.Add(label, l)
 	return nil
 }
 

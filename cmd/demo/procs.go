@@ -47,13 +47,16 @@ func workerRole() (workerID, bool, error) {
 
 // An event is one line from a worker to its parent.
 type event struct {
-	Kind   string                `json:"kind"` // request, done, finish or error
+	Kind   string                `json:"kind"` // request, done, learned, finish or error
 	Tenant string                `json:"tenant,omitempty"`
-	At     int64                 `json:"at,omitempty"`     // request: when sent, Unix ns
+	At     int64                 `json:"at,omitempty"`     // request: when sent, learned: when sampled; Unix ns
 	Status int                   `json:"status,omitempty"` // request: the answer's HTTP status, 0 for none
 	Result string                `json:"result,omitempty"` // done: ok, failed or cancelled
 	Err    string                `json:"err,omitempty"`    // done: the job's error; error: why the worker stopped
 	Keys   map[string]keyFigures `json:"keys,omitempty"`   // finish
+	// Interval is the emission interval a tenant's bucket applied, in
+	// ns (learned).
+	Interval time.Duration `json:"interval,omitempty"`
 }
 
 // runWorker is the body of a worker process.
@@ -112,6 +115,10 @@ func (e *eventWriter) done(tenant string, err error) {
 		ev.Err = err.Error()
 	}
 	e.write(ev)
+}
+
+func (e *eventWriter) learned(tenant string, at time.Time, interval time.Duration) {
+	e.write(event{Kind: "learned", Tenant: tenant, At: at.UnixNano(), Interval: interval})
 }
 
 func (e *eventWriter) finish(keys map[string]keyFigures) {
@@ -178,6 +185,9 @@ func workerCommand(ctx context.Context, exe string, cfg *config, base string, w 
 		"-workers", strconv.Itoa(cfg.workers), "-procs", strconv.Itoa(cfg.procs),
 		"-target", base, "-v="+strconv.FormatBool(cfg.verbose),
 	)
+	if cfg.learn {
+		args = append(args, "-learn", "-floor", strconv.Itoa(cfg.floor))
+	}
 
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = append(os.Environ(),
@@ -213,6 +223,8 @@ func watchWorker(cmd *exec.Cmd, out io.Reader, t *tally) (lost string, err error
 			t.request(ev.Tenant, time.Unix(0, ev.At), ev.Status)
 		case "done":
 			t.outcome(ev.Tenant, ev.Result, ev.Err)
+		case "learned":
+			t.learned(ev.Tenant, time.Unix(0, ev.At), ev.Interval)
 		case "finish":
 			t.finish(ev.Keys)
 			finished = true

@@ -9,6 +9,8 @@ import (
 
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
+
+	"github.com/leakybucket/leakybucket/internal/limitmock"
 )
 
 // A progress display follows a tally until stopped.
@@ -55,6 +57,7 @@ type bars struct {
 	t        *tally
 	peak     func(tenant string) int // nil: no cap to show
 	inflight int
+	learn    learnView
 	p        *mpb.Progress
 	bars     []*mpb.Bar
 	all      bool // one bar for every tenant
@@ -66,7 +69,7 @@ type bars struct {
 // auto refresh is forced on: mpb does not draw on writers it cannot tell
 // are terminals, such as a test's buffer).
 func startBars(cfg *config, t *tally, peak func(tenant string) int, w io.Writer) *bars {
-	b := &bars{t: t, peak: peak, inflight: cfg.inflight, p: mpb.New(mpb.WithOutput(w), mpb.WithAutoRefresh(), mpb.WithWidth(40), mpb.WithRefreshRate(100*time.Millisecond)), quit: make(chan struct{})}
+	b := &bars{t: t, peak: peak, inflight: cfg.inflight, learn: newLearnView(cfg, t), p: mpb.New(mpb.WithOutput(w), mpb.WithAutoRefresh(), mpb.WithWidth(40), mpb.WithRefreshRate(100*time.Millisecond)), quit: make(chan struct{})}
 	names := cfg.tenantNames()
 	total := int64(cfg.jobs)
 	if b.all = len(names) > maxBars; b.all {
@@ -83,22 +86,29 @@ func startBars(cfg *config, t *tally, peak func(tenant string) int, w io.Writer)
 	return b
 }
 
-// rate shows bar i's requests in the last second and its 429s, and under
-// a cap its peak in flight.
+// rate shows bar i's requests in the last second and its 429s; with
+// -learn the rate its bucket applies and the hidden limit; under a cap its
+// peak in flight.
 func (b *bars) rate(i int) decor.DecorFunc {
 	return func(decor.Statistics) string {
 		snap := b.t.progress()
 		var rate float64
 		var rejected int64
 		var names []string
+		var mine []progressSnapshot
 		for j, s := range snap {
 			if b.all || i == j {
 				rate += s.rate
 				rejected += s.rejected
 				names = append(names, s.name)
+				mine = append(mine, s)
 			}
 		}
-		text := fmt.Sprintf("%5.1f req/s  %d × 429", rate, rejected)
+		text := fmt.Sprintf("%5.1f req/s", rate)
+		if b.learn.on {
+			text += "  " + b.learn.text(mine)
+		}
+		text += fmt.Sprintf("  %d × 429", rejected)
 		if b.peak != nil {
 			text += fmt.Sprintf("  peak %d/%d in flight", peakOf(b.peak, names), b.inflight)
 		}
@@ -150,6 +160,7 @@ type lines struct {
 	t        *tally
 	peak     func(tenant string) int // nil: no cap to show
 	inflight int
+	learn    learnView
 	w        io.Writer
 	jobs     int
 	quit     chan struct{}
@@ -157,7 +168,7 @@ type lines struct {
 }
 
 func startLines(cfg *config, t *tally, peak func(tenant string) int, w io.Writer) *lines {
-	l := &lines{t: t, peak: peak, inflight: cfg.inflight, w: w, jobs: cfg.jobs, quit: make(chan struct{})}
+	l := &lines{t: t, peak: peak, inflight: cfg.inflight, learn: newLearnView(cfg, t), w: w, jobs: cfg.jobs, quit: make(chan struct{})}
 	l.wg.Go(l.loop)
 	return l
 }
@@ -185,7 +196,13 @@ func (l *lines) print() {
 		rejected += s.rejected
 		if i < 8 {
 			fmt.Fprintf(&b, "  %s %d/%d", s.name, s.done, l.jobs)
+			if l.learn.on {
+				fmt.Fprintf(&b, " learned %s", learnedString(s.learned))
+			}
 		}
+	}
+	if l.learn.hidden != nil {
+		fmt.Fprintf(&b, "  hidden limit %d/s", l.learn.limitNow())
 	}
 	if len(snap) > 8 {
 		fmt.Fprintf(&b, "  … all %d/%d", done, int64(l.jobs)*int64(len(snap)))
@@ -205,4 +222,49 @@ func (l *lines) print() {
 func (l *lines) stop() {
 	close(l.quit)
 	l.wg.Wait()
+}
+
+// A learnView shows, with -learn, the rate tenants' buckets apply and the
+// mock API's hidden limit now.
+type learnView struct {
+	on     bool
+	hidden []limitmock.Step // nil against a -target
+	t      *tally
+}
+
+func newLearnView(cfg *config, t *tally) learnView {
+	return learnView{on: cfg.learn, hidden: cfg.hidden, t: t}
+}
+
+// limitNow returns the hidden limit now.
+func (v learnView) limitNow() int { return limitAt(v.hidden, time.Since(v.t.start)) }
+
+// text shows the learned rate of snap (their mean, if several) and the
+// hidden limit.
+func (v learnView) text(snap []progressSnapshot) string {
+	var sum float64
+	n := 0
+	for _, s := range snap {
+		if s.learned > 0 {
+			sum += s.learned
+			n++
+		}
+	}
+	learned := 0.0
+	if n > 0 {
+		learned = sum / float64(n)
+	}
+	text := "learned " + learnedString(learned)
+	if v.hidden != nil {
+		text += fmt.Sprintf("  hidden %d/s", v.limitNow())
+	}
+	return text
+}
+
+// learnedString shows a learned rate, "-" before any is known.
+func learnedString(rate float64) string {
+	if rate == 0 {
+		return "   -/s"
+	}
+	return fmt.Sprintf("%4.1f/s", rate)
 }

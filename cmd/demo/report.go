@@ -29,6 +29,7 @@ type summary struct {
 	RateSource  string          `json:"rate_source"` // "api": arrivals the mock recorded; "client": when requests were sent
 	Errors      []string        `json:"errors,omitempty"`
 	Tenants     []tenantSummary `json:"tenants"`
+	Learn       *learnSummary   `json:"learn,omitempty"` // -learn's figures
 }
 
 type tenantSummary struct {
@@ -48,6 +49,8 @@ type tenantSummary struct {
 	// PeakInflight is the most requests of the tenant the mock API had
 	// in flight at once (0 against a -target, where it is not known).
 	PeakInflight int `json:"peak_inflight"`
+	// Learn is the tenant's -learn figures.
+	Learn *tenantLearn `json:"learn,omitempty"`
 }
 
 // summarize reads the tally. arrivals are what the mock API recorded, and
@@ -90,6 +93,9 @@ func summarize(cfg *config, t *tally, arrivals map[string][]arrival, peak func(t
 		s.Failed += ts.Failed
 		s.Cancelled += ts.Cancelled
 	}
+	if cfg.learn {
+		summarizeLearn(cfg, t, arrivals, &s)
+	}
 	return s
 }
 
@@ -131,6 +137,10 @@ func writeJSON(w io.Writer, s summary) error {
 
 // writeTable prints the summary for people.
 func writeTable(w io.Writer, s summary) {
+	if s.Learn != nil {
+		writeLearnTable(w, s)
+		return
+	}
 	width := len("tenant")
 	for _, t := range s.Tenants {
 		width = max(width, len(t.Tenant))

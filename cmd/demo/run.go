@@ -44,9 +44,20 @@ func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
 	if err := checkLeases(cfg, st); err != nil {
 		return fail(err)
 	}
+	if err := checkLearning(cfg, st); err != nil {
+		return fail(err)
+	}
 	base, arrivals := cfg.target, func() map[string][]arrival { return nil }
 	var peak func(tenant string) int // what the mock saw in flight; nil against a -target
-	if base == "" {
+	var hidden *hiddenAPI            // -learn's mock API
+	switch {
+	case base == "" && cfg.learn:
+		if hidden, err = startHiddenAPI(cfg); err != nil {
+			return fail(fmt.Errorf("mock API: %v", err))
+		}
+		defer hidden.Close()
+		base, arrivals = hidden.URL(), hidden.arrivals
+	case base == "":
 		api, err := startMockAPI(cfg.limit, randomLatency(cfg.latency))
 		if err != nil {
 			return fail(fmt.Errorf("mock API: %v", err))
@@ -65,6 +76,9 @@ func runParent(ctx context.Context, cfg *config, stdout, stderr io.Writer) int {
 	}
 
 	t := newTally(cfg)
+	if hidden != nil {
+		t.start = hidden.start // the hidden limit's schedule runs from it
+	}
 	prog := startProgress(cfg, t, peak, stdout, isTerminal(stdout))
 	if cfg.procs == 1 {
 		err = syncItems(ctx, cfg, st.Backend, base, share(cfg, 0, 1), t, metrics)
@@ -89,7 +103,11 @@ func report(cfg *config, s summary, t *tally, arrivals map[string][]arrival, std
 	}
 	code := exitOK
 	if cfg.plot != "" {
-		if err := writePlot(cfg.plot, chartData(t, arrivals), s); err != nil {
+		write := func() error { return writePlot(cfg.plot, chartData(t, arrivals), s) }
+		if cfg.learn {
+			write = func() error { return writeLearnPlot(cfg.plot, learnChartData(cfg, t, arrivals), s) }
+		}
+		if err := write(); err != nil {
 			fmt.Fprintf(stderr, "demo: -plot: %v\n", err)
 			code = exitFailed
 		} else if !cfg.json {
@@ -106,8 +124,12 @@ func report(cfg *config, s summary, t *tally, arrivals map[string][]arrival, std
 }
 
 func writeHeader(w io.Writer, cfg *config, base string, metrics net.Listener) {
-	fmt.Fprintf(w, "leakybucket demo: %d tenants × %d items, limit %s per tenant: %s\n",
-		cfg.tenants, cfg.jobs, cfg.limit, aboutDuration(estimate(cfg)))
+	limit := "limit " + cfg.limit.String()
+	if cfg.learn {
+		limit = fmt.Sprintf("limit learned from %d/s (-floor) to %d/s (-rate)", cfg.floor, cfg.rate)
+	}
+	fmt.Fprintf(w, "leakybucket demo: %d tenants × %d items, %s per tenant: %s\n",
+		cfg.tenants, cfg.jobs, limit, aboutDuration(estimate(cfg)))
 	where := cfg.backend + " backend"
 	switch cfg.backend {
 	case "sqlite":
@@ -124,7 +146,10 @@ func writeHeader(w io.Writer, cfg *config, base string, metrics net.Listener) {
 		where += ", schema " + postgresSchema(cfg)
 	}
 	fmt.Fprintf(w, "%s · %s × %d workers\n", where, plural(cfg.procs, "process", "processes"), cfg.workers)
-	if cfg.target == "" {
+	switch {
+	case cfg.hidden != nil:
+		fmt.Fprintf(w, "mock API %s: hidden limit per tenant %s; %s\n", base, scheduleString(cfg.hidden), familyString(cfg.family))
+	case cfg.target == "":
 		rate := cfg.limit.WithInflight(0)
 		fmt.Fprintf(w, "mock API %s: 429 to a tenant over %s (x/time/rate, burst %d: %v of jitter forgiven)",
 			base, rate, withJitterAllowance(rate).Burst, jitterAllowance)
@@ -135,7 +160,7 @@ func writeHeader(w io.Writer, cfg *config, base string, metrics net.Listener) {
 			fmt.Fprintf(w, "; answers in %s", cfg.latency.String())
 		}
 		fmt.Fprintln(w)
-	} else {
+	default:
 		fmt.Fprintf(w, "target %s\n", base)
 	}
 	if cfg.metrics != "" {
@@ -147,8 +172,12 @@ func writeHeader(w io.Writer, cfg *config, base string, metrics net.Listener) {
 // estimate is how long a tenant's items take at its limit: the burst at
 // once, then one per interval, and a whole window for each quota's worth;
 // under a cap, at least the mock's mean time to answer for every
-// -inflight of them.
+// -inflight of them. With -learn's mock API it is three steps of the
+// hidden limit, as the schedule is made.
 func estimate(cfg *config) time.Duration {
+	if cfg.hidden != nil {
+		return 3 * cfg.hidden[1].At // at the hidden limit, three steps
+	}
 	n := int64(cfg.jobs)
 	d := time.Duration(max(n-int64(cfg.burst), 0)) * cfg.limit.Interval()
 	for _, q := range cfg.limit.Quotas {

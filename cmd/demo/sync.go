@@ -46,6 +46,9 @@ type recorder interface {
 	request(tenant string, sent time.Time, status int)
 	// done reports a job's outcome: nil, or its final error.
 	done(tenant string, err error)
+	// learned reports the emission interval a tenant's bucket applied
+	// at the time given (-learn).
+	learned(tenant string, at time.Time, interval time.Duration)
 	// finish reports the dispatcher's figures once it has stopped.
 	finish(keys map[string]keyFigures)
 }
@@ -57,10 +60,12 @@ type keyFigures struct {
 	Late      int64         `json:"late"`      // admissions given back because the job reached its worker late
 	WaitP50   time.Duration `json:"wait_p50"`
 	WaitP99   time.Duration `json:"wait_p99"`
+	Interval  time.Duration `json:"interval"` // the emission interval its bucket applied last (dispatcher.KeyStats)
 }
 
 type syncer struct {
 	base    string
+	learn   bool // -learn: answers are reported (middleware.CheckResponse)
 	client  *http.Client
 	rec     recorder
 	retries map[string]*atomic.Int64 // by tenant: retries Retry made itself
@@ -93,7 +98,13 @@ func syncItems(ctx context.Context, cfg *config, be driver.Backend, base string,
 		}
 		defer stop()
 	}
-	s.run(ctx, d, items)
+	if cfg.learn {
+		stop := sampleLearned(d, cfg.tenantNames(), rec)
+		s.run(ctx, d, items)
+		stop()
+	} else {
+		s.run(ctx, d, items)
+	}
 	rec.finish(s.figures(d))
 	return nil
 }
@@ -101,7 +112,7 @@ func syncItems(ctx context.Context, cfg *config, be driver.Backend, base string,
 func newSyncer(cfg *config, base string, rec recorder) *syncer {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = cfg.workers // reuse connections: no handshake jitter, no port exhaustion
-	s := &syncer{base: base, client: &http.Client{Transport: tr}, rec: rec, retries: make(map[string]*atomic.Int64)}
+	s := &syncer{base: base, learn: cfg.learn, client: &http.Client{Transport: tr}, rec: rec, retries: make(map[string]*atomic.Int64)}
 	for _, t := range cfg.tenantNames() {
 		s.retries[t] = new(atomic.Int64)
 	}
@@ -134,7 +145,9 @@ func (s *syncer) countRetry(ctx context.Context, _ error, _ time.Duration) {
 
 // fetch is the handler: one GET of one item. A 429 (or a 503 with
 // Retry-After) becomes a *middleware.RetryAfterError; other 4xx answers
-// are permanent failures, 5xx and network errors are retried.
+// are permanent failures, 5xx and network errors are retried. With
+// -learn every answer's headers are reported to the Dispatcher, which
+// learns the tenant's limit from them (middleware.CheckResponse).
 func (s *syncer) fetch(ctx context.Context, it item) (struct{}, error) {
 	path := fmt.Sprintf("/tenants/%s/items/%d", it.tenant, it.n)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+path, nil)
@@ -151,7 +164,11 @@ func (s *syncer) fetch(ctx context.Context, it item) (struct{}, error) {
 	defer resp.Body.Close()
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 	s.rec.request(it.tenant, sent, resp.StatusCode)
-	if err := middleware.FromResponse(resp); err != nil {
+	check := middleware.FromResponse
+	if s.learn {
+		check = func(resp *http.Response) error { return middleware.CheckResponse(ctx, resp) }
+	}
+	if err := check(resp); err != nil {
 		return struct{}{}, err
 	}
 	switch {
@@ -214,6 +231,7 @@ func (s *syncer) figures(d *dispatcher.Dispatcher[item, struct{}]) map[string]ke
 			Late:      ks.Late,
 			WaitP50:   ks.AdmissionWait.P50,
 			WaitP99:   ks.AdmissionWait.P99,
+			Interval:  ks.Interval,
 		}
 	}
 	return out

@@ -31,6 +31,18 @@ type tenantTally struct {
 	first, last                    time.Duration   // of sends
 	sends, rejects                 []time.Duration // since start, in the order reported: requests sent, and those answered 429
 	waitP50, waitP99               time.Duration   // the largest any process reported
+	// With -learn: the rates its buckets applied, sampled, in the order
+	// reported (every process's); the latest of them by time; and the
+	// interval the last dispatcher to finish applied last.
+	samples  []learnedSample
+	latest   learnedSample
+	interval time.Duration
+}
+
+// A learnedSample is the rate a tenant's bucket applied at a time.
+type learnedSample struct {
+	at   time.Duration // since start
+	rate float64       // requests/s
 }
 
 const maxErrors = 5
@@ -124,6 +136,17 @@ func (t *tally) noteError(msg string) {
 	}
 }
 
+func (t *tally) learned(tenant string, at time.Time, interval time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tt := t.tenant(tenant)
+	s := learnedSample{at.Sub(t.start), perSecond(interval)}
+	tt.samples = append(tt.samples, s)
+	if len(tt.samples) == 1 || s.at >= tt.latest.at {
+		tt.latest = s
+	}
+}
+
 func (t *tally) finish(keys map[string]keyFigures) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -135,6 +158,9 @@ func (t *tally) finish(keys map[string]keyFigures) {
 		tt.late += k.Late
 		tt.waitP50 = max(tt.waitP50, k.WaitP50)
 		tt.waitP99 = max(tt.waitP99, k.WaitP99)
+		if k.Interval > 0 {
+			tt.interval = k.Interval
+		}
 	}
 }
 
@@ -157,6 +183,7 @@ type progressSnapshot struct {
 	done     int64 // jobs that succeeded or failed (not those an interrupt cancelled)
 	rejected int64
 	rate     float64 // requests sent in the last second (per second of the run, if shorter)
+	learned  float64 // -learn: the rate its bucket applied last sampled, 0 if none yet
 }
 
 // lateAnswer is how much later than the sends after it a request's answer
@@ -184,7 +211,7 @@ func (t *tally) progress() []progressSnapshot {
 		if span > 0 {
 			rate = float64(recent) / span.Seconds()
 		}
-		out = append(out, progressSnapshot{name, tt.ok + tt.failed, tt.rejected, rate})
+		out = append(out, progressSnapshot{name, tt.ok + tt.failed, tt.rejected, rate, tt.latest.rate})
 	}
 	return out
 }

@@ -129,7 +129,10 @@ func Run(t *testing.T, cfg Config) {
 					mu.Lock()
 					starts = append(starts, start{k, d, origin})
 					mu.Unlock()
-					time.Sleep(min(d.Wait, 30*time.Millisecond))
+					// At least a millisecond: FailOpen admits at once, and 48
+					// workers that never sleep starve the round trips that
+					// probe the server (and a proxy in the process).
+					time.Sleep(min(max(d.Wait, time.Millisecond), 30*time.Millisecond))
 				default:
 					time.Sleep(min(d.Wait-req.MaxWait, 10*time.Millisecond))
 				}
@@ -148,6 +151,8 @@ func Run(t *testing.T, cfg Config) {
 				record(time.Since(t0), err)
 				if err != nil {
 					time.Sleep(2 * time.Millisecond)
+				} else {
+					time.Sleep(time.Millisecond) // FailOpen's Wait returns at once
 				}
 			}
 		}()

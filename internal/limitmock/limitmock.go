@@ -258,7 +258,7 @@ func (t *tenant) github(now time.Time, rate int, window time.Duration, h http.He
 	reset := time.Unix(0, (w+1)*int64(window))
 	h.Set("Date", now.UTC().Format(http.TimeFormat))
 	h.Set("X-RateLimit-Limit", strconv.Itoa(t.quota))
-	h.Set("X-RateLimit-Remaining", strconv.Itoa(t.quota-t.used))
+	h.Set("X-RateLimit-Remaining", strconv.Itoa(max(t.quota-t.used, 0)))
 	h.Set("X-RateLimit-Reset", strconv.FormatInt(reset.Unix(), 10))
 	return ok
 }
