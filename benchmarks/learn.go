@@ -55,8 +55,8 @@ var learnLimit = bucket.PerSecond(100).WithFloor(1, time.Second)
 // per-window series to, as CSV, for a look at how each contender moves.
 var learnSeriesTo = flag.String("learn-series", "", "write the learn comparisons' per-250ms series to this CSV file")
 
-// learnContenders names the three sides, in the order of the URLs a child
-// is given.
+// learnContenders names the three sides, by their key in a child's
+// command and the samples, in the order each repetition runs them.
 var learnContenders = []struct{ key, name string }{
 	{"ours", "Dispatcher + learned limit + CheckResponse"},
 	{"aws", "AWS SDK v2 adaptive retry mode"},
@@ -159,8 +159,12 @@ func learnRunOnce(name string, rep int, contender string, children []*child, fam
 // anchor, with issue 16's targets.
 func learnReport(r *reporter, procs int, family limitmock.Family, res map[string][]sample) {
 	headers := family != limitmock.None
+	where := "1 process"
+	if procs > 1 {
+		where = fmt.Sprintf("%d processes", procs)
+	}
 	goodput := metricSpec{key: "goodput-%", label: "goodput: 200s over what the hidden limit allowed", unit: "%", better: "higher",
-		note: fmt.Sprintf("%d processes × %d workers, %d tenants, headers %s", procs, learnWorkers, learnTenants, family)}
+		note: fmt.Sprintf("%s × %d workers, %d tenants, headers %s", where, learnWorkers, learnTenants, family)}
 	refused := metricSpec{key: "429-%", label: "429s over requests", unit: "%", better: "lower"}
 	if headers {
 		goodput.target, refused.target = atLeast(95, "≥ 95%"), atMost(0.5, "≤ 0.5%")

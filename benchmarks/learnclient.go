@@ -183,8 +183,8 @@ func learnFixed(ctx context.Context, url string, perSecond float64) {
 // token bucket whose rate follows CUBIC), both tokens released with the
 // call's error, and a retryable error retried after the retryer's backoff,
 // while the retry quota lasts, up to its MaxAttempts. A 429 reaches it as
-// the SDK's deserializers build an unmodeled error: an
-// awshttp.ResponseError of status 429, which it takes for a throttle.
+// the SDK's deserializers build an unmodeled error (awsResponseError),
+// which it takes for a throttle.
 func learnAWS(ctx context.Context, url string) {
 	client := newLearnHTTPClient()
 	defer client.CloseIdleConnections()
@@ -200,21 +200,21 @@ func learnAWS(ctx context.Context, url string) {
 			if err != nil {
 				return
 			}
-			resp, err := learnGet(ctx, client, url, learnTenant(t), n)
-			if err == nil && resp.StatusCode != http.StatusOK {
-				err = &awshttp.ResponseError{ResponseError: &smithyhttp.ResponseError{
-					Response: &smithyhttp.Response{Response: resp}, Err: errors.New(resp.Status)}}
+			resp, opErr := learnGet(ctx, client, url, learnTenant(t), n)
+			if opErr == nil && resp.StatusCode != http.StatusOK {
+				opErr = awsResponseError(resp)
 			}
-			releaseRetry(err)
-			release(err)
-			if err == nil || ctx.Err() != nil || !am.IsErrorRetryable(err) || attempt >= am.MaxAttempts() {
+			releaseRetry(opErr)
+			release(opErr)
+			if opErr == nil || ctx.Err() != nil || !am.IsErrorRetryable(opErr) || attempt >= am.MaxAttempts() {
 				return
 			}
-			if releaseRetry, err = am.GetRetryToken(ctx, err); err != nil {
+			if releaseRetry, err = am.GetRetryToken(ctx, opErr); err != nil {
 				return // the retry quota is spent: the call fails
 			}
-			delay, derr := am.RetryDelay(attempt, err)
-			if derr != nil {
+			// A throttle's backoff starts at 1 s, another error's at 50 ms.
+			delay, err := am.RetryDelay(attempt, opErr)
+			if err != nil {
 				return
 			}
 			t := time.NewTimer(delay)
@@ -226,6 +226,14 @@ func learnAWS(ctx context.Context, url string) {
 			}
 		}
 	})
+}
+
+// awsResponseError returns the error the SDK's deserializers return for
+// an answer of resp's status that no API model names: an
+// awshttp.ResponseError around a smithyhttp.ResponseError.
+func awsResponseError(resp *http.Response) error {
+	return &awshttp.ResponseError{ResponseError: &smithyhttp.ResponseError{
+		Response: &smithyhttp.Response{Response: resp}, Err: errors.New(resp.Status)}}
 }
 
 // learnChild serves a parent: for each line "run CONTENDER STOP_NS PREFIX
