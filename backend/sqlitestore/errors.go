@@ -32,12 +32,18 @@ var (
 	// ErrCorrupt matches a database SQLite reports as malformed, or a row
 	// whose state cannot be decoded.
 	ErrCorrupt = errors.New("sqlitestore: database is corrupt")
+	// ErrFull matches a write that found no room: the file system is full,
+	// or a file of the database reached the process's file size limit
+	// (RLIMIT_FSIZE). The operation changed nothing and may be retried
+	// once there is room; refusals, which write nothing, are still
+	// answered meanwhile.
+	ErrFull = errors.New("sqlitestore: no room for a write")
 )
 
 // An Error is a failed database operation: what the Store was doing, on
 // which file, and why. It matches the sentinel naming its cause (ErrLocked,
-// ErrReadOnly, ErrNotDatabase, ErrNewerSchema, ErrCorrupt) with errors.Is,
-// and unwraps to the underlying error (often a *sqlite.Error).
+// ErrReadOnly, ErrNotDatabase, ErrNewerSchema, ErrCorrupt, ErrFull) with
+// errors.Is, and unwraps to the underlying error (often a *sqlite.Error).
 type Error struct {
 	Op   string // "open", "admit", "refund", "pause", "sweep", ...
 	Path string // the database file
@@ -111,6 +117,14 @@ func classify(path string, err error) (kind, explained error) {
 			return ErrNotDatabase, err
 		case sqlite3.SQLITE_CORRUPT:
 			return ErrCorrupt, err
+		case sqlite3.SQLITE_FULL:
+			return ErrFull, err
+		case sqlite3.SQLITE_IOERR:
+			// SQLite says SQLITE_FULL for ENOSPC alone; a write cut
+			// short by RLIMIT_FSIZE (EFBIG) is an I/O error to it.
+			if limit := sizeLimitReached(path); limit != nil {
+				return ErrFull, fmt.Errorf("%w: %w", limit, err)
+			}
 		case sqlite3.SQLITE_CANTOPEN:
 			// SQLite says only that it could not open a file: the
 			// database, its -wal or its -shm. If the directory is

@@ -24,7 +24,7 @@ import (
 )
 
 // The fault tests: another process holding the write lock past the busy
-// timeout.
+// timeout, and (full_linux_test.go) a full disk.
 
 func init() { helperBodies["holdlock"] = lockHolder }
 

@@ -21,8 +21,8 @@ import (
 // Open opens the database file at path, creating it and its schema if they
 // do not exist, and returns a Store on it. The file is put in WAL mode; it
 // must be on a local disk (see docs/sqlite.md). Errors are *Error values
-// matching ErrNotDatabase, ErrReadOnly, ErrLocked, ErrNewerSchema or
-// ErrCorrupt where the cause is one of those.
+// matching ErrNotDatabase, ErrReadOnly, ErrLocked, ErrNewerSchema,
+// ErrCorrupt or ErrFull where the cause is one of those.
 func Open(path string, opts Options) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("sqlitestore: Open: empty path")
