@@ -6,8 +6,10 @@ import (
 	"bufio"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,9 +26,13 @@ import (
 )
 
 // The fault tests: another process holding the write lock past the busy
-// timeout, and (full_linux_test.go) a full disk.
+// timeout, the database file removed or replaced under running stores,
+// and (full_linux_test.go) a full disk.
 
-func init() { helperBodies["holdlock"] = lockHolder }
+func init() {
+	helperBodies["holdlock"] = lockHolder
+	helperBodies["follower"] = follower
+}
 
 // ledgerBurst is the burst of ledgerLimit.
 const ledgerBurst = 100
@@ -204,4 +210,280 @@ func TestLockedByProcess(t *testing.T) {
 	require.NoError(t, s.Refund(ctx, driver.Request{Key: "r", Limit: backendtest.Limit(lim), Cost: 1}, refundable), "Refund after the lock was let go")
 	intact(t, path)
 	led.settle(t, s)
+}
+
+// A moveStore is one of the stores of TestMoved, on a fake clock of its
+// own so that the test says when it checks its path.
+type moveStore struct {
+	*sqlitestore.Store
+	clock *fakeClock
+}
+
+// notice has st check its path at its next operation, an admission of
+// led's key, which must fail with ErrMoved and admit nothing.
+func (st moveStore) notice(t *testing.T, led *ledger, what string) {
+	t.Helper()
+	st.clock.Add(100 * time.Millisecond)
+	d, err := led.try(st)
+	wantErr(t, what, err, sqlitestore.ErrMoved)
+	assert.False(t, d.Allowed, what)
+}
+
+// TestMoved removes or replaces the database file under two stores of
+// one path. Each goes on with the old file until it checks its path, then
+// fails one operation with ErrMoved, having changed nothing, and runs on
+// the file at the path from then on; both files stay intact, and each
+// charged exactly the admissions reported on it.
+func TestMoved(t *testing.T) {
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		name string
+		// fault moves the file at path away, and returns the units of the
+		// ledger's key charged in the file now at the path, or -1 if
+		// the path names no database.
+		fault func(t *testing.T, path string) int
+		// kept is where the old file lives on, if it does.
+		kept string
+	}{
+		{"removed", func(t *testing.T, path string) int {
+			require.NoError(t, os.Remove(path))
+			return 0
+		}, ""},
+		{"removed with its -wal and -shm", func(t *testing.T, path string) int {
+			for _, suffix := range []string{"", "-wal", "-shm"} {
+				require.NoError(t, os.Remove(path+suffix))
+			}
+			return 0
+		}, ""},
+		{"renamed away", func(t *testing.T, path string) int {
+			require.NoError(t, os.Rename(path, path+".old"))
+			return 0
+		}, ".old"},
+		{"replaced by another store's file", func(t *testing.T, path string) int {
+			other := path + ".other"
+			s := open(t, other, sqlitestore.Options{Now: func() time.Time { return t0 }})
+			(&ledger{key: "ledger"}).admit(t, s, 7)
+			require.NoError(t, s.Close())
+			require.NoError(t, os.Rename(other, path))
+			return 7
+		}, ""},
+		{"replaced by a text file", func(t *testing.T, path string) int {
+			require.NoError(t, os.WriteFile(path+".txt", []byte("not a database\n"), 0o644))
+			require.NoError(t, os.Rename(path+".txt", path))
+			return -1
+		}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "b.db")
+			var a, b moveStore
+			for _, st := range []*moveStore{&a, &b} {
+				st.clock = &fakeClock{t: t0}
+				st.Store = open(t, path, sqlitestore.Options{Now: st.clock.Now, SweepInterval: -1})
+			}
+			ctx := context.Background()
+			old := &ledger{key: "ledger"}
+			old.admit(t, a, 5)
+			old.admit(t, b, 5)
+			booked, err := a.Admit(ctx, driver.Request{Key: "refunded", Limit: backendtest.Limit(ledgerLimit), Cost: 1})
+			require.NoError(t, err)
+
+			charged := tt.fault(t, path)
+
+			// Until they check, both stores admit on the old file.
+			old.admit(t, a, 1)
+			old.admit(t, b, 1)
+			a.notice(t, old, "first Admit of store a to check its path")
+			next := &ledger{key: "ledger", charged: charged}
+			if charged < 0 {
+				// The path names no database: every operation says so
+				// and tries again, until the path is set right.
+				for range 2 {
+					_, err := next.try(a)
+					wantErr(t, "Admit with a text file at the path", err, sqlitestore.ErrMoved)
+					wantErr(t, "Admit with a text file at the path", err, sqlitestore.ErrNotDatabase)
+				}
+				text, err := os.ReadFile(path)
+				require.NoError(t, err)
+				assert.Equal(t, "not a database\n", string(text), "the text file at the path: want it untouched")
+				old.admit(t, b, 1) // b still on the old file
+				require.NoError(t, os.Remove(path))
+				next.charged = 0
+			}
+			next.admit(t, a, 3)
+			// A refund of an admission of the old file gives nothing back
+			// on the new one.
+			require.NoError(t, a.Refund(ctx, driver.Request{Key: "refunded", Limit: backendtest.Limit(ledgerLimit), Cost: 1}, booked))
+			old.admit(t, b, 1) // b still on the old file
+			b.notice(t, next, "first Admit of store b to check its path")
+			next.admit(t, b, 3)
+
+			intact(t, path)
+			next.settle(t, a)
+			refunded := &ledger{key: "refunded"}
+			refunded.settle(t, b)
+			if tt.kept != "" {
+				kept := path + tt.kept
+				intact(t, kept)
+				old.settle(t, open(t, kept, sqlitestore.Options{Now: b.clock.Now}))
+			}
+		})
+	}
+}
+
+// TestCloseMoved closes a store whose file was renamed away before it
+// noticed: Close leaves the old file complete and takes its -wal and
+// -shm files away from the path, so that a store opened on the path
+// then starts a file of its own.
+func TestCloseMoved(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	s, err := sqlitestore.Open(path, sqlitestore.Options{SweepInterval: -1})
+	require.NoError(t, err)
+	old := &ledger{key: "ledger"}
+	old.admit(t, s, 10)
+	require.NoError(t, os.Rename(path, path+".old"))
+	old.admit(t, s, 1) // not noticed yet: on the old file
+	require.NoError(t, s.Close())
+	for _, suffix := range []string{"-wal", "-shm"} {
+		assert.NoFileExists(t, path+suffix, "the old file's companion at the path after Close")
+	}
+	next := &ledger{key: "ledger"}
+	next.settle(t, open(t, path, sqlitestore.Options{SweepInterval: -1}))
+	intact(t, path+".old")
+	old.settle(t, open(t, path+".old", sqlitestore.Options{SweepInterval: -1}))
+}
+
+// follower is the body of a follower helper: it prints "ready", then
+// admits spec.Key's requests until its stdin closes, printing each
+// admitted start, and "moved" when it finds its file moved.
+func follower(t *testing.T, spec helperSpec) {
+	lim, err := bucket.Parse(spec.Limit)
+	require.NoError(t, err)
+	s := open(t, spec.Path, sqlitestore.Options{SweepInterval: -1})
+	fmt.Println("ready")
+	stop := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		close(stop)
+	}()
+	req := driver.Request{Key: spec.Key, Limit: backendtest.Limit(lim), Cost: 1, MaxWait: spec.MaxWait}
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		d, err := s.Admit(context.Background(), req)
+		switch {
+		case errors.Is(err, sqlitestore.ErrMoved):
+			fmt.Println("moved")
+		case !assert.NoError(t, err):
+			<-stop
+			return
+		case d.Allowed:
+			fmt.Println("start", d.Start())
+			time.Sleep(d.Wait)
+		default:
+			time.Sleep(d.Wait - spec.MaxWait + rand.N(spec.MaxWait))
+		}
+	}
+}
+
+// TestMovedProcesses renames the database file away while another
+// process admits on it as fast as its limit allows, and so does this one.
+// The first store to notice opens a new file at the path while the other
+// still writes to the old one, until it notices in turn: the starts on
+// each file conform to the limit, and both files are intact.
+func TestMovedProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes a second")
+	}
+	path := filepath.Join(t.TempDir(), "b.db")
+	s := open(t, path, sqlitestore.Options{SweepInterval: -1})
+	spec := helperSpec{Path: path, Key: "k", Limit: "500/s burst=5", MaxWait: 10 * time.Millisecond}
+	lim, err := bucket.Parse(spec.Limit)
+	require.NoError(t, err)
+	cmd, stdout, stdin := startHelper(t, "follower", spec)
+	var (
+		mu     sync.Mutex
+		starts [2][]backendtest.Start // on the old file, on the new one
+		moved  int
+		ready  = make(chan struct{})
+		done   = make(chan string, 1)
+	)
+	go func() {
+		done <- readHelper(stdout, func(f []string) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case len(f) == 1 && f[0] == "ready":
+				close(ready)
+			case len(f) == 1 && f[0] == "moved":
+				moved++
+			case len(f) == 2 && f[0] == "start":
+				var st backendtest.Start
+				fmt.Sscan(f[1], &st.At)
+				st.Cost = 1
+				starts[min(moved, 1)] = append(starts[min(moved, 1)], st)
+			default:
+				return false
+			}
+			return true
+		})
+	}()
+	select {
+	case <-ready:
+	case other := <-done:
+		cmd.Wait()
+		require.FailNow(t, "follower ended before it was ready", "%s%s", other, cmd.Stderr)
+	}
+	// This store admits too, at its own pace, on the same key.
+	req := driver.Request{Key: "k", Limit: backendtest.Limit(lim), Cost: 1, MaxWait: spec.MaxWait}
+	var mine [2][]backendtest.Start
+	ctx := context.Background()
+	// admit admits on file (0: the old, 1: the new) until done, or on the
+	// old file until the store finds it moved.
+	admit := func(file int, done func() bool) (moved bool) {
+		t.Helper()
+		for !done() {
+			d, err := s.Admit(ctx, req)
+			if file == 0 && errors.Is(err, sqlitestore.ErrMoved) {
+				return true
+			}
+			require.NoError(t, err)
+			if d.Allowed {
+				mine[file] = append(mine[file], backendtest.Start{At: d.Start(), Cost: 1})
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		return false
+	}
+	// startsOn returns a function that tells when the other process has
+	// admitted 50 units on file, or 10s have passed.
+	startsOn := func(file int) func() bool {
+		deadline := time.Now().Add(10 * time.Second)
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(starts[file]) >= 50 || time.Now().After(deadline)
+		}
+	}
+	require.False(t, admit(0, startsOn(0)), "ErrMoved before the file was moved")
+	require.NoError(t, os.Rename(path, path+".old"))
+	deadline := time.Now().Add(10 * time.Second)
+	require.True(t, admit(0, func() bool { return time.Now().After(deadline) }), "the file renamed away: no ErrMoved within 10s")
+	admit(1, startsOn(1))
+	stdin.Close()
+	other := <-done
+	require.NoError(t, cmd.Wait(), "follower\n%s%s", other, cmd.Stderr)
+
+	assert.Equal(t, 1, moved, "ErrMoved reported to the other process: want once")
+	for file, name := range []string{"old", "new"} {
+		all := append(starts[file], mine[file]...)
+		t.Logf("%s file: %d starts of the other process, %d of this one", name, len(starts[file]), len(mine[file]))
+		assert.NotEmpty(t, starts[file], "the other process's starts on the %s file", name)
+		assert.NotEmpty(t, mine[file], "this process's starts on the %s file", name)
+		assert.NoError(t, backendtest.Check(lim, all), "the starts on the %s file", name)
+	}
+	intact(t, path)
+	intact(t, path+".old")
 }
