@@ -107,6 +107,13 @@ func benchAdmit(b *testing.B, s *redisstore.Store, callers int, keys []string, m
 		all.Merge(&h)
 		mu.Unlock()
 	}
+	report(b, b.N, runCallers(b, callers, work), &all)
+}
+
+// runCallers runs work from callers concurrent callers, each from a place
+// of its own in the keys (i), until b has its count, and returns how long
+// they took.
+func runCallers(b *testing.B, callers int, work func(next func() bool, i int)) time.Duration {
 	b.ReportAllocs()
 	start := time.Now()
 	if callers == 1 {
@@ -123,7 +130,7 @@ func benchAdmit(b *testing.B, s *redisstore.Store, callers int, keys []string, m
 			work(pb.Next, i)
 		})
 	}
-	report(b, b.N, time.Since(start), &all)
+	return time.Since(start)
 }
 
 // BenchmarkAdmitCapped measures Store.Admit of requests under an
@@ -150,55 +157,42 @@ func BenchmarkAdmitCapped(b *testing.B) {
 func BenchmarkAdmitBatch(b *testing.B) {
 	for _, callers := range []int{1, 4} {
 		b.Run(fmt.Sprintf("batch=64/callers=%d/keys=1000", callers), func(b *testing.B) {
-			s := newStore(b, newClient(b), redisstore.Options{})
-			keys := benchKeys(1000)
-			ctx := context.Background()
-			var (
-				mu  sync.Mutex
-				all latency.Histogram
-			)
-			work := func(next func() bool, i int) {
-				var h latency.Histogram
-				batch := make([]driver.Admission, 64)
-				for next() {
-					for j := range batch {
-						batch[j] = driver.Admission{Request: driver.Request{Key: keys[i%len(keys)], Limit: backendtest.Limit(benchLimit), Cost: 1}}
-						i++
-					}
-					t0 := time.Now()
-					s.AdmitBatch(ctx, batch)
-					h.Add(time.Since(t0))
-					for _, a := range batch {
-						if a.Err != nil || !a.Decision.Allowed {
-							b.Fatalf("AdmitBatch: %+v, %v", a.Decision, a.Err)
-						}
-					}
-				}
-				mu.Lock()
-				all.Merge(&h)
-				mu.Unlock()
-			}
-			b.ReportAllocs()
-			start := time.Now()
-			if callers == 1 {
-				work(b.Loop, 0)
-			} else {
-				b.SetParallelism((callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
-				var seed sync.Mutex
-				n := 0
-				b.RunParallel(func(pb *testing.PB) {
-					seed.Lock()
-					i := n * 7919
-					n++
-					seed.Unlock()
-					work(pb.Next, i)
-				})
-			}
-			elapsed := time.Since(start)
-			report(b, b.N*64, elapsed, &all)
-			b.ReportMetric(float64(all.Quantile(0.5).Microseconds()), "batch-p50-µs")
+			benchBatch(b, newStore(b, newClient(b), redisstore.Options{}), callers, benchKeys(1000))
 		})
 	}
+}
+
+// benchBatch measures AdmitBatch of 64 admissions over keys from callers
+// concurrent callers.
+func benchBatch(b *testing.B, s *redisstore.Store, callers int, keys []string) {
+	ctx := context.Background()
+	var (
+		mu  sync.Mutex
+		all latency.Histogram
+	)
+	work := func(next func() bool, i int) {
+		var h latency.Histogram
+		batch := make([]driver.Admission, 64)
+		for next() {
+			for j := range batch {
+				batch[j] = driver.Admission{Request: driver.Request{Key: keys[i%len(keys)], Limit: backendtest.Limit(benchLimit), Cost: 1}}
+				i++
+			}
+			t0 := time.Now()
+			s.AdmitBatch(ctx, batch)
+			h.Add(time.Since(t0))
+			for _, a := range batch {
+				if a.Err != nil || !a.Decision.Allowed {
+					b.Fatalf("AdmitBatch: %+v, %v", a.Decision, a.Err)
+				}
+			}
+		}
+		mu.Lock()
+		all.Merge(&h)
+		mu.Unlock()
+	}
+	report(b, b.N*64, runCallers(b, callers, work), &all)
+	b.ReportMetric(float64(all.Quantile(0.5).Microseconds()), "batch-p50-µs")
 }
 
 func report(b *testing.B, admissions int, elapsed time.Duration, h *latency.Histogram) {
