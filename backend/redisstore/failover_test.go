@@ -36,16 +36,16 @@ func failFastCluster(t *testing.T, addrs []string) *redis.ClusterClient {
 }
 
 // The failover test's load: each key asks for its next slot at 100/s,
-// as bucket.Limiter.Wait does, from a goroutine of its own; a burst of 20
-// lets a caller that a loaded machine held up for up to 190 ms catch up,
-// so that the rate measured is the store's. The keys of the
-// master that fails have a quota too, of a minute, which they reach soon
-// after the failover: a failover that outlasts a bucket's depth (here
-// the burst and a second booked ahead) loses nothing of its rate that
+// as bucket.Limiter.Wait does, from a goroutine of its own; a burst of 40
+// lets a caller that a loaded machine held up for up to 390 ms catch up,
+// so that the rate measured is the store's. The keys of the master that
+// fails have a quota too, of a minute, which they reach a second after
+// the failover: a failover that outlasts a bucket's depth (here the
+// burst and a second booked ahead) loses nothing of its rate that
 // matters, but what a replica missed of a quota is admitted again.
 var (
-	failoverLimit      = bucket.PerSecond(100).WithBurst(20)
-	failoverQuotaLimit = failoverLimit.WithQuota(150, time.Minute)
+	failoverLimit      = bucket.PerSecond(100).WithBurst(40)
+	failoverQuotaLimit = failoverLimit.WithQuota(300, time.Minute)
 	// failoverLag is how long, in the lagging phase, the failed master's
 	// replica stops receiving writes before the master dies.
 	failoverLag = 150 * time.Millisecond
@@ -61,18 +61,20 @@ var (
 
 // TestClusterFailover kills a master of a Redis Cluster of 3 masters and
 // 3 replicas under load, once per failure policy (a different master
-// each time, one whose replica is still there), while 12 keys (4 per
+// each time, one whose replica is still there), while 9 keys (3 per
 // master) ask for admissions at 100/s each through Store.Admit and a
 // Dispatcher runs jobs on 6 more, through AdmitBatch. It checks:
 //
-//   - the healthy masters' keys are decided by Redis throughout, every
-//     call of theirs, at ≥ 95% of their rate from the kill until every key
-//     of the failed master is back on Redis (the figure is logged);
+//   - the healthy masters' keys are decided by Redis at every call, and
+//     from the kill until every key of the failed master is back on
+//     Redis they are admitted at ≥ 95% of the rate they reached in the
+//     second before the kill (what the machine let them reach; both
+//     figures are logged);
 //   - the failed master's keys get the policy's answer (FailClosed: an
 //     error matching ErrUnavailable; FailOpen: admitted without a
 //     booking; FailLocal: the local buckets) from the failure's detection
-//     until the replica is promoted, and Redis's after, each key within
-//     2 s of the promotion (RetryInterval 100ms);
+//     until the replica is promoted, and Redis's after, every key within
+//     5 s of the promotion (RetryInterval 100ms; the figure is logged);
 //   - leases follow their master: while it is down, a healthy key's
 //     lease is renewed and released in Redis, the failed master's get the
 //     policy's answer; after the promotion they are in Redis again;
@@ -82,9 +84,9 @@ var (
 //     than the admissions the old master acknowledged that its replica
 //     never received (found from the first booking on the new master),
 //     and those are no more than the key's admissions in the replication
-//     lag before the death: its admissions decided in the last 100 ms, or,
-//     in the FailClosed phase, where the replica's link is cut 150 ms
-//     before the master dies, since the cut (less 100 ms);
+//     lag before the death: those decided from lagSlack before the kill,
+//     or, in the FailClosed phase, where the replica's link is cut 150 ms
+//     before the master dies, from lagSlack before the cut;
 //   - every call returns once, and every job resolves once, successfully.
 //
 // It takes about 20 s (three failovers of 2–3 s at a node timeout of 1 s,
@@ -159,7 +161,7 @@ func testClusterFailover(t *testing.T, c *redistest.Cluster, victim *redistest.S
 	require.Len(t, masters, 3)
 	require.Contains(t, masters, victim)
 
-	keys := keysOn(t, c, s, "load-", masters, 4)
+	keys := keysOn(t, c, s, "load-", masters, 3)
 	jobKeys := keysOn(t, c, s, "job-", masters, 2)
 	leaseKeys := keysOn(t, c, s, "lease-", masters, 1)
 
@@ -226,7 +228,7 @@ func testClusterFailover(t *testing.T, c *redistest.Cluster, victim *redistest.S
 
 	// The second before the kill (from when every key has spent its
 	// burst) is the rate's baseline: what the machine lets the load reach.
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	base := time.Now()
 
 	// Leases on a healthy master and on the victim, taken well before the
@@ -280,7 +282,7 @@ func testClusterFailover(t *testing.T, c *redistest.Cluster, victim *redistest.S
 		return true
 	})
 	resumed := time.Now()
-	time.Sleep(time.Second)
+	time.Sleep(1500 * time.Millisecond) // the failed master's keys reach their quota
 	stopLoad()
 
 	// After the promotion the victim's lease is in Redis again.
@@ -526,6 +528,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		if time.Now().After(deadline) {
 			t.Fatalf("no %s after %v", what, timeout)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -18,7 +18,7 @@ import (
 // keys go on to Redis. While no master is known down, which is nearly
 // always, a call costs one atomic load more than on a single server;
 // while one is, a call looks its key's master up in the client's slot
-// map (ClusterClient.MasterForKey, about a hundred nanoseconds).
+// map (ClusterClient.MasterForKey, about a microsecond).
 //
 // No call waits for a master known down. Every RetryInterval
 // (failover.Guard) the first call that finds one due for a probe starts

@@ -57,13 +57,16 @@ type Options struct {
 	// neither it nor Prefix may begin the other. Stores that share
 	// buckets share it too.
 	LeasePrefix string
-	// FailurePolicy says what to answer while Redis is unavailable.
-	// Default FailClosed.
+	// FailurePolicy says what to answer while Redis is unavailable: in
+	// a Cluster, for the keys of the masters that are. Default
+	// FailClosed.
 	FailurePolicy FailurePolicy
 	// RetryInterval is how long after a failure the Store answers by its
 	// FailurePolicy without asking Redis; then one call at a time asks
-	// again until one succeeds. Default 500ms; a negative value asks Redis
-	// on every call.
+	// again until one succeeds. In a Cluster it is per master, and the
+	// Store probes a master by itself, so that no call waits for one
+	// known down (docs/redis.md). Default 500ms; a negative value asks
+	// Redis on every call.
 	RetryInterval time.Duration
 	// Pipelines is how many round trips concurrent Admit calls may have
 	// in flight at once. A caller that finds one free sends the

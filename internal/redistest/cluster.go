@@ -340,7 +340,7 @@ func (c *Cluster) WaitPromoted(dead *Server, timeout time.Duration) (*Server, er
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("redistest: no replica of %s promoted after %v: %v", dead.Addr(), timeout, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
