@@ -73,6 +73,9 @@ func TestNoRedis(t *testing.T) {
 	}
 }
 
+// TestClusterFailover starts a cluster of 3 masters and 3 replicas, kills
+// the master of a key, and finds the replica that took its slots serving
+// the key.
 func TestClusterFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster")
@@ -92,6 +95,7 @@ func TestClusterFailover(t *testing.T) {
 	p, err := c.WaitPromoted(m, 20*time.Second)
 	require.NoError(t, err)
 	t.Logf("promoted %s in %v", p.Addr(), time.Since(t0))
+	assert.NotEqual(t, m, p, "the promoted server")
 	m2, err := c.MasterOf("some-key")
 	require.NoError(t, err)
 	assert.Equal(t, p, m2)
