@@ -125,36 +125,44 @@ func (s *Store) leaseTrip(ctx context.Context, leases []driver.LeaseRef, request
 		}
 		return res, nil
 	}
+	// In a Cluster while a master is known down, the leases on it are not
+	// asked about: at holds the indices of those that are (nil: all).
 	var (
-		sent   = make([]int, 0, len(ops)) // the leases asked about
-		via    []*master                  // in a Cluster while a master is known down: each one's, if down
-		routed = s.masters != nil && s.masters.anyDown()
+		at  []int
+		via []*master // each one's master, if known down
 	)
-	for i := range ops {
-		if routed {
+	if s.masters != nil && s.masters.anyDown() {
+		at = make([]int, 0, len(ops))
+		for i := range ops {
 			m, ask := s.masters.ask(leases[i].Key)
 			if !ask {
 				res[i].err = s.guard.Unavailable(m.cause())
 				continue
 			}
-			via = append(via, m)
+			ops[len(at)] = ops[i]
+			at, via = append(at, i), append(via, m)
 		}
-		sent = append(sent, i)
+		ops = ops[:len(at)]
 	}
-	if len(sent) < len(ops) {
-		some := make([]op, len(sent))
-		for k, i := range sent {
-			some[k] = ops[i]
+	index := func(k int) int {
+		if at == nil {
+			return k
 		}
-		ops = some
+		return at[k]
 	}
-	out := make([]result, len(ops))
-	s.run(context.WithoutCancel(ctx), ops, out)
+	out := res
+	if at != nil {
+		out = make([]result, len(ops))
+	}
+	if len(ops) > 0 {
+		s.run(context.WithoutCancel(ctx), ops, out)
+	}
 	var (
 		answered bool
 		failed   = -1 // the first lease whose call failed
 	)
-	for k, i := range sent {
+	for k := range ops {
+		i := index(k)
 		res[i] = out[k]
 		if res[i].err == nil {
 			answered = true
@@ -179,7 +187,8 @@ func (s *Store) leaseTrip(ctx context.Context, leases []driver.LeaseRef, request
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	for _, i := range sent {
+	for k := range ops {
+		i := index(k)
 		switch err := res[i].err; {
 		case err == nil:
 		case isUnavailable(err):
