@@ -108,3 +108,14 @@ var KeySlot = keySlot
 
 // SlotTag returns the hash tag lease set names carry for slot.
 func SlotTag(slot int) string { return string(slotTags()[slot][:]) }
+
+// DownMasters returns how many masters of its Cluster s knows down.
+func DownMasters(s *Store) int {
+	if s.masters == nil {
+		return 0
+	}
+	if p := s.masters.down.Load(); p != nil {
+		return len(*p)
+	}
+	return 0
+}
