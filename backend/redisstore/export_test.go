@@ -88,15 +88,35 @@ func (s *Store) Client() redis.UniversalClient { return s.client }
 
 var IsUnavailable = isUnavailable
 
-// AdmitWith decides req with the script source instead of the Store's
-// own, as a process running another version would.
+// RawLearn sends a learning straight to Redis and returns the interval
+// the key applies from now and the moment, in µs, its state becomes fresh
+// (0 if it is).
+func RawLearn(ctx context.Context, s *Store, key string, lim driver.Limit, fb driver.Feedback) (time.Duration, int64, error) {
+	res := s.runOne(ctx, s.opOf(key, appendLearn(nil, &lim, &fb)))
+	return time.Duration(res.r.interval) * tick, res.r.fresh, res.err
+}
+
+// AdmitWith decides req, a request without a lease, with the script
+// source of a version before learned limits instead of the Store's own,
+// as a process running that version would: its requests had seven
+// int64s before their pairs, its replies seven.
 func AdmitWith(ctx context.Context, s *Store, source string, req driver.Request) (driver.Decision, error) {
 	args, err := appendAdmit(nil, &req)
 	if err != nil {
 		return driver.Decision{}, err
 	}
+	args = append(args[:7*8:7*8], args[header:]...)
 	cmd := redis.NewCmd(ctx, "eval", source, 1, s.RedisKey(req.Key), args)
 	s.client.Process(ctx, cmd)
+	if err := cmd.Err(); err != nil {
+		return driver.Decision{}, err
+	}
+	switch v := cmd.Val().(type) { // a reply, or one with error messages
+	case string:
+		cmd.SetVal(v + string(make([]byte, 8))) // interval 0
+	case []any:
+		v[0] = v[0].(string) + string(make([]byte, 8))
+	}
 	var out [1]result
 	parseReplies(cmd, out[:])
 	return out[0].r.decision(), out[0].err

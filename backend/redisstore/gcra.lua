@@ -1,8 +1,11 @@
--- The mathematics of bucket/gcra.go (Decide, Refund, Pause, FreshAt), run
--- atomically inside Redis on one bucket's key, in integer microseconds of
--- the server's clock. Lua numbers are doubles: every value here is an
--- integer below 2^53 (the Go side keeps them there), so + - * and
--- comparisons are exact, and floordiv below makes division exact.
+-- The mathematics of bucket/gcra.go (Decide, Refund, Pause, FreshAt) and
+-- bucket/learn.go (Learn), run atomically inside Redis on one bucket's
+-- key, in integer microseconds of the server's clock. Lua numbers are
+-- doubles: every value here is an integer below 2^53 (the Go side keeps
+-- them there), so + - * and comparisons are exact, and floordiv below
+-- makes division exact; the one quantity computed in fractions, a learned
+-- cubic's interval, takes the steps of driver.Learned.rate in its order,
+-- each rounded to a double as Go rounds it.
 --
 -- KEYS     the buckets' states (absent: a fresh bucket), one per request;
 --          a key may appear more than once, and its requests are decided
@@ -13,12 +16,21 @@
 --          name with a bucket (their prefixes are apart), so that a run
 --          of requests on one key always ends before them.
 -- ARGV[1]  the requests, one after another, one per key: each is
---          little-endian int64s, op, a, b, c, d, e, n, then n pairs (x, y):
+--          little-endian int64s, op, a, b, c, d, e, n, f, g, h, then n
+--          pairs (x, y):
 --            op 1 admit:  a capacity, b charge (as in bucket.Decide), c cost,
---                         d maxWait; pairs (window, max) of the quotas
+--                         d maxWait, f the limit's interval, g its floor's
+--                         (0: a fixed limit), h the span (driver.Terms);
+--                         pairs (window, max) of the quotas
 --            op 2 refund: the booking's a TAT, b previous TAT, c Gen, then
 --                         d its start, e its cost; pairs (window, 0)
 --            op 3 pause:  a the duration
+--            op 8 learn:  a the limit's interval, b its floor's, c 1 if
+--                         throttled + 2 if remaining units are said, d
+--                         the throttled admission's Gen, e the interval
+--                         announced, f the remaining units (at most g),
+--                         g the time to their reset, h the time to live
+--                         (driver.Learn, its durations in ticks)
 --          and ops on a lease, whose pairs are followed by int64s k, ttl,
 --          len, then len bytes: the lease's ID, KEYS[k] the bucket's lease
 --          set, ttl its time to live:
@@ -30,14 +42,16 @@
 --          it; with it a key expires no sooner than 10 minutes from now in
 --          real time, so a fake clock cannot lose state to real expiry.
 --
--- State: struct '<i8i8i8' TAT, Paused, Gen; then, if there are quotas, a
--- cmsgpack array: per quota window, ns, then ns × (slot index delta,
--- count); slots ascend and the first delta is from 0; then MARK; then
--- Seen, the time the state was written at, as a msgpack int64 (0xd3, then
--- 8 bytes big-endian): a state without quotas is always 34 bytes. The key
--- expires in the second after the state becomes fresh (PXAT, kept by
--- later writes with KEEPTTL while it still covers them), and a state found
--- fresh is ignored.
+-- State: struct '<i8i8i8' TAT, Paused, Gen; then, if the key learned
+-- something (driver.Learned), LEARNED and '<i8i8i8i8i8i8i8' its Interval,
+-- Recover, Drop, DropGen, Until, Pace, PaceUntil; then, if there are
+-- quotas, a cmsgpack array: per quota window, ns, then ns × (slot index
+-- delta, count); slots ascend and the first delta is from 0; then MARK;
+-- then Seen, the time the state was written at, as a msgpack int64 (0xd3,
+-- then 8 bytes big-endian): a state without quotas nor a learned record
+-- is always 34 bytes. The key expires in the second after the state
+-- becomes fresh (PXAT, kept by later writes with KEEPTTL while it still
+-- covers them), and a state found fresh is ignored.
 --
 -- A key's clock never runs backwards: it is the later of TIME and its
 -- state's Seen. bucket.Decide relies on it (quota slots that an earlier
@@ -50,13 +64,16 @@
 -- the second after its latest lease (PEXPIREAT, set again only when that
 -- second moves later), so that it is gone once no lease is held.
 --
--- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
--- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now and
--- freshAt. freshAt is 0 for a fresh bucket. allowed is 2 for an admission
--- refused at its cap (wait: until the first lease expires), and for a
--- renewal 1 if the lease was held, 0 if not. A string costs the client less
--- than an array; only if a request failed is the reply an array: that
--- string, then the error messages (see the end).
+-- Reply: per request, in order, struct '<i8i8i8i8i8i8i8i8' allowed, wait,
+-- now, TAT, prevTAT, Gen, freshAt, interval; refunds and pauses fill in
+-- only now and freshAt, a learning now, freshAt and interval. freshAt is
+-- 0 for a fresh bucket; interval is the one the admission applied, or the
+-- one the key's admissions apply after the learning, in ticks. allowed is
+-- 2 for an admission refused at its cap (wait: until the first lease
+-- expires; interval 0), and for a renewal 1 if the lease was held, 0 if
+-- not. A string costs the client less than an array; only if a request
+-- failed is the reply an array: that string, then the error messages (see
+-- the end).
 
 local req = ARGV[1]
 local call, unpack8, pack = redis.call, struct.unpack, struct.pack
@@ -84,7 +101,10 @@ local function floordiv(x, y)
 end
 
 -- REPLY is the format of a request's reply.
-local REPLY = '<i8i8i8i8i8i8i8'
+local REPLY = '<i8i8i8i8i8i8i8i8'
+
+-- HEADER is the format of a request's op and fields.
+local HEADER = '<i8i8i8i8i8i8i8i8i8i8'
 
 -- MARK follows the quotas of every state this script writes: an empty
 -- msgpack array, which earlier versions of the script (which set each
@@ -96,6 +116,13 @@ local MARK = '\144'
 -- NONE is the quotas of a state without any. It is shared, so it is never
 -- changed: states with quotas get tables of their own.
 local NONE = {}
+
+-- LEARNED precedes a state's learned record: a byte msgpack never uses,
+-- so that earlier versions of the script, which read what follows the
+-- state's first three fields as msgpack, fail on such a state ("Bad data
+-- format in input") rather than misread it. A state without a record is
+-- written as they write it.
+local LEARNED = 0xc1
 
 -- expiry is when a key whose state becomes fresh at t expires: t rounded
 -- up to a whole second, in µs.
@@ -109,14 +136,18 @@ local function slotwidth(window)
 end
 
 -- The state of the key being decided: quotas[i] = {window, idx = {...},
--- cnt = {...}}; exists: the key holds it; marked: this script wrote it, so
--- the key expires no sooner than expiry(freshat()); expires: that bound,
--- when known; dirty: it must be written; saved: when the state saved last
--- becomes fresh.
-local tat, paused, gen, quotas, exists, expires, dirty, saved
+-- cnt = {...}}; learned: its learned record, or nil (driver.Learned, with
+-- Until and PaceUntil as till and pacetill: until is a keyword); exists:
+-- the key holds it; marked: this script wrote it, so the key expires no
+-- sooner than expiry(freshat()); expires: that bound, when known; dirty:
+-- it must be written; saved: when the state saved last becomes fresh.
+local tat, paused, gen, quotas, learned, exists, expires, dirty, saved
 
 local function freshat()
   local fresh = max(tat, paused)
+  if learned then
+    fresh = max(fresh, learned.till, learned.pacetill)
+  end
   if quotas == NONE then
     return fresh
   end
@@ -131,9 +162,11 @@ local function freshat()
 end
 
 -- load reads key's state, and sets now to the key's time. A state that
--- has become fresh is forgotten, whether or not its key has expired yet.
+-- has become fresh is forgotten, whether or not its key has expired yet,
+-- and so is a learned record that has expired (driver.Decide forgets it
+-- at its next decision; until then it changes nothing).
 local function load(key)
-  tat, paused, gen, quotas, exists, expires, dirty = 0, 0, 0, NONE, false, nil, false
+  tat, paused, gen, quotas, learned, exists, expires, dirty = 0, 0, 0, NONE, nil, false, nil, false
   now = clock
   local raw = call('GET', key)
   if not raw then
@@ -142,6 +175,11 @@ local function load(key)
   local marked = false
   local p
   tat, paused, gen, p = unpack8('<i8i8i8', raw)
+  if #raw ~= p + 9 and byte(raw, p) == LEARNED then
+    local l = {}
+    l.interval, l.recover, l.drop, l.dropgen, l.till, l.pace, l.pacetill, p = unpack8('<i8i8i8i8i8i8i8', raw, p + 1)
+    learned = l
+  end
   if #raw == p + 9 and byte(raw, p) == 0x90 then
     -- No quotas: MARK, Seen.
     marked = true
@@ -176,9 +214,12 @@ local function load(key)
     expires = expiry(fresh)
   end
   if fresh <= now then
-    tat, paused, gen, quotas = 0, 0, 0, NONE
+    tat, paused, gen, quotas, learned = 0, 0, 0, NONE, nil
   else
     exists = true
+    if learned and now >= learned.till and now >= learned.pacetill then
+      learned = nil
+    end
   end
 end
 
@@ -188,7 +229,7 @@ local function save()
   dirty = true
   saved = freshat()
   if saved <= now then
-    tat, paused, gen, quotas, exists, saved = 0, 0, 0, NONE, false, 0
+    tat, paused, gen, quotas, learned, exists, saved = 0, 0, 0, NONE, nil, false, 0
   else
     exists = true
   end
@@ -209,23 +250,32 @@ local function flush(key)
     return
   end
   local val
-  if #quotas == 0 then
+  if #quotas == 0 and not learned then
     val = pack('<i8i8i8B>Bi8', tat, paused, gen, 0x90, 0xd3, now) -- 0x90: MARK
   else
-    val = pack('<i8i8i8', tat, paused, gen)
-    local slots = {}
-    for i = 1, #quotas do
-      local q = quotas[i]
-      slots[#slots + 1] = q.window
-      slots[#slots + 1] = #q.idx
-      local prev = 0
-      for j = 1, #q.idx do
-        slots[#slots + 1] = q.idx[j] - prev
-        slots[#slots + 1] = q.cnt[j]
-        prev = q.idx[j]
-      end
+    if learned then
+      local l = learned
+      val = pack('<i8i8i8Bi8i8i8i8i8i8i8', tat, paused, gen, LEARNED,
+        l.interval, l.recover, l.drop, l.dropgen, l.till, l.pace, l.pacetill)
+    else
+      val = pack('<i8i8i8', tat, paused, gen)
     end
-    val = val .. cmsgpack.pack(slots) .. pack('>BBi8', 0x90, 0xd3, now) -- 0x90: MARK
+    if #quotas > 0 then
+      local slots = {}
+      for i = 1, #quotas do
+        local q = quotas[i]
+        slots[#slots + 1] = q.window
+        slots[#slots + 1] = #q.idx
+        local prev = 0
+        for j = 1, #q.idx do
+          slots[#slots + 1] = q.idx[j] - prev
+          slots[#slots + 1] = q.cnt[j]
+          prev = q.idx[j]
+        end
+      end
+      val = val .. cmsgpack.pack(slots)
+    end
+    val = val .. pack('>BBi8', 0x90, 0xd3, now) -- 0x90: MARK
   end
   local exp = expiry(saved)
   if expires and exp <= expires then
@@ -258,21 +308,108 @@ local function lease(op, lkey, id, ttl, raw)
   local fresh = raw and freshat() or 0
   if op == 7 then
     call('ZREM', lkey, id)
-    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh)
+    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh, 0)
   end
   local e = call('ZSCORE', lkey, id)
   if not e or tonumber(e) <= now then
-    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh)
+    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh, 0)
   end
   hold(lkey, id, now + ttl)
-  return pack(REPLY, 1, 0, now, 0, 0, 0, fresh)
+  return pack(REPLY, 1, 0, now, 0, 0, 0, fresh, 0)
+end
+
+-- rate is driver.Learned.rate: the interval l holds at now, flat or along
+-- the cubic, each product rounded to a double in Go's order.
+local function rate(l)
+  if l.recover == 0 then
+    return l.interval
+  end
+  local d = (l.recover - max(now - l.drop, 0)) / l.recover
+  local p = d * d
+  p = p * d
+  p = p * 0.3
+  return math.ceil(l.interval / (1 - p))
+end
+
+-- effective is driver.Learned.Effective: the interval a decision at now
+-- applies to a learned limit of interval t and floor's interval floor.
+local function effective(l, t, floor)
+  local v = t
+  if now < l.till then
+    v = max(v, rate(l))
+  end
+  if now < l.pacetill then
+    v = max(v, l.pace)
+  end
+  return min(v, floor)
+end
+
+-- recoverticks is driver.RecoverTicks in µs: the cube root, by integer
+-- bisection, of floor(7.5e14 / cur) ms³. A cube above 2^53 is inexact,
+-- but then far above n, on the same side of it as the exact cube.
+local function recoverticks(cur)
+  local n = 0
+  if cur <= 750000000000000 then
+    n = floordiv(750000000000000, cur)
+  end
+  local k, step = 0, 524288 -- 2^19
+  while step >= 1 do
+    local c = k + step
+    if c * c * c <= n then
+      k = c
+    end
+    step = step / 2
+  end
+  return max(k, 1) * 1000
+end
+
+-- learn is driver.Learn on the loaded state, for a learned limit of
+-- interval t and floor's interval floor (op 8's fields): it returns the
+-- interval the key's admissions apply from now, and the state's fresh
+-- moment.
+local function learn(t, floor, flags, fgen, announced, remaining, reset, ttl)
+  local l = learned or { interval = 0, recover = 0, drop = 0, dropgen = 0, till = 0, pace = 0, pacetill = 0 }
+  learned = l
+  if now >= l.till then
+    l.interval, l.recover, l.drop, l.dropgen, l.till = 0, 0, 0, 0, 0
+  end
+  if now >= l.pacetill then
+    l.pace, l.pacetill = 0, 0
+  end
+  local till, throttled = now + ttl, flags % 2 == 1
+  if announced > 0 then
+    l.interval, l.recover, l.drop, l.dropgen, l.till = announced, 0, 0, 0, till
+  elseif throttled and l.recover ~= 0 and fgen ~= 0 and fgen <= l.dropgen then
+    l.till = till -- the overload of the last drop: confirmed
+  elseif throttled then
+    local cur = effective(l, t, floor)
+    l.interval, l.recover, l.drop, l.dropgen, l.till = cur, recoverticks(cur), now, gen, till
+  end
+  if flags >= 2 and reset > 0 then
+    if remaining == 0 then
+      paused = max(paused, now + reset)
+    else
+      l.pace, l.pacetill = floordiv(reset - 1, remaining) + 1, now + reset
+    end
+  end
+  local interval = t
+  if l.till == 0 and l.pacetill == 0 then
+    learned = nil
+  else
+    interval = effective(l, t, floor)
+  end
+  return interval, save()
 end
 
 -- decide runs the request at offset at of req on the loaded state, and
 -- returns its reply and the offset of the next request.
 local function decide(at)
-  local op, a, b, c, d, e, nq, pos = unpack8('<i8i8i8i8i8i8i8', req, at)
+  local op, a, b, c, d, e, nq, f, g, h, pos = unpack8(HEADER, req, at)
   local raw, next = exists, pos + 16 * nq
+  if op == 8 then
+    local interval, fresh = learn(a, b, c, d, e, f, g, h)
+    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh, interval), next
+  end
   local lkey, ttl, id, held
   if op >= 4 then
     local k, n
@@ -289,20 +426,20 @@ local function decide(at)
       held = call('ZCARD', lkey)
       if held >= e and not call('ZSCORE', lkey, id) then
         local first = tonumber(call('ZRANGE', lkey, 0, 0, 'WITHSCORES')[2])
-        return pack(REPLY, 2, first - now, now, 0, 0, 0, raw and freshat() or 0), next
+        return pack(REPLY, 2, first - now, now, 0, 0, 0, raw and freshat() or 0, 0), next
       end
     end
   end
 
   if op == 3 then
     paused = max(paused, now + a)
-    return pack(REPLY, 0, 0, now, 0, 0, 0, save()), next
+    return pack(REPLY, 0, 0, now, 0, 0, 0, save(), 0), next
   end
 
   if op == 2 then
     -- Only the latest admission, with nothing refunded since, is refunded.
     if not raw or tat ~= a or gen ~= c then
-      return pack(REPLY, 0, 0, now, 0, 0, 0, raw and freshat() or 0), next
+      return pack(REPLY, 0, 0, now, 0, 0, 0, raw and freshat() or 0, 0), next
     end
     tat = b
     gen = gen + 1
@@ -325,11 +462,20 @@ local function decide(at)
         end
       end
     end
-    return pack(REPLY, 0, 0, now, 0, 0, 0, save()), next
+    return pack(REPLY, 0, 0, now, 0, 0, 0, save(), 0), next
   end
 
   -- op == 1: admit.
-  local capacity, charge, cost, maxwait = a, b, c, d
+  local capacity, charge, cost, maxwait, interval = a, b, c, d, f
+  if g > 0 and learned then
+    -- A learned limit whose key learned a slower interval is charged more
+    -- (at most the span h), its capacity the limit's own at most.
+    local lt = effective(learned, f, g)
+    if lt ~= f then
+      interval, charge = lt, min(cost * lt, h)
+      capacity = min(capacity, h - charge)
+    end
+  end
   local start = max(now, tat - capacity, paused)
 
   -- Line the stored quotas up with the limit's, by window.
@@ -410,7 +556,7 @@ local function decide(at)
     elseif raw then
       fresh = freshat()
     end
-    return pack(REPLY, 0, wait, now, 0, 0, 0, fresh), next
+    return pack(REPLY, 0, wait, now, 0, 0, 0, fresh, interval), next
   end
 
   local prev = tat
@@ -433,14 +579,14 @@ local function decide(at)
   if lkey then
     hold(lkey, id, now + ttl, held == 0)
   end
-  return pack(REPLY, 1, wait, now, tat, prev, gen, save()), next
+  return pack(REPLY, 1, wait, now, tat, prev, gen, save(), interval), next
 end
 
 -- skip returns the offset of the request after the one at offset at.
 local function skip(at)
   local op, nq = unpack8('<i8', req, at), unpack8('<i8', req, at + 6 * 8)
-  local next = at + 7 * 8 + 16 * nq
-  if op >= 4 then
+  local next = at + 10 * 8 + 16 * nq
+  if op >= 4 and op <= 7 then
     next = next + 3 * 8 + unpack8('<i8', req, next + 2 * 8)
   end
   return next
@@ -482,7 +628,7 @@ while at <= #req do
     errs[#errs + 1] = type(err) == 'table' and err.err or tostring(err)
     at = from
     for _ = i, last do
-      out[#out + 1] = pack(REPLY, -1, #errs, now, 0, 0, 0, 0)
+      out[#out + 1] = pack(REPLY, -1, #errs, now, 0, 0, 0, 0, 0)
       at = skip(at)
     end
   end

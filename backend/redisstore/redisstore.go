@@ -196,7 +196,7 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 	if err := ctx.Err(); err != nil {
 		return driver.Decision{}, err
 	}
-	args, err := appendAdmit(make([]byte, 0, 7*8+16*len(req.Limit.Quotas)), &req)
+	args, err := appendAdmit(make([]byte, 0, header+16*len(req.Limit.Quotas)), &req)
 	if err != nil {
 		return driver.Decision{}, err
 	}
@@ -427,4 +427,5 @@ func (s *Store) end() { s.calls.RUnlock() }
 var (
 	_ driver.BatchBackend = (*Store)(nil)
 	_ driver.LeaseBackend = (*Store)(nil)
+	_ driver.LearnBackend = (*Store)(nil)
 )

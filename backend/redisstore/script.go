@@ -10,8 +10,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The script runs the mathematics of driver.Decide, Refund and Pause in
-// Redis; see the comment at its top for its arguments and replies.
+// The script runs the mathematics of driver.Decide, Refund, Pause and
+// Learn in Redis; see the comment at its top for its arguments and
+// replies.
 //
 //go:embed gcra.lua
 var gcraSource string
@@ -38,11 +39,13 @@ const (
 	opRefundLeased = 5
 	opRenew        = 6
 	opRelease      = 7
+	opLearn        = 8
 )
 
-// The script's request is seven int64s, op and its fields, then n pairs,
-// then for ops on a lease the lease; see the comment at the top of
-// gcra.lua.
+// The script's request is ten int64s, op and its fields (n, the number of
+// pairs, the seventh), then n pairs, then for ops on a lease the lease;
+// see the comment at the top of gcra.lua.
+const header = 10 * 8
 
 // appendAdmit appends the script's request for req, a valid request: the
 // integers of driver.Decide in ticks (driver.Request.Terms), computed here
@@ -65,6 +68,9 @@ func appendAdmit(b []byte, req *driver.Request) ([]byte, error) {
 	b = appendInt(b, tm.MaxWait)
 	b = appendInt(b, lim.Inflight)
 	b = appendInt(b, int64(len(lim.Quotas)))
+	b = appendInt(b, tm.Interval)
+	b = appendInt(b, tm.Floor)
+	b = appendInt(b, tm.Span)
 	for _, q := range lim.Quotas {
 		b = appendInt(b, driver.Ticks(q.Window, tick))
 		b = appendInt(b, min(q.Max, MaxQuotaUnits))
@@ -91,6 +97,9 @@ func appendRefund(b []byte, req *driver.Request, d driver.Decision, release bool
 	b = appendInt(b, d.Start()/int64(tick))
 	b = appendInt(b, req.Cost)
 	b = appendInt(b, int64(len(req.Limit.Quotas)))
+	b = appendInt(b, 0)
+	b = appendInt(b, 0)
+	b = appendInt(b, 0)
 	for _, q := range req.Limit.Quotas {
 		b = appendInt(b, driver.Ticks(q.Window, tick))
 		b = appendInt(b, 0)
@@ -105,7 +114,7 @@ func appendRefund(b []byte, req *driver.Request, d driver.Decision, release bool
 // ticks (opRenew) or to release it (opRelease, ttl 0).
 func appendLeaseOp(b []byte, op, ttl int64, id driver.LeaseID) []byte {
 	b = appendInt(b, op)
-	for range 6 {
+	for range 9 {
 		b = appendInt(b, 0)
 	}
 	return appendLease(b, ttl, id)
@@ -125,10 +134,10 @@ func appendLease(b []byte, ttl int64, id driver.LeaseID) []byte {
 // leaseAt returns the offset in args, a request of an op on a lease, of
 // its lease set's index in KEYS, or -1 for a request of another op.
 func leaseAt(args []byte) int {
-	if op := readInt(args, 0); op < opAdmitLeased {
+	if op := readInt(args, 0); op < opAdmitLeased || op > opRelease {
 		return -1
 	}
-	return 7*8 + 16*int(readInt(args, 6*8))
+	return header + 16*int(readInt(args, 6*8))
 }
 
 func readInt(b []byte, at int) int64 { return int64(binary.LittleEndian.Uint64(b[at:])) }
@@ -138,10 +147,40 @@ func readInt(b []byte, at int) int64 { return int64(binary.LittleEndian.Uint64(b
 func appendPause(b []byte, d time.Duration) []byte {
 	b = appendInt(b, opPause)
 	b = appendInt(b, driver.Ticks(min(max(d, 0), driver.MaxDuration), tick))
-	for range 5 {
+	for range 8 {
 		b = appendInt(b, 0)
 	}
 	return b
+}
+
+// appendLearn appends the script's request to learn fb for a key of lim,
+// a learned limit, both valid: driver.Learn's numbers in ticks. Remaining
+// units are sent as at most the ticks to their reset, which gives the
+// same pace (one unit a tick at most) and keeps them exact in a double;
+// a Gen beyond 2^53 is sent as 2^53, which no state's generation reaches.
+func appendLearn(b []byte, lim *driver.Limit, fb *driver.Feedback) []byte {
+	tm := (&driver.Request{Limit: *lim, Cost: 1}).Terms(tick)
+	var flags int64
+	if fb.Throttled {
+		flags |= 1
+	}
+	if fb.HasRemaining {
+		flags |= 2
+	}
+	reset, ttl := driver.Ticks(fb.Reset, tick), fb.TTL
+	if ttl == 0 {
+		ttl = driver.DefaultLearnTTL
+	}
+	b = appendInt(b, opLearn)
+	b = appendInt(b, tm.Interval)
+	b = appendInt(b, tm.Floor)
+	b = appendInt(b, flags)
+	b = appendInt(b, min(fb.Gen, 1<<53))
+	b = appendInt(b, driver.Ticks(fb.Interval, tick))
+	b = appendInt(b, 0)
+	b = appendInt(b, min(fb.Remaining, reset))
+	b = appendInt(b, reset)
+	return appendInt(b, driver.Ticks(ttl, tick))
 }
 
 func appendInt(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
@@ -153,21 +192,26 @@ type reply struct {
 	tat, prev int64 // ticks; the booking
 	gen       int64
 	fresh     int64 // ticks; when the state becomes fresh, 0 if it is
+	interval  int64 // ticks; the interval the admission applied, or the learning left
 	atCap     bool  // refused at the cap of the limit's leases
 }
 
 func (r reply) decision() driver.Decision {
 	d := driver.Decision{
-		Allowed: r.allowed,
-		Wait:    time.Duration(r.wait) * tick,
-		Now:     r.now * int64(tick),
-		AtCap:   r.atCap,
+		Allowed:  r.allowed,
+		Wait:     time.Duration(r.wait) * tick,
+		Now:      r.now * int64(tick),
+		Interval: time.Duration(r.interval) * tick,
+		AtCap:    r.atCap,
 	}
 	if r.allowed {
 		d.Booking = driver.Booking{TAT: r.tat, Prev: r.prev, Gen: r.gen}
 	}
 	return d
 }
+
+// replySize is the length of a request's reply: eight int64s.
+const replySize = 8 * 8
 
 // parseReplies parses the reply of a script call of len(out) requests:
 // their records, followed, if some failed, by the failures' messages.
@@ -187,15 +231,16 @@ func parseReplies(cmd *redis.Cmd, out []result) {
 			fails = v[1:]
 		}
 	}
-	if err == nil && (!ok || len(recs) != 7*8*len(out)) {
-		err = fmt.Errorf("redisstore: script replied %q, want %d int64s", cmd.Val(), 7*len(out))
+	if err == nil && (!ok || len(recs) != replySize*len(out)) {
+		err = fmt.Errorf("redisstore: script replied %q, want %d int64s", cmd.Val(), replySize/8*len(out))
 	}
 	for k := range out {
 		if err != nil {
 			out[k] = result{err: err}
 			continue
 		}
-		n := func(i int) int64 { return int64(binary.LittleEndian.Uint64([]byte(recs[7*8*k+8*i : 7*8*k+8*i+8]))) }
+		at := replySize * k
+		n := func(i int) int64 { return int64(binary.LittleEndian.Uint64([]byte(recs[at+8*i : at+8*i+8]))) }
 		if n(0) == -1 { // this request failed; n(1) numbers its message
 			msg := fmt.Sprintf("request %d failed without a message", k)
 			if i := n(1) - 1; i >= 0 && i < int64(len(fails)) {
@@ -204,7 +249,7 @@ func parseReplies(cmd *redis.Cmd, out []result) {
 			out[k] = result{err: requestError(msg)}
 			continue
 		}
-		out[k] = result{r: reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6), atCap: n(0) == 2}}
+		out[k] = result{r: reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6), interval: n(7), atCap: n(0) == 2}}
 	}
 }
 
