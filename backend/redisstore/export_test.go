@@ -65,7 +65,7 @@ func RawAdmit(ctx context.Context, s *Store, req driver.Request) (driver.Decisio
 		return driver.Decision{}, 0, err
 	}
 	res := s.runOne(ctx, s.opOf(req.Key, args))
-	return res.r.decision(), res.r.fresh, res.err
+	return res.r.decisionOf(&req), res.r.fresh, res.err
 }
 
 // RawRefund and RawPause send a refund or a pause straight to Redis and
@@ -96,30 +96,19 @@ func RawLearn(ctx context.Context, s *Store, key string, lim driver.Limit, fb dr
 	return time.Duration(res.r.interval) * tick, res.r.fresh, res.err
 }
 
-// AdmitWith decides req, a request without a lease, with the script
-// source of a version before learned limits instead of the Store's own,
-// as a process running that version would: its requests had seven
-// int64s before their pairs, its replies seven.
+// AdmitWith decides req with the script source instead of the Store's
+// own, as a process running another version would: one that knows no
+// learned limits, for a request of a fixed limit.
 func AdmitWith(ctx context.Context, s *Store, source string, req driver.Request) (driver.Decision, error) {
 	args, err := appendAdmit(nil, &req)
 	if err != nil {
 		return driver.Decision{}, err
 	}
-	args = append(args[:7*8:7*8], args[header:]...)
 	cmd := redis.NewCmd(ctx, "eval", source, 1, s.RedisKey(req.Key), args)
 	s.client.Process(ctx, cmd)
-	if err := cmd.Err(); err != nil {
-		return driver.Decision{}, err
-	}
-	switch v := cmd.Val().(type) { // a reply, or one with error messages
-	case string:
-		cmd.SetVal(v + string(make([]byte, 8))) // interval 0
-	case []any:
-		v[0] = v[0].(string) + string(make([]byte, 8))
-	}
 	var out [1]result
 	parseReplies(cmd, out[:])
-	return out[0].r.decision(), out[0].err
+	return out[0].r.decisionOf(&req), out[0].err
 }
 
 // KeySlot is the Redis Cluster slot of a Redis key, as the Store

@@ -1,6 +1,6 @@
--- The mathematics of bucket/gcra.go (Decide, Refund, Pause, FreshAt) and
--- bucket/learn.go (Learn), run atomically inside Redis on one bucket's
--- key, in integer microseconds of the server's clock. Lua numbers are
+-- The mathematics of bucket/driver's gcra.go (Decide, Refund, Pause,
+-- FreshAt) and learn.go (Learn), run atomically inside Redis on one
+-- bucket's key, in integer microseconds of the server's clock. Lua numbers are
 -- doubles: every value here is an integer below 2^53 (the Go side keeps
 -- them there), so + - * and comparisons are exact, and floordiv below
 -- makes division exact; the one quantity computed in fractions, a learned
@@ -16,21 +16,19 @@
 --          name with a bucket (their prefixes are apart), so that a run
 --          of requests on one key always ends before them.
 -- ARGV[1]  the requests, one after another, one per key: each is
---          little-endian int64s, op, a, b, c, d, e, n, f, g, h, then n
---          pairs (x, y):
+--          little-endian int64s, op, a, b, c, d, e, n, then n pairs (x, y):
 --            op 1 admit:  a capacity, b charge (as in bucket.Decide), c cost,
---                         d maxWait, f the limit's interval, g its floor's
---                         (0: a fixed limit), h the span (driver.Terms);
---                         pairs (window, max) of the quotas
+--                         d maxWait; pairs (window, max) of the quotas
 --            op 2 refund: the booking's a TAT, b previous TAT, c Gen, then
 --                         d its start, e its cost; pairs (window, 0)
 --            op 3 pause:  a the duration
 --            op 8 learn:  a the limit's interval, b its floor's, c 1 if
 --                         throttled + 2 if remaining units are said, d
 --                         the throttled admission's Gen, e the interval
---                         announced, f the remaining units (at most g),
---                         g the time to their reset, h the time to live
---                         (driver.Learn, its durations in ticks)
+--                         announced, n 0; then int64s, the remaining
+--                         units (at most the next), the time to their
+--                         reset, and the time to live (driver.Learn, its
+--                         durations in ticks)
 --          and ops on a lease, whose pairs are followed by int64s k, ttl,
 --          len, then len bytes: the lease's ID, KEYS[k] the bucket's lease
 --          set, ttl its time to live:
@@ -38,6 +36,11 @@
 --            op 5 refund and release: as op 2
 --            op 6 renew: all fields 0
 --            op 7 release: all fields 0
+--          An admission of a learned limit is op 9 (1 + 8) or 12 (4 + 8),
+--          n followed by int64s, the limit's interval, its floor's and the
+--          span (driver.Terms), then the pairs: the other ops' requests,
+--          and a fixed limit's, are those of versions before learned
+--          limits.
 -- ARGV[2]  optional: the time in µs to use instead of TIME. Only tests send
 --          it; with it a key expires no sooner than 10 minutes from now in
 --          real time, so a fake clock cannot lose state to real expiry.
@@ -64,16 +67,17 @@
 -- the second after its latest lease (PEXPIREAT, set again only when that
 -- second moves later), so that it is gone once no lease is held.
 --
--- Reply: per request, in order, struct '<i8i8i8i8i8i8i8i8' allowed, wait,
--- now, TAT, prevTAT, Gen, freshAt, interval; refunds and pauses fill in
--- only now and freshAt, a learning now, freshAt and interval. freshAt is
--- 0 for a fresh bucket; interval is the one the admission applied, or the
--- one the key's admissions apply after the learning, in ticks. allowed is
--- 2 for an admission refused at its cap (wait: until the first lease
--- expires; interval 0), and for a renewal 1 if the lease was held, 0 if
--- not. A string costs the client less than an array; only if a request
--- failed is the reply an array: that string, then the error messages (see
--- the end).
+-- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
+-- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now
+-- and freshAt. freshAt is 0 for a fresh bucket. allowed is 2 for an
+-- admission refused at its cap (wait: until the first lease expires), and
+-- for a renewal 1 if the lease was held, 0 if not. The reply to an
+-- admission of a learned limit, or to a learning, is allowed + 4, the
+-- same six fields, then the interval the admission applied (0 at the cap)
+-- or the learning left, in ticks; a learning fills in now, freshAt and
+-- the interval. A string costs the client less than an array; only if a
+-- request failed is the reply an array: that string, then the error
+-- messages (see the end).
 
 local req = ARGV[1]
 local call, unpack8, pack = redis.call, struct.unpack, struct.pack
@@ -100,11 +104,9 @@ local function floordiv(x, y)
   return q
 end
 
--- REPLY is the format of a request's reply.
-local REPLY = '<i8i8i8i8i8i8i8i8'
-
--- HEADER is the format of a request's op and fields.
-local HEADER = '<i8i8i8i8i8i8i8i8i8i8'
+-- REPLY is the format of a request's reply; LREPLY of a reply about a
+-- learned limit.
+local REPLY, LREPLY = '<i8i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8'
 
 -- MARK follows the quotas of every state this script writes: an empty
 -- msgpack array, which earlier versions of the script (which set each
@@ -308,14 +310,14 @@ local function lease(op, lkey, id, ttl, raw)
   local fresh = raw and freshat() or 0
   if op == 7 then
     call('ZREM', lkey, id)
-    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh, 0)
+    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh)
   end
   local e = call('ZSCORE', lkey, id)
   if not e or tonumber(e) <= now then
-    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh, 0)
+    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh)
   end
   hold(lkey, id, now + ttl)
-  return pack(REPLY, 1, 0, now, 0, 0, 0, fresh, 0)
+  return pack(REPLY, 1, 0, now, 0, 0, 0, fresh)
 end
 
 -- rate is driver.Learned.rate: the interval l holds at now, flat or along
@@ -404,12 +406,20 @@ end
 -- decide runs the request at offset at of req on the loaded state, and
 -- returns its reply and the offset of the next request.
 local function decide(at)
-  local op, a, b, c, d, e, nq, f, g, h, pos = unpack8(HEADER, req, at)
-  local raw, next = exists, pos + 16 * nq
-  if op == 8 then
-    local interval, fresh = learn(a, b, c, d, e, f, g, h)
-    return pack(REPLY, 0, 0, now, 0, 0, 0, fresh, interval), next
+  local op, a, b, c, d, e, nq, pos = unpack8('<i8i8i8i8i8i8i8', req, at)
+  -- A learned limit's terms: its interval, its floor's, the span; nil
+  -- for a fixed limit.
+  local t, floor, span
+  if op >= 8 then
+    if op == 8 then
+      local remaining, reset, ttl, after = unpack8('<i8i8i8', req, pos)
+      local interval, fresh = learn(a, b, c, d, e, remaining, reset, ttl)
+      return pack(LREPLY, 4, 0, now, 0, 0, 0, fresh, interval), after
+    end
+    t, floor, span, pos = unpack8('<i8i8i8', req, pos)
+    op = op - 8
   end
+  local raw, next = exists, pos + 16 * nq
   local lkey, ttl, id, held
   if op >= 4 then
     local k, n
@@ -426,20 +436,24 @@ local function decide(at)
       held = call('ZCARD', lkey)
       if held >= e and not call('ZSCORE', lkey, id) then
         local first = tonumber(call('ZRANGE', lkey, 0, 0, 'WITHSCORES')[2])
-        return pack(REPLY, 2, first - now, now, 0, 0, 0, raw and freshat() or 0, 0), next
+        local fresh = raw and freshat() or 0
+        if floor then
+          return pack(LREPLY, 6, first - now, now, 0, 0, 0, fresh, 0), next
+        end
+        return pack(REPLY, 2, first - now, now, 0, 0, 0, fresh), next
       end
     end
   end
 
   if op == 3 then
     paused = max(paused, now + a)
-    return pack(REPLY, 0, 0, now, 0, 0, 0, save(), 0), next
+    return pack(REPLY, 0, 0, now, 0, 0, 0, save()), next
   end
 
   if op == 2 then
     -- Only the latest admission, with nothing refunded since, is refunded.
     if not raw or tat ~= a or gen ~= c then
-      return pack(REPLY, 0, 0, now, 0, 0, 0, raw and freshat() or 0, 0), next
+      return pack(REPLY, 0, 0, now, 0, 0, 0, raw and freshat() or 0), next
     end
     tat = b
     gen = gen + 1
@@ -462,18 +476,18 @@ local function decide(at)
         end
       end
     end
-    return pack(REPLY, 0, 0, now, 0, 0, 0, save(), 0), next
+    return pack(REPLY, 0, 0, now, 0, 0, 0, save()), next
   end
 
   -- op == 1: admit.
-  local capacity, charge, cost, maxwait, interval = a, b, c, d, f
-  if g > 0 and learned then
+  local capacity, charge, cost, maxwait, interval = a, b, c, d, t
+  if floor and learned then
     -- A learned limit whose key learned a slower interval is charged more
-    -- (at most the span h), its capacity the limit's own at most.
-    local lt = effective(learned, f, g)
-    if lt ~= f then
-      interval, charge = lt, min(cost * lt, h)
-      capacity = min(capacity, h - charge)
+    -- (at most the span), its capacity the limit's own at most.
+    local lt = effective(learned, t, floor)
+    if lt ~= t then
+      interval, charge = lt, min(cost * lt, span)
+      capacity = min(capacity, span - charge)
     end
   end
   local start = max(now, tat - capacity, paused)
@@ -556,7 +570,10 @@ local function decide(at)
     elseif raw then
       fresh = freshat()
     end
-    return pack(REPLY, 0, wait, now, 0, 0, 0, fresh, interval), next
+    if floor then
+      return pack(LREPLY, 4, wait, now, 0, 0, 0, fresh, interval), next
+    end
+    return pack(REPLY, 0, wait, now, 0, 0, 0, fresh), next
   end
 
   local prev = tat
@@ -579,14 +596,20 @@ local function decide(at)
   if lkey then
     hold(lkey, id, now + ttl, held == 0)
   end
-  return pack(REPLY, 1, wait, now, tat, prev, gen, save(), interval), next
+  if floor then
+    return pack(LREPLY, 5, wait, now, tat, prev, gen, save(), interval), next
+  end
+  return pack(REPLY, 1, wait, now, tat, prev, gen, save()), next
 end
 
 -- skip returns the offset of the request after the one at offset at.
 local function skip(at)
   local op, nq = unpack8('<i8', req, at), unpack8('<i8', req, at + 6 * 8)
-  local next = at + 10 * 8 + 16 * nq
-  if op >= 4 and op <= 7 then
+  local next = at + 7 * 8 + 16 * nq
+  if op >= 8 then
+    next, op = next + 3 * 8, op - 8
+  end
+  if op >= 4 then
     next = next + 3 * 8 + unpack8('<i8', req, next + 2 * 8)
   end
   return next
@@ -628,7 +651,7 @@ while at <= #req do
     errs[#errs + 1] = type(err) == 'table' and err.err or tostring(err)
     at = from
     for _ = i, last do
-      out[#out + 1] = pack(REPLY, -1, #errs, now, 0, 0, 0, 0, 0)
+      out[#out + 1] = pack(REPLY, -1, #errs, now, 0, 0, 0, 0)
       at = skip(at)
     end
   end

@@ -72,7 +72,8 @@ func TestLearnedRecordLivesWithKey(t *testing.T) {
 }
 
 // TestLearnBatch: admissions of learned limits decided in batches, many
-// per script call, over keys that learned various things, match
+// per script call, over keys that learned various things, and of fixed
+// limits among them (whose requests and replies are shorter), match
 // driver.Decide run on the requests in batch order, intervals included.
 func TestLearnBatch(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
@@ -83,8 +84,11 @@ func TestLearnBatch(t *testing.T) {
 	keys := []string{"learn-a", "learn-b", "learn-c", "learn-d"}
 	limits := map[string]bucket.Limit{}
 	states := map[string]*driver.State{}
-	for _, k := range keys {
-		limits[k] = paritytest.WithRandomFloor(rng, paritytest.RandomLimit(rng))
+	for i, k := range keys {
+		limits[k] = paritytest.RandomLimit(rng)
+		if i < 3 {
+			limits[k] = paritytest.WithRandomFloor(rng, limits[k])
+		}
 		states[k] = new(driver.State)
 	}
 	forget := func(st *driver.State) {
@@ -95,7 +99,7 @@ func TestLearnBatch(t *testing.T) {
 	var slower, sized int
 	for round := range 40 {
 		for _, k := range keys {
-			if rng.IntN(2) == 0 {
+			if rng.IntN(2) == 0 || !limits[k].IsLearned() {
 				continue
 			}
 			st, lim := states[k], backendtest.Limit(limits[k])
@@ -153,6 +157,35 @@ func TestLearnSpan(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, got, "admission %d, cost %d: Go's decision (expected), the script's (actual)", i, cost)
 	}
+}
+
+// TestLearnLeased: an admission of a learned limit with an inflight cap
+// applies what its key learned, and at the cap is refused with Interval
+// 0, as driver.DecideLeased decides.
+func TestLearnLeased(t *testing.T) {
+	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
+	var now int64 = 1_700_000_000_000_000
+	redisstore.SetClock(s, func() int64 { return now })
+	ctx := context.Background()
+	lim := backendtest.Limit(bucket.PerSecond(100).WithBurst(3).WithInflight(2).WithFloor(1, time.Second))
+	var (
+		st driver.State
+		ls driver.Leases
+	)
+	fb := driver.Feedback{Interval: 50 * time.Millisecond}
+	want := driver.Learn(&st, &lim, &fb, time.Microsecond, now)
+	got, _, err := redisstore.RawLearn(ctx, s, "leased", lim, fb)
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+	for i, id := range []driver.LeaseID{"a", "b", "c"} {
+		req := driver.Request{Key: "leased", Limit: lim, Cost: 1, MaxWait: time.Second, Lease: id}
+		want, err := driver.DecideLeased(&st, &ls, &req, time.Microsecond, now)
+		require.NoError(t, err)
+		got, _, err := redisstore.RawAdmit(ctx, s, req)
+		require.NoError(t, err)
+		require.Equal(t, want, got, "admission %d, lease %s: Go's decision (expected), the script's (actual)", i, id)
+	}
+	assert.True(t, st.Learned != nil && ls.Count(now) == 2, "the test took two leases of a key that learned")
 }
 
 // TestLearnWhileDown: what each failure policy answers to Learn while

@@ -40,12 +40,16 @@ const (
 	opRenew        = 6
 	opRelease      = 7
 	opLearn        = 8
+	// An admission of a learned limit is opAdmit or opAdmitLeased plus
+	// opLearned, its terms after its fields (learnedTerms).
+	opLearned = 8
 )
 
-// The script's request is ten int64s, op and its fields (n, the number of
-// pairs, the seventh), then n pairs, then for ops on a lease the lease;
-// see the comment at the top of gcra.lua.
-const header = 10 * 8
+// The script's request is seven int64s, op and its fields, then n pairs,
+// then for ops on a lease the lease; see the comment at the top of
+// gcra.lua. Requests about a learned limit carry learnedTerms more bytes
+// after their fields.
+const learnedTerms = 3 * 8
 
 // appendAdmit appends the script's request for req, a valid request: the
 // integers of driver.Decide in ticks (driver.Request.Terms), computed here
@@ -61,6 +65,10 @@ func appendAdmit(b []byte, req *driver.Request) ([]byte, error) {
 	if lim.Inflight > 0 {
 		op = opAdmitLeased
 	}
+	learned := lim.Learned()
+	if learned {
+		op += opLearned
+	}
 	b = appendInt(b, op)
 	b = appendInt(b, tm.Capacity)
 	b = appendInt(b, tm.Charge)
@@ -68,14 +76,16 @@ func appendAdmit(b []byte, req *driver.Request) ([]byte, error) {
 	b = appendInt(b, tm.MaxWait)
 	b = appendInt(b, lim.Inflight)
 	b = appendInt(b, int64(len(lim.Quotas)))
-	b = appendInt(b, tm.Interval)
-	b = appendInt(b, tm.Floor)
-	b = appendInt(b, tm.Span)
+	if learned {
+		b = appendInt(b, tm.Interval)
+		b = appendInt(b, tm.Floor)
+		b = appendInt(b, tm.Span)
+	}
 	for _, q := range lim.Quotas {
 		b = appendInt(b, driver.Ticks(q.Window, tick))
 		b = appendInt(b, min(q.Max, MaxQuotaUnits))
 	}
-	if op == opAdmitLeased {
+	if lim.Inflight > 0 {
 		b = appendLease(b, req.LeaseTTLTicks(tick), req.Lease)
 	}
 	return b, nil
@@ -97,9 +107,6 @@ func appendRefund(b []byte, req *driver.Request, d driver.Decision, release bool
 	b = appendInt(b, d.Start()/int64(tick))
 	b = appendInt(b, req.Cost)
 	b = appendInt(b, int64(len(req.Limit.Quotas)))
-	b = appendInt(b, 0)
-	b = appendInt(b, 0)
-	b = appendInt(b, 0)
 	for _, q := range req.Limit.Quotas {
 		b = appendInt(b, driver.Ticks(q.Window, tick))
 		b = appendInt(b, 0)
@@ -114,7 +121,7 @@ func appendRefund(b []byte, req *driver.Request, d driver.Decision, release bool
 // ticks (opRenew) or to release it (opRelease, ttl 0).
 func appendLeaseOp(b []byte, op, ttl int64, id driver.LeaseID) []byte {
 	b = appendInt(b, op)
-	for range 9 {
+	for range 6 {
 		b = appendInt(b, 0)
 	}
 	return appendLease(b, ttl, id)
@@ -134,10 +141,14 @@ func appendLease(b []byte, ttl int64, id driver.LeaseID) []byte {
 // leaseAt returns the offset in args, a request of an op on a lease, of
 // its lease set's index in KEYS, or -1 for a request of another op.
 func leaseAt(args []byte) int {
-	if op := readInt(args, 0); op < opAdmitLeased || op > opRelease {
+	op, at := readInt(args, 0), 7*8+16*int(readInt(args, 6*8))
+	if op > opLearn {
+		op, at = op-opLearned, at+learnedTerms
+	}
+	if op < opAdmitLeased || op > opRelease {
 		return -1
 	}
-	return header + 16*int(readInt(args, 6*8))
+	return at
 }
 
 func readInt(b []byte, at int) int64 { return int64(binary.LittleEndian.Uint64(b[at:])) }
@@ -147,7 +158,7 @@ func readInt(b []byte, at int) int64 { return int64(binary.LittleEndian.Uint64(b
 func appendPause(b []byte, d time.Duration) []byte {
 	b = appendInt(b, opPause)
 	b = appendInt(b, driver.Ticks(min(max(d, 0), driver.MaxDuration), tick))
-	for range 8 {
+	for range 5 {
 		b = appendInt(b, 0)
 	}
 	return b
@@ -177,7 +188,7 @@ func appendLearn(b []byte, lim *driver.Limit, fb *driver.Feedback) []byte {
 	b = appendInt(b, flags)
 	b = appendInt(b, min(fb.Gen, 1<<53))
 	b = appendInt(b, driver.Ticks(fb.Interval, tick))
-	b = appendInt(b, 0)
+	b = appendInt(b, 0) // no pairs
 	b = appendInt(b, min(fb.Remaining, reset))
 	b = appendInt(b, reset)
 	return appendInt(b, driver.Ticks(ttl, tick))
@@ -192,10 +203,25 @@ type reply struct {
 	tat, prev int64 // ticks; the booking
 	gen       int64
 	fresh     int64 // ticks; when the state becomes fresh, 0 if it is
-	interval  int64 // ticks; the interval the admission applied, or the learning left
 	atCap     bool  // refused at the cap of the limit's leases
+	// interval is, in ticks, the interval an admission of a learned limit
+	// applied or a learning left; 0 for a fixed limit (the limit's own
+	// then, as decisionOf finds it) and at the cap.
+	interval int64
 }
 
+// decisionOf returns r as the decision of req: its Interval the script's
+// for a learned limit, else the limit's own.
+func (r reply) decisionOf(req *driver.Request) driver.Decision {
+	if r.interval == 0 && !r.atCap {
+		// ⌈⌈Period/tick⌉/Rate⌉, as Terms rounds, for Period ≥ 1.
+		r.interval = (int64(req.Limit.Period)-1)/int64(tick)/req.Limit.Rate + 1
+	}
+	return r.decision()
+}
+
+// decision returns r as a decision; for a fixed limit, without the
+// Interval decisionOf adds.
 func (r reply) decision() driver.Decision {
 	d := driver.Decision{
 		Allowed:  r.allowed,
@@ -210,8 +236,12 @@ func (r reply) decision() driver.Decision {
 	return d
 }
 
-// replySize is the length of a request's reply: eight int64s.
-const replySize = 8 * 8
+// A request's reply is replySize bytes, seven int64s; about a learned
+// limit, its first int64 is learnedReply more, and the interval follows.
+const (
+	replySize    = 7 * 8
+	learnedReply = 4
+)
 
 // parseReplies parses the reply of a script call of len(out) requests:
 // their records, followed, if some failed, by the failures' messages.
@@ -231,25 +261,39 @@ func parseReplies(cmd *redis.Cmd, out []result) {
 			fails = v[1:]
 		}
 	}
-	if err == nil && (!ok || len(recs) != replySize*len(out)) {
-		err = fmt.Errorf("redisstore: script replied %q, want %d int64s", cmd.Val(), replySize/8*len(out))
-	}
-	for k := range out {
-		if err != nil {
-			out[k] = result{err: err}
-			continue
+	at := 0 // the offset of out[k]'s record
+	for k := 0; k < len(out) && err == nil && ok; k++ {
+		if at+replySize > len(recs) {
+			ok = false
+			break
 		}
-		at := replySize * k
 		n := func(i int) int64 { return int64(binary.LittleEndian.Uint64([]byte(recs[at+8*i : at+8*i+8]))) }
-		if n(0) == -1 { // this request failed; n(1) numbers its message
+		v, size, interval := n(0), replySize, int64(0)
+		if v >= learnedReply {
+			if at+replySize+8 > len(recs) {
+				ok = false
+				break
+			}
+			v, size, interval = v-learnedReply, replySize+8, n(7)
+		}
+		if v == -1 { // this request failed; n(1) numbers its message
 			msg := fmt.Sprintf("request %d failed without a message", k)
 			if i := n(1) - 1; i >= 0 && i < int64(len(fails)) {
 				msg, _ = fails[i].(string)
 			}
 			out[k] = result{err: requestError(msg)}
-			continue
+		} else {
+			out[k] = result{r: reply{allowed: v == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6), atCap: v == 2, interval: interval}}
 		}
-		out[k] = result{r: reply{allowed: n(0) == 1, wait: n(1), now: n(2), tat: n(3), prev: n(4), gen: n(5), fresh: n(6), interval: n(7), atCap: n(0) == 2}}
+		at += size
+	}
+	if err == nil && (!ok || at != len(recs)) {
+		err = fmt.Errorf("redisstore: script replied %q, want a record for each of %d requests", cmd.Val(), len(out))
+	}
+	if err != nil {
+		for k := range out {
+			out[k] = result{err: err}
+		}
 	}
 }
 
