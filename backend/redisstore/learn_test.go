@@ -51,7 +51,8 @@ func TestLearnedRecordLivesWithKey(t *testing.T) {
 	left := time.Duration(fresh-now.UnixMicro()) * time.Microsecond
 	assert.InDelta(t, time.Hour, left, float64(time.Minute), "the state's fresh moment: the record's Until")
 	assert.GreaterOrEqual(t, pttl, left-5*time.Millisecond, "the key's expiry, its record expiring in %v: want no sooner", left)
-	assert.LessOrEqual(t, pttl, left+time.Second+5*time.Millisecond, "the key's expiry, its record expiring in %v: want at most a second later", left)
+	// TIME is read after PTTL: the bound allows for the time between them.
+	assert.LessOrEqual(t, pttl, left+time.Second+100*time.Millisecond, "the key's expiry, its record expiring in %v: want at most a second later", left)
 
 	// On a test clock: the record expires, and the next write drops it.
 	var at int64 = 1_700_000_000_000_000

@@ -196,14 +196,16 @@ func appendLearn(b []byte, lim *driver.Limit, fb *driver.Feedback) []byte {
 
 func appendInt(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
 
-// reply is the script's answer to an admission.
+// reply is the script's answer to an admission. Its two bools are
+// together, so that it takes 64 bytes, as it did before interval: every
+// batch holds one per admission.
 type reply struct {
 	allowed   bool
+	atCap     bool  // refused at the cap of the limit's leases
 	wait, now int64 // ticks
 	tat, prev int64 // ticks; the booking
 	gen       int64
 	fresh     int64 // ticks; when the state becomes fresh, 0 if it is
-	atCap     bool  // refused at the cap of the limit's leases
 	// interval is, in ticks, the interval an admission of a learned limit
 	// applied or a learning left; 0 for a fixed limit (the limit's own
 	// then, as decisionOf finds it) and at the cap.
