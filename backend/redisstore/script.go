@@ -40,10 +40,12 @@ const (
 	opRenew        = 6
 	opRelease      = 7
 	opLearn        = 8
-	// An admission of a learned limit is opAdmit or opAdmitLeased plus
-	// opLearned, its terms after its fields (learnedTerms).
-	opLearned = 8
 )
+
+// learnedOps is added to opAdmit or opAdmitLeased for an admission of a
+// learned limit, whose terms follow its fields (learnedTerms): ops 9 and
+// 12.
+const learnedOps = 8
 
 // The script's request is seven int64s, op and its fields, then n pairs,
 // then for ops on a lease the lease; see the comment at the top of
@@ -67,7 +69,7 @@ func appendAdmit(b []byte, req *driver.Request) ([]byte, error) {
 	}
 	learned := lim.Learned()
 	if learned {
-		op += opLearned
+		op += learnedOps
 	}
 	b = appendInt(b, op)
 	b = appendInt(b, tm.Capacity)
@@ -143,7 +145,7 @@ func appendLease(b []byte, ttl int64, id driver.LeaseID) []byte {
 func leaseAt(args []byte) int {
 	op, at := readInt(args, 0), 7*8+16*int(readInt(args, 6*8))
 	if op > opLearn {
-		op, at = op-opLearned, at+learnedTerms
+		op, at = op-learnedOps, at+learnedTerms
 	}
 	if op < opAdmitLeased || op > opRelease {
 		return -1
