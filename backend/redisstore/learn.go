@@ -17,12 +17,12 @@ import (
 // expires. A fixed limit learns nothing, and Redis is not asked. The round
 // trip does not depend on ctx, as in AdmitBatch.
 //
-// While Redis is unavailable, Learn answers by the FailurePolicy:
-// FailClosed returns an error matching ErrUnavailable; FailOpen returns
-// lim's own interval, nil; FailLocal learns into the process's local
-// bucket, which decides the key's admissions until Redis answers again
-// (what Redis learned stays there; what the local bucket learned stays
-// local).
+// While Redis (in a Cluster, the master of key's slot) is unavailable,
+// Learn answers by the FailurePolicy: FailClosed returns an error
+// matching ErrUnavailable; FailOpen returns lim's own interval, nil;
+// FailLocal learns into the process's local bucket, which decides the
+// key's admissions until Redis answers again (what Redis learned stays
+// there; what the local bucket learned stays local).
 func (s *Store) Learn(ctx context.Context, key string, lim driver.Limit, fb driver.Feedback) (time.Duration, error) {
 	if err := driver.CheckLearn(key, &lim, &fb); err != nil {
 		return 0, err
@@ -40,20 +40,20 @@ func (s *Store) Learn(ctx context.Context, key string, lim driver.Limit, fb driv
 		return 0, driver.ErrClosed
 	}
 	defer s.end()
-	ask, probe := s.guard.Ask()
-	var err error
-	if ask {
-		res := s.runOne(context.WithoutCancel(ctx), s.opOf(key, appendLearn(nil, &lim, &fb)))
-		err = res.err
-		s.guard.Settle(err, probe)
-		switch {
-		case err == nil:
-			return time.Duration(res.r.interval) * tick, nil
-		case ctx.Err() != nil:
-			return 0, ctx.Err()
-		case !isUnavailable(err):
-			return 0, fmt.Errorf("redisstore: key %q: %w", key, err)
-		}
+	m, ask, probe := s.ask(key)
+	if !ask {
+		return s.guard.LearnAnswer(ctx, key, lim, fb, m.cause())
+	}
+	res := s.runOne(context.WithoutCancel(ctx), s.opOf(key, appendLearn(nil, &lim, &fb)))
+	err := res.err
+	s.settle(key, m, err, probe)
+	switch {
+	case err == nil:
+		return time.Duration(res.r.interval) * tick, nil
+	case ctx.Err() != nil:
+		return 0, ctx.Err()
+	case !isUnavailable(err):
+		return 0, fmt.Errorf("redisstore: key %q: %w", key, err)
 	}
 	return s.guard.LearnAnswer(ctx, key, lim, fb, err)
 }
