@@ -17,8 +17,8 @@ import (
 // TestClusterMasterDown: in a Cluster of 3 masters, one dead and not
 // replaced, every call on a key of a live master is decided by Redis and
 // every call on a key of the dead one gets the policy's answer, under
-// each policy: Admit, AdmitBatch mixing the two, Pause, Refund, Renew and
-// Release. The dead master is probed in the background; once no call
+// each policy: Admit, AdmitBatch mixing the two, Pause, Learn, Refund,
+// Renew and Release. The dead master is probed in the background; once no call
 // asks about it, it is forgotten, and the next call on its keys finds it
 // down again.
 func TestClusterMasterDown(t *testing.T) {
@@ -92,6 +92,23 @@ func testClusterMasterDown(t *testing.T, c *redistest.Cluster, dead *redistest.S
 		assert.ErrorIs(t, err, redisstore.ErrUnavailable, "Pause on the dead master")
 	} else {
 		assert.NoError(t, err, "Pause on the dead master")
+	}
+
+	learned := backendtest.Limit(bucket.PerSecond(1000).WithBurst(1000).WithFloor(1, time.Second))
+	said := driver.Feedback{Interval: 10 * time.Millisecond}
+	iv, err := s.Learn(ctx, live[1], learned, said)
+	assert.NoError(t, err, "Learn on a live master")
+	assert.Equal(t, 10*time.Millisecond, iv, "Learn on a live master")
+	iv, err = s.Learn(ctx, down[1], learned, said)
+	switch policy {
+	case redisstore.FailClosed:
+		assert.ErrorIs(t, err, redisstore.ErrUnavailable, "Learn on the dead master")
+	case redisstore.FailOpen:
+		assert.NoError(t, err, "Learn on the dead master")
+		assert.Equal(t, time.Millisecond, iv, "Learn on the dead master: want the limit's own interval")
+	case redisstore.FailLocal:
+		assert.NoError(t, err, "Learn on the dead master")
+		assert.Equal(t, 10*time.Millisecond, iv, "Learn on the dead master: want learned by the local bucket")
 	}
 
 	liveRef := driver.LeaseRef{Key: batch[0].Key, ID: batch[0].Lease}

@@ -25,6 +25,11 @@
 // trip for any number of leases. A lease costs its set about 40 bytes
 // (the set itself about 100); docs/redis.md says what each failure
 // policy does with a capped request.
+//
+// A Store is a driver.LearnBackend: what a learned limit's key learned
+// (driver.Learned) is kept in the bucket's own key, 57 bytes more while it
+// lasts, and Learn and the admissions that apply it are requests of the
+// same script, atomic with each other.
 package redisstore
 
 import (
@@ -210,7 +215,7 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 	if err != nil {
 		return s.guard.ErrAnswer(ctx, req, err)
 	}
-	return r.decision(), nil
+	return r.decisionOf(&req), nil
 }
 
 // AdmitBatch implements driver.BatchBackend: it sends the batch as one
@@ -303,7 +308,7 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 			a.Err = ended
 			continue
 		}
-		a.Decision = r.decision()
+		a.Decision = r.decisionOf(&a.Request)
 	}
 	if s.masters == nil {
 		s.guard.Settle(failure, probe)
@@ -427,4 +432,5 @@ func (s *Store) end() { s.calls.RUnlock() }
 var (
 	_ driver.BatchBackend = (*Store)(nil)
 	_ driver.LeaseBackend = (*Store)(nil)
+	_ driver.LearnBackend = (*Store)(nil)
 )
