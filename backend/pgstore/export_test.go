@@ -40,6 +40,18 @@ func RawPause(ctx context.Context, s *Store, key string, d time.Duration, clock 
 	return r[0].fresh, nil
 }
 
+// RawLearn sends one Learn straight to the database, at clock (µs)
+// unless it is nil, and returns the interval the key applies from now
+// and the moment, in µs, its state becomes fresh (0 if it is). lim must
+// be a learned limit.
+func RawLearn(ctx context.Context, s *Store, key string, lim driver.Limit, fb driver.Feedback, clock *int64) (time.Duration, int64, error) {
+	r, err := s.runAt(ctx, []op{learnOp(key, &lim, &fb)}, clock)
+	if err != nil {
+		return 0, 0, err
+	}
+	return time.Duration(r[0].interval) * tick, r[0].fresh, nil
+}
+
 // AdmitBatchAt decides batch in one statement at clock (µs).
 func AdmitBatchAt(ctx context.Context, s *Store, batch []driver.Admission, clock int64) error {
 	ops := make([]op, len(batch))
@@ -83,13 +95,17 @@ func AdmitOp(req driver.Request) RawOp                     { return RawOp{admitO
 func RefundOp(req driver.Request, d driver.Decision) RawOp { return RawOp{refundOp(&req, d, true)} }
 func PauseOp(key string, d time.Duration) RawOp            { return RawOp{pauseOp(key, d)} }
 func ReleaseOp(l driver.LeaseRef) RawOp                    { return RawOp{releaseOp(l)} }
+func LearnOp(key string, lim driver.Limit, fb driver.Feedback) RawOp {
+	return RawOp{learnOp(key, &lim, &fb)}
+}
 func RenewOp(l driver.LeaseRef, ttl time.Duration) RawOp {
 	return RawOp{renewOp(l, driver.Ticks(ttl, tick))}
 }
 
 // RunAt decides ops in one statement at clock (µs), and returns each
-// one's decision (a renewal's or release's Allowed: it applied) and the
-// moment, in µs, its key's state becomes fresh after it (0 if it is).
+// one's decision (a renewal's or release's Allowed: it applied; a
+// learn's Interval: the interval from now on) and the moment, in µs, its
+// key's state becomes fresh after it (0 if it is).
 func RunAt(ctx context.Context, s *Store, ops []RawOp, clock int64) ([]driver.Decision, []int64, error) {
 	raw := make([]op, len(ops))
 	for i, o := range ops {
@@ -102,8 +118,11 @@ func RunAt(ctx context.Context, s *Store, ops []RawOp, clock int64) ([]driver.De
 	ds, fresh := make([]driver.Decision, len(r)), make([]int64, len(r))
 	for i := range r {
 		ds[i], fresh[i] = r[i].decision(), r[i].fresh
-		if o := raw[i].op; o == opRenew || o == opRelease {
+		switch raw[i].op {
+		case opRenew, opRelease:
 			ds[i] = driver.Decision{Allowed: r[i].code == codeAllowed}
+		case opLearn:
+			ds[i] = driver.Decision{Interval: time.Duration(r[i].interval) * tick}
 		}
 	}
 	return ds, fresh, nil
@@ -135,6 +154,26 @@ func AdmitV1(ctx context.Context, s *Store, req driver.Request, clock *int64) (d
 		code = codeAllowed
 	}
 	return reply{code: code, wait: wait[0], now: now[0], tat: tat[0], prev: prev[0], gen: gen[0]}.decision(), nil
+}
+
+// AdmitV2 decides req by decide_v2 at clock (µs) unless it is nil, as a
+// process of schema version 2 does: a learned limit at its ceiling.
+func AdmitV2(ctx context.Context, s *Store, req driver.Request, clock *int64) (driver.Decision, error) {
+	o := admitOp(&req)
+	qw, qm := []int64{}, []int64{}
+	for _, q := range o.quotas {
+		qw, qm = append(qw, driver.Ticks(q.Window, tick)), append(qm, q.Max)
+	}
+	var allowed []int32
+	var wait, now, tat, prev, gen, fresh []int64
+	err := s.pool.QueryRow(ctx, `SELECT * FROM `+s.schema+`.decide_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
+		[][]byte{[]byte(o.key)}, []int32{1}, []int32{o.op}, []int64{o.a}, []int64{o.b}, []int64{o.c}, []int64{o.d}, []int64{o.e},
+		[]int32{int32(len(o.quotas))}, qw, qm, [][]byte{o.lease}, []int64{o.ttl}, []int32{0}, clock, false).
+		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
+	if err != nil {
+		return driver.Decision{}, err
+	}
+	return reply{code: allowed[0], wait: wait[0], now: now[0], tat: tat[0], prev: prev[0], gen: gen[0], interval: o.t}.decision(), nil
 }
 
 // SweepV1 runs version 1's sweep, as a process of that version does.

@@ -413,4 +413,5 @@ func checkKey(key string) error {
 var (
 	_ driver.BatchBackend = (*Store)(nil)
 	_ driver.LeaseBackend = (*Store)(nil)
+	_ driver.LearnBackend = (*Store)(nil)
 )

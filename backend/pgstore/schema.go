@@ -14,12 +14,15 @@ import (
 )
 
 // decideSQL creates the functions of schema version 1, leasesSQL those
-// of version 2; see the comments at their tops.
+// of version 2, learnSQL those of version 3; see the comments at their
+// tops.
 var (
 	//go:embed decide.sql
 	decideSQL string
 	//go:embed leases.sql
 	leasesSQL string
+	//go:embed learn.sql
+	learnSQL string
 )
 
 // migrations[v] takes the schema from version v-1 to version v; the
@@ -30,8 +33,9 @@ var (
 // rolling upgrade runs, and a Store that finds a later version than its
 // own uses the schema as it is.
 //
-// buckets holds one row per key whose bucket is not fresh or that holds
-// leases (see decide.sql and leases.sql for its columns). It is not indexed but by its key: an index
+// buckets holds one row per key whose bucket is not fresh (what it
+// learned included) or that holds leases (see decide.sql, leases.sql and
+// learn.sql for its columns). It is not indexed but by its key: an index
 // on fresh_at would make every admission update it, where now an update
 // touches no indexed column and stays on its page (a HOT update, helped by
 // the fillfactor); the sweep reads the table instead, once a minute.
@@ -70,11 +74,22 @@ var migrations = [][]string{
 		)`,
 		leasesSQL,
 	},
+	// Learned limits (issue 16). decide_v3 keeps a row's fresh_at at
+	// least the times what the key learned holds until, so that every
+	// version's sweep keeps the row while it holds. Processes of earlier
+	// versions decide a learned limit at its ceiling, never reading
+	// learned; a row they write keeps it, but with a fresh_at of their
+	// own, and their batches and sweeps may then delete the row before
+	// the record expires: the key goes back to its own limit early.
+	3: {
+		`ALTER TABLE @schema.buckets ADD COLUMN learned bigint[]`,
+		learnSQL,
+	},
 }
 
 // SchemaVersion is the version of the schema this package writes, kept in
 // the schema's table version.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // latestVersion is the version the migrations lead to: SchemaVersion (a
 // test checks), or more in a test that adds a migration.
@@ -99,7 +114,7 @@ type statements struct {
 
 func newStatements(schema string) statements {
 	return statements{
-		decide: `SELECT * FROM ` + schema + `.decide_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
+		decide: `SELECT * FROM ` + schema + `.decide_v3($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
 		sweep:  `SELECT ` + schema + `.sweep_v2($1)`,
 	}
 }
