@@ -2,6 +2,8 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -135,40 +137,36 @@ func MigrateTo(ctx context.Context, s *Store, v int) error { return s.migrate(ct
 // AdmitV1 decides req, uncapped, by decide_v1 at clock (µs) unless it is
 // nil, as a process of schema version 1 does.
 func AdmitV1(ctx context.Context, s *Store, req driver.Request, clock *int64) (driver.Decision, error) {
-	o := admitOp(&req)
-	qw, qm := []int64{}, []int64{}
-	for _, q := range o.quotas {
-		qw, qm = append(qw, driver.Ticks(q.Window, tick)), append(qm, q.Max)
-	}
-	var allowed []int32
-	var wait, now, tat, prev, gen, fresh []int64
-	err := s.pool.QueryRow(ctx, `SELECT * FROM `+s.schema+`.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-		[][]byte{[]byte(o.key)}, []int32{1}, []int32{o.op}, []int64{o.a}, []int64{o.b}, []int64{o.c}, []int64{o.d}, []int64{0},
-		[]int32{int32(len(o.quotas))}, qw, qm, clock, false).
-		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
-	if err != nil {
-		return driver.Decision{}, err
-	}
-	code := int32(codeRefused)
-	if allowed[0] == 1 {
-		code = codeAllowed
-	}
-	return reply{code: code, wait: wait[0], now: now[0], tat: tat[0], prev: prev[0], gen: gen[0]}.decision(), nil
+	return admitOld(ctx, s, req, clock, 1)
 }
 
 // AdmitV2 decides req by decide_v2 at clock (µs) unless it is nil, as a
 // process of schema version 2 does: a learned limit at its ceiling.
 func AdmitV2(ctx context.Context, s *Store, req driver.Request, clock *int64) (driver.Decision, error) {
+	return admitOld(ctx, s, req, clock, 2)
+}
+
+// admitOld decides req by decide_v1 or decide_v2 (version), whose
+// arguments are decide_v3's first 13 or 14, and clock and durable.
+func admitOld(ctx context.Context, s *Store, req driver.Request, clock *int64, version int) (driver.Decision, error) {
 	o := admitOp(&req)
 	qw, qm := []int64{}, []int64{}
 	for _, q := range o.quotas {
 		qw, qm = append(qw, driver.Ticks(q.Window, tick)), append(qm, q.Max)
 	}
+	args := []any{[][]byte{[]byte(o.key)}, []int32{1}, []int32{o.op}, []int64{o.a}, []int64{o.b}, []int64{o.c}, []int64{o.d}, []int64{o.e},
+		[]int32{int32(len(o.quotas))}, qw, qm}
+	if version == 2 {
+		args = append(args, [][]byte{o.lease}, []int64{o.ttl}, []int32{0})
+	}
+	args = append(args, clock, false)
+	params := make([]string, len(args))
+	for i := range params {
+		params[i] = fmt.Sprint("$", i+1)
+	}
 	var allowed []int32
 	var wait, now, tat, prev, gen, fresh []int64
-	err := s.pool.QueryRow(ctx, `SELECT * FROM `+s.schema+`.decide_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
-		[][]byte{[]byte(o.key)}, []int32{1}, []int32{o.op}, []int64{o.a}, []int64{o.b}, []int64{o.c}, []int64{o.d}, []int64{o.e},
-		[]int32{int32(len(o.quotas))}, qw, qm, [][]byte{o.lease}, []int64{o.ttl}, []int32{0}, clock, false).
+	err := s.pool.QueryRow(ctx, fmt.Sprintf("SELECT * FROM %s.decide_v%d(%s)", s.schema, version, strings.Join(params, ", ")), args...).
 		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
 	if err != nil {
 		return driver.Decision{}, err
