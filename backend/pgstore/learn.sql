@@ -16,13 +16,13 @@
 -- row, as Decide drops it, and the one statement keeps it until the row
 -- goes.
 --
--- decide_v3 takes decide_v2's arguments and three more: ft and ffl, per
+-- decide_v3 takes decide_v2's arguments and two more, ft and ffl: per
 -- request the limit's interval T and its floor's (driver.Terms.Interval
 -- and Floor; a floor of 0 is a fixed limit), or both NULL when no
--- request of the batch is of a learned limit; and span, MaxDuration in
--- ticks. A batch without learned limits sends nothing more than
--- decide_v2's, and a row without a record costs a NULL column. A
--- request is:
+-- request of the batch is of a learned limit. A batch without learned
+-- limits sends nothing more than decide_v2's, and a row without a
+-- record costs a NULL column. @span is MaxDuration in ticks. A request
+-- is:
 --   op 1 admit:  as in v2; a learned limit's key that learned a slower
 --                interval L is charged cost * L, at most span, and its
 --                capacity is a, at most span less that charge
@@ -90,7 +90,7 @@ END $$;
 CREATE OR REPLACE FUNCTION @schema.decide_v3(
   ukeys bytea[], kidx int[], ops int[], fa bigint[], fb bigint[], fc bigint[], fd bigint[], fe bigint[],
   qn int[], qw bigint[], qm bigint[], lids bytea[], lttls bigint[], lprev int[], ft bigint[], ffl bigint[],
-  span bigint, clock bigint, durable boolean,
+  clock bigint, durable boolean,
   OUT allowed int[], OUT waits bigint[], OUT nows bigint[], OUT tats bigint[],
   OUT prevs bigint[], OUT gens bigint[], OUT freshs bigint[], OUT ivs bigint[])
 LANGUAGE plpgsql
@@ -139,6 +139,7 @@ DECLARE
   hn bigint;
   nw bigint;
   learns boolean := ffl IS NOT NULL;
+  span bigint := @span; -- MaxDuration in ticks, driver.Terms.Span
   rec bigint[];
   charge bigint;
   capacity bigint;

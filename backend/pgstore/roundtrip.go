@@ -16,7 +16,7 @@ import (
 const tick = time.Microsecond
 
 // spanTicks is MaxDuration in ticks, driver.Terms.Span: what a learned
-// limit's charge is clamped to.
+// limit's charge is clamped to, a constant of decide_v3.
 const spanTicks = int64(driver.MaxDuration / tick)
 
 const (
@@ -158,7 +158,7 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 		lids, lttls          = make([][]byte, n), make([]int64, n)
 		lprev                = make([]int32, n)
 		last                 map[leaseKey]int32 // the latest request on each lease
-		ft, ffl              []int64            // nil unless a request is of a learned limit
+		ft, ffl              []int64            // nil (NULL) unless a request is of a learned limit
 		codes                []int32
 		wait, now, tat, prev []int64
 		gen, fresh, ivs      []int64
@@ -198,7 +198,7 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 			return nil, err
 		}
 		err := s.pool.QueryRow(ctx, s.sql.decide, s.mode,
-			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, lids, lttls, lprev, ft, ffl, spanTicks, clock, s.durable).
+			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, lids, lttls, lprev, ft, ffl, clock, s.durable).
 			Scan(&codes, &wait, &now, &tat, &prev, &gen, &fresh, &ivs)
 		if err == nil {
 			break

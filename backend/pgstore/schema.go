@@ -114,7 +114,7 @@ type statements struct {
 
 func newStatements(schema string) statements {
 	return statements{
-		decide: `SELECT * FROM ` + schema + `.decide_v3($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
+		decide: `SELECT * FROM ` + schema + `.decide_v3($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
 		sweep:  `SELECT ` + schema + `.sweep_v2($1)`,
 	}
 }
@@ -196,7 +196,8 @@ func (s *Store) migrate(ctx context.Context, latest int) error {
 			for _, stmt := range migrations[v] {
 				// The simple protocol runs a script of many statements.
 				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10),
-					"@small", strconv.Itoa(smallBatch), "@keyns", strconv.Itoa(int(int32(lockKey(s.schema))))).Replace(stmt)
+					"@small", strconv.Itoa(smallBatch), "@keyns", strconv.Itoa(int(int32(lockKey(s.schema)))),
+					"@span", strconv.FormatInt(spanTicks, 10)).Replace(stmt)
 				if _, err := tx.Exec(ctx, stmt, pgx.QueryExecModeSimpleProtocol); err != nil {
 					return fmt.Errorf("version %d: %w", v, err)
 				}
