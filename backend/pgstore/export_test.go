@@ -166,7 +166,8 @@ func admitOld(ctx context.Context, s *Store, req driver.Request, clock *int64, v
 	}
 	var allowed []int32
 	var wait, now, tat, prev, gen, fresh []int64
-	err := s.pool.QueryRow(ctx, fmt.Sprintf("SELECT * FROM %s.decide_v%d(%s)", s.schema, version, strings.Join(params, ", ")), args...).
+	err := s.pool.QueryRow(ctx, fmt.Sprintf("SELECT * FROM %s.decide_v%d(%s)", s.schema, version, strings.Join(params, ", ")),
+		append([]any{s.mode}, args...)...).
 		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
 	if err != nil {
 		return driver.Decision{}, err

@@ -139,10 +139,9 @@ DECLARE
   hn bigint;
   nw bigint;
   learns boolean := ffl IS NOT NULL;
+  records boolean;  -- learns, or a key of the batch holds a record
   span bigint := @span; -- MaxDuration in ticks, driver.Terms.Span
   rec bigint[];
-  charge bigint;
-  capacity bigint;
   iv bigint;
 BEGIN
   IF NOT durable THEN
@@ -259,8 +258,8 @@ BEGIN
          array_agg(CASE WHEN x.f THEN 0 ELSE x.gen END), array_agg(CASE WHEN x.f THEN NULL ELSE x.quotas::text END),
          array_agg(x.t), array_agg(CASE WHEN x.f THEN 0 ELSE x.fresh_at END), array_agg(x.found),
          array_agg(CASE WHEN x.f OR x.held_until <= x.t THEN 0 ELSE x.held_until END),
-         array_agg(CASE WHEN x.f THEN NULL ELSE x.learned::text END)
-    INTO kt, kp, kg, kq, kn, kf, kfound, kh, kr
+         array_agg(CASE WHEN x.f THEN NULL ELSE x.learned::text END), bool_or(NOT x.f AND x.learned IS NOT NULL)
+    INTO kt, kp, kg, kq, kn, kf, kfound, kh, kr, records
     FROM (SELECT b.tat, b.paused, b.gen, b.quotas, b.fresh_at, b.held_until, b.learned, c.t,
         coalesce(b.fresh_at <= c.t, true) AS f, b.key IS NOT NULL AS found
       FROM unnest(ukeys) WITH ORDINALITY u(k, o)
@@ -274,6 +273,9 @@ BEGIN
   IF learns THEN
     ivs := waits;
   END IF;
+  -- Without records (none held, none to learn) the loop does what
+  -- decide_v2's does: rec stays NULL, kr unwritten.
+  records := learns OR records;
 
   -- The keys with lease requests: their held leases, counted and their
   -- latest expiry read from the table, which decides the cap.
@@ -316,7 +318,9 @@ BEGIN
     k := kidx[i];
     tat := kt[k]; paused := kp[k]; gen := kg[k]; now := kn[k];
     q := CASE WHEN kq[k] IS NULL THEN NULL ELSE kq[k]::bigint[] END;
-    rec := CASE WHEN kr[k] IS NULL THEN NULL ELSE kr[k]::bigint[] END;
+    IF records THEN
+      rec := CASE WHEN kr[k] IS NULL THEN NULL ELSE kr[k]::bigint[] END;
+    END IF;
     nq := qn[i];
     dirty := false;
     nows[i] := now;
@@ -439,11 +443,10 @@ BEGIN
 
       IF NOT atcap THEN
         cost := fc[i];
-        charge := fb[i];
-        capacity := fa[i];
         IF learns THEN
           -- A learned limit's key that learned something: Decide's
-          -- slower interval, or the record is dropped once it expired.
+          -- slower interval, its charge and capacity in fb[i] and fa[i];
+          -- or the record is dropped once it expired.
           iv := ft[i];
           IF ffl[i] > 0 AND rec IS NOT NULL THEN
             IF now >= rec[5] AND now >= rec[7] THEN
@@ -451,14 +454,14 @@ BEGIN
             ELSE
               iv := @schema.learned_v3(ft[i], ffl[i], now, rec);
               IF iv <> ft[i] THEN
-                charge := least(cost::numeric * iv, span)::bigint;
-                capacity := least(capacity, span - charge);
+                fb[i] := least(cost::numeric * iv, span)::bigint;
+                fa[i] := least(fa[i], span - fb[i]);
               END IF;
             END IF;
           END IF;
           ivs[i] := iv;
         END IF;
-        st := greatest(now, tat - capacity, paused);
+        st := greatest(now, tat - fa[i], paused);
         IF nq > 0 OR q IS NOT NULL THEN
           -- Line the stored quotas up with the limit's, by window.
           reshaped := false;
@@ -532,7 +535,7 @@ BEGIN
         IF st - now <= fd[i] THEN
           allowed[i] := 1;
           prevs[i] := tat;
-          tat := greatest(tat, st) + charge;
+          tat := greatest(tat, st) + fb[i];
           gen := gen + 1;
           tats[i] := tat;
           gens[i] := gen;
@@ -610,14 +613,18 @@ BEGIN
     qo := qo + nq;
     IF dirty THEN
       IF q IS NULL THEN
-        fresh := greatest(tat, paused, kh[k], rec[5], rec[7]);
+        fresh := greatest(tat, paused, kh[k]);
       ELSE
-        fresh := greatest(@schema.freshat(tat, paused, q), kh[k], rec[5], rec[7]);
+        fresh := greatest(@schema.freshat(tat, paused, q), kh[k]);
+      END IF;
+      IF records THEN
+        fresh := greatest(fresh, rec[5], rec[7]);
+        kr[k] := CASE WHEN fresh <= now THEN NULL ELSE rec::text END;
       END IF;
       IF fresh <= now THEN
-        tat := 0; paused := 0; gen := 0; q := NULL; rec := NULL; fresh := 0;
+        tat := 0; paused := 0; gen := 0; q := NULL; fresh := 0;
       END IF;
-      kt[k] := tat; kp[k] := paused; kg[k] := gen; kq[k] := q::text; kr[k] := rec::text; kf[k] := fresh;
+      kt[k] := tat; kp[k] := paused; kg[k] := gen; kq[k] := q::text; kf[k] := fresh;
       kw[k] := 1;
     END IF;
     freshs[i] := kf[k];

@@ -52,7 +52,7 @@ func BenchmarkLearned(b *testing.B) {
 		})
 	}
 	b.Run(fmt.Sprintf("Learn/keys=%d", keys), func(b *testing.B) {
-		s := newStore(b, newPool(b), pgstore.Options{})
+		s := benchStore(b, nil)
 		lim := backendtest.Limit(learned)
 		var n atomic.Int64
 		b.ReportAllocs()
