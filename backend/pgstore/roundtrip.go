@@ -193,13 +193,17 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 	if qw == nil {
 		qw, qm = []int64{}, []int64{}
 	}
+	sql, into := s.sql.decide, []any{&codes, &wait, &now, &tat, &prev, &gen, &fresh}
+	if ft != nil {
+		sql, into = s.sql.decideLearned, append(into, &ivs)
+	}
 	for retried := false; ; retried = true {
 		if err := s.ensureSchema(ctx); err != nil {
 			return nil, err
 		}
-		err := s.pool.QueryRow(ctx, s.sql.decide, s.mode,
+		err := s.pool.QueryRow(ctx, sql, s.mode,
 			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, lids, lttls, lprev, ft, ffl, clock, s.durable).
-			Scan(&codes, &wait, &now, &tat, &prev, &gen, &fresh, &ivs)
+			Scan(into...)
 		if err == nil {
 			break
 		}
