@@ -42,7 +42,7 @@ func (s *Store) Learn(ctx context.Context, key string, lim driver.Limit, fb driv
 	defer s.end()
 	m, ask, probe := s.ask(key)
 	if !ask {
-		return s.guard.LearnAnswer(ctx, key, lim, fb, m.cause())
+		return s.guard.LearnAnswer(ctx, key, lim, fb, time.Microsecond, m.cause())
 	}
 	res := s.runOne(context.WithoutCancel(ctx), s.opOf(key, appendLearn(nil, &lim, &fb)))
 	err := res.err
@@ -55,5 +55,5 @@ func (s *Store) Learn(ctx context.Context, key string, lim driver.Limit, fb driv
 	case !isUnavailable(err):
 		return 0, fmt.Errorf("redisstore: key %q: %w", key, err)
 	}
-	return s.guard.LearnAnswer(ctx, key, lim, fb, err)
+	return s.guard.LearnAnswer(ctx, key, lim, fb, time.Microsecond, err)
 }
