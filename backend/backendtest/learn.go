@@ -102,7 +102,10 @@ func (s *suite) testLearnThrottle(t *testing.T) {
 	b := learnBackend(t, s.cfg.New(t))
 	peer := learnBackend(t, s.peer(t, b))
 	key := s.key(t, "k")
-	lim := bucket.PerSecond(100).WithFloor(1, time.Second)
+	// The quota, which never binds, keeps the key from going fresh (and
+	// forgotten, with its generations) between the admission and its
+	// throttles on a loaded machine.
+	lim := bucket.PerSecond(100).WithQuota(1000, time.Hour).WithFloor(1, time.Second)
 
 	first := admit(t, peer, req(key, lim, 1, 0))
 	require.True(t, first.Allowed)

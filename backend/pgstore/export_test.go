@@ -2,6 +2,8 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -38,6 +40,18 @@ func RawPause(ctx context.Context, s *Store, key string, d time.Duration, clock 
 		return 0, err
 	}
 	return r[0].fresh, nil
+}
+
+// RawLearn sends one Learn straight to the database, at clock (µs)
+// unless it is nil, and returns the interval the key applies from now
+// and the moment, in µs, its state becomes fresh (0 if it is). lim must
+// be a learned limit.
+func RawLearn(ctx context.Context, s *Store, key string, lim driver.Limit, fb driver.Feedback, clock *int64) (time.Duration, int64, error) {
+	r, err := s.runAt(ctx, []op{learnOp(key, &lim, &fb)}, clock)
+	if err != nil {
+		return 0, 0, err
+	}
+	return time.Duration(r[0].interval) * tick, r[0].fresh, nil
 }
 
 // AdmitBatchAt decides batch in one statement at clock (µs).
@@ -83,13 +97,17 @@ func AdmitOp(req driver.Request) RawOp                     { return RawOp{admitO
 func RefundOp(req driver.Request, d driver.Decision) RawOp { return RawOp{refundOp(&req, d, true)} }
 func PauseOp(key string, d time.Duration) RawOp            { return RawOp{pauseOp(key, d)} }
 func ReleaseOp(l driver.LeaseRef) RawOp                    { return RawOp{releaseOp(l)} }
+func LearnOp(key string, lim driver.Limit, fb driver.Feedback) RawOp {
+	return RawOp{learnOp(key, &lim, &fb)}
+}
 func RenewOp(l driver.LeaseRef, ttl time.Duration) RawOp {
 	return RawOp{renewOp(l, driver.Ticks(ttl, tick))}
 }
 
 // RunAt decides ops in one statement at clock (µs), and returns each
-// one's decision (a renewal's or release's Allowed: it applied) and the
-// moment, in µs, its key's state becomes fresh after it (0 if it is).
+// one's decision (a renewal's or release's Allowed: it applied; a
+// learn's Interval: the interval from now on) and the moment, in µs, its
+// key's state becomes fresh after it (0 if it is).
 func RunAt(ctx context.Context, s *Store, ops []RawOp, clock int64) ([]driver.Decision, []int64, error) {
 	raw := make([]op, len(ops))
 	for i, o := range ops {
@@ -102,8 +120,11 @@ func RunAt(ctx context.Context, s *Store, ops []RawOp, clock int64) ([]driver.De
 	ds, fresh := make([]driver.Decision, len(r)), make([]int64, len(r))
 	for i := range r {
 		ds[i], fresh[i] = r[i].decision(), r[i].fresh
-		if o := raw[i].op; o == opRenew || o == opRelease {
+		switch raw[i].op {
+		case opRenew, opRelease:
 			ds[i] = driver.Decision{Allowed: r[i].code == codeAllowed}
+		case opLearn:
+			ds[i] = driver.Decision{Interval: time.Duration(r[i].interval) * tick}
 		}
 	}
 	return ds, fresh, nil
@@ -116,25 +137,42 @@ func MigrateTo(ctx context.Context, s *Store, v int) error { return s.migrate(ct
 // AdmitV1 decides req, uncapped, by decide_v1 at clock (µs) unless it is
 // nil, as a process of schema version 1 does.
 func AdmitV1(ctx context.Context, s *Store, req driver.Request, clock *int64) (driver.Decision, error) {
+	return admitOld(ctx, s, req, clock, 1)
+}
+
+// AdmitV2 decides req by decide_v2 at clock (µs) unless it is nil, as a
+// process of schema version 2 does: a learned limit at its ceiling.
+func AdmitV2(ctx context.Context, s *Store, req driver.Request, clock *int64) (driver.Decision, error) {
+	return admitOld(ctx, s, req, clock, 2)
+}
+
+// admitOld decides req by decide_v1 or decide_v2 (version), whose
+// arguments are decide_v3's first 13 or 14, and clock and durable.
+func admitOld(ctx context.Context, s *Store, req driver.Request, clock *int64, version int) (driver.Decision, error) {
 	o := admitOp(&req)
 	qw, qm := []int64{}, []int64{}
 	for _, q := range o.quotas {
 		qw, qm = append(qw, driver.Ticks(q.Window, tick)), append(qm, q.Max)
 	}
+	args := []any{[][]byte{[]byte(o.key)}, []int32{1}, []int32{o.op}, []int64{o.a}, []int64{o.b}, []int64{o.c}, []int64{o.d}, []int64{o.e},
+		[]int32{int32(len(o.quotas))}, qw, qm}
+	if version == 2 {
+		args = append(args, [][]byte{o.lease}, []int64{o.ttl}, []int32{0})
+	}
+	args = append(args, clock, false)
+	params := make([]string, len(args))
+	for i := range params {
+		params[i] = fmt.Sprint("$", i+1)
+	}
 	var allowed []int32
 	var wait, now, tat, prev, gen, fresh []int64
-	err := s.pool.QueryRow(ctx, `SELECT * FROM `+s.schema+`.decide_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-		[][]byte{[]byte(o.key)}, []int32{1}, []int32{o.op}, []int64{o.a}, []int64{o.b}, []int64{o.c}, []int64{o.d}, []int64{0},
-		[]int32{int32(len(o.quotas))}, qw, qm, clock, false).
+	err := s.pool.QueryRow(ctx, fmt.Sprintf("SELECT * FROM %s.decide_v%d(%s)", s.schema, version, strings.Join(params, ", ")),
+		append([]any{s.mode}, args...)...).
 		Scan(&allowed, &wait, &now, &tat, &prev, &gen, &fresh)
 	if err != nil {
 		return driver.Decision{}, err
 	}
-	code := int32(codeRefused)
-	if allowed[0] == 1 {
-		code = codeAllowed
-	}
-	return reply{code: code, wait: wait[0], now: now[0], tat: tat[0], prev: prev[0], gen: gen[0]}.decision(), nil
+	return reply{code: allowed[0], wait: wait[0], now: now[0], tat: tat[0], prev: prev[0], gen: gen[0], interval: o.t}.decision(), nil
 }
 
 // SweepV1 runs version 1's sweep, as a process of that version does.

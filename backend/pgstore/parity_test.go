@@ -18,10 +18,11 @@ import (
 )
 
 // TestParity feeds the same random sequences of admissions, refunds,
-// pauses and clock steps to driver.Decide, Refund and Pause in Go and to
-// the PL/pgSQL function on a fake clock, and requires identical
-// decisions, bookings and fresh moments: the function is the mathematics
-// of bucket/driver, in microseconds.
+// pauses, learned feedback and clock steps to driver.Decide, Refund,
+// Pause and Learn in Go and to the PL/pgSQL function on a fake clock, and
+// requires identical decisions (the interval applied included), bookings,
+// learned intervals and fresh moments: the function is the mathematics of
+// bucket/driver, in microseconds.
 func TestParity(t *testing.T) {
 	s := newStore(t, newPool(t), pgstore.Options{Conns: -1, SweepInterval: -1})
 	ctx := context.Background()
@@ -38,6 +39,9 @@ func TestParity(t *testing.T) {
 		},
 		Pause: func(key string, d time.Duration, now int64) (int64, error) {
 			return pgstore.RawPause(ctx, s, key, d, &now)
+		},
+		Learn: func(key string, lim driver.Limit, fb driver.Feedback, now int64) (time.Duration, int64, error) {
+			return pgstore.RawLearn(ctx, s, key, lim, fb, &now)
 		},
 	}, sequences, 100)
 }

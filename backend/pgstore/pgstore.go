@@ -23,6 +23,11 @@
 // its index entry, per lease held), expiring by the database's clock;
 // Renew and Release are one statement for a whole slice, and a key is
 // kept while one of its leases is held.
+//
+// The Store is a driver.LearnBackend too: what a learned limit's key
+// learns is kept in its row, learned by the same function under the
+// same locks, and applied by every decision of the key's admissions; a
+// key is kept while it holds.
 package pgstore
 
 import (
@@ -86,10 +91,10 @@ type Options struct {
 	SweepInterval time.Duration
 }
 
-// A Store is a driver.LeaseBackend on PostgreSQL. It is safe for concurrent use
-// and owns goroutines (the round trips, the sweeper, a local fallback's
-// sweeper) until Close. It does not own the pool: close it after the
-// Store.
+// A Store is a driver.LeaseBackend and driver.LearnBackend on
+// PostgreSQL. It is safe for concurrent use and owns goroutines (the
+// round trips, the sweeper, a local fallback's sweeper) until Close. It
+// does not own the pool: close it after the Store.
 type Store struct {
 	pool    *pgxpool.Pool
 	schema  string // quoted
@@ -413,4 +418,5 @@ func checkKey(key string) error {
 var (
 	_ driver.BatchBackend = (*Store)(nil)
 	_ driver.LeaseBackend = (*Store)(nil)
+	_ driver.LearnBackend = (*Store)(nil)
 )

@@ -15,12 +15,17 @@ import (
 // microseconds.
 const tick = time.Microsecond
 
+// spanTicks is MaxDuration in ticks, driver.Terms.Span: what a learned
+// limit's charge is clamped to, a constant of decide_v3.
+const spanTicks = int64(driver.MaxDuration / tick)
+
 const (
 	opAdmit   = 1
 	opRefund  = 2
 	opPause   = 3
 	opRenew   = 4
 	opRelease = 5
+	opLearn   = 6
 )
 
 // The function's answers, reply.code.
@@ -30,9 +35,10 @@ const (
 	codeAtCap   = 2 // refused at the inflight cap
 )
 
-// An op is one request of the function decide_v2: its key, op, its five
-// numbers, its quotas' pairs, and its lease and the lease's time to live
-// (see decide.sql and leases.sql).
+// An op is one request of the function decide_v3: its key, op, its five
+// numbers, its quotas' pairs, its lease and the lease's time to live, and
+// its limit's interval and its floor's (see decide.sql, leases.sql and
+// learn.sql).
 type op struct {
 	key           string
 	op            int32
@@ -41,6 +47,7 @@ type op struct {
 	refund        bool   // quotas carry windows only
 	lease         []byte // nil: none
 	ttl           int64  // ticks
+	t, floor      int64  // ticks; floor 0: a fixed limit
 }
 
 // admitOp returns the request for req, a valid request: the integers of
@@ -49,7 +56,8 @@ type op struct {
 // the lease to take.
 func admitOp(req *driver.Request) op {
 	tm := req.Terms(tick)
-	o := op{key: req.Key, op: opAdmit, a: tm.Capacity, b: tm.Charge, c: req.Cost, d: tm.MaxWait, quotas: req.Limit.Quotas}
+	o := op{key: req.Key, op: opAdmit, a: tm.Capacity, b: tm.Charge, c: req.Cost, d: tm.MaxWait, quotas: req.Limit.Quotas,
+		t: tm.Interval, floor: tm.Floor}
 	if req.Limit.Inflight > 0 {
 		o.e, o.lease, o.ttl = req.Limit.Inflight, []byte(req.Lease), req.LeaseTTLTicks(tick)
 	}
@@ -79,6 +87,28 @@ func releaseOp(l driver.LeaseRef) op {
 	return op{key: l.Key, op: opRelease, lease: []byte(l.ID)}
 }
 
+// learnOp returns the request to learn fb for key under lim, a learned
+// limit; lim and fb are valid. Its numbers are those of driver.Learn in
+// ticks: the interval announced (0: none), the throttled admission's Gen
+// (-1: not a throttle), the time to live, and the reset of the remaining
+// units (0: none) and how many remain.
+func learnOp(key string, lim *driver.Limit, fb *driver.Feedback) op {
+	tm := (&driver.Request{Key: key, Limit: *lim, Cost: 1}).Terms(tick)
+	ttl := fb.TTL
+	if ttl == 0 {
+		ttl = driver.DefaultLearnTTL
+	}
+	o := op{key: key, op: opLearn, a: driver.Ticks(fb.Interval, tick), b: -1, c: driver.Ticks(ttl, tick),
+		t: tm.Interval, floor: tm.Floor}
+	if fb.Throttled {
+		o.b = fb.Gen
+	}
+	if fb.HasRemaining && fb.Reset > 0 {
+		o.d, o.e = driver.Ticks(fb.Reset, tick), fb.Remaining
+	}
+	return o
+}
+
 // pauseOp returns the request to pause key for d, rounded up to a tick so
 // that the pause is never shorter than asked.
 func pauseOp(key string, d time.Duration) op {
@@ -92,6 +122,7 @@ type reply struct {
 	tat, prev int64 // ticks; the booking
 	gen       int64
 	fresh     int64 // ticks; when the state becomes fresh, 0 if it is
+	interval  int64 // ticks; the interval applied, or learned (opLearn)
 }
 
 func (r reply) decision() driver.Decision {
@@ -100,6 +131,9 @@ func (r reply) decision() driver.Decision {
 		Wait:    time.Duration(r.wait) * tick,
 		Now:     r.now * int64(tick),
 		AtCap:   r.code == codeAtCap,
+	}
+	if !d.AtCap {
+		d.Interval = time.Duration(r.interval) * tick
 	}
 	if d.Allowed {
 		d.Booking = driver.Booking{TAT: r.tat, Prev: r.prev, Gen: r.gen}
@@ -124,9 +158,10 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 		lids, lttls          = make([][]byte, n), make([]int64, n)
 		lprev                = make([]int32, n)
 		last                 map[leaseKey]int32 // the latest request on each lease
+		ft, ffl              []int64            // nil (NULL) unless a request is of a learned limit
 		codes                []int32
 		wait, now, tat, prev []int64
-		gen, fresh           []int64
+		gen, fresh, ivs      []int64
 	)
 	ukeys := sortedKeys(ops, kidx)
 	for i, o := range ops {
@@ -138,6 +173,12 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 			}
 			lk := leaseKey{o.key, string(o.lease)}
 			lprev[i], last[lk] = last[lk], int32(i+1)
+		}
+		if o.floor > 0 && ft == nil {
+			ft, ffl = make([]int64, n), make([]int64, n)
+			for j := range ops {
+				ft[j], ffl[j] = ops[j].t, ops[j].floor
+			}
 		}
 		qn[i] = int32(len(o.quotas))
 		for _, q := range o.quotas {
@@ -152,13 +193,17 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 	if qw == nil {
 		qw, qm = []int64{}, []int64{}
 	}
+	sql, into := s.sql.decide, []any{&codes, &wait, &now, &tat, &prev, &gen, &fresh}
+	if ft != nil {
+		sql, into = s.sql.decideLearned, append(into, &ivs)
+	}
 	for retried := false; ; retried = true {
 		if err := s.ensureSchema(ctx); err != nil {
 			return nil, err
 		}
-		err := s.pool.QueryRow(ctx, s.sql.decide, s.mode,
-			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, lids, lttls, lprev, clock, s.durable).
-			Scan(&codes, &wait, &now, &tat, &prev, &gen, &fresh)
+		err := s.pool.QueryRow(ctx, sql, s.mode,
+			ukeys, kidx, kinds, fa, fb, fc, fd, fe, qn, qw, qm, lids, lttls, lprev, ft, ffl, clock, s.durable).
+			Scan(into...)
 		if err == nil {
 			break
 		}
@@ -166,12 +211,19 @@ func (s *Store) runAt(ctx context.Context, ops []op, clock *int64) ([]reply, err
 			return nil, err
 		}
 	}
-	if len(codes) != n || len(wait) != n || len(now) != n || len(tat) != n || len(prev) != n || len(gen) != n || len(fresh) != n {
+	if len(codes) != n || len(wait) != n || len(now) != n || len(tat) != n || len(prev) != n || len(gen) != n || len(fresh) != n ||
+		ft != nil && len(ivs) != n {
 		return nil, fmt.Errorf("pgstore: the function replied %d decisions for %d requests", len(codes), n)
 	}
 	out := make([]reply, n)
 	for i := range out {
-		out[i] = reply{code: codes[i], wait: wait[i], now: now[i], tat: tat[i], prev: prev[i], gen: gen[i], fresh: fresh[i]}
+		// A fixed limit's interval is its own: the function says only
+		// what a learned limit applies.
+		iv := ops[i].t
+		if ops[i].floor > 0 {
+			iv = ivs[i]
+		}
+		out[i] = reply{code: codes[i], wait: wait[i], now: now[i], tat: tat[i], prev: prev[i], gen: gen[i], fresh: fresh[i], interval: iv}
 	}
 	return out, nil
 }

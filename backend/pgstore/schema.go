@@ -14,12 +14,15 @@ import (
 )
 
 // decideSQL creates the functions of schema version 1, leasesSQL those
-// of version 2; see the comments at their tops.
+// of version 2, learnSQL those of version 3; see the comments at their
+// tops.
 var (
 	//go:embed decide.sql
 	decideSQL string
 	//go:embed leases.sql
 	leasesSQL string
+	//go:embed learn.sql
+	learnSQL string
 )
 
 // migrations[v] takes the schema from version v-1 to version v; the
@@ -30,8 +33,9 @@ var (
 // rolling upgrade runs, and a Store that finds a later version than its
 // own uses the schema as it is.
 //
-// buckets holds one row per key whose bucket is not fresh or that holds
-// leases (see decide.sql and leases.sql for its columns). It is not indexed but by its key: an index
+// buckets holds one row per key whose bucket is not fresh (what it
+// learned included) or that holds leases (see decide.sql, leases.sql and
+// learn.sql for its columns). It is not indexed but by its key: an index
 // on fresh_at would make every admission update it, where now an update
 // touches no indexed column and stays on its page (a HOT update, helped by
 // the fillfactor); the sweep reads the table instead, once a minute.
@@ -70,11 +74,22 @@ var migrations = [][]string{
 		)`,
 		leasesSQL,
 	},
+	// Learned limits (issue 16). decide_v3 keeps a row's fresh_at at
+	// least the times what the key learned holds until, so that every
+	// version's sweep keeps the row while it holds. Processes of earlier
+	// versions decide a learned limit at its ceiling, never reading
+	// learned; a row they write keeps it, but with a fresh_at of their
+	// own, and their batches and sweeps may then delete the row before
+	// the record expires: the key goes back to its own limit early.
+	3: {
+		`ALTER TABLE @schema.buckets ADD COLUMN learned bigint[]`,
+		learnSQL,
+	},
 }
 
 // SchemaVersion is the version of the schema this package writes, kept in
 // the schema's table version.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // latestVersion is the version the migrations lead to: SchemaVersion (a
 // test checks), or more in a test that adds a migration.
@@ -92,15 +107,20 @@ func lockKey(schema string) int64 {
 	return int64(h.Sum64())
 }
 
-// statements are the Store's SQL, with its schema in place.
+// statements are the Store's SQL, with its schema in place. decide
+// leaves out decide_v3's intervals, which a batch without learned limits
+// gets as NULL: scanning them cost its round trip 5 allocations;
+// decideLearned has them.
 type statements struct {
-	decide, sweep string
+	decide, decideLearned, sweep string
 }
 
 func newStatements(schema string) statements {
+	call := ` FROM ` + schema + `.decide_v3($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`
 	return statements{
-		decide: `SELECT * FROM ` + schema + `.decide_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
-		sweep:  `SELECT ` + schema + `.sweep_v2($1)`,
+		decide:        `SELECT allowed, waits, nows, tats, prevs, gens, freshs` + call,
+		decideLearned: `SELECT allowed, waits, nows, tats, prevs, gens, freshs, ivs` + call,
+		sweep:         `SELECT ` + schema + `.sweep_v2($1)`,
 	}
 }
 
@@ -181,7 +201,8 @@ func (s *Store) migrate(ctx context.Context, latest int) error {
 			for _, stmt := range migrations[v] {
 				// The simple protocol runs a script of many statements.
 				stmt = strings.NewReplacer("@schema", s.schema, "@lock", strconv.FormatInt(lockKey(s.schema), 10),
-					"@small", strconv.Itoa(smallBatch), "@keyns", strconv.Itoa(int(int32(lockKey(s.schema))))).Replace(stmt)
+					"@small", strconv.Itoa(smallBatch), "@keyns", strconv.Itoa(int(int32(lockKey(s.schema)))),
+					"@span", strconv.FormatInt(spanTicks, 10)).Replace(stmt)
 				if _, err := tx.Exec(ctx, stmt, pgx.QueryExecModeSimpleProtocol); err != nil {
 					return fmt.Errorf("version %d: %w", v, err)
 				}

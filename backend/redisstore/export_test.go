@@ -65,7 +65,7 @@ func RawAdmit(ctx context.Context, s *Store, req driver.Request) (driver.Decisio
 		return driver.Decision{}, 0, err
 	}
 	res := s.runOne(ctx, s.opOf(req.Key, args))
-	return res.r.decision(), res.r.fresh, res.err
+	return res.r.decisionOf(&req), res.r.fresh, res.err
 }
 
 // RawRefund and RawPause send a refund or a pause straight to Redis and
@@ -88,8 +88,17 @@ func (s *Store) Client() redis.UniversalClient { return s.client }
 
 var IsUnavailable = isUnavailable
 
+// RawLearn sends a learning straight to Redis and returns the interval
+// the key applies from now and the moment, in µs, its state becomes fresh
+// (0 if it is).
+func RawLearn(ctx context.Context, s *Store, key string, lim driver.Limit, fb driver.Feedback) (time.Duration, int64, error) {
+	res := s.runOne(ctx, s.opOf(key, appendLearn(nil, &lim, &fb)))
+	return time.Duration(res.r.interval) * tick, res.r.fresh, res.err
+}
+
 // AdmitWith decides req with the script source instead of the Store's
-// own, as a process running another version would.
+// own, as a process running another version would: one that knows no
+// learned limits, for a request of a fixed limit.
 func AdmitWith(ctx context.Context, s *Store, source string, req driver.Request) (driver.Decision, error) {
 	args, err := appendAdmit(nil, &req)
 	if err != nil {
@@ -99,7 +108,7 @@ func AdmitWith(ctx context.Context, s *Store, source string, req driver.Request)
 	s.client.Process(ctx, cmd)
 	var out [1]result
 	parseReplies(cmd, out[:])
-	return out[0].r.decision(), out[0].err
+	return out[0].r.decisionOf(&req), out[0].err
 }
 
 // KeySlot is the Redis Cluster slot of a Redis key, as the Store
@@ -108,3 +117,14 @@ var KeySlot = keySlot
 
 // SlotTag returns the hash tag lease set names carry for slot.
 func SlotTag(slot int) string { return string(slotTags()[slot][:]) }
+
+// DownMasters returns how many masters of its Cluster s knows down.
+func DownMasters(s *Store) int {
+	if s.masters == nil {
+		return 0
+	}
+	if p := s.masters.down.Load(); p != nil {
+		return len(*p)
+	}
+	return 0
+}

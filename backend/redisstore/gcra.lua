@@ -1,8 +1,11 @@
--- The mathematics of bucket/gcra.go (Decide, Refund, Pause, FreshAt), run
--- atomically inside Redis on one bucket's key, in integer microseconds of
--- the server's clock. Lua numbers are doubles: every value here is an
--- integer below 2^53 (the Go side keeps them there), so + - * and
--- comparisons are exact, and floordiv below makes division exact.
+-- The mathematics of bucket/driver's gcra.go (Decide, Refund, Pause,
+-- FreshAt) and learn.go (Learn), run atomically inside Redis on one
+-- bucket's key, in integer microseconds of the server's clock. Lua numbers are
+-- doubles: every value here is an integer below 2^53 (the Go side keeps
+-- them there), so + - * and comparisons are exact, and floordiv below
+-- makes division exact; the one quantity computed in fractions, a learned
+-- cubic's interval, takes the steps of driver.Learned.rate in its order,
+-- each rounded to a double as Go rounds it.
 --
 -- KEYS     the buckets' states (absent: a fresh bucket), one per request;
 --          a key may appear more than once, and its requests are decided
@@ -19,6 +22,13 @@
 --            op 2 refund: the booking's a TAT, b previous TAT, c Gen, then
 --                         d its start, e its cost; pairs (window, 0)
 --            op 3 pause:  a the duration
+--            op 8 learn:  a the limit's interval, b its floor's, c 1 if
+--                         throttled + 2 if remaining units are said, d
+--                         the throttled admission's Gen, e the interval
+--                         announced, n 0; then int64s, the remaining
+--                         units (at most the next), the time to their
+--                         reset, and the time to live (driver.Learn, its
+--                         durations in ticks)
 --          and ops on a lease, whose pairs are followed by int64s k, ttl,
 --          len, then len bytes: the lease's ID, KEYS[k] the bucket's lease
 --          set, ttl its time to live:
@@ -26,18 +36,25 @@
 --            op 5 refund and release: as op 2
 --            op 6 renew: all fields 0
 --            op 7 release: all fields 0
+--          An admission of a learned limit is op 9 (1 + 8) or 12 (4 + 8),
+--          n followed by int64s, the limit's interval, its floor's and the
+--          span (driver.Terms), then the pairs: the other ops' requests,
+--          and a fixed limit's, are those of versions before learned
+--          limits.
 -- ARGV[2]  optional: the time in µs to use instead of TIME. Only tests send
 --          it; with it a key expires no sooner than 10 minutes from now in
 --          real time, so a fake clock cannot lose state to real expiry.
 --
--- State: struct '<i8i8i8' TAT, Paused, Gen; then, if there are quotas, a
--- cmsgpack array: per quota window, ns, then ns × (slot index delta,
--- count); slots ascend and the first delta is from 0; then MARK; then
--- Seen, the time the state was written at, as a msgpack int64 (0xd3, then
--- 8 bytes big-endian): a state without quotas is always 34 bytes. The key
--- expires in the second after the state becomes fresh (PXAT, kept by
--- later writes with KEEPTTL while it still covers them), and a state found
--- fresh is ignored.
+-- State: struct '<i8i8i8' TAT, Paused, Gen; then, if the key learned
+-- something (driver.Learned), LEARNED and '<i8i8i8i8i8i8i8' its Interval,
+-- Recover, Drop, DropGen, Until, Pace, PaceUntil; then, if there are
+-- quotas, a cmsgpack array: per quota window, ns, then ns × (slot index
+-- delta, count); slots ascend and the first delta is from 0; then MARK;
+-- then Seen, the time the state was written at, as a msgpack int64 (0xd3,
+-- then 8 bytes big-endian): a state without quotas nor a learned record
+-- is always 34 bytes. The key expires in the second after the state
+-- becomes fresh (PXAT, kept by later writes with KEEPTTL while it still
+-- covers them), and a state found fresh is ignored.
 --
 -- A key's clock never runs backwards: it is the later of TIME and its
 -- state's Seen. bucket.Decide relies on it (quota slots that an earlier
@@ -51,12 +68,16 @@
 -- second moves later), so that it is gone once no lease is held.
 --
 -- Reply: per request, in order, struct '<i8i8i8i8i8i8i8' allowed, wait,
--- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now and
--- freshAt. freshAt is 0 for a fresh bucket. allowed is 2 for an admission
--- refused at its cap (wait: until the first lease expires), and for a
--- renewal 1 if the lease was held, 0 if not. A string costs the client less
--- than an array; only if a request failed is the reply an array: that
--- string, then the error messages (see the end).
+-- now, TAT, prevTAT, Gen, freshAt; refunds and pauses fill in only now
+-- and freshAt. freshAt is 0 for a fresh bucket. allowed is 2 for an
+-- admission refused at its cap (wait: until the first lease expires), and
+-- for a renewal 1 if the lease was held, 0 if not. The reply to an
+-- admission of a learned limit, or to a learning, is allowed + 4, the
+-- same six fields, then the interval the admission applied (0 at the cap)
+-- or the learning left, in ticks; a learning fills in now, freshAt and
+-- the interval. A string costs the client less than an array; only if a
+-- request failed is the reply an array: that string, then the error
+-- messages (see the end).
 
 local req = ARGV[1]
 local call, unpack8, pack = redis.call, struct.unpack, struct.pack
@@ -83,8 +104,9 @@ local function floordiv(x, y)
   return q
 end
 
--- REPLY is the format of a request's reply.
-local REPLY = '<i8i8i8i8i8i8i8'
+-- REPLY is the format of a request's reply; LREPLY of a reply about a
+-- learned limit.
+local REPLY, LREPLY = '<i8i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8'
 
 -- MARK follows the quotas of every state this script writes: an empty
 -- msgpack array, which earlier versions of the script (which set each
@@ -96,6 +118,13 @@ local MARK = '\144'
 -- NONE is the quotas of a state without any. It is shared, so it is never
 -- changed: states with quotas get tables of their own.
 local NONE = {}
+
+-- LEARNED precedes a state's learned record: a byte msgpack never uses,
+-- so that earlier versions of the script, which read what follows the
+-- state's first three fields as msgpack, fail on such a state ("Bad data
+-- format in input") rather than misread it. A state without a record is
+-- written as they write it.
+local LEARNED = 0xc1
 
 -- expiry is when a key whose state becomes fresh at t expires: t rounded
 -- up to a whole second, in µs.
@@ -109,14 +138,18 @@ local function slotwidth(window)
 end
 
 -- The state of the key being decided: quotas[i] = {window, idx = {...},
--- cnt = {...}}; exists: the key holds it; marked: this script wrote it, so
--- the key expires no sooner than expiry(freshat()); expires: that bound,
--- when known; dirty: it must be written; saved: when the state saved last
--- becomes fresh.
-local tat, paused, gen, quotas, exists, expires, dirty, saved
+-- cnt = {...}}; learned: its learned record, or nil (driver.Learned, with
+-- Until and PaceUntil as till and pacetill: until is a keyword); exists:
+-- the key holds it; marked: this script wrote it, so the key expires no
+-- sooner than expiry(freshat()); expires: that bound, when known; dirty:
+-- it must be written; saved: when the state saved last becomes fresh.
+local tat, paused, gen, quotas, learned, exists, expires, dirty, saved
 
 local function freshat()
   local fresh = max(tat, paused)
+  if learned then
+    fresh = max(fresh, learned.till, learned.pacetill)
+  end
   if quotas == NONE then
     return fresh
   end
@@ -131,9 +164,11 @@ local function freshat()
 end
 
 -- load reads key's state, and sets now to the key's time. A state that
--- has become fresh is forgotten, whether or not its key has expired yet.
+-- has become fresh is forgotten, whether or not its key has expired yet,
+-- and so is a learned record that has expired (driver.Decide forgets it
+-- at its next decision; until then it changes nothing).
 local function load(key)
-  tat, paused, gen, quotas, exists, expires, dirty = 0, 0, 0, NONE, false, nil, false
+  tat, paused, gen, quotas, learned, exists, expires, dirty = 0, 0, 0, NONE, nil, false, nil, false
   now = clock
   local raw = call('GET', key)
   if not raw then
@@ -142,6 +177,11 @@ local function load(key)
   local marked = false
   local p
   tat, paused, gen, p = unpack8('<i8i8i8', raw)
+  if #raw ~= p + 9 and byte(raw, p) == LEARNED then
+    local l = {}
+    l.interval, l.recover, l.drop, l.dropgen, l.till, l.pace, l.pacetill, p = unpack8('<i8i8i8i8i8i8i8', raw, p + 1)
+    learned = l
+  end
   if #raw == p + 9 and byte(raw, p) == 0x90 then
     -- No quotas: MARK, Seen.
     marked = true
@@ -176,9 +216,12 @@ local function load(key)
     expires = expiry(fresh)
   end
   if fresh <= now then
-    tat, paused, gen, quotas = 0, 0, 0, NONE
+    tat, paused, gen, quotas, learned = 0, 0, 0, NONE, nil
   else
     exists = true
+    if learned and now >= learned.till and now >= learned.pacetill then
+      learned = nil
+    end
   end
 end
 
@@ -188,7 +231,7 @@ local function save()
   dirty = true
   saved = freshat()
   if saved <= now then
-    tat, paused, gen, quotas, exists, saved = 0, 0, 0, NONE, false, 0
+    tat, paused, gen, quotas, learned, exists, saved = 0, 0, 0, NONE, nil, false, 0
   else
     exists = true
   end
@@ -209,23 +252,32 @@ local function flush(key)
     return
   end
   local val
-  if #quotas == 0 then
+  if #quotas == 0 and not learned then
     val = pack('<i8i8i8B>Bi8', tat, paused, gen, 0x90, 0xd3, now) -- 0x90: MARK
   else
-    val = pack('<i8i8i8', tat, paused, gen)
-    local slots = {}
-    for i = 1, #quotas do
-      local q = quotas[i]
-      slots[#slots + 1] = q.window
-      slots[#slots + 1] = #q.idx
-      local prev = 0
-      for j = 1, #q.idx do
-        slots[#slots + 1] = q.idx[j] - prev
-        slots[#slots + 1] = q.cnt[j]
-        prev = q.idx[j]
-      end
+    if learned then
+      local l = learned
+      val = pack('<i8i8i8Bi8i8i8i8i8i8i8', tat, paused, gen, LEARNED,
+        l.interval, l.recover, l.drop, l.dropgen, l.till, l.pace, l.pacetill)
+    else
+      val = pack('<i8i8i8', tat, paused, gen)
     end
-    val = val .. cmsgpack.pack(slots) .. pack('>BBi8', 0x90, 0xd3, now) -- 0x90: MARK
+    if #quotas > 0 then
+      local slots = {}
+      for i = 1, #quotas do
+        local q = quotas[i]
+        slots[#slots + 1] = q.window
+        slots[#slots + 1] = #q.idx
+        local prev = 0
+        for j = 1, #q.idx do
+          slots[#slots + 1] = q.idx[j] - prev
+          slots[#slots + 1] = q.cnt[j]
+          prev = q.idx[j]
+        end
+      end
+      val = val .. cmsgpack.pack(slots)
+    end
+    val = val .. pack('>BBi8', 0x90, 0xd3, now) -- 0x90: MARK
   end
   local exp = expiry(saved)
   if expires and exp <= expires then
@@ -268,10 +320,105 @@ local function lease(op, lkey, id, ttl, raw)
   return pack(REPLY, 1, 0, now, 0, 0, 0, fresh)
 end
 
+-- rate is driver.Learned.rate: the interval l holds at now, flat or along
+-- the cubic, each product rounded to a double in Go's order.
+local function rate(l)
+  if l.recover == 0 then
+    return l.interval
+  end
+  local d = (l.recover - max(now - l.drop, 0)) / l.recover
+  local p = d * d
+  p = p * d
+  p = p * 0.3
+  return math.ceil(l.interval / (1 - p))
+end
+
+-- effective is driver.Learned.Effective: the interval a decision at now
+-- applies to a learned limit of interval t and floor's interval floor.
+local function effective(l, t, floor)
+  local v = t
+  if now < l.till then
+    v = max(v, rate(l))
+  end
+  if now < l.pacetill then
+    v = max(v, l.pace)
+  end
+  return min(v, floor)
+end
+
+-- recoverticks is driver.RecoverTicks in µs: the cube root, by integer
+-- bisection, of floor(7.5e14 / cur) ms³. A cube above 2^53 is inexact,
+-- but then far above n, on the same side of it as the exact cube.
+local function recoverticks(cur)
+  local n = 0
+  if cur <= 750000000000000 then
+    n = floordiv(750000000000000, cur)
+  end
+  local k, step = 0, 524288 -- 2^19
+  while step >= 1 do
+    local c = k + step
+    if c * c * c <= n then
+      k = c
+    end
+    step = step / 2
+  end
+  return max(k, 1) * 1000
+end
+
+-- learn is driver.Learn on the loaded state, for a learned limit of
+-- interval t and floor's interval floor (op 8's fields): it returns the
+-- interval the key's admissions apply from now, and the state's fresh
+-- moment.
+local function learn(t, floor, flags, fgen, announced, remaining, reset, ttl)
+  local l = learned or { interval = 0, recover = 0, drop = 0, dropgen = 0, till = 0, pace = 0, pacetill = 0 }
+  learned = l
+  if now >= l.till then
+    l.interval, l.recover, l.drop, l.dropgen, l.till = 0, 0, 0, 0, 0
+  end
+  if now >= l.pacetill then
+    l.pace, l.pacetill = 0, 0
+  end
+  local till, throttled = now + ttl, flags % 2 == 1
+  if announced > 0 then
+    l.interval, l.recover, l.drop, l.dropgen, l.till = announced, 0, 0, 0, till
+  elseif throttled and l.recover ~= 0 and fgen ~= 0 and fgen <= l.dropgen then
+    l.till = till -- the overload of the last drop: confirmed
+  elseif throttled then
+    local cur = effective(l, t, floor)
+    l.interval, l.recover, l.drop, l.dropgen, l.till = cur, recoverticks(cur), now, gen, till
+  end
+  if flags >= 2 and reset > 0 then
+    if remaining == 0 then
+      paused = max(paused, now + reset)
+    else
+      l.pace, l.pacetill = floordiv(reset - 1, remaining) + 1, now + reset
+    end
+  end
+  local interval = t
+  if l.till == 0 and l.pacetill == 0 then
+    learned = nil
+  else
+    interval = effective(l, t, floor)
+  end
+  return interval, save()
+end
+
 -- decide runs the request at offset at of req on the loaded state, and
 -- returns its reply and the offset of the next request.
 local function decide(at)
   local op, a, b, c, d, e, nq, pos = unpack8('<i8i8i8i8i8i8i8', req, at)
+  -- A learned limit's terms: its interval, its floor's, the span; nil
+  -- for a fixed limit.
+  local t, floor, span
+  if op >= 8 then
+    if op == 8 then
+      local remaining, reset, ttl, after = unpack8('<i8i8i8', req, pos)
+      local interval, fresh = learn(a, b, c, d, e, remaining, reset, ttl)
+      return pack(LREPLY, 4, 0, now, 0, 0, 0, fresh, interval), after
+    end
+    t, floor, span, pos = unpack8('<i8i8i8', req, pos)
+    op = op - 8
+  end
   local raw, next = exists, pos + 16 * nq
   local lkey, ttl, id, held
   if op >= 4 then
@@ -289,7 +436,11 @@ local function decide(at)
       held = call('ZCARD', lkey)
       if held >= e and not call('ZSCORE', lkey, id) then
         local first = tonumber(call('ZRANGE', lkey, 0, 0, 'WITHSCORES')[2])
-        return pack(REPLY, 2, first - now, now, 0, 0, 0, raw and freshat() or 0), next
+        local fresh = raw and freshat() or 0
+        if floor then
+          return pack(LREPLY, 6, first - now, now, 0, 0, 0, fresh, 0), next
+        end
+        return pack(REPLY, 2, first - now, now, 0, 0, 0, fresh), next
       end
     end
   end
@@ -329,7 +480,16 @@ local function decide(at)
   end
 
   -- op == 1: admit.
-  local capacity, charge, cost, maxwait = a, b, c, d
+  local capacity, charge, cost, maxwait, interval = a, b, c, d, t
+  if floor and learned then
+    -- A learned limit whose key learned a slower interval is charged more
+    -- (at most the span), its capacity the limit's own at most.
+    local lt = effective(learned, t, floor)
+    if lt ~= t then
+      interval, charge = lt, min(cost * lt, span)
+      capacity = min(capacity, span - charge)
+    end
+  end
   local start = max(now, tat - capacity, paused)
 
   -- Line the stored quotas up with the limit's, by window.
@@ -410,6 +570,9 @@ local function decide(at)
     elseif raw then
       fresh = freshat()
     end
+    if floor then
+      return pack(LREPLY, 4, wait, now, 0, 0, 0, fresh, interval), next
+    end
     return pack(REPLY, 0, wait, now, 0, 0, 0, fresh), next
   end
 
@@ -433,6 +596,9 @@ local function decide(at)
   if lkey then
     hold(lkey, id, now + ttl, held == 0)
   end
+  if floor then
+    return pack(LREPLY, 5, wait, now, tat, prev, gen, save(), interval), next
+  end
   return pack(REPLY, 1, wait, now, tat, prev, gen, save()), next
 end
 
@@ -440,6 +606,9 @@ end
 local function skip(at)
   local op, nq = unpack8('<i8', req, at), unpack8('<i8', req, at + 6 * 8)
   local next = at + 7 * 8 + 16 * nq
+  if op >= 8 then
+    next, op = next + 3 * 8, op - 8
+  end
   if op >= 4 then
     next = next + 3 * 8 + unpack8('<i8', req, next + 2 * 8)
   end

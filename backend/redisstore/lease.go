@@ -15,14 +15,14 @@ import (
 // not cancel. Each lease still held by its key's clock then expires ttl
 // from that clock, unless it expired later already.
 //
-// While Redis is unavailable, Renew under FailLocal renews the leases the
-// local buckets hold, and returns an error matching ErrUnavailable if
-// others were asked (Redis may hold them: their holders try again);
-// under FailClosed and
-// FailOpen it returns an error matching ErrUnavailable, since nothing says
-// whether the leases are still held. Under FailLocal, a lease Redis does
-// not hold is renewed in the local buckets if they took it, during an
-// outage.
+// While Redis is unavailable (in a Cluster, the master of some of the
+// leases' keys: the others are renewed), Renew under FailLocal renews the
+// leases the local buckets hold, and returns an error matching
+// ErrUnavailable if others were asked (Redis may hold them: their holders
+// try again); under FailClosed and FailOpen it returns an error matching
+// ErrUnavailable, since nothing says whether the leases are still held.
+// Under FailLocal, a lease Redis does not hold is renewed in the local
+// buckets if they took it, during an outage.
 func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Duration) ([]driver.LeaseRef, error) {
 	if err := driver.CheckRenew(ttl); err != nil {
 		return nil, err
@@ -31,16 +31,30 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 	res, err := s.leaseTrip(ctx, leases, func(b []byte, l driver.LeaseRef) []byte {
 		return appendLeaseOp(b, opRenew, ticks, l.ID)
 	})
-	if errors.Is(err, ErrUnavailable) && s.guard.Local() {
-		return s.guard.RenewDown(ctx, leases, ttl, err)
-	}
 	if err != nil {
 		return nil, err
 	}
-	var lost []driver.LeaseRef
+	var (
+		lost, down []driver.LeaseRef
+		cause      error // why the first of down is
+	)
 	for i, r := range res {
-		if !r.r.allowed {
+		switch {
+		case r.err != nil:
+			if cause == nil {
+				cause = r.err
+			}
+			down = append(down, leases[i])
+		case !r.r.allowed:
 			lost = append(lost, leases[i])
+		}
+	}
+	if len(down) > 0 {
+		if !s.guard.Local() {
+			return nil, cause
+		}
+		if _, err := s.guard.RenewDown(ctx, down, ttl, cause); err != nil {
+			return nil, err
 		}
 	}
 	return s.guard.Renew(ctx, lost, ttl)
@@ -50,15 +64,21 @@ func (s *Store) Renew(ctx context.Context, leases []driver.LeaseRef, ttl time.Du
 // whole slice, as Renew. A lease that is not held is left alone: its ID
 // is its holder's own, so no other holder's lease is ever freed.
 //
-// While Redis is unavailable, Release under FailLocal releases the leases
-// in the local buckets only (a lease Redis holds stays held there until
-// it expires); under FailClosed and FailOpen it returns an error matching
-// ErrUnavailable. Under FailLocal the local buckets release the leases
-// whatever Redis answers.
+// While Redis is unavailable (in a Cluster, the master of some of the
+// leases' keys: the others are released), Release under FailLocal
+// releases the leases in the local buckets only (a lease Redis holds
+// stays held there until it expires); under FailClosed and FailOpen it
+// returns an error matching ErrUnavailable. Under FailLocal the local
+// buckets release the leases whatever Redis answers.
 func (s *Store) Release(ctx context.Context, leases []driver.LeaseRef) error {
-	_, err := s.leaseTrip(ctx, leases, func(b []byte, l driver.LeaseRef) []byte {
+	res, err := s.leaseTrip(ctx, leases, func(b []byte, l driver.LeaseRef) []byte {
 		return appendLeaseOp(b, opRelease, 0, l.ID)
 	})
+	for _, r := range res {
+		if err == nil && r.err != nil {
+			err = r.err // the first lease whose master is unavailable
+		}
+	}
 	if !s.guard.Local() || errors.Is(err, driver.ErrClosed) {
 		return err
 	}
@@ -70,10 +90,12 @@ func (s *Store) Release(ctx context.Context, leases []driver.LeaseRef) error {
 }
 
 // leaseTrip runs the script's requests on leases, each appended by
-// request, in one round trip, and returns their results. It returns an
-// error matching ErrUnavailable while Redis is unavailable, an error
-// naming the key of the first lease that failed otherwise, and ctx's
-// error if ctx ended.
+// request, in one round trip, and returns their results. A lease whose
+// master is unavailable (in a Cluster, the master of its key's slot;
+// else Redis) has an error matching ErrUnavailable as its result's. It
+// returns an error naming the key of the first lease that failed for
+// another reason, ctx's error if ctx ended, and ErrClosed once the Store
+// is closed.
 func (s *Store) leaseTrip(ctx context.Context, leases []driver.LeaseRef, request func([]byte, driver.LeaseRef) []byte) ([]result, error) {
 	if s.closed.Load() {
 		return nil, driver.ErrClosed
@@ -95,36 +117,85 @@ func (s *Store) leaseTrip(ctx context.Context, leases []driver.LeaseRef, request
 		return nil, driver.ErrClosed
 	}
 	defer s.end()
-	ask, probe := s.guard.Ask()
-	if !ask {
-		return nil, s.guard.Unavailable(nil)
-	}
 	res := make([]result, len(ops))
-	s.run(context.WithoutCancel(ctx), ops, res)
+	ask, probe := s.guard.Ask() // in a Cluster, always: its masters are asked below
+	if !ask {
+		for i := range res {
+			res[i].err = s.guard.Unavailable(nil)
+		}
+		return res, nil
+	}
+	// In a Cluster while a master is known down, the leases on it are not
+	// asked about: at holds the indices of those that are (nil: all).
+	var (
+		at  []int
+		via []*master // each one's master, if known down
+	)
+	if s.masters != nil && s.masters.anyDown() {
+		at = make([]int, 0, len(ops))
+		for i := range ops {
+			m, ask := s.masters.ask(leases[i].Key)
+			if !ask {
+				res[i].err = s.guard.Unavailable(m.cause())
+				continue
+			}
+			ops[len(at)] = ops[i]
+			at, via = append(at, i), append(via, m)
+		}
+		ops = ops[:len(at)]
+	}
+	index := func(k int) int {
+		if at == nil {
+			return k
+		}
+		return at[k]
+	}
+	out := res
+	if at != nil {
+		out = make([]result, len(ops))
+	}
+	if len(ops) > 0 {
+		s.run(context.WithoutCancel(ctx), ops, out)
+	}
 	var (
 		answered bool
-		failed   = -1
+		failed   = -1 // the first lease whose call failed
 	)
-	for i, r := range res {
-		if r.err == nil {
+	for k := range ops {
+		i := index(k)
+		res[i] = out[k]
+		if res[i].err == nil {
 			answered = true
 		} else if failed < 0 {
 			failed = i
 		}
+		if s.masters != nil {
+			var m *master
+			if via != nil {
+				m = via[k]
+			}
+			s.masters.settle(leases[i].Key, m, res[i].err, false)
+		}
 	}
-	switch {
-	case answered || failed < 0:
-		s.guard.Settle(nil, probe)
-	default:
-		s.guard.Settle(res[failed].err, probe)
+	if s.masters == nil {
+		if answered || failed < 0 {
+			s.guard.Settle(nil, probe)
+		} else {
+			s.guard.Settle(res[failed].err, probe)
+		}
 	}
-	switch {
-	case ctx.Err() != nil:
-		return nil, ctx.Err()
-	case failed < 0:
-		return res, nil
-	case isUnavailable(res[failed].err):
-		return nil, s.guard.Unavailable(res[failed].err)
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("redisstore: key %q: %w", leases[failed].Key, res[failed].err)
+	for k := range ops {
+		i := index(k)
+		switch err := res[i].err; {
+		case err == nil:
+		case isUnavailable(err):
+			res[i].err = s.guard.Unavailable(err)
+		default:
+			return nil, fmt.Errorf("redisstore: key %q: %w", leases[i].Key, err)
+		}
+	}
+	return res, nil
 }

@@ -11,10 +11,11 @@ import (
 )
 
 // TestParity feeds the same random sequences of admissions, refunds,
-// pauses and clock steps to driver.Decide, Refund and Pause in Go and to
-// the Lua script on a fake clock, and requires identical decisions,
-// bookings and expiry times: the script is the mathematics of package
-// bucket, in microseconds.
+// pauses, learnings and clock steps to driver.Decide, Refund, Pause and
+// Learn in Go and to the Lua script on a fake clock, and requires
+// identical decisions (their intervals too), bookings, learned intervals
+// and expiry times: the script is the mathematics of package bucket, in
+// microseconds.
 func TestParity(t *testing.T) {
 	s := newStore(t, newClient(t), redisstore.Options{Pipelines: -1})
 	var now int64 // µs, the fake clock both sides share
@@ -36,6 +37,10 @@ func TestParity(t *testing.T) {
 		Pause: func(key string, d time.Duration, at int64) (int64, error) {
 			now = at
 			return redisstore.RawPause(ctx, s, key, d)
+		},
+		Learn: func(key string, lim driver.Limit, fb driver.Feedback, at int64) (time.Duration, int64, error) {
+			now = at
+			return redisstore.RawLearn(ctx, s, key, lim, fb)
 		},
 		Forget: func(key string) { s.Client().Del(ctx, s.RedisKey(key)) },
 	}, sequences, 120)

@@ -74,3 +74,26 @@ func TestLeaseProcesses(t *testing.T) {
 		Now:    func() (time.Time, error) { return c.Time(context.Background()).Result() },
 	})
 }
+
+// learnsChildEnv carries a child's orders (JSON) when
+// TestLearnsAcrossProcesses re-executes the test binary.
+const learnsChildEnv = "REDISSTORE_TEST_LEARNS_CHILD"
+
+// TestLearnsAcrossProcesses runs internal/proctest's learned-limit test
+// on one Redis: 3 processes admit on one key, one of them reports a 429,
+// and the merged starts after it must keep to the dropped rate.
+func TestLearnsAcrossProcesses(t *testing.T) {
+	if orders := os.Getenv(learnsChildEnv); orders != "" {
+		s, _ := childStore(t, orders)
+		proctest.LearnChild(t, s)
+		return
+	}
+	c := newClient(t)
+	t.Setenv(redistest.EnvAddr, c.Options().Addr) // the children's
+	orders, _ := json.Marshal(childOrders{Addr: c.Options().Addr, Prefix: testPrefix(t)})
+	proctest.Learns(t, proctest.Config{
+		Env:    learnsChildEnv,
+		Orders: string(orders),
+		Now:    func() (time.Time, error) { return c.Time(context.Background()).Result() },
+	})
+}

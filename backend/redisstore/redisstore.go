@@ -25,6 +25,11 @@
 // trip for any number of leases. A lease costs its set about 40 bytes
 // (the set itself about 100); docs/redis.md says what each failure
 // policy does with a capped request.
+//
+// A Store is a driver.LearnBackend: what a learned limit's key learned
+// (driver.Learned) is kept in the bucket's own key, 57 bytes more while it
+// lasts, and Learn and the admissions that apply it are requests of the
+// same script, atomic with each other.
 package redisstore
 
 import (
@@ -57,13 +62,16 @@ type Options struct {
 	// neither it nor Prefix may begin the other. Stores that share
 	// buckets share it too.
 	LeasePrefix string
-	// FailurePolicy says what to answer while Redis is unavailable.
-	// Default FailClosed.
+	// FailurePolicy says what to answer while Redis is unavailable: in
+	// a Cluster, for the keys of the masters that are. Default
+	// FailClosed.
 	FailurePolicy FailurePolicy
 	// RetryInterval is how long after a failure the Store answers by its
 	// FailurePolicy without asking Redis; then one call at a time asks
-	// again until one succeeds. Default 500ms; a negative value asks Redis
-	// on every call.
+	// again until one succeeds. In a Cluster it is per master, and the
+	// Store probes a master by itself, so that no call waits for one
+	// known down (docs/redis.md). Default 500ms; a negative value asks
+	// Redis on every call.
 	RetryInterval time.Duration
 	// Pipelines is how many round trips concurrent Admit calls may have
 	// in flight at once. A caller that finds one free sends the
@@ -87,10 +95,11 @@ type Store struct {
 	leasePrefix string
 	guard       *failover.Guard
 
-	admits *coalesce.Batcher[admission, reply]
-	calls  sync.RWMutex // held for reading by the calls begin starts
-	closed atomic.Bool
-	group  int // most requests per script call: 1 unless one server holds every key
+	admits  *coalesce.Batcher[admission, reply]
+	calls   sync.RWMutex // held for reading by the calls begin starts
+	closed  atomic.Bool
+	group   int      // most requests per script call: 1 unless one server holds every key
+	masters *masters // a Cluster's masters known down; nil for other clients
 }
 
 // New returns a Store keeping its buckets in client's Redis. It does not
@@ -139,10 +148,18 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		guard:       guard,
 		group:       1,
 	}
-	if _, ok := client.(*redis.Client); ok {
+	switch c := client.(type) {
+	case *redis.Client:
 		// One server (a failover client too): a script call may take
 		// keys of any slot. A Cluster or a Ring may not.
 		s.group = maxGroup
+	case *redis.ClusterClient:
+		// The probes release a lease no one holds: an ID of the Store's
+		// own.
+		id := driver.NewLeaseIDs().Next()
+		s.masters = newMasters(c, guard, opts.Prefix, opts.RetryInterval, func(key string) error {
+			return s.runOne(context.Background(), s.leaseOp(key, appendLeaseOp(nil, opRelease, 0, id))).err
+		})
 	}
 	pipelines, maxBatch := opts.Pipelines, opts.MaxBatch
 	if pipelines == 0 {
@@ -188,17 +205,17 @@ func (s *Store) Admit(ctx context.Context, req driver.Request) (driver.Decision,
 	if err != nil {
 		return driver.Decision{}, err
 	}
-	ask, probe := s.guard.Ask()
+	m, ask, probe := s.ask(req.Key)
 	if !ask {
-		return s.guard.Fallback(ctx, req, nil)
+		return s.guard.Fallback(ctx, req, m.cause())
 	}
 	var r reply
 	r, err = s.admits.Do(ctx, admission{req, s.opOf(req.Key, args)})
-	s.guard.Settle(err, probe)
+	s.settle(req.Key, m, err, probe)
 	if err != nil {
 		return s.guard.ErrAnswer(ctx, req, err)
 	}
-	return r.decision(), nil
+	return r.decisionOf(&req), nil
 }
 
 // AdmitBatch implements driver.BatchBackend: it sends the batch as one
@@ -242,12 +259,29 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 		return
 	}
 	defer s.end()
-	ask, probe := s.guard.Ask()
+	ask, probe := s.guard.Ask() // in a Cluster, always: its masters are asked below
 	if !ask {
 		for _, i := range idx {
 			batch[i].Decision, batch[i].Err = s.guard.Fallback(ctx, batch[i].Request, nil)
 		}
 		return
+	}
+	var via []*master // in a Cluster while a master is known down: each op's, if down
+	if s.masters != nil && s.masters.anyDown() {
+		sent := 0
+		for k, i := range idx {
+			m, ask := s.masters.ask(batch[i].Key)
+			if !ask {
+				batch[i].Decision, batch[i].Err = s.guard.Fallback(ctx, batch[i].Request, m.cause())
+				continue
+			}
+			idx[sent], ops[sent] = i, ops[k]
+			via = append(via, m)
+			sent++
+		}
+		if idx, ops = idx[:sent], ops[:sent]; sent == 0 {
+			return
+		}
 	}
 	res := make([]result, len(ops))
 	s.run(context.WithoutCancel(ctx), ops, res)
@@ -274,9 +308,19 @@ func (s *Store) AdmitBatch(ctx context.Context, batch []driver.Admission) {
 			a.Err = ended
 			continue
 		}
-		a.Decision = r.decision()
+		a.Decision = r.decisionOf(&a.Request)
 	}
-	s.guard.Settle(failure, probe)
+	if s.masters == nil {
+		s.guard.Settle(failure, probe)
+	} else {
+		for k, i := range idx {
+			var m *master
+			if via != nil {
+				m = via[k]
+			}
+			s.masters.settle(batch[i].Key, m, res[k].err, false)
+		}
+	}
 	if len(refunds) > 0 {
 		s.giveBack(context.WithoutCancel(ctx), refunds)
 	}
@@ -332,22 +376,23 @@ func (s *Store) write(ctx context.Context, o op) error {
 		return driver.ErrClosed
 	}
 	defer s.end()
-	ask, probe := s.guard.Ask()
-	var err error
-	if ask {
-		// The reply, not only the command's error: a request that fails
-		// in the script fails alone, in its reply. The round trip does
-		// not depend on ctx, as in AdmitBatch.
-		err = s.runOne(context.WithoutCancel(ctx), o).err
-		s.guard.Settle(err, probe)
-		switch {
-		case err == nil:
-			return nil
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case !isUnavailable(err):
-			return fmt.Errorf("redisstore: key %q: %w", o.key[len(s.prefix):], err)
-		}
+	key := o.key[len(s.prefix):]
+	m, ask, probe := s.ask(key)
+	if !ask {
+		return s.guard.WriteAnswer(m.cause())
+	}
+	// The reply, not only the command's error: a request that fails in
+	// the script fails alone, in its reply. The round trip does not
+	// depend on ctx, as in AdmitBatch.
+	err := s.runOne(context.WithoutCancel(ctx), o).err
+	s.settle(key, m, err, probe)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case !isUnavailable(err):
+		return fmt.Errorf("redisstore: key %q: %w", key, err)
 	}
 	return s.guard.WriteAnswer(err)
 }
@@ -363,6 +408,9 @@ func (s *Store) Close() error {
 	s.calls.Lock() // the calls in flight outside the batcher have ended
 	s.calls.Unlock()
 	s.admits.Close()
+	if s.masters != nil {
+		s.masters.close()
+	}
 	s.guard.Close()
 	return nil
 }
@@ -384,4 +432,5 @@ func (s *Store) end() { s.calls.RUnlock() }
 var (
 	_ driver.BatchBackend = (*Store)(nil)
 	_ driver.LeaseBackend = (*Store)(nil)
+	_ driver.LearnBackend = (*Store)(nil)
 )

@@ -32,12 +32,27 @@ var (
 	// ErrCorrupt matches a database SQLite reports as malformed, or a row
 	// whose state cannot be decoded.
 	ErrCorrupt = errors.New("sqlitestore: database is corrupt")
+	// ErrFull matches a write that found no room: the file system is full,
+	// or a file of the database reached the process's file size limit
+	// (RLIMIT_FSIZE). The operation changed nothing and may be retried
+	// once there is room; refusals, which write nothing, are still
+	// answered meanwhile.
+	ErrFull = errors.New("sqlitestore: no room for a write")
+	// ErrMoved matches an operation that found the database file removed,
+	// renamed or replaced (another file renamed over it) since the Store
+	// opened it. The operation changed nothing. The Store has let go of
+	// the old file and opened the one now at the path, creating it if
+	// there is none, as a process started now would; if that failed, the
+	// error also matches why (ErrNotDatabase, ...) and the next operation
+	// tries again. See docs/sqlite.md, "Faults".
+	ErrMoved = errors.New("sqlitestore: database file removed or replaced while open")
 )
 
 // An Error is a failed database operation: what the Store was doing, on
 // which file, and why. It matches the sentinel naming its cause (ErrLocked,
-// ErrReadOnly, ErrNotDatabase, ErrNewerSchema, ErrCorrupt) with errors.Is,
-// and unwraps to the underlying error (often a *sqlite.Error).
+// ErrReadOnly, ErrNotDatabase, ErrNewerSchema, ErrCorrupt, ErrFull,
+// ErrMoved) with errors.Is, and unwraps to the underlying error (often a
+// *sqlite.Error, or for ErrMoved the *Error of opening the path again).
 type Error struct {
 	Op   string // "open", "admit", "refund", "pause", "sweep", ...
 	Path string // the database file
@@ -52,13 +67,24 @@ func (e *Error) Error() string {
 	b.WriteString(e.Op)
 	b.WriteString(" ")
 	b.WriteString(e.Path)
+	e.cause(&b)
+	return b.String()
+}
+
+// cause writes ": kind: underlying error", with an *Error of the same
+// file underneath (ErrMoved's, of opening it again) told as "op: ...".
+func (e *Error) cause(b *strings.Builder) {
 	if e.kind != nil {
 		b.WriteString(": ")
 		b.WriteString(strings.TrimPrefix(e.kind.Error(), "sqlitestore: "))
 	}
 	b.WriteString(": ")
+	if in, ok := e.Err.(*Error); ok && in.Path == e.Path {
+		b.WriteString(in.Op)
+		in.cause(b)
+		return
+	}
 	b.WriteString(e.Err.Error())
-	return b.String()
 }
 
 // Unwrap returns the sentinel naming the cause, if known, and the
@@ -111,6 +137,14 @@ func classify(path string, err error) (kind, explained error) {
 			return ErrNotDatabase, err
 		case sqlite3.SQLITE_CORRUPT:
 			return ErrCorrupt, err
+		case sqlite3.SQLITE_FULL:
+			return ErrFull, err
+		case sqlite3.SQLITE_IOERR:
+			// SQLite says SQLITE_FULL for ENOSPC alone; a write cut
+			// short by RLIMIT_FSIZE (EFBIG) is an I/O error to it.
+			if limit := sizeLimitReached(path); limit != nil {
+				return ErrFull, fmt.Errorf("%w: %w", limit, err)
+			}
 		case sqlite3.SQLITE_CANTOPEN:
 			// SQLite says only that it could not open a file: the
 			// database, its -wal or its -shm. If the directory is

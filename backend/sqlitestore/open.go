@@ -21,8 +21,8 @@ import (
 // Open opens the database file at path, creating it and its schema if they
 // do not exist, and returns a Store on it. The file is put in WAL mode; it
 // must be on a local disk (see docs/sqlite.md). Errors are *Error values
-// matching ErrNotDatabase, ErrReadOnly, ErrLocked, ErrNewerSchema or
-// ErrCorrupt where the cause is one of those.
+// matching ErrNotDatabase, ErrReadOnly, ErrLocked, ErrNewerSchema,
+// ErrCorrupt or ErrFull where the cause is one of those.
 func Open(path string, opts Options) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("sqlitestore: Open: empty path")
@@ -49,23 +49,11 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, wrapErr("open", path, err)
 	}
-	if err := checkFile(abs); err != nil {
-		return nil, err
-	}
-	db, err := sql.Open("sqlite", dsn(abs, busy, opts.FullSync))
-	if err != nil {
-		return nil, wrapErr("open", abs, err)
-	}
-	// One connection: SQLite has one writer at a time, and every operation
-	// of a Store writes. More connections would only contend for the lock
-	// inside SQLite, whose busy handler sleeps, instead of queueing here.
-	db.SetMaxOpenConns(1)
-	db.SetMaxIdleConns(1)
 	s := &Store{
 		path:  abs,
+		dsn:   dsn(abs, busy, opts.FullSync),
 		busy:  busy,
 		now:   opts.Now,
-		db:    db,
 		sem:   writers.open(abs),
 		done:  make(chan struct{}),
 		index: make(map[string]int),
@@ -80,8 +68,7 @@ func Open(path string, opts Options) (*Store, error) {
 		MaxBatch: maxCombined,
 		Run:      s.admitCalls,
 	})
-	if err := s.init(context.Background()); err != nil {
-		s.closeDB()
+	if err := s.connect(); err != nil {
 		writers.close(abs)
 		return nil, wrapErr("open", abs, err)
 	}
@@ -92,6 +79,31 @@ func Open(path string, opts Options) (*Store, error) {
 		go s.sweepEvery(ctx, every)
 	}
 	return s, nil
+}
+
+// connect opens the file at the store's path, creating it and its schema
+// if need be, prepares the statements and remembers which file it opened
+// (see moved.go). On failure it leaves the store without a database.
+func (s *Store) connect() error {
+	if err := checkFile(s.path); err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite", s.dsn)
+	if err != nil {
+		return err
+	}
+	// One connection: SQLite has one writer at a time, and every operation
+	// of a Store writes. More connections would only contend for the lock
+	// inside SQLite, whose busy handler sleeps, instead of queueing here.
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	s.db = db
+	if err := s.init(context.Background()); err != nil {
+		s.closeDB()
+		return err
+	}
+	s.remember()
+	return nil
 }
 
 // checkFile refuses, before SQLite opens it, a path that is a directory

@@ -64,6 +64,9 @@ type helperSpec struct {
 	N               int
 	Batch           int
 	CheckpointEvery int
+
+	// diskfull: how the disk fills, "tmpfs" or "fsize" (see TestDiskFull).
+	Mode string
 }
 
 // TestHelperProcess is not a test: it is the body of the processes that

@@ -61,7 +61,9 @@ type Options struct {
 	CheckpointEvery int
 	// Now returns the current time; the store counts Unix microseconds of
 	// it. Default time.Now, the host clock, which every process sharing a
-	// file reads alike. Set it to drive a store from a fake clock in tests.
+	// file reads alike. Set it to drive a store from a fake clock in tests;
+	// it also paces the store's check that its path still names its file
+	// (see ErrMoved).
 	Now func() time.Time
 }
 
@@ -83,14 +85,21 @@ const DefaultCheckpointEvery = 1000
 // Unix microseconds (Decision.Now is in Unix nanoseconds), kept from
 // running backwards per key: see docs/sqlite.md.
 //
+// If the file is removed or replaced while the Store has it open, the
+// Store notices at its first operation 100 ms or more (by its clock)
+// after it last looked, and opens the file now at the path in its place,
+// failing that operation with ErrMoved.
+//
 // Close it to release the file; calls after Close return driver.ErrClosed.
 type Store struct {
 	path string
+	dsn  string // the driver's name for the file at path
 	busy time.Duration
 	now  func() time.Time
-	db   *sql.DB
+	db   *sql.DB // nil once the file moved and the path could not be opened again
 	conn *sql.Conn
 	stmt statements
+	file opened // the files db has open (see moved.go)
 
 	sem    chan struct{} // the writer token of the file in this process (see writers); its holder uses conn, stmt and the scratch below
 	done   chan struct{} // closed by Close
@@ -350,12 +359,21 @@ func (s *Store) Close() error {
 	s.stopSweep()
 	s.sweeper.Wait()
 	s.sem <- struct{}{} // wait for the operation in progress
-	err := s.closeDB()
+	var err error
+	switch {
+	case s.db == nil: // the file moved and the path could not be opened
+	case s.moved():
+		err = s.letGo()
+	default:
+		err = s.closeDB()
+	}
 	<-s.sem
 	writers.close(s.path)
 	return wrapErr("close", s.path, err)
 }
 
+// closeDB closes the statements, the connection and the database, and
+// forgets them.
 func (s *Store) closeDB() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
@@ -371,6 +389,7 @@ func (s *Store) closeDB() error {
 		errs = append(errs, s.conn.Close())
 	}
 	errs = append(errs, s.db.Close())
+	s.db, s.conn, s.stmt = nil, nil, statements{}
 	return errors.Join(errs...)
 }
 

@@ -31,7 +31,8 @@ func (s *Store) release() { <-s.sem }
 // txn runs fn in one BEGIN IMMEDIATE transaction, with the host clock read
 // once the write lock is held: in lock order, across processes, the clock
 // never runs backwards unless the host's does. If fn fails or the commit
-// does, nothing fn did is kept.
+// does, nothing fn did is kept. A store whose path no longer names its
+// file opens the path instead and fails with ErrMoved (see moved.go).
 func (s *Store) txn(ctx context.Context, op string, fn func(host int64) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -40,33 +41,54 @@ func (s *Store) txn(ctx context.Context, op string, fn func(host int64) error) e
 		return err
 	}
 	defer s.release()
+	if s.db == nil { // the file moved and the path could not be opened
+		if err := s.connect(); err != nil {
+			return &Error{Op: op, Path: s.path, Err: wrapErr("open", s.path, err), kind: ErrMoved}
+		}
+	}
 	if err := s.begin(ctx); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return wrapErr(op, s.path, err)
+		return s.failed(op, err)
 	}
 	bg := context.Background()
-	committed := false
+	host := s.clock()
+	if s.checkDue(host) && s.moved() {
+		s.stmt.rollback.ExecContext(bg)
+		return wrapErr(op, s.path, s.follow())
+	}
+	committed, rollback := false, s.stmt.rollback
 	defer func() {
 		if !committed {
 			// fn failed, the commit did, or fn panicked: never leave the
 			// connection inside a transaction. This fails harmlessly if
-			// SQLite already rolled back.
-			s.stmt.rollback.ExecContext(bg)
+			// SQLite already rolled back, or failed let go of the file.
+			rollback.ExecContext(bg)
 		}
 	}()
-	if err := fn(s.clock()); err != nil {
-		return wrapErr(op, s.path, err)
+	if err := fn(host); err != nil {
+		return s.failed(op, err)
 	}
 	if _, err := s.stmt.commit.ExecContext(bg); err != nil {
-		return wrapErr(op, s.path, err)
+		return s.failed(op, err)
 	}
 	committed = true
 	if s.pages >= s.checkpointEvery {
 		s.checkpoint()
 	}
 	return nil
+}
+
+// failed returns the error of op, a transaction that failed with err and
+// changed nothing: ErrMoved if the path no longer names the store's file,
+// whose failures that would explain, err otherwise.
+func (s *Store) failed(op string, err error) error {
+	if s.moved() {
+		s.stmt.rollback.ExecContext(context.Background())
+		err = s.follow()
+	}
+	return wrapErr(op, s.path, err)
 }
 
 // checkpoint copies the WAL into the database file and has the next

@@ -66,10 +66,33 @@ type Guard struct {
 	local     *memstore.Store // FailLocal only
 	localBase int64           // Unix ns of local's clock zero
 
+	node Node // the server's, for Ask and Settle
+}
+
+// A Node is what a Guard knows of one server's availability: a store of
+// one server keeps the Guard's own (Ask, Settle), a store of a Redis
+// Cluster one per master (AskNode, SettleNode). The zero Node is up. It
+// is safe for concurrent use.
+type Node struct {
 	downUntil atomic.Int64 // Unix ns; 0 while the server answers
 	probing   atomic.Bool
 	lastErr   atomic.Pointer[error]
 }
+
+// Err returns the failure that made n down last, or nil if none has. A
+// nil Node has none.
+func (n *Node) Err() error {
+	if n == nil {
+		return nil
+	}
+	if p := n.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Up reports whether n's server answers, as far as its Guard knows.
+func (n *Node) Up() bool { return n.downUntil.Load() == 0 }
 
 // New returns a Guard; with FailLocal it starts a memstore, which Close
 // stops.
@@ -99,15 +122,18 @@ func (g *Guard) Close() {
 // Ask reports whether to send a call to the server: always while it
 // answers; after a failure, not until Retry has passed, and then for one
 // probing call at a time, which must be settled with probe true.
-func (g *Guard) Ask() (ask, probe bool) {
-	until := g.downUntil.Load()
+func (g *Guard) Ask() (ask, probe bool) { return g.AskNode(&g.node) }
+
+// AskNode is Ask for the server n stands for.
+func (g *Guard) AskNode(n *Node) (ask, probe bool) {
+	until := n.downUntil.Load()
 	if until == 0 || g.cfg.Retry <= 0 {
 		return true, false
 	}
 	if time.Now().UnixNano() < until {
 		return false, false
 	}
-	if g.probing.CompareAndSwap(false, true) {
+	if n.probing.CompareAndSwap(false, true) {
 		return true, true
 	}
 	return false, false
@@ -115,24 +141,43 @@ func (g *Guard) Ask() (ask, probe bool) {
 
 // Settle updates what the Guard knows of the server after a call that
 // ended with err: the server's answer or failure, or a caller's ctx error
-// or ErrClosed, which say nothing about the server. Those are told apart
-// by identity: round trips never depend on a caller's ctx, and a network
-// error may match context.DeadlineExceeded (net's dial timeout does).
-func (g *Guard) Settle(err error, probe bool) {
+// or ErrClosed, which say nothing about the server (see Outage).
+func (g *Guard) Settle(err error, probe bool) { g.SettleNode(&g.node, err, probe) }
+
+// SettleNode is Settle for the server n stands for.
+func (g *Guard) SettleNode(n *Node, err error, probe bool) {
 	switch {
 	case err == nil || !g.cfg.IsUnavailable(err):
 		// The server answered, perhaps with an error about this key.
-		if g.downUntil.Load() != 0 {
-			g.downUntil.Store(0)
+		if n.downUntil.Load() != 0 {
+			n.downUntil.Store(0)
 		}
-	case err != context.Canceled && err != context.DeadlineExceeded && err != driver.ErrClosed:
+	case g.Outage(err):
 		e := err
-		g.lastErr.Store(&e)
-		g.downUntil.Store(time.Now().Add(g.cfg.Retry).UnixNano())
+		n.lastErr.Store(&e)
+		n.downUntil.Store(time.Now().Add(g.cfg.Retry).UnixNano())
 	}
 	if probe {
-		g.probing.Store(false)
+		n.probing.Store(false)
 	}
+}
+
+// Outage reports whether a call that ended with err found the server
+// unavailable. A caller's ctx error or ErrClosed says nothing about the
+// server; they are told apart by identity: round trips never depend on a
+// caller's ctx, and a network error may match context.DeadlineExceeded
+// (net's dial timeout does).
+func (g *Guard) Outage(err error) bool {
+	return err != nil && g.cfg.IsUnavailable(err) &&
+		err != context.Canceled && err != context.DeadlineExceeded && err != driver.ErrClosed
+}
+
+// Idle reports whether nothing depends on what the Guard knows of n any
+// more: n is up, or no call has asked about it since its probe was due,
+// for Retry at least, and none probes it. A store may then forget n.
+func (g *Guard) Idle(n *Node) bool {
+	until := n.downUntil.Load()
+	return until == 0 || !n.probing.Load() && time.Now().UnixNano() >= until+max(g.cfg.Retry, 0).Nanoseconds()
 }
 
 // ErrAnswer answers an admission that failed with err: ctx's error if ctx
@@ -183,9 +228,7 @@ func unlimited() driver.Decision {
 // if cause is nil.
 func (g *Guard) Unavailable(cause error) error {
 	if cause == nil {
-		if p := g.lastErr.Load(); p != nil {
-			cause = *p
-		} else {
+		if cause = g.node.Err(); cause == nil {
 			return g.cfg.Unavailable
 		}
 	}

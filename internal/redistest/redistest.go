@@ -85,7 +85,7 @@ func ClusterAddrs(t testing.TB) []string {
 	if shared.cluster == nil && shared.cerr == nil {
 		var dir string
 		if dir, shared.cerr = sharedDir("cluster"); shared.cerr == nil {
-			shared.cluster, shared.cerr = startCluster(dir, 3)
+			shared.cluster, shared.cerr = startCluster(dir, ClusterOptions{Masters: 3})
 		}
 	}
 	if shared.cerr != nil {
@@ -136,7 +136,7 @@ func startShared(name string, cluster bool) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return start(dir, cluster)
+	return start(dir, cluster, nil)
 }
 
 // unavailable skips t, or fails it when EnvRequire is set.
@@ -155,6 +155,7 @@ type Server struct {
 	port    int
 	dir     string
 	cluster bool
+	conf    []string  // more arguments of redis-server (a cluster node's settings)
 	cmd     *exec.Cmd // nil while stopped
 }
 
@@ -164,7 +165,7 @@ type Server struct {
 // restart Redis.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s, err := start(t.TempDir(), false)
+	s, err := start(t.TempDir(), false, nil)
 	if err != nil {
 		unavailable(t, err)
 	}
@@ -222,7 +223,15 @@ func (s *Server) Restart() error {
 
 func (s *Server) stop() { s.Kill() }
 
-func start(dir string, cluster bool) (*Server, error) {
+// running reports whether the server's process runs (it may be frozen).
+func (s *Server) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil
+}
+
+// start starts a redis-server in dir, with conf as more arguments.
+func start(dir string, cluster bool, conf []string) (*Server, error) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		return nil, err
 	}
@@ -232,7 +241,7 @@ func start(dir string, cluster bool) (*Server, error) {
 		if port, err = freePort(cluster); err != nil {
 			return nil, err
 		}
-		s := &Server{port: port, dir: dir, cluster: cluster}
+		s := &Server{port: port, dir: dir, cluster: cluster, conf: conf}
 		if err = s.run(); err == nil {
 			return s, nil
 		}
@@ -255,9 +264,9 @@ func (s *Server) run() error {
 	if s.cluster {
 		args = append(args,
 			"--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes-"+strconv.Itoa(s.port)+".conf",
-			"--cluster-node-timeout", "5000")
+			"--cluster-config-file", "nodes-"+strconv.Itoa(s.port)+".conf")
 	}
+	args = append(args, s.conf...)
 	cmd := exec.Command("redis-server", args...)
 	cmd.Dir = s.dir
 	cmd.SysProcAttr = sysProcAttr() // dies with the test binary
@@ -312,81 +321,6 @@ func freePort(cluster bool) (int, error) {
 		return port, nil
 	}
 	return 0, errors.New("redistest: no free port pair for a cluster node")
-}
-
-// A Cluster is a Redis Cluster of redis-server processes started by this
-// package, one master per process and no replicas.
-type Cluster struct {
-	Servers []*Server
-}
-
-// StartCluster starts a Redis Cluster of t's own with the given number of
-// masters (at least 3) on free loopback ports, stopped when t ends. It
-// skips t if redis-server or redis-cli is not on PATH (or fails it, see
-// EnvRequire).
-func StartCluster(t testing.TB, masters int) *Cluster {
-	t.Helper()
-	c, err := startCluster(t.TempDir(), masters)
-	if err != nil {
-		unavailable(t, err)
-	}
-	t.Cleanup(c.stop)
-	return c
-}
-
-// Addrs returns the masters' addresses.
-func (c *Cluster) Addrs() []string {
-	addrs := make([]string, len(c.Servers))
-	for i, s := range c.Servers {
-		addrs[i] = s.Addr()
-	}
-	return addrs
-}
-
-func (c *Cluster) stop() {
-	for _, s := range c.Servers {
-		s.stop()
-	}
-}
-
-func startCluster(dir string, masters int) (*Cluster, error) {
-	if _, err := exec.LookPath("redis-cli"); err != nil {
-		return nil, err
-	}
-	c := &Cluster{}
-	for range masters {
-		s, err := start(dir, true)
-		if err != nil {
-			c.stop()
-			return nil, err
-		}
-		c.Servers = append(c.Servers, s)
-	}
-	args := append([]string{"--cluster", "create"}, c.Addrs()...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
-	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
-		c.stop()
-		return nil, fmt.Errorf("redistest: redis-cli --cluster create: %v\n%s", err, out)
-	}
-	// Every node must agree that the cluster is up and covers all slots
-	// before clients are pointed at it.
-	deadline := time.Now().Add(30 * time.Second)
-	for _, addr := range c.Addrs() {
-		for {
-			info, err := Do(addr, "CLUSTER", "INFO")
-			if err == nil && strings.Contains(info, "cluster_state:ok") &&
-				strings.Contains(info, "cluster_slots_ok:16384") &&
-				strings.Contains(info, "cluster_known_nodes:"+strconv.Itoa(masters)+"\r") {
-				break
-			}
-			if time.Now().After(deadline) {
-				c.stop()
-				return nil, fmt.Errorf("redistest: cluster not ok after 30s at %s: %v\n%s", addr, err, info)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return c, nil
 }
 
 // Do sends one command to the Redis at addr on a new connection and

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -70,4 +71,32 @@ func TestNoRedis(t *testing.T) {
 			assert.Contains(t, string(out), "--- FAIL: TestAddr", "without Redis and %s=1, TestAddr must fail", redistest.EnvRequire)
 		}
 	}
+}
+
+// TestClusterFailover starts a cluster of 3 masters and 3 replicas, kills
+// the master of a key, and finds the replica that took its slots serving
+// the key.
+func TestClusterFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	t0 := time.Now()
+	c := redistest.StartClusterWith(t, redistest.ClusterOptions{Replicas: 1, NodeTimeout: time.Second})
+	t.Logf("started in %v", time.Since(t0))
+	require.Len(t, c.Servers, 6)
+	masters, err := c.Masters()
+	require.NoError(t, err)
+	require.Len(t, masters, 3)
+	assert.ElementsMatch(t, c.Servers[:3], masters)
+	m, err := c.MasterOf("some-key")
+	require.NoError(t, err)
+	require.NoError(t, m.Kill())
+	t0 = time.Now()
+	p, err := c.WaitPromoted(m, 20*time.Second)
+	require.NoError(t, err)
+	t.Logf("promoted %s in %v", p.Addr(), time.Since(t0))
+	assert.NotEqual(t, m, p, "the promoted server")
+	m2, err := c.MasterOf("some-key")
+	require.NoError(t, err)
+	assert.Equal(t, p, m2)
 }
