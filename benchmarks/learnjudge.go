@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math"
 	"time"
 
 	"github.com/leakybucket/leakybucket/internal/limitmock"
@@ -23,7 +22,7 @@ func learnSeries(answers map[string][]limitmock.Answer, schedule []limitmock.Ste
 	ws := make([]learnWindow, n)
 	for i := range ws {
 		from := time.Duration(i) * slice
-		ws[i].allowed = float64(tenants) * limitIntegral(schedule, from, min(from+slice, end))
+		ws[i].allowed = float64(tenants) * limitmock.Allowed(schedule, from, min(from+slice, end))
 	}
 	for _, as := range answers {
 		for _, a := range as {
@@ -39,22 +38,6 @@ func learnSeries(answers map[string][]limitmock.Answer, schedule []limitmock.Ste
 		}
 	}
 	return ws
-}
-
-// limitIntegral returns the requests schedule's limit allows one tenant
-// from from to to: the integral of its rate over the span.
-func limitIntegral(schedule []limitmock.Step, from, to time.Duration) float64 {
-	var sum float64
-	for i, s := range schedule {
-		end := time.Duration(math.MaxInt64)
-		if i+1 < len(schedule) {
-			end = schedule[i+1].At
-		}
-		if lo, hi := max(from, s.At), min(to, end); hi > lo {
-			sum += float64(s.Rate) * (hi - lo).Seconds()
-		}
-	}
-	return sum
 }
 
 // learnRecovery is the recovery criterion: a share of the new limit, kept

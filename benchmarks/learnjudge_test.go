@@ -23,7 +23,7 @@ func TestLimitIntegral(t *testing.T) {
 		{5 * time.Second, 5 * time.Second, 0},
 	}
 	for _, tt := range tests {
-		assert.InDelta(t, tt.want, limitIntegral(s, tt.from, tt.to), 1e-9, "limitIntegral(%v, %v)", tt.from, tt.to)
+		assert.InDelta(t, tt.want, limitmock.Allowed(s, tt.from, tt.to), 1e-9, "limitmock.Allowed(%v, %v)", tt.from, tt.to)
 	}
 }
 

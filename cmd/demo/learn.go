@@ -97,22 +97,6 @@ func limitAt(schedule []limitmock.Step, at time.Duration) int {
 	return r
 }
 
-// allowed returns what the hidden limit allows from a to b: its integral,
-// in requests.
-func allowed(schedule []limitmock.Step, a, b time.Duration) float64 {
-	var n float64
-	for i, s := range schedule {
-		end := time.Duration(math.MaxInt64)
-		if i+1 < len(schedule) {
-			end = schedule[i+1].At
-		}
-		if lo, hi := max(a, s.At), min(b, end); hi > lo {
-			n += float64(s.Rate) * (hi - lo).Seconds()
-		}
-	}
-	return n
-}
-
 // scheduleString describes the hidden limit: "30/s, 10/s from 10s, 20/s
 // from 20s".
 func scheduleString(schedule []limitmock.Step) string {

@@ -256,7 +256,7 @@ func TestAllowed(t *testing.T) {
 		{12 * time.Second, 11 * time.Second, 0},
 	}
 	for _, tt := range tests {
-		assert.InDelta(t, tt.want, allowed(schedule, tt.a, tt.b), 1e-9, "allowed from %v to %v", tt.a, tt.b)
+		assert.InDelta(t, tt.want, limitmock.Allowed(schedule, tt.a, tt.b), 1e-9, "allowed from %v to %v", tt.a, tt.b)
 	}
 	assert.Equal(t, 30, limitAt(schedule, 9999*time.Millisecond))
 	assert.Equal(t, 10, limitAt(schedule, 10*time.Second))

@@ -74,7 +74,7 @@ func summarizeLearn(cfg *config, t *tally, arrivals map[string][]arrival, s *sum
 			tl.Goodput = float64(ok) / (to - from).Seconds()
 		}
 		if cfg.hidden != nil && ok > 0 {
-			allow := allowed(cfg.hidden, from, to)
+			allow := limitmock.Allowed(cfg.hidden, from, to)
 			tl.GoodputPct = 100 * float64(ok) / allow
 			ls.Allowed += allow
 			for k := range steps {

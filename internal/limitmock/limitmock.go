@@ -26,6 +26,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -160,6 +161,22 @@ func (s *Server) LimitAt(at time.Duration) int {
 		}
 	}
 	return r
+}
+
+// Allowed returns what schedule allows one tenant from from to to (since
+// the server's start): the integral of its rate, in requests.
+func Allowed(schedule []Step, from, to time.Duration) float64 {
+	var n float64
+	for i, s := range schedule {
+		end := time.Duration(math.MaxInt64)
+		if i+1 < len(schedule) {
+			end = schedule[i+1].At
+		}
+		if lo, hi := max(from, s.At), min(to, end); hi > lo {
+			n += float64(s.Rate) * (hi - lo).Seconds()
+		}
+	}
+	return n
 }
 
 // Answers returns what the API answered each tenant, in order.
